@@ -1,0 +1,881 @@
+//! Configuration: defaults < YAML file < `PYTHON_DOCKER_MCP_*` environment < command-line flags.
+//!
+//! Every setting is one row of [`KEYS`]: its dotted path in the YAML file (the original's
+//! names), its environment variable, its default and what it means. [`resolve`] is a pure
+//! function over the layers, so tests feed it maps instead of touching the process
+//! environment. The result remembers where each value came from ([`Config::describe`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Prefix of every environment variable the daemon reads.
+pub const ENV_PREFIX: &str = "PYTHON_DOCKER_MCP_";
+
+/// Environment variables with the prefix that are not settings but are still ours.
+const ENV_NOT_SETTINGS: &[&str] = &["CONFIG", "LOG", "DEBUG"];
+
+/// The shape a value must have.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Str,
+    OptStr,
+    Bool,
+    Int {
+        min: u64,
+        max: u64,
+    },
+    Float {
+        min: f64,
+        max: f64,
+    },
+    /// Seconds as an integer, or a humantime string such as `"30s"` or `"5m"`.
+    Duration,
+    /// Bytes, in Docker's notation: `"256m"`, `"1g"`, `"512k"` or a plain number of bytes.
+    Bytes {
+        min: u64,
+    },
+    /// A YAML list, or a comma-separated string in the environment.
+    List,
+    Choice(&'static [&'static str]),
+}
+
+impl Kind {
+    fn expected(&self) -> String {
+        match self {
+            Kind::Str => "a string".into(),
+            Kind::OptStr => "a string (or null)".into(),
+            Kind::Bool => "true or false".into(),
+            Kind::Int { min, max } => format!("a whole number from {min} to {max}"),
+            Kind::Float { min, max } => format!("a number from {min} to {max}"),
+            Kind::Duration => {
+                "a duration: seconds (30) or a string such as \"30s\" or \"5m\"".into()
+            }
+            Kind::Bytes { min } => {
+                format!(
+                    "a size such as \"256m\" or \"1g\" (at least {})",
+                    human_bytes(*min)
+                )
+            }
+            Kind::List => "a list of strings (comma-separated in the environment)".into(),
+            Kind::Choice(c) => format!("one of: {}", c.join(", ")),
+        }
+    }
+}
+
+/// One setting.
+struct Key {
+    /// Dotted path in the YAML file, e.g. `docker.image`.
+    path: &'static str,
+    /// Environment variable suffix after [`ENV_PREFIX`].
+    env: &'static str,
+    kind: Kind,
+    /// Default in YAML notation.
+    default: &'static str,
+    doc: &'static str,
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// Every setting the daemon knows. `config.example.yaml` mirrors this table.
+const KEYS: &[Key] = &[
+    Key { path: "docker.image", env: "IMAGE", kind: Kind::Str, default: "python-docker-mcp:latest",
+          doc: "Image the sandboxes run; any image with python3 on its PATH works" },
+    Key { path: "docker.working_dir", env: "WORKING_DIR", kind: Kind::Str, default: "/app",
+          doc: "Working directory of the code inside the sandbox" },
+    Key { path: "docker.memory_limit", env: "MEMORY_LIMIT", kind: Kind::Bytes { min: 6 * MIB }, default: "256m",
+          doc: "Memory limit per sandbox (no swap beyond it)" },
+    Key { path: "docker.cpu_limit", env: "CPU_LIMIT", kind: Kind::Float { min: 0.01, max: 1024.0 }, default: "0.5",
+          doc: "CPUs per sandbox" },
+    Key { path: "docker.pids_limit", env: "PIDS_LIMIT", kind: Kind::Int { min: 8, max: 1_000_000 }, default: "128",
+          doc: "Maximum processes and threads per sandbox (stops fork bombs)" },
+    Key { path: "docker.timeout", env: "TIMEOUT", kind: Kind::Duration, default: "30s",
+          doc: "How long one execution may run before it is interrupted" },
+    Key { path: "docker.network_disabled", env: "NETWORK_DISABLED", kind: Kind::Bool, default: "true",
+          doc: "Sandboxes have no network at all (installs still work: they run in a separate installer container)" },
+    Key { path: "docker.read_only", env: "READ_ONLY", kind: Kind::Bool, default: "true",
+          doc: "Read-only root filesystem; /tmp and the working directory are writable tmpfs" },
+    Key { path: "docker.tmpfs_size", env: "TMPFS_SIZE", kind: Kind::Bytes { min: MIB }, default: "128m",
+          doc: "Size of each writable tmpfs (/tmp, working directory) when read_only is on; counts against memory" },
+    Key { path: "docker.user", env: "USER", kind: Kind::Str, default: "1000:1000",
+          doc: "uid:gid the code runs as; never root" },
+    Key { path: "docker.output_limit", env: "OUTPUT_LIMIT", kind: Kind::Bytes { min: 1024 }, default: "256k",
+          doc: "Cap on stdout and on stderr returned per call; the rest is dropped with a marker" },
+    Key { path: "docker.pool_enabled", env: "POOL_ENABLED", kind: Kind::Bool, default: "true",
+          doc: "Keep warm containers ready (accepted for compatibility; the warm pool is not built yet)" },
+    Key { path: "docker.pool_size", env: "POOL_SIZE", kind: Kind::Int { min: 0, max: 1024 }, default: "32",
+          doc: "Warm containers to keep ready" },
+    Key { path: "docker.pool_max_age", env: "POOL_MAX_AGE", kind: Kind::Duration, default: "300s",
+          doc: "Age after which a warm container is replaced" },
+    Key { path: "docker.max_concurrent_creations", env: "MAX_CONCURRENT_CREATIONS", kind: Kind::Int { min: 1, max: 256 }, default: "5",
+          doc: "Containers being created at once, at most" },
+    Key { path: "package.installer", env: "INSTALLER", kind: Kind::Choice(&["pip", "uv"]), default: "pip",
+          doc: "Installer run in the installer container (uv is used only if the image has it; pip otherwise)" },
+    Key { path: "package.index_url", env: "INDEX_URL", kind: Kind::OptStr, default: "null",
+          doc: "Package index URL (pip --index-url); null means the installer's default" },
+    Key { path: "package.trusted_hosts", env: "TRUSTED_HOSTS", kind: Kind::List, default: "[]",
+          doc: "Hosts the installer trusts without TLS verification (pip --trusted-host)" },
+    Key { path: "package.timeout", env: "INSTALL_TIMEOUT", kind: Kind::Duration, default: "60s",
+          doc: "How long one install may take" },
+    Key { path: "package.only_binary", env: "ONLY_BINARY", kind: Kind::Bool, default: "true",
+          doc: "Install wheels only; building from source runs the package's code at install time" },
+    Key { path: "allowed_modules", env: "ALLOWED_MODULES", kind: Kind::List, default: "[]",
+          doc: "Accepted for compatibility with the original; not enforced yet (the container is the security boundary)" },
+    Key { path: "blocked_modules", env: "BLOCKED_MODULES", kind: Kind::List, default: "[]",
+          doc: "Accepted for compatibility with the original; not enforced yet (the container is the security boundary)" },
+];
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => write!(f, "default"),
+            Source::File(p) => write!(f, "file {}", p.display()),
+            Source::Env(v) => write!(f, "environment variable {v}"),
+            Source::Flag(v) => write!(f, "command-line flag {v}"),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded. Every message names the key and the source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not YAML.
+    #[error("config file {path} is not valid YAML: {message}")]
+    Yaml { path: PathBuf, message: String },
+    /// A key nobody knows.
+    #[error("unknown setting `{key}` in {origin}; known settings: {known}")]
+    UnknownKey {
+        key: String,
+        origin: Source,
+        known: String,
+    },
+    /// A value of the wrong shape or out of range.
+    #[error("invalid value {value} for `{key}` in {origin}: expected {expected}")]
+    Invalid {
+        key: String,
+        origin: Source,
+        value: String,
+        expected: String,
+    },
+}
+
+/// Docker and sandbox settings (`docker.*`).
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    pub image: String,
+    pub working_dir: String,
+    pub memory_limit: u64,
+    pub cpu_limit: f64,
+    pub pids_limit: u64,
+    pub timeout: Duration,
+    pub network_disabled: bool,
+    pub read_only: bool,
+    pub tmpfs_size: u64,
+    pub user: String,
+    pub output_limit: u64,
+    pub pool_enabled: bool,
+    pub pool_size: u64,
+    pub pool_max_age: Duration,
+    pub max_concurrent_creations: u64,
+}
+
+/// Package installation settings (`package.*`).
+#[derive(Debug, Clone)]
+pub struct PackageConfig {
+    pub installer: String,
+    pub index_url: Option<String>,
+    pub trusted_hosts: Vec<String>,
+    pub timeout: Duration,
+    pub only_binary: bool,
+}
+
+/// The effective configuration, loaded once at start-up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub docker: DockerConfig,
+    pub package: PackageConfig,
+    pub allowed_modules: Vec<String>,
+    pub blocked_modules: Vec<String>,
+    /// For each key, its value in YAML notation and where it came from.
+    provenance: BTreeMap<&'static str, (String, Source)>,
+}
+
+/// The layers [`resolve`] merges, lowest first after the defaults.
+#[derive(Debug, Default)]
+pub struct Layers {
+    /// The config file's path and text, if there is one.
+    pub file: Option<(PathBuf, String)>,
+    /// Environment variables (all of them; only `PYTHON_DOCKER_MCP_*` are read).
+    pub env: HashMap<String, String>,
+    /// Command-line overrides as (dotted key, value, flag name).
+    pub flags: Vec<(String, String, String)>,
+}
+
+impl Layers {
+    /// Read the real process environment and the config file it points to.
+    pub fn from_process(config_flag: Option<&Path>) -> Result<Layers, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let path = config_flag
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("PYTHON_DOCKER_MCP_CONFIG").map(PathBuf::from))
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| {
+                    PathBuf::from(h)
+                        .join(".python-docker-mcp")
+                        .join("config.yaml")
+                })
+            });
+        let explicit = config_flag.is_some() || env.contains_key("PYTHON_DOCKER_MCP_CONFIG");
+        let file = match path {
+            Some(p) => match std::fs::read_to_string(&p) {
+                Ok(text) => Some((p, text)),
+                // The default location is optional; a file named explicitly is not.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => None,
+                Err(e) => return Err(ConfigError::Read { path: p, source: e }),
+            },
+            None => None,
+        };
+        Ok(Layers {
+            file,
+            env,
+            flags: Vec::new(),
+        })
+    }
+}
+
+/// Merge the layers and validate every value.
+pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
+    let mut chosen: BTreeMap<&'static str, (serde_norway::Value, Source)> = BTreeMap::new();
+    for key in KEYS {
+        let v = serde_norway::from_str(key.default).expect("defaults are valid YAML");
+        chosen.insert(key.path, (v, Source::Default));
+    }
+
+    if let Some((path, text)) = &layers.file {
+        let source = Source::File(path.clone());
+        let doc: serde_norway::Value =
+            serde_norway::from_str(text).map_err(|e| ConfigError::Yaml {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        let mut flat = Vec::new();
+        flatten("", &doc, &mut flat, &source)?;
+        for (k, v) in flat {
+            let key = find_key(&k).ok_or_else(|| unknown(&k, &source))?;
+            chosen.insert(key.path, (v, source.clone()));
+        }
+    }
+
+    let mut env: Vec<_> = layers
+        .env
+        .iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    env.sort();
+    for (name, value) in env {
+        let suffix = &name[ENV_PREFIX.len()..];
+        if ENV_NOT_SETTINGS.contains(&suffix) {
+            continue;
+        }
+        let source = Source::Env(name.clone());
+        let key = KEYS
+            .iter()
+            .find(|k| k.env == suffix)
+            .ok_or_else(|| ConfigError::UnknownKey {
+                key: name.clone(),
+                origin: source.clone(),
+                known: KEYS
+                    .iter()
+                    .map(|k| format!("{ENV_PREFIX}{}", k.env))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        chosen.insert(key.path, (env_value(key.kind, value), source));
+    }
+
+    for (k, value, flag) in &layers.flags {
+        let source = Source::Flag(flag.clone());
+        let key = find_key(k).ok_or_else(|| unknown(k, &source))?;
+        chosen.insert(key.path, (env_value(key.kind, value), source));
+    }
+
+    let mut p = Parsed {
+        chosen: &chosen,
+        provenance: BTreeMap::new(),
+    };
+    let docker = DockerConfig {
+        image: p.string("docker.image")?,
+        working_dir: p.string("docker.working_dir")?,
+        memory_limit: p.bytes("docker.memory_limit")?,
+        cpu_limit: p.float("docker.cpu_limit")?,
+        pids_limit: p.int("docker.pids_limit")?,
+        timeout: p.duration("docker.timeout")?,
+        network_disabled: p.bool("docker.network_disabled")?,
+        read_only: p.bool("docker.read_only")?,
+        tmpfs_size: p.bytes("docker.tmpfs_size")?,
+        user: p.string("docker.user")?,
+        output_limit: p.bytes("docker.output_limit")?,
+        pool_enabled: p.bool("docker.pool_enabled")?,
+        pool_size: p.int("docker.pool_size")?,
+        pool_max_age: p.duration("docker.pool_max_age")?,
+        max_concurrent_creations: p.int("docker.max_concurrent_creations")?,
+    };
+    let package = PackageConfig {
+        installer: p.string("package.installer")?,
+        index_url: p.opt_string("package.index_url")?,
+        trusted_hosts: p.list("package.trusted_hosts")?,
+        timeout: p.duration("package.timeout")?,
+        only_binary: p.bool("package.only_binary")?,
+    };
+    let allowed_modules = p.list("allowed_modules")?;
+    let blocked_modules = p.list("blocked_modules")?;
+
+    if !docker.working_dir.starts_with('/') {
+        return Err(p.invalid("docker.working_dir", "an absolute path such as /app"));
+    }
+    if is_root_user(&docker.user) {
+        return Err(p.invalid(
+            "docker.user",
+            "a non-root uid[:gid] such as 1000:1000 (root is refused)",
+        ));
+    }
+    if docker.timeout.is_zero() {
+        return Err(p.invalid("docker.timeout", "a duration greater than zero"));
+    }
+    if package.timeout.is_zero() {
+        return Err(p.invalid("package.timeout", "a duration greater than zero"));
+    }
+
+    Ok(Config {
+        docker,
+        package,
+        allowed_modules,
+        blocked_modules,
+        provenance: p.provenance,
+    })
+}
+
+fn is_root_user(user: &str) -> bool {
+    let name = user.split(':').next().unwrap_or("");
+    name.is_empty() || name == "0" || name == "root"
+}
+
+fn find_key(path: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.path == path)
+}
+
+fn unknown(key: &str, source: &Source) -> ConfigError {
+    ConfigError::UnknownKey {
+        key: key.to_string(),
+        origin: source.clone(),
+        known: KEYS.iter().map(|k| k.path).collect::<Vec<_>>().join(", "),
+    }
+}
+
+/// Flatten a YAML mapping into dotted keys; the original's file has two levels.
+fn flatten(
+    prefix: &str,
+    v: &serde_norway::Value,
+    out: &mut Vec<(String, serde_norway::Value)>,
+    source: &Source,
+) -> Result<(), ConfigError> {
+    match v {
+        serde_norway::Value::Null if prefix.is_empty() => Ok(()),
+        serde_norway::Value::Mapping(m) if prefix.is_empty() || find_key(prefix).is_none() => {
+            for (k, v) in m {
+                let k = k.as_str().ok_or_else(|| ConfigError::Invalid {
+                    key: prefix.to_string(),
+                    origin: source.clone(),
+                    value: format!("{k:?}"),
+                    expected: "string keys".into(),
+                })?;
+                let path = if prefix.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                // A section (docker, package) is a mapping; anything else is a leaf.
+                if matches!(v, serde_norway::Value::Mapping(_)) && find_key(&path).is_none() {
+                    if !KEYS
+                        .iter()
+                        .any(|key| key.path.starts_with(&format!("{path}.")))
+                    {
+                        return Err(unknown(&path, source));
+                    }
+                    flatten(&path, v, out, source)?;
+                } else if matches!(v, serde_norway::Value::Null)
+                    && find_key(&path).is_none()
+                    && KEYS
+                        .iter()
+                        .any(|key| key.path.starts_with(&format!("{path}.")))
+                {
+                    // An empty section (`docker:` with nothing under it) is fine.
+                } else {
+                    out.push((path, v.clone()));
+                }
+            }
+            Ok(())
+        }
+        _ => Err(ConfigError::Invalid {
+            key: if prefix.is_empty() {
+                "(top level)".into()
+            } else {
+                prefix.into()
+            },
+            origin: source.clone(),
+            value: yaml_text(v),
+            expected: "a mapping of settings".into(),
+        }),
+    }
+}
+
+/// An environment or flag string as a YAML value of the key's kind.
+fn env_value(kind: Kind, s: &str) -> serde_norway::Value {
+    match kind {
+        Kind::List => serde_norway::Value::Sequence(
+            s.split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(|x| serde_norway::Value::String(x.into()))
+                .collect(),
+        ),
+        // Let YAML decide: "true", "5", "0.5" and "null" become what they look like.
+        _ => serde_norway::from_str(s).unwrap_or_else(|_| serde_norway::Value::String(s.into())),
+    }
+}
+
+fn yaml_text(v: &serde_norway::Value) -> String {
+    match v {
+        serde_norway::Value::String(s) => format!("{s:?}"),
+        other => serde_norway::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    }
+}
+
+struct Parsed<'a> {
+    chosen: &'a BTreeMap<&'static str, (serde_norway::Value, Source)>,
+    provenance: BTreeMap<&'static str, (String, Source)>,
+}
+
+impl Parsed<'_> {
+    fn get(&mut self, path: &'static str) -> (&serde_norway::Value, Kind) {
+        let key = find_key(path).expect("known key");
+        let (v, source) = &self.chosen[path];
+        self.provenance
+            .insert(key.path, (yaml_text(v), source.clone()));
+        (v, key.kind)
+    }
+
+    fn invalid(&self, path: &str, expected: &str) -> ConfigError {
+        let (v, source) = &self.chosen[path];
+        ConfigError::Invalid {
+            key: path.to_string(),
+            origin: source.clone(),
+            value: yaml_text(v),
+            expected: expected.to_string(),
+        }
+    }
+
+    fn wrong(&self, path: &str, kind: Kind) -> ConfigError {
+        self.invalid(path, &kind.expected())
+    }
+
+    fn string(&mut self, path: &'static str) -> Result<String, ConfigError> {
+        let (v, kind) = self.get(path);
+        let s = match (v, kind) {
+            (serde_norway::Value::String(s), Kind::Choice(c)) if c.contains(&s.as_str()) => {
+                s.clone()
+            }
+            (serde_norway::Value::String(s), Kind::Str) if !s.is_empty() => s.clone(),
+            (serde_norway::Value::Number(n), Kind::Str) => n.to_string(),
+            _ => return Err(self.wrong(path, kind)),
+        };
+        Ok(s)
+    }
+
+    fn opt_string(&mut self, path: &'static str) -> Result<Option<String>, ConfigError> {
+        let (v, kind) = self.get(path);
+        match v {
+            serde_norway::Value::Null => Ok(None),
+            serde_norway::Value::String(s) if s.is_empty() => Ok(None),
+            serde_norway::Value::String(s) => Ok(Some(s.clone())),
+            _ => Err(self.wrong(path, kind)),
+        }
+    }
+
+    fn bool(&mut self, path: &'static str) -> Result<bool, ConfigError> {
+        let (v, kind) = self.get(path);
+        match v {
+            serde_norway::Value::Bool(b) => Ok(*b),
+            serde_norway::Value::Number(n) if n.as_u64() == Some(1) => Ok(true),
+            serde_norway::Value::Number(n) if n.as_u64() == Some(0) => Ok(false),
+            serde_norway::Value::String(s) => match s.to_ascii_lowercase().as_str() {
+                "true" | "yes" | "on" | "1" => Ok(true),
+                "false" | "no" | "off" | "0" => Ok(false),
+                _ => Err(self.wrong(path, kind)),
+            },
+            _ => Err(self.wrong(path, kind)),
+        }
+    }
+
+    fn int(&mut self, path: &'static str) -> Result<u64, ConfigError> {
+        let (v, kind) = self.get(path);
+        let Kind::Int { min, max } = kind else {
+            unreachable!("{path} is not an int")
+        };
+        match v.as_u64() {
+            Some(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(self.wrong(path, kind)),
+        }
+    }
+
+    fn float(&mut self, path: &'static str) -> Result<f64, ConfigError> {
+        let (v, kind) = self.get(path);
+        let Kind::Float { min, max } = kind else {
+            unreachable!("{path} is not a float")
+        };
+        match v.as_f64() {
+            Some(n) if n >= min && n <= max => Ok(n),
+            _ => Err(self.wrong(path, kind)),
+        }
+    }
+
+    fn duration(&mut self, path: &'static str) -> Result<Duration, ConfigError> {
+        let (v, kind) = self.get(path);
+        let d = match v {
+            serde_norway::Value::Number(n) => n.as_u64().map(Duration::from_secs),
+            serde_norway::Value::String(s) => parse_duration(s),
+            _ => None,
+        };
+        d.ok_or_else(|| self.wrong(path, kind))
+    }
+
+    fn bytes(&mut self, path: &'static str) -> Result<u64, ConfigError> {
+        let (v, kind) = self.get(path);
+        let Kind::Bytes { min } = kind else {
+            unreachable!("{path} is not a size")
+        };
+        let n = match v {
+            serde_norway::Value::Number(n) => n.as_u64(),
+            serde_norway::Value::String(s) => parse_bytes(s),
+            _ => None,
+        };
+        match n {
+            Some(n) if n >= min => Ok(n),
+            _ => Err(self.wrong(path, kind)),
+        }
+    }
+
+    fn list(&mut self, path: &'static str) -> Result<Vec<String>, ConfigError> {
+        let (v, kind) = self.get(path);
+        match v {
+            serde_norway::Value::Null => Ok(Vec::new()),
+            serde_norway::Value::Sequence(items) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| self.wrong(path, kind)),
+            _ => Err(self.wrong(path, kind)),
+        }
+    }
+}
+
+/// `"30"`, `"30s"`, `"5m"`, `"1h 30m"`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).ok()
+}
+
+/// Docker's notation: `"256m"`, `"1g"`, `"512k"`, `"1024b"`, `"1024"`; case-insensitive,
+/// an optional trailing `b` (`"256mb"`).
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s
+        .strip_suffix('b')
+        .filter(|r| !r.is_empty() && !r.ends_with(|c: char| c.is_ascii_digit()))
+        .unwrap_or(&s);
+    let (num, mult) = match s.chars().last()? {
+        'k' => (&s[..s.len() - 1], 1024u64),
+        'm' => (&s[..s.len() - 1], 1024 * 1024),
+        'g' => (&s[..s.len() - 1], 1024 * 1024 * 1024),
+        'b' => (&s[..s.len() - 1], 1),
+        _ => (s, 1),
+    };
+    let n: f64 = num.trim().parse().ok()?;
+    if !(n.is_finite() && n >= 0.0) {
+        return None;
+    }
+    Some((n * mult as f64) as u64)
+}
+
+/// `268435456` as `"256m"`.
+pub fn human_bytes(n: u64) -> String {
+    for (unit, size) in [("g", 1u64 << 30), ("m", 1 << 20), ("k", 1 << 10)] {
+        if n >= size && n % size == 0 {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    format!("{n}b")
+}
+
+impl Config {
+    /// The defaults alone, as if no file, variable or flag were set.
+    pub fn defaults() -> Config {
+        resolve(&Layers::default()).expect("defaults are valid")
+    }
+
+    /// Every setting, its effective value and where it came from, one per line.
+    pub fn describe(&self) -> String {
+        let width = KEYS.iter().map(|k| k.path.len()).max().unwrap_or(0);
+        let mut out = String::new();
+        for key in KEYS {
+            let (value, source) = &self.provenance[key.path];
+            out.push_str(&format!(
+                "{:width$}  {:<28} # {} [{}{}]\n",
+                key.path,
+                value,
+                source,
+                ENV_PREFIX,
+                key.env,
+                width = width
+            ));
+        }
+        out
+    }
+
+    /// `config.example.yaml`: every key with its default and meaning.
+    pub fn example_yaml() -> String {
+        let mut out = String::from(
+            "# python-docker-mcp configuration: every key with its default.\n\
+             # Location: ~/.python-docker-mcp/config.yaml, or the file named by PYTHON_DOCKER_MCP_CONFIG\n\
+             # or --config. Each key can also be set by the environment variable shown; precedence is\n\
+             # defaults < this file < environment < command-line flags. Unknown keys are errors.\n\
+             # Durations take 30, \"30s\" or \"5m\"; sizes take \"256m\" or \"1g\".\n",
+        );
+        let mut section = "";
+        for key in KEYS {
+            let (sec, name) = key.path.split_once('.').unwrap_or(("", key.path));
+            if sec != section {
+                out.push('\n');
+                if !sec.is_empty() {
+                    out.push_str(&format!("{sec}:\n"));
+                }
+                section = sec;
+            }
+            let indent = if sec.is_empty() { "" } else { "  " };
+            out.push_str(&format!(
+                "{indent}# {} ({}{})\n",
+                key.doc, ENV_PREFIX, key.env
+            ));
+            out.push_str(&format!("{indent}{name}: {}\n", key.default));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(text: &str) -> Option<(PathBuf, String)> {
+        Some((PathBuf::from("/cfg.yaml"), text.to_string()))
+    }
+
+    #[test]
+    fn defaults_are_secure() {
+        let c = Config::defaults();
+        assert!(c.docker.network_disabled);
+        assert!(c.docker.read_only);
+        assert_eq!(c.docker.memory_limit, 256 * MIB);
+        assert_eq!(c.docker.timeout, Duration::from_secs(30));
+        assert_eq!(c.package.timeout, Duration::from_secs(60));
+        assert_eq!(c.docker.user, "1000:1000");
+    }
+
+    #[test]
+    fn original_file_keeps_working() {
+        let text = "docker:\n  image: python:3.12.2-slim\n  memory_limit: 512m\n  cpu_limit: 1.5\n  timeout: 10\n  \
+                    network_disabled: false\n  pool_size: 4\n  pool_max_age: 300\npackage:\n  installer: uv\n  \
+                    index_url: null\n  trusted_hosts: []\nallowed_modules: [math]\nblocked_modules: [os]\n";
+        let c = resolve(&Layers {
+            file: file(text),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.docker.image, "python:3.12.2-slim");
+        assert_eq!(c.docker.memory_limit, 512 * MIB);
+        assert_eq!(c.docker.cpu_limit, 1.5);
+        assert_eq!(c.docker.timeout, Duration::from_secs(10));
+        assert!(!c.docker.network_disabled);
+        assert_eq!(c.docker.pool_size, 4);
+        assert_eq!(c.allowed_modules, vec!["math"]);
+        assert_eq!(c.blocked_modules, vec!["os"]);
+    }
+
+    #[test]
+    fn layering_env_over_file_over_default_and_flags_over_all() {
+        let layers = Layers {
+            file: file("docker:\n  timeout: 10\n  pool_size: 3\n"),
+            env: env(&[("PYTHON_DOCKER_MCP_TIMEOUT", "5m"), ("PATH", "/bin")]),
+            flags: vec![("docker.pool_size".into(), "7".into(), "--pool-size".into())],
+        };
+        let c = resolve(&layers).unwrap();
+        assert_eq!(c.docker.timeout, Duration::from_secs(300));
+        assert_eq!(c.docker.pool_size, 7);
+        let d = c.describe();
+        assert!(
+            d.contains("environment variable PYTHON_DOCKER_MCP_TIMEOUT"),
+            "{d}"
+        );
+        assert!(d.contains("command-line flag --pool-size"), "{d}");
+        assert!(d.contains("docker.image"), "{d}");
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h 30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_bytes("256m"), Some(256 * MIB));
+        assert_eq!(parse_bytes("1g"), Some(1 << 30));
+        assert_eq!(parse_bytes("1G"), Some(1 << 30));
+        assert_eq!(parse_bytes("512kb"), Some(512 * 1024));
+        assert_eq!(parse_bytes("1024"), Some(1024));
+        assert_eq!(parse_bytes("lots"), None);
+        assert_eq!(human_bytes(256 * MIB), "256m");
+    }
+
+    #[test]
+    fn unknown_file_key_names_key_and_file() {
+        let e = resolve(&Layers {
+            file: file("docker:\n  imgae: x\n"),
+            ..Default::default()
+        })
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("docker.imgae") && msg.contains("/cfg.yaml"),
+            "{msg}"
+        );
+        let e = resolve(&Layers {
+            file: file("dockr:\n  image: x\n"),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("dockr"), "{e}");
+    }
+
+    #[test]
+    fn unknown_env_var_is_an_error() {
+        let e = resolve(&Layers {
+            env: env(&[("PYTHON_DOCKER_MCP_POOLSIZE", "3")]),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("PYTHON_DOCKER_MCP_POOLSIZE"), "{e}");
+        // The config-file pointer is ours but not a setting.
+        resolve(&Layers {
+            env: env(&[("PYTHON_DOCKER_MCP_CONFIG", "/x")]),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn wrong_type_names_key_source_and_expectation() {
+        let e = resolve(&Layers {
+            env: env(&[("PYTHON_DOCKER_MCP_POOL_SIZE", "many")]),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("docker.pool_size")
+                && e.contains("PYTHON_DOCKER_MCP_POOL_SIZE")
+                && e.contains("whole number"),
+            "{e}"
+        );
+        let e = resolve(&Layers {
+            file: file("docker:\n  memory_limit: 1k\n"),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("docker.memory_limit") && e.contains("at least 6m"),
+            "{e}"
+        );
+        let e = resolve(&Layers {
+            file: file("docker:\n  network_disabled: maybe\n"),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("true or false"), "{e}");
+    }
+
+    #[test]
+    fn root_user_is_refused() {
+        for user in ["0", "root", "0:0", ""] {
+            let e = resolve(&Layers {
+                env: env(&[("PYTHON_DOCKER_MCP_USER", user)]),
+                ..Default::default()
+            });
+            assert!(e.is_err(), "user {user:?} accepted");
+        }
+    }
+
+    #[test]
+    fn env_lists_are_comma_separated() {
+        let c = resolve(&Layers {
+            env: env(&[("PYTHON_DOCKER_MCP_TRUSTED_HOSTS", "a.example, b.example")]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.package.trusted_hosts, vec!["a.example", "b.example"]);
+    }
+
+    #[test]
+    fn example_yaml_parses_to_the_defaults() {
+        let text = Config::example_yaml();
+        let c = resolve(&Layers {
+            file: file(&text),
+            ..Default::default()
+        })
+        .unwrap();
+        let d = Config::defaults();
+        assert_eq!(c.docker.image, d.docker.image);
+        assert_eq!(c.docker.memory_limit, d.docker.memory_limit);
+        assert_eq!(c.package.timeout, d.package.timeout);
+    }
+}

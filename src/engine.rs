@@ -1,0 +1,531 @@
+//! The core: the four operations behind the tools, and the daemon's lifetime.
+//!
+//! [`Engine`] is a cheap-to-clone handle over shared state: the configuration, the Docker
+//! seam, the session registry and the owner identity every container is labelled with.
+//! Each operation returns a typed result or an operation-specific error whose message says
+//! what failed and what to do. [`Engine::shutdown`] removes everything this daemon created.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use tokio::sync::{Mutex, OnceCell};
+use tokio_util::task::TaskTracker;
+
+use crate::config::{human_bytes, Config};
+use crate::docker::{Docker, DockerError};
+use crate::install::{self, Requirement, RequirementError};
+use crate::repl::{Outcome, PyError, Repl, ReplError, Reply};
+use crate::sandbox::{self, Owner, Role};
+use crate::session::{Registry, Session};
+
+/// The structured result of an execution (`execute-transient`, `execute-persistent`).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ExecResult {
+    /// The session the code ran in (persistent runs only). Pass it back to keep working there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Everything written to standard output (print, os.write, child processes).
+    pub stdout: String,
+    /// Everything written to standard error (warnings, logging, child processes).
+    pub stderr: String,
+    /// `repr` of the last expression's value, when the code ends with an expression.
+    pub value: Option<String>,
+    /// The exception the code raised, if any.
+    pub error: Option<PyError>,
+    /// True when the code ran past the time-out and was stopped.
+    pub timed_out: bool,
+    /// True when the sandbox is gone (killed or crashed); a session must be started anew.
+    pub sandbox_lost: bool,
+    /// Wall-clock run time of the code inside the sandbox, in milliseconds.
+    pub duration_ms: f64,
+    /// Bytes of stdout dropped beyond the output limit.
+    pub stdout_dropped: u64,
+    /// Bytes of stderr dropped beyond the output limit.
+    pub stderr_dropped: u64,
+    /// Transient runs: the JSON-serialisable top-level variables after the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Transient runs: variables left out of `state` because they are not JSON, with their types.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_skipped: Option<BTreeMap<String, String>>,
+    /// A note for the caller about what happened to the sandbox, if anything did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
+}
+
+impl ExecResult {
+    /// Whether the tool result should carry `isError`.
+    pub fn is_error(&self) -> bool {
+        self.error.is_some() || self.timed_out || self.sandbox_lost
+    }
+
+    fn from_reply(reply: Reply, timed_out: bool) -> ExecResult {
+        ExecResult {
+            session_id: None,
+            stdout: reply.stdout,
+            stderr: reply.stderr,
+            value: reply.value,
+            error: reply.error,
+            timed_out: timed_out || reply.interrupted,
+            sandbox_lost: false,
+            duration_ms: reply.duration_ms,
+            stdout_dropped: reply.stdout_dropped,
+            stderr_dropped: reply.stderr_dropped,
+            state: reply.state,
+            state_skipped: reply.state_skipped.filter(|s| !s.is_empty()),
+            notice: None,
+        }
+    }
+
+    fn lost(why: String, started: Instant, timed_out: bool) -> ExecResult {
+        ExecResult {
+            session_id: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            value: None,
+            error: None,
+            timed_out,
+            sandbox_lost: true,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            stdout_dropped: 0,
+            stderr_dropped: 0,
+            state: None,
+            state_skipped: None,
+            notice: Some(why),
+        }
+    }
+}
+
+/// The structured result of `install-package`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct InstallResult {
+    /// The requirement as installed.
+    pub requirement: String,
+    /// Where it went: `session <id>` or `shared environment`.
+    pub target: String,
+    /// Distributions installed, as `name-version`.
+    pub installed: Vec<String>,
+    /// The installer that ran (`pip`).
+    pub installer: String,
+    /// How long the install took, in milliseconds.
+    pub duration_ms: f64,
+}
+
+/// Why an execution could not even start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error("could not start a sandbox: {0}")]
+    Start(ReplError),
+    #[error("no such session `{0}`: it was never created here (sessions do not survive a restart). Call execute-persistent without session_id to start a new one")]
+    NoSuchSession(String),
+    #[error("session `{id}` has ended: {why}. Call execute-persistent without session_id to start a new one")]
+    Ended { id: String, why: String },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// Why an install failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error(transparent)]
+    Requirement(#[from] RequirementError),
+    #[error(transparent)]
+    Session(#[from] ExecError),
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error("installing `{requirement}` failed:\n{summary}")]
+    Failed {
+        requirement: String,
+        summary: String,
+    },
+    #[error("installing `{requirement}` took longer than the install time-out ({timeout:?}) and was stopped; nothing was changed. Raise package.timeout (PYTHON_DOCKER_MCP_INSTALL_TIMEOUT) for large packages")]
+    TimedOut {
+        requirement: String,
+        timeout: Duration,
+    },
+}
+
+/// Why a cleanup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error("no such session `{0}`: nothing to clean up")]
+    NoSuchSession(String),
+    #[error("session `{id}` had already ended: {why}")]
+    AlreadyEnded { id: String, why: String },
+}
+
+/// A handle on the daemon's core; clone it freely.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: Config,
+    docker: Docker,
+    /// Labels every container, volume and name with this daemon instance.
+    owner: Owner,
+    sessions: Registry,
+    /// The shared package volume, created on first use (so start-up needs no Docker).
+    shared_volume: OnceCell<String>,
+    /// Installs into the shared environment run one at a time.
+    shared_install: Mutex<()>,
+    /// Background removals; shutdown waits for them.
+    tasks: TaskTracker,
+    /// Set once shutdown starts: no new sandboxes after that.
+    closing: std::sync::atomic::AtomicBool,
+}
+
+impl Engine {
+    pub fn new(config: Config) -> Engine {
+        Engine {
+            shared: Arc::new(Shared {
+                config,
+                docker: Docker::new(),
+                owner: Owner::new(),
+                sessions: Registry::default(),
+                shared_volume: OnceCell::new(),
+                shared_install: Mutex::new(()),
+                tasks: TaskTracker::new(),
+                closing: Default::default(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.shared.docker
+    }
+
+    /// This daemon's instance id (the value of its `instance` label).
+    pub fn instance(&self) -> &str {
+        &self.shared.owner.instance
+    }
+
+    async fn shared_volume(&self) -> Result<&str, DockerError> {
+        let s = &self.shared;
+        s.shared_volume
+            .get_or_try_init(|| async {
+                let name = s.owner.shared_volume();
+                s.docker
+                    .create_volume(&name, &s.owner.labels(Role::Installer, None))
+                    .await?;
+                Ok::<_, DockerError>(name)
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    async fn start_repl(
+        &self,
+        role: Role,
+        session: Option<(&str, &str)>,
+    ) -> Result<Repl, ExecError> {
+        if self
+            .shared
+            .closing
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(ExecError::ShuttingDown);
+        }
+        let shared_volume = self.shared_volume().await?;
+        let spec = sandbox::repl_spec(
+            &self.shared.config,
+            &self.shared.owner,
+            role,
+            session.map(|s| s.0),
+            shared_volume,
+            session.map(|s| s.1),
+        );
+        match Repl::start(&self.shared.docker, &spec).await {
+            Ok(r) => Ok(r),
+            Err(ReplError::Docker(e)) => Err(ExecError::Docker(e)),
+            Err(e) => Err(ExecError::Start(e)),
+        }
+    }
+
+    /// Remove a container in the background; shutdown waits for it.
+    fn remove_later(&self, id: String) {
+        let docker = self.shared.docker.clone();
+        self.shared
+            .tasks
+            .spawn(async move { docker.remove(&id).await });
+    }
+
+    fn timeout_notice(&self) -> String {
+        format!(
+            "The code ran longer than the {} time-out and was interrupted with KeyboardInterrupt.",
+            humantime::format_duration(self.shared.config.docker.timeout)
+        )
+    }
+
+    /// Run code once in a fresh container that nothing else uses, removed afterwards.
+    pub async fn execute_transient(
+        &self,
+        code: &str,
+        state: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<ExecResult, ExecError> {
+        let started = Instant::now();
+        let mut repl = self.start_repl(Role::Transient, None).await?;
+        let d = &self.shared.config.docker;
+        let outcome = repl
+            .execute(code, state, true, d.timeout, d.output_limit)
+            .await;
+        self.remove_later(repl.id.clone());
+        Ok(match outcome {
+            Ok(Outcome::Completed(reply)) => ExecResult::from_reply(reply, false),
+            Ok(Outcome::Interrupted(reply)) => {
+                let mut r = ExecResult::from_reply(reply, true);
+                r.notice = Some(self.timeout_notice());
+                r
+            }
+            Err(e) => ExecResult::lost(
+                e.to_string(),
+                started,
+                matches!(e, ReplError::Killed { .. }),
+            ),
+        })
+    }
+
+    /// Run code in a session; without an id, start a new session first.
+    pub async fn execute_persistent(
+        &self,
+        code: &str,
+        session_id: Option<&str>,
+    ) -> Result<ExecResult, ExecError> {
+        let session = match session_id {
+            Some(id) => self.session(id)?,
+            None => self.new_session().await?,
+        };
+        let started = Instant::now();
+        let d = &self.shared.config.docker;
+        let mut guard = session.repl.lock().await;
+        let Some(repl) = guard.as_mut() else {
+            // Ended while this call waited for the lock.
+            return Err(self.ended(&session.id));
+        };
+        let outcome = repl
+            .execute(code, None, false, d.timeout, d.output_limit)
+            .await;
+        let mut result = match outcome {
+            Ok(Outcome::Completed(reply)) => ExecResult::from_reply(reply, false),
+            Ok(Outcome::Interrupted(reply)) => {
+                let mut r = ExecResult::from_reply(reply, true);
+                r.notice = Some(format!(
+                    "{} The session is still alive with every variable defined before.",
+                    self.timeout_notice()
+                ));
+                r
+            }
+            Err(e) => {
+                let timed_out = matches!(e, ReplError::Killed { .. });
+                let why = match self.shared.sessions.ended_because(&session.id) {
+                    Some(ended) => ended,
+                    None => format!("its sandbox was lost: {e}"),
+                };
+                *guard = None;
+                if let Some(s) = self.shared.sessions.end(&session.id, why.clone()) {
+                    self.remove_session_objects(&s);
+                }
+                ExecResult::lost(
+                    format!("Session {} is gone: {why}. Variables are lost; call execute-persistent without session_id to start a new session.", session.id),
+                    started,
+                    timed_out,
+                )
+            }
+        };
+        result.session_id = Some(session.id.clone());
+        Ok(result)
+    }
+
+    fn session(&self, id: &str) -> Result<Arc<Session>, ExecError> {
+        self.shared.sessions.get(id).ok_or_else(|| self.ended(id))
+    }
+
+    fn ended(&self, id: &str) -> ExecError {
+        match self.shared.sessions.ended_because(id) {
+            Some(why) => ExecError::Ended { id: id.into(), why },
+            None => ExecError::NoSuchSession(id.into()),
+        }
+    }
+
+    async fn new_session(&self) -> Result<Arc<Session>, ExecError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let s = &self.shared;
+        let volume = s.owner.name(Role::Session);
+        s.docker
+            .create_volume(&volume, &s.owner.labels(Role::Session, Some(&id)))
+            .await?;
+        let repl = match self.start_repl(Role::Session, Some((&id, &volume))).await {
+            Ok(r) => r,
+            Err(e) => {
+                s.docker.remove_volume(&volume).await;
+                return Err(e);
+            }
+        };
+        tracing::info!(session_id = %id, container = %repl.name, python = %repl.python, "session started");
+        let session = Arc::new(Session {
+            id,
+            container: repl.id.clone(),
+            volume,
+            created: Instant::now(),
+            repl: tokio::sync::Mutex::new(Some(repl)),
+        });
+        s.sessions.insert(session.clone());
+        Ok(session)
+    }
+
+    /// Remove a session's container and then its volume, in the background.
+    fn remove_session_objects(&self, session: &Session) {
+        let docker = self.shared.docker.clone();
+        let (container, volume) = (session.container.clone(), session.volume.clone());
+        self.shared.tasks.spawn(async move {
+            docker.remove(&container).await;
+            docker.remove_volume(&volume).await;
+        });
+    }
+
+    /// End a session: its container and volume are removed; later calls are told so.
+    pub async fn cleanup_session(&self, id: &str) -> Result<(), CleanupError> {
+        match self
+            .shared
+            .sessions
+            .end(id, "it was cleaned up with cleanup-session")
+        {
+            Some(session) => {
+                // Kill first so a call still running in it ends now, then drop the REPL.
+                self.shared.docker.remove(&session.container).await;
+                self.shared.docker.remove_volume(&session.volume).await;
+                tracing::info!(session_id = %id, "session cleaned up");
+                Ok(())
+            }
+            None => match self.shared.sessions.ended_because(id) {
+                Some(why) => Err(CleanupError::AlreadyEnded { id: id.into(), why }),
+                None => Err(CleanupError::NoSuchSession(id.into())),
+            },
+        }
+    }
+
+    /// Install a requirement into a session, or into the shared environment that
+    /// transient runs and sessions see.
+    pub async fn install_package(
+        &self,
+        package: &str,
+        session_id: Option<&str>,
+    ) -> Result<InstallResult, InstallError> {
+        let requirement = install::parse_requirement(package)?;
+        match session_id {
+            Some(id) => {
+                let session = self.session(id)?;
+                // Holding the session's lock: no code runs in it while packages change.
+                let guard = session.repl.lock().await;
+                if guard.is_none() {
+                    return Err(self.ended(id).into());
+                }
+                self.run_installer(
+                    &requirement,
+                    &session.volume,
+                    Some(id),
+                    format!("session {id}"),
+                )
+                .await
+            }
+            None => {
+                let volume = self.shared_volume().await?.to_string();
+                let _one_at_a_time = self.shared.shared_install.lock().await;
+                self.run_installer(&requirement, &volume, None, "shared environment".into())
+                    .await
+            }
+        }
+    }
+
+    async fn run_installer(
+        &self,
+        requirement: &Requirement,
+        volume: &str,
+        session: Option<&str>,
+        target: String,
+    ) -> Result<InstallResult, InstallError> {
+        let c = &self.shared.config;
+        let cmd = install::pip_command(&c.package, std::slice::from_ref(requirement));
+        let spec = sandbox::installer_spec(c, &self.shared.owner, session, volume, cmd);
+        let started = Instant::now();
+        tracing::info!(requirement = %requirement.spec, %target, "installing");
+        let finished = match self
+            .shared
+            .docker
+            .run_to_completion(&spec, c.package.timeout)
+            .await
+        {
+            Ok(f) => f,
+            Err(DockerError::Timeout(timeout)) => {
+                return Err(InstallError::TimedOut {
+                    requirement: requirement.spec.clone(),
+                    timeout,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if finished.exit_code != 0 {
+            return Err(InstallError::Failed {
+                requirement: requirement.spec.clone(),
+                summary: install::pip_failure_summary(&finished.stdout, &finished.stderr),
+            });
+        }
+        Ok(InstallResult {
+            requirement: requirement.spec.clone(),
+            target,
+            installed: install::installed_from_pip_output(&finished.stdout),
+            installer: "pip".into(),
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        })
+    }
+
+    /// A one-line summary of the limits sandboxes run under, for logs and docs.
+    pub fn describe_sandbox(&self) -> String {
+        let d = &self.shared.config.docker;
+        format!(
+            "image {}, user {}, memory {}, cpus {}, pids {}, network {}, root {}",
+            d.image,
+            d.user,
+            human_bytes(d.memory_limit),
+            d.cpu_limit,
+            d.pids_limit,
+            if d.network_disabled { "none" } else { "bridge" },
+            if d.read_only { "read-only" } else { "writable" },
+        )
+    }
+
+    /// Remove every container and volume this daemon created. Bounded by `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        let s = &self.shared;
+        s.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        for id in s.sessions.ids() {
+            s.sessions.end(&id, "the server shut down");
+        }
+        s.tasks.close();
+        let work = async {
+            // Only talk to Docker if this daemon ever did.
+            if s.shared_volume.initialized() || !s.tasks.is_empty() {
+                match s.docker.remove_instance(&s.owner.instance).await {
+                    Ok(n) => tracing::info!(containers = n, "removed this instance's containers"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not list containers to remove at shutdown")
+                    }
+                }
+            }
+            s.tasks.wait().await;
+        };
+        if tokio::time::timeout(grace, work).await.is_err() {
+            tracing::warn!(?grace, "shutdown cleanup did not finish in time; some containers may remain (they exit on their own when their stdin closes)");
+        }
+    }
+}

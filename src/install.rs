@@ -1,0 +1,262 @@
+//! Package installs: what a valid requirement is, and the installer command line.
+//!
+//! A requirement is a PEP 508 name with optional extras and version specifiers
+//! (`pandas`, `rich==13.7.1`, `requests[socks]>=2,<3`). Nothing else gets through:
+//! no options, URLs, paths, environment markers or shell syntax. The install itself runs
+//! in a short-lived installer container (see `sandbox::installer_spec`) that has network
+//! and writes into a volume the sandboxes mount read-only; the sandbox never gets network.
+
+use crate::config::PackageConfig;
+
+/// Why a requirement was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequirementError {
+    #[error("the package name is empty; give a name such as `requests` or `pandas>=2`")]
+    Empty,
+    #[error(
+        "`{0}` looks like an installer option; only package names with optional version \
+         specifiers are accepted (for example `requests` or `pandas>=2`)"
+    )]
+    Option(String),
+    #[error(
+        "`{0}` is a URL or path; only package names from the package index are accepted \
+         (for example `requests` or `pandas>=2`)"
+    )]
+    Location(String),
+    #[error(
+        "`{input}` is not a valid requirement: {why}. Use a package name with optional extras \
+         and version specifiers, for example `requests`, `rich==13.7.1` or `requests[socks]>=2,<3`"
+    )]
+    Invalid { input: String, why: String },
+}
+
+/// A validated requirement, safe to pass as one argument to the installer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    /// The whole specifier, whitespace removed.
+    pub spec: String,
+    /// The distribution name.
+    pub name: String,
+}
+
+const OPERATORS: &[&str] = &["===", "~=", "==", "!=", "<=", ">=", "<", ">"];
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+fn is_version_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '*' | '+' | '!' | '_' | '-')
+}
+
+/// Parse one requirement specifier.
+pub fn parse_requirement(input: &str) -> Result<Requirement, RequirementError> {
+    let trimmed = input.trim();
+    if trimmed.is_empty() {
+        return Err(RequirementError::Empty);
+    }
+    if trimmed.starts_with('-') {
+        return Err(RequirementError::Option(trimmed.into()));
+    }
+    if trimmed.contains("://")
+        || trimmed.starts_with('.')
+        || trimmed.starts_with('/')
+        || trimmed.starts_with('~')
+        || trimmed.contains('@')
+        || trimmed.contains('\\')
+    {
+        return Err(RequirementError::Location(trimmed.into()));
+    }
+    let invalid = |why: &str| RequirementError::Invalid {
+        input: trimmed.into(),
+        why: why.into(),
+    };
+    let s: String = trimmed.chars().filter(|c| !c.is_whitespace()).collect();
+    if let Some(c) = s
+        .chars()
+        .find(|&c| !(is_name_char(c) || is_version_char(c) || "[],=<>!~".contains(c)))
+    {
+        return Err(invalid(&format!("the character `{c}` is not allowed")));
+    }
+
+    let name_end = s.find(|c: char| !is_name_char(c)).unwrap_or(s.len());
+    let name = &s[..name_end];
+    let valid_name = !name.is_empty()
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !valid_name {
+        return Err(invalid(
+            "a package name starts and ends with a letter or digit",
+        ));
+    }
+    let mut rest = &s[name_end..];
+
+    if let Some(after) = rest.strip_prefix('[') {
+        let close = after
+            .find(']')
+            .ok_or_else(|| invalid("the extras list has no closing `]`"))?;
+        for extra in after[..close].split(',') {
+            let ok = !extra.is_empty()
+                && extra.chars().all(is_name_char)
+                && extra.starts_with(|c: char| c.is_ascii_alphanumeric());
+            if !ok {
+                return Err(invalid(&format!("`{extra}` is not a valid extra name")));
+            }
+        }
+        rest = &after[close + 1..];
+    }
+
+    if !rest.is_empty() {
+        for clause in rest.split(',') {
+            let op = OPERATORS
+                .iter()
+                .find(|op| clause.starts_with(**op))
+                .ok_or_else(|| {
+                    invalid(&format!(
+                        "`{clause}` is not a version specifier such as `>=2.0`"
+                    ))
+                })?;
+            let version = &clause[op.len()..];
+            if version.is_empty() || !version.chars().all(is_version_char) {
+                return Err(invalid(&format!(
+                    "`{clause}` has no valid version after `{op}`"
+                )));
+            }
+        }
+    }
+    Ok(Requirement {
+        spec: s.clone(),
+        name: name.into(),
+    })
+}
+
+/// The installer's argument vector: pip into `/target` (the volume), wheels only unless
+/// configured otherwise. Every requirement has been validated and is one argument.
+pub fn pip_command(config: &PackageConfig, requirements: &[Requirement]) -> Vec<String> {
+    let mut cmd: Vec<String> = [
+        "python3",
+        "-m",
+        "pip",
+        "install",
+        "--no-input",
+        "--disable-pip-version-check",
+        "--root-user-action=ignore",
+        "--no-cache-dir",
+        "--upgrade",
+        "--target",
+        "/target",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if config.only_binary {
+        cmd.push("--only-binary=:all:".into());
+    }
+    if let Some(url) = &config.index_url {
+        cmd.push("--index-url".into());
+        cmd.push(url.clone());
+    }
+    for host in &config.trusted_hosts {
+        cmd.push("--trusted-host".into());
+        cmd.push(host.clone());
+    }
+    cmd.extend(requirements.iter().map(|r| r.spec.clone()));
+    cmd
+}
+
+/// The distributions pip reports in its `Successfully installed a-1.0 b-2.0` line.
+pub fn installed_from_pip_output(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Successfully installed "))
+        .flat_map(|l| l.split_whitespace().map(str::to_string))
+        .collect()
+}
+
+/// The part of pip's output that explains a failure: its `ERROR:` lines, else the tail.
+pub fn pip_failure_summary(stdout: &str, stderr: &str) -> String {
+    let errors: Vec<&str> = stderr
+        .lines()
+        .chain(stdout.lines())
+        .filter(|l| l.starts_with("ERROR:"))
+        .collect();
+    if !errors.is_empty() {
+        return errors.join("\n");
+    }
+    let all: Vec<&str> = stderr.lines().chain(stdout.lines()).collect();
+    all[all.len().saturating_sub(15)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_names_extras_and_specifiers() {
+        for ok in [
+            "six",
+            "pandas>=2",
+            "rich==13.7.1",
+            "requests[socks]>=2,<3",
+            "zope.interface",
+            "Foo_Bar-baz ~= 1.4.5",
+            "x===1.0+local",
+            "numpy!=1.*",
+        ] {
+            assert!(
+                parse_requirement(ok).is_ok(),
+                "{ok} refused: {:?}",
+                parse_requirement(ok)
+            );
+        }
+        let r = parse_requirement(" pandas >= 2 ").unwrap();
+        assert_eq!(r.spec, "pandas>=2");
+        assert_eq!(r.name, "pandas");
+    }
+
+    #[test]
+    fn refuses_shell_options_paths_and_urls() {
+        let cases = [
+            ("six; rm -rf /", "not allowed"),
+            ("--index-url=http://evil", "option"),
+            ("-r requirements.txt", "option"),
+            ("../x", "URL or path"),
+            ("/tmp/pkg", "URL or path"),
+            ("https://example.com/x.whl", "URL or path"),
+            ("pkg @ https://example.com/x.whl", "URL or path"),
+            ("six && curl x", "not allowed"),
+            ("$(id)", "not allowed"),
+            ("six`id`", "not allowed"),
+            ("six|sh", "not allowed"),
+            ("", "empty"),
+            ("six>=", "no valid version"),
+            ("six[", "closing"),
+            ("-six", "option"),
+            ("six==1.0;python_version<'3'", "not allowed"),
+        ];
+        for (input, expect) in cases {
+            let e = parse_requirement(input).expect_err(input).to_string();
+            assert!(e.contains(expect), "{input}: {e}");
+        }
+    }
+
+    #[test]
+    fn pip_command_is_wheels_only_and_targets_the_volume() {
+        let config = crate::config::Config::defaults().package;
+        let cmd = pip_command(&config, &[parse_requirement("six").unwrap()]);
+        assert!(cmd.contains(&"--only-binary=:all:".to_string()));
+        assert!(cmd.windows(2).any(|w| w == ["--target", "/target"]));
+        assert_eq!(cmd.last().unwrap(), "six");
+    }
+
+    #[test]
+    fn reads_pip_results() {
+        let out = "Collecting six\nInstalling collected packages: six\nSuccessfully installed six-1.16.0 rich-13.7.1\n";
+        assert_eq!(
+            installed_from_pip_output(out),
+            vec!["six-1.16.0", "rich-13.7.1"]
+        );
+        let err = "ERROR: Could not find a version that satisfies the requirement nope\nERROR: No matching distribution found for nope\n";
+        assert!(pip_failure_summary("", err).contains("No matching distribution"));
+    }
+}

@@ -1,0 +1,32 @@
+//! python-docker-mcp: an MCP server that gives AI agents a Python sandbox in Docker.
+//!
+//! Four tools (`execute-transient`, `execute-persistent`, `install-package`,
+//! `cleanup-session`) run Python in locked-down containers: no network, non-root, no
+//! capabilities, memory/CPU/pids limits, read-only root. A small Python helper inside each
+//! container speaks JSON lines over the container's attached stdin/stdout.
+//!
+//! # Layout
+//! - [`config`]: settings, layered defaults < file < environment < flags, validated once.
+//! - [`sandbox`]: the security profile every container gets; the one place isolation lives.
+//! - [`docker`]: the container runtime seam; the only module that uses bollard.
+//! - [`repl`]: the wire protocol with the helper (`repl/helper.py`) and one live REPL.
+//! - [`session`]: the registry of persistent sessions.
+//! - [`install`]: requirement validation and the installer command.
+//! - [`engine`]: the operations behind the tools, and shutdown.
+//! - [`mcp`]: the thin MCP tool layer (rmcp).
+//! - [`demo`]: a real MCP client session against this binary, for the README's first command.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod demo;
+pub mod docker;
+pub mod engine;
+pub mod install;
+pub mod mcp;
+pub mod repl;
+pub mod sandbox;
+pub mod session;
+
+pub use config::Config;
+pub use engine::Engine;
+pub use mcp::Server;

@@ -1,0 +1,278 @@
+//! The MCP tool surface: parse arguments, call the [`Engine`], render the result.
+//!
+//! Tool names and arguments are the original's. Every result has readable text for the
+//! model and `structuredContent` under a published `outputSchema`. A Python exception, a
+//! time-out or a Docker problem is a result with `isError: true`; malformed arguments are
+//! rejected by rmcp as a JSON-RPC error before a method here runs.
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::schema_for_output;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResult, ContentBlock as Content, ErrorData, Implementation, ServerCapabilities,
+    ServerConfig,
+};
+use rmcp::{tool, tool_handler, tool_router, ServerHandler};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Engine, ExecResult, InstallResult};
+
+/// Arguments of `execute-transient`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct TransientArgs {
+    /// Python source code to run. If it ends with an expression, its repr is returned as `value`.
+    pub code: String,
+    /// Variables to define before the code runs, as a JSON object (name -> value). The
+    /// result's `state` holds the JSON-serialisable top-level variables afterwards, so you
+    /// can pass it to the next call to carry data forward.
+    #[serde(default)]
+    pub state: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Arguments of `execute-persistent`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct PersistentArgs {
+    /// Python source code to run. If it ends with an expression, its repr is returned as `value`.
+    pub code: String,
+    /// The session to run in, as returned by an earlier call. Omit it to start a new session;
+    /// the result then begins with `Session ID: <id>`.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+/// Arguments of `install-package`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct InstallArgs {
+    /// One requirement: a package name with optional extras and version specifiers, such as
+    /// `requests`, `pandas>=2` or `rich==13.7.1`. Options, URLs and paths are refused.
+    pub package_name: String,
+    /// Install into this session only. Omit it to install into the shared environment that
+    /// every later transient run and every new or existing session sees.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+/// Arguments of `cleanup-session`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CleanupArgs {
+    /// The session to end.
+    pub session_id: String,
+}
+
+/// The structured result of `cleanup-session`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CleanupResult {
+    /// The session that was ended.
+    pub session_id: String,
+    /// True when the session existed and its container was removed.
+    pub removed: bool,
+}
+
+/// The MCP server: a clone of the engine handle plus the tool router.
+#[derive(Clone)]
+pub struct Server {
+    engine: Engine,
+    tool_router: ToolRouter<Server>,
+}
+
+impl Server {
+    pub fn new(engine: Engine) -> Server {
+        Server {
+            engine,
+            tool_router: Self::tool_router(),
+        }
+    }
+}
+
+/// Render an execution for the model: output first, then what went wrong.
+pub fn render_exec(r: &ExecResult) -> String {
+    let mut text = String::new();
+    if let Some(id) = &r.session_id {
+        text.push_str(&format!("Session ID: {id}\n\n"));
+    }
+    text.push_str("Execution Result:\n\n");
+    text.push_str(&r.stdout);
+    if r.stdout_dropped > 0 {
+        text.push_str(&format!(
+            "\n[stdout truncated: {} more bytes dropped]\n",
+            r.stdout_dropped
+        ));
+    }
+    if !r.stderr.is_empty() || r.stderr_dropped > 0 {
+        text.push_str("\n\nStandard Error:\n");
+        text.push_str(&r.stderr);
+        if r.stderr_dropped > 0 {
+            text.push_str(&format!(
+                "\n[stderr truncated: {} more bytes dropped]\n",
+                r.stderr_dropped
+            ));
+        }
+    }
+    if let Some(v) = &r.value {
+        text.push_str(&format!("\n\nResult: {v}"));
+    }
+    if let Some(e) = &r.error {
+        if r.timed_out {
+            text.push_str("\n\nTimed out.");
+        } else {
+            text.push_str(&format!("\n\nError: {}", e.traceback.trim_end()));
+        }
+    }
+    if let Some(notice) = &r.notice {
+        text.push_str(&format!("\n\n{notice}"));
+    }
+    if let Some(skipped) = &r.state_skipped {
+        let list: Vec<String> = skipped.iter().map(|(k, t)| format!("{k} ({t})")).collect();
+        text.push_str(&format!(
+            "\n\nNot carried in state (not JSON-serialisable): {}",
+            list.join(", ")
+        ));
+    }
+    text
+}
+
+fn exec_result(r: ExecResult) -> CallToolResult {
+    let mut result = CallToolResult::success(vec![Content::text(render_exec(&r))]);
+    result.is_error = Some(r.is_error());
+    result.structured_content = Some(serde_json::to_value(&r).expect("results serialise"));
+    result
+}
+
+fn tool_error(message: impl std::fmt::Display) -> CallToolResult {
+    CallToolResult::error(vec![Content::text(format!("Error: {message}"))])
+}
+
+#[tool_router]
+impl Server {
+    #[tool(
+        name = "execute-transient",
+        description = "Run Python code in a fresh, single-use sandbox container that is removed afterwards. \
+Nothing survives between calls except what you pass in `state` (a JSON object of variables) and read back \
+from the result's `state`. Use it for one-off computations; use execute-persistent when you want variables, \
+imports and files to persist. The sandbox has no network. Returns stdout, stderr, the last expression's \
+value and any exception with its traceback.",
+        output_schema = schema_for_output::<ExecResult>()
+    )]
+    async fn execute_transient(
+        &self,
+        Parameters(args): Parameters<TransientArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(
+            match self
+                .engine
+                .execute_transient(&args.code, args.state.as_ref())
+                .await
+            {
+                Ok(r) => exec_result(r),
+                Err(e) => tool_error(e),
+            },
+        )
+    }
+
+    #[tool(
+        name = "execute-persistent",
+        description = "Run Python code in a persistent session: a long-lived sandbox where variables, \
+functions, imports and files from earlier calls are still there, like a notebook kernel. Omit session_id to \
+start a new session; the result begins with `Session ID: <id>`, which you pass in later calls. Calls to one \
+session run one at a time, in order. Code that runs past the time-out is interrupted and the session keeps its \
+variables. Call cleanup-session when you are done.",
+        output_schema = schema_for_output::<ExecResult>()
+    )]
+    async fn execute_persistent(
+        &self,
+        Parameters(args): Parameters<PersistentArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let session = args.session_id.as_deref().filter(|s| !s.is_empty());
+        Ok(
+            match self.engine.execute_persistent(&args.code, session).await {
+                Ok(r) => exec_result(r),
+                Err(e) => tool_error(e),
+            },
+        )
+    }
+
+    #[tool(
+        name = "install-package",
+        description = "Install a Python package from the package index. With session_id, into that session \
+only (importable there at once); without, into the shared environment that later transient runs and all \
+sessions see. Takes one requirement such as `requests` or `pandas>=2`. The install runs in a separate \
+installer container; the sandbox itself keeps no network.",
+        output_schema = schema_for_output::<InstallResult>()
+    )]
+    async fn install_package(
+        &self,
+        Parameters(args): Parameters<InstallArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let session = args.session_id.as_deref().filter(|s| !s.is_empty());
+        Ok(
+            match self
+                .engine
+                .install_package(&args.package_name, session)
+                .await
+            {
+                Ok(r) => {
+                    let installed = if r.installed.is_empty() {
+                        "nothing new".to_string()
+                    } else {
+                        r.installed.join(", ")
+                    };
+                    let text = format!(
+                    "Package installation result:\n\nInstalled {} into the {} with {} in {:.1} s: {installed}",
+                    r.requirement,
+                    r.target,
+                    r.installer,
+                    r.duration_ms / 1000.0
+                );
+                    let mut result = CallToolResult::success(vec![Content::text(text)]);
+                    result.structured_content =
+                        Some(serde_json::to_value(&r).expect("results serialise"));
+                    result
+                }
+                Err(e) => tool_error(e),
+            },
+        )
+    }
+
+    #[tool(
+        name = "cleanup-session",
+        description = "End a persistent session: its container, variables, files and session-only packages \
+are removed. Later calls with that session_id are refused.",
+        output_schema = schema_for_output::<CleanupResult>()
+    )]
+    async fn cleanup_session(
+        &self,
+        Parameters(args): Parameters<CleanupArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(match self.engine.cleanup_session(&args.session_id).await {
+            Ok(()) => {
+                let r = CleanupResult {
+                    session_id: args.session_id.clone(),
+                    removed: true,
+                };
+                let mut result = CallToolResult::success(vec![Content::text(format!(
+                    "Session {} cleaned up successfully",
+                    args.session_id
+                ))]);
+                result.structured_content =
+                    Some(serde_json::to_value(&r).expect("results serialise"));
+                result
+            }
+            Err(e) => tool_error(e),
+        })
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Server {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("python-docker-mcp", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Runs Python in Docker sandboxes without network. execute-transient: one-off code in a fresh \
+                 container. execute-persistent: a session that keeps variables between calls (pass the \
+                 session_id it returns). install-package: add packages to a session or to the shared \
+                 environment. cleanup-session: end a session.",
+            )
+    }
+}

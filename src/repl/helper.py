@@ -1,0 +1,287 @@
+# python-docker-mcp REPL helper: runs inside every sandbox as `python3 -u -c <this file>`.
+#
+# Protocol: one JSON object per line. The daemon writes requests to the container's stdin;
+# the helper answers on the container's stdout. Before any user code runs, the helper moves
+# both onto private descriptors (close-on-exec) and points fd 0 at /dev/null, so nothing
+# user code does with fds 0, 1 or 2 -- print, os.write(1, ...), C extensions, child
+# processes -- can read or corrupt the protocol. During an execution fds 1 and 2 are pipes
+# drained by threads into capped buffers; that is what "stdout" and "stderr" return.
+#
+# Requests:  {"op": "exec", "id": N, "code": str, "state": obj|null, "want_state": bool,
+#             "output_limit": int}
+# Replies:   {"op": "ready", "python": str}  once at start
+#            {"op": "result", "id": N, "stdout": str, "stderr": str, "stdout_dropped": int,
+#             "stderr_dropped": int, "value": str|null, "error": null|{type, message,
+#             traceback}, "interrupted": bool, "duration_ms": float, "state": obj|null,
+#             "state_skipped": {name: type}}
+# Package directories (PDM_PACKAGE_DIRS, read-only volumes an installer container fills)
+# are rescanned before each execution when they changed, so an install is importable at once.
+# When stdin closes (the daemon went away) the helper exits at once, so a sandbox never
+# outlives its daemon.
+import ast
+import builtins
+import importlib
+import json
+import linecache
+import os
+import signal
+import site
+import sys
+import threading
+import time
+import traceback
+import types
+
+PACKAGE_DIRS = [p for p in os.environ.get("PDM_PACKAGE_DIRS", "").split(":") if p]
+
+_proto_in = os.fdopen(os.dup(0), "rb")
+_proto_out = os.dup(1)
+_devnull = os.open(os.devnull, os.O_RDWR)
+_diag = os.dup(2)
+os.dup2(_devnull, 0)
+os.dup2(_devnull, 1)
+_orig_stdout, _orig_stderr = sys.stdout, sys.stderr
+
+
+def send(msg):
+    data = (json.dumps(msg, ensure_ascii=True) + "\n").encode()
+    view = memoryview(data)
+    while view:
+        n = os.write(_proto_out, view)
+        view = view[n:]
+
+
+def diag(text):
+    # The container's stderr: the daemon logs it. Only used outside executions.
+    try:
+        os.write(_diag, ("helper: " + text + "\n").encode(errors="replace"))
+    except OSError:
+        pass
+
+
+# Requests are read on a thread so that EOF is noticed even while user code runs.
+_requests = []
+_requests_cv = threading.Condition()
+
+
+def _reader():
+    while True:
+        line = _proto_in.readline()
+        if not line:
+            os._exit(0)
+        with _requests_cv:
+            _requests.append(line)
+            _requests_cv.notify()
+
+
+def next_request():
+    with _requests_cv:
+        while not _requests:
+            _requests_cv.wait()
+        return _requests.pop(0)
+
+
+# SIGINT (sent by the daemon on a time-out) interrupts user code only.
+_in_user_code = False
+
+
+def _on_sigint(signum, frame):
+    if _in_user_code:
+        raise KeyboardInterrupt("execution interrupted by python-docker-mcp (time-out)")
+
+
+signal.signal(signal.SIGINT, _on_sigint)
+
+
+_seen_mtimes = {}
+
+
+def refresh_paths():
+    changed = False
+    # Reversed so that the first directory (session packages) ends up first on sys.path.
+    for d in reversed(PACKAGE_DIRS):
+        try:
+            mtime = os.stat(d).st_mtime_ns
+        except OSError:
+            continue
+        if _seen_mtimes.get(d) != mtime:
+            _seen_mtimes[d] = mtime
+            before = set(sys.path)
+            site.addsitedir(d)  # also processes .pth files of installed packages
+            # Installed packages win over the image's own copies.
+            added = [p for p in sys.path if p not in before]
+            for p in added:
+                sys.path.remove(p)
+            sys.path[0:0] = added
+            changed = True
+    if changed:
+        importlib.invalidate_caches()
+
+
+class Capture:
+    """Points fd 1 or 2 at a pipe and drains it into a capped buffer on a thread."""
+
+    def __init__(self, fd, limit, restore_to):
+        self.fd, self.limit, self.restore_to = fd, limit, restore_to
+        self.chunks, self.kept, self.dropped = [], 0, 0
+        r, w = os.pipe()
+        self.r = r
+        os.dup2(w, fd)
+        os.close(w)
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.thread.start()
+
+    def _drain(self):
+        while True:
+            try:
+                data = os.read(self.r, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            room = self.limit - self.kept
+            if room > 0:
+                self.chunks.append(data[:room])
+                self.kept += min(room, len(data))
+            self.dropped += max(0, len(data) - max(room, 0))
+        os.close(self.r)
+
+    def finish(self):
+        os.dup2(self.restore_to, self.fd)
+        # A child process that still holds the pipe keeps it open; do not wait for it long.
+        self.thread.join(timeout=0.2)
+        return b"".join(self.chunks).decode("utf-8", errors="replace"), self.dropped
+
+
+_cell = 0
+namespace = {"__name__": "__main__", "__builtins__": builtins}
+
+
+def compile_cell(code):
+    """Compile a cell; if it ends with an expression, compile that separately for its value."""
+    global _cell
+    _cell += 1
+    filename = "<cell-%d>" % _cell
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    tree = ast.parse(code, filename, "exec")
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+    body = compile(tree, filename, "exec")
+    return body, (compile(last, filename, "eval") if last is not None else None)
+
+
+def describe_error(exc):
+    tb = exc.__traceback__
+    # Drop the helper's own frames: the traceback starts in the user's cell.
+    while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell-"):
+        tb = tb.tb_next
+    if isinstance(exc, SyntaxError):
+        tb = None
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    return {"type": type(exc).__name__, "message": str(exc), "traceback": text}
+
+
+def collect_state(ns):
+    state, skipped = {}, {}
+    for name, value in ns.items():
+        if name.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
+            continue
+        if name in ("In", "Out", "exit", "quit"):
+            continue
+        try:
+            json.dumps(value, allow_nan=False)
+            state[name] = value
+        except (TypeError, ValueError, OverflowError, RecursionError):
+            skipped[name] = type(value).__name__
+    return state, skipped
+
+
+def repr_capped(value, limit=10000):
+    try:
+        text = repr(value)
+    except Exception as e:  # a broken __repr__ must not break the helper
+        text = "<repr failed: %s: %s>" % (type(e).__name__, e)
+    if len(text) > limit:
+        text = text[:limit] + "... [%d more characters]" % (len(text) - limit)
+    return text
+
+
+def execute(req):
+    global _in_user_code
+    ns = namespace
+    if req.get("state") is not None or req.get("want_state"):
+        ns = {"__name__": "__main__", "__builtins__": builtins}
+        ns.update(req.get("state") or {})
+    limit = int(req.get("output_limit") or 262144)
+    result = {"op": "result", "id": req.get("id"), "value": None, "error": None, "interrupted": False}
+    refresh_paths()
+    # exit() closes sys.stdin (and fd 0) on its way out; put /dev/null back so no pipe
+    # lands on fd 0 and input() reads end-of-file.
+    os.dup2(_devnull, 0)
+    if sys.stdin is None or sys.stdin.closed:
+        sys.stdin = open(0, "r", closefd=False)
+    out, err = Capture(1, limit, _devnull), Capture(2, limit, _diag)
+    started = time.perf_counter()
+    try:
+        try:
+            body, last = compile_cell(req["code"])
+            _in_user_code = True
+            exec(body, ns)
+            if last is not None:
+                value = eval(last, ns)
+                _in_user_code = False
+                if value is not None:
+                    result["value"] = repr_capped(value)
+        finally:
+            _in_user_code = False
+    except KeyboardInterrupt as e:
+        result["interrupted"] = True
+        result["error"] = describe_error(e)
+    except BaseException as e:  # SystemExit included: exit() ends the cell, not the helper
+        result["error"] = describe_error(e)
+    finally:
+        _in_user_code = False
+        duration = time.perf_counter() - started
+        for stream in (sys.stdout, sys.stderr, _orig_stdout, _orig_stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        sys.stdout, sys.stderr = _orig_stdout, _orig_stderr
+        result["stdout"], result["stdout_dropped"] = out.finish()
+        result["stderr"], result["stderr_dropped"] = err.finish()
+    result["duration_ms"] = round(duration * 1000.0, 3)
+    if req.get("want_state"):
+        result["state"], result["state_skipped"] = collect_state(ns)
+    return result
+
+
+def main():
+    refresh_paths()
+    os.chdir(os.environ.get("PDM_WORKDIR") or os.getcwd())
+    threading.Thread(target=_reader, daemon=True).start()
+    send({"op": "ready", "python": sys.version.split()[0]})
+    # Between executions fd 1 is /dev/null and fd 2 the container's stderr (the daemon logs it).
+    while True:
+        line = next_request()
+        try:
+            req = json.loads(line)
+        except ValueError as e:
+            diag("bad request: %s" % e)
+            continue
+        op = req.get("op")
+        try:
+            if op == "exec":
+                send(execute(req))
+            else:
+                diag("unknown op %r" % (op,))
+        except KeyboardInterrupt:
+            # An interrupt that landed between executions; nothing to stop.
+            send({"op": "result", "id": req.get("id"), "stdout": "", "stderr": "",
+                  "stdout_dropped": 0, "stderr_dropped": 0, "value": None,
+                  "error": {"type": "KeyboardInterrupt", "message": "", "traceback": ""},
+                  "interrupted": True, "duration_ms": 0.0})
+
+
+main()

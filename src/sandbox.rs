@@ -1,0 +1,345 @@
+//! The security profile: what every container this daemon starts looks like.
+//!
+//! This is the one place isolation settings are decided (user, capabilities, network,
+//! limits, filesystem, labels). It produces a plain [`ContainerSpec`]; the Docker module
+//! turns that into API calls and adds nothing of its own. The container is the security
+//! boundary: nothing here relies on inspecting the code that runs inside.
+
+use std::collections::BTreeMap;
+
+use crate::config::Config;
+
+/// Label keys on every object the daemon creates.
+pub mod labels {
+    /// Marks an object as made by python-docker-mcp (value `true`).
+    pub const MANAGED: &str = "python-docker-mcp.managed";
+    /// The daemon instance (a uuid per process) that owns it.
+    pub const INSTANCE: &str = "python-docker-mcp.instance";
+    /// Why it exists: `transient`, `session` or `installer`.
+    pub const ROLE: &str = "python-docker-mcp.role";
+    /// The session it belongs to, for session containers and volumes.
+    pub const SESSION: &str = "python-docker-mcp.session";
+    /// Process id and host of the owning daemon, for telling live owners from dead ones.
+    pub const PID: &str = "python-docker-mcp.pid";
+    pub const HOST: &str = "python-docker-mcp.host";
+}
+
+/// Where package volumes are mounted in a sandbox (read-only there).
+pub const SHARED_PACKAGES: &str = "/opt/python-docker-mcp/shared";
+pub const SESSION_PACKAGES: &str = "/opt/python-docker-mcp/session";
+
+/// The REPL helper, embedded so any image with `python3` works.
+pub const HELPER: &str = include_str!("repl/helper.py");
+
+/// Why a container exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Transient,
+    Session,
+    Installer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Transient => "transient",
+            Role::Session => "session",
+            Role::Installer => "installer",
+        }
+    }
+}
+
+/// A volume mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    pub volume: String,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// Everything needed to create one container, in plain terms.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub user: String,
+    pub working_dir: String,
+    pub labels: BTreeMap<String, String>,
+    /// `None` means no network at all (`network_mode: none`).
+    pub network: Option<String>,
+    pub memory_bytes: u64,
+    pub nano_cpus: i64,
+    pub pids_limit: i64,
+    pub read_only_root: bool,
+    /// tmpfs mounts: path -> mount options.
+    pub tmpfs: BTreeMap<String, String>,
+    pub volumes: Vec<VolumeMount>,
+    /// Keep stdin open and attached; the helper speaks over it.
+    pub interactive: bool,
+    /// Capabilities dropped: all of them.
+    pub cap_drop: Vec<String>,
+    /// `no-new-privileges`: setuid binaries cannot raise privileges.
+    pub security_opt: Vec<String>,
+    /// Let Docker remove the container as soon as it exits.
+    pub auto_remove: bool,
+}
+
+/// Capabilities every container drops, and the security options every container gets.
+fn cap_drop() -> Vec<String> {
+    vec!["ALL".into()]
+}
+
+fn security_opt() -> Vec<String> {
+    vec!["no-new-privileges".into()]
+}
+
+/// Who owns the containers: one per daemon process.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub instance: String,
+    pub pid: u32,
+    pub host: String,
+}
+
+impl Owner {
+    pub fn new() -> Owner {
+        Owner {
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+            pid: std::process::id(),
+            host: hostname(),
+        }
+    }
+
+    /// Labels for an object with this role.
+    pub fn labels(&self, role: Role, session: Option<&str>) -> BTreeMap<String, String> {
+        let mut l = BTreeMap::new();
+        l.insert(labels::MANAGED.into(), "true".into());
+        l.insert(labels::INSTANCE.into(), self.instance.clone());
+        l.insert(labels::ROLE.into(), role.as_str().into());
+        l.insert(labels::PID.into(), self.pid.to_string());
+        l.insert(labels::HOST.into(), self.host.clone());
+        if let Some(s) = session {
+            l.insert(labels::SESSION.into(), s.into());
+        }
+        l
+    }
+
+    /// A unique, recognisable container or volume name.
+    pub fn name(&self, role: Role) -> String {
+        let short = uuid::Uuid::new_v4().simple().to_string();
+        format!(
+            "pdm-{}-{}-{}",
+            &self.instance[..8],
+            role.as_str(),
+            &short[..12]
+        )
+    }
+
+    /// The shared package volume of this daemon instance.
+    pub fn shared_volume(&self) -> String {
+        format!("pdm-{}-shared", &self.instance[..8])
+    }
+}
+
+impl Default for Owner {
+    fn default() -> Self {
+        Owner::new()
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// A sandbox that runs the REPL helper: no network (unless configured), non-root, no
+/// capabilities, no new privileges, limits on memory, CPU and processes, read-only root.
+pub fn repl_spec(
+    config: &Config,
+    owner: &Owner,
+    role: Role,
+    session: Option<&str>,
+    shared_volume: &str,
+    session_volume: Option<&str>,
+) -> ContainerSpec {
+    let d = &config.docker;
+    let mut volumes = vec![VolumeMount {
+        volume: shared_volume.into(),
+        target: SHARED_PACKAGES.into(),
+        read_only: true,
+    }];
+    // Session packages come first on the path so they win over shared ones.
+    let mut package_dirs = vec![SHARED_PACKAGES.to_string()];
+    if let Some(v) = session_volume {
+        volumes.push(VolumeMount {
+            volume: v.into(),
+            target: SESSION_PACKAGES.into(),
+            read_only: true,
+        });
+        package_dirs.insert(0, SESSION_PACKAGES.to_string());
+    }
+    let mut tmpfs = BTreeMap::new();
+    if d.read_only {
+        let (uid, gid) = uid_gid(&d.user);
+        let size = d.tmpfs_size;
+        tmpfs.insert(
+            "/tmp".into(),
+            format!("rw,nosuid,nodev,size={size},mode=1777"),
+        );
+        tmpfs.insert(
+            d.working_dir.clone(),
+            format!("rw,nosuid,nodev,size={size},mode=0755,uid={uid},gid={gid}"),
+        );
+    }
+    ContainerSpec {
+        name: owner.name(role),
+        image: d.image.clone(),
+        cmd: vec!["python3".into(), "-u".into(), "-c".into(), HELPER.into()],
+        env: vec![
+            "PYTHONUNBUFFERED=1".into(),
+            "PYTHONDONTWRITEBYTECODE=1".into(),
+            "MPLBACKEND=Agg".into(),
+            format!("HOME={}", d.working_dir),
+            format!("PDM_WORKDIR={}", d.working_dir),
+            format!("PDM_PACKAGE_DIRS={}", package_dirs.join(":")),
+        ],
+        user: d.user.clone(),
+        working_dir: d.working_dir.clone(),
+        labels: owner.labels(role, session),
+        network: if d.network_disabled {
+            None
+        } else {
+            Some("bridge".into())
+        },
+        memory_bytes: d.memory_limit,
+        nano_cpus: (d.cpu_limit * 1e9) as i64,
+        pids_limit: d.pids_limit as i64,
+        read_only_root: d.read_only,
+        tmpfs,
+        volumes,
+        interactive: true,
+        cap_drop: cap_drop(),
+        security_opt: security_opt(),
+        auto_remove: true,
+    }
+}
+
+/// The short-lived installer: has network (it downloads packages), writes only into the
+/// target volume, runs with no capabilities and the same limits, and is never a sandbox
+/// that user code runs in.
+pub fn installer_spec(
+    config: &Config,
+    owner: &Owner,
+    session: Option<&str>,
+    target_volume: &str,
+    cmd: Vec<String>,
+) -> ContainerSpec {
+    let d = &config.docker;
+    let mut tmpfs = BTreeMap::new();
+    tmpfs.insert("/tmp".into(), "rw,nosuid,nodev,size=512m,mode=1777".into());
+    ContainerSpec {
+        name: owner.name(Role::Installer),
+        image: d.image.clone(),
+        cmd,
+        env: vec![
+            "HOME=/tmp".into(),
+            "PIP_NO_INPUT=1".into(),
+            "PIP_DISABLE_PIP_VERSION_CHECK=1".into(),
+            "PYTHONDONTWRITEBYTECODE=1".into(),
+        ],
+        // The volume's root belongs to root; writing there needs no capability beyond
+        // ownership, so root with every capability dropped is enough.
+        user: "0:0".into(),
+        working_dir: "/tmp".into(),
+        labels: owner.labels(Role::Installer, session),
+        network: Some("bridge".into()),
+        memory_bytes: d.memory_limit.max(512 * 1024 * 1024),
+        nano_cpus: (d.cpu_limit.max(1.0) * 1e9) as i64,
+        pids_limit: d.pids_limit as i64,
+        read_only_root: true,
+        tmpfs,
+        volumes: vec![VolumeMount {
+            volume: target_volume.into(),
+            target: "/target".into(),
+            read_only: false,
+        }],
+        interactive: false,
+        cap_drop: cap_drop(),
+        security_opt: security_opt(),
+        // Removed by the daemon after its exit code is read.
+        auto_remove: false,
+    }
+}
+
+/// `"1000:1000"` -> ("1000", "1000"); a lone uid uses it for the group too.
+fn uid_gid(user: &str) -> (&str, &str) {
+    match user.split_once(':') {
+        Some((u, g)) => (u, g),
+        None => (user, user),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repl_sandbox_is_locked_down_by_default() {
+        let config = Config::defaults();
+        let owner = Owner::new();
+        let s = repl_spec(
+            &config,
+            &owner,
+            Role::Session,
+            Some("abc"),
+            "shared",
+            Some("sess"),
+        );
+        assert_eq!(s.network, None);
+        assert_eq!(s.user, "1000:1000");
+        assert!(s.read_only_root);
+        assert_eq!(s.memory_bytes, 256 * 1024 * 1024);
+        assert_eq!(s.nano_cpus, 500_000_000);
+        assert!(s.pids_limit > 0);
+        assert_eq!(s.cap_drop, vec!["ALL"]);
+        assert_eq!(s.security_opt, vec!["no-new-privileges"]);
+        assert!(s.tmpfs.contains_key("/tmp") && s.tmpfs.contains_key("/app"));
+        assert!(s.tmpfs["/app"].contains("uid=1000"));
+        assert!(
+            s.volumes.iter().all(|v| v.read_only),
+            "sandboxes only read package volumes"
+        );
+        assert!(s.volumes.iter().all(|v| !v.volume.contains("docker.sock")));
+        assert_eq!(s.labels[labels::ROLE], "session");
+        assert_eq!(s.labels[labels::SESSION], "abc");
+        assert_eq!(s.labels[labels::INSTANCE], owner.instance);
+        assert!(s.env.iter().any(|e| e
+            == "PDM_PACKAGE_DIRS=/opt/python-docker-mcp/session:/opt/python-docker-mcp/shared"));
+    }
+
+    #[test]
+    fn network_only_when_configured() {
+        let mut config = Config::defaults();
+        config.docker.network_disabled = false;
+        let s = repl_spec(
+            &config,
+            &Owner::new(),
+            Role::Transient,
+            None,
+            "shared",
+            None,
+        );
+        assert_eq!(s.network.as_deref(), Some("bridge"));
+    }
+
+    #[test]
+    fn names_are_unique_and_say_who_made_them() {
+        let owner = Owner::new();
+        let a = owner.name(Role::Transient);
+        assert_ne!(a, owner.name(Role::Transient));
+        assert!(a.starts_with(&format!("pdm-{}-transient-", &owner.instance[..8])));
+    }
+}
