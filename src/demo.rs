@@ -45,6 +45,10 @@ pub async fn run(server_args: Vec<OsString>) -> anyhow::Result<()> {
     let started = Instant::now();
     let transport = TokioChildProcess::new(tokio::process::Command::new(exe).configure(|cmd| {
         cmd.args(&server_args).arg("serve");
+        // The server's own log goes to this terminal's stderr; keep it to warnings.
+        if std::env::var_os("PYTHON_DOCKER_MCP_LOG").is_none() {
+            cmd.env("PYTHON_DOCKER_MCP_LOG", "warn");
+        }
     }))?;
     let client = ().serve(transport).await?;
     let info = client.peer_info().and_then(|i| {

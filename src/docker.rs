@@ -63,6 +63,14 @@ pub struct Attached {
     pub output: Pin<Box<dyn Stream<Item = Output> + Send>>,
 }
 
+/// A container or volume and its labels.
+#[derive(Debug)]
+pub struct Labelled {
+    pub id: String,
+    pub volume: bool,
+    pub labels: HashMap<String, String>,
+}
+
 /// What a run-to-completion container left behind.
 #[derive(Debug)]
 pub struct Finished {
@@ -402,6 +410,52 @@ impl Docker {
             .await
             .map_err(api("list containers"))?;
         Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    /// Every container and volume carrying the `managed` label, with their labels.
+    pub async fn managed(&self) -> Result<Vec<Labelled>, DockerError> {
+        let docker = self.client().await?;
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{}=true", labels::MANAGED)],
+        )]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters.clone()),
+            ..Default::default()
+        };
+        let containers = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(api("list containers"))?;
+        let volumes = docker
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map_err(api("list volumes"))?;
+        let mut out: Vec<Labelled> = containers
+            .into_iter()
+            .filter_map(|c| {
+                Some(Labelled {
+                    id: c.id?,
+                    volume: false,
+                    labels: c.labels.unwrap_or_default(),
+                })
+            })
+            .collect();
+        out.extend(
+            volumes
+                .volumes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| Labelled {
+                    id: v.name,
+                    volume: true,
+                    labels: v.labels,
+                }),
+        );
+        Ok(out)
     }
 
     /// Remove every container and volume of one daemon instance. Returns how many

@@ -489,6 +489,32 @@ impl Engine {
         })
     }
 
+    /// Remove containers and volumes left by earlier daemons on this host that are no
+    /// longer running (killed with SIGKILL, or a crash). Live daemons' objects, other
+    /// hosts' objects and anything without our labels are left alone.
+    pub async fn reap_orphans(&self) -> Result<usize, DockerError> {
+        let s = &self.shared;
+        let objects = s.docker.managed().await?;
+        let orphans: Vec<_> = objects
+            .into_iter()
+            .filter(|o| is_orphan(&o.labels, &s.owner, daemon_alive))
+            .collect();
+        // Containers first: a volume cannot go while a container still mounts it.
+        for o in orphans.iter().filter(|o| !o.volume) {
+            s.docker.remove(&o.id).await;
+        }
+        for o in orphans.iter().filter(|o| o.volume) {
+            s.docker.remove_volume(&o.id).await;
+        }
+        if !orphans.is_empty() {
+            tracing::info!(
+                removed = orphans.len(),
+                "removed containers and volumes of daemons that are gone"
+            );
+        }
+        Ok(orphans.len())
+    }
+
     /// A one-line summary of the limits sandboxes run under, for logs and docs.
     pub fn describe_sandbox(&self) -> String {
         let d = &self.shared.config.docker;
@@ -527,5 +553,69 @@ impl Engine {
         if tokio::time::timeout(grace, work).await.is_err() {
             tracing::warn!(?grace, "shutdown cleanup did not finish in time; some containers may remain (they exit on their own when their stdin closes)");
         }
+    }
+}
+
+/// Whether an object labelled by some daemon belongs to one that is gone: same host,
+/// another process, and that process no longer runs python-docker-mcp.
+fn is_orphan(
+    labels: &std::collections::HashMap<String, String>,
+    me: &Owner,
+    alive: impl Fn(u32) -> bool,
+) -> bool {
+    use crate::sandbox::labels as l;
+    if labels.get(l::MANAGED).map(String::as_str) != Some("true")
+        || labels.get(l::HOST) != Some(&me.host)
+    {
+        return false;
+    }
+    if labels.get(l::INSTANCE) == Some(&me.instance) {
+        return false;
+    }
+    match labels.get(l::PID).and_then(|p| p.parse::<u32>().ok()) {
+        Some(pid) => pid != me.pid && !alive(pid),
+        None => false,
+    }
+}
+
+/// Whether a python-docker-mcp process runs with this pid (on this host).
+fn daemon_alive(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("python-docker-mcp"))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::Role;
+
+    #[test]
+    fn orphans_are_dead_daemons_on_this_host_only() {
+        let me = Owner::new();
+        let mut other = Owner::new();
+        other.pid = me.pid + 1;
+        let theirs = other.labels(Role::Session, Some("s")).into_iter().collect();
+        assert!(
+            is_orphan(&theirs, &me, |_| false),
+            "a dead daemon's container is an orphan"
+        );
+        assert!(
+            !is_orphan(&theirs, &me, |_| true),
+            "a live daemon's container is left alone"
+        );
+        let mine = me.labels(Role::Transient, None).into_iter().collect();
+        assert!(!is_orphan(&mine, &me, |_| false), "never our own");
+        other.host = "elsewhere".into();
+        let remote = other.labels(Role::Session, None).into_iter().collect();
+        assert!(
+            !is_orphan(&remote, &me, |_| false),
+            "another host's daemon may be alive"
+        );
+        let unlabelled = std::collections::HashMap::new();
+        assert!(
+            !is_orphan(&unlabelled, &me, |_| false),
+            "never anything we did not create"
+        );
     }
 }

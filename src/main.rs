@@ -56,12 +56,18 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The demo prints its own story on stdout; its log stays quiet unless asked.
+    let default_log = if matches!(cli.command, Some(Command::Demo)) {
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PYTHON_DOCKER_MCP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
         )
         .init();
 
@@ -133,20 +139,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let probe = engine.clone();
     let probe = tokio::spawn(async move {
         match probe.docker().ping().await {
-            Ok(v) => match probe
-                .docker()
-                .image_present(&probe.config().docker.image)
-                .await
-            {
-                Ok(true) => tracing::info!(engine = %v, "Docker is ready"),
-                Ok(false) => tracing::warn!(
-                    "{}",
-                    python_docker_mcp::docker::DockerError::ImageMissing {
-                        image: probe.config().docker.image.clone()
-                    }
-                ),
-                Err(e) => tracing::warn!("{e}"),
-            },
+            Ok(v) => {
+                if let Err(e) = probe.reap_orphans().await {
+                    tracing::warn!(error = %e, "could not look for containers of earlier daemons");
+                }
+                match probe
+                    .docker()
+                    .image_present(&probe.config().docker.image)
+                    .await
+                {
+                    Ok(true) => tracing::info!(engine = %v, "Docker is ready"),
+                    Ok(false) => tracing::warn!(
+                        "{}",
+                        python_docker_mcp::docker::DockerError::ImageMissing {
+                            image: probe.config().docker.image.clone()
+                        }
+                    ),
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
             Err(e) => tracing::warn!("{e}"),
         }
     });

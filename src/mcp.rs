@@ -87,49 +87,47 @@ impl Server {
 
 /// Render an execution for the model: output first, then what went wrong.
 pub fn render_exec(r: &ExecResult) -> String {
-    let mut text = String::new();
+    let mut parts = Vec::new();
     if let Some(id) = &r.session_id {
-        text.push_str(&format!("Session ID: {id}\n\n"));
+        parts.push(format!("Session ID: {id}"));
     }
-    text.push_str("Execution Result:\n\n");
-    text.push_str(&r.stdout);
+    let mut stdout = format!("Execution Result:\n\n{}", r.stdout.trim_end());
     if r.stdout_dropped > 0 {
-        text.push_str(&format!(
-            "\n[stdout truncated: {} more bytes dropped]\n",
+        stdout.push_str(&format!(
+            "\n[stdout truncated: {} more bytes dropped]",
             r.stdout_dropped
         ));
     }
+    parts.push(stdout);
     if !r.stderr.is_empty() || r.stderr_dropped > 0 {
-        text.push_str("\n\nStandard Error:\n");
-        text.push_str(&r.stderr);
+        let mut stderr = format!("Standard Error:\n{}", r.stderr.trim_end());
         if r.stderr_dropped > 0 {
-            text.push_str(&format!(
-                "\n[stderr truncated: {} more bytes dropped]\n",
+            stderr.push_str(&format!(
+                "\n[stderr truncated: {} more bytes dropped]",
                 r.stderr_dropped
             ));
         }
+        parts.push(stderr);
     }
     if let Some(v) = &r.value {
-        text.push_str(&format!("\n\nResult: {v}"));
+        parts.push(format!("Result: {v}"));
     }
     if let Some(e) = &r.error {
-        if r.timed_out {
-            text.push_str("\n\nTimed out.");
-        } else {
-            text.push_str(&format!("\n\nError: {}", e.traceback.trim_end()));
+        if !r.timed_out {
+            parts.push(format!("Error: {}", e.traceback.trim_end()));
         }
     }
     if let Some(notice) = &r.notice {
-        text.push_str(&format!("\n\n{notice}"));
+        parts.push(notice.clone());
     }
     if let Some(skipped) = &r.state_skipped {
         let list: Vec<String> = skipped.iter().map(|(k, t)| format!("{k} ({t})")).collect();
-        text.push_str(&format!(
-            "\n\nNot carried in state (not JSON-serialisable): {}",
+        parts.push(format!(
+            "Not carried in state (not JSON-serialisable): {}",
             list.join(", ")
         ));
     }
-    text
+    parts.join("\n\n")
 }
 
 fn exec_result(r: ExecResult) -> CallToolResult {

@@ -45,7 +45,7 @@ enum Request<'a> {
 #[serde(tag = "op", rename_all = "lowercase")]
 enum Frame {
     Ready { python: String },
-    Result(Reply),
+    Result(Box<Reply>),
 }
 
 /// An exception raised by user code.
@@ -313,7 +313,7 @@ async fn read_frames(
                             }
                         }
                         Ok(Frame::Result(reply)) => {
-                            let _ = replies.send(reply);
+                            let _ = replies.send(*reply);
                         }
                         Err(e) => tracing::warn!(
                             container = %name, error = %e,

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# From a fresh Debian machine to a running server answering real calls: installs what is
+# missing (Rust, Docker engine, sandbox image), builds the release binary, then runs
+# `python-docker-mcp demo`, which starts the server and drives it with a real MCP client.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-rust.sh
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+scripts/ensure-docker.sh
+scripts/build-image.sh
+cargo build --release --locked
+exec target/release/python-docker-mcp demo
