@@ -98,7 +98,7 @@ const KEYS: &[Key] = &[
           doc: "Read-only root filesystem; /tmp and the working directory are writable tmpfs" },
     Key { path: "docker.tmpfs_size", env: "TMPFS_SIZE", kind: Kind::Bytes { min: MIB }, default: "128m",
           doc: "Size of each writable tmpfs (/tmp, working directory) when read_only is on; counts against memory" },
-    Key { path: "docker.user", env: "USER", kind: Kind::Str, default: "1000:1000",
+    Key { path: "docker.user", env: "USER", kind: Kind::Str, default: "'1000:1000'",
           doc: "uid:gid the code runs as; never root" },
     Key { path: "docker.output_limit", env: "OUTPUT_LIMIT", kind: Kind::Bytes { min: 1024 }, default: "256k",
           doc: "Cap on stdout and on stderr returned per call; the rest is dropped with a marker" },
@@ -140,7 +140,8 @@ impl fmt::Display for Source {
         match self {
             Source::Default => write!(f, "default"),
             Source::File(p) => write!(f, "file {}", p.display()),
-            Source::Env(v) => write!(f, "environment variable {v}"),
+            Source::Env(v) if v.starts_with(ENV_PREFIX) => write!(f, "environment variable {v}"),
+            Source::Env(v) => write!(f, "{v}"),
             Source::Flag(v) => write!(f, "command-line flag {v}"),
         }
     }
@@ -159,11 +160,11 @@ pub enum ConfigError {
     #[error("config file {path} is not valid YAML: {message}")]
     Yaml { path: PathBuf, message: String },
     /// A key nobody knows.
-    #[error("unknown setting `{key}` in {origin}; known settings: {known}")]
+    #[error("unknown setting `{key}` in {origin}{hint}")]
     UnknownKey {
         key: String,
         origin: Source,
-        known: String,
+        hint: String,
     },
     /// A value of the wrong shape or out of range.
     #[error("invalid value {value} for `{key}` in {origin}: expected {expected}")]
@@ -299,12 +300,8 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
             .find(|k| k.env == suffix)
             .ok_or_else(|| ConfigError::UnknownKey {
                 key: name.clone(),
-                origin: source.clone(),
-                known: KEYS
-                    .iter()
-                    .map(|k| format!("{ENV_PREFIX}{}", k.env))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                origin: Source::Env("the environment".into()),
+                hint: hint(suffix, KEYS.iter().map(|k| k.env), ENV_PREFIX),
             })?;
         chosen.insert(key.path, (env_value(key.kind, value), source));
     }
@@ -384,8 +381,32 @@ fn unknown(key: &str, source: &Source) -> ConfigError {
     ConfigError::UnknownKey {
         key: key.to_string(),
         origin: source.clone(),
-        known: KEYS.iter().map(|k| k.path).collect::<Vec<_>>().join(", "),
+        hint: hint(key, KEYS.iter().map(|k| k.path), ""),
     }
+}
+
+/// "; did you mean X?" for a near miss, else where to find the list.
+fn hint<'a>(wrong: &str, known: impl Iterator<Item = &'a str>, prefix: &str) -> String {
+    let best = known.map(|k| (edit_distance(wrong, k), k)).min();
+    match best {
+        Some((d, k)) if d <= 3 => format!("; did you mean `{prefix}{k}`?"),
+        _ => "; `python-docker-mcp config --example` lists every setting".into(),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// Flatten a YAML mapping into dotted keys; the original's file has two levels.
@@ -803,6 +824,11 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("PYTHON_DOCKER_MCP_POOLSIZE"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("did you mean `PYTHON_DOCKER_MCP_POOL_SIZE`"),
+            "{e}"
+        );
         // The config-file pointer is ours but not a setting.
         resolve(&Layers {
             env: env(&[("PYTHON_DOCKER_MCP_CONFIG", "/x")]),
@@ -863,6 +889,15 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.package.trusted_hosts, vec!["a.example", "b.example"]);
+    }
+
+    #[test]
+    fn committed_example_matches_the_key_table() {
+        // Regenerate with: python-docker-mcp config --example > config.example.yaml
+        assert_eq!(
+            include_str!("../config.example.yaml"),
+            Config::example_yaml()
+        );
     }
 
     #[test]
