@@ -372,17 +372,30 @@ impl Docker {
         Ok(())
     }
 
-    /// Remove a volume; already gone is fine.
+    /// Remove a volume; already gone is fine. A container that was just force-removed
+    /// may still hold it for a moment (its removal races Docker's own auto-remove), so
+    /// "in use" is retried for a few seconds before giving up.
     pub async fn remove_volume(&self, name: &str) {
         let Ok(docker) = self.client().await else {
             return;
         };
-        if let Err(e) = docker
-            .remove_volume(name, Some(RemoveVolumeOptions { force: true }))
-            .await
-        {
-            if !is_not_found(&e) {
-                tracing::warn!(volume = %name, error = %e, "could not remove volume");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match docker
+                .remove_volume(name, Some(RemoveVolumeOptions { force: true }))
+                .await
+            {
+                Ok(()) => return,
+                Err(e) if is_not_found(&e) => return,
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 409, ..
+                }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(volume = %name, error = %e, "could not remove volume");
+                    return;
+                }
             }
         }
     }
