@@ -102,6 +102,9 @@ fn main() -> ExitCode {
             }
         }
     });
+    // stdin is read on a blocking thread that cannot be cancelled; after a signal it may
+    // still be waiting for a client that never closes it. Do not wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(200));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -2,8 +2,10 @@
 //!
 //! Tool names and arguments are the original's. Every result has readable text for the
 //! model and `structuredContent` under a published `outputSchema`. A Python exception, a
-//! time-out or a Docker problem is a result with `isError: true`; malformed arguments are
-//! rejected by rmcp as a JSON-RPC error before a method here runs.
+//! time-out or a Docker problem is a result with `isError: true`. Arguments that do not fit
+//! a tool's input schema are refused by rmcp before a method here runs, as an `isError`
+//! result naming the field (MCP 2025-11-25: input validation errors are tool errors, so the
+//! model can correct itself); an unknown tool or a malformed message is a JSON-RPC error.
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;

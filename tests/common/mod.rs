@@ -1,0 +1,555 @@
+//! Shared helpers for the end-to-end tests: spawn the real `python-docker-mcp` binary as an
+//! MCP server over stdio, talk to it with rmcp's client, read results, and look at what the
+//! daemon left in Docker.
+//!
+//! Every daemon runs with a fresh `HOME`, no inherited `PYTHON_DOCKER_MCP_*` variables and
+//! only the settings the test passes. The test owns the child process (rather than handing
+//! it to `TokioChildProcess`), so closing the client closes the daemon's stdin and nothing
+//! else: rmcp does not escalate to SIGTERM behind the test's back, and the test can read the
+//! daemon's exit status. Dropping a [`Daemon`] stops it (SIGTERM, then SIGKILL) and removes
+//! whatever still carries its pid label, so a failing test leaves nothing behind.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::{RunningService, ServiceError};
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::Value;
+
+pub type Client = RunningService<RoleClient, ()>;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_python-docker-mcp");
+
+/// Label keys the daemon puts on every container and volume.
+pub const PID_LABEL: &str = "python-docker-mcp.pid";
+pub const HOST_LABEL: &str = "python-docker-mcp.host";
+
+/// How long one tool call may take before the test gives up on it (a hang is a failure).
+pub const CALL_LIMIT: Duration = Duration::from_secs(120);
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh, empty directory under the system temp dir (no tempfile crate here).
+pub fn fresh_dir(tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!(
+        "pdm-e2e-{tag}-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// Apply the isolation every spawned binary gets: fresh HOME, none of the developer's
+/// `PYTHON_DOCKER_MCP_*` settings, quiet logs; then the test's own variables.
+fn isolate(cmd: &mut tokio::process::Command, home: &PathBuf, env: &[(&str, &str)]) {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PYTHON_DOCKER_MCP_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env("HOME", home).env("PYTHON_DOCKER_MCP_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+}
+
+/// Run the binary to completion (for subcommands such as `config`), isolated like a daemon.
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let home = fresh_dir("cli");
+    let mut cmd = std::process::Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PYTHON_DOCKER_MCP_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env("HOME", &home).env("PYTHON_DOCKER_MCP_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.args(args).output().expect("run python-docker-mcp");
+    let _ = std::fs::remove_dir_all(&home);
+    out
+}
+
+/// One running daemon and the MCP client connected to it.
+pub struct Daemon {
+    client: Option<Client>,
+    child: tokio::process::Child,
+    /// The daemon's process id (the value of its containers' pid label).
+    pub pid: u32,
+    home: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl Daemon {
+    /// Start a daemon with default settings.
+    pub async fn start() -> Daemon {
+        Daemon::start_with(&[]).await
+    }
+
+    /// Start a daemon with extra environment variables (settings, DOCKER_HOST, ...).
+    pub async fn start_with(env: &[(&str, &str)]) -> Daemon {
+        let home = fresh_dir("home");
+        let mut cmd = tokio::process::Command::new(BIN);
+        isolate(&mut cmd, &home, env);
+        cmd.arg("serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("PDM_E2E_DAEMON_STDERR").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn python-docker-mcp");
+        let pid = child.id().expect("daemon pid");
+        let stdout = child.stdout.take().expect("daemon stdout");
+        let stdin = child.stdin.take().expect("daemon stdin");
+        let client = tokio::time::timeout(Duration::from_secs(30), ().serve((stdout, stdin)))
+            .await
+            .expect("MCP initialize timed out")
+            .expect("MCP initialize failed");
+        Daemon {
+            client: Some(client),
+            child,
+            pid,
+            home,
+            exited: None,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        self.client.as_ref().expect("client already closed")
+    }
+
+    /// Call a tool; a JSON-RPC error comes back as `Err`.
+    pub async fn try_call(&self, tool: &str, args: Value) -> Result<CallToolResult, ServiceError> {
+        let params = CallToolRequestParams::new(tool.to_string()).with_arguments(
+            args.as_object()
+                .expect("tool arguments are a JSON object")
+                .clone(),
+        );
+        tokio::time::timeout(CALL_LIMIT, self.client().call_tool(params))
+            .await
+            .unwrap_or_else(|_| panic!("{tool} did not answer within {CALL_LIMIT:?}"))
+    }
+
+    /// Call a tool that must answer with a result (which may still carry `isError`).
+    pub async fn call(&self, tool: &str, args: Value) -> CallToolResult {
+        match self.try_call(tool, args.clone()).await {
+            Ok(r) => r,
+            Err(e) => panic!("{tool} {args} failed at the protocol level: {e}"),
+        }
+    }
+
+    pub async fn transient(&self, code: &str) -> CallToolResult {
+        self.call("execute-transient", serde_json::json!({ "code": code }))
+            .await
+    }
+
+    pub async fn transient_with_state(&self, code: &str, state: Value) -> CallToolResult {
+        self.call(
+            "execute-transient",
+            serde_json::json!({ "code": code, "state": state }),
+        )
+        .await
+    }
+
+    pub async fn persistent(&self, code: &str, session: Option<&str>) -> CallToolResult {
+        let args = match session {
+            Some(id) => serde_json::json!({ "code": code, "session_id": id }),
+            None => serde_json::json!({ "code": code }),
+        };
+        self.call("execute-persistent", args).await
+    }
+
+    /// Run code in a session; the call must succeed (no exception, no time-out).
+    pub async fn persistent_ok(&self, code: &str, session: &str) -> CallToolResult {
+        let r = self.persistent(code, Some(session)).await;
+        assert_ok(&r);
+        r
+    }
+
+    /// Start a session by running `code` in it; returns the session id.
+    pub async fn new_session(&self, code: &str) -> String {
+        let r = self.persistent(code, None).await;
+        assert_ok(&r);
+        session_id(&r)
+    }
+
+    pub async fn install(&self, package: &str, session: Option<&str>) -> CallToolResult {
+        let args = match session {
+            Some(id) => serde_json::json!({ "package_name": package, "session_id": id }),
+            None => serde_json::json!({ "package_name": package }),
+        };
+        self.call("install-package", args).await
+    }
+
+    pub async fn cleanup(&self, session: &str) -> CallToolResult {
+        self.call(
+            "cleanup-session",
+            serde_json::json!({ "session_id": session }),
+        )
+        .await
+    }
+
+    /// Close the client (the daemon sees EOF on stdin) and wait for the daemon to exit.
+    /// Returns its exit status, or `None` if it was still running after `within`.
+    pub async fn close(&mut self, within: Duration) -> Option<ExitStatus> {
+        if let Some(client) = self.client.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), client.cancel()).await;
+        }
+        self.wait_exit(within).await
+    }
+
+    /// Wait for the daemon process to exit (after a signal, say).
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            if let Ok(Ok(status)) = tokio::time::timeout(within, self.child.wait()).await {
+                self.exited = Some(status);
+            }
+        }
+        self.exited
+    }
+
+    /// Send a signal (`TERM`, `KILL`, ...) to the daemon with the `kill` command.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.pid);
+    }
+
+    /// Containers and volumes that carry this daemon's pid label right now.
+    pub fn leftovers(&self) -> Leftovers {
+        leftovers(self.pid)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Let the daemon clean up after itself if it still can (EOF, then SIGTERM), then
+        // make sure: SIGKILL, and remove whatever still carries its label.
+        if self.exited.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            drop(self.client.take());
+            let wait = |child: &mut tokio::process::Child, secs: u64| {
+                let deadline = Instant::now() + Duration::from_secs(secs);
+                while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            };
+            wait(&mut self.child, 5);
+            if matches!(self.child.try_wait(), Ok(None)) {
+                let _ = std::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(self.pid.to_string())
+                    .status();
+                wait(&mut self.child, 10);
+            }
+            let _ = self.child.start_kill();
+            let _ = self.child.try_wait();
+        }
+        remove_leftovers(self.pid);
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+// ----- results -----
+
+/// All text content of a result, joined by newlines.
+pub fn text(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn is_error(r: &CallToolResult) -> bool {
+    r.is_error == Some(true)
+}
+
+/// The structured content; every tool publishes an output schema, so it must be there.
+pub fn structured(r: &CallToolResult) -> &Value {
+    r.structured_content
+        .as_ref()
+        .unwrap_or_else(|| panic!("result has no structuredContent: {}", text(r)))
+}
+
+/// One top-level field of the structured content (`Value::Null` when absent).
+pub fn field<'a>(r: &'a CallToolResult, name: &str) -> &'a Value {
+    structured(r).get(name).unwrap_or(&Value::Null)
+}
+
+pub fn stdout(r: &CallToolResult) -> String {
+    field(r, "stdout").as_str().unwrap_or_default().to_string()
+}
+
+pub fn stderr(r: &CallToolResult) -> String {
+    field(r, "stderr").as_str().unwrap_or_default().to_string()
+}
+
+/// The `value` (repr of the last expression), if any.
+pub fn value(r: &CallToolResult) -> Option<String> {
+    field(r, "value").as_str().map(str::to_string)
+}
+
+/// The exception type of a failed execution, if any.
+pub fn error_type(r: &CallToolResult) -> Option<String> {
+    field(r, "error")
+        .get("type")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+pub fn session_id(r: &CallToolResult) -> String {
+    field(r, "session_id")
+        .as_str()
+        .unwrap_or_else(|| panic!("no session_id in result: {}", text(r)))
+        .to_string()
+}
+
+/// A short description of a result for assertion messages.
+pub fn describe(r: &CallToolResult) -> String {
+    format!(
+        "isError={:?}\ntext:\n{}\nstructured: {}",
+        r.is_error,
+        text(r),
+        r.structured_content
+            .as_ref()
+            .map(Value::to_string)
+            .unwrap_or_else(|| "-".into())
+    )
+}
+
+/// The call ran to completion without an exception, a time-out or a lost sandbox.
+#[track_caller]
+pub fn assert_ok(r: &CallToolResult) {
+    assert!(!is_error(r), "expected success, got {}", describe(r));
+}
+
+/// The call is a tool error (isError true) whose text mentions `needle`.
+#[track_caller]
+pub fn assert_tool_error(r: &CallToolResult, needle: &str) {
+    assert!(is_error(r), "expected isError, got {}", describe(r));
+    assert!(
+        text(r).contains(needle),
+        "expected the error text to mention {needle:?}, got {}",
+        describe(r)
+    );
+}
+
+// ----- docker -----
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn docker_lines(args: &[&str]) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run the docker CLI");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// What carries one daemon's pid (and this host's) label.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Leftovers {
+    pub containers: Vec<String>,
+    pub volumes: Vec<String>,
+}
+
+impl Leftovers {
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty() && self.volumes.is_empty()
+    }
+}
+
+pub fn containers_of(pid: u32) -> Vec<String> {
+    let pid_filter = format!("label={PID_LABEL}={pid}");
+    let host_filter = format!("label={HOST_LABEL}={}", hostname());
+    docker_lines(&[
+        "ps",
+        "-aq",
+        "--no-trunc",
+        "--filter",
+        &pid_filter,
+        "--filter",
+        &host_filter,
+    ])
+}
+
+pub fn volumes_of(pid: u32) -> Vec<String> {
+    let pid_filter = format!("label={PID_LABEL}={pid}");
+    let host_filter = format!("label={HOST_LABEL}={}", hostname());
+    docker_lines(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &pid_filter,
+        "--filter",
+        &host_filter,
+    ])
+}
+
+pub fn leftovers(pid: u32) -> Leftovers {
+    Leftovers {
+        containers: containers_of(pid),
+        volumes: volumes_of(pid),
+    }
+}
+
+/// Containers of `pid` with a given role label.
+pub fn containers_with_role(pid: u32, role: &str) -> Vec<String> {
+    let pid_filter = format!("label={PID_LABEL}={pid}");
+    let role_filter = format!("label=python-docker-mcp.role={role}");
+    docker_lines(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &pid_filter,
+        "--filter",
+        &role_filter,
+    ])
+}
+
+/// Volumes of `pid` with a given role label.
+pub fn volumes_with_role(pid: u32, role: &str) -> Vec<String> {
+    let pid_filter = format!("label={PID_LABEL}={pid}");
+    let role_filter = format!("label=python-docker-mcp.role={role}");
+    docker_lines(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &pid_filter,
+        "--filter",
+        &role_filter,
+    ])
+}
+
+/// Force-remove everything that carries `pid`'s label (test hygiene only).
+pub fn remove_leftovers(pid: u32) {
+    let left = leftovers(pid);
+    if !left.containers.is_empty() {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", "-v"])
+            .args(&left.containers)
+            .output();
+    }
+    if !left.volumes.is_empty() {
+        let _ = std::process::Command::new("docker")
+            .args(["volume", "rm", "-f"])
+            .args(&left.volumes)
+            .output();
+    }
+}
+
+/// Poll `f` every 200 ms until it returns true or `within` passes; returns the last answer.
+pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state is the field after the parenthesised command name.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .unwrap_or("");
+            state != "Z" && state != "X"
+        }
+        Err(_) => false,
+    }
+}
+
+/// Seconds since the epoch, as the docker CLI's `--since`/`--until` take them.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// Ids of containers with `role` that `pid`'s daemon created since `since` (unix seconds),
+/// from Docker's event log: this sees containers that are already gone again.
+pub fn containers_created_since(pid: u32, role: &str, since: f64) -> Vec<String> {
+    let since = format!("{:.3}", since - 1.0);
+    let until = format!("{:.3}", unix_now());
+    let pid_filter = format!("label={PID_LABEL}={pid}");
+    let role_filter = format!("label=python-docker-mcp.role={role}");
+    docker_lines(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        "type=container",
+        "--filter",
+        "event=create",
+        "--filter",
+        &pid_filter,
+        "--filter",
+        &role_filter,
+        "--format",
+        "{{.ID}}",
+    ])
+}
+
+/// Docker events (`die`, `kill`, `destroy`, ...) for one container since `since`.
+pub fn container_events(id: &str, since: f64) -> Vec<String> {
+    let since = format!("{:.3}", since);
+    let until = format!("{:.3}", unix_now());
+    let id_filter = format!("container={id}");
+    docker_lines(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        "type=container",
+        "--filter",
+        &id_filter,
+        "--format",
+        "{{.Action}}",
+    ])
+}

@@ -1,0 +1,156 @@
+//! Time-outs: code that runs too long is interrupted; code that will not stop loses its
+//! sandbox; nothing else waits for it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+const TIMEOUT: (&str, &str) = ("PYTHON_DOCKER_MCP_TIMEOUT", "2s");
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runaway_loop_in_a_session_is_interrupted_and_the_session_keeps_its_variables() {
+    let mut d = Daemon::start_with(&[TIMEOUT]).await;
+    let id = d.new_session("before = 41\nimport time").await;
+    let started = Instant::now();
+    let r = d
+        .persistent("print('looping')\nwhile True:\n    pass", Some(&id))
+        .await;
+    let took = started.elapsed();
+    assert!(is_error(&r), "{}", describe(&r));
+    assert_eq!(field(&r, "timed_out"), &json!(true), "{}", describe(&r));
+    assert_eq!(field(&r, "sandbox_lost"), &json!(false), "{}", describe(&r));
+    assert_eq!(error_type(&r).as_deref(), Some("KeyboardInterrupt"));
+    assert!(
+        stdout(&r).contains("looping"),
+        "output before the time-out is kept"
+    );
+    assert!(text(&r).contains("time-out"), "{}", text(&r));
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(8),
+        "interrupted after about 2 s, not {took:?}"
+    );
+
+    let r = d.persistent_ok("before + 1", &id).await;
+    assert_eq!(value(&r).as_deref(), Some("42"), "{}", describe(&r));
+
+    // A blocking sleep is interrupted the same way.
+    let r = d.persistent("time.sleep(60)", Some(&id)).await;
+    assert_eq!(field(&r, "timed_out"), &json!(true), "{}", describe(&r));
+    let r = d.persistent_ok("before", &id).await;
+    assert_eq!(value(&r).as_deref(), Some("41"));
+    d.close(Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn code_that_ignores_the_interrupt_loses_its_sandbox() {
+    let mut d = Daemon::start_with(&[TIMEOUT]).await;
+    let id = d.new_session("import time\nx = 1").await;
+    assert_eq!(containers_with_role(d.pid, "session").len(), 1);
+    let r = d
+        .persistent(
+            "while True:\n  try:\n    time.sleep(10)\n  except KeyboardInterrupt:\n    pass",
+            Some(&id),
+        )
+        .await;
+    assert!(is_error(&r), "{}", describe(&r));
+    assert_eq!(field(&r, "sandbox_lost"), &json!(true), "{}", describe(&r));
+    assert_eq!(field(&r, "timed_out"), &json!(true), "{}", describe(&r));
+    assert_eq!(session_id(&r), id);
+    assert!(
+        text(&r).contains("is gone"),
+        "the text says the session is gone: {}",
+        text(&r)
+    );
+
+    let r = d.persistent("x", Some(&id)).await;
+    assert_tool_error(&r, "has ended");
+    let pid = d.pid;
+    assert!(
+        eventually(Duration::from_secs(10), || containers_with_role(
+            pid, "session"
+        )
+        .is_empty())
+        .await,
+        "the killed session's container is removed"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || volumes_with_role(
+            pid, "session"
+        )
+        .is_empty())
+        .await,
+        "the lost session's volume is removed"
+    );
+    // A new session works.
+    let fresh = d.new_session("y = 2").await;
+    assert_ne!(fresh, id);
+    d.close(Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transient_infinite_loop_times_out() {
+    let mut d = Daemon::start_with(&[TIMEOUT]).await;
+    let started = Instant::now();
+    let r = d.transient("while True:\n    pass").await;
+    assert!(is_error(&r), "{}", describe(&r));
+    assert_eq!(field(&r, "timed_out"), &json!(true), "{}", describe(&r));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // A transient run that ignores the interrupt is killed, and reported so.
+    let r = d
+        .transient("import time\nwhile True:\n  try:\n    time.sleep(10)\n  except KeyboardInterrupt:\n    pass")
+        .await;
+    assert!(is_error(&r), "{}", describe(&r));
+    assert_eq!(field(&r, "timed_out"), &json!(true), "{}", describe(&r));
+    assert_eq!(field(&r, "sandbox_lost"), &json!(true), "{}", describe(&r));
+    let pid = d.pid;
+    assert!(
+        eventually(Duration::from_secs(10), || containers_with_role(
+            pid,
+            "transient"
+        )
+        .is_empty())
+        .await,
+        "timed-out transient containers are removed"
+    );
+    let r = d.transient("'still fine'").await;
+    assert_eq!(value(&r).as_deref(), Some("'still fine'"));
+    d.close(Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn other_sessions_keep_working_while_one_is_stuck() {
+    let mut d = Daemon::start_with(&[TIMEOUT]).await;
+    let (stuck, free) = tokio::join!(d.new_session("a = 1"), d.new_session("b = 2"));
+    let busy = d.persistent("while True:\n    pass", Some(&stuck));
+    let others = async {
+        // Let the stuck call get going first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut slowest = Duration::ZERO;
+        for i in 0..3 {
+            let started = Instant::now();
+            let r = d.persistent_ok(&format!("b + {i}"), &free).await;
+            slowest = slowest.max(started.elapsed());
+            assert_eq!(value(&r), Some((2 + i).to_string()));
+        }
+        let started = Instant::now();
+        let t = d.transient("'transient too'").await;
+        assert_ok(&t);
+        (slowest, started.elapsed())
+    };
+    let (r, (slowest, transient)) = tokio::join!(busy, others);
+    assert_eq!(field(&r, "timed_out"), &json!(true), "{}", describe(&r));
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "a call in another session waited for the stuck one: {slowest:?}"
+    );
+    assert!(
+        transient < Duration::from_millis(1900),
+        "a transient run waited for the stuck session: {transient:?}"
+    );
+    let r = d.persistent_ok("a", &stuck).await;
+    assert_eq!(value(&r).as_deref(), Some("1"));
+    d.close(Duration::from_secs(30)).await;
+}
