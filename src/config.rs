@@ -103,13 +103,17 @@ const KEYS: &[Key] = &[
     Key { path: "docker.output_limit", env: "OUTPUT_LIMIT", kind: Kind::Bytes { min: 1024 }, default: "256k",
           doc: "Cap on stdout and on stderr returned per call; the rest is dropped with a marker" },
     Key { path: "docker.pool_enabled", env: "POOL_ENABLED", kind: Kind::Bool, default: "true",
-          doc: "Keep warm containers ready (accepted for compatibility; the warm pool is not built yet)" },
+          doc: "Keep warm sandboxes ready so a call never waits for a container start" },
     Key { path: "docker.pool_size", env: "POOL_SIZE", kind: Kind::Int { min: 0, max: 1024 }, default: "32",
           doc: "Warm containers to keep ready" },
     Key { path: "docker.pool_max_age", env: "POOL_MAX_AGE", kind: Kind::Duration, default: "300s",
           doc: "Age after which a warm container is replaced" },
     Key { path: "docker.max_concurrent_creations", env: "MAX_CONCURRENT_CREATIONS", kind: Kind::Int { min: 1, max: 256 }, default: "5",
-          doc: "Containers being created at once, at most" },
+          doc: "Containers being created at once, at most (pool refills, sessions and on-demand together)" },
+    Key { path: "docker.pool_wait_timeout", env: "POOL_WAIT_TIMEOUT", kind: Kind::Duration, default: "60s",
+          doc: "How long a call waits for a sandbox when none is ready before it fails" },
+    Key { path: "docker.warm_imports", env: "WARM_IMPORTS", kind: Kind::List, default: "[]",
+          doc: "Modules every sandbox imports before it is handed out, e.g. [numpy, pandas]" },
     Key { path: "package.installer", env: "INSTALLER", kind: Kind::Choice(&["pip", "uv"]), default: "pip",
           doc: "Installer run in the installer container (uv is used only if the image has it; pip otherwise)" },
     Key { path: "package.index_url", env: "INDEX_URL", kind: Kind::OptStr, default: "null",
@@ -194,6 +198,8 @@ pub struct DockerConfig {
     pub pool_size: u64,
     pub pool_max_age: Duration,
     pub max_concurrent_creations: u64,
+    pub pool_wait_timeout: Duration,
+    pub warm_imports: Vec<String>,
 }
 
 /// Package installation settings (`package.*`).
@@ -332,6 +338,8 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         pool_size: p.int("docker.pool_size")?,
         pool_max_age: p.duration("docker.pool_max_age")?,
         max_concurrent_creations: p.int("docker.max_concurrent_creations")?,
+        pool_wait_timeout: p.duration("docker.pool_wait_timeout")?,
+        warm_imports: p.list("docker.warm_imports")?,
     };
     let package = PackageConfig {
         installer: p.string("package.installer")?,

@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 
 use schemars::JsonSchema;
 use serde::Serialize;
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::Mutex;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{human_bytes, Config};
 use crate::docker::{Docker, DockerError};
 use crate::install::{self, Requirement, RequirementError};
-use crate::repl::{Outcome, PyError, Repl, ReplError, Reply};
-use crate::sandbox::{self, Owner, Role};
+use crate::pool::{AcquireError, Pool, PoolStats};
+use crate::repl::{Outcome, PyError, ReplError, Reply};
+use crate::sandbox::{self, Owner};
 use crate::session::{Registry, Session};
 
 /// The structured result of an execution (`execute-transient`, `execute-persistent`).
@@ -117,16 +118,12 @@ pub struct InstallResult {
 /// Why an execution could not even start.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    #[error(transparent)]
-    Docker(#[from] DockerError),
-    #[error("could not start a sandbox: {0}")]
-    Start(ReplError),
+    #[error("could not get a sandbox: {0}")]
+    Sandbox(#[from] AcquireError),
     #[error("no such session `{0}`: it was never created here (sessions do not survive a restart). Call execute-persistent without session_id to start a new one")]
     NoSuchSession(String),
     #[error("session `{id}` has ended: {why}. Call execute-persistent without session_id to start a new one")]
     Ended { id: String, why: String },
-    #[error("the server is shutting down")]
-    ShuttingDown,
 }
 
 /// Why an install failed.
@@ -171,30 +168,53 @@ struct Shared {
     /// Labels every container, volume and name with this daemon instance.
     owner: Owner,
     sessions: Registry,
-    /// The shared package volume, created on first use (so start-up needs no Docker).
-    shared_volume: OnceCell<String>,
+    /// Every sandbox comes from the pool (pool off: created on demand, same path).
+    pool: Pool,
     /// Installs into the shared environment run one at a time.
     shared_install: Mutex<()>,
-    /// Background removals; shutdown waits for them.
+    /// Background tasks (pool refill and reaper, removals); shutdown waits for them.
     tasks: TaskTracker,
-    /// Set once shutdown starts: no new sandboxes after that.
-    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Engine {
     pub fn new(config: Config) -> Engine {
+        let docker = Docker::new();
+        let owner = Owner::new();
+        let tasks = TaskTracker::new();
+        let pool = Pool::new(config.clone(), docker.clone(), owner.clone(), tasks.clone());
         Engine {
             shared: Arc::new(Shared {
                 config,
-                docker: Docker::new(),
-                owner: Owner::new(),
+                docker,
+                owner,
                 sessions: Registry::default(),
-                shared_volume: OnceCell::new(),
+                pool,
                 shared_install: Mutex::new(()),
-                tasks: TaskTracker::new(),
-                closing: Default::default(),
+                tasks,
             }),
         }
+    }
+
+    /// Start warming the pool in the background (returns at once).
+    pub fn start(&self) {
+        let d = &self.shared.config.docker;
+        if d.pool_enabled {
+            tracing::info!(
+                pool_size = d.pool_size,
+                max_concurrent_creations = d.max_concurrent_creations,
+                max_age = %humantime::format_duration(d.pool_max_age),
+                warm_imports = ?d.warm_imports,
+                "warming the sandbox pool in the background"
+            );
+            self.shared.pool.start();
+        } else {
+            tracing::info!("pool disabled: sandboxes are created per request");
+        }
+    }
+
+    /// The pool's counters.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.shared.pool.stats()
     }
 
     pub fn config(&self) -> &Config {
@@ -208,56 +228,6 @@ impl Engine {
     /// This daemon's instance id (the value of its `instance` label).
     pub fn instance(&self) -> &str {
         &self.shared.owner.instance
-    }
-
-    async fn shared_volume(&self) -> Result<&str, DockerError> {
-        let s = &self.shared;
-        s.shared_volume
-            .get_or_try_init(|| async {
-                let name = s.owner.shared_volume();
-                s.docker
-                    .create_volume(&name, &s.owner.labels(Role::Installer, None))
-                    .await?;
-                Ok::<_, DockerError>(name)
-            })
-            .await
-            .map(String::as_str)
-    }
-
-    async fn start_repl(
-        &self,
-        role: Role,
-        session: Option<(&str, &str)>,
-    ) -> Result<Repl, ExecError> {
-        if self
-            .shared
-            .closing
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
-            return Err(ExecError::ShuttingDown);
-        }
-        let shared_volume = self.shared_volume().await?;
-        let spec = sandbox::repl_spec(
-            &self.shared.config,
-            &self.shared.owner,
-            role,
-            session.map(|s| s.0),
-            shared_volume,
-            session.map(|s| s.1),
-        );
-        match Repl::start(&self.shared.docker, &spec).await {
-            Ok(r) => Ok(r),
-            Err(ReplError::Docker(e)) => Err(ExecError::Docker(e)),
-            Err(e) => Err(ExecError::Start(e)),
-        }
-    }
-
-    /// Remove a container in the background; shutdown waits for it.
-    fn remove_later(&self, id: String) {
-        let docker = self.shared.docker.clone();
-        self.shared
-            .tasks
-            .spawn(async move { docker.remove(&id).await });
     }
 
     fn timeout_notice(&self) -> String {
@@ -274,12 +244,14 @@ impl Engine {
         state: Option<&serde_json::Map<String, serde_json::Value>>,
     ) -> Result<ExecResult, ExecError> {
         let started = Instant::now();
-        let mut repl = self.start_repl(Role::Transient, None).await?;
+        let mut sandbox = self.shared.pool.acquire().await?;
         let d = &self.shared.config.docker;
-        let outcome = repl
+        let outcome = sandbox
+            .repl
             .execute(code, state, true, d.timeout, d.output_limit)
             .await;
-        self.remove_later(repl.id.clone());
+        // Single use: whatever happened, this sandbox is never used again.
+        self.shared.pool.discard(sandbox);
         Ok(match outcome {
             Ok(Outcome::Completed(reply)) => ExecResult::from_reply(reply, false),
             Ok(Outcome::Interrupted(reply)) => {
@@ -360,17 +332,8 @@ impl Engine {
     async fn new_session(&self) -> Result<Arc<Session>, ExecError> {
         let id = uuid::Uuid::new_v4().to_string();
         let s = &self.shared;
-        let volume = s.owner.name(Role::Session);
-        s.docker
-            .create_volume(&volume, &s.owner.labels(Role::Session, Some(&id)))
-            .await?;
-        let repl = match self.start_repl(Role::Session, Some((&id, &volume))).await {
-            Ok(r) => r,
-            Err(e) => {
-                s.docker.remove_volume(&volume).await;
-                return Err(e);
-            }
-        };
+        let sandbox = s.pool.acquire().await?;
+        let (repl, volume) = (sandbox.repl, sandbox.volume);
         tracing::info!(session_id = %id, container = %repl.name, python = %repl.python, "session started");
         let session = Arc::new(Session {
             id,
@@ -439,7 +402,7 @@ impl Engine {
                 .await
             }
             None => {
-                let volume = self.shared_volume().await?.to_string();
+                let volume = self.shared.pool.shared_volume().await?.to_string();
                 let _one_at_a_time = self.shared.shared_install.lock().await;
                 self.run_installer(&requirement, &volume, None, "shared environment".into())
                     .await
@@ -533,14 +496,14 @@ impl Engine {
     /// Remove every container and volume this daemon created. Bounded by `grace`.
     pub async fn shutdown(&self, grace: Duration) {
         let s = &self.shared;
-        s.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        s.pool.close();
         for id in s.sessions.ids() {
             s.sessions.end(&id, "the server shut down");
         }
         s.tasks.close();
         let work = async {
             // Only talk to Docker if this daemon ever did.
-            if s.shared_volume.initialized() || !s.tasks.is_empty() {
+            if s.pool.used_docker() {
                 match s.docker.remove_instance(&s.owner.instance).await {
                     Ok(n) => tracing::info!(containers = n, "removed this instance's containers"),
                     Err(e) => {
@@ -595,7 +558,7 @@ mod tests {
         let me = Owner::new();
         let mut other = Owner::new();
         other.pid = me.pid + 1;
-        let theirs = other.labels(Role::Session, Some("s")).into_iter().collect();
+        let theirs = other.labels(Role::Sandbox, Some("s")).into_iter().collect();
         assert!(
             is_orphan(&theirs, &me, |_| false),
             "a dead daemon's container is an orphan"
@@ -604,10 +567,10 @@ mod tests {
             !is_orphan(&theirs, &me, |_| true),
             "a live daemon's container is left alone"
         );
-        let mine = me.labels(Role::Transient, None).into_iter().collect();
+        let mine = me.labels(Role::Sandbox, None).into_iter().collect();
         assert!(!is_orphan(&mine, &me, |_| false), "never our own");
         other.host = "elsewhere".into();
-        let remote = other.labels(Role::Session, None).into_iter().collect();
+        let remote = other.labels(Role::Sandbox, None).into_iter().collect();
         assert!(
             !is_orphan(&remote, &me, |_| false),
             "another host's daemon may be alive"

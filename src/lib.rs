@@ -10,6 +10,7 @@
 //! - [`sandbox`]: the security profile every container gets; the one place isolation lives.
 //! - [`docker`]: the container runtime seam; the only module that uses bollard.
 //! - [`repl`]: the wire protocol with the helper (`repl/helper.py`) and one live REPL.
+//! - [`pool`]: warm sandboxes, the creation semaphore, max age, single-use checkout.
 //! - [`session`]: the registry of persistent sessions.
 //! - [`install`]: requirement validation and the installer command.
 //! - [`engine`]: the operations behind the tools, and shutdown.
@@ -23,6 +24,7 @@ pub mod docker;
 pub mod engine;
 pub mod install;
 pub mod mcp;
+pub mod pool;
 pub mod repl;
 pub mod sandbox;
 pub mod session;

@@ -165,6 +165,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
 
+    // Warm the pool in the background; `initialize` never waits for it.
+    engine.start();
     let server = Server::new(engine.clone());
     let running = async {
         let service = server.serve(rmcp::transport::stdio()).await?;

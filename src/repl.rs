@@ -38,14 +38,31 @@ enum Request<'a> {
         want_state: bool,
         output_limit: u64,
     },
+    Ping {
+        id: u64,
+    },
 }
 
 /// A message from the helper.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 enum Frame {
-    Ready { python: String },
+    Ready {
+        python: String,
+        #[serde(default)]
+        preload_failed: BTreeMap<String, String>,
+    },
     Result(Box<Reply>),
+    Pong {
+        id: u64,
+    },
+}
+
+/// What the reader task passes on: replies to executions and to pings.
+#[derive(Debug)]
+enum Incoming {
+    Reply(Box<Reply>),
+    Pong(u64),
 }
 
 /// An exception raised by user code.
@@ -143,7 +160,7 @@ pub struct Repl {
     pub python: String,
     input: Pin<Box<dyn AsyncWrite + Send>>,
     /// Replies parsed by the reader task; closed when the container's output ends.
-    replies: mpsc::UnboundedReceiver<Reply>,
+    replies: mpsc::UnboundedReceiver<Incoming>,
     /// The last few KB the container wrote to stderr outside executions (crash reports).
     stderr_tail: Arc<Mutex<String>>,
     next_id: u64,
@@ -183,7 +200,10 @@ impl Repl {
             reader,
         };
         match tokio::time::timeout(READY_TIMEOUT, ready_rx).await {
-            Ok(Ok(python)) => {
+            Ok(Ok((python, preload_failed))) => {
+                for (module, error) in preload_failed {
+                    tracing::warn!(%module, %error, "warm import failed (docker.warm_imports)");
+                }
                 repl.python = python;
                 Ok(repl)
             }
@@ -257,11 +277,41 @@ impl Repl {
     /// The reply to request `id`; stale replies (to an earlier, abandoned call) are skipped.
     async fn reply(&mut self, id: u64) -> Option<Reply> {
         loop {
-            let reply = self.replies.recv().await?;
-            if reply.id == Some(id) || reply.id.is_none() {
-                return Some(reply);
+            if let Incoming::Reply(reply) = self.replies.recv().await? {
+                if reply.id == Some(id) || reply.id.is_none() {
+                    return Some(*reply);
+                }
             }
         }
+    }
+
+    /// Whether the helper answers a ping within `within`: the container runs and the
+    /// helper is idle and reading. A sandbox that fails this is never handed out.
+    pub async fn ping(&mut self, within: Duration) -> bool {
+        if self.reader.is_finished() {
+            return false;
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut line = serde_json::to_vec(&Request::Ping { id }).expect("requests serialise");
+        line.push(b'\n');
+        let sent = async {
+            self.input.write_all(&line).await?;
+            self.input.flush().await
+        };
+        if sent.await.is_err() {
+            return false;
+        }
+        let pong = async {
+            loop {
+                match self.replies.recv().await {
+                    Some(Incoming::Pong(p)) if p == id => return true,
+                    Some(_) => continue,
+                    None => return false,
+                }
+            }
+        };
+        tokio::time::timeout(within, pong).await.unwrap_or(false)
     }
 
     fn crash_report(&self) -> String {
@@ -296,8 +346,8 @@ impl Repl {
 async fn read_frames(
     mut output: Pin<Box<dyn futures::Stream<Item = Output> + Send>>,
     name: String,
-    ready: tokio::sync::oneshot::Sender<String>,
-    replies: mpsc::UnboundedSender<Reply>,
+    ready: tokio::sync::oneshot::Sender<(String, BTreeMap<String, String>)>,
+    replies: mpsc::UnboundedSender<Incoming>,
     stderr_tail: Arc<Mutex<String>>,
 ) {
     let mut ready = Some(ready);
@@ -307,13 +357,19 @@ async fn read_frames(
             Output::Stdout(bytes) => {
                 for line in lines.push(&bytes) {
                     match serde_json::from_slice::<Frame>(&line) {
-                        Ok(Frame::Ready { python }) => {
+                        Ok(Frame::Ready {
+                            python,
+                            preload_failed,
+                        }) => {
                             if let Some(tx) = ready.take() {
-                                let _ = tx.send(python);
+                                let _ = tx.send((python, preload_failed));
                             }
                         }
                         Ok(Frame::Result(reply)) => {
-                            let _ = replies.send(*reply);
+                            let _ = replies.send(Incoming::Reply(reply));
+                        }
+                        Ok(Frame::Pong { id }) => {
+                            let _ = replies.send(Incoming::Pong(id));
                         }
                         Err(e) => tracing::warn!(
                             container = %name, error = %e,
@@ -360,7 +416,9 @@ mod tests {
     #[test]
     fn frames_parse() {
         let f: Frame = serde_json::from_str(r#"{"op":"ready","python":"3.11.2"}"#).unwrap();
-        assert!(matches!(f, Frame::Ready { python } if python == "3.11.2"));
+        assert!(matches!(f, Frame::Ready { python, .. } if python == "3.11.2"));
+        let f: Frame = serde_json::from_str(r#"{"op":"pong","id":7}"#).unwrap();
+        assert!(matches!(f, Frame::Pong { id: 7 }));
         let f: Frame = serde_json::from_str(
             r#"{"op":"result","id":3,"stdout":"hi\n","stderr":"","stdout_dropped":0,"stderr_dropped":0,
                 "value":"2","error":{"type":"ValueError","message":"m","traceback":"t"},

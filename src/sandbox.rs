@@ -15,9 +15,9 @@ pub mod labels {
     pub const MANAGED: &str = "python-docker-mcp.managed";
     /// The daemon instance (a uuid per process) that owns it.
     pub const INSTANCE: &str = "python-docker-mcp.instance";
-    /// Why it exists: `transient`, `session` or `installer`.
+    /// Why it exists: `sandbox` (runs user code), `installer` or `packages` (shared volume).
     pub const ROLE: &str = "python-docker-mcp.role";
-    /// The session it belongs to, for session containers and volumes.
+    /// The session an installer works for.
     pub const SESSION: &str = "python-docker-mcp.session";
     /// Process id and host of the owning daemon, for telling live owners from dead ones.
     pub const PID: &str = "python-docker-mcp.pid";
@@ -34,17 +34,20 @@ pub const HELPER: &str = include_str!("repl/helper.py");
 /// Why a container exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    Transient,
-    Session,
+    /// A REPL sandbox: warm in the pool, then one transient run or one session.
+    Sandbox,
+    /// A short-lived installer container.
     Installer,
+    /// The shared package volume.
+    Packages,
 }
 
 impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
-            Role::Transient => "transient",
-            Role::Session => "session",
+            Role::Sandbox => "sandbox",
             Role::Installer => "installer",
+            Role::Packages => "packages",
         }
     }
 }
@@ -157,30 +160,30 @@ fn hostname() -> String {
 
 /// A sandbox that runs the REPL helper: no network (unless configured), non-root, no
 /// capabilities, no new privileges, limits on memory, CPU and processes, read-only root.
+/// It mounts, read-only, the shared package volume and its own package volume (where
+/// installs go if it becomes a session).
 pub fn repl_spec(
     config: &Config,
     owner: &Owner,
-    role: Role,
-    session: Option<&str>,
+    name: String,
     shared_volume: &str,
-    session_volume: Option<&str>,
+    own_volume: &str,
 ) -> ContainerSpec {
     let d = &config.docker;
-    let mut volumes = vec![VolumeMount {
-        volume: shared_volume.into(),
-        target: SHARED_PACKAGES.into(),
-        read_only: true,
-    }];
-    // Session packages come first on the path so they win over shared ones.
-    let mut package_dirs = vec![SHARED_PACKAGES.to_string()];
-    if let Some(v) = session_volume {
-        volumes.push(VolumeMount {
-            volume: v.into(),
+    let volumes = vec![
+        VolumeMount {
+            volume: shared_volume.into(),
+            target: SHARED_PACKAGES.into(),
+            read_only: true,
+        },
+        VolumeMount {
+            volume: own_volume.into(),
             target: SESSION_PACKAGES.into(),
             read_only: true,
-        });
-        package_dirs.insert(0, SESSION_PACKAGES.to_string());
-    }
+        },
+    ];
+    // Session packages come first on the path so they win over shared ones.
+    let package_dirs = [SESSION_PACKAGES, SHARED_PACKAGES];
     let mut tmpfs = BTreeMap::new();
     if d.read_only {
         let (uid, gid) = uid_gid(&d.user);
@@ -195,7 +198,7 @@ pub fn repl_spec(
         );
     }
     ContainerSpec {
-        name: owner.name(role),
+        name,
         image: d.image.clone(),
         cmd: vec!["python3".into(), "-u".into(), "-c".into(), HELPER.into()],
         env: vec![
@@ -205,10 +208,11 @@ pub fn repl_spec(
             format!("HOME={}", d.working_dir),
             format!("PDM_WORKDIR={}", d.working_dir),
             format!("PDM_PACKAGE_DIRS={}", package_dirs.join(":")),
+            format!("PDM_PRELOAD={}", d.warm_imports.join(",")),
         ],
         user: d.user.clone(),
         working_dir: d.working_dir.clone(),
-        labels: owner.labels(role, session),
+        labels: owner.labels(Role::Sandbox, None),
         network: if d.network_disabled {
             None
         } else {
@@ -290,14 +294,7 @@ mod tests {
     fn repl_sandbox_is_locked_down_by_default() {
         let config = Config::defaults();
         let owner = Owner::new();
-        let s = repl_spec(
-            &config,
-            &owner,
-            Role::Session,
-            Some("abc"),
-            "shared",
-            Some("sess"),
-        );
+        let s = repl_spec(&config, &owner, owner.name(Role::Sandbox), "shared", "own");
         assert_eq!(s.network, None);
         assert_eq!(s.user, "1000:1000");
         assert!(s.read_only_root);
@@ -313,8 +310,7 @@ mod tests {
             "sandboxes only read package volumes"
         );
         assert!(s.volumes.iter().all(|v| !v.volume.contains("docker.sock")));
-        assert_eq!(s.labels[labels::ROLE], "session");
-        assert_eq!(s.labels[labels::SESSION], "abc");
+        assert_eq!(s.labels[labels::ROLE], "sandbox");
         assert_eq!(s.labels[labels::INSTANCE], owner.instance);
         assert!(s.env.iter().any(|e| e
             == "PDM_PACKAGE_DIRS=/opt/python-docker-mcp/session:/opt/python-docker-mcp/shared"));
@@ -324,22 +320,16 @@ mod tests {
     fn network_only_when_configured() {
         let mut config = Config::defaults();
         config.docker.network_disabled = false;
-        let s = repl_spec(
-            &config,
-            &Owner::new(),
-            Role::Transient,
-            None,
-            "shared",
-            None,
-        );
+        let owner = Owner::new();
+        let s = repl_spec(&config, &owner, owner.name(Role::Sandbox), "shared", "own");
         assert_eq!(s.network.as_deref(), Some("bridge"));
     }
 
     #[test]
     fn names_are_unique_and_say_who_made_them() {
         let owner = Owner::new();
-        let a = owner.name(Role::Transient);
-        assert_ne!(a, owner.name(Role::Transient));
-        assert!(a.starts_with(&format!("pdm-{}-transient-", &owner.instance[..8])));
+        let a = owner.name(Role::Sandbox);
+        assert_ne!(a, owner.name(Role::Sandbox));
+        assert!(a.starts_with(&format!("pdm-{}-sandbox-", &owner.instance[..8])));
     }
 }

@@ -9,7 +9,10 @@
 #
 # Requests:  {"op": "exec", "id": N, "code": str, "state": obj|null, "want_state": bool,
 #             "output_limit": int}
-# Replies:   {"op": "ready", "python": str}  once at start
+#            {"op": "ping", "id": N}       (health check before a warm sandbox is handed out)
+# Replies:   {"op": "ready", "python": str, "preload_failed": {module: error}}  once at start,
+#            after importing the modules in PDM_PRELOAD (comma-separated; warm imports)
+#            {"op": "pong", "id": N}
 #            {"op": "result", "id": N, "stdout": str, "stderr": str, "stdout_dropped": int,
 #             "stderr_dropped": int, "value": str|null, "error": null|{type, message,
 #             traceback}, "interrupted": bool, "duration_ms": float, "state": obj|null,
@@ -33,6 +36,7 @@ import traceback
 import types
 
 PACKAGE_DIRS = [p for p in os.environ.get("PDM_PACKAGE_DIRS", "").split(":") if p]
+PRELOAD = [m.strip() for m in os.environ.get("PDM_PRELOAD", "").split(",") if m.strip()]
 
 _proto_in = os.fdopen(os.dup(0), "rb")
 _proto_out = os.dup(1)
@@ -260,8 +264,14 @@ def execute(req):
 def main():
     refresh_paths()
     os.chdir(os.environ.get("PDM_WORKDIR") or os.getcwd())
+    preload_failed = {}
+    for module in PRELOAD:
+        try:
+            importlib.import_module(module)  # in sys.modules, not in the user's namespace
+        except BaseException as e:
+            preload_failed[module] = "%s: %s" % (type(e).__name__, e)
     threading.Thread(target=_reader, daemon=True).start()
-    send({"op": "ready", "python": sys.version.split()[0]})
+    send({"op": "ready", "python": sys.version.split()[0], "preload_failed": preload_failed})
     # Between executions fd 1 is /dev/null and fd 2 the container's stderr (the daemon logs it).
     while True:
         line = next_request()
@@ -274,6 +284,8 @@ def main():
         try:
             if op == "exec":
                 send(execute(req))
+            elif op == "ping":
+                send({"op": "pong", "id": req.get("id")})
             else:
                 diag("unknown op %r" % (op,))
         except KeyboardInterrupt:
