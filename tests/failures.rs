@@ -50,7 +50,7 @@ async fn a_missing_image_says_how_to_build_it() {
     let r = d.persistent("1", None).await;
     assert_tool_error(&r, "build-image.sh");
     assert!(
-        volumes_with_role(d.pid, "session").is_empty(),
+        volumes_with_role(d.pid, "sandbox").is_empty(),
         "a session that could not start leaves no volume behind"
     );
     let r = d.transient("1").await;

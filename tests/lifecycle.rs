@@ -23,10 +23,15 @@ async fn make_work(d: &Daemon) -> String {
     let r = d.transient("1 + 1").await;
     assert_ok(&r);
     let now = d.leftovers();
-    assert_eq!(
-        containers_with_role(d.pid, "session").len(),
-        1,
-        "the session's container runs: {now:?}"
+    let pid = d.pid;
+    assert!(
+        eventually(Duration::from_secs(10), || containers_with_role(
+            pid, "sandbox"
+        )
+        .len()
+            == 1)
+        .await,
+        "only the session's container runs once the transient one is removed: {now:?}"
     );
     assert!(
         now.volumes.len() >= 2,
@@ -38,8 +43,8 @@ async fn make_work(d: &Daemon) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn containers_and_volumes_carry_the_owner_labels() {
     let mut d = Daemon::start().await;
-    let id = d.new_session("x = 1").await;
-    let containers = containers_with_role(d.pid, "session");
+    d.new_session("x = 1").await;
+    let containers = containers_with_role(d.pid, "sandbox");
     assert_eq!(containers.len(), 1);
     let out = std::process::Command::new("docker")
         .args([
@@ -52,8 +57,7 @@ async fn containers_and_volumes_carry_the_owner_labels() {
         .expect("docker inspect");
     let labels: serde_json::Value = serde_json::from_slice(&out.stdout).expect("labels are JSON");
     assert_eq!(labels["python-docker-mcp.managed"], json!("true"));
-    assert_eq!(labels["python-docker-mcp.role"], json!("session"));
-    assert_eq!(labels["python-docker-mcp.session"], json!(id));
+    assert_eq!(labels["python-docker-mcp.role"], json!("sandbox"));
     assert_eq!(labels["python-docker-mcp.pid"], json!(d.pid.to_string()));
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(labels["python-docker-mcp.host"], json!(hostname.trim()));
@@ -152,11 +156,12 @@ async fn after_sigkill_the_containers_remove_themselves() {
     // that what is left at the kill is the session's, which only its helper can end.
     assert!(
         eventually(Duration::from_secs(10), || containers_with_role(
-            pid,
-            "transient"
+            pid, "sandbox"
         )
-        .is_empty())
-        .await
+        .len()
+            == 1)
+        .await,
+        "only the session's sandbox is left before the kill"
     );
     let containers = containers_of(pid);
     assert_eq!(

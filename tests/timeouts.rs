@@ -48,7 +48,7 @@ async fn a_runaway_loop_in_a_session_is_interrupted_and_the_session_keeps_its_va
 async fn code_that_ignores_the_interrupt_loses_its_sandbox() {
     let mut d = Daemon::start_with(&[TIMEOUT]).await;
     let id = d.new_session("import time\nx = 1").await;
-    assert_eq!(containers_with_role(d.pid, "session").len(), 1);
+    assert_eq!(containers_with_role(d.pid, "sandbox").len(), 1);
     let r = d
         .persistent(
             "while True:\n  try:\n    time.sleep(10)\n  except KeyboardInterrupt:\n    pass",
@@ -70,7 +70,7 @@ async fn code_that_ignores_the_interrupt_loses_its_sandbox() {
     let pid = d.pid;
     assert!(
         eventually(Duration::from_secs(10), || containers_with_role(
-            pid, "session"
+            pid, "sandbox"
         )
         .is_empty())
         .await,
@@ -78,7 +78,7 @@ async fn code_that_ignores_the_interrupt_loses_its_sandbox() {
     );
     assert!(
         eventually(Duration::from_secs(10), || volumes_with_role(
-            pid, "session"
+            pid, "sandbox"
         )
         .is_empty())
         .await,
@@ -108,8 +108,7 @@ async fn a_transient_infinite_loop_times_out() {
     let pid = d.pid;
     assert!(
         eventually(Duration::from_secs(10), || containers_with_role(
-            pid,
-            "transient"
+            pid, "sandbox"
         )
         .is_empty())
         .await,

@@ -557,8 +557,7 @@ async fn malformed_requests_are_refused_and_the_client_keeps_working() {
         "an unknown tool is a JSON-RPC error"
     );
     assert!(
-        containers_created_since(d.pid, "transient", since).is_empty()
-            && containers_created_since(d.pid, "session", since).is_empty(),
+        containers_created_since(d.pid, "sandbox", since).is_empty(),
         "no sandbox was started for a malformed call"
     );
     let r = d.transient("1 + 1").await;
@@ -575,18 +574,18 @@ async fn unknown_ended_and_cleaned_up_sessions_are_explained() {
     assert_tool_error(&r, "no such session");
 
     let id = d.new_session("x = 1").await;
-    assert_eq!(containers_with_role(d.pid, "session").len(), 1);
+    assert_eq!(containers_with_role(d.pid, "sandbox").len(), 1);
     let r = d.cleanup(&id).await;
     assert_ok(&r);
     assert_eq!(field(&r, "session_id"), &json!(id));
     assert_eq!(field(&r, "removed"), &json!(true));
     assert!(text(&r).contains(&id));
     assert!(
-        containers_with_role(d.pid, "session").is_empty(),
+        containers_with_role(d.pid, "sandbox").is_empty(),
         "cleanup removes the session's container"
     );
     assert!(
-        volumes_with_role(d.pid, "session").is_empty(),
+        volumes_with_role(d.pid, "sandbox").is_empty(),
         "cleanup removes the session's volume"
     );
 

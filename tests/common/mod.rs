@@ -57,7 +57,10 @@ fn isolate(cmd: &mut tokio::process::Command, home: &PathBuf, env: &[(&str, &str
             cmd.env_remove(&k);
         }
     }
-    cmd.env("HOME", home).env("PYTHON_DOCKER_MCP_LOG", "warn");
+    // The pool is off unless a test turns it on: container counts then mean what they say.
+    cmd.env("HOME", home)
+        .env("PYTHON_DOCKER_MCP_LOG", "warn")
+        .env("PYTHON_DOCKER_MCP_POOL_ENABLED", "false");
     for (k, v) in env {
         cmd.env(k, v);
     }
