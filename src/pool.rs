@@ -45,13 +45,15 @@ pub enum AcquireError {
     /// None became ready in time.
     #[error(
         "no sandbox became ready within {waited:?}: the warm pool was exhausted and Docker could not \
-         start one in time ({creating} being created, at most {max_creations} at once). Raise \
-         docker.pool_size or docker.max_concurrent_creations, or docker.pool_wait_timeout if the host is slow"
+         start one in time ({creating} being created, at most {max_creations} at once{last_error}). \
+         Raise docker.pool_size or docker.max_concurrent_creations, or docker.pool_wait_timeout if \
+         the host is slow"
     )]
     Exhausted {
         waited: Duration,
         creating: usize,
         max_creations: usize,
+        last_error: String,
     },
     #[error("the server is shutting down")]
     Closed,
@@ -84,6 +86,8 @@ struct State {
     stats: PoolStats,
     /// Creation failures in a row, for back-off.
     failing: u32,
+    /// The latest creation failure, to explain an exhausted pool.
+    last_error: Option<String>,
     closed: bool,
 }
 
@@ -222,6 +226,11 @@ impl Pool {
                             creating: st.creating,
                             max_creations: self.inner.config.docker.max_concurrent_creations
                                 as usize,
+                            last_error: st
+                                .last_error
+                                .as_ref()
+                                .map(|e| format!("; last failure: {e}"))
+                                .unwrap_or_default(),
                         });
                     }
                 },
@@ -331,40 +340,35 @@ impl Pool {
     }
 
     async fn create_one(&self) {
-        let result = async {
-            let _permit = self
-                .inner
-                .creations
-                .acquire()
-                .await
-                .map_err(|_| AcquireError::Closed)?;
-            if self.inner.stop.is_cancelled() {
-                return Err(AcquireError::Closed);
-            }
-            self.create()
-                .await
-                .map_err(|e| AcquireError::Create(e.to_string().into()))
-        }
-        .await;
+        let result = match self.inner.creations.acquire().await {
+            Ok(_permit) if !self.inner.stop.is_cancelled() => Some(self.create().await),
+            _ => None, // closing
+        };
         {
             let mut st = self.inner.state.lock().expect("pool lock");
             st.creating -= 1;
             match &result {
-                Ok(_) => st.failing = 0,
-                Err(AcquireError::Closed) => {}
-                Err(_) => {
+                Some(Ok(_)) => st.failing = 0,
+                Some(Err(e)) => {
                     st.failing += 1;
                     st.stats.creation_failures += 1;
+                    st.last_error = Some(e.to_string());
                 }
+                None => {}
             }
         }
         match result {
-            Ok(sandbox) => self.deliver(sandbox),
-            Err(AcquireError::Closed) => {}
-            Err(e) => {
+            Some(Ok(sandbox)) => self.deliver(sandbox),
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "could not create a sandbox");
-                self.fail(e);
+                // Docker refused (image missing, engine down): that will not pass, so the
+                // first waiter hears it now. A container that died while starting (killed,
+                // say) is just retried; waiters keep waiting for the next one.
+                if let ReplError::Docker(_) = e {
+                    self.fail(AcquireError::Create(e.to_string().into()));
+                }
             }
+            None => {}
         }
         self.inner.refill.notify_one();
     }
