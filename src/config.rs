@@ -114,6 +114,10 @@ const KEYS: &[Key] = &[
           doc: "How long a call waits for a sandbox when none is ready before it fails" },
     Key { path: "docker.warm_imports", env: "WARM_IMPORTS", kind: Kind::List, default: "[]",
           doc: "Modules every sandbox imports before it is handed out, e.g. [numpy, pandas]" },
+    Key { path: "session.idle_timeout", env: "SESSION_IDLE_TIMEOUT", kind: Kind::Duration, default: "30m",
+          doc: "A session nobody has used for this long is ended and its sandbox removed" },
+    Key { path: "session.max_sessions", env: "MAX_SESSIONS", kind: Kind::Int { min: 1, max: 10_000 }, default: "32",
+          doc: "Live sessions at most; creating one more is refused with a clear message" },
     Key { path: "package.installer", env: "INSTALLER", kind: Kind::Choice(&["pip", "uv"]), default: "pip",
           doc: "Installer run in the installer container (uv is used only if the image has it; pip otherwise)" },
     Key { path: "package.index_url", env: "INDEX_URL", kind: Kind::OptStr, default: "null",
@@ -202,6 +206,13 @@ pub struct DockerConfig {
     pub warm_imports: Vec<String>,
 }
 
+/// Session settings (`session.*`).
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub idle_timeout: Duration,
+    pub max_sessions: u64,
+}
+
 /// Package installation settings (`package.*`).
 #[derive(Debug, Clone)]
 pub struct PackageConfig {
@@ -216,6 +227,7 @@ pub struct PackageConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub docker: DockerConfig,
+    pub session: SessionConfig,
     pub package: PackageConfig,
     pub allowed_modules: Vec<String>,
     pub blocked_modules: Vec<String>,
@@ -341,6 +353,10 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         pool_wait_timeout: p.duration("docker.pool_wait_timeout")?,
         warm_imports: p.list("docker.warm_imports")?,
     };
+    let session = SessionConfig {
+        idle_timeout: p.duration("session.idle_timeout")?,
+        max_sessions: p.int("session.max_sessions")?,
+    };
     let package = PackageConfig {
         installer: p.string("package.installer")?,
         index_url: p.opt_string("package.index_url")?,
@@ -369,6 +385,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
 
     Ok(Config {
         docker,
+        session,
         package,
         allowed_modules,
         blocked_modules,

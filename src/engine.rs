@@ -6,21 +6,39 @@
 //! what failed and what to do. [`Engine::shutdown`] removes everything this daemon created.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use schemars::JsonSchema;
 use serde::Serialize;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, Mutex};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{human_bytes, Config};
 use crate::docker::{Docker, DockerError};
 use crate::install::{self, Requirement, RequirementError};
 use crate::pool::{AcquireError, Pool, PoolStats};
-use crate::repl::{Outcome, PyError, ReplError, Reply};
+use crate::repl::{
+    ExecLimits, Interrupt, Outcome, OutputChunk, PyError, ReplError, Reply, Variable,
+};
 use crate::sandbox::{self, Owner};
 use crate::session::{Registry, Session};
+
+/// How many figures one call returns, and how large each may be.
+const MAX_FIGURES: u64 = 4;
+const MAX_FIGURE_BYTES: u64 = 2 * 1024 * 1024;
+/// How long a reset or a variable listing may take.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the tool layer passes with each call: the client's cancellation, and where to
+/// send output while the code runs (when the client asked for progress).
+#[derive(Debug, Default, Clone)]
+pub struct CallContext {
+    pub cancel: CancellationToken,
+    pub progress: Option<mpsc::UnboundedSender<OutputChunk>>,
+}
 
 /// The structured result of an execution (`execute-transient`, `execute-persistent`).
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -38,6 +56,8 @@ pub struct ExecResult {
     pub error: Option<PyError>,
     /// True when the code ran past the time-out and was stopped.
     pub timed_out: bool,
+    /// True when the client cancelled the call and the code was stopped.
+    pub cancelled: bool,
     /// True when the sandbox is gone (killed or crashed); a session must be started anew.
     pub sandbox_lost: bool,
     /// Wall-clock run time of the code inside the sandbox, in milliseconds.
@@ -52,49 +72,80 @@ pub struct ExecResult {
     /// Transient runs: variables left out of `state` because they are not JSON, with their types.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_skipped: Option<BTreeMap<String, String>>,
+    /// matplotlib figures returned as PNG images (in the result's content).
+    pub figures: usize,
+    /// Figures left out: over the count or size cap, or not renderable.
+    pub figures_dropped: u64,
     /// A note for the caller about what happened to the sandbox, if anything did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
+    /// The figures, base64 PNG; sent as image content, not in the structured result.
+    #[serde(skip)]
+    pub images: Vec<String>,
 }
 
 impl ExecResult {
     /// Whether the tool result should carry `isError`.
     pub fn is_error(&self) -> bool {
-        self.error.is_some() || self.timed_out || self.sandbox_lost
+        self.error.is_some() || self.timed_out || self.cancelled || self.sandbox_lost
     }
 
-    fn from_reply(reply: Reply, timed_out: bool) -> ExecResult {
+    fn from_reply(reply: Reply) -> ExecResult {
         ExecResult {
             session_id: None,
             stdout: reply.stdout,
             stderr: reply.stderr,
             value: reply.value,
             error: reply.error,
-            timed_out: timed_out || reply.interrupted,
+            timed_out: false,
+            cancelled: false,
             sandbox_lost: false,
             duration_ms: reply.duration_ms,
             stdout_dropped: reply.stdout_dropped,
             stderr_dropped: reply.stderr_dropped,
             state: reply.state,
             state_skipped: reply.state_skipped.filter(|s| !s.is_empty()),
+            figures: reply.images.len(),
+            figures_dropped: reply.images_dropped,
             notice: None,
+            images: reply.images,
         }
     }
 
-    fn lost(why: String, started: Instant, timed_out: bool) -> ExecResult {
+    /// `survived` is added to the notice when an interrupted sandbox lives on.
+    fn from_outcome(outcome: Outcome, survived: &str) -> ExecResult {
+        match outcome {
+            Outcome::Completed(reply) => ExecResult::from_reply(reply),
+            Outcome::Interrupted(reply, why) => {
+                let mut r = ExecResult::from_reply(reply);
+                r.timed_out = matches!(why, Interrupt::Timeout(_));
+                r.cancelled = why == Interrupt::Cancelled;
+                r.notice = Some(format!(
+                    "The code {why} and was interrupted with KeyboardInterrupt.{survived}"
+                ));
+                r
+            }
+        }
+    }
+
+    fn lost(why: String, started: Instant, error: &ReplError) -> ExecResult {
         ExecResult {
             session_id: None,
             stdout: String::new(),
             stderr: String::new(),
             value: None,
             error: None,
-            timed_out,
+            timed_out: matches!(error, ReplError::Killed(Interrupt::Timeout(_))),
+            cancelled: matches!(error, ReplError::Killed(Interrupt::Cancelled)),
             sandbox_lost: true,
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,
             stdout_dropped: 0,
             stderr_dropped: 0,
             state: None,
             state_skipped: None,
+            figures: 0,
+            figures_dropped: 0,
+            images: Vec::new(),
             notice: Some(why),
         }
     }
@@ -124,6 +175,10 @@ pub enum ExecError {
     NoSuchSession(String),
     #[error("session `{id}` has ended: {why}. Call execute-persistent without session_id to start a new one")]
     Ended { id: String, why: String },
+    #[error("session `{0}` did not answer: {1}")]
+    Broken(String, String),
+    #[error("there are already {0} sessions (session.max_sessions). End one with cleanup-session, or raise the limit")]
+    TooManySessions(usize),
 }
 
 /// Why an install failed.
@@ -174,6 +229,10 @@ struct Shared {
     shared_install: Mutex<()>,
     /// Background tasks (pool refill and reaper, removals); shutdown waits for them.
     tasks: TaskTracker,
+    /// Live sessions plus sessions being created, for `session.max_sessions`.
+    session_slots: AtomicUsize,
+    /// Stops the engine's own background task (idle expiry).
+    stop: CancellationToken,
 }
 
 impl Engine {
@@ -191,12 +250,16 @@ impl Engine {
                 pool,
                 shared_install: Mutex::new(()),
                 tasks,
+                session_slots: AtomicUsize::new(0),
+                stop: CancellationToken::new(),
             }),
         }
     }
 
     /// Start warming the pool in the background (returns at once).
     pub fn start(&self) {
+        let engine = self.clone();
+        self.shared.tasks.spawn(engine.expire_idle_sessions());
         let d = &self.shared.config.docker;
         if d.pool_enabled {
             tracing::info!(
@@ -230,11 +293,25 @@ impl Engine {
         &self.shared.owner.instance
     }
 
-    fn timeout_notice(&self) -> String {
-        format!(
-            "The code ran longer than the {} time-out and was interrupted with KeyboardInterrupt.",
-            humantime::format_duration(self.shared.config.docker.timeout)
-        )
+    fn limits(&self) -> ExecLimits {
+        let d = &self.shared.config.docker;
+        ExecLimits {
+            timeout: d.timeout,
+            output_limit: d.output_limit,
+            max_figures: MAX_FIGURES,
+            max_figure_bytes: MAX_FIGURE_BYTES,
+        }
+    }
+
+    /// Why a sandbox died, in words, with the limit most likely responsible.
+    fn lost_reason(&self, e: &ReplError) -> String {
+        match e {
+            ReplError::Died(_) => format!(
+                "{e} (memory limit {}: docker.memory_limit)",
+                human_bytes(self.shared.config.docker.memory_limit)
+            ),
+            _ => e.to_string(),
+        }
     }
 
     /// Run code once in a fresh container that nothing else uses, removed afterwards.
@@ -242,28 +319,26 @@ impl Engine {
         &self,
         code: &str,
         state: Option<&serde_json::Map<String, serde_json::Value>>,
+        call: &CallContext,
     ) -> Result<ExecResult, ExecError> {
         let started = Instant::now();
         let mut sandbox = self.shared.pool.acquire().await?;
-        let d = &self.shared.config.docker;
         let outcome = sandbox
             .repl
-            .execute(code, state, true, d.timeout, d.output_limit)
+            .execute(
+                code,
+                state,
+                true,
+                &self.limits(),
+                &call.cancel,
+                call.progress.as_ref(),
+            )
             .await;
         // Single use: whatever happened, this sandbox is never used again.
         self.shared.pool.discard(sandbox);
         Ok(match outcome {
-            Ok(Outcome::Completed(reply)) => ExecResult::from_reply(reply, false),
-            Ok(Outcome::Interrupted(reply)) => {
-                let mut r = ExecResult::from_reply(reply, true);
-                r.notice = Some(self.timeout_notice());
-                r
-            }
-            Err(e) => ExecResult::lost(
-                e.to_string(),
-                started,
-                matches!(e, ReplError::Killed { .. }),
-            ),
+            Ok(outcome) => ExecResult::from_outcome(outcome, ""),
+            Err(e) => ExecResult::lost(self.lost_reason(&e), started, &e),
         })
     }
 
@@ -272,50 +347,69 @@ impl Engine {
         &self,
         code: &str,
         session_id: Option<&str>,
+        call: &CallContext,
     ) -> Result<ExecResult, ExecError> {
         let session = match session_id {
             Some(id) => self.session(id)?,
             None => self.new_session().await?,
         };
         let started = Instant::now();
-        let d = &self.shared.config.docker;
-        let mut guard = session.repl.lock().await;
+        let mut guard = session.lock().await;
         let Some(repl) = guard.as_mut() else {
             // Ended while this call waited for the lock.
             return Err(self.ended(&session.id));
         };
         let outcome = repl
-            .execute(code, None, false, d.timeout, d.output_limit)
+            .execute(
+                code,
+                None,
+                false,
+                &self.limits(),
+                &call.cancel,
+                call.progress.as_ref(),
+            )
             .await;
         let mut result = match outcome {
-            Ok(Outcome::Completed(reply)) => ExecResult::from_reply(reply, false),
-            Ok(Outcome::Interrupted(reply)) => {
-                let mut r = ExecResult::from_reply(reply, true);
-                r.notice = Some(format!(
-                    "{} The session is still alive with every variable defined before.",
-                    self.timeout_notice()
-                ));
-                r
-            }
+            Ok(outcome) => ExecResult::from_outcome(
+                outcome,
+                " The session is still alive with every variable defined before.",
+            ),
             Err(e) => {
-                let timed_out = matches!(e, ReplError::Killed { .. });
                 let why = match self.shared.sessions.ended_because(&session.id) {
                     Some(ended) => ended,
-                    None => format!("its sandbox was lost: {e}"),
+                    None => format!("its sandbox was lost: {}", self.lost_reason(&e)),
                 };
                 *guard = None;
-                if let Some(s) = self.shared.sessions.end(&session.id, why.clone()) {
-                    self.remove_session_objects(&s);
-                }
+                self.end_session(&session.id, why.clone());
                 ExecResult::lost(
                     format!("Session {} is gone: {why}. Variables are lost; call execute-persistent without session_id to start a new session.", session.id),
                     started,
-                    timed_out,
+                    &e,
                 )
             }
         };
         result.session_id = Some(session.id.clone());
         Ok(result)
+    }
+
+    /// Forget a session's variables and imports; its sandbox, files and packages stay.
+    pub async fn reset_session(&self, id: &str) -> Result<(), ExecError> {
+        let session = self.session(id)?;
+        let mut guard = session.lock().await;
+        let repl = guard.as_mut().ok_or_else(|| self.ended(id))?;
+        repl.reset(CONTROL_TIMEOUT)
+            .await
+            .map_err(|e| ExecError::Broken(id.into(), e.to_string()))
+    }
+
+    /// A session's variables with their types and short reprs.
+    pub async fn list_variables(&self, id: &str) -> Result<Vec<Variable>, ExecError> {
+        let session = self.session(id)?;
+        let mut guard = session.lock().await;
+        let repl = guard.as_mut().ok_or_else(|| self.ended(id))?;
+        repl.variables(CONTROL_TIMEOUT)
+            .await
+            .map_err(|e| ExecError::Broken(id.into(), e.to_string()))
     }
 
     fn session(&self, id: &str) -> Result<Arc<Session>, ExecError> {
@@ -330,20 +424,65 @@ impl Engine {
     }
 
     async fn new_session(&self) -> Result<Arc<Session>, ExecError> {
-        let id = uuid::Uuid::new_v4().to_string();
         let s = &self.shared;
-        let sandbox = s.pool.acquire().await?;
-        let (repl, volume) = (sandbox.repl, sandbox.volume);
-        tracing::info!(session_id = %id, container = %repl.name, python = %repl.python, "session started");
-        let session = Arc::new(Session {
+        let max = s.config.session.max_sessions as usize;
+        // Reserve a slot first so concurrent creations cannot overshoot the limit.
+        let reserved = s
+            .session_slots
+            .fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1));
+        if reserved.is_err() {
+            return Err(ExecError::TooManySessions(max));
+        }
+        let sandbox = match s.pool.acquire().await {
+            Ok(sandbox) => sandbox,
+            Err(e) => {
+                s.session_slots.fetch_sub(1, SeqCst);
+                return Err(e.into());
+            }
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        tracing::info!(session_id = %id, container = %sandbox.repl.name, python = %sandbox.repl.python, "session started");
+        let session = Arc::new(Session::new(
             id,
-            container: repl.id.clone(),
-            volume,
-            created: Instant::now(),
-            repl: tokio::sync::Mutex::new(Some(repl)),
-        });
+            sandbox.repl.id.clone(),
+            sandbox.volume,
+            Some(sandbox.repl),
+        ));
         s.sessions.insert(session.clone());
         Ok(session)
+    }
+
+    /// End a session for good: later calls are told `why`; its container and volume go.
+    fn end_session(&self, id: &str, why: String) -> bool {
+        match self.shared.sessions.end(id, why) {
+            Some(session) => {
+                self.shared.session_slots.fetch_sub(1, SeqCst);
+                self.remove_session_objects(&session);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// End sessions nobody has used for `session.idle_timeout`, until shutdown.
+    async fn expire_idle_sessions(self) {
+        let limit = self.shared.config.session.idle_timeout;
+        let every = (limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = self.shared.stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            for id in self.shared.sessions.idle_longer_than(limit) {
+                let why = format!(
+                    "it was idle for more than {} (session.idle_timeout)",
+                    humantime::format_duration(limit)
+                );
+                if self.end_session(&id, why) {
+                    tracing::info!(session_id = %id, "idle session ended");
+                }
+            }
+        }
     }
 
     /// Remove a session's container and then its volume, in the background.
@@ -364,6 +503,7 @@ impl Engine {
             .end(id, "it was cleaned up with cleanup-session")
         {
             Some(session) => {
+                self.shared.session_slots.fetch_sub(1, SeqCst);
                 // Kill first so a call still running in it ends now, then drop the REPL.
                 self.shared.docker.remove(&session.container).await;
                 self.shared.docker.remove_volume(&session.volume).await;
@@ -389,7 +529,7 @@ impl Engine {
             Some(id) => {
                 let session = self.session(id)?;
                 // Holding the session's lock: no code runs in it while packages change.
-                let guard = session.repl.lock().await;
+                let guard = session.lock().await;
                 if guard.is_none() {
                     return Err(self.ended(id).into());
                 }
@@ -496,6 +636,7 @@ impl Engine {
     /// Remove every container and volume this daemon created. Bounded by `grace`.
     pub async fn shutdown(&self, grace: Duration) {
         let s = &self.shared;
+        s.stop.cancel();
         s.pool.close();
         for id in s.sessions.ids() {
             s.sessions.end(&id, "the server shut down");

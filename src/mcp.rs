@@ -18,7 +18,13 @@ use rmcp::{tool, tool_handler, tool_router, ServerHandler};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, ExecResult, InstallResult};
+use rmcp::model::ProgressNotificationParam;
+use rmcp::service::RequestContext;
+use rmcp::RoleServer;
+use tokio::sync::mpsc;
+
+use crate::engine::{CallContext, Engine, ExecResult, InstallResult};
+use crate::repl::{OutputChunk, Variable};
 
 /// Arguments of `execute-transient`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -122,6 +128,16 @@ pub fn render_exec(r: &ExecResult) -> String {
     if let Some(notice) = &r.notice {
         parts.push(notice.clone());
     }
+    if r.figures > 0 || r.figures_dropped > 0 {
+        let mut line = format!("Figures: {} returned as images", r.figures);
+        if r.figures_dropped > 0 {
+            line.push_str(&format!(
+                ", {} left out (at most 4 per call, 2 MB each)",
+                r.figures_dropped
+            ));
+        }
+        parts.push(line);
+    }
     if let Some(skipped) = &r.state_skipped {
         let list: Vec<String> = skipped.iter().map(|(k, t)| format!("{k} ({t})")).collect();
         parts.push(format!(
@@ -132,8 +148,81 @@ pub fn render_exec(r: &ExecResult) -> String {
     parts.join("\n\n")
 }
 
+/// Arguments of the tools that act on one session.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SessionArgs {
+    /// The session, as returned by execute-persistent.
+    pub session_id: String,
+}
+
+/// The structured result of `reset-session`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SessionAck {
+    /// The session acted on.
+    pub session_id: String,
+}
+
+/// The structured result of `list-variables`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct VariableList {
+    /// The session listed.
+    pub session_id: String,
+    /// Its variables, sorted by name.
+    pub variables: Vec<Variable>,
+}
+
+/// The engine's view of this call (client cancellation, output streaming) and, when the
+/// client sent a progress token, a task relaying streamed output as progress notifications.
+fn call_context(
+    ctx: &RequestContext<RoleServer>,
+) -> (CallContext, Option<tokio::task::JoinHandle<()>>) {
+    let mut call = CallContext {
+        cancel: ctx.ct.clone(),
+        progress: None,
+    };
+    let Some(token) = ctx.meta.get_progress_token() else {
+        return (call, None);
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<OutputChunk>();
+    call.progress = Some(tx);
+    let peer = ctx.peer.clone();
+    let relay = tokio::spawn(async move {
+        let mut step = 0.0;
+        while let Some(chunk) = rx.recv().await {
+            step += 1.0;
+            let message = format!("{}{}", chunk.stdout, chunk.stderr);
+            let note = ProgressNotificationParam::new(token.clone(), step).with_message(message);
+            if let Err(e) = peer.notify_progress(note).await {
+                tracing::debug!(error = %e, "could not send progress");
+            }
+        }
+    });
+    (call, Some(relay))
+}
+
+/// Let the relay send what it has before the result goes out.
+async fn finish_relay(call: CallContext, relay: Option<tokio::task::JoinHandle<()>>) {
+    drop(call);
+    if let Some(relay) = relay {
+        let _ = relay.await;
+    }
+}
+
+/// A successful result: `text` for the model, `data` as structured content.
+fn structured(text: String, data: &impl Serialize) -> CallToolResult {
+    let mut result = CallToolResult::success(vec![Content::text(text)]);
+    result.structured_content = Some(serde_json::to_value(data).expect("results serialise"));
+    result
+}
+
 fn exec_result(r: ExecResult) -> CallToolResult {
-    let mut result = CallToolResult::success(vec![Content::text(render_exec(&r))]);
+    let mut content = vec![Content::text(render_exec(&r))];
+    content.extend(
+        r.images
+            .iter()
+            .map(|png| Content::image(png.clone(), "image/png")),
+    );
+    let mut result = CallToolResult::success(content);
     result.is_error = Some(r.is_error());
     result.structured_content = Some(serde_json::to_value(&r).expect("results serialise"));
     result
@@ -157,17 +246,18 @@ value and any exception with its traceback.",
     async fn execute_transient(
         &self,
         Parameters(args): Parameters<TransientArgs>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        Ok(
-            match self
-                .engine
-                .execute_transient(&args.code, args.state.as_ref())
-                .await
-            {
-                Ok(r) => exec_result(r),
-                Err(e) => tool_error(e),
-            },
-        )
+        let (call, relay) = call_context(&ctx);
+        let result = self
+            .engine
+            .execute_transient(&args.code, args.state.as_ref(), &call)
+            .await;
+        finish_relay(call, relay).await;
+        Ok(match result {
+            Ok(r) => exec_result(r),
+            Err(e) => tool_error(e),
+        })
     }
 
     #[tool(
@@ -176,20 +266,87 @@ value and any exception with its traceback.",
 functions, imports and files from earlier calls are still there, like a notebook kernel. Omit session_id to \
 start a new session; the result begins with `Session ID: <id>`, which you pass in later calls. Calls to one \
 session run one at a time, in order. Code that runs past the time-out is interrupted and the session keeps its \
-variables. Call cleanup-session when you are done.",
+variables. matplotlib figures come back as images. Sessions idle for a long time are ended; call \
+cleanup-session when you are done.",
         output_schema = schema_for_output::<ExecResult>()
     )]
     async fn execute_persistent(
         &self,
         Parameters(args): Parameters<PersistentArgs>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let session = args.session_id.as_deref().filter(|s| !s.is_empty());
-        Ok(
-            match self.engine.execute_persistent(&args.code, session).await {
-                Ok(r) => exec_result(r),
-                Err(e) => tool_error(e),
-            },
-        )
+        let (call, relay) = call_context(&ctx);
+        let result = self
+            .engine
+            .execute_persistent(&args.code, session, &call)
+            .await;
+        finish_relay(call, relay).await;
+        Ok(match result {
+            Ok(r) => exec_result(r),
+            Err(e) => tool_error(e),
+        })
+    }
+
+    #[tool(
+        name = "reset-session",
+        description = "Forget every variable, function and import of a session, as if it were new, while \
+keeping its sandbox, its files and the packages installed into it. Use it to start over cheaply.",
+        output_schema = schema_for_output::<SessionAck>()
+    )]
+    async fn reset_session(
+        &self,
+        Parameters(args): Parameters<SessionArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(match self.engine.reset_session(&args.session_id).await {
+            Ok(()) => {
+                let text = format!("Session {} was reset: no variables or imports remain; files and packages are kept.", args.session_id);
+                structured(
+                    text,
+                    &SessionAck {
+                        session_id: args.session_id,
+                    },
+                )
+            }
+            Err(e) => tool_error(e),
+        })
+    }
+
+    #[tool(
+        name = "list-variables",
+        description = "List a session's variables with their types and short reprs, to see what is defined \
+without printing it.",
+        output_schema = schema_for_output::<VariableList>()
+    )]
+    async fn list_variables(
+        &self,
+        Parameters(args): Parameters<SessionArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(match self.engine.list_variables(&args.session_id).await {
+            Ok(variables) => {
+                let text = if variables.is_empty() {
+                    format!("Session {} has no variables.", args.session_id)
+                } else {
+                    let lines: Vec<String> = variables
+                        .iter()
+                        .map(|v| format!("{}: {} = {}", v.name, v.kind, v.repr))
+                        .collect();
+                    format!(
+                        "Session {} variables:\n{}",
+                        args.session_id,
+                        lines.join("\n")
+                    )
+                };
+                structured(
+                    text,
+                    &VariableList {
+                        session_id: args.session_id,
+                        variables,
+                    },
+                )
+            }
+            Err(e) => tool_error(e),
+        })
     }
 
     #[tool(

@@ -16,6 +16,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::docker::{Docker, DockerError, Output};
 use crate::sandbox::ContainerSpec;
@@ -37,8 +38,17 @@ enum Request<'a> {
         state: Option<&'a serde_json::Map<String, serde_json::Value>>,
         want_state: bool,
         output_limit: u64,
+        stream: bool,
+        max_figures: u64,
+        max_figure_bytes: u64,
     },
     Ping {
+        id: u64,
+    },
+    Reset {
+        id: u64,
+    },
+    Vars {
         id: u64,
     },
 }
@@ -56,13 +66,60 @@ enum Frame {
     Pong {
         id: u64,
     },
+    Output(OutputChunk),
+    Done {
+        id: u64,
+        #[serde(default)]
+        data: serde_json::Value,
+    },
 }
 
-/// What the reader task passes on: replies to executions and to pings.
+/// Output an execution produced so far (sent while it runs, when streaming).
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutputChunk {
+    pub id: u64,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// What the reader task passes on.
 #[derive(Debug)]
 enum Incoming {
     Reply(Box<Reply>),
     Pong(u64),
+    Output(OutputChunk),
+    Done(u64, serde_json::Value),
+}
+
+/// Limits and options of one execution.
+#[derive(Debug, Clone)]
+pub struct ExecLimits {
+    pub timeout: Duration,
+    pub output_limit: u64,
+    pub max_figures: u64,
+    pub max_figure_bytes: u64,
+}
+
+/// Why running code was interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    /// It ran past the time-out.
+    Timeout(Duration),
+    /// The client cancelled the call.
+    Cancelled,
+}
+
+impl std::fmt::Display for Interrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Interrupt::Timeout(t) => write!(
+                f,
+                "ran longer than the {} time-out",
+                humantime::format_duration(*t)
+            ),
+            Interrupt::Cancelled => write!(f, "was cancelled by the client"),
+        }
+    }
 }
 
 /// An exception raised by user code.
@@ -96,6 +153,24 @@ pub struct Reply {
     pub state: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     pub state_skipped: Option<BTreeMap<String, String>>,
+    /// matplotlib figures, base64 PNG.
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// Figures left out (over the count or size cap, or not renderable).
+    #[serde(default)]
+    pub images_dropped: u64,
+}
+
+/// One variable of a session.
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
+pub struct Variable {
+    /// Its name.
+    pub name: String,
+    /// Its type's name, e.g. `int`, `DataFrame`, `module`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A short `repr` (at most 200 characters).
+    pub repr: String,
 }
 
 /// How an execution ended.
@@ -103,8 +178,8 @@ pub struct Reply {
 pub enum Outcome {
     /// The code ran to the end (possibly raising an exception).
     Completed(Reply),
-    /// The code ran past the time-out and was interrupted; the REPL lives on.
-    Interrupted(Reply),
+    /// The code was interrupted (time-out or cancel) and stopped; the REPL lives on.
+    Interrupted(Reply, Interrupt),
 }
 
 /// Why a REPL could not be started or used.
@@ -118,12 +193,12 @@ pub enum ReplError {
     /// The helper went away in the middle of a call.
     #[error("{0}")]
     Died(String),
-    /// The code ran past the time-out, ignored the interrupt, and the container was killed.
+    /// The code was interrupted, ignored it, and the container was killed.
     #[error(
-        "the code ran longer than the {timeout:?} time-out and did not stop when interrupted \
-         (it ignores KeyboardInterrupt or is stuck in native code), so its sandbox was killed"
+        "the code {0} and did not stop when interrupted (it ignores KeyboardInterrupt or is \
+         stuck in native code), so its sandbox was killed"
     )]
-    Killed { timeout: Duration },
+    Killed(Interrupt),
 }
 
 /// Reassembles newline-terminated frames from arbitrary chunks.
@@ -224,64 +299,131 @@ impl Repl {
         }
     }
 
-    /// Run code. `state` and `want_state` are for transient runs; `timeout` bounds the run.
+    /// Send one request line; an error means the helper is gone.
+    async fn send(&mut self, request: &Request<'_>) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(request).expect("requests serialise");
+        line.push(b'\n');
+        self.input.write_all(&line).await?;
+        self.input.flush().await
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Run code. `state` and `want_state` are for transient runs. The run is interrupted
+    /// when it passes `limits.timeout` or when `cancel` fires; output produced meanwhile
+    /// goes to `progress`, if given.
     pub async fn execute(
         &mut self,
         code: &str,
         state: Option<&serde_json::Map<String, serde_json::Value>>,
         want_state: bool,
-        timeout: Duration,
-        output_limit: u64,
+        limits: &ExecLimits,
+        cancel: &CancellationToken,
+        progress: Option<&mpsc::UnboundedSender<OutputChunk>>,
     ) -> Result<Outcome, ReplError> {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut line = serde_json::to_vec(&Request::Exec {
+        let id = self.next_id();
+        let request = Request::Exec {
             id,
             code,
             state,
             want_state,
-            output_limit,
-        })
-        .expect("requests serialise");
-        line.push(b'\n');
-        if let Err(e) = async {
-            self.input.write_all(&line).await?;
-            self.input.flush().await
-        }
-        .await
-        {
+            output_limit: limits.output_limit,
+            stream: progress.is_some(),
+            max_figures: limits.max_figures,
+            max_figure_bytes: limits.max_figure_bytes,
+        };
+        if let Err(e) = self.send(&request).await {
             return Err(self.died(&format!("could not send the code to the sandbox ({e})")));
         }
 
-        match tokio::time::timeout(timeout, self.reply(id)).await {
-            Ok(Some(reply)) => return Ok(Outcome::Completed(reply)),
-            Ok(None) => {
-                return Err(self.died("the sandbox's Python process exited during the call"))
-            }
-            Err(_) => {}
-        }
-        tracing::info!(container = %self.name, ?timeout, "time-out: interrupting the code");
+        let interrupt = tokio::select! {
+            reply = self.reply(id, progress) => return match reply {
+                Some(reply) => Ok(Outcome::Completed(reply)),
+                None => Err(self.died("the sandbox's Python process exited during the call")),
+            },
+            _ = tokio::time::sleep(limits.timeout) => Interrupt::Timeout(limits.timeout),
+            _ = cancel.cancelled() => Interrupt::Cancelled,
+        };
+        tracing::info!(container = %self.name, %interrupt, "interrupting the code");
         if let Err(e) = self.docker.signal(&self.id, "SIGINT").await {
             tracing::warn!(container = %self.name, error = %e, "could not interrupt");
         }
-        match tokio::time::timeout(INTERRUPT_GRACE, self.reply(id)).await {
-            Ok(Some(reply)) => Ok(Outcome::Interrupted(reply)),
+        match tokio::time::timeout(INTERRUPT_GRACE, self.reply(id, progress)).await {
+            Ok(Some(reply)) => Ok(Outcome::Interrupted(reply, interrupt)),
             Ok(None) => Err(self.died("the sandbox's Python process exited when interrupted")),
             Err(_) => {
                 self.kill().await;
-                Err(ReplError::Killed { timeout })
+                Err(ReplError::Killed(interrupt))
             }
         }
     }
 
-    /// The reply to request `id`; stale replies (to an earlier, abandoned call) are skipped.
-    async fn reply(&mut self, id: u64) -> Option<Reply> {
+    /// The reply to request `id`, passing its streamed output on; anything else (a stale
+    /// reply to an abandoned call, say) is skipped.
+    async fn reply(
+        &mut self,
+        id: u64,
+        progress: Option<&mpsc::UnboundedSender<OutputChunk>>,
+    ) -> Option<Reply> {
         loop {
-            if let Incoming::Reply(reply) = self.replies.recv().await? {
-                if reply.id == Some(id) || reply.id.is_none() {
-                    return Some(*reply);
+            match self.replies.recv().await? {
+                Incoming::Reply(reply) if reply.id == Some(id) || reply.id.is_none() => {
+                    return Some(*reply)
+                }
+                Incoming::Output(chunk) if chunk.id == id => {
+                    if let Some(tx) = progress {
+                        let _ = tx.send(chunk);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Forget every variable and import of the session (the sandbox and its files stay).
+    pub async fn reset(&mut self, within: Duration) -> Result<(), ReplError> {
+        let id = self.next_id();
+        self.control(Request::Reset { id }, id, within)
+            .await
+            .map(|_| ())
+    }
+
+    /// The session's variables: name, type and a short repr each.
+    pub async fn variables(&mut self, within: Duration) -> Result<Vec<Variable>, ReplError> {
+        let id = self.next_id();
+        let data = self.control(Request::Vars { id }, id, within).await?;
+        serde_json::from_value(data).map_err(|e| {
+            ReplError::Died(format!("the helper sent an unreadable variable list: {e}"))
+        })
+    }
+
+    async fn control(
+        &mut self,
+        request: Request<'_>,
+        id: u64,
+        within: Duration,
+    ) -> Result<serde_json::Value, ReplError> {
+        if let Err(e) = self.send(&request).await {
+            return Err(self.died(&format!("could not reach the sandbox ({e})")));
+        }
+        let done = async {
+            loop {
+                match self.replies.recv().await {
+                    Some(Incoming::Done(d, data)) if d == id => return Some(data),
+                    Some(_) => continue,
+                    None => return None,
                 }
             }
+        };
+        match tokio::time::timeout(within, done).await {
+            Ok(Some(data)) => Ok(data),
+            Ok(None) => Err(self.died("the sandbox's Python process exited")),
+            Err(_) => Err(ReplError::Died(format!(
+                "the sandbox did not answer within {within:?}"
+            ))),
         }
     }
 
@@ -291,15 +433,8 @@ impl Repl {
         if self.reader.is_finished() {
             return false;
         }
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut line = serde_json::to_vec(&Request::Ping { id }).expect("requests serialise");
-        line.push(b'\n');
-        let sent = async {
-            self.input.write_all(&line).await?;
-            self.input.flush().await
-        };
-        if sent.await.is_err() {
+        let id = self.next_id();
+        if self.send(&Request::Ping { id }).await.is_err() {
             return false;
         }
         let pong = async {
@@ -371,6 +506,12 @@ async fn read_frames(
                         Ok(Frame::Pong { id }) => {
                             let _ = replies.send(Incoming::Pong(id));
                         }
+                        Ok(Frame::Output(chunk)) => {
+                            let _ = replies.send(Incoming::Output(chunk));
+                        }
+                        Ok(Frame::Done { id, data }) => {
+                            let _ = replies.send(Incoming::Done(id, data));
+                        }
                         Err(e) => tracing::warn!(
                             container = %name, error = %e,
                             line = %String::from_utf8_lossy(&line[..line.len().min(200)]),
@@ -438,6 +579,9 @@ mod tests {
             state: None,
             want_state: false,
             output_limit: 10,
+            stream: false,
+            max_figures: 4,
+            max_figure_bytes: 1,
         })
         .unwrap();
         assert!(!line.contains('\n'));

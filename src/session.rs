@@ -5,7 +5,7 @@
 //! cleaned up or lost are remembered (bounded) so a later call can say what happened.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
@@ -22,9 +22,67 @@ pub struct Session {
     /// The session's package volume (installs go here).
     pub volume: String,
     pub created: Instant,
+    /// When a call last finished with this session; for idle expiry. A std mutex: it is
+    /// never held across an `.await`.
+    last_used: std::sync::Mutex<Instant>,
     /// The live REPL; `None` once the sandbox was lost. A tokio mutex because it is held
     /// across the whole execution; tokio's is fair, which gives arrival order.
-    pub repl: tokio::sync::Mutex<Option<Repl>>,
+    repl: tokio::sync::Mutex<Option<Repl>>,
+}
+
+impl Session {
+    pub fn new(id: String, container: String, volume: String, repl: Option<Repl>) -> Session {
+        Session {
+            id,
+            container,
+            volume,
+            created: Instant::now(),
+            last_used: std::sync::Mutex::new(Instant::now()),
+            repl: tokio::sync::Mutex::new(repl),
+        }
+    }
+
+    /// Wait for this session's turn (calls are served in arrival order). The session counts
+    /// as in use until the guard is dropped.
+    pub async fn lock(&self) -> SessionGuard<'_> {
+        SessionGuard {
+            repl: self.repl.lock().await,
+            session: self,
+        }
+    }
+
+    /// How long the session has been idle; zero while a call holds it.
+    pub fn idle_for(&self) -> Duration {
+        match self.repl.try_lock() {
+            Ok(_) => self.last_used.lock().expect("last_used lock").elapsed(),
+            Err(_) => Duration::ZERO,
+        }
+    }
+}
+
+/// Exclusive use of a session's REPL; marks the session used when dropped.
+pub struct SessionGuard<'a> {
+    repl: tokio::sync::MutexGuard<'a, Option<Repl>>,
+    session: &'a Session,
+}
+
+impl std::ops::Deref for SessionGuard<'_> {
+    type Target = Option<Repl>;
+    fn deref(&self) -> &Option<Repl> {
+        &self.repl
+    }
+}
+
+impl std::ops::DerefMut for SessionGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Option<Repl> {
+        &mut self.repl
+    }
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        *self.session.last_used.lock().expect("last_used lock") = Instant::now();
+    }
 }
 
 /// All live sessions, and why ended ones ended.
@@ -69,6 +127,15 @@ impl Registry {
         self.live.is_empty()
     }
 
+    /// Ids of live sessions idle for longer than `limit`.
+    pub fn idle_longer_than(&self, limit: Duration) -> Vec<String> {
+        self.live
+            .iter()
+            .filter(|e| e.value().idle_for() > limit)
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
     /// Ids of every live session.
     pub fn ids(&self) -> Vec<String> {
         self.live.iter().map(|e| e.key().clone()).collect()
@@ -80,13 +147,30 @@ mod tests {
     use super::*;
 
     fn session(id: &str) -> Arc<Session> {
-        Arc::new(Session {
-            id: id.into(),
-            container: "c".into(),
-            volume: "v".into(),
-            created: Instant::now(),
-            repl: tokio::sync::Mutex::new(None),
-        })
+        Arc::new(Session::new(id.into(), "c".into(), "v".into(), None))
+    }
+
+    #[tokio::test]
+    async fn a_session_is_idle_only_while_nobody_uses_it() {
+        let r = Registry::default();
+        let s = session("a");
+        r.insert(s.clone());
+        let guard = s.lock().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            r.idle_longer_than(Duration::from_millis(10)).is_empty(),
+            "busy is not idle"
+        );
+        drop(guard);
+        assert!(
+            r.idle_longer_than(Duration::from_millis(10)).is_empty(),
+            "just used"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            r.idle_longer_than(Duration::from_millis(10)),
+            vec!["a".to_string()]
+        );
     }
 
     #[test]

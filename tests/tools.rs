@@ -1,4 +1,4 @@
-//! Functional end-to-end tests: the four tools as an MCP client sees them.
+//! Functional end-to-end tests: the tools as an MCP client sees them.
 
 mod common;
 
@@ -8,7 +8,7 @@ use rmcp::service::ServiceError;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn tools_list_has_exactly_the_four_tools_with_output_schemas() {
+async fn tools_list_has_the_originals_four_tools_and_the_session_tools_with_output_schemas() {
     let mut d = Daemon::start().await;
     let tools = d.client().list_all_tools().await.expect("tools/list");
     let mut names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
@@ -19,7 +19,9 @@ async fn tools_list_has_exactly_the_four_tools_with_output_schemas() {
             "cleanup-session",
             "execute-persistent",
             "execute-transient",
-            "install-package"
+            "install-package",
+            "list-variables",
+            "reset-session"
         ]
     );
     for tool in &tools {

@@ -10,9 +10,16 @@
 # Requests:  {"op": "exec", "id": N, "code": str, "state": obj|null, "want_state": bool,
 #             "output_limit": int}
 #            {"op": "ping", "id": N}       (health check before a warm sandbox is handed out)
+#            {"op": "reset", "id": N}      (forget every variable and import of the session)
+#            {"op": "vars", "id": N}       (the session's variables: name, type, short repr)
+#            exec may also carry "stream": true (send output as it comes) and "max_figures",
+#            "max_figure_bytes" (matplotlib figures returned as PNG)
 # Replies:   {"op": "ready", "python": str, "preload_failed": {module: error}}  once at start,
 #            after importing the modules in PDM_PRELOAD (comma-separated; warm imports)
 #            {"op": "pong", "id": N}
+#            {"op": "output", "id": N, "stdout": str, "stderr": str}   while streaming
+#            {"op": "done", "id": N, "data": any}                        reset, vars
+#            results also carry "images": [base64 PNG], "images_dropped": int
 #            {"op": "result", "id": N, "stdout": str, "stderr": str, "stdout_dropped": int,
 #             "stderr_dropped": int, "value": str|null, "error": null|{type, message,
 #             traceback}, "interrupted": bool, "duration_ms": float, "state": obj|null,
@@ -22,8 +29,11 @@
 # When stdin closes (the daemon went away) the helper exits at once, so a sandbox never
 # outlives its daemon.
 import ast
+import base64
 import builtins
+import codecs
 import importlib
+import io
 import json
 import linecache
 import os
@@ -47,12 +57,16 @@ os.dup2(_devnull, 1)
 _orig_stdout, _orig_stderr = sys.stdout, sys.stderr
 
 
+_send_lock = threading.Lock()
+
+
 def send(msg):
     data = (json.dumps(msg, ensure_ascii=True) + "\n").encode()
     view = memoryview(data)
-    while view:
-        n = os.write(_proto_out, view)
-        view = view[n:]
+    with _send_lock:  # the streamer thread sends too
+        while view:
+            n = os.write(_proto_out, view)
+            view = view[n:]
 
 
 def diag(text):
@@ -161,6 +175,80 @@ _cell = 0
 namespace = {"__name__": "__main__", "__builtins__": builtins}
 
 
+class Streamer:
+    """Sends output produced so far every `every` seconds while an execution runs."""
+
+    def __init__(self, req_id, out, err, every=0.25):
+        self.req_id, self.captures, self.every = req_id, (out, err), every
+        self.sent = [0, 0]
+        self.decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(2)]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.wait(self.every):
+            texts = []
+            for i, capture in enumerate(self.captures):
+                chunks = capture.chunks[self.sent[i]:]
+                self.sent[i] += len(chunks)
+                texts.append(self.decoders[i].decode(b"".join(chunks)))
+            if texts[0] or texts[1]:
+                send({"op": "output", "id": self.req_id, "stdout": texts[0], "stderr": texts[1]})
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join()
+
+
+def collect_figures(max_count, max_bytes):
+    """Open matplotlib figures as base64 PNGs (capped), closing every one of them."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is None:
+        return [], 0
+    images, dropped = [], 0
+    try:
+        numbers = plt.get_fignums()
+    except Exception:
+        return [], 0
+    for number in numbers:
+        try:
+            if len(images) >= max_count:
+                dropped += 1
+                continue
+            buf = io.BytesIO()
+            plt.figure(number).savefig(buf, format="png", dpi=100)
+            data = buf.getvalue()
+            if len(data) > max_bytes:
+                dropped += 1
+            else:
+                images.append(base64.b64encode(data).decode("ascii"))
+        except Exception as e:
+            dropped += 1
+            diag("figure %s not rendered: %s" % (number, e))
+        finally:
+            plt.close(number)
+    return images, dropped
+
+
+def reset_namespace():
+    namespace.clear()
+    namespace.update({"__name__": "__main__", "__builtins__": builtins})
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        plt.close("all")
+
+
+def list_variables():
+    out = []
+    for name in sorted(namespace):
+        if name.startswith("_"):
+            continue
+        value = namespace[name]
+        out.append({"name": name, "type": type(value).__name__, "repr": repr_capped(value, 200)})
+    return out
+
+
 def compile_cell(code):
     """Compile a cell; if it ends with an expression, compile that separately for its value."""
     global _cell
@@ -226,6 +314,7 @@ def execute(req):
     if sys.stdin is None or sys.stdin.closed:
         sys.stdin = open(0, "r", closefd=False)
     out, err = Capture(1, limit, _devnull), Capture(2, limit, _diag)
+    streamer = Streamer(req.get("id"), out, err) if req.get("stream") else None
     started = time.perf_counter()
     try:
         try:
@@ -247,6 +336,12 @@ def execute(req):
     finally:
         _in_user_code = False
         duration = time.perf_counter() - started
+        try:
+            result["images"], result["images_dropped"] = collect_figures(
+                int(req.get("max_figures", 4)), int(req.get("max_figure_bytes", 2 << 20)))
+        except BaseException as e:  # an interrupt landing here must not lose the reply
+            result["images"], result["images_dropped"] = [], 0
+            diag("figures not collected: %r" % (e,))
         for stream in (sys.stdout, sys.stderr, _orig_stdout, _orig_stderr):
             try:
                 stream.flush()
@@ -255,6 +350,8 @@ def execute(req):
         sys.stdout, sys.stderr = _orig_stdout, _orig_stderr
         result["stdout"], result["stdout_dropped"] = out.finish()
         result["stderr"], result["stderr_dropped"] = err.finish()
+        if streamer is not None:
+            streamer.finish()
     result["duration_ms"] = round(duration * 1000.0, 3)
     if req.get("want_state"):
         result["state"], result["state_skipped"] = collect_state(ns)
@@ -286,6 +383,11 @@ def main():
                 send(execute(req))
             elif op == "ping":
                 send({"op": "pong", "id": req.get("id")})
+            elif op == "reset":
+                reset_namespace()
+                send({"op": "done", "id": req.get("id"), "data": None})
+            elif op == "vars":
+                send({"op": "done", "id": req.get("id"), "data": list_variables()})
             else:
                 diag("unknown op %r" % (op,))
         except KeyboardInterrupt:
