@@ -12,7 +12,11 @@ use serde_json::json;
 async fn without_docker_the_server_starts_and_explains() {
     let mut d = Daemon::start_with(&[("DOCKER_HOST", "unix:///nonexistent/docker.sock")]).await;
     let tools = d.client().list_all_tools().await.expect("tools/list");
-    assert_eq!(tools.len(), 6, "the four original tools plus reset-session and list-variables");
+    assert_eq!(
+        tools.len(),
+        6,
+        "the four original tools plus reset-session and list-variables"
+    );
 
     let r = d.transient("1 + 1").await;
     assert_tool_error(&r, "Docker is not reachable");

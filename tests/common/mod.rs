@@ -15,12 +15,28 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::model::{CallToolRequestParams, CallToolResult, ProgressNotificationParam};
 use rmcp::service::{RunningService, ServiceError};
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::Value;
 
-pub type Client = RunningService<RoleClient, ()>;
+pub type Client = RunningService<RoleClient, Recorder>;
+
+/// The test client's handler: records the progress notifications the server sends.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    pub progress: std::sync::Arc<std::sync::Mutex<Vec<ProgressNotificationParam>>>,
+}
+
+impl rmcp::ClientHandler for Recorder {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        self.progress.lock().expect("progress lock").push(params);
+    }
+}
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_python-docker-mcp");
@@ -118,10 +134,13 @@ impl Daemon {
         let pid = child.id().expect("daemon pid");
         let stdout = child.stdout.take().expect("daemon stdout");
         let stdin = child.stdin.take().expect("daemon stdin");
-        let client = tokio::time::timeout(Duration::from_secs(30), ().serve((stdout, stdin)))
-            .await
-            .expect("MCP initialize timed out")
-            .expect("MCP initialize failed");
+        let client = tokio::time::timeout(
+            Duration::from_secs(30),
+            Recorder::default().serve((stdout, stdin)),
+        )
+        .await
+        .expect("MCP initialize timed out")
+        .expect("MCP initialize failed");
         Daemon {
             client: Some(client),
             child,
@@ -133,6 +152,13 @@ impl Daemon {
 
     pub fn client(&self) -> &Client {
         self.client.as_ref().expect("client already closed")
+    }
+
+    /// The messages of every progress notification received so far.
+    pub fn progress_messages(&self) -> Vec<String> {
+        let recorder = self.client().service();
+        let seen = recorder.progress.lock().expect("progress lock");
+        seen.iter().filter_map(|p| p.message.clone()).collect()
     }
 
     /// Call a tool; a JSON-RPC error comes back as `Err`.
