@@ -118,10 +118,12 @@ const KEYS: &[Key] = &[
           doc: "A session nobody has used for this long is ended and its sandbox removed" },
     Key { path: "session.max_sessions", env: "MAX_SESSIONS", kind: Kind::Int { min: 1, max: 10_000 }, default: "32",
           doc: "Live sessions at most; creating one more is refused with a clear message" },
-    Key { path: "package.installer", env: "INSTALLER", kind: Kind::Choice(&["pip", "uv"]), default: "pip",
-          doc: "Installer run in the installer container (uv is used only if the image has it; pip otherwise)" },
+    Key { path: "package.installer", env: "INSTALLER", kind: Kind::Choice(&["pip", "uv"]), default: "uv",
+          doc: "Installer run in the installer container: uv when the image has it, pip otherwise (the result says which ran)" },
     Key { path: "package.index_url", env: "INDEX_URL", kind: Kind::OptStr, default: "null",
           doc: "Package index URL (pip --index-url); null means the installer's default" },
+    Key { path: "package.extra_index_url", env: "EXTRA_INDEX_URL", kind: Kind::List, default: "[]",
+          doc: "Extra package index URLs (pip --extra-index-url); one string or a list" },
     Key { path: "package.trusted_hosts", env: "TRUSTED_HOSTS", kind: Kind::List, default: "[]",
           doc: "Hosts the installer trusts without TLS verification (pip --trusted-host)" },
     Key { path: "package.timeout", env: "INSTALL_TIMEOUT", kind: Kind::Duration, default: "60s",
@@ -129,9 +131,9 @@ const KEYS: &[Key] = &[
     Key { path: "package.only_binary", env: "ONLY_BINARY", kind: Kind::Bool, default: "true",
           doc: "Install wheels only; building from source runs the package's code at install time" },
     Key { path: "allowed_modules", env: "ALLOWED_MODULES", kind: Kind::List, default: "[]",
-          doc: "Accepted for compatibility with the original; not enforced yet (the container is the security boundary)" },
+          doc: "If not empty, user code may import only these top-level modules (a policy, not a security boundary: the container is)" },
     Key { path: "blocked_modules", env: "BLOCKED_MODULES", kind: Kind::List, default: "[]",
-          doc: "Accepted for compatibility with the original; not enforced yet (the container is the security boundary)" },
+          doc: "Top-level modules user code may not import (a policy, not a security boundary: the container is)" },
 ];
 
 /// Where a value came from.
@@ -218,6 +220,7 @@ pub struct SessionConfig {
 pub struct PackageConfig {
     pub installer: String,
     pub index_url: Option<String>,
+    pub extra_index_urls: Vec<String>,
     pub trusted_hosts: Vec<String>,
     pub timeout: Duration,
     pub only_binary: bool,
@@ -360,6 +363,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
     let package = PackageConfig {
         installer: p.string("package.installer")?,
         index_url: p.opt_string("package.index_url")?,
+        extra_index_urls: p.list("package.extra_index_url")?,
         trusted_hosts: p.list("package.trusted_hosts")?,
         timeout: p.duration("package.timeout")?,
         only_binary: p.bool("package.only_binary")?,
@@ -634,6 +638,7 @@ impl Parsed<'_> {
         let (v, kind) = self.get(path);
         match v {
             serde_norway::Value::Null => Ok(Vec::new()),
+            serde_norway::Value::String(one) => Ok(vec![one.clone()]),
             serde_norway::Value::Sequence(items) => items
                 .iter()
                 .map(|i| i.as_str().map(str::to_string))

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use schemars::JsonSchema;
 use serde::Serialize;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, Mutex, OnceCell};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,7 +21,7 @@ use crate::docker::{Docker, DockerError};
 use crate::install::{self, Requirement, RequirementError};
 use crate::pool::{AcquireError, Pool, PoolStats};
 use crate::repl::{
-    ExecLimits, Interrupt, Outcome, OutputChunk, PyError, ReplError, Reply, Variable,
+    ExecLimits, Interrupt, Outcome, OutputChunk, Package, PyError, ReplError, Reply, Variable,
 };
 use crate::sandbox::{self, Owner};
 use crate::session::{Registry, Session};
@@ -76,6 +76,9 @@ pub struct ExecResult {
     pub figures: usize,
     /// Figures left out: over the count or size cap, or not renderable.
     pub figures_dropped: u64,
+    /// Distributions installed for this call (its `packages` argument), as `name-version`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub packages_installed: Vec<String>,
     /// A note for the caller about what happened to the sandbox, if anything did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
@@ -107,6 +110,7 @@ impl ExecResult {
             state_skipped: reply.state_skipped.filter(|s| !s.is_empty()),
             figures: reply.images.len(),
             figures_dropped: reply.images_dropped,
+            packages_installed: Vec::new(),
             notice: None,
             images: reply.images,
         }
@@ -145,6 +149,7 @@ impl ExecResult {
             state_skipped: None,
             figures: 0,
             figures_dropped: 0,
+            packages_installed: Vec::new(),
             images: Vec::new(),
             notice: Some(why),
         }
@@ -154,13 +159,15 @@ impl ExecResult {
 /// The structured result of `install-package`.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct InstallResult {
-    /// The requirement as installed.
-    pub requirement: String,
+    /// The requirements as installed.
+    pub requirements: Vec<String>,
     /// Where it went: `session <id>` or `shared environment`.
     pub target: String,
     /// Distributions installed, as `name-version`.
     pub installed: Vec<String>,
-    /// The installer that ran (`pip`).
+    /// Files taken from the download cache instead of the network.
+    pub cached: Vec<String>,
+    /// The installer that ran (`uv` or `pip`).
     pub installer: String,
     /// How long the install took, in milliseconds.
     pub duration_ms: f64,
@@ -175,6 +182,8 @@ pub enum ExecError {
     NoSuchSession(String),
     #[error("session `{id}` has ended: {why}. Call execute-persistent without session_id to start a new one")]
     Ended { id: String, why: String },
+    #[error("could not install the requested packages: {0}")]
+    Packages(String),
     #[error("session `{0}` did not answer: {1}")]
     Broken(String, String),
     #[error("there are already {0} sessions (session.max_sessions). End one with cleanup-session, or raise the limit")]
@@ -227,6 +236,8 @@ struct Shared {
     pool: Pool,
     /// Installs into the shared environment run one at a time.
     shared_install: Mutex<()>,
+    /// The download cache volume exists (created on the first install).
+    cache_volume: OnceCell<()>,
     /// Background tasks (pool refill and reaper, removals); shutdown waits for them.
     tasks: TaskTracker,
     /// Live sessions plus sessions being created, for `session.max_sessions`.
@@ -249,6 +260,7 @@ impl Engine {
                 sessions: Registry::default(),
                 pool,
                 shared_install: Mutex::new(()),
+                cache_volume: OnceCell::new(),
                 tasks,
                 session_slots: AtomicUsize::new(0),
                 stop: CancellationToken::new(),
@@ -315,14 +327,27 @@ impl Engine {
     }
 
     /// Run code once in a fresh container that nothing else uses, removed afterwards.
+    /// `packages` are installed into that sandbox first.
     pub async fn execute_transient(
         &self,
         code: &str,
         state: Option<&serde_json::Map<String, serde_json::Value>>,
+        packages: &[String],
         call: &CallContext,
     ) -> Result<ExecResult, ExecError> {
+        let requirements = run_requirements(packages)?;
         let started = Instant::now();
         let mut sandbox = self.shared.pool.acquire().await?;
+        let installed = match self
+            .install_for_run(&requirements, &sandbox.volume, None, "this run")
+            .await
+        {
+            Ok(installed) => installed,
+            Err(e) => {
+                self.shared.pool.discard(sandbox);
+                return Err(ExecError::Packages(e.to_string()));
+            }
+        };
         let outcome = sandbox
             .repl
             .execute(
@@ -336,10 +361,29 @@ impl Engine {
             .await;
         // Single use: whatever happened, this sandbox is never used again.
         self.shared.pool.discard(sandbox);
-        Ok(match outcome {
+        let mut result = match outcome {
             Ok(outcome) => ExecResult::from_outcome(outcome, ""),
             Err(e) => ExecResult::lost(self.lost_reason(&e), started, &e),
-        })
+        };
+        result.packages_installed = installed;
+        Ok(result)
+    }
+
+    /// Install a run's `packages` into `volume`; nothing to do without any.
+    async fn install_for_run(
+        &self,
+        requirements: &[Requirement],
+        volume: &str,
+        session: Option<&str>,
+        target: &str,
+    ) -> Result<Vec<String>, InstallError> {
+        if requirements.is_empty() {
+            return Ok(Vec::new());
+        }
+        let r = self
+            .run_installer(requirements, volume, session, target.to_string())
+            .await?;
+        Ok(r.installed)
     }
 
     /// Run code in a session; without an id, start a new session first.
@@ -347,8 +391,10 @@ impl Engine {
         &self,
         code: &str,
         session_id: Option<&str>,
+        packages: &[String],
         call: &CallContext,
     ) -> Result<ExecResult, ExecError> {
+        let requirements = run_requirements(packages)?;
         let session = match session_id {
             Some(id) => self.session(id)?,
             None => self.new_session().await?,
@@ -359,6 +405,11 @@ impl Engine {
             // Ended while this call waited for the lock.
             return Err(self.ended(&session.id));
         };
+        let target = format!("session {}", session.id);
+        let installed = self
+            .install_for_run(&requirements, &session.volume, Some(&session.id), &target)
+            .await
+            .map_err(|e| ExecError::Packages(e.to_string()))?;
         let outcome = repl
             .execute(
                 code,
@@ -389,6 +440,7 @@ impl Engine {
             }
         };
         result.session_id = Some(session.id.clone());
+        result.packages_installed = installed;
         Ok(result)
     }
 
@@ -521,10 +573,10 @@ impl Engine {
     /// transient runs and sessions see.
     pub async fn install_package(
         &self,
-        package: &str,
+        packages: &[String],
         session_id: Option<&str>,
     ) -> Result<InstallResult, InstallError> {
-        let requirement = install::parse_requirement(package)?;
+        let requirements = parse_requirements(packages)?;
         match session_id {
             Some(id) => {
                 let session = self.session(id)?;
@@ -533,35 +585,69 @@ impl Engine {
                 if guard.is_none() {
                     return Err(self.ended(id).into());
                 }
-                self.run_installer(
-                    &requirement,
-                    &session.volume,
-                    Some(id),
-                    format!("session {id}"),
-                )
-                .await
+                let target = format!("session {id}");
+                self.run_installer(&requirements, &session.volume, Some(id), target)
+                    .await
             }
             None => {
                 let volume = self.shared.pool.shared_volume().await?.to_string();
                 let _one_at_a_time = self.shared.shared_install.lock().await;
-                self.run_installer(&requirement, &volume, None, "shared environment".into())
+                self.run_installer(&requirements, &volume, None, "shared environment".into())
                     .await
+            }
+        }
+    }
+
+    /// Installed distributions as a session sees them (its own, shared, the image's), or,
+    /// without a session, as a new sandbox sees them (shared and the image's).
+    pub async fn list_packages(&self, session_id: Option<&str>) -> Result<Vec<Package>, ExecError> {
+        match session_id {
+            Some(id) => {
+                let session = self.session(id)?;
+                let mut guard = session.lock().await;
+                let repl = guard.as_mut().ok_or_else(|| self.ended(id))?;
+                repl.packages(CONTROL_TIMEOUT)
+                    .await
+                    .map_err(|e| ExecError::Broken(id.into(), e.to_string()))
+            }
+            None => {
+                let mut sandbox = self.shared.pool.acquire().await?;
+                let listed = sandbox.repl.packages(CONTROL_TIMEOUT).await;
+                self.shared.pool.discard(sandbox);
+                listed.map_err(|e| ExecError::Broken("(new sandbox)".into(), e.to_string()))
             }
         }
     }
 
     async fn run_installer(
         &self,
-        requirement: &Requirement,
+        requirements: &[Requirement],
         volume: &str,
         session: Option<&str>,
         target: String,
     ) -> Result<InstallResult, InstallError> {
         let c = &self.shared.config;
-        let cmd = install::pip_command(&c.package, std::slice::from_ref(requirement));
+        let wanted = || {
+            requirements
+                .iter()
+                .map(|r| r.spec.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        self.shared
+            .cache_volume
+            .get_or_try_init(|| async {
+                let labels = Owner::cache_labels();
+                self.shared
+                    .docker
+                    .create_volume(sandbox::CACHE_VOLUME, &labels)
+                    .await
+            })
+            .await?;
+        let cmd = install::installer_command(&c.package, requirements);
         let spec = sandbox::installer_spec(c, &self.shared.owner, session, volume, cmd);
         let started = Instant::now();
-        tracing::info!(requirement = %requirement.spec, %target, "installing");
+        tracing::info!(requirements = %wanted(), %target, "installing");
         let finished = match self
             .shared
             .docker
@@ -571,23 +657,25 @@ impl Engine {
             Ok(f) => f,
             Err(DockerError::Timeout(timeout)) => {
                 return Err(InstallError::TimedOut {
-                    requirement: requirement.spec.clone(),
+                    requirement: wanted(),
                     timeout,
-                })
+                });
             }
             Err(e) => return Err(e.into()),
         };
         if finished.exit_code != 0 {
             return Err(InstallError::Failed {
-                requirement: requirement.spec.clone(),
+                requirement: wanted(),
                 summary: install::pip_failure_summary(&finished.stdout, &finished.stderr),
             });
         }
+        let output = format!("{}\n{}", finished.stdout, finished.stderr);
         Ok(InstallResult {
-            requirement: requirement.spec.clone(),
+            requirements: requirements.iter().map(|r| r.spec.clone()).collect(),
             target,
-            installed: install::installed_from_pip_output(&finished.stdout),
-            installer: "pip".into(),
+            installed: install::installed_from_pip_output(&output),
+            cached: install::cached_from_output(&output),
+            installer: install::installer_used(&finished.stdout),
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,
         })
     }
@@ -658,6 +746,25 @@ impl Engine {
             tracing::warn!(?grace, "shutdown cleanup did not finish in time; some containers may remain (they exit on their own when their stdin closes)");
         }
     }
+}
+
+/// The `packages` of an execution, validated; none is fine.
+fn run_requirements(packages: &[String]) -> Result<Vec<Requirement>, ExecError> {
+    if packages.is_empty() {
+        return Ok(Vec::new());
+    }
+    parse_requirements(packages).map_err(|e| ExecError::Packages(e.to_string()))
+}
+
+/// Validate every requirement before anything runs; at least one is needed.
+fn parse_requirements(packages: &[String]) -> Result<Vec<Requirement>, RequirementError> {
+    if packages.is_empty() {
+        return Err(RequirementError::Empty);
+    }
+    packages
+        .iter()
+        .map(|p| install::parse_requirement(p))
+        .collect()
 }
 
 /// Whether an object labelled by some daemon belongs to one that is gone: same host,

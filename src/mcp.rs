@@ -24,7 +24,7 @@ use rmcp::RoleServer;
 use tokio::sync::mpsc;
 
 use crate::engine::{CallContext, Engine, ExecResult, InstallResult};
-use crate::repl::{OutputChunk, Variable};
+use crate::repl::{OutputChunk, Package, Variable};
 
 /// Arguments of `execute-transient`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -36,6 +36,9 @@ pub struct TransientArgs {
     /// can pass it to the next call to carry data forward.
     #[serde(default)]
     pub state: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Packages to install into this run's sandbox before the code runs, e.g. `["rich"]`.
+    #[serde(default)]
+    pub packages: Vec<String>,
 }
 
 /// Arguments of `execute-persistent`.
@@ -47,18 +50,55 @@ pub struct PersistentArgs {
     /// the result then begins with `Session ID: <id>`.
     #[serde(default)]
     pub session_id: Option<String>,
+    /// Packages to install into the session before the code runs, e.g. `["rich"]`.
+    #[serde(default)]
+    pub packages: Vec<String>,
+}
+
+/// One requirement or several.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        }
+    }
 }
 
 /// Arguments of `install-package`.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct InstallArgs {
-    /// One requirement: a package name with optional extras and version specifiers, such as
-    /// `requests`, `pandas>=2` or `rich==13.7.1`. Options, URLs and paths are refused.
-    pub package_name: String,
+    /// A requirement, or a list of them: package names with optional extras and version
+    /// specifiers, such as `requests`, `pandas>=2` or `["rich==13.7.1", "tomli-w"]`.
+    /// Options, URLs, paths and shell syntax are refused.
+    pub package_name: OneOrMany,
     /// Install into this session only. Omit it to install into the shared environment that
     /// every later transient run and every new or existing session sees.
     #[serde(default)]
     pub session_id: Option<String>,
+}
+
+/// Arguments of `list-packages`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ListPackagesArgs {
+    /// List what this session can import. Omit it to list the shared environment and the
+    /// image's packages, as a transient run sees them.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+/// The structured result of `list-packages`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PackageList {
+    /// Installed distributions, sorted by name.
+    pub packages: Vec<Package>,
 }
 
 /// Arguments of `cleanup-session`.
@@ -127,6 +167,12 @@ pub fn render_exec(r: &ExecResult) -> String {
     }
     if let Some(notice) = &r.notice {
         parts.push(notice.clone());
+    }
+    if !r.packages_installed.is_empty() {
+        parts.push(format!(
+            "Installed before the run: {}",
+            r.packages_installed.join(", ")
+        ));
     }
     if r.figures > 0 || r.figures_dropped > 0 {
         let mut line = format!("Figures: {} returned as images", r.figures);
@@ -215,6 +261,26 @@ fn structured(text: String, data: &impl Serialize) -> CallToolResult {
     result
 }
 
+/// An install for the model: what went where, with which installer, and how fast.
+fn render_install(r: &InstallResult) -> String {
+    let installed = if r.installed.is_empty() {
+        "nothing new".to_string()
+    } else {
+        r.installed.join(", ")
+    };
+    let mut text = format!(
+        "Package installation result:\n\nInstalled {} into the {} with {} in {:.1} s: {installed}",
+        r.requirements.join(" "),
+        r.target,
+        r.installer,
+        r.duration_ms / 1000.0
+    );
+    if !r.cached.is_empty() {
+        text.push_str(&format!(" ({} from the download cache)", r.cached.len()));
+    }
+    text
+}
+
 fn exec_result(r: ExecResult) -> CallToolResult {
     let mut content = vec![Content::text(render_exec(&r))];
     content.extend(
@@ -251,7 +317,7 @@ value and any exception with its traceback.",
         let (call, relay) = call_context(&ctx);
         let result = self
             .engine
-            .execute_transient(&args.code, args.state.as_ref(), &call)
+            .execute_transient(&args.code, args.state.as_ref(), &args.packages, &call)
             .await;
         finish_relay(call, relay).await;
         Ok(match result {
@@ -279,7 +345,7 @@ cleanup-session when you are done.",
         let (call, relay) = call_context(&ctx);
         let result = self
             .engine
-            .execute_persistent(&args.code, session, &call)
+            .execute_persistent(&args.code, session, &args.packages, &call)
             .await;
         finish_relay(call, relay).await;
         Ok(match result {
@@ -362,33 +428,37 @@ installer container; the sandbox itself keeps no network.",
         Parameters(args): Parameters<InstallArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let session = args.session_id.as_deref().filter(|s| !s.is_empty());
+        let packages = args.package_name.into_vec();
         Ok(
-            match self
-                .engine
-                .install_package(&args.package_name, session)
-                .await
-            {
-                Ok(r) => {
-                    let installed = if r.installed.is_empty() {
-                        "nothing new".to_string()
-                    } else {
-                        r.installed.join(", ")
-                    };
-                    let text = format!(
-                    "Package installation result:\n\nInstalled {} into the {} with {} in {:.1} s: {installed}",
-                    r.requirement,
-                    r.target,
-                    r.installer,
-                    r.duration_ms / 1000.0
-                );
-                    let mut result = CallToolResult::success(vec![Content::text(text)]);
-                    result.structured_content =
-                        Some(serde_json::to_value(&r).expect("results serialise"));
-                    result
-                }
+            match self.engine.install_package(&packages, session).await {
+                Ok(r) => structured(render_install(&r), &r),
                 Err(e) => tool_error(e),
             },
         )
+    }
+
+    #[tool(
+        name = "list-packages",
+        description = "List installed Python packages with versions: for a session (what it can import: its own \
+installs, the shared environment, the image), or without session_id for the shared environment and the image.",
+        output_schema = schema_for_output::<PackageList>()
+    )]
+    async fn list_packages(
+        &self,
+        Parameters(args): Parameters<ListPackagesArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let session = args.session_id.as_deref().filter(|s| !s.is_empty());
+        Ok(match self.engine.list_packages(session).await {
+            Ok(packages) => {
+                let lines: Vec<String> = packages
+                    .iter()
+                    .map(|p| format!("{} {} ({})", p.name, p.version, p.location))
+                    .collect();
+                let text = format!("{} packages:\n{}", packages.len(), lines.join("\n"));
+                structured(text, &PackageList { packages })
+            }
+            Err(e) => tool_error(e),
+        })
     }
 
     #[tool(

@@ -51,6 +51,9 @@ enum Request<'a> {
     Vars {
         id: u64,
     },
+    Packages {
+        id: u64,
+    },
 }
 
 /// A message from the helper.
@@ -159,6 +162,17 @@ pub struct Reply {
     /// Figures left out (over the count or size cap, or not renderable).
     #[serde(default)]
     pub images_dropped: u64,
+}
+
+/// One installed distribution.
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
+pub struct Package {
+    /// Its name, as published.
+    pub name: String,
+    pub version: String,
+    /// Where it is installed: `session`, `shared` (install-package without a session) or
+    /// `image`. The first of these that has a package wins at import.
+    pub location: String,
 }
 
 /// One variable of a session.
@@ -397,6 +411,15 @@ impl Repl {
         let data = self.control(Request::Vars { id }, id, within).await?;
         serde_json::from_value(data).map_err(|e| {
             ReplError::Died(format!("the helper sent an unreadable variable list: {e}"))
+        })
+    }
+
+    /// The distributions this sandbox can import: its own installs, shared ones, the image's.
+    pub async fn packages(&mut self, within: Duration) -> Result<Vec<Package>, ReplError> {
+        let id = self.next_id();
+        let data = self.control(Request::Packages { id }, id, within).await?;
+        serde_json::from_value(data).map_err(|e| {
+            ReplError::Died(format!("the helper sent an unreadable package list: {e}"))
         })
     }
 

@@ -24,6 +24,11 @@ pub mod labels {
     pub const HOST: &str = "python-docker-mcp.host";
 }
 
+/// The download cache every installer shares. It belongs to no daemon instance (no
+/// instance, pid or host label), so it survives restarts on purpose: a repeated install
+/// is quick. `docker volume rm python-docker-mcp-cache` clears it.
+pub const CACHE_VOLUME: &str = "python-docker-mcp-cache";
+
 /// Where package volumes are mounted in a sandbox (read-only there).
 pub const SHARED_PACKAGES: &str = "/opt/python-docker-mcp/shared";
 pub const SESSION_PACKAGES: &str = "/opt/python-docker-mcp/session";
@@ -40,6 +45,8 @@ pub enum Role {
     Installer,
     /// The shared package volume.
     Packages,
+    /// The download cache shared by installers (see [`CACHE_VOLUME`]).
+    Cache,
 }
 
 impl Role {
@@ -48,6 +55,7 @@ impl Role {
             Role::Sandbox => "sandbox",
             Role::Installer => "installer",
             Role::Packages => "packages",
+            Role::Cache => "cache",
         }
     }
 }
@@ -127,6 +135,14 @@ impl Owner {
             l.insert(labels::SESSION.into(), s.into());
         }
         l
+    }
+
+    /// Labels for the shared download cache: ours, but no instance's.
+    pub fn cache_labels() -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (labels::MANAGED.to_string(), "true".to_string()),
+            (labels::ROLE.to_string(), Role::Cache.as_str().to_string()),
+        ])
     }
 
     /// A unique, recognisable container or volume name.
@@ -209,6 +225,8 @@ pub fn repl_spec(
             format!("PDM_WORKDIR={}", d.working_dir),
             format!("PDM_PACKAGE_DIRS={}", package_dirs.join(":")),
             format!("PDM_PRELOAD={}", d.warm_imports.join(",")),
+            format!("PDM_ALLOWED_MODULES={}", config.allowed_modules.join(",")),
+            format!("PDM_BLOCKED_MODULES={}", config.blocked_modules.join(",")),
         ],
         user: d.user.clone(),
         working_dir: d.working_dir.clone(),
@@ -265,11 +283,18 @@ pub fn installer_spec(
         pids_limit: d.pids_limit as i64,
         read_only_root: true,
         tmpfs,
-        volumes: vec![VolumeMount {
-            volume: target_volume.into(),
-            target: "/target".into(),
-            read_only: false,
-        }],
+        volumes: vec![
+            VolumeMount {
+                volume: target_volume.into(),
+                target: "/target".into(),
+                read_only: false,
+            },
+            VolumeMount {
+                volume: CACHE_VOLUME.into(),
+                target: "/cache".into(),
+                read_only: false,
+            },
+        ],
         interactive: false,
         cap_drop: cap_drop(),
         security_opt: security_opt(),

@@ -20,6 +20,7 @@ async fn tools_list_has_the_originals_four_tools_and_the_session_tools_with_outp
             "execute-persistent",
             "execute-transient",
             "install-package",
+            "list-packages",
             "list-variables",
             "reset-session"
         ]
@@ -629,7 +630,7 @@ async fn install_into_a_session_is_importable_there_only() {
 
     let r = d.install(PACKAGE, Some(&a)).await;
     assert_ok(&r);
-    assert_eq!(field(&r, "requirement"), &json!(PACKAGE));
+    assert_eq!(field(&r, "requirements"), &json!([PACKAGE]));
     assert_eq!(field(&r, "target"), &json!(format!("session {a}")));
     assert_eq!(field(&r, "installer"), &json!("pip"));
     let installed = field(&r, "installed")

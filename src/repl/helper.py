@@ -12,6 +12,7 @@
 #            {"op": "ping", "id": N}       (health check before a warm sandbox is handed out)
 #            {"op": "reset", "id": N}      (forget every variable and import of the session)
 #            {"op": "vars", "id": N}       (the session's variables: name, type, short repr)
+#            {"op": "packages", "id": N}   (installed distributions: name, version, location)
 #            exec may also carry "stream": true (send output as it comes) and "max_figures",
 #            "max_figure_bytes" (matplotlib figures returned as PNG)
 # Replies:   {"op": "ready", "python": str, "preload_failed": {module: error}}  once at start,
@@ -109,6 +110,29 @@ def _on_sigint(signum, frame):
 
 
 signal.signal(signal.SIGINT, _on_sigint)
+
+# The module policy (allowed_modules / blocked_modules): checked when the user's own code
+# imports, not when a library it uses does. It is a policy, not a security boundary; the
+# container is the boundary.
+ALLOWED = {m.strip() for m in os.environ.get("PDM_ALLOWED_MODULES", "").split(",") if m.strip()}
+BLOCKED = {m.strip() for m in os.environ.get("PDM_BLOCKED_MODULES", "").split(",") if m.strip()}
+_real_import = builtins.__import__
+
+
+def _policy_import(name, globals=None, locals=None, fromlist=(), level=0):
+    if _in_user_code and level == 0 and globals is not None and globals.get("__name__") == "__main__":
+        top = name.partition(".")[0]
+        if top in BLOCKED or name in BLOCKED:
+            raise ImportError("import of %r is blocked by the server's module policy (blocked_modules)" % name,
+                              name=name)
+        if ALLOWED and top not in ALLOWED:
+            raise ImportError("import of %r is not allowed by the server's module policy (allowed_modules: %s)"
+                              % (name, ", ".join(sorted(ALLOWED))), name=name)
+    return _real_import(name, globals, locals, fromlist, level)
+
+
+if ALLOWED or BLOCKED:
+    builtins.__import__ = _policy_import
 
 
 _seen_mtimes = {}
@@ -246,6 +270,23 @@ def list_variables():
             continue
         value = namespace[name]
         out.append({"name": name, "type": type(value).__name__, "repr": repr_capped(value, 200)})
+    return out
+
+
+def list_packages():
+    from importlib import metadata
+    places = [("session", d) for d in PACKAGE_DIRS[:1]] + [("shared", d) for d in PACKAGE_DIRS[1:]]
+    places += [("image", p) for p in sys.path
+               if p not in PACKAGE_DIRS and ("site-packages" in p or "dist-packages" in p)]
+    out, seen = [], set()
+    for location, path in places:
+        if not os.path.isdir(path) or path in seen:
+            continue
+        seen.add(path)
+        for dist in metadata.distributions(path=[path]):
+            name = dist.metadata["Name"] or "?"
+            out.append({"name": name, "version": dist.version or "?", "location": location})
+    out.sort(key=lambda p: (p["name"].lower(), p["location"]))
     return out
 
 
@@ -388,6 +429,8 @@ def main():
                 send({"op": "done", "id": req.get("id"), "data": None})
             elif op == "vars":
                 send({"op": "done", "id": req.get("id"), "data": list_variables()})
+            elif op == "packages":
+                send({"op": "done", "id": req.get("id"), "data": list_packages()})
             else:
                 diag("unknown op %r" % (op,))
         except KeyboardInterrupt:

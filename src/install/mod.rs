@@ -1,5 +1,8 @@
 //! Package installs: what a valid requirement is, and the installer command line.
 //!
+//! `installer.py` is the program the installer container runs: pip (or uv when configured
+//! and present), into a staging directory, moved into place only on success.
+//!
 //! A requirement is a PEP 508 name with optional extras and version specifiers
 //! (`pandas`, `rich==13.7.1`, `requests[socks]>=2,<3`). Nothing else gets through:
 //! no options, URLs, paths, environment markers or shell syntax. The install itself runs
@@ -130,47 +133,68 @@ pub fn parse_requirement(input: &str) -> Result<Requirement, RequirementError> {
     })
 }
 
-/// The installer's argument vector: pip into `/target` (the volume), wheels only unless
-/// configured otherwise. Every requirement has been validated and is one argument.
-pub fn pip_command(config: &PackageConfig, requirements: &[Requirement]) -> Vec<String> {
-    let mut cmd: Vec<String> = [
-        "python3",
-        "-m",
-        "pip",
-        "install",
-        "--no-input",
-        "--disable-pip-version-check",
-        "--root-user-action=ignore",
-        "--no-cache-dir",
-        "--upgrade",
-        "--target",
-        "/target",
+/// The installer program, embedded so any image with `python3` works.
+pub const INSTALLER: &str = include_str!("installer.py");
+
+/// The installer container's command: the embedded installer and its settings as one JSON
+/// argument (no shell anywhere). Every requirement has been validated.
+pub fn installer_command(config: &PackageConfig, requirements: &[Requirement]) -> Vec<String> {
+    let settings = serde_json::json!({
+        "installer": config.installer,
+        "requirements": requirements.iter().map(|r| r.spec.as_str()).collect::<Vec<_>>(),
+        "only_binary": config.only_binary,
+        "index_url": config.index_url,
+        "extra_index_urls": config.extra_index_urls,
+        "trusted_hosts": config.trusted_hosts,
+    });
+    vec![
+        "python3".into(),
+        "-c".into(),
+        INSTALLER.into(),
+        settings.to_string(),
     ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    if config.only_binary {
-        cmd.push("--only-binary=:all:".into());
-    }
-    if let Some(url) = &config.index_url {
-        cmd.push("--index-url".into());
-        cmd.push(url.clone());
-    }
-    for host in &config.trusted_hosts {
-        cmd.push("--trusted-host".into());
-        cmd.push(host.clone());
-    }
-    cmd.extend(requirements.iter().map(|r| r.spec.clone()));
-    cmd
+}
+
+/// Which installer ran, from the installer's first line.
+pub fn installer_used(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("installer: "))
+        .unwrap_or("pip")
+        .trim()
+        .to_string()
+}
+
+/// Files the installer took from the download cache: pip's `File was already downloaded
+/// /cache/wheels/six-1.17.0-py2.py3-none-any.whl` (its wheelhouse) or `Using cached six-...`.
+pub fn cached_from_output(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("File was already downloaded ")
+                .map(|path| path.rsplit('/').next().unwrap_or(path))
+                .or_else(|| {
+                    l.strip_prefix("Using cached ")
+                        .and_then(|f| f.split_whitespace().next())
+                })
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 /// The distributions pip reports in its `Successfully installed a-1.0 b-2.0` line.
-pub fn installed_from_pip_output(stdout: &str) -> Vec<String> {
-    stdout
+/// (uv reports `+ six==1.17.0` lines instead; both are read.)
+pub fn installed_from_pip_output(output: &str) -> Vec<String> {
+    let pip = output
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Successfully installed "))
-        .flat_map(|l| l.split_whitespace().map(str::to_string))
-        .collect()
+        .flat_map(|l| l.split_whitespace().map(str::to_string));
+    let uv = output
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("+ "))
+        .map(|l| l.replace("==", "-"));
+    pip.chain(uv).collect()
 }
 
 /// The part of pip's output that explains a failure: its `ERROR:` lines, else the tail.
@@ -181,7 +205,14 @@ pub fn pip_failure_summary(stdout: &str, stderr: &str) -> String {
         .filter(|l| l.starts_with("ERROR:"))
         .collect();
     if !errors.is_empty() {
-        return errors.join("\n");
+        let mut summary = errors.join("\n");
+        // pip's "ERROR: Exception:" says nothing by itself; its traceback's end does.
+        if errors.iter().any(|l| l.trim() == "ERROR: Exception:") {
+            let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+            summary.push('\n');
+            summary.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+        return summary;
     }
     let all: Vec<&str> = stderr.lines().chain(stdout.lines()).collect();
     all[all.len().saturating_sub(15)..].join("\n")
@@ -241,12 +272,23 @@ mod tests {
     }
 
     #[test]
-    fn pip_command_is_wheels_only_and_targets_the_volume() {
+    fn installer_settings_travel_as_one_json_argument() {
         let config = crate::config::Config::defaults().package;
-        let cmd = pip_command(&config, &[parse_requirement("six").unwrap()]);
-        assert!(cmd.contains(&"--only-binary=:all:".to_string()));
-        assert!(cmd.windows(2).any(|w| w == ["--target", "/target"]));
-        assert_eq!(cmd.last().unwrap(), "six");
+        let cmd = installer_command(
+            &config,
+            &[
+                parse_requirement("six").unwrap(),
+                parse_requirement("rich==13.7.1").unwrap(),
+            ],
+        );
+        assert_eq!(cmd.len(), 4);
+        assert_eq!(&cmd[..2], ["python3", "-c"]);
+        let settings: serde_json::Value = serde_json::from_str(&cmd[3]).unwrap();
+        assert_eq!(
+            settings["requirements"],
+            serde_json::json!(["six", "rich==13.7.1"])
+        );
+        assert_eq!(settings["only_binary"], serde_json::json!(true));
     }
 
     #[test]

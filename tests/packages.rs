@@ -1,0 +1,307 @@
+//! Packages against the real engine (the installer container reaches the package index):
+//! lists of requirements, per-run packages, list-packages, the download cache, a sandbox
+//! that stays offline after installs, the module policy, and an install time-out that
+//! changes nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// Small pure-Python wheels the image does not have.
+const A: (&str, &str) = ("tomli-w", "tomli_w");
+const B: (&str, &str) = ("pyjokes", "pyjokes");
+
+fn names(r: &rmcp::model::CallToolResult) -> Vec<(String, String)> {
+    field(r, "packages")
+        .as_array()
+        .expect("a package list")
+        .iter()
+        .map(|p| {
+            let name = p["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_lowercase()
+                .replace('_', "-");
+            (name, p["location"].as_str().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_of_requirements_goes_into_a_session_and_shows_in_list_packages() {
+    let mut d = Daemon::start().await;
+    let id = d.new_session("x = 1").await;
+    let r = d
+        .call(
+            "install-package",
+            json!({ "package_name": [A.0, B.0], "session_id": id }),
+        )
+        .await;
+    assert_ok(&r);
+    assert_eq!(field(&r, "requirements"), &json!([A.0, B.0]));
+    assert_eq!(
+        field(&r, "installer"),
+        &json!("pip"),
+        "the image has no uv: pip, and the result says so"
+    );
+    let r = d
+        .persistent_ok(&format!("import {}, {}\n'ok'", A.1, B.1), &id)
+        .await;
+    assert_eq!(value(&r).as_deref(), Some("'ok'"));
+
+    let r = d.call("list-packages", json!({ "session_id": id })).await;
+    assert_ok(&r);
+    let listed = names(&r);
+    assert!(
+        listed.contains(&(A.0.to_string(), "session".to_string())),
+        "{listed:?}"
+    );
+    assert!(
+        listed.iter().any(|(n, l)| n == "numpy" && l == "image"),
+        "{listed:?}"
+    );
+    // Without a session: what a transient run sees, which is not this session's installs.
+    let r = d.call("list-packages", json!({})).await;
+    assert_ok(&r);
+    assert!(!names(&r).iter().any(|(n, _)| n == A.0), "{:?}", names(&r));
+    d.close(Duration::from_secs(30))
+        .await
+        .expect("the daemon exits");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_run_packages_are_installed_before_the_code_and_only_for_that_run() {
+    let mut d = Daemon::start().await;
+    let r = d
+        .call(
+            "execute-transient",
+            json!({ "code": format!("import {m}\n{m}.dumps({{'k': 2}})", m = A.1), "packages": [A.0] }),
+        )
+        .await;
+    assert_ok(&r);
+    assert_eq!(value(&r).as_deref(), Some("'k = 2\\n'"), "{}", describe(&r));
+    assert!(
+        text(&r).contains("Installed before the run"),
+        "{}",
+        text(&r)
+    );
+    let r = d.transient(&format!("import {}", A.1)).await;
+    assert_eq!(
+        error_type(&r).as_deref(),
+        Some("ModuleNotFoundError"),
+        "the next run is clean"
+    );
+
+    let r = d
+        .call(
+            "execute-persistent",
+            json!({ "code": format!("import {}\n'yes'", B.1), "packages": [B.0] }),
+        )
+        .await;
+    assert_ok(&r);
+    let id = session_id(&r);
+    let r = d.persistent_ok(&format!("{}.__name__", B.1), &id).await;
+    assert_eq!(value(&r).as_deref(), Some(&*format!("'{}'", B.1)));
+    // A bad specifier refuses the whole call before anything runs.
+    let r = d
+        .call(
+            "execute-transient",
+            json!({ "code": "print('ran')", "packages": ["six; rm -rf /"] }),
+        )
+        .await;
+    assert_tool_error(&r, "not allowed");
+    assert!(!text(&r).contains("ran"));
+    d.close(Duration::from_secs(30))
+        .await
+        .expect("the daemon exits");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_install_comes_from_the_download_cache() {
+    let mut d = Daemon::start().await;
+    let first = d.new_session("1").await;
+    let second = d.new_session("2").await;
+    let r = d.install(A.0, Some(&first)).await;
+    assert_ok(&r);
+    let r = d.install(A.0, Some(&second)).await;
+    assert_ok(&r);
+    let cached = field(&r, "cached").as_array().cloned().unwrap_or_default();
+    assert!(
+        cached
+            .iter()
+            .any(|c| c.as_str().unwrap_or("").starts_with("tomli_w")),
+        "the second install used the cache: {}",
+        describe(&r)
+    );
+    d.close(Duration::from_secs(30))
+        .await
+        .expect("the daemon exits");
+    // The cache outlives the daemon on purpose; nothing else does.
+    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+    let volumes = std::process::Command::new("docker")
+        .args([
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            "name=python-docker-mcp-cache",
+        ])
+        .output()
+        .expect("docker volume ls");
+    assert!(String::from_utf8_lossy(&volumes.stdout).contains("python-docker-mcp-cache"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sandbox_stays_offline_after_an_install() {
+    let mut d = Daemon::start().await;
+    let id = d.new_session("import socket").await;
+    assert_ok(&d.install(A.0, Some(&id)).await);
+    let r = d
+        .persistent(
+            "socket.create_connection(('1.1.1.1', 53), timeout=3)",
+            Some(&id),
+        )
+        .await;
+    assert!(
+        is_error(&r),
+        "the sandbox reached the network: {}",
+        describe(&r)
+    );
+    let r = d
+        .persistent_ok(
+            "[l.split(':')[0].strip() for l in open('/proc/net/dev') if ':' in l]",
+            &id,
+        )
+        .await;
+    assert_eq!(
+        value(&r).as_deref(),
+        Some("['lo']"),
+        "only the loopback interface"
+    );
+    d.close(Duration::from_secs(30))
+        .await
+        .expect("the daemon exits");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blocked_modules_raise_import_error_and_nothing_else_is_refused() {
+    let mut d =
+        Daemon::start_with(&[("PYTHON_DOCKER_MCP_BLOCKED_MODULES", "socket,subprocess")]).await;
+    let r = d.transient("import socket").await;
+    assert_eq!(
+        error_type(&r).as_deref(),
+        Some("ImportError"),
+        "{}",
+        describe(&r)
+    );
+    assert!(text(&r).contains("blocked_modules"), "{}", text(&r));
+    let r = d.transient("from subprocess import run").await;
+    assert_eq!(
+        error_type(&r).as_deref(),
+        Some("ImportError"),
+        "{}",
+        describe(&r)
+    );
+    // Code that mentions os., imports os, or uses a library that needs socket is fine.
+    let r = d
+        .transient(
+            "import os\nimport http.client\nos.path.join('a', 'b') + ' ' + http.client.__name__",
+        )
+        .await;
+    assert_eq!(
+        value(&r).as_deref(),
+        Some("'a/b http.client'"),
+        "{}",
+        describe(&r)
+    );
+    d.close(Duration::from_secs(30))
+        .await
+        .expect("the daemon exits");
+
+    let mut d = Daemon::start_with(&[("PYTHON_DOCKER_MCP_ALLOWED_MODULES", "math,json")]).await;
+    let r = d.transient("import math, json\nmath.floor(2.5)").await;
+    assert_eq!(value(&r).as_deref(), Some("2"), "{}", describe(&r));
+    let r = d.transient("import os").await;
+    assert_eq!(
+        error_type(&r).as_deref(),
+        Some("ImportError"),
+        "{}",
+        describe(&r)
+    );
+    assert!(text(&r).contains("allowed_modules"), "{}", text(&r));
+    d.close(Duration::from_secs(30))
+        .await
+        .expect("the daemon exits");
+}
+
+/// The host as containers on the default bridge network see it: their default gateway.
+fn bridge_gateway() -> String {
+    let code = "import socket, struct\nfor l in open('/proc/net/route'):\n    f = l.split()\n    if f[1] == '00000000':\n        print(socket.inet_ntoa(struct.pack('<L', int(f[2], 16))))";
+    let out = std::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "bridge",
+            "python-docker-mcp:latest",
+            "python3",
+            "-c",
+            code,
+        ])
+        .output()
+        .expect("docker run");
+    let gateway = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        !gateway.is_empty(),
+        "no default gateway: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    gateway
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_install_that_times_out_changes_nothing() {
+    // A package index that accepts connections and never answers: the installer hangs
+    // until the install time-out stops it.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let silent = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(8).flatten() {
+            held.push(stream);
+        }
+    });
+    let gateway = bridge_gateway();
+    let index = format!("http://{gateway}:{port}/simple");
+    let mut d = Daemon::start_with(&[
+        ("PYTHON_DOCKER_MCP_INSTALL_TIMEOUT", "4s"),
+        ("PYTHON_DOCKER_MCP_INDEX_URL", &index),
+        ("PYTHON_DOCKER_MCP_TRUSTED_HOSTS", &gateway),
+    ])
+    .await;
+    let id = d.new_session("x = 1").await;
+    let before = names(&d.call("list-packages", json!({ "session_id": id })).await);
+    let r = d.install(A.0, Some(&id)).await;
+    assert_tool_error(&r, "install time-out");
+    let after = names(&d.call("list-packages", json!({ "session_id": id })).await);
+    assert_eq!(before, after);
+    let r = d.persistent_ok("x", &id).await;
+    assert_eq!(value(&r).as_deref(), Some("1"), "the session is unharmed");
+    let pid = d.pid;
+    assert!(
+        eventually(Duration::from_secs(15), || containers_with_role(
+            pid,
+            "installer"
+        )
+        .is_empty())
+        .await,
+        "the timed-out installer is removed"
+    );
+    d.close(Duration::from_secs(30))
+        .await
+        .expect("the daemon exits");
+    drop(silent);
+}
