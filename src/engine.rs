@@ -506,14 +506,21 @@ impl Engine {
 
     /// End a session for good: later calls are told `why`; its container and volume go.
     fn end_session(&self, id: &str, why: String) -> bool {
-        match self.shared.sessions.end(id, why) {
+        match self.retire(id, why) {
             Some(session) => {
-                self.shared.session_slots.fetch_sub(1, SeqCst);
                 self.remove_session_objects(&session);
                 true
             }
             None => false,
         }
+    }
+
+    /// Take a session out of the registry for good (later calls are told `why`) and free
+    /// its slot. Removing its container and volume is the caller's job.
+    fn retire(&self, id: &str, why: impl Into<String>) -> Option<Arc<Session>> {
+        let session = self.shared.sessions.end(id, why)?;
+        self.shared.session_slots.fetch_sub(1, SeqCst);
+        Some(session)
     }
 
     /// End sessions nobody has used for `session.idle_timeout`, until shutdown.
@@ -549,13 +556,8 @@ impl Engine {
 
     /// End a session: its container and volume are removed; later calls are told so.
     pub async fn cleanup_session(&self, id: &str) -> Result<(), CleanupError> {
-        match self
-            .shared
-            .sessions
-            .end(id, "it was cleaned up with cleanup-session")
-        {
+        match self.retire(id, "it was cleaned up with cleanup-session") {
             Some(session) => {
-                self.shared.session_slots.fetch_sub(1, SeqCst);
                 // Kill first so a call still running in it ends now, then drop the REPL.
                 self.shared.docker.remove(&session.container).await;
                 self.shared.docker.remove_volume(&session.volume).await;
