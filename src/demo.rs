@@ -91,14 +91,14 @@ pub async fn run(server_args: Vec<OsString>) -> anyhow::Result<()> {
     let install = call(
         &client,
         "install-package",
-        serde_json::json!({"package_name": "six", "session_id": session}),
+        serde_json::json!({"package_name": "tomli-w", "session_id": session}),
     )
     .await?;
     if install.is_error != Some(true) {
         call(
             &client,
             "execute-persistent",
-            serde_json::json!({"code": "import six\nsix.__version__", "session_id": session}),
+            serde_json::json!({"code": "import tomli_w\nprint(tomli_w.dumps({\"radius\": radius, \"area\": round(area, 3)}))", "session_id": session}),
         )
         .await?;
     }

@@ -139,7 +139,10 @@ pub fn render_exec(r: &ExecResult) -> String {
     if let Some(id) = &r.session_id {
         parts.push(format!("Session ID: {id}"));
     }
-    let mut stdout = format!("Execution Result:\n\n{}", r.stdout.trim_end());
+    let mut stdout = match r.stdout.trim_end() {
+        "" => "Execution Result: (no output)".to_string(),
+        out => format!("Execution Result:\n\n{out}"),
+    };
     if r.stdout_dropped > 0 {
         stdout.push_str(&format!(
             "\n[stdout truncated: {} more bytes dropped]",
@@ -501,5 +504,74 @@ impl ServerHandler for Server {
                  session_id it returns). install-package: add packages to a session or to the shared \
                  environment. cleanup-session: end a session.",
             )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result() -> ExecResult {
+        ExecResult {
+            session_id: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            value: None,
+            error: None,
+            timed_out: false,
+            cancelled: false,
+            sandbox_lost: false,
+            duration_ms: 1.0,
+            stdout_dropped: 0,
+            stderr_dropped: 0,
+            state: None,
+            state_skipped: None,
+            figures: 0,
+            figures_dropped: 0,
+            packages_installed: Vec::new(),
+            notice: None,
+            images: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_session_result_starts_with_its_id_like_the_originals() {
+        let mut r = result();
+        r.session_id = Some("abc".into());
+        r.stdout = "hi\n".into();
+        r.value = Some("2".into());
+        assert_eq!(
+            render_exec(&r),
+            "Session ID: abc\n\nExecution Result:\n\nhi\n\nResult: 2"
+        );
+    }
+
+    #[test]
+    fn empty_output_and_truncation_are_said_plainly() {
+        let mut r = result();
+        assert_eq!(render_exec(&r), "Execution Result: (no output)");
+        r.stdout = "x".into();
+        r.stdout_dropped = 10;
+        r.stderr = "warn".into();
+        let text = render_exec(&r);
+        assert!(
+            text.contains("[stdout truncated: 10 more bytes dropped]"),
+            "{text}"
+        );
+        assert!(text.contains("Standard Error:\nwarn"), "{text}");
+    }
+
+    #[test]
+    fn skipped_state_names_each_variable_and_type() {
+        let mut r = result();
+        r.state_skipped = Some(
+            [
+                ("f".to_string(), "function".to_string()),
+                ("s".to_string(), "set".to_string()),
+            ]
+            .into(),
+        );
+        assert!(render_exec(&r)
+            .contains("Not carried in state (not JSON-serialisable): f (function), s (set)"));
     }
 }
