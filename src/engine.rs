@@ -399,6 +399,8 @@ impl Engine {
             Some(id) => self.session(id)?,
             None => self.new_session().await?,
         };
+        // A new session kept a warm sandbox; replace it once this first call is done.
+        let _replenish = session_id.is_none().then(|| Replenish(&self.shared.pool));
         let started = Instant::now();
         let mut guard = session.lock().await;
         let Some(repl) = guard.as_mut() else {
@@ -747,6 +749,15 @@ impl Engine {
         if tokio::time::timeout(grace, work).await.is_err() {
             tracing::warn!(?grace, "shutdown cleanup did not finish in time; some containers may remain (they exit on their own when their stdin closes)");
         }
+    }
+}
+
+/// Refills the pool when dropped, after the call that took a sandbox has finished.
+struct Replenish<'a>(&'a Pool);
+
+impl Drop for Replenish<'_> {
+    fn drop(&mut self) {
+        self.0.replenish();
     }
 }
 

@@ -197,7 +197,7 @@ impl Pool {
         let wait = self.inner.config.docker.pool_wait_timeout;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let rx = {
+            let taken = {
                 let mut st = self.inner.state.lock().expect("pool lock");
                 if st.closed {
                     return Err(AcquireError::Closed);
@@ -213,8 +213,13 @@ impl Pool {
                     }
                 }
             };
-            self.inner.refill.notify_one();
-            let sandbox = match rx {
+            // A waiter needs a creation now. A sandbox taken from the pool is replaced once
+            // the call is done (`discard`, `replenish`), so the replacement's start does not
+            // compete with the call it serves.
+            if taken.is_err() {
+                self.inner.refill.notify_one();
+            }
+            let sandbox = match taken {
                 Ok(sb) => sb,
                 Err(rx) => match tokio::time::timeout_at(deadline, rx).await {
                     Ok(Ok(delivery)) => delivery?,
@@ -251,7 +256,7 @@ impl Pool {
         }
     }
 
-    /// Remove a sandbox and its volume in the background.
+    /// Remove a sandbox and its volume in the background, and refill the pool.
     pub fn discard(&self, sandbox: Sandbox) {
         let docker = self.inner.docker.clone();
         self.inner.tasks.spawn(async move {
@@ -259,6 +264,12 @@ impl Pool {
             drop(sandbox.repl);
             docker.remove_volume(&sandbox.volume).await;
         });
+        self.replenish();
+    }
+
+    /// Refill the pool (after a sandbox was kept by a session, say).
+    pub fn replenish(&self) {
+        self.inner.refill.notify_one();
     }
 
     /// Hand a new sandbox to the first live waiter, or keep it warm.
@@ -349,6 +360,7 @@ impl Pool {
             st.creating -= 1;
             match &result {
                 Some(Ok(_)) => st.failing = 0,
+                Some(Err(_)) if self.inner.stop.is_cancelled() => {}
                 Some(Err(e)) => {
                     st.failing += 1;
                     st.stats.creation_failures += 1;
@@ -359,6 +371,8 @@ impl Pool {
         }
         match result {
             Some(Ok(sandbox)) => self.deliver(sandbox),
+            // Shutdown removed it while it started: nothing to report.
+            Some(Err(_)) if self.inner.stop.is_cancelled() => {}
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "could not create a sandbox");
                 // Docker refused (image missing, engine down): that will not pass, so the

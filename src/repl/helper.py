@@ -160,69 +160,87 @@ def refresh_paths():
         importlib.invalidate_caches()
 
 
-class Capture:
-    """Points fd 1 or 2 at a pipe and drains it into a capped buffer on a thread."""
+class Sink:
+    """One execution's stdout or stderr: kept up to `limit` bytes, the rest counted. When
+    `stream_id` is set, output is also sent as it comes (at most every 0.25 s)."""
 
-    def __init__(self, fd, limit, restore_to):
-        self.fd, self.limit, self.restore_to = fd, limit, restore_to
+    def __init__(self, limit, stream, stream_id):
+        self.limit, self.stream, self.stream_id = limit, stream, stream_id
         self.chunks, self.kept, self.dropped = [], 0, 0
-        r, w = os.pipe()
-        self.r = r
-        os.dup2(w, fd)
-        os.close(w)
-        self.thread = threading.Thread(target=self._drain, daemon=True)
-        self.thread.start()
+        # Written after the execution's output: everything before it belongs to this run.
+        self.marker = b"\x00pdm-end-" + os.urandom(8).hex().encode() + b"\x00"
+        self.done = threading.Event()
+        self.unsent, self.last_sent = [], 0.0
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
-    def _drain(self):
-        while True:
-            try:
-                data = os.read(self.r, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            room = self.limit - self.kept
-            if room > 0:
-                self.chunks.append(data[:room])
-                self.kept += min(room, len(data))
-            self.dropped += max(0, len(data) - max(room, 0))
-        os.close(self.r)
+    def add(self, data):
+        room = self.limit - self.kept
+        if room > 0:
+            self.chunks.append(data[:room])
+            self.kept += min(room, len(data))
+            if self.stream_id is not None:
+                self.unsent.append(data[:room])
+        self.dropped += max(0, len(data) - max(room, 0))
+        if self.unsent and time.monotonic() - self.last_sent >= 0.25:
+            text = self.decoder.decode(b"".join(self.unsent))
+            self.unsent, self.last_sent = [], time.monotonic()
+            if text:
+                other = "stderr" if self.stream == "stdout" else "stdout"
+                send({"op": "output", "id": self.stream_id, self.stream: text, other: ""})
 
-    def finish(self):
+    def text(self):
+        return b"".join(self.chunks).decode("utf-8", errors="replace")
+
+
+class Drain:
+    """fd 1 or 2 during executions: a pipe drained, for the helper's whole life, by one
+    thread into the current execution's Sink. Between executions the fd points elsewhere,
+    and anything that still arrives (a lingering child process) is dropped."""
+
+    def __init__(self, fd, restore_to):
+        self.fd, self.restore_to = fd, restore_to
+        self.r, self.w = os.pipe()
+        self.lock = threading.Lock()
+        self.sink = None
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def begin(self, sink):
+        with self.lock:
+            self.sink = sink
+        os.dup2(self.w, self.fd)
+
+    def end(self, sink):
         os.dup2(self.restore_to, self.fd)
-        # A child process that still holds the pipe keeps it open; do not wait for it long.
-        self.thread.join(timeout=0.2)
-        return b"".join(self.chunks).decode("utf-8", errors="replace"), self.dropped
+        os.write(self.w, sink.marker)
+        sink.done.wait(timeout=2.0)
+        with self.lock:
+            self.sink = None
+
+    def _run(self):
+        pending = b""
+        while True:
+            data = os.read(self.r, 65536)
+            with self.lock:
+                sink = self.sink
+            if sink is None or sink.done.is_set():
+                pending = b""
+                continue
+            data, pending = pending + data, b""
+            at = data.find(sink.marker)
+            if at >= 0:
+                sink.add(data[:at])
+                sink.done.set()
+                continue
+            # The marker may be split across reads: hold back a tail that could be its
+            # start. It begins with a NUL byte, which text output almost never contains.
+            cut = data.rfind(b"\x00", max(0, len(data) - len(sink.marker) + 1))
+            if cut >= 0 and sink.marker.startswith(data[cut:]):
+                data, pending = data[:cut], data[cut:]
+            sink.add(data)
 
 
 _cell = 0
 namespace = {"__name__": "__main__", "__builtins__": builtins}
-
-
-class Streamer:
-    """Sends output produced so far every `every` seconds while an execution runs."""
-
-    def __init__(self, req_id, out, err, every=0.25):
-        self.req_id, self.captures, self.every = req_id, (out, err), every
-        self.sent = [0, 0]
-        self.decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(2)]
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while not self.stop.wait(self.every):
-            texts = []
-            for i, capture in enumerate(self.captures):
-                chunks = capture.chunks[self.sent[i]:]
-                self.sent[i] += len(chunks)
-                texts.append(self.decoders[i].decode(b"".join(chunks)))
-            if texts[0] or texts[1]:
-                send({"op": "output", "id": self.req_id, "stdout": texts[0], "stderr": texts[1]})
-
-    def finish(self):
-        self.stop.set()
-        self.thread.join()
 
 
 def collect_figures(max_count, max_bytes):
@@ -354,8 +372,10 @@ def execute(req):
     os.dup2(_devnull, 0)
     if sys.stdin is None or sys.stdin.closed:
         sys.stdin = open(0, "r", closefd=False)
-    out, err = Capture(1, limit, _devnull), Capture(2, limit, _diag)
-    streamer = Streamer(req.get("id"), out, err) if req.get("stream") else None
+    stream_id = req.get("id") if req.get("stream") else None
+    out, err = Sink(limit, "stdout", stream_id), Sink(limit, "stderr", stream_id)
+    _stdout_drain.begin(out)
+    _stderr_drain.begin(err)
     started = time.perf_counter()
     try:
         try:
@@ -389,10 +409,10 @@ def execute(req):
             except Exception:
                 pass
         sys.stdout, sys.stderr = _orig_stdout, _orig_stderr
-        result["stdout"], result["stdout_dropped"] = out.finish()
-        result["stderr"], result["stderr_dropped"] = err.finish()
-        if streamer is not None:
-            streamer.finish()
+        _stdout_drain.end(out)
+        _stderr_drain.end(err)
+        result["stdout"], result["stdout_dropped"] = out.text(), out.dropped
+        result["stderr"], result["stderr_dropped"] = err.text(), err.dropped
     result["duration_ms"] = round(duration * 1000.0, 3)
     if req.get("want_state"):
         result["state"], result["state_skipped"] = collect_state(ns)
@@ -400,6 +420,8 @@ def execute(req):
 
 
 def main():
+    global _stdout_drain, _stderr_drain
+    _stdout_drain, _stderr_drain = Drain(1, _devnull), Drain(2, _diag)
     refresh_paths()
     os.chdir(os.environ.get("PDM_WORKDIR") or os.getcwd())
     preload_failed = {}
