@@ -264,18 +264,8 @@ fn bridge_gateway() -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_install_that_times_out_changes_nothing() {
-    // A package index that accepts connections and never answers: the installer hangs
-    // until the install time-out stops it.
-    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let silent = std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in listener.incoming().take(8).flatten() {
-            held.push(stream);
-        }
-    });
-    let gateway = bridge_gateway();
-    let index = format!("http://{gateway}:{port}/simple");
+    // The installer hangs on the silent index until the install time-out stops it.
+    let (index, gateway) = silent_index();
     let mut d = Daemon::start_with(&[
         ("PYTHON_DOCKER_MCP_INSTALL_TIMEOUT", "4s"),
         ("PYTHON_DOCKER_MCP_INDEX_URL", &index),
@@ -284,7 +274,8 @@ async fn an_install_that_times_out_changes_nothing() {
     .await;
     let id = d.new_session("x = 1").await;
     let before = names(&d.call("list-packages", json!({ "session_id": id })).await);
-    let r = d.install(A.0, Some(&id)).await;
+    // A name no cache can hold, so the installer must ask the (silent) index.
+    let r = d.install("pdm-never-cached-probe", Some(&id)).await;
     assert_tool_error(&r, "install time-out");
     let after = names(&d.call("list-packages", json!({ "session_id": id })).await);
     assert_eq!(before, after);
@@ -303,5 +294,51 @@ async fn an_install_that_times_out_changes_nothing() {
     d.close(Duration::from_secs(30))
         .await
         .expect("the daemon exits");
-    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_package_installs_without_asking_the_index() {
+    // Fill the download cache through the real index...
+    let mut d = Daemon::start().await;
+    let id = d.new_session("1").await;
+    assert_ok(&d.install(A.0, Some(&id)).await);
+    d.close(Duration::from_secs(30))
+        .await
+        .expect("the daemon exits");
+    // ...then install again from a daemon whose index never answers.
+    let (index, gateway) = silent_index();
+    let mut d = Daemon::start_with(&[
+        ("PYTHON_DOCKER_MCP_INSTALL_TIMEOUT", "30s"),
+        ("PYTHON_DOCKER_MCP_INDEX_URL", &index),
+        ("PYTHON_DOCKER_MCP_TRUSTED_HOSTS", &gateway),
+    ])
+    .await;
+    let id = d.new_session("1").await;
+    let r = d.install(A.0, Some(&id)).await;
+    assert_ok(&r);
+    assert!(
+        !field(&r, "cached").as_array().expect("a list").is_empty(),
+        "{}",
+        describe(&r)
+    );
+    let r = d.persistent_ok(&format!("import {}\n'ok'", A.1), &id).await;
+    assert_eq!(value(&r).as_deref(), Some("'ok'"));
+    d.close(Duration::from_secs(30))
+        .await
+        .expect("the daemon exits");
+}
+
+/// A package index that accepts connections and never answers, reachable from the
+/// installer container. Returns its URL and its host (to pass as a trusted host).
+fn silent_index() -> (String, String) {
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let gateway = bridge_gateway();
+    (format!("http://{gateway}:{port}/simple"), gateway)
 }

@@ -48,11 +48,20 @@ else:
     pip = [sys.executable, "-m", "pip", "--no-input", "--disable-pip-version-check", "--no-cache-dir"]
     binary = ["--only-binary=:all:"] if settings["only_binary"] else []
     trusted = [arg for host in settings["trusted_hosts"] for arg in ("--trusted-host", host)]
-    steps = [
-        pip + ["download", "--dest", wheels] + binary + index + trusted + requirements,
-        pip + ["install", "--root-user-action=ignore", "--no-index", "--find-links", wheels,
-               "--target", staging] + binary + requirements,
-    ]
+    install = pip + ["install", "--root-user-action=ignore", "--no-index", "--find-links", wheels,
+                     "--target", staging] + binary + requirements
+    # Offline first: when the wheelhouse already satisfies the request, the index is not
+    # asked at all (an unpinned requirement gets the cached version; pin one to move on).
+    offline = subprocess.run(install, capture_output=True, text=True)
+    if offline.returncode == 0:
+        print("from the download cache only", flush=True)
+        sys.stdout.write(offline.stdout)
+        sys.stdout.flush()
+        steps = []
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+        os.mkdir(staging)
+        steps = [pip + ["download", "--dest", wheels] + binary + index + trusted + requirements, install]
 
 for step in steps:
     code = subprocess.call(step)

@@ -173,6 +173,7 @@ pub fn cached_from_output(stdout: &str) -> Vec<String> {
         .filter_map(|l| {
             let l = l.trim();
             l.strip_prefix("File was already downloaded ")
+                .or_else(|| l.strip_prefix("Processing /cache/wheels/"))
                 .map(|path| path.rsplit('/').next().unwrap_or(path))
                 .or_else(|| {
                     l.strip_prefix("Using cached ")
