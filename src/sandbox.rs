@@ -270,6 +270,8 @@ pub fn installer_spec(
             "HOME=/tmp".into(),
             "PIP_NO_INPUT=1".into(),
             "PIP_DISABLE_PIP_VERSION_CHECK=1".into(),
+            // uv trusts the system's CA store, as pip does (needed behind TLS-inspecting proxies).
+            "UV_NATIVE_TLS=1".into(),
             "PYTHONDONTWRITEBYTECODE=1".into(),
         ],
         // The volume's root belongs to root; writing there needs no capability beyond

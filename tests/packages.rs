@@ -342,3 +342,52 @@ fn silent_index() -> (String, String) {
     let gateway = bridge_gateway();
     (format!("http://{gateway}:{port}/simple"), gateway)
 }
+
+/// The sandbox image plus uv, built on first use (the build reaches the package index).
+fn uv_image() -> &'static str {
+    const IMAGE: &str = "python-docker-mcp-uv-test:latest";
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dockerfile = "FROM python-docker-mcp:latest\nUSER 0:0\n\
+                          RUN python3 -m pip install --no-cache-dir --break-system-packages uv\n\
+                          USER 1000:1000\n";
+        let mut build = std::process::Command::new("docker")
+            .args(["build", "-q", "-t", IMAGE, "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("docker build");
+        use std::io::Write;
+        build
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(dockerfile.as_bytes())
+            .expect("write Dockerfile");
+        assert!(
+            build.wait().expect("docker build").success(),
+            "building {IMAGE} failed"
+        );
+    });
+    IMAGE
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uv_installs_when_the_image_has_it() {
+    let image = uv_image();
+    let mut d = Daemon::start_with(&[
+        ("PYTHON_DOCKER_MCP_IMAGE", image),
+        ("PYTHON_DOCKER_MCP_INSTALLER", "uv"),
+    ])
+    .await;
+    let id = d.new_session("1").await;
+    let r = d.install(B.0, Some(&id)).await;
+    assert_ok(&r);
+    assert_eq!(field(&r, "installer"), &json!("uv"), "{}", describe(&r));
+    assert!(text(&r).contains("with uv"), "{}", text(&r));
+    let r = d.persistent_ok(&format!("import {}\n'ok'", B.1), &id).await;
+    assert_eq!(value(&r).as_deref(), Some("'ok'"));
+    d.close(Duration::from_secs(30))
+        .await
+        .expect("the daemon exits");
+}
