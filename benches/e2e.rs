@@ -2,8 +2,8 @@
 //! Docker engine and the original Python package, in one run on one machine.
 //!
 //! ```text
-//! cargo bench --bench e2e                      # full run (pool on and off), ~2.5-3 min
-//! cargo bench --bench e2e -- --quick           # short run (default config), ~1 min
+//! cargo bench --bench e2e                      # full run (pool on and off), ~3-4 min
+//! cargo bench --bench e2e -- --quick           # short run (default config), ~1.5 min
 //! cargo bench --bench e2e -- --pool both       # our daemon with pool_enabled on and off
 //! cargo bench --bench e2e -- --skip original   # skip a part: docker, ours, original
 //! ```
@@ -57,6 +57,8 @@ const IMAGE: &str = "python-docker-mcp:latest";
 const ORIGINAL_IMAGE: &str = "python-docker-mcp-orig-bench:latest";
 /// Calls in flight in the throughput measurements.
 const IN_FLIGHT: usize = 8;
+/// Pause before each call of the spaced transient series.
+const SPACING: Duration = Duration::from_millis(1500);
 /// How long to wait for a warm pool to fill.
 const WARM_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bound on any single call, so a wedged server shows up as failures instead of a hang.
@@ -194,6 +196,9 @@ struct Plan {
     /// Cold starts (spawn → initialize → first transient result → shutdown).
     starts: usize,
     transient: usize,
+    /// Transient `print(1)` calls spaced `SPACING` apart, so the replacement for the
+    /// previous call's sandbox is made before the next call (0: not measured).
+    transient_spaced: usize,
     new_session: usize,
     cleanup: usize,
     persistent: usize,
@@ -201,6 +206,16 @@ struct Plan {
     /// pool, the first `pool_size` calls drain it and are reported apart).
     throughput: usize,
     numpy: usize,
+    /// Transient `import numpy` calls on a second daemon started with
+    /// `PYTHON_DOCKER_MCP_WARM_IMPORTS=numpy` (ours, pool on only; 0: not measured).
+    warm_numpy: usize,
+    /// Sessions running concurrent streams of `x = 1`, one stream per session (empty:
+    /// not measured); the largest is how many sessions are created for it.
+    parallel_levels: &'static [usize],
+    /// Sequential calls in each stream.
+    parallel_calls: usize,
+    /// How many times the levels are run, interleaved (the rate is the median round's).
+    parallel_rounds: usize,
 }
 
 struct DockerPlan {
@@ -210,7 +225,16 @@ struct DockerPlan {
     pipe_round_trips: usize,
     throughput: usize,
     numpy: usize,
+    /// Helper pipes (sandbox profile) running concurrent streams of exec round trips.
+    parallel_levels: &'static [usize],
+    parallel_calls: usize,
+    parallel_rounds: usize,
 }
+
+/// Parallel sessions (or raw pipes) in the throughput-across-sessions measurement. The
+/// report has a row for each of `LEVELS`.
+const LEVELS: &[usize] = &[1, 2, 4, 8];
+const QUICK_LEVELS: &[usize] = &[1, 8];
 
 fn plans(quick: bool) -> (DockerPlan, Plan, Plan) {
     if quick {
@@ -222,24 +246,37 @@ fn plans(quick: bool) -> (DockerPlan, Plan, Plan) {
                 pipe_round_trips: 200,
                 throughput: 16,
                 numpy: 3,
+                parallel_levels: QUICK_LEVELS,
+                parallel_calls: 50,
+                parallel_rounds: 1,
             },
             Plan {
                 starts: 1,
                 transient: 10,
+                transient_spaced: 5,
                 new_session: 3,
                 cleanup: 3,
                 persistent: 100,
                 throughput: 16,
                 numpy: 3,
+                warm_numpy: 3,
+                parallel_levels: QUICK_LEVELS,
+                parallel_calls: 50,
+                parallel_rounds: 1,
             },
             Plan {
                 starts: 1,
                 transient: 6,
+                transient_spaced: 0,
                 new_session: 2,
                 cleanup: 1,
                 persistent: 10,
                 throughput: 12,
                 numpy: 2,
+                warm_numpy: 0,
+                parallel_levels: &[],
+                parallel_calls: 0,
+                parallel_rounds: 0,
             },
         )
     } else {
@@ -251,24 +288,37 @@ fn plans(quick: bool) -> (DockerPlan, Plan, Plan) {
                 pipe_round_trips: 500,
                 throughput: 48,
                 numpy: 5,
+                parallel_levels: LEVELS,
+                parallel_calls: 200,
+                parallel_rounds: 3,
             },
             Plan {
                 starts: 3,
                 transient: 30,
+                transient_spaced: 10,
                 new_session: 5,
                 cleanup: 5,
                 persistent: 200,
                 throughput: 48,
                 numpy: 5,
+                warm_numpy: 5,
+                parallel_levels: LEVELS,
+                parallel_calls: 200,
+                parallel_rounds: 3,
             },
             Plan {
                 starts: 1,
                 transient: 20,
+                transient_spaced: 0,
                 new_session: 3,
                 cleanup: 1,
                 persistent: 40,
                 throughput: 32,
                 numpy: 5,
+                warm_numpy: 0,
+                parallel_levels: &[],
+                parallel_calls: 0,
+                parallel_rounds: 0,
             },
         )
     }
@@ -391,6 +441,105 @@ impl Rate {
     }
 }
 
+/// Concurrent streams of sequential calls, one stream per session (or raw pipe): total
+/// completed calls over the wall-clock time of all streams, and the per-call latency.
+/// Measured in rounds (the levels interleaved), so one noisy moment does not decide it.
+#[derive(Default, Clone)]
+struct Parallel {
+    streams: usize,
+    /// Per round: successful calls and wall-clock ms.
+    rounds: Vec<(usize, f64)>,
+    /// Every call of every round.
+    calls: Series,
+}
+
+impl Parallel {
+    /// The entry for `streams` in `levels`, created on first use.
+    fn level(levels: &mut Vec<Parallel>, streams: usize) -> &mut Parallel {
+        match levels.iter().position(|p| p.streams == streams) {
+            Some(i) => &mut levels[i],
+            None => {
+                levels.push(Parallel {
+                    streams,
+                    ..Parallel::default()
+                });
+                levels.last_mut().expect("just pushed")
+            }
+        }
+    }
+
+    fn add_round(&mut self, wall_ms: f64, per_stream: Vec<Series>) {
+        let before = self.calls.n();
+        for s in per_stream {
+            self.calls.ms.extend(s.ms);
+            self.calls.failures.extend(s.failures);
+        }
+        self.rounds.push((self.calls.n() - before, wall_ms));
+    }
+
+    /// Calls per second of each round, sorted.
+    fn rates(&self) -> Vec<f64> {
+        let mut v: Vec<f64> = self
+            .rounds
+            .iter()
+            .filter(|(_, ms)| *ms > 0.0)
+            .map(|(n, ms)| *n as f64 / (ms / 1000.0))
+            .collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v
+    }
+
+    /// The median round's rate (the lower middle one for an even count).
+    fn rate(&self) -> Option<f64> {
+        let v = self.rates();
+        (!v.is_empty()).then(|| v[(v.len() - 1) / 2])
+    }
+
+    fn cell(&self) -> String {
+        let (Some(p50), Some(p90), Some(rate)) =
+            (self.calls.pct(50.0), self.calls.pct(90.0), self.rate())
+        else {
+            return self.calls.cell();
+        };
+        let rates = self.rates();
+        let per_round = self.rounds.first().map(|r| r.0).unwrap_or(0);
+        let how = if rates.len() == 1 {
+            format!("{per_round} calls in {:.2} s", self.rounds[0].1 / 1000.0)
+        } else {
+            format!(
+                "median of {} rounds of {per_round} calls; {}–{}/s",
+                rates.len(),
+                fmt_rate(rates[0]),
+                fmt_rate(rates[rates.len() - 1])
+            )
+        };
+        format!(
+            "**{}/s** ({how}{}); per call {} / {}",
+            fmt_rate(rate),
+            self.calls.fails_note(),
+            fmt_ms(p50),
+            fmt_ms(p90)
+        )
+    }
+}
+
+fn fmt_rate(r: f64) -> String {
+    if r >= 100.0 {
+        format!("{r:.0}")
+    } else {
+        format!("{r:.1}")
+    }
+}
+
+/// The cell of the level with `streams` streams, or a dash when it was not run.
+fn parallel_cell(levels: &[Parallel], streams: usize) -> String {
+    levels
+        .iter()
+        .find(|p| p.streams == streams)
+        .map(Parallel::cell)
+        .unwrap_or_else(|| "—".into())
+}
+
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
@@ -501,41 +650,11 @@ async fn raw_pipe_once(
     n: usize,
 ) -> anyhow::Result<()> {
     let t = Instant::now();
-    let mut child = tokio::process::Command::new("docker")
-        .args([
-            "run",
-            "-i",
-            "--rm",
-            "--network",
-            "none",
-            IMAGE,
-            "python3",
-            "-u",
-            "-c",
-            code,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut stdin = child.stdin.take().context("stdin")?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    if code == HELPER {
-        let ready = tokio::time::timeout(CALL_TIMEOUT, lines.next_line())
-            .await
-            .context("helper not ready in time")??
-            .context("helper exited")?;
-        if !ready.contains("\"ready\"") {
-            bail!("helper said {ready}");
-        }
-    } else {
-        pipe_round_trip(&mut stdin, &mut lines, 0).await?;
-    }
+    let mut pipe = Pipe::start(code, &["--network", "none"]).await?;
     first.push(t);
-    for id in 1..=n {
+    for _ in 0..n {
         let t = Instant::now();
-        match pipe_round_trip(&mut stdin, &mut lines, id).await {
+        match pipe.round_trip().await {
             Ok(()) => rtt.push(t),
             Err(e) => {
                 rtt.fail(format!("{e:#}"));
@@ -543,9 +662,121 @@ async fn raw_pipe_once(
             }
         }
     }
-    drop(stdin);
-    tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
-    Ok(())
+    pipe.close().await
+}
+
+/// `docker run -i --rm <flags> IMAGE python3 -u -c <code>`, answering JSON lines.
+struct Pipe {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    id: usize,
+}
+
+impl Pipe {
+    /// Start it; returns once the helper said `ready` (or the echo loop echoed once).
+    async fn start(code: &str, flags: &[&str]) -> anyhow::Result<Pipe> {
+        let mut child = tokio::process::Command::new("docker")
+            .args(["run", "-i", "--rm"])
+            .args(flags)
+            .args([IMAGE, "python3", "-u", "-c", code])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = child.stdin.take().context("stdin")?;
+        let lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let mut pipe = Pipe {
+            child,
+            stdin,
+            lines,
+            id: 0,
+        };
+        if code == HELPER {
+            let ready = tokio::time::timeout(CALL_TIMEOUT, pipe.lines.next_line())
+                .await
+                .context("helper not ready in time")??
+                .context("helper exited")?;
+            if !ready.contains("\"ready\"") {
+                bail!("helper said {ready}");
+            }
+        } else {
+            pipe_round_trip(&mut pipe.stdin, &mut pipe.lines, 0).await?;
+        }
+        Ok(pipe)
+    }
+
+    async fn round_trip(&mut self) -> anyhow::Result<()> {
+        self.id += 1;
+        pipe_round_trip(&mut self.stdin, &mut self.lines, self.id).await
+    }
+
+    /// Close its stdin and wait for it to exit (the helper exits on EOF).
+    async fn close(self) -> anyhow::Result<()> {
+        let Pipe {
+            mut child, stdin, ..
+        } = self;
+        drop(stdin);
+        tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+        Ok(())
+    }
+}
+
+/// The reference for throughput across sessions: the REPL helper in `max(levels)`
+/// containers with the sandbox profile, each over its own `docker run -i` pipe; for each
+/// level, that many pipes run `calls` sequential exec round trips concurrently.
+async fn raw_parallel(levels: &[usize], calls: usize, rounds: usize) -> Vec<Parallel> {
+    let max = levels.iter().copied().max().unwrap_or(0);
+    let started: Vec<anyhow::Result<Pipe>> =
+        futures::future::join_all((0..max).map(|_| Pipe::start(HELPER, PROFILE_FLAGS))).await;
+    let mut pipes = Vec::new();
+    let mut errors = Vec::new();
+    for p in started {
+        match p {
+            Ok(p) => pipes.push(p),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    let mut out = Vec::new();
+    // One untimed round trip each, so every helper is warm.
+    let warm: Vec<anyhow::Result<()>> =
+        futures::future::join_all(pipes.iter_mut().map(Pipe::round_trip)).await;
+    if let Some(e) = warm.into_iter().find_map(Result::err) {
+        errors.push(format!("{e:#}"));
+    }
+    for &k in levels.iter().cycle().take(levels.len() * rounds) {
+        if !errors.is_empty() || k > pipes.len() {
+            Parallel::level(&mut out, k)
+                .calls
+                .fail(format!("helper pipes not started: {}", errors.join("; ")));
+            continue;
+        }
+        let t = Instant::now();
+        let per: Vec<Series> =
+            futures::future::join_all(pipes[..k].iter_mut().map(|p| async move {
+                let mut s = Series::default();
+                for _ in 0..calls {
+                    let t = Instant::now();
+                    match p.round_trip().await {
+                        Ok(()) => s.push(t),
+                        Err(e) => {
+                            s.fail(format!("{e:#}"));
+                            break;
+                        }
+                    }
+                }
+                s
+            }))
+            .await;
+        Parallel::level(&mut out, k).add_round(ms_since(t), per);
+    }
+    for p in pipes {
+        if let Err(e) = p.close().await {
+            progress!("  warning: helper pipe: {e:#}");
+        }
+    }
+    out
 }
 
 /// One JSON line to the echo loop and its answer back.
@@ -653,6 +884,7 @@ enum Kind {
 }
 
 /// How to start one MCP server.
+#[derive(Clone)]
 struct Target {
     label: String,
     kind: Kind,
@@ -764,6 +996,7 @@ struct ServerResults {
     init: Series,
     first_transient: Series,
     transient: Series,
+    transient_spaced: Series,
     new_session: Series,
     cleanup: Series,
     persistent: Series,
@@ -773,6 +1006,11 @@ struct ServerResults {
     leftover_containers: Vec<usize>,
     held_idle: Option<usize>,
     warm: Series,
+    /// The second daemon, with `warm_imports` numpy: spawn → pool full, and the calls.
+    warm_numpy_fill: Series,
+    warm_numpy: Series,
+    /// Streams of `x = 1` across sessions, one entry per level.
+    parallel: Vec<Parallel>,
 }
 
 fn transient(code: &str) -> serde_json::Value {
@@ -842,7 +1080,176 @@ async fn bench_server(t: &Target, plan: Plan, logs: &Path) -> ServerResults {
         let left = sweep(t, &before, pid).await;
         r.leftover_containers.push(left);
     }
+    if t.kind == Kind::Ours && t.pool_size > 0 && plan.warm_numpy > 0 {
+        measure_warm_numpy(t, plan, logs, &mut r).await;
+    }
     r
+}
+
+/// A second start of our daemon, pool on, with `PYTHON_DOCKER_MCP_WARM_IMPORTS=numpy`:
+/// once its pool is full (and has had a few seconds to finish the imports), transient
+/// `import numpy` calls. Its exit is checked like the others' (one more start in
+/// `leftover_containers`).
+async fn measure_warm_numpy(t: &Target, plan: Plan, logs: &Path, r: &mut ServerResults) {
+    let mut w = t.clone();
+    w.env.push((
+        "PYTHON_DOCKER_MCP_WARM_IMPORTS".to_string(),
+        "numpy".to_string(),
+    ));
+    w.log_prefix = format!("{}-warm-numpy", t.log_prefix);
+    progress!("  [{}] with warm_imports numpy: start", t.label);
+    let before = server_containers(&w, 0).await;
+    let run = match spawn(&w, logs, 0).await {
+        Ok((run, _)) => run,
+        Err(e) => {
+            r.warm_numpy.fail(format!("{e:#}"));
+            return;
+        }
+    };
+    let (c, pid) = (&run.client, run.pid);
+    progress!(
+        "    waiting for the pool to fill ({} containers)",
+        w.pool_size
+    );
+    match wait_warm(&w, pid, 0).await {
+        Ok(()) => r.warm_numpy_fill.push(run.spawned),
+        Err(e) => r.warm_numpy_fill.fail(e),
+    }
+    // A container counts once started; its helper then still imports numpy at 0.5 CPU.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Untimed: the warm import really happened (numpy is loaded before the user imports it).
+    match call(
+        c,
+        "execute-transient",
+        transient(
+            "import sys
+print('numpy' in sys.modules)",
+        ),
+        "Execution Result:\n\nTrue",
+    )
+    .await
+    {
+        Ok(_) => {
+            settle(&w, pid, 0).await;
+            progress!(
+                "    transient import numpy ×{} (warm imports)",
+                plan.warm_numpy
+            );
+            for _ in 0..plan.warm_numpy {
+                timed(
+                    &mut r.warm_numpy,
+                    call(
+                        c,
+                        "execute-transient",
+                        transient("import numpy\nprint(numpy.ones(3).sum())"),
+                        "Execution Result:\n\n3.0",
+                    ),
+                )
+                .await;
+            }
+        }
+        Err(e) => r
+            .warm_numpy
+            .fail(format!("numpy was not preloaded in a warm sandbox: {e}")),
+    }
+    match tokio::time::timeout(Duration::from_secs(30), run.client.cancel()).await {
+        Ok(_) => {}
+        Err(_) => r.warm_numpy.fail("did not exit within 30 s"),
+    }
+    let left = sweep(&w, &before, pid).await;
+    r.leftover_containers.push(left);
+}
+
+/// Throughput across sessions: `max(levels)` new sessions, then for each level that many
+/// concurrent streams of `calls` sequential `x = 1` calls, one stream per session. The
+/// sessions are cleaned up afterwards (untimed).
+async fn measure_parallel(
+    c: &Client,
+    t: &Target,
+    pid: u32,
+    plan: Plan,
+    live: usize,
+    r: &mut ServerResults,
+) {
+    let max = plan.parallel_levels.iter().copied().max().unwrap_or(0);
+    if max == 0 {
+        return;
+    }
+    progress!("    {max} new sessions for parallel streams");
+    let mut ids = Vec::new();
+    let mut errors = Vec::new();
+    for _ in 0..max {
+        match call(
+            c,
+            "execute-persistent",
+            json!({"code": "x = 1"}),
+            "Session ID",
+        )
+        .await
+        {
+            Ok(text) => match session_id(&text) {
+                Some(id) => ids.push(id),
+                None => errors.push(format!("no session id in {text:?}")),
+            },
+            Err(e) => errors.push(e),
+        }
+    }
+    settle(t, pid, live + ids.len()).await;
+    // One untimed call per session, all at once, so every session is warm.
+    let warm = futures::future::join_all(ids.iter().map(|id| {
+        call(
+            c,
+            "execute-persistent",
+            json!({"code": "x = 1", "session_id": id}),
+            "",
+        )
+    }))
+    .await;
+    if let Some(e) = warm.into_iter().find_map(Result::err) {
+        errors.push(e);
+    }
+    progress!(
+        "    {:?} session(s) in parallel, {} calls each, {} round(s)",
+        plan.parallel_levels,
+        plan.parallel_calls,
+        plan.parallel_rounds
+    );
+    let levels = plan.parallel_levels;
+    for &k in levels
+        .iter()
+        .cycle()
+        .take(levels.len() * plan.parallel_rounds)
+    {
+        if !errors.is_empty() || k > ids.len() {
+            Parallel::level(&mut r.parallel, k)
+                .calls
+                .fail(format!("sessions not started: {}", errors.join("; ")));
+            continue;
+        }
+        let started = Instant::now();
+        let per: Vec<Series> = futures::future::join_all(ids[..k].iter().map(|id| async move {
+            let mut s = Series::default();
+            let args = json!({"code": "x = 1", "session_id": id});
+            for _ in 0..plan.parallel_calls {
+                if timed(&mut s, call(c, "execute-persistent", args.clone(), ""))
+                    .await
+                    .is_none()
+                    && s.failures.len() >= 5
+                {
+                    break;
+                }
+            }
+            s
+        }))
+        .await;
+        Parallel::level(&mut r.parallel, k).add_round(ms_since(started), per);
+    }
+    progress!("    parallel streams done; cleaning up the sessions");
+    for id in &ids {
+        if let Err(e) = call(c, "cleanup-session", json!({"session_id": id}), "").await {
+            progress!("    warning: {e}");
+        }
+    }
 }
 
 /// Wait until the server runs its `pool_size` warm containers plus `busy` checked-out
@@ -898,6 +1305,22 @@ async fn measure_steady_state(c: &Client, t: &Target, pid: u32, plan: Plan, r: &
             call(c, "execute-transient", transient("print(1)"), PRINT_1),
         )
         .await;
+    }
+
+    if plan.transient_spaced > 0 {
+        settle(t, pid, 0).await;
+        progress!(
+            "    transient print(1) ×{}, {SPACING:?} apart",
+            plan.transient_spaced
+        );
+        for _ in 0..plan.transient_spaced {
+            tokio::time::sleep(SPACING).await;
+            timed(
+                &mut r.transient_spaced,
+                call(c, "execute-transient", transient("print(1)"), PRINT_1),
+            )
+            .await;
+        }
     }
 
     settle(t, pid, 0).await;
@@ -974,6 +1397,9 @@ async fn measure_steady_state(c: &Client, t: &Target, pid: u32, plan: Plan, r: &
         )
         .await;
     }
+
+    settle(t, pid, live).await;
+    measure_parallel(c, t, pid, plan, live, r).await;
     settle(t, pid, live).await;
 }
 
@@ -1200,6 +1626,8 @@ struct DockerResults {
     exec: Series,
     throughput: Rate,
     numpy: Series,
+    /// Helper pipes with the sandbox profile, concurrent streams, one entry per level.
+    parallel: Vec<Parallel>,
 }
 
 async fn machine() -> Vec<String> {
@@ -1284,9 +1712,19 @@ fn report(
             r.warm.cell()
         }),
         (
+            "… the same with `warm_imports` numpy (a separate start)",
+            dash(),
+            |r| r.warm_numpy_fill.cell(),
+        ),
+        (
             "`execute-transient` `print(1)` | `docker run --rm` `print(1)`",
             docker_cell(&|d| d.run.cell()),
             |r| r.transient.cell(),
+        ),
+        (
+            "… `execute-transient` `print(1)`, calls 1.5 s apart (the previous call's replacement is ready)",
+            dash(),
+            |r| r.transient_spaced.cell(),
         ),
         (
             "… `docker run --rm` with the sandbox profile (no network, limits, `--init`, read-only)",
@@ -1333,6 +1771,32 @@ fn report(
             "`execute-transient` `import numpy` | `docker run --rm` `import numpy`",
             docker_cell(&|d| d.numpy.cell()),
             |r| r.numpy.cell(),
+        ),
+        (
+            "… with `warm_imports` numpy (`PYTHON_DOCKER_MCP_WARM_IMPORTS=numpy`, pool full)",
+            dash(),
+            |r| r.warm_numpy.cell(),
+        ),
+        (
+            "`execute-persistent` `x = 1`, 1 session, sequential calls: rate; per call p50 / p90 \
+             | REPL helper pipe (sandbox profile), 1 pipe",
+            docker_cell(&|d| parallel_cell(&d.parallel, 1)),
+            |r| parallel_cell(&r.parallel, 1),
+        ),
+        (
+            "… 2 sessions in parallel, one stream of sequential calls each | 2 pipes",
+            docker_cell(&|d| parallel_cell(&d.parallel, 2)),
+            |r| parallel_cell(&r.parallel, 2),
+        ),
+        (
+            "… 4 sessions in parallel | 4 pipes",
+            docker_cell(&|d| parallel_cell(&d.parallel, 4)),
+            |r| parallel_cell(&r.parallel, 4),
+        ),
+        (
+            "… 8 sessions in parallel | 8 pipes",
+            docker_cell(&|d| parallel_cell(&d.parallel, 8)),
+            |r| parallel_cell(&r.parallel, 8),
         ),
         ("shutdown: client closes stdin → server exited", dash(), |r| {
             r.shutdown.cell()
@@ -1394,6 +1858,12 @@ fn report(
             ("docker run, 8 in flight".into(), &d.throughput.calls),
             ("docker run import numpy".into(), &d.numpy),
         ]);
+        for p in &d.parallel {
+            series.push((
+                format!("helper pipes, {} in parallel, exec x = 1", p.streams),
+                &p.calls,
+            ));
+        }
     }
     for (label, r) in servers {
         if let Ok(r) = r {
@@ -1402,6 +1872,7 @@ fn report(
                 ("first transient", &r.first_transient),
                 ("pool full", &r.warm),
                 ("transient print(1)", &r.transient),
+                ("transient print(1), 1.5 s apart", &r.transient_spaced),
                 ("new session", &r.new_session),
                 ("persistent x = 1", &r.persistent),
                 ("cleanup-session", &r.cleanup),
@@ -1410,6 +1881,25 @@ fn report(
                 ("shutdown", &r.shutdown),
             ] {
                 series.push((format!("{label}: {name}"), s));
+            }
+            if r.warm_numpy_fill.n() + r.warm_numpy.n() + r.warm_numpy.failures.len() > 0 {
+                series.push((
+                    format!("{label}: pool full, warm_imports numpy"),
+                    &r.warm_numpy_fill,
+                ));
+                series.push((
+                    format!("{label}: transient import numpy, warm_imports numpy"),
+                    &r.warm_numpy,
+                ));
+            }
+            for p in &r.parallel {
+                series.push((
+                    format!(
+                        "{label}: persistent x = 1, {} session(s) in parallel",
+                        p.streams
+                    ),
+                    &p.calls,
+                ));
             }
         }
     }
@@ -1478,6 +1968,13 @@ async fn bench_docker(p: &DockerPlan) -> DockerResults {
         p.pipe_round_trips
     );
     let (helper_ready, helper_rtt) = raw_pipe(HELPER, p.pipe_starts, p.pipe_round_trips).await;
+    progress!(
+        "[docker] REPL helper pipes with the sandbox profile, {:?} in parallel, {} round trips each, {} round(s)",
+        p.parallel_levels,
+        p.parallel_calls,
+        p.parallel_rounds
+    );
+    let parallel = raw_parallel(p.parallel_levels, p.parallel_calls, p.parallel_rounds).await;
     progress!("[docker] docker exec <running container> true ×{}", p.exec);
     let exec = docker_exec_series(p.exec).await;
     progress!(
@@ -1503,6 +2000,7 @@ async fn bench_docker(p: &DockerPlan) -> DockerResults {
         exec,
         throughput,
         numpy,
+        parallel,
     }
 }
 
