@@ -7,6 +7,8 @@
 //! waiters, and the next sandbox to become ready goes to the first waiter. A sandbox is
 //! pinged before it is handed out; one that does not answer is removed, never handed out.
 //! With `pool_enabled: false` the target is just the number of waiters: creation on demand.
+//! A refill is started after the call that used a sandbox, and, while sandboxes remain
+//! ready and nobody waits, a quarter second later: a burst of calls runs on an idle CPU.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -25,6 +27,8 @@ use crate::sandbox::{self, Owner, Role};
 
 /// How long a health ping may take before the sandbox is discarded.
 const PING_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long refills wait for a burst of calls to pass while the pool still has sandboxes.
+const REFILL_SETTLE: Duration = Duration::from_millis(250);
 /// Longest pause between refill attempts after creations keep failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -302,13 +306,18 @@ impl Pool {
 
     async fn refill_loop(&self) {
         let mut last = PoolStats::default();
+        let mut settled = false;
         loop {
-            let (spawn, backoff) = {
+            let (spawn, backoff, settle) = {
                 let mut st = self.inner.state.lock().expect("pool lock");
                 st.waiters.retain(|w| !w.is_closed());
                 let want = self.target() + st.waiters.len();
                 let have = st.ready.len() + st.creating;
-                let spawn = want.saturating_sub(have);
+                // While sandboxes are still ready and nobody waits, let a burst of calls
+                // finish before replacements start competing with them for the CPU.
+                let settle =
+                    !settled && want > have && st.waiters.is_empty() && !st.ready.is_empty();
+                let spawn = if settle { 0 } else { want.saturating_sub(have) };
                 st.creating += spawn;
                 // After repeated failures, refill slowly unless someone is waiting.
                 let backoff = if st.failing > 0 && st.waiters.is_empty() {
@@ -331,8 +340,17 @@ impl Pool {
                     );
                     last = stats;
                 }
-                (spawn, backoff)
+                (spawn, backoff, settle)
             };
+            if settle {
+                self.settle().await;
+                if self.inner.stop.is_cancelled() {
+                    return;
+                }
+                settled = true;
+                continue;
+            }
+            settled = false;
             for _ in 0..spawn {
                 let p = self.clone();
                 self.inner.tasks.spawn(async move { p.create_one().await });
@@ -346,6 +364,22 @@ impl Pool {
             tokio::select! {
                 _ = self.inner.stop.cancelled() => return,
                 _ = self.inner.refill.notified() => {}
+            }
+        }
+    }
+
+    /// Wait `REFILL_SETTLE`, or less if a request starts waiting or the pool closes.
+    async fn settle(&self) {
+        let deadline = tokio::time::Instant::now() + REFILL_SETTLE;
+        loop {
+            tokio::select! {
+                _ = self.inner.stop.cancelled() => return,
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = self.inner.refill.notified() => {
+                    if self.stats().waiting > 0 {
+                        return;
+                    }
+                }
             }
         }
     }
