@@ -21,7 +21,6 @@ pub struct Session {
     pub container: String,
     /// The session's package volume (installs go here).
     pub volume: String,
-    pub created: Instant,
     /// When a call last finished with this session; for idle expiry. A std mutex: it is
     /// never held across an `.await`.
     last_used: std::sync::Mutex<Instant>,
@@ -36,7 +35,6 @@ impl Session {
             id,
             container,
             volume,
-            created: Instant::now(),
             last_used: std::sync::Mutex::new(Instant::now()),
             repl: tokio::sync::Mutex::new(repl),
         }
@@ -117,14 +115,6 @@ impl Registry {
     /// Why a session that is not live has ended, if it ever existed.
     pub fn ended_because(&self, id: &str) -> Option<String> {
         self.ended.get(id).map(|w| w.value().clone())
-    }
-
-    pub fn len(&self) -> usize {
-        self.live.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.live.is_empty()
     }
 
     /// Ids of live sessions idle for longer than `limit`.
