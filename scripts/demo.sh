@@ -4,9 +4,6 @@
 # `python-docker-mcp demo`, which starts the server and drives it with a real MCP client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-rust.sh
-[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-scripts/ensure-docker.sh
-scripts/build-image.sh
+. scripts/prepare.sh
 cargo build --release --locked
 exec target/release/python-docker-mcp demo

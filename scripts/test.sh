@@ -6,10 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/ensure-rust.sh
-[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-scripts/ensure-docker.sh
-scripts/build-image.sh
+. scripts/prepare.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

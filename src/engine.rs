@@ -41,7 +41,7 @@ pub struct CallContext {
 }
 
 /// The structured result of an execution (`execute-transient`, `execute-persistent`).
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
 pub struct ExecResult {
     /// The session the code ran in (persistent runs only). Pass it back to keep working there.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -134,24 +134,12 @@ impl ExecResult {
 
     fn lost(why: String, started: Instant, error: &ReplError) -> ExecResult {
         ExecResult {
-            session_id: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            value: None,
-            error: None,
             timed_out: matches!(error, ReplError::Killed(Interrupt::Timeout(_))),
             cancelled: matches!(error, ReplError::Killed(Interrupt::Cancelled)),
             sandbox_lost: true,
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-            stdout_dropped: 0,
-            stderr_dropped: 0,
-            state: None,
-            state_skipped: None,
-            figures: 0,
-            figures_dropped: 0,
-            packages_installed: Vec::new(),
-            images: Vec::new(),
             notice: Some(why),
+            ..ExecResult::default()
         }
     }
 }

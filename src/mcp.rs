@@ -512,26 +512,7 @@ mod tests {
     use super::*;
 
     fn result() -> ExecResult {
-        ExecResult {
-            session_id: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            value: None,
-            error: None,
-            timed_out: false,
-            cancelled: false,
-            sandbox_lost: false,
-            duration_ms: 1.0,
-            stdout_dropped: 0,
-            stderr_dropped: 0,
-            state: None,
-            state_skipped: None,
-            figures: 0,
-            figures_dropped: 0,
-            packages_installed: Vec::new(),
-            notice: None,
-            images: Vec::new(),
-        }
+        ExecResult::default()
     }
 
     #[test]
