@@ -68,30 +68,31 @@ pub fn fresh_dir(tag: &str) -> PathBuf {
 /// Apply the isolation every spawned binary gets: fresh HOME, none of the developer's
 /// `PYTHON_DOCKER_MCP_*` settings, quiet logs; then the test's own variables.
 fn isolate(cmd: &mut tokio::process::Command, home: &PathBuf, env: &[(&str, &str)]) {
+    // The pool is off unless a test turns it on: container counts then mean what they say.
+    let cmd = clean_env(cmd.as_std_mut(), home).env("PYTHON_DOCKER_MCP_POOL_ENABLED", "false");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+}
+
+/// A fresh HOME, none of the developer's `PYTHON_DOCKER_MCP_*` settings, quiet logs.
+fn clean_env<'a>(
+    cmd: &'a mut std::process::Command,
+    home: &PathBuf,
+) -> &'a mut std::process::Command {
     for (k, _) in std::env::vars() {
         if k.starts_with("PYTHON_DOCKER_MCP_") {
             cmd.env_remove(&k);
         }
     }
-    // The pool is off unless a test turns it on: container counts then mean what they say.
-    cmd.env("HOME", home)
-        .env("PYTHON_DOCKER_MCP_LOG", "warn")
-        .env("PYTHON_DOCKER_MCP_POOL_ENABLED", "false");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    cmd.env("HOME", home).env("PYTHON_DOCKER_MCP_LOG", "warn")
 }
 
 /// Run the binary to completion (for subcommands such as `config`), isolated like a daemon.
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let home = fresh_dir("cli");
     let mut cmd = std::process::Command::new(BIN);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PYTHON_DOCKER_MCP_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.env("HOME", &home).env("PYTHON_DOCKER_MCP_LOG", "warn");
+    clean_env(&mut cmd, &home);
     for (k, v) in env {
         cmd.env(k, v);
     }
