@@ -21,10 +21,11 @@ use crate::docker::{Docker, DockerError};
 use crate::install::{self, Requirement, RequirementError};
 use crate::pool::{AcquireError, Pool, PoolStats};
 use crate::repl::{
-    ExecLimits, Interrupt, Outcome, OutputChunk, Package, PyError, ReplError, Reply, Variable,
+    ExecLimits, Interrupt, Outcome, OutputChunk, Package, PyError, Repl, ReplError, Reply, Variable,
 };
 use crate::sandbox::{self, Owner};
-use crate::session::{Registry, Session};
+use crate::session::{Registry, Session, SessionGuard, State};
+use crate::text::clip;
 
 /// How many figures one call returns, and how large each may be.
 const MAX_FIGURES: u64 = 4;
@@ -37,7 +38,9 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Default, Clone)]
 pub struct CallContext {
     pub cancel: CancellationToken,
-    pub progress: Option<mpsc::UnboundedSender<OutputChunk>>,
+    /// Bounded: output the relay cannot take at once is dropped from progress (the result
+    /// carries all of it).
+    pub progress: Option<mpsc::Sender<OutputChunk>>,
 }
 
 /// The structured result of an execution (`execute-transient`, `execute-persistent`).
@@ -171,11 +174,17 @@ pub enum ExecError {
     #[error("session `{id}` has ended: {why}. Call execute-persistent without session_id to start a new one")]
     Ended { id: String, why: String },
     #[error("could not install the requested packages: {0}")]
-    Packages(String),
+    Packages(Box<InstallError>),
     #[error("session `{0}` did not answer: {1}")]
     Broken(String, String),
     #[error("there are already {0} sessions (session.max_sessions). End one with cleanup-session, or raise the limit")]
     TooManySessions(usize),
+}
+
+impl From<RequirementError> for ExecError {
+    fn from(e: RequirementError) -> Self {
+        ExecError::Packages(Box::new(e.into()))
+    }
 }
 
 /// Why an install failed.
@@ -303,14 +312,33 @@ impl Engine {
         }
     }
 
-    /// Why a sandbox died, in words, with the limit most likely responsible.
+    /// Why a sandbox died, in words, naming the limit when the engine says it was hit.
     fn lost_reason(&self, e: &ReplError) -> String {
         match e {
-            ReplError::Died(_) => format!(
-                "{e} (memory limit {}: docker.memory_limit)",
+            ReplError::OutOfMemory => format!(
+                "{e}: {} (docker.memory_limit). Files in /tmp and the working directory count \
+                 toward it",
                 human_bytes(self.shared.config.docker.memory_limit)
             ),
             _ => e.to_string(),
+        }
+    }
+
+    /// A `MemoryError` in the cell: say which limit it hit.
+    fn explain_memory_error(&self, result: &mut ExecResult, survived: &str) {
+        let hit = result
+            .error
+            .as_ref()
+            .is_some_and(|e| e.kind.contains("MemoryError"));
+        if hit && result.notice.is_none() {
+            let d = &self.shared.config.docker;
+            result.notice = Some(format!(
+                "The code ran out of memory: the sandbox may hold about {} of data \
+                 (docker.memory_limit {} less room for the helper; files in /tmp and the \
+                 working directory count toward it).{survived}",
+                human_bytes(sandbox::data_limit(d.memory_limit)),
+                human_bytes(d.memory_limit)
+            ));
         }
     }
 
@@ -333,7 +361,7 @@ impl Engine {
             Ok(installed) => installed,
             Err(e) => {
                 self.shared.pool.discard(sandbox);
-                return Err(ExecError::Packages(e.to_string()));
+                return Err(ExecError::Packages(Box::new(e)));
             }
         };
         let outcome = sandbox
@@ -353,6 +381,7 @@ impl Engine {
             Ok(outcome) => ExecResult::from_outcome(outcome, ""),
             Err(e) => ExecResult::lost(self.lost_reason(&e), started, &e),
         };
+        self.explain_memory_error(&mut result, "");
         result.packages_installed = installed;
         Ok(result)
     }
@@ -391,44 +420,41 @@ impl Engine {
         let _replenish = session_id.is_none().then(|| Replenish(&self.shared.pool));
         let started = Instant::now();
         let mut guard = session.lock().await;
-        let Some(repl) = guard.as_mut() else {
-            // Ended while this call waited for the lock.
-            return Err(self.ended(&session.id));
-        };
         let target = format!("session {}", session.id);
+        // Packages first (holding the lock: no code runs while they change). An install
+        // is not stopped by an end request; the end waits for it.
+        self.live(&session, &mut guard)?;
         let installed = self
             .install_for_run(&requirements, &session.volume, Some(&session.id), &target)
             .await
-            .map_err(|e| ExecError::Packages(e.to_string()))?;
-        let outcome = repl
-            .execute(
-                code,
-                None,
-                false,
-                &self.limits(),
-                &call.cancel,
-                call.progress.as_ref(),
-            )
-            .await;
+            .map_err(|e| ExecError::Packages(Box::new(e)))?;
+        let limits = self.limits();
+        let repl = self.live(&session, &mut guard)?;
+        let outcome = tokio::select! {
+            outcome = repl.execute(code, None, false, &limits, &call.cancel, call.progress.as_ref()) => Some(outcome),
+            // Cleanup or shutdown: the sandbox goes now, the call reports why.
+            _ = session.ending() => None,
+        };
+        let survived = " The session is still alive with every variable defined before.";
         let mut result = match outcome {
-            Ok(outcome) => ExecResult::from_outcome(
-                outcome,
-                " The session is still alive with every variable defined before.",
-            ),
-            Err(e) => {
-                let why = match self.shared.sessions.ended_because(&session.id) {
-                    Some(ended) => ended,
-                    None => format!("its sandbox was lost: {}", self.lost_reason(&e)),
+            Some(Ok(outcome)) => ExecResult::from_outcome(outcome, survived),
+            failed => {
+                let error = match failed {
+                    Some(Err(e)) => e,
+                    _ => ReplError::Died("the session was asked to end".into()),
                 };
-                *guard = None;
-                self.end_session(&session.id, why.clone());
+                let why = session.end_requested().unwrap_or_else(|| {
+                    format!("its sandbox was lost: {}", self.lost_reason(&error))
+                });
+                self.end_session(&session, &mut guard, why.clone());
                 ExecResult::lost(
                     format!("Session {} is gone: {why}. Variables are lost; call execute-persistent without session_id to start a new session.", session.id),
                     started,
-                    &e,
+                    &error,
                 )
             }
         };
+        self.explain_memory_error(&mut result, survived);
         result.session_id = Some(session.id.clone());
         result.packages_installed = installed;
         Ok(result)
@@ -438,20 +464,20 @@ impl Engine {
     pub async fn reset_session(&self, id: &str) -> Result<(), ExecError> {
         let session = self.session(id)?;
         let mut guard = session.lock().await;
-        let repl = guard.as_mut().ok_or_else(|| self.ended(id))?;
+        let repl = self.live(&session, &mut guard)?;
         repl.reset(CONTROL_TIMEOUT)
             .await
-            .map_err(|e| ExecError::Broken(id.into(), e.to_string()))
+            .map_err(|e| ExecError::Broken(clip(id).into(), e.to_string()))
     }
 
     /// A session's variables with their types and short reprs.
     pub async fn list_variables(&self, id: &str) -> Result<Vec<Variable>, ExecError> {
         let session = self.session(id)?;
         let mut guard = session.lock().await;
-        let repl = guard.as_mut().ok_or_else(|| self.ended(id))?;
+        let repl = self.live(&session, &mut guard)?;
         repl.variables(CONTROL_TIMEOUT)
             .await
-            .map_err(|e| ExecError::Broken(id.into(), e.to_string()))
+            .map_err(|e| ExecError::Broken(clip(id).into(), e.to_string()))
     }
 
     fn session(&self, id: &str) -> Result<Arc<Session>, ExecError> {
@@ -460,9 +486,28 @@ impl Engine {
 
     fn ended(&self, id: &str) -> ExecError {
         match self.shared.sessions.ended_because(id) {
-            Some(why) => ExecError::Ended { id: id.into(), why },
-            None => ExecError::NoSuchSession(id.into()),
+            Some(why) => ExecError::Ended {
+                id: clip(id).into(),
+                why,
+            },
+            None => ExecError::NoSuchSession(clip(id).into()),
         }
+    }
+
+    /// The session's REPL, holding its lock. A session asked to end is ended here, by
+    /// the first call to get the lock after the request; an ended one says why.
+    fn live<'g>(
+        &self,
+        session: &Session,
+        guard: &'g mut SessionGuard<'_>,
+    ) -> Result<&'g mut Repl, ExecError> {
+        if let Some(why) = session.end_requested() {
+            self.end_session(session, guard, why);
+        }
+        guard.repl().map_err(|why| ExecError::Ended {
+            id: clip(&session.id).into(),
+            why,
+        })
     }
 
     async fn new_session(&self) -> Result<Arc<Session>, ExecError> {
@@ -488,29 +533,39 @@ impl Engine {
             id,
             sandbox.repl.id.clone(),
             sandbox.volume,
-            Some(sandbox.repl),
+            sandbox.repl,
         ));
         s.sessions.insert(session.clone());
         Ok(session)
     }
 
-    /// End a session for good: later calls are told `why`; its container and volume go.
-    fn end_session(&self, id: &str, why: String) -> bool {
-        match self.retire(id, why) {
-            Some(session) => {
-                self.remove_session_objects(&session);
-                true
-            }
-            None => false,
+    /// End a session: the one place a session's life ends, and it needs the session's
+    /// lock. The first call does everything, exactly once: the state becomes `Ended(why)`,
+    /// the id is remembered with `why`, the slot is freed, and the container and then the
+    /// volume are removed (the returned task). Later calls do nothing.
+    fn end_session(
+        &self,
+        session: &Session,
+        guard: &mut SessionGuard<'_>,
+        why: String,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let state = guard.state_mut();
+        if matches!(state, State::Ended(_)) {
+            return None;
         }
-    }
-
-    /// Take a session out of the registry for good (later calls are told `why`) and free
-    /// its slot. Removing its container and volume is the caller's job.
-    fn retire(&self, id: &str, why: impl Into<String>) -> Option<Arc<Session>> {
-        let session = self.shared.sessions.end(id, why)?;
+        let State::Live(repl) = std::mem::replace(state, State::Ended(why.clone())) else {
+            unreachable!("checked above")
+        };
+        self.shared.sessions.forget(&session.id, &why);
         self.shared.session_slots.fetch_sub(1, SeqCst);
-        Some(session)
+        tracing::info!(session_id = %session.id, %why, "session ended");
+        let docker = self.shared.docker.clone();
+        let (container, volume) = (session.container.clone(), session.volume.clone());
+        Some(self.shared.tasks.spawn(async move {
+            docker.remove(&container).await;
+            drop(repl);
+            docker.remove_volume(&volume).await;
+        }))
     }
 
     /// End sessions nobody has used for `session.idle_timeout`, until shutdown.
@@ -522,43 +577,43 @@ impl Engine {
                 _ = self.shared.stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            for id in self.shared.sessions.idle_longer_than(limit) {
-                let why = format!(
-                    "it was idle for more than {} (session.idle_timeout)",
-                    humantime::format_duration(limit)
-                );
-                if self.end_session(&id, why) {
-                    tracing::info!(session_id = %id, "idle session ended");
+            for session in self.shared.sessions.all() {
+                if session.idle_for() <= limit {
+                    continue;
+                }
+                // Idle means nobody holds it; if someone just took it, it is not idle.
+                if let Some(mut guard) = session.try_lock() {
+                    let why = format!(
+                        "it was idle for more than {} (session.idle_timeout)",
+                        humantime::format_duration(limit)
+                    );
+                    self.end_session(&session, &mut guard, why);
                 }
             }
         }
     }
 
-    /// Remove a session's container and then its volume, in the background.
-    fn remove_session_objects(&self, session: &Session) {
-        let docker = self.shared.docker.clone();
-        let (container, volume) = (session.container.clone(), session.volume.clone());
-        self.shared.tasks.spawn(async move {
-            docker.remove(&container).await;
-            docker.remove_volume(&volume).await;
-        });
-    }
-
-    /// End a session: its container and volume are removed; later calls are told so.
+    /// End a session: its container and volume are removed; later calls are told so. A
+    /// call running in it is stopped at once; an install into it is waited for.
     pub async fn cleanup_session(&self, id: &str) -> Result<(), CleanupError> {
-        match self.retire(id, "it was cleaned up with cleanup-session") {
-            Some(session) => {
-                // Kill first so a call still running in it ends now, then drop the REPL.
-                self.shared.docker.remove(&session.container).await;
-                self.shared.docker.remove_volume(&session.volume).await;
-                tracing::info!(session_id = %id, "session cleaned up");
-                Ok(())
-            }
-            None => match self.shared.sessions.ended_because(id) {
-                Some(why) => Err(CleanupError::AlreadyEnded { id: id.into(), why }),
-                None => Err(CleanupError::NoSuchSession(id.into())),
-            },
+        let Some(session) = self.shared.sessions.get(id) else {
+            return Err(match self.shared.sessions.ended_because(id) {
+                Some(why) => CleanupError::AlreadyEnded {
+                    id: clip(id).into(),
+                    why,
+                },
+                None => CleanupError::NoSuchSession(clip(id).into()),
+            });
+        };
+        session.request_end("it was cleaned up with cleanup-session");
+        let mut guard = session.lock().await;
+        let why = session.end_requested().expect("requested above");
+        // None: a call that held the lock ended it first, for this same request.
+        if let Some(removal) = self.end_session(&session, &mut guard, why) {
+            drop(guard);
+            let _ = removal.await;
         }
+        Ok(())
     }
 
     /// Install a requirement into a session, or into the shared environment that
@@ -572,11 +627,10 @@ impl Engine {
         match session_id {
             Some(id) => {
                 let session = self.session(id)?;
-                // Holding the session's lock: no code runs in it while packages change.
-                let guard = session.lock().await;
-                if guard.is_none() {
-                    return Err(self.ended(id).into());
-                }
+                // Holding the session's lock: no code runs in it while packages change, and
+                // an ended session's volume is never touched again.
+                let mut guard = session.lock().await;
+                self.live(&session, &mut guard)?;
                 let target = format!("session {id}");
                 self.run_installer(&requirements, &session.volume, Some(id), target)
                     .await
@@ -597,10 +651,10 @@ impl Engine {
             Some(id) => {
                 let session = self.session(id)?;
                 let mut guard = session.lock().await;
-                let repl = guard.as_mut().ok_or_else(|| self.ended(id))?;
+                let repl = self.live(&session, &mut guard)?;
                 repl.packages(CONTROL_TIMEOUT)
                     .await
-                    .map_err(|e| ExecError::Broken(id.into(), e.to_string()))
+                    .map_err(|e| ExecError::Broken(clip(id).into(), e.to_string()))
             }
             None => {
                 let mut sandbox = self.shared.pool.acquire().await?;
@@ -718,12 +772,13 @@ impl Engine {
         let s = &self.shared;
         s.stop.cancel();
         s.pool.close();
-        for id in s.sessions.ids() {
-            s.sessions.end(&id, "the server shut down");
+        let sessions = s.sessions.all();
+        for session in &sessions {
+            session.request_end("the server shut down");
         }
-        s.tasks.close();
         let work = async {
-            // Only talk to Docker if this daemon ever did.
+            // Only talk to Docker if this daemon ever did. Removing the containers first
+            // also stops installs, so no session's lock is held for long.
             if s.pool.used_docker() {
                 match s.docker.remove_instance(&s.owner.instance).await {
                     Ok(n) => tracing::info!(containers = n, "removed this instance's containers"),
@@ -732,6 +787,12 @@ impl Engine {
                     }
                 }
             }
+            // Running calls stop at the request; each session is then ended by its owner.
+            for session in &sessions {
+                let mut guard = session.lock().await;
+                self.end_session(session, &mut guard, "the server shut down".into());
+            }
+            s.tasks.close();
             s.tasks.wait().await;
         };
         if tokio::time::timeout(grace, work).await.is_err() {
@@ -754,7 +815,7 @@ fn run_requirements(packages: &[String]) -> Result<Vec<Requirement>, ExecError> 
     if packages.is_empty() {
         return Ok(Vec::new());
     }
-    parse_requirements(packages).map_err(|e| ExecError::Packages(e.to_string()))
+    Ok(parse_requirements(packages)?)
 }
 
 /// Validate every requirement before anything runs; at least one is needed.

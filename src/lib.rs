@@ -28,6 +28,7 @@ pub mod pool;
 pub mod repl;
 pub mod sandbox;
 pub mod session;
+pub mod text;
 
 pub use config::Config;
 pub use engine::Engine;

@@ -232,7 +232,7 @@ fn call_context(
     let Some(token) = ctx.meta.get_progress_token() else {
         return (call, None);
     };
-    let (tx, mut rx) = mpsc::unbounded_channel::<OutputChunk>();
+    let (tx, mut rx) = mpsc::channel::<OutputChunk>(16);
     call.progress = Some(tx);
     let peer = ctx.peer.clone();
     let relay = tokio::spawn(async move {

@@ -1,16 +1,25 @@
 //! The REPL: the wire protocol with the helper (`repl/helper.py`) and one live helper
 //! process in an attached container.
 //!
-//! Frames are single JSON lines; [`LineSplitter`] reassembles them from attach chunks,
-//! which do not align with lines. [`Repl::execute`] sends one request and waits for its
-//! reply; on a time-out it interrupts the code (SIGINT becomes `KeyboardInterrupt` inside
-//! user code only) and, if the code does not stop within a grace period, kills the
-//! container and reports the sandbox lost.
+//! Frames are single JSON lines; [`FrameDecoder`] reassembles them from attach chunks,
+//! which do not align with lines, and refuses any line longer than [`MAX_FRAME`].
+//! [`Repl::execute`] sends one request and waits for its reply; on a time-out it interrupts
+//! the code (SIGINT becomes `KeyboardInterrupt` inside user code only) and, if the code does
+//! not stop within a grace period, kills the container and reports the sandbox lost.
+//!
+//! User code runs in the helper's own process, so it can write to the protocol descriptor:
+//! nothing the sandbox sends is trusted. The reader task enforces the protocol. It accepts
+//! only the frames the caller is waiting for (strictly by id), passes them on through a
+//! small bounded queue (when it is full the reader stops reading the container, which
+//! blocks the sandbox, not the daemon), and ends the sandbox at once when it sends a frame
+//! over the cap, too many frames nobody asked for, streamed output faster than the helper
+//! ever does, or too many malformed lines. A sandbox therefore costs the daemon at most
+//! about 2 × [`MAX_FRAME`] of memory, and a bounded number of log lines.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -27,6 +36,28 @@ pub const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How much of the container's own stderr is kept to explain a crash.
 const STDERR_TAIL: usize = 4096;
+/// How much of a sandbox's own stderr is logged (at debug level) over its whole life.
+const STDERR_LOGGED: usize = 8 * 1024;
+
+/// The longest line the helper may send: a result with its output, figures and state. The
+/// helper fits every reply under it (dropping figures, then state, then output, and saying
+/// so); a sandbox that sends a longer line is ended.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// The longest streamed-output frame (the helper sends at most 64 KiB of text in one).
+pub const MAX_OUTPUT_FRAME: usize = 1024 * 1024;
+/// Frames nobody asked for (a late or repeated reply, an unrequested pong) tolerated
+/// before the sandbox is ended.
+pub const MAX_STRAY_FRAMES: u32 = 16;
+/// Lines that are not protocol frames tolerated before the sandbox is ended.
+pub const MAX_MALFORMED_FRAMES: u32 = 8;
+/// Streamed-output frames a run may send: a burst, then this many per second (the helper
+/// sends at most 8 per second).
+const OUTPUT_BURST: f64 = 32.0;
+const OUTPUT_RATE: f64 = 16.0;
+/// Frames queued between the reader and the caller.
+const QUEUE: usize = 4;
+/// How long to wait for the engine's OOM report after a helper died.
+const OOM_REPORT_WAIT: Duration = Duration::from_secs(1);
 
 /// A request to the helper.
 #[derive(Debug, Serialize)]
@@ -34,6 +65,7 @@ const STDERR_TAIL: usize = 4096;
 enum Request<'a> {
     Exec {
         id: u64,
+        max_frame: usize,
         code: &'a str,
         state: Option<&'a serde_json::Map<String, serde_json::Value>>,
         want_state: bool,
@@ -207,6 +239,14 @@ pub enum ReplError {
     /// The helper went away in the middle of a call.
     #[error("{0}")]
     Died(String),
+    /// The sandbox broke the protocol (see the module doc) and was ended.
+    #[error("the sandbox {0}; it was ended")]
+    Ended(String),
+    /// The engine reported that the kernel killed the sandbox for memory.
+    #[error(
+        "the sandbox was killed by the kernel because it ran out of memory (its memory limit)"
+    )]
+    OutOfMemory,
     /// The code was interrupted, ignored it, and the container was killed.
     #[error(
         "the code {0} and did not stop when interrupted (it ignores KeyboardInterrupt or is \
@@ -215,26 +255,63 @@ pub enum ReplError {
     Killed(Interrupt),
 }
 
-/// Reassembles newline-terminated frames from arbitrary chunks.
-#[derive(Default)]
-pub struct LineSplitter {
+/// A line longer than [`MAX_FRAME`] (or the decoder's own cap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameTooLarge;
+
+/// Reassembles newline-terminated frames from arbitrary chunks, holding at most `max`
+/// bytes of an unfinished line.
+pub struct FrameDecoder {
     buf: Vec<u8>,
+    max: usize,
 }
 
-impl LineSplitter {
-    /// Feed a chunk; returns every line it completed (without the newline).
-    pub fn push(&mut self, chunk: &[u8]) -> Vec<Vec<u8>> {
+impl FrameDecoder {
+    pub fn new(max: usize) -> FrameDecoder {
+        FrameDecoder {
+            buf: Vec::new(),
+            max,
+        }
+    }
+
+    /// Feed a chunk; returns every line it completed (without the newline), or
+    /// `FrameTooLarge` as soon as a line is longer than the cap. Nothing over the cap is
+    /// ever buffered.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Vec<u8>>, FrameTooLarge> {
         let mut lines = Vec::new();
         let mut rest = chunk;
         while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+            if self.buf.len() + pos > self.max {
+                return Err(FrameTooLarge);
+            }
             let mut line = std::mem::take(&mut self.buf);
             line.extend_from_slice(&rest[..pos]);
             lines.push(line);
             rest = &rest[pos + 1..];
         }
+        if self.buf.len() + rest.len() > self.max {
+            return Err(FrameTooLarge);
+        }
         self.buf.extend_from_slice(rest);
-        lines
+        Ok(lines)
     }
+
+    /// Bytes of an unfinished line held now.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// What the caller waits for; shared by a [`Repl`] and its reader task. A std mutex: it is
+/// held for a few instructions, never across an `.await`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Expect {
+    /// The id of the request in flight; 0 when none is.
+    id: u64,
+    /// Whether that request streams output.
+    stream: bool,
+    /// Its final frame has been passed on; anything more for it is a stray.
+    answered: bool,
 }
 
 /// One live helper in one container. Dropping it closes the helper's stdin, which makes
@@ -248,8 +325,13 @@ pub struct Repl {
     /// Python version the helper reported.
     pub python: String,
     input: Pin<Box<dyn AsyncWrite + Send>>,
-    /// Replies parsed by the reader task; closed when the container's output ends.
-    replies: mpsc::UnboundedReceiver<Incoming>,
+    /// Frames the reader accepted, in a bounded queue; closed when the container's output
+    /// ends or the reader ended the sandbox.
+    replies: mpsc::Receiver<Incoming>,
+    /// What the reader should accept next.
+    expect: Arc<Mutex<Expect>>,
+    /// Why the reader ended the sandbox, if it did.
+    broken: Arc<Mutex<Option<String>>>,
     /// The last few KB the container wrote to stderr outside executions (crash reports).
     stderr_tail: Arc<Mutex<String>>,
     next_id: u64,
@@ -268,15 +350,28 @@ impl Repl {
     pub async fn start(docker: &Docker, spec: &ContainerSpec) -> Result<Repl, ReplError> {
         let attached = docker.start_attached(spec).await?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let (reply_tx, replies) = mpsc::unbounded_channel();
+        let (reply_tx, replies) = mpsc::channel(QUEUE);
         let stderr_tail = Arc::new(Mutex::new(String::new()));
-        let reader = tokio::spawn(read_frames(
-            attached.output,
-            attached.name.clone(),
-            ready_tx,
-            reply_tx,
-            stderr_tail.clone(),
-        ));
+        let expect = Arc::new(Mutex::new(Expect::default()));
+        let broken = Arc::new(Mutex::new(None));
+        let reader = tokio::spawn(
+            Reader {
+                docker: docker.clone(),
+                container: attached.id.clone(),
+                name: attached.name.clone(),
+                ready: Some(ready_tx),
+                replies: reply_tx,
+                expect: expect.clone(),
+                broken: broken.clone(),
+                stderr_tail: stderr_tail.clone(),
+                stderr_logged: 0,
+                stray: 0,
+                malformed: 0,
+                tokens: OUTPUT_BURST,
+                refilled: Instant::now(),
+            }
+            .run(attached.output),
+        );
         let mut repl = Repl {
             docker: docker.clone(),
             id: attached.id,
@@ -284,6 +379,8 @@ impl Repl {
             python: String::new(),
             input: attached.input,
             replies,
+            expect,
+            broken,
             stderr_tail,
             next_id: 0,
             reader,
@@ -297,7 +394,10 @@ impl Repl {
                 Ok(repl)
             }
             Ok(Err(_)) => {
-                let why = repl.crash_report();
+                let why = match repl.broken() {
+                    Some(broken) => format!("The sandbox {broken}. "),
+                    None => repl.crash_report(),
+                };
                 repl.kill().await;
                 Err(ReplError::NoStart(format!(
                     "the container exited before the helper was ready. {why}Check that the image has \
@@ -326,9 +426,24 @@ impl Repl {
         self.next_id
     }
 
+    /// Say what the reader should accept next (0: nothing).
+    fn expect(&self, id: u64, stream: bool) {
+        *self.expect.lock().expect("expect lock") = Expect {
+            id,
+            stream,
+            answered: false,
+        };
+    }
+
+    /// Why the reader ended this sandbox, if it did.
+    fn broken(&self) -> Option<String> {
+        self.broken.lock().expect("broken lock").clone()
+    }
+
     /// Run code. `state` and `want_state` are for transient runs. The run is interrupted
     /// when it passes `limits.timeout` or when `cancel` fires; output produced meanwhile
-    /// goes to `progress`, if given.
+    /// goes to `progress`, if given (dropped when the receiver lags: progress is a
+    /// courtesy, the result has it all).
     pub async fn execute(
         &mut self,
         code: &str,
@@ -336,11 +451,13 @@ impl Repl {
         want_state: bool,
         limits: &ExecLimits,
         cancel: &CancellationToken,
-        progress: Option<&mpsc::UnboundedSender<OutputChunk>>,
+        progress: Option<&mpsc::Sender<OutputChunk>>,
     ) -> Result<Outcome, ReplError> {
         let id = self.next_id();
+        let started = Instant::now();
         let request = Request::Exec {
             id,
+            max_frame: MAX_FRAME,
             code,
             state,
             want_state,
@@ -349,14 +466,31 @@ impl Repl {
             max_figures: limits.max_figures,
             max_figure_bytes: limits.max_figure_bytes,
         };
-        if let Err(e) = self.send(&request).await {
-            return Err(self.died(&format!("could not send the code to the sandbox ({e})")));
-        }
+        self.expect(id, progress.is_some());
+        let outcome = self
+            .run(id, &request, started, limits, cancel, progress)
+            .await;
+        self.expect(0, false);
+        outcome
+    }
 
+    async fn run(
+        &mut self,
+        id: u64,
+        request: &Request<'_>,
+        started: Instant,
+        limits: &ExecLimits,
+        cancel: &CancellationToken,
+        progress: Option<&mpsc::Sender<OutputChunk>>,
+    ) -> Result<Outcome, ReplError> {
+        if let Err(e) = self.send(request).await {
+            let what = format!("could not send the code to the sandbox ({e})");
+            return Err(self.lost(&what, started).await);
+        }
         let interrupt = tokio::select! {
             reply = self.reply(id, progress) => return match reply {
                 Some(reply) => Ok(Outcome::Completed(reply)),
-                None => Err(self.died("the sandbox's Python process exited during the call")),
+                None => Err(self.lost("the sandbox's Python process exited during the call", started).await),
             },
             _ = tokio::time::sleep(limits.timeout) => Interrupt::Timeout(limits.timeout),
             _ = cancel.cancelled() => Interrupt::Cancelled,
@@ -367,7 +501,12 @@ impl Repl {
         }
         match tokio::time::timeout(INTERRUPT_GRACE, self.reply(id, progress)).await {
             Ok(Some(reply)) => Ok(Outcome::Interrupted(reply, interrupt)),
-            Ok(None) => Err(self.died("the sandbox's Python process exited when interrupted")),
+            Ok(None) => Err(self
+                .lost(
+                    "the sandbox's Python process exited when interrupted",
+                    started,
+                )
+                .await),
             Err(_) => {
                 self.kill().await;
                 Err(ReplError::Killed(interrupt))
@@ -375,21 +514,19 @@ impl Repl {
         }
     }
 
-    /// The reply to request `id`, passing its streamed output on; anything else (a stale
-    /// reply to an abandoned call, say) is skipped.
+    /// The reply to request `id`, passing its streamed output on. Anything else still
+    /// queued (left over from an abandoned call) is skipped.
     async fn reply(
         &mut self,
         id: u64,
-        progress: Option<&mpsc::UnboundedSender<OutputChunk>>,
+        progress: Option<&mpsc::Sender<OutputChunk>>,
     ) -> Option<Reply> {
         loop {
             match self.replies.recv().await? {
-                Incoming::Reply(reply) if reply.id == Some(id) || reply.id.is_none() => {
-                    return Some(*reply)
-                }
+                Incoming::Reply(reply) if reply.id == Some(id) => return Some(*reply),
                 Incoming::Output(chunk) if chunk.id == id => {
                     if let Some(tx) = progress {
-                        let _ = tx.send(chunk);
+                        let _ = tx.try_send(chunk);
                     }
                 }
                 _ => {}
@@ -429,8 +566,24 @@ impl Repl {
         id: u64,
         within: Duration,
     ) -> Result<serde_json::Value, ReplError> {
+        let started = Instant::now();
+        self.expect(id, false);
+        let answer = self.control_answer(request, id, within, started).await;
+        self.expect(0, false);
+        answer
+    }
+
+    async fn control_answer(
+        &mut self,
+        request: Request<'_>,
+        id: u64,
+        within: Duration,
+        started: Instant,
+    ) -> Result<serde_json::Value, ReplError> {
         if let Err(e) = self.send(&request).await {
-            return Err(self.died(&format!("could not reach the sandbox ({e})")));
+            return Err(self
+                .lost(&format!("could not reach the sandbox ({e})"), started)
+                .await);
         }
         let done = async {
             loop {
@@ -443,7 +596,9 @@ impl Repl {
         };
         match tokio::time::timeout(within, done).await {
             Ok(Some(data)) => Ok(data),
-            Ok(None) => Err(self.died("the sandbox's Python process exited")),
+            Ok(None) => Err(self
+                .lost("the sandbox's Python process exited", started)
+                .await),
             Err(_) => Err(ReplError::Died(format!(
                 "the sandbox did not answer within {within:?}"
             ))),
@@ -457,6 +612,13 @@ impl Repl {
             return false;
         }
         let id = self.next_id();
+        self.expect(id, false);
+        let answered = self.pong(id, within).await;
+        self.expect(0, false);
+        answered
+    }
+
+    async fn pong(&mut self, id: u64, within: Duration) -> bool {
         if self.send(&Request::Ping { id }).await.is_err() {
             return false;
         }
@@ -486,10 +648,23 @@ impl Repl {
         }
     }
 
-    fn died(&self, what: &str) -> ReplError {
+    /// Why the sandbox is gone, as certain as the engine lets us be: the reader ended it
+    /// for breaking the protocol, or the kernel killed it for memory (the engine reports
+    /// OOM kills), or its Python exited.
+    async fn lost(&mut self, what: &str, since: Instant) -> ReplError {
+        if let Some(reason) = self.broken() {
+            return ReplError::Ended(reason);
+        }
+        if self
+            .docker
+            .oom_killed(&self.id, since, OOM_REPORT_WAIT)
+            .await
+        {
+            return ReplError::OutOfMemory;
+        }
         ReplError::Died(format!(
-            "{what}. {}It was most likely killed for exceeding its memory limit, or the code ended \
-             the interpreter (os._exit, a crash in native code)",
+            "{what}. {}The code ended the interpreter (os._exit, a signal, a crash in native \
+             code), or the sandbox's container was removed",
             self.crash_report()
         ))
     }
@@ -500,65 +675,193 @@ impl Repl {
     }
 }
 
-/// Owns the attach stream: splits stdout into frames, keeps a tail of stderr.
-async fn read_frames(
-    mut output: Pin<Box<dyn futures::Stream<Item = Output> + Send>>,
+/// Owns the attach stream: enforces the protocol on stdout, keeps a tail of stderr.
+struct Reader {
+    docker: Docker,
+    container: String,
     name: String,
-    ready: tokio::sync::oneshot::Sender<(String, BTreeMap<String, String>)>,
-    replies: mpsc::UnboundedSender<Incoming>,
+    ready: Option<tokio::sync::oneshot::Sender<(String, BTreeMap<String, String>)>>,
+    replies: mpsc::Sender<Incoming>,
+    expect: Arc<Mutex<Expect>>,
+    broken: Arc<Mutex<Option<String>>>,
     stderr_tail: Arc<Mutex<String>>,
-) {
-    let mut ready = Some(ready);
-    let mut lines = LineSplitter::default();
-    while let Some(chunk) = output.next().await {
-        match chunk {
-            Output::Stdout(bytes) => {
-                for line in lines.push(&bytes) {
-                    match serde_json::from_slice::<Frame>(&line) {
-                        Ok(Frame::Ready {
-                            python,
-                            preload_failed,
-                        }) => {
-                            if let Some(tx) = ready.take() {
-                                let _ = tx.send((python, preload_failed));
-                            }
-                        }
-                        Ok(Frame::Result(reply)) => {
-                            let _ = replies.send(Incoming::Reply(reply));
-                        }
-                        Ok(Frame::Pong { id }) => {
-                            let _ = replies.send(Incoming::Pong(id));
-                        }
-                        Ok(Frame::Output(chunk)) => {
-                            let _ = replies.send(Incoming::Output(chunk));
-                        }
-                        Ok(Frame::Done { id, data }) => {
-                            let _ = replies.send(Incoming::Done(id, data));
-                        }
-                        Err(e) => tracing::warn!(
-                            container = %name, error = %e,
-                            line = %String::from_utf8_lossy(&line[..line.len().min(200)]),
-                            "ignoring a malformed frame from the helper"
-                        ),
-                    }
+    /// Bytes of stderr logged so far (capped at `STDERR_LOGGED`).
+    stderr_logged: usize,
+    /// Frames nobody asked for, and malformed lines, so far.
+    stray: u32,
+    malformed: u32,
+    /// The streamed-output token bucket.
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// What to do with one frame.
+enum Verdict {
+    Pass(Incoming),
+    Ready(String, BTreeMap<String, String>),
+    Stray,
+}
+
+impl Reader {
+    async fn run(mut self, mut output: Pin<Box<dyn futures::Stream<Item = Output> + Send>>) {
+        let mut frames = FrameDecoder::new(MAX_FRAME);
+        while let Some(chunk) = output.next().await {
+            let violation = match chunk {
+                Output::Stdout(bytes) => match frames.push(&bytes) {
+                    Ok(lines) => self.lines(lines).await,
+                    Err(FrameTooLarge) => Some(format!(
+                        "wrote a protocol frame larger than {} MiB",
+                        MAX_FRAME >> 20
+                    )),
+                },
+                Output::Stderr(bytes) => {
+                    self.stderr(&bytes);
+                    None
                 }
-            }
-            Output::Stderr(bytes) => {
-                let text = String::from_utf8_lossy(&bytes);
-                tracing::debug!(container = %name, stderr = %text.trim_end(), "sandbox stderr");
-                let mut tail = stderr_tail.lock().expect("stderr tail lock");
-                tail.push_str(&text);
-                if tail.len() > STDERR_TAIL {
-                    let mut cut = tail.len() - STDERR_TAIL;
-                    while !tail.is_char_boundary(cut) {
-                        cut += 1;
-                    }
-                    tail.drain(..cut);
-                }
+            };
+            if let Some(why) = violation {
+                tracing::warn!(container = %self.name, stray = self.stray, malformed = self.malformed,
+                    "ending a sandbox that broke the protocol: {why}");
+                *self.broken.lock().expect("broken lock") = Some(why);
+                // Removing the container closes the stream; nothing more is read from it.
+                self.docker.remove(&self.container).await;
+                return;
             }
         }
+        tracing::debug!(container = %self.name, "sandbox output ended");
     }
-    tracing::debug!(container = %name, "sandbox output ended");
+
+    /// Handle complete lines; returns why the sandbox must end, if it must.
+    async fn lines(&mut self, lines: Vec<Vec<u8>>) -> Option<String> {
+        for line in lines {
+            let frame = match serde_json::from_slice::<Frame>(&line) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    self.malformed += 1;
+                    if self.malformed == 1 {
+                        // One line per sandbox; the rest are counted, and end it.
+                        tracing::warn!(container = %self.name, error = %e,
+                            line = %String::from_utf8_lossy(&line[..line.len().min(100)]),
+                            "a malformed frame from the sandbox");
+                    }
+                    if self.malformed > MAX_MALFORMED_FRAMES {
+                        return Some(format!(
+                            "wrote {} malformed protocol frames",
+                            self.malformed
+                        ));
+                    }
+                    continue;
+                }
+            };
+            let is_output = matches!(frame, Frame::Output(_));
+            if is_output && line.len() > MAX_OUTPUT_FRAME {
+                return Some(format!(
+                    "sent a streamed-output frame larger than {} KiB",
+                    MAX_OUTPUT_FRAME >> 10
+                ));
+            }
+            match self.judge(frame) {
+                Verdict::Pass(incoming) => {
+                    if self.replies.send(incoming).await.is_err() {
+                        return None; // the REPL is gone; the stream ends with it
+                    }
+                }
+                Verdict::Ready(python, failed) => {
+                    if let Some(tx) = self.ready.take() {
+                        let _ = tx.send((python, failed));
+                    }
+                }
+                Verdict::Stray => {
+                    self.stray += 1;
+                    if self.stray > MAX_STRAY_FRAMES {
+                        return Some(format!(
+                            "sent {} protocol frames nobody asked for",
+                            self.stray
+                        ));
+                    }
+                }
+            }
+            if is_output && !self.take_token() {
+                return Some(format!(
+                    "streamed output faster than {OUTPUT_RATE} frames per second"
+                ));
+            }
+        }
+        None
+    }
+
+    /// Accept a frame only if it answers the request in flight (strictly by id).
+    fn judge(&mut self, frame: Frame) -> Verdict {
+        let mut expect = self.expect.lock().expect("expect lock");
+        let awaited = |id: u64| expect.id != 0 && id == expect.id && !expect.answered;
+        match frame {
+            Frame::Ready {
+                python,
+                preload_failed,
+            } if self.ready.is_some() => Verdict::Ready(python, preload_failed),
+            Frame::Ready { .. } => Verdict::Stray,
+            Frame::Output(chunk) if awaited(chunk.id) && expect.stream => {
+                Verdict::Pass(Incoming::Output(chunk))
+            }
+            Frame::Output(_) => Verdict::Stray,
+            Frame::Result(reply) if reply.id.is_some_and(awaited) => {
+                expect.answered = true;
+                Verdict::Pass(Incoming::Reply(reply))
+            }
+            Frame::Pong { id } if awaited(id) => {
+                expect.answered = true;
+                Verdict::Pass(Incoming::Pong(id))
+            }
+            Frame::Done { id, data } if awaited(id) => {
+                expect.answered = true;
+                Verdict::Pass(Incoming::Done(id, data))
+            }
+            Frame::Result(_) | Frame::Pong { .. } | Frame::Done { .. } => Verdict::Stray,
+        }
+    }
+
+    /// One streamed-output frame from the bucket; false when the run streams too fast.
+    fn take_token(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.refilled).as_secs_f64() * OUTPUT_RATE;
+        self.tokens = (self.tokens + refill).min(OUTPUT_BURST);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+
+    /// Keep a tail of the container's own stderr, and log a bounded amount of it.
+    fn stderr(&mut self, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        if self.stderr_logged < STDERR_LOGGED {
+            let room = STDERR_LOGGED - self.stderr_logged;
+            let mut cut = room.min(text.len());
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.stderr_logged += text.len().min(room);
+            tracing::debug!(container = %self.name, stderr = %text[..cut].trim_end(), "sandbox stderr");
+            if self.stderr_logged >= STDERR_LOGGED {
+                tracing::debug!(container = %self.name, "further stderr of this sandbox is not logged");
+            }
+        }
+        let mut tail = self.stderr_tail.lock().expect("stderr tail lock");
+        let mut start = text.len().saturating_sub(STDERR_TAIL);
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        tail.push_str(&text[start..]);
+        if tail.len() > STDERR_TAIL {
+            let mut cut = tail.len() - STDERR_TAIL;
+            while !tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            tail.drain(..cut);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -566,15 +869,80 @@ mod tests {
     use super::*;
 
     #[test]
-    fn splitter_reassembles_lines_across_chunks() {
-        let mut s = LineSplitter::default();
-        assert!(s.push(b"{\"a\":").is_empty());
-        assert_eq!(s.push(b"1}\n{\"b\""), vec![b"{\"a\":1}".to_vec()]);
+    fn decoder_reassembles_lines_across_chunks() {
+        let mut s = FrameDecoder::new(100);
+        assert!(s.push(b"{\"a\":").unwrap().is_empty());
+        assert_eq!(s.push(b"1}\n{\"b\"").unwrap(), vec![b"{\"a\":1}".to_vec()]);
         assert_eq!(
-            s.push(b":2}\n\n"),
+            s.push(b":2}\n\n").unwrap(),
             vec![b"{\"b\":2}".to_vec(), b"".to_vec()]
         );
-        assert!(s.push(b"").is_empty());
+        assert!(s.push(b"").unwrap().is_empty());
+    }
+
+    #[test]
+    fn decoder_refuses_a_line_over_the_cap_without_buffering_it() {
+        let mut s = FrameDecoder::new(10);
+        assert_eq!(
+            s.push(b"0123456789\n").unwrap(),
+            vec![b"0123456789".to_vec()]
+        );
+        assert!(s.push(b"01234").unwrap().is_empty());
+        assert_eq!(s.push(b"567890"), Err(FrameTooLarge));
+        let mut s = FrameDecoder::new(10);
+        assert_eq!(s.push(&[b'x'; 11]), Err(FrameTooLarge));
+        assert_eq!(s.pending(), 0, "nothing over the cap is held");
+        let mut s = FrameDecoder::new(10);
+        assert_eq!(s.push(b"ok\n0123456789x\n"), Err(FrameTooLarge));
+    }
+
+    proptest::proptest! {
+        /// However the bytes are chunked, the decoder yields exactly the lines of the
+        /// stream while each fits the cap, fails as soon as one does not, and never holds
+        /// more than the cap.
+        #[test]
+        fn decoder_matches_a_reference_split_under_any_chunking(
+            lines in proptest::collection::vec(proptest::collection::vec(0u8..=255, 0..40), 0..20),
+            cuts in proptest::collection::vec(0usize..64, 0..30),
+            max in 0usize..48,
+        ) {
+            let mut stream = Vec::new();
+            for l in &lines {
+                stream.extend(l.iter().map(|&b| if b == b'\n' { b'n' } else { b }));
+                stream.push(b'\n');
+            }
+            let expected: Vec<Vec<u8>> = stream
+                .split(|&b| b == b'\n')
+                .take(lines.len())
+                .map(<[u8]>::to_vec)
+                .collect();
+            let first_too_long = expected.iter().position(|l| l.len() > max);
+            let mut d = FrameDecoder::new(max);
+            let mut got = Vec::new();
+            let mut failed = false;
+            let mut rest = &stream[..];
+            let mut cuts = cuts.into_iter();
+            while !rest.is_empty() {
+                let n = cuts.next().unwrap_or(rest.len()).clamp(1, rest.len());
+                match d.push(&rest[..n]) {
+                    Ok(lines) => got.extend(lines),
+                    Err(FrameTooLarge) => { failed = true; break; }
+                }
+                proptest::prop_assert!(d.pending() <= max);
+                rest = &rest[n..];
+            }
+            match first_too_long {
+                None => {
+                    proptest::prop_assert!(!failed);
+                    proptest::prop_assert_eq!(got, expected);
+                }
+                Some(i) => {
+                    proptest::prop_assert!(failed);
+                    proptest::prop_assert!(got.len() <= i);
+                    proptest::prop_assert_eq!(&got[..], &expected[..got.len()]);
+                }
+            }
+        }
     }
 
     #[test]
@@ -598,6 +966,7 @@ mod tests {
     fn requests_are_one_line() {
         let line = serde_json::to_string(&Request::Exec {
             id: 1,
+            max_frame: MAX_FRAME,
             code: "print('a')\nprint('b')",
             state: None,
             want_state: false,

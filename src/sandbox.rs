@@ -305,6 +305,11 @@ pub fn installer_spec(
     }
 }
 
+/// TEMPORARY until the pool branch lands.
+pub fn data_limit(memory_limit: u64) -> u64 {
+    memory_limit.saturating_sub((memory_limit / 8).clamp(24 << 20, 128 << 20))
+}
+
 /// `"1000:1000"` -> ("1000", "1000"); a lone uid uses it for the group too.
 fn uid_gid(user: &str) -> (&str, &str) {
     match user.split_once(':') {

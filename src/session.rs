@@ -1,42 +1,64 @@
-//! The session registry: `session_id` -> a long-lived REPL container.
+//! The session registry: `session_id` -> a long-lived REPL container, and each session's
+//! life.
 //!
-//! Calls to one session run one at a time, in arrival order: each session's REPL sits
-//! behind a fair (FIFO) async mutex. Different sessions never share a lock. Ids that were
-//! cleaned up or lost are remembered (bounded) so a later call can say what happened.
+//! A session is [`State::Live`] (it holds its REPL) or [`State::Ended`] (it says why). The
+//! state sits behind the session's fair (FIFO) async mutex, so calls to one session run one
+//! at a time, in arrival order, and the state can only change while that lock is held. The
+//! one function that ends a session is `Engine::end_session` (it needs the lock guard);
+//! it frees the slot and removes the container and volume, exactly once. Something that
+//! wants a busy session to end (cleanup, shutdown) asks with [`Session::request_end`]:
+//! the call holding the lock is stopped, and whoever takes the lock next ends the session.
+//! Ended ids are remembered (bounded) so a later call can say what happened.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
 
 use crate::repl::Repl;
 
 /// How many ended sessions are remembered for their explanation.
 const TOMBSTONES: usize = 10_000;
 
+/// Where a session is in its life.
+pub enum State {
+    /// It has a sandbox and takes calls.
+    Live(Repl),
+    /// It is over; the text says why (for the caller's error).
+    Ended(String),
+}
+
 /// One persistent session.
 pub struct Session {
     pub id: String,
-    /// Container id, readable without the lock so cleanup can kill a busy session.
+    /// Container id, readable without the lock so an end request can stop a busy session.
     pub container: String,
     /// The session's package volume (installs go here).
     pub volume: String,
     /// When a call last finished with this session; for idle expiry. A std mutex: it is
     /// never held across an `.await`.
     last_used: std::sync::Mutex<Instant>,
-    /// The live REPL; `None` once the sandbox was lost. A tokio mutex because it is held
-    /// across the whole execution; tokio's is fair, which gives arrival order.
-    repl: tokio::sync::Mutex<Option<Repl>>,
+    /// The session's life. A tokio mutex because it is held across the whole execution;
+    /// tokio's is fair, which gives arrival order.
+    state: tokio::sync::Mutex<State>,
+    /// Why someone asked this session to end, set once (first reason wins). A std mutex:
+    /// never held across an `.await`.
+    end_requested: std::sync::Mutex<Option<String>>,
+    /// Fired with `end_requested`: stops the call that holds the lock.
+    ending: CancellationToken,
 }
 
 impl Session {
-    pub fn new(id: String, container: String, volume: String, repl: Option<Repl>) -> Session {
+    pub fn new(id: String, container: String, volume: String, repl: Repl) -> Session {
         Session {
             id,
             container,
             volume,
             last_used: std::sync::Mutex::new(Instant::now()),
-            repl: tokio::sync::Mutex::new(repl),
+            state: tokio::sync::Mutex::new(State::Live(repl)),
+            end_requested: std::sync::Mutex::new(None),
+            ending: CancellationToken::new(),
         }
     }
 
@@ -44,36 +66,70 @@ impl Session {
     /// as in use until the guard is dropped.
     pub async fn lock(&self) -> SessionGuard<'_> {
         SessionGuard {
-            repl: self.repl.lock().await,
+            state: self.state.lock().await,
             session: self,
         }
     }
 
+    /// The lock, if nobody holds it now.
+    pub fn try_lock(&self) -> Option<SessionGuard<'_>> {
+        self.state.try_lock().ok().map(|state| SessionGuard {
+            state,
+            session: self,
+        })
+    }
+
+    /// Ask the session to end because of `why`: the call holding it is stopped, and the
+    /// next holder of the lock ends it. The first reason wins.
+    pub fn request_end(&self, why: impl Into<String>) {
+        let mut requested = self.end_requested.lock().expect("end lock");
+        if requested.is_none() {
+            *requested = Some(why.into());
+        }
+        self.ending.cancel();
+    }
+
+    /// Why the session was asked to end, if it was.
+    pub fn end_requested(&self) -> Option<String> {
+        self.end_requested.lock().expect("end lock").clone()
+    }
+
+    /// Completes when someone asks the session to end.
+    pub async fn ending(&self) {
+        self.ending.cancelled().await
+    }
+
     /// How long the session has been idle; zero while a call holds it.
     pub fn idle_for(&self) -> Duration {
-        match self.repl.try_lock() {
+        match self.state.try_lock() {
             Ok(_) => self.last_used.lock().expect("last_used lock").elapsed(),
             Err(_) => Duration::ZERO,
         }
     }
 }
 
-/// Exclusive use of a session's REPL; marks the session used when dropped.
+/// Exclusive use of a session; marks the session used when dropped.
 pub struct SessionGuard<'a> {
-    repl: tokio::sync::MutexGuard<'a, Option<Repl>>,
+    state: tokio::sync::MutexGuard<'a, State>,
     session: &'a Session,
 }
 
-impl std::ops::Deref for SessionGuard<'_> {
-    type Target = Option<Repl>;
-    fn deref(&self) -> &Option<Repl> {
-        &self.repl
+impl SessionGuard<'_> {
+    /// The session's state. Only `Engine::end_session` changes it (through `state_mut`).
+    pub fn state(&self) -> &State {
+        &self.state
     }
-}
 
-impl std::ops::DerefMut for SessionGuard<'_> {
-    fn deref_mut(&mut self) -> &mut Option<Repl> {
-        &mut self.repl
+    pub(crate) fn state_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+
+    /// The live REPL, or why the session ended.
+    pub fn repl(&mut self) -> Result<&mut Repl, String> {
+        match &mut *self.state {
+            State::Live(repl) => Ok(repl),
+            State::Ended(why) => Err(why.clone()),
+        }
     }
 }
 
@@ -100,16 +156,14 @@ impl Registry {
         self.live.get(id).map(|s| s.value().clone())
     }
 
-    /// Remove a session, remembering why; returns it if it was live.
-    pub fn end(&self, id: &str, why: impl Into<String>) -> Option<Arc<Session>> {
-        let removed = self.live.remove(id).map(|(_, s)| s);
-        if removed.is_some() {
-            if self.ended.len() >= TOMBSTONES {
-                self.ended.clear();
-            }
-            self.ended.insert(id.to_string(), why.into());
+    /// Move a session from the live map to the remembered ended ones. Only
+    /// `Engine::end_session` calls this, under the session's lock.
+    pub(crate) fn forget(&self, id: &str, why: &str) {
+        self.live.remove(id);
+        if self.ended.len() >= TOMBSTONES {
+            self.ended.clear();
         }
-        removed
+        self.ended.insert(id.to_string(), why.to_string());
     }
 
     /// Why a session that is not live has ended, if it ever existed.
@@ -117,62 +171,17 @@ impl Registry {
         self.ended.get(id).map(|w| w.value().clone())
     }
 
-    /// Ids of live sessions idle for longer than `limit`.
-    pub fn idle_longer_than(&self, limit: Duration) -> Vec<String> {
-        self.live
-            .iter()
-            .filter(|e| e.value().idle_for() > limit)
-            .map(|e| e.key().clone())
-            .collect()
+    /// Every live session.
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.live.iter().map(|e| e.value().clone()).collect()
     }
 
-    /// Ids of every live session.
-    pub fn ids(&self) -> Vec<String> {
-        self.live.iter().map(|e| e.key().clone()).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn session(id: &str) -> Arc<Session> {
-        Arc::new(Session::new(id.into(), "c".into(), "v".into(), None))
+    /// How many sessions are live.
+    pub fn len(&self) -> usize {
+        self.live.len()
     }
 
-    #[tokio::test]
-    async fn a_session_is_idle_only_while_nobody_uses_it() {
-        let r = Registry::default();
-        let s = session("a");
-        r.insert(s.clone());
-        let guard = s.lock().await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(
-            r.idle_longer_than(Duration::from_millis(10)).is_empty(),
-            "busy is not idle"
-        );
-        drop(guard);
-        assert!(
-            r.idle_longer_than(Duration::from_millis(10)).is_empty(),
-            "just used"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(
-            r.idle_longer_than(Duration::from_millis(10)),
-            vec!["a".to_string()]
-        );
-    }
-
-    #[test]
-    fn ended_sessions_say_why() {
-        let r = Registry::default();
-        r.insert(session("a"));
-        assert!(r.get("a").is_some());
-        assert!(r.end("a", "cleaned up").is_some());
-        assert!(r.get("a").is_none());
-        assert_eq!(r.ended_because("a").as_deref(), Some("cleaned up"));
-        assert!(r.end("a", "again").is_none(), "ending twice is a no-op");
-        assert_eq!(r.ended_because("a").as_deref(), Some("cleaned up"));
-        assert_eq!(r.ended_because("never"), None);
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
     }
 }

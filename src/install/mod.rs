@@ -10,6 +10,7 @@
 //! and writes into a volume the sandboxes mount read-only; the sandbox never gets network.
 
 use crate::config::PackageConfig;
+use crate::text::clip;
 
 /// Why a requirement was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -59,7 +60,7 @@ pub fn parse_requirement(input: &str) -> Result<Requirement, RequirementError> {
         return Err(RequirementError::Empty);
     }
     if trimmed.starts_with('-') {
-        return Err(RequirementError::Option(trimmed.into()));
+        return Err(RequirementError::Option(clip(trimmed).into()));
     }
     if trimmed.contains("://")
         || trimmed.starts_with('.')
@@ -68,10 +69,10 @@ pub fn parse_requirement(input: &str) -> Result<Requirement, RequirementError> {
         || trimmed.contains('@')
         || trimmed.contains('\\')
     {
-        return Err(RequirementError::Location(trimmed.into()));
+        return Err(RequirementError::Location(clip(trimmed).into()));
     }
     let invalid = |why: &str| RequirementError::Invalid {
-        input: trimmed.into(),
+        input: clip(trimmed).into(),
         why: why.into(),
     };
     let s: String = trimmed.chars().filter(|c| !c.is_whitespace()).collect();

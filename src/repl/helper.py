@@ -25,6 +25,14 @@
 #             "stderr_dropped": int, "value": str|null, "error": null|{type, message,
 #             traceback}, "interrupted": bool, "duration_ms": float, "state": obj|null,
 #             "state_skipped": {name: type}}
+# Every frame fits in the request's "max_frame" bytes: a result that would not drops its
+# figures, then its state, then output (and says so); streamed output frames carry at most
+# 64 KiB of text; listings and exception texts are capped. The daemon ends a sandbox that
+# sends more, so nothing here may assume the daemon will buffer without bound.
+# Memory: before each execution the helper sets its soft RLIMIT_DATA so that what the cell
+# can still allocate is PDM_DATA_LIMIT minus what is resident and what the tmpfs mounts
+# hold: a big allocation raises MemoryError in the cell instead of getting the sandbox
+# OOM-killed, and the session keeps its variables.
 # Package directories (PDM_PACKAGE_DIRS, read-only volumes an installer container fills)
 # are rescanned before each execution when they changed, so an install is importable at once.
 # When stdin closes (the daemon went away) the helper exits at once, so a sandbox never
@@ -38,6 +46,7 @@ import io
 import json
 import linecache
 import os
+import resource
 import signal
 import site
 import sys
@@ -48,6 +57,10 @@ import types
 
 PACKAGE_DIRS = [p for p in os.environ.get("PDM_PACKAGE_DIRS", "").split(":") if p]
 PRELOAD = [m.strip() for m in os.environ.get("PDM_PRELOAD", "").split(",") if m.strip()]
+DATA_LIMIT = int(os.environ.get("PDM_DATA_LIMIT") or 0)
+STREAM_FRAME_TEXT = 64 * 1024
+TEXT_CAP = 64 * 1024
+LIST_CAP = 2000
 
 _proto_in = os.fdopen(os.dup(0), "rb")
 _proto_out = os.dup(1)
@@ -61,8 +74,15 @@ _orig_stdout, _orig_stderr = sys.stdout, sys.stderr
 _send_lock = threading.Lock()
 
 
+def encode(msg):
+    return (json.dumps(msg, ensure_ascii=True) + "\n").encode()
+
+
 def send(msg):
-    data = (json.dumps(msg, ensure_ascii=True) + "\n").encode()
+    write_frame(encode(msg))
+
+
+def write_frame(data):
     view = memoryview(data)
     with _send_lock:  # the streamer thread sends too
         while view:
@@ -160,6 +180,70 @@ def refresh_paths():
         importlib.invalidate_caches()
 
 
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _tmpfs_used():
+    used = 0
+    for path in {"/tmp", os.environ.get("PDM_WORKDIR") or os.getcwd()}:
+        try:
+            st = os.statvfs(path)
+            used += (st.f_blocks - st.f_bfree) * st.f_frsize
+        except OSError:
+            pass
+    return used
+
+
+def apply_data_limit():
+    """Let the cell allocate what is left of DATA_LIMIT: the soft RLIMIT_DATA is what is
+    mapped now plus that room. Reserved-but-unused mappings (thread arenas, BLAS buffers)
+    are therefore not charged twice. The hard limit stays open: a cell that raises the
+    soft one only loses this protection (the container's limit still holds)."""
+    if DATA_LIMIT <= 0:
+        return
+    try:
+        room = DATA_LIMIT - _status_kb("RssAnon") - _tmpfs_used()
+        soft = _status_kb("VmData") + max(room, 0)
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, resource.RLIM_INFINITY))
+    except (OSError, ValueError) as e:
+        diag("data limit not applied: %s" % e)
+
+
+def fit(result, max_frame):
+    """The result's frame, made to fit in max_frame bytes: figures go first, then the
+    state, then output is cut (each step is reported in the result)."""
+    data = encode(result)
+    if len(data) <= max_frame:
+        return data
+    if result.get("images"):
+        result["images_dropped"] = result.get("images_dropped", 0) + len(result["images"])
+        result["images"] = []
+        data = encode(result)
+        if len(data) <= max_frame:
+            return data
+    if result.get("state"):
+        skipped = result.get("state_skipped") or {}
+        for name, value in result["state"].items():
+            skipped[name] = type(value).__name__ + " (too large for the result)"
+        result["state"], result["state_skipped"] = {}, skipped
+        data = encode(result)
+        if len(data) <= max_frame:
+            return data
+    # Output: escaped JSON can be 6 bytes per character; cut both streams to fit.
+    budget = max(0, (max_frame - 65536) // 12)
+    for key in ("stdout", "stderr"):
+        text = result.get(key) or ""
+        if len(text) > budget:
+            result[key + "_dropped"] = result.get(key + "_dropped", 0) + len(text[budget:].encode())
+            result[key] = text[:budget]
+    return encode(result)
+
+
 class Sink:
     """One execution's stdout or stderr: kept up to `limit` bytes, the rest counted. When
     `stream_id` is set, output is also sent as it comes (at most every 0.25 s)."""
@@ -182,7 +266,9 @@ class Sink:
                 self.unsent.append(data[:room])
         self.dropped += max(0, len(data) - max(room, 0))
         if self.unsent and time.monotonic() - self.last_sent >= 0.25:
-            text = self.decoder.decode(b"".join(self.unsent))
+            # At most 64 KiB per frame; the result has everything.
+            text = self.decoder.decode(b"".join(self.unsent)[:STREAM_FRAME_TEXT])
+            self.decoder.reset()
             self.unsent, self.last_sent = [], time.monotonic()
             if text:
                 other = "stderr" if self.stream == "stdout" else "stdout"
@@ -217,6 +303,13 @@ class Drain:
             self.sink = None
 
     def _run(self):
+        while True:
+            try:
+                self._drain()
+            except BaseException as e:  # MemoryError, say: never lose the drain thread
+                diag("output drain restarted after %r" % (e,))
+
+    def _drain(self):
         pending = b""
         while True:
             data = os.read(self.r, 65536)
@@ -286,6 +379,8 @@ def list_variables():
     for name in sorted(namespace):
         if name.startswith("_"):
             continue
+        if len(out) >= LIST_CAP:
+            break
         value = namespace[name]
         out.append({"name": name, "type": type(value).__name__, "repr": repr_capped(value, 200)})
     return out
@@ -305,7 +400,7 @@ def list_packages():
             name = dist.metadata["Name"] or "?"
             out.append({"name": name, "version": dist.version or "?", "location": location})
     out.sort(key=lambda p: (p["name"].lower(), p["location"]))
-    return out
+    return out[:LIST_CAP]
 
 
 def compile_cell(code):
@@ -329,8 +424,19 @@ def describe_error(exc):
         tb = tb.tb_next
     if isinstance(exc, SyntaxError):
         tb = None
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
-    return {"type": type(exc).__name__, "message": str(exc), "traceback": text}
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        message = str(exc)
+    except Exception as e:  # a broken __str__ must not break the helper
+        text = message = "<exception text failed: %s>" % type(e).__name__
+    return {"type": type(exc).__name__, "message": cap(message), "traceback": cap(text, tail=True)}
+
+
+def cap(text, tail=False):
+    if len(text) <= TEXT_CAP:
+        return text
+    cut = "... [%d characters left out] ..." % (len(text) - TEXT_CAP)
+    return (cut + text[-TEXT_CAP:]) if tail else (text[:TEXT_CAP] + cut)
 
 
 def collect_state(ns):
@@ -372,6 +478,7 @@ def execute(req):
     os.dup2(_devnull, 0)
     if sys.stdin is None or sys.stdin.closed:
         sys.stdin = open(0, "r", closefd=False)
+    apply_data_limit()
     stream_id = req.get("id") if req.get("stream") else None
     out, err = Sink(limit, "stdout", stream_id), Sink(limit, "stderr", stream_id)
     _stdout_drain.begin(out)
@@ -443,7 +550,17 @@ def main():
         op = req.get("op")
         try:
             if op == "exec":
-                send(execute(req))
+                result = execute(req)
+                try:
+                    frame = fit(result, int(req.get("max_frame") or 16 << 20))
+                except MemoryError:
+                    result = {"op": "result", "id": req.get("id"), "stdout": "", "stderr": "",
+                              "stdout_dropped": 0, "stderr_dropped": 0, "value": None,
+                              "error": {"type": "MemoryError", "message": "the result did not fit in memory",
+                                        "traceback": "MemoryError: the result did not fit in memory"},
+                              "interrupted": False, "duration_ms": 0.0}
+                    frame = encode(result)
+                write_frame(frame)
             elif op == "ping":
                 send({"op": "pong", "id": req.get("id")})
             elif op == "reset":
@@ -455,6 +572,10 @@ def main():
                 send({"op": "done", "id": req.get("id"), "data": list_packages()})
             else:
                 diag("unknown op %r" % (op,))
+        except Exception as e:  # MemoryError in a listing, say: answer, never exit
+            diag("%s failed: %r" % (op, e))
+            if op in ("reset", "vars", "packages"):
+                send({"op": "done", "id": req.get("id"), "data": [] if op != "reset" else None})
         except KeyboardInterrupt:
             # An interrupt that landed between executions; nothing to stop.
             send({"op": "result", "id": req.get("id"), "stdout": "", "stderr": "",
