@@ -723,7 +723,10 @@ impl Reader {
                 tracing::warn!(container = %self.name, stray = self.stray, malformed = self.malformed,
                     "ending a sandbox that broke the protocol: {why}");
                 *self.broken.lock().expect("broken lock") = Some(why);
-                // Removing the container closes the stream; nothing more is read from it.
+                // Let go of the stream first: the engine cannot finish a container whose
+                // output it is still trying to hand to a reader that stopped reading.
+                drop(output);
+                drop(self.replies);
                 self.docker.remove(&self.container).await;
                 return;
             }

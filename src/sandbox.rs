@@ -225,6 +225,7 @@ pub fn repl_spec(
             format!("PDM_WORKDIR={}", d.working_dir),
             format!("PDM_PACKAGE_DIRS={}", package_dirs.join(":")),
             format!("PDM_PRELOAD={}", d.warm_imports.join(",")),
+            format!("PDM_DATA_LIMIT={}", data_limit(d.memory_limit)),
             format!("PDM_ALLOWED_MODULES={}", config.allowed_modules.join(",")),
             format!("PDM_BLOCKED_MODULES={}", config.blocked_modules.join(",")),
         ],

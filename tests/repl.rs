@@ -12,7 +12,7 @@ use rmcp::service::PeerRequestOptions;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn running_out_of_memory_loses_one_session_and_names_the_limit() {
+async fn running_out_of_memory_costs_only_the_cell_and_names_the_limit() {
     let mut d = Daemon::start().await;
     let victim = d.new_session("x = 1").await;
     let bystander = d.new_session("y = 2").await;
@@ -22,13 +22,62 @@ async fn running_out_of_memory_loses_one_session_and_names_the_limit() {
             Some(&victim),
         )
         .await;
-    assert!(is_error(&r), "{}", describe(&r));
-    assert_eq!(field(&r, "sandbox_lost"), &json!(true), "{}", describe(&r));
-    assert!(text(&r).contains("memory limit 256m"), "{}", describe(&r));
-    let r = d.persistent("x", Some(&victim)).await;
-    assert_tool_error(&r, "has ended");
+    assert_eq!(
+        error_type(&r).as_deref(),
+        Some("MemoryError"),
+        "{}",
+        describe(&r)
+    );
+    assert_eq!(field(&r, "sandbox_lost"), &json!(false), "{}", describe(&r));
+    assert!(
+        text(&r).contains("docker.memory_limit 256m"),
+        "{}",
+        describe(&r)
+    );
+    // The session lives on with its variables, and the memory is usable again.
+    let r = d.persistent_ok("del blocks\nx + 1", &victim).await;
+    assert_eq!(value(&r).as_deref(), Some("2"));
+    let r = d
+        .persistent_ok("len(bytearray(64 * 1024 * 1024))", &victim)
+        .await;
+    assert_eq!(value(&r).as_deref(), Some("67108864"));
     let r = d.persistent_ok("y + 1", &bystander).await;
     assert_eq!(value(&r).as_deref(), Some("3"));
+    d.close(Duration::from_secs(30))
+        .await
+        .expect("the daemon exits");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kernel_oom_kill_is_reported_for_certain() {
+    let mut d = Daemon::start().await;
+    let victim = d.new_session("x = 1").await;
+    // Files in the tmpfs count toward the container's memory but not toward the helper's
+    // data limit: fill /tmp, then allocate, and the kernel's OOM killer strikes.
+    let r = d
+        .persistent(
+            "import os\nfor i in range(100):\n    open(f'/tmp/f{i}', 'wb').write(os.urandom(1 << 20))\n\
+             blocks = []\nwhile True:\n    blocks.append(bytearray(8 << 20))",
+            Some(&victim),
+        )
+        .await;
+    assert!(is_error(&r), "{}", describe(&r));
+    if field(&r, "sandbox_lost") == &json!(true) {
+        let t = text(&r);
+        assert!(t.contains("killed by the kernel"), "{}", describe(&r));
+        assert!(t.contains("memory limit"), "{}", describe(&r));
+        assert!(!t.contains("most likely"), "{}", describe(&r));
+        let r = d.persistent("x", Some(&victim)).await;
+        assert_tool_error(&r, "has ended");
+    } else {
+        // The helper's accounting caught it first: that is fine too, as a MemoryError.
+        assert_eq!(
+            error_type(&r).as_deref(),
+            Some("MemoryError"),
+            "{}",
+            describe(&r)
+        );
+    }
     d.close(Duration::from_secs(30))
         .await
         .expect("the daemon exits");
