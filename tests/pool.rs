@@ -1,11 +1,14 @@
 //! The warm pool against the real engine: filling in the background, max age, health,
-//! single use, exhaustion, orphans and clean exit. Timings are never asserted here; the
-//! benchmark measures speed.
+//! single use, exhaustion, a broken image (back-off, recovery, `doctor`), OOM kills
+//! reported by the engine, orphans and clean exit. Speed is never asserted here (the
+//! benchmark measures it), only bounds far from normal: "at once" and "not back to back".
 
 mod common;
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
@@ -228,4 +231,228 @@ async fn warm_imports_are_loaded_before_a_sandbox_is_handed_out() {
     d.close(Duration::from_secs(30))
         .await
         .expect("the daemon exits");
+}
+
+/// The sandbox image the tests build on.
+const IMAGE: &str = "python-docker-mcp:latest";
+
+/// Run the docker CLI; its trimmed stdout, or a panic naming the failure.
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the docker CLI");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Build `tag` from the sandbox image with a `python3` that complains and exits at once
+/// (first on the PATH, before the real one). Returns the image id.
+fn build_broken_image(tag: &str) -> String {
+    let dockerfile = format!(
+        "FROM {IMAGE}\nUSER 0\nRUN printf '#!/bin/sh\\necho this python is broken >&2\\nexit 3\\n' \
+         > /usr/local/bin/python3 && chmod 755 /usr/local/bin/python3\n"
+    );
+    let mut child = Command::new("docker")
+        .args(["build", "-q", "-t", tag, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("docker build");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(dockerfile.as_bytes())
+        .expect("write the Dockerfile");
+    let out = child.wait_with_output().expect("docker build");
+    assert!(
+        out.status.success(),
+        "docker build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    docker(&["image", "inspect", "-f", "{{.Id}}", tag])
+}
+
+/// Transient calls one after another until `until`, each failing with the broken
+/// image's reason. Returns how many were made and the slowest.
+async fn call_a_broken_pool(d: &Daemon, until: Instant) -> (usize, Duration) {
+    let (mut calls, mut slowest) = (0, Duration::ZERO);
+    while Instant::now() < until {
+        let t = Instant::now();
+        let r = d.transient("1").await;
+        slowest = slowest.max(t.elapsed());
+        calls += 1;
+        assert_tool_error(&r, "the container exited before the helper was ready");
+        assert_tool_error(&r, "this python is broken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (calls, slowest)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_image_fails_calls_at_once_backs_off_and_recovers_when_fixed() {
+    let tag = format!("pdm-test-broken-{}:latest", std::process::id());
+    let broken_id = build_broken_image(&tag);
+    let mut d = Daemon::start_with(&[
+        POOL_ON,
+        ("PYTHON_DOCKER_MCP_POOL_SIZE", "2"),
+        ("PYTHON_DOCKER_MCP_IMAGE", &tag),
+    ])
+    .await;
+    let pid = d.pid;
+    let since = unix_now();
+    // Two callers, one call after another, for 20 s.
+    let drive = Duration::from_secs(20);
+    let started = Instant::now();
+    let ((a, slow_a), (b, slow_b)) = tokio::join!(
+        call_a_broken_pool(&d, started + drive),
+        call_a_broken_pool(&d, started + drive)
+    );
+    let created = containers_created_since(pid, "sandbox", since).len();
+    eprintln!(
+        "{} calls in {drive:?}, slowest {:?}; {created} sandbox creations",
+        a + b,
+        slow_a.max(slow_b)
+    );
+    assert!(
+        slow_a.max(slow_b) < Duration::from_secs(5),
+        "every call is answered quickly with the reason; the slowest took {:?}",
+        slow_a.max(slow_b)
+    );
+    assert!(a + b >= 20, "the calls kept coming: {}", a + b);
+    assert!(
+        created <= 15,
+        "creations back off instead of running back to back: {created} in {drive:?}"
+    );
+
+    // Fix the image under the same tag: a call a few seconds later succeeds, no restart.
+    docker(&["tag", IMAGE, &tag]);
+    let fixed = Instant::now();
+    let mut last = None;
+    while fixed.elapsed() < Duration::from_secs(20) {
+        let r = d.transient("6 * 7").await;
+        if !is_error(&r) {
+            last = Some(r);
+            break;
+        }
+        last = Some(r);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = last.expect("a call");
+    eprintln!(
+        "a call succeeded {:?} after the image was fixed",
+        fixed.elapsed()
+    );
+    assert_ok(&r);
+    assert_eq!(value(&r).as_deref(), Some("42"));
+    assert!(
+        fixed.elapsed() < Duration::from_secs(8),
+        "the pool noticed the fixed image within a few seconds, not {:?}",
+        fixed.elapsed()
+    );
+    d.close(Duration::from_secs(30))
+        .await
+        .expect("the daemon exits");
+    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+    let _ = Command::new("docker")
+        .args(["rmi", &tag, &broken_id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_starts_a_sandbox_and_names_why_it_fails() {
+    let out = run_cli(&["doctor"], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("log driver of every container: none"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("a sandbox starts and answers in "),
+        "{stdout}"
+    );
+
+    let tag = format!("pdm-test-doctor-{}:latest", std::process::id());
+    let broken_id = build_broken_image(&tag);
+    let out = run_cli(&["doctor"], &[("PYTHON_DOCKER_MCP_IMAGE", &tag)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a broken image fails the doctor");
+    assert!(
+        stderr.contains("the container exited before the helper was ready")
+            && stderr.contains("Its last words: this python is broken"),
+        "{stderr}"
+    );
+    let _ = Command::new("docker")
+        .args(["rmi", &tag, &broken_id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_engine_reports_oom_kills_for_certain() {
+    let docker_api = python_docker_mcp::docker::Docker::new();
+    docker_api.ping().await.expect("Docker answers");
+    let since = Instant::now();
+    // Asking starts the watcher; nobody was killed yet.
+    assert!(!docker_api.oom_killed("nobody", since, Duration::ZERO).await);
+    let run = |code: &str| {
+        docker(&[
+            "run",
+            "-d",
+            "--label",
+            "python-docker-mcp.managed=true",
+            "--memory",
+            "32m",
+            "--memory-swap",
+            "32m",
+            "--network",
+            "none",
+            "--log-driver",
+            "none",
+            IMAGE,
+            "python3",
+            "-c",
+            code,
+        ])
+    };
+    let hog = run("b = bytearray(100 * 1024 * 1024)");
+    let calm = run("print(1)");
+    assert_eq!(docker(&["wait", &hog]), "137", "the hog was killed");
+    assert_eq!(docker(&["wait", &calm]), "0");
+    let killed = docker_api
+        .oom_killed(&hog, since, Duration::from_secs(10))
+        .await;
+    let calm_killed = docker_api
+        .oom_killed(&calm, since, Duration::from_secs(1))
+        .await;
+    let later = docker_api
+        .oom_killed(
+            &hog,
+            Instant::now() + Duration::from_secs(1),
+            Duration::ZERO,
+        )
+        .await;
+    docker_api.close();
+    docker(&["rm", "-f", &hog, &calm]);
+    assert!(killed, "the OOM kill of {hog} was reported");
+    assert!(
+        !calm_killed,
+        "a container that exited normally was not OOM-killed"
+    );
+    assert!(!later, "a kill before `since` does not count");
 }
