@@ -11,8 +11,9 @@
 //! ready and nobody waits, a quarter second later: a burst of calls runs on an idle CPU.
 //!
 //! **When creations fail.** One container that dies while starting (killed by someone) is
-//! retried at once and nobody hears of it. The pool counts as *broken* after a Docker
-//! refusal (engine unreachable, image missing) or two failures in a row (say an image whose
+//! retried at once and nobody hears of it; so are several that die together. After any
+//! failure, creations run one at a time until one succeeds. The pool counts as *broken* after a Docker refusal (engine unreachable, image missing) or when a
+//! creation started after a failure fails too: two failures in a row (say an image whose
 //! `python3` exits at once). Then:
 //! - every waiting request is told the failure at once (`AcquireError::Create`);
 //! - at most one creation runs at a time, the next one `BACKOFF_FIRST` after the last
@@ -55,7 +56,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A request finding the pool broken may ask for a probe creation once the last failure
 /// is this old (or older than the back-off, if that is shorter): the bound on how long a
 /// fixed engine or image goes unnoticed while calls keep coming.
-const PROBE_AFTER: Duration = Duration::from_secs(2);
+const PROBE_AFTER: Duration = Duration::from_secs(3);
 
 /// A started sandbox: a ready REPL and the package volume it mounts.
 pub struct Sandbox {
@@ -116,12 +117,14 @@ struct State {
     /// Of those, the ones creating now (holding a permit and past the broken check).
     attempting: usize,
     stats: PoolStats,
-    /// Creation failures in a row, for back-off; a success resets it.
+    /// Creation failures in a row, for back-off; a success resets it. Attempts that
+    /// started before a failure was known and fail with it do not add to it.
     failing: u32,
     /// Creations are known to fail (see the module doc); a success clears it.
     broken: bool,
-    /// While broken: one creation may start. Set by the refill task when the back-off
-    /// has passed or a request asked for a probe; taken by the creation that starts.
+    /// After a failure: one creation may start. Set by the refill task (at once for the
+    /// first retry; while broken, when the back-off has passed or a request asked for a
+    /// probe); taken by the creation that starts.
     probe: bool,
     /// When the latest failed creation ended.
     last_failure: Option<Instant>,
@@ -402,12 +405,17 @@ impl Pool {
                 let mut wake_at = None;
                 let mut spawn = 0;
                 let mut settle = false;
-                if st.broken {
-                    // One creation at a time, after the back-off or when a request asked
-                    // for a probe. Creations spawned earlier and still queued for a permit
-                    // give up by themselves (`create_one`); wait for them first.
+                if st.broken || st.failing > 0 {
+                    // After a failure, one creation at a time: at once for the first retry,
+                    // then after the back-off or when a request asked for a probe.
+                    // Creations spawned earlier and still queued for a permit give up by
+                    // themselves (`create_one`); wait for them first.
                     if want > have && st.creating == 0 {
-                        let due = st.next_creation();
+                        let due = if st.broken {
+                            st.next_creation()
+                        } else {
+                            Instant::now()
+                        };
                         if st.probe || Instant::now() >= due {
                             st.probe = true;
                             spawn = 1;
@@ -487,15 +495,18 @@ impl Pool {
 
     async fn create_one(&self) {
         let permit = self.inner.creations.acquire().await;
-        let go = match &permit {
+        // `seen`: failures in a row when this attempt started. Attempts that started
+        // together and fail together (two starting containers killed at once) are one
+        // failure; a retry started after a failure that fails too is the second.
+        let (go, seen) = match &permit {
             Ok(_) if !self.inner.stop.is_cancelled() => {
                 let mut st = self.inner.state.lock().expect("pool lock");
-                // While broken only the probe runs; creations queued before give up.
-                let go = !st.broken || std::mem::take(&mut st.probe);
+                // After a failure only the probe runs; creations queued before give up.
+                let go = (!st.broken && st.failing == 0) || std::mem::take(&mut st.probe);
                 st.attempting += usize::from(go);
-                go
+                (go, st.failing)
             }
-            _ => false, // closing
+            _ => (false, 0), // closing
         };
         let result = if go { Some(self.create().await) } else { None };
         drop(permit);
@@ -508,19 +519,20 @@ impl Pool {
                 Some(Ok(_)) => {
                     st.failing = 0;
                     st.broken = false;
+                    st.probe = false;
                 }
                 // Shutdown removed it while it started: nothing to report.
                 Some(Err(_)) if closing => {}
                 Some(Err(e)) => {
                     let text: Arc<str> = e.to_string().into();
-                    st.failing += 1;
+                    st.failing = st.failing.max(seen + 1);
                     st.stats.creation_failures += 1;
                     st.last_failure = Some(Instant::now());
                     st.last_error = Some(text.clone());
                     // Docker refused (image missing, engine down): that will not pass. A
-                    // container that died while starting (killed, say) is retried once
-                    // before anyone is told; a second failure in a row is the image.
-                    if matches!(e, ReplError::Docker(_)) || st.failing >= 2 {
+                    // container that died while starting (killed, say) is retried before
+                    // anyone is told; a retry that fails too means the image is broken.
+                    if matches!(e, ReplError::Docker(_)) || seen >= 1 {
                         st.broken = true;
                         st.fail_waiters(&AcquireError::Create(text));
                     }

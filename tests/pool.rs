@@ -251,9 +251,14 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Build `tag` from the sandbox image with a `python3` that complains and exits at once
-/// (first on the PATH, before the real one). Returns the image id.
-fn build_broken_image(tag: &str) -> String {
+/// An image built from the sandbox image whose `python3` (first on the PATH, before the
+/// real one) complains and exits at once. Tests share it and leave it in place: removing
+/// it by id would pull it from under a test running at the same time.
+const BROKEN_IMAGE: &str = "pdm-test-broken-python:latest";
+
+/// Build [`BROKEN_IMAGE`] (a cached no-op when it exists).
+fn build_broken_image() {
+    let tag = BROKEN_IMAGE;
     let dockerfile = format!(
         "FROM {IMAGE}\nUSER 0\nRUN printf '#!/bin/sh\\necho this python is broken >&2\\nexit 3\\n' \
          > /usr/local/bin/python3 && chmod 755 /usr/local/bin/python3\n"
@@ -277,7 +282,50 @@ fn build_broken_image(tag: &str) -> String {
         "docker build failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    docker(&["image", "inspect", "-f", "{{.Id}}", tag])
+}
+
+/// Counts the engine's `create` events for containers of one image, live. (Replaying
+/// with `docker events --since` is not enough for a 20 s window: the engine keeps only
+/// its last 256 events, and on a shared engine older ones are gone.)
+struct CreationCounter {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<usize>,
+}
+
+impl CreationCounter {
+    fn start(image: &str) -> CreationCounter {
+        let image_filter = format!("image={image}");
+        let mut child = Command::new("docker")
+            .args([
+                "events",
+                "--filter",
+                "type=container",
+                "--filter",
+                "event=create",
+            ])
+            .args(["--filter", &image_filter, "--format", "{{.ID}}"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker events");
+        let stdout = child.stdout.take().expect("stdout");
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(stdout).lines().count()
+        });
+        // Let the subscription reach the engine before anything is created.
+        std::thread::sleep(Duration::from_millis(500));
+        CreationCounter { child, reader }
+    }
+
+    fn stop(mut self) -> usize {
+        // Events arrive a moment after the fact.
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.reader.join().expect("reader")
+    }
 }
 
 /// Transient calls one after another until `until`, each failing with the broken
@@ -298,16 +346,17 @@ async fn call_a_broken_pool(d: &Daemon, until: Instant) -> (usize, Duration) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_image_fails_calls_at_once_backs_off_and_recovers_when_fixed() {
-    let tag = format!("pdm-test-broken-{}:latest", std::process::id());
-    let broken_id = build_broken_image(&tag);
+    // A tag of this test's own, so it can be pointed at the good image later.
+    build_broken_image();
+    let tag = format!("pdm-test-fixable-{}:latest", std::process::id());
+    docker(&["tag", BROKEN_IMAGE, &tag]);
+    let creations = CreationCounter::start(&tag);
     let mut d = Daemon::start_with(&[
         POOL_ON,
         ("PYTHON_DOCKER_MCP_POOL_SIZE", "2"),
         ("PYTHON_DOCKER_MCP_IMAGE", &tag),
     ])
     .await;
-    let pid = d.pid;
-    let since = unix_now();
     // Two callers, one call after another, for 20 s.
     let drive = Duration::from_secs(20);
     let started = Instant::now();
@@ -315,7 +364,7 @@ async fn a_broken_image_fails_calls_at_once_backs_off_and_recovers_when_fixed() 
         call_a_broken_pool(&d, started + drive),
         call_a_broken_pool(&d, started + drive)
     );
-    let created = containers_created_since(pid, "sandbox", since).len();
+    let created = creations.stop();
     eprintln!(
         "{} calls in {drive:?}, slowest {:?}; {created} sandbox creations",
         a + b,
@@ -361,11 +410,8 @@ async fn a_broken_image_fails_calls_at_once_backs_off_and_recovers_when_fixed() 
         .await
         .expect("the daemon exits");
     assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
-    let _ = Command::new("docker")
-        .args(["rmi", &tag, &broken_id])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    // Only a tag now: the good image keeps its own.
+    docker(&["rmi", &tag]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -386,9 +432,8 @@ async fn doctor_starts_a_sandbox_and_names_why_it_fails() {
         "{stdout}"
     );
 
-    let tag = format!("pdm-test-doctor-{}:latest", std::process::id());
-    let broken_id = build_broken_image(&tag);
-    let out = run_cli(&["doctor"], &[("PYTHON_DOCKER_MCP_IMAGE", &tag)]);
+    build_broken_image();
+    let out = run_cli(&["doctor"], &[("PYTHON_DOCKER_MCP_IMAGE", BROKEN_IMAGE)]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a broken image fails the doctor");
     assert!(
@@ -396,11 +441,6 @@ async fn doctor_starts_a_sandbox_and_names_why_it_fails() {
             && stderr.contains("Its last words: this python is broken"),
         "{stderr}"
     );
-    let _ = Command::new("docker")
-        .args(["rmi", &tag, &broken_id])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
 }
 
 #[tokio::test(flavor = "multi_thread")]
