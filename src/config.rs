@@ -35,6 +35,7 @@ enum Kind {
     /// Bytes, in Docker's notation: `"256m"`, `"1g"`, `"512k"` or a plain number of bytes.
     Bytes {
         min: u64,
+        max: u64,
     },
     /// A YAML list, or a comma-separated string in the environment.
     List,
@@ -52,10 +53,17 @@ impl Kind {
             Kind::Duration => {
                 "a duration: seconds (30) or a string such as \"30s\" or \"5m\"".into()
             }
-            Kind::Bytes { min } => {
+            Kind::Bytes { min, max: NO_MAX } => {
                 format!(
                     "a size such as \"256m\" or \"1g\" (at least {})",
                     human_bytes(*min)
+                )
+            }
+            Kind::Bytes { min, max } => {
+                format!(
+                    "a size such as \"256k\" or \"1m\" (from {} to {})",
+                    human_bytes(*min),
+                    human_bytes(*max)
                 )
             }
             Kind::List => "a list of strings (comma-separated in the environment)".into(),
@@ -77,6 +85,8 @@ struct Key {
 }
 
 const MIB: u64 = 1024 * 1024;
+/// No upper bound on a size.
+const NO_MAX: u64 = u64::MAX;
 
 /// Every setting the daemon knows. `config.example.yaml` mirrors this table.
 const KEYS: &[Key] = &[
@@ -84,7 +94,7 @@ const KEYS: &[Key] = &[
           doc: "Image the sandboxes run; any image with python3 on its PATH works" },
     Key { path: "docker.working_dir", env: "WORKING_DIR", kind: Kind::Str, default: "/app",
           doc: "Working directory of the code inside the sandbox" },
-    Key { path: "docker.memory_limit", env: "MEMORY_LIMIT", kind: Kind::Bytes { min: 6 * MIB }, default: "256m",
+    Key { path: "docker.memory_limit", env: "MEMORY_LIMIT", kind: Kind::Bytes { min: 6 * MIB, max: NO_MAX }, default: "256m",
           doc: "Memory limit per sandbox (no swap beyond it)" },
     Key { path: "docker.cpu_limit", env: "CPU_LIMIT", kind: Kind::Float { min: 0.01, max: 1024.0 }, default: "0.5",
           doc: "CPUs per sandbox" },
@@ -96,12 +106,12 @@ const KEYS: &[Key] = &[
           doc: "Sandboxes have no network at all (installs still work: they run in a separate installer container)" },
     Key { path: "docker.read_only", env: "READ_ONLY", kind: Kind::Bool, default: "true",
           doc: "Read-only root filesystem; /tmp and the working directory are writable tmpfs" },
-    Key { path: "docker.tmpfs_size", env: "TMPFS_SIZE", kind: Kind::Bytes { min: MIB }, default: "128m",
+    Key { path: "docker.tmpfs_size", env: "TMPFS_SIZE", kind: Kind::Bytes { min: MIB, max: NO_MAX }, default: "128m",
           doc: "Size of each writable tmpfs (/tmp, working directory) when read_only is on; counts against memory" },
     Key { path: "docker.user", env: "USER", kind: Kind::Str, default: "'1000:1000'",
           doc: "uid:gid the code runs as; never root" },
-    Key { path: "docker.output_limit", env: "OUTPUT_LIMIT", kind: Kind::Bytes { min: 1024 }, default: "256k",
-          doc: "Cap on stdout and on stderr returned per call; the rest is dropped with a marker" },
+    Key { path: "docker.output_limit", env: "OUTPUT_LIMIT", kind: Kind::Bytes { min: 1024, max: 4 * MIB }, default: "256k",
+          doc: "Cap on stdout and on stderr returned per call, at most 4m (a reply must fit the protocol's 16 MiB frame); the rest is dropped with a marker" },
     Key { path: "docker.pool_enabled", env: "POOL_ENABLED", kind: Kind::Bool, default: "true",
           doc: "Keep warm sandboxes ready so a call never waits for a container start" },
     Key { path: "docker.pool_size", env: "POOL_SIZE", kind: Kind::Int { min: 0, max: 1024 }, default: "32",
@@ -620,7 +630,7 @@ impl Parsed<'_> {
 
     fn bytes(&mut self, path: &'static str) -> Result<u64, ConfigError> {
         let (v, kind) = self.get(path);
-        let Kind::Bytes { min } = kind else {
+        let Kind::Bytes { min, max } = kind else {
             unreachable!("{path} is not a size")
         };
         let n = match v {
@@ -629,7 +639,7 @@ impl Parsed<'_> {
             _ => None,
         };
         match n {
-            Some(n) if n >= min => Ok(n),
+            Some(n) if n >= min && n <= max => Ok(n),
             _ => Err(self.wrong(path, kind)),
         }
     }
@@ -865,6 +875,26 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
+    }
+
+    #[test]
+    fn output_limit_is_capped_below_the_frame_limit() {
+        let ok = resolve(&Layers {
+            env: env(&[("PYTHON_DOCKER_MCP_OUTPUT_LIMIT", "4m")]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(ok.docker.output_limit, 4 * MIB);
+        let e = resolve(&Layers {
+            file: file("docker:\n  output_limit: 5m\n"),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("docker.output_limit") && e.contains("/cfg.yaml") && e.contains("4m"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -2,23 +2,31 @@
 //!
 //! It connects lazily (so the daemon starts and answers even when Docker is down), turns a
 //! [`ContainerSpec`] into a created, attached and started container, and offers the few
-//! other operations the daemon needs: signal, remove, run-to-completion, volumes, and
-//! removal of everything carrying a label. Errors say what failed and how to fix it.
+//! other operations the daemon needs: signal, remove, run-to-completion (output capped to
+//! its head and tail), volumes, and removal of everything carrying a label. It also owns
+//! the OOM watcher: one long-lived subscription to the engine's `oom` events, so a caller
+//! can tell for certain whether a container was killed for its memory
+//! ([`Docker::oom_killed`]). Errors say what failed and how to fix it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeCreateRequest};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, VolumeCreateRequest,
+};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, KillContainerOptions, ListContainersOptions,
-    ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, EventsOptions, KillContainerOptions,
+    ListContainersOptions, ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
+    WaitContainerOptions,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::io::AsyncWrite;
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
+use tokio_util::sync::CancellationToken;
 
 use crate::sandbox::{labels, ContainerSpec};
 
@@ -79,11 +87,135 @@ pub struct Finished {
     pub stderr: String,
 }
 
+/// What a run-to-completion container may leave in memory, per stream: its first
+/// `RUN_HEAD` bytes (the command and its first complaints) and its last `RUN_TAIL` bytes
+/// (pip's failure summary and its "Successfully installed" line are at the end). What lies
+/// between is counted and replaced by one line saying how much was left out.
+pub const RUN_HEAD: usize = 16 * 1024;
+pub const RUN_TAIL: usize = 48 * 1024;
+
+/// How many OOM kills the watcher remembers (the oldest are forgotten first).
+const OOM_REMEMBERED: usize = 1024;
+/// First pause before the watcher subscribes again after losing the engine; it doubles
+/// up to `OOM_RETRY_MAX` while the engine stays away.
+const OOM_RETRY_MIN: Duration = Duration::from_millis(250);
+const OOM_RETRY_MAX: Duration = Duration::from_secs(10);
+/// A subscription that lived this long was healthy: the next pause starts from the minimum.
+const OOM_HEALTHY: Duration = Duration::from_secs(10);
+
 /// A cheap-to-clone handle on the engine connection.
 #[derive(Clone)]
 pub struct Docker {
     /// Connected and version-negotiated on first use; a failed attempt is retried next time.
-    client: std::sync::Arc<OnceCell<bollard::Docker>>,
+    client: Arc<OnceCell<bollard::Docker>>,
+    /// The OOM watcher. Its task holds the client and the log, never this handle, so the
+    /// task stops when the last handle is dropped (or at [`Docker::close`]).
+    oom: Arc<OomWatch>,
+}
+
+/// The OOM watcher's handle side: started once, stopped by [`Docker::close`] or on drop.
+struct OomWatch {
+    /// What the watcher task recorded.
+    log: Arc<OomLog>,
+    /// The task is started by the first `start_attached` (or `oom_killed`), not before:
+    /// a daemon that never starts a container never subscribes.
+    started: std::sync::Once,
+    /// Stops the task.
+    stop: CancellationToken,
+}
+
+impl Drop for OomWatch {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// OOM kills the engine reported: written by the watcher task, read by `oom_killed`.
+#[derive(Default)]
+struct OomLog {
+    /// (full container id, when its event arrived), oldest first, at most
+    /// `OOM_REMEMBERED`. A sync mutex: held for a scan, never across an `.await`.
+    kills: Mutex<VecDeque<(String, Instant)>>,
+    /// Wakes every `oom_killed` waiting, on each recorded kill.
+    arrived: Notify,
+}
+
+impl OomLog {
+    fn record(&self, id: String) {
+        let mut kills = self.kills.lock().expect("oom log lock");
+        // A subscription resumed after a gap replays recent events: keep the first arrival.
+        if kills.iter().any(|(k, _)| *k == id) {
+            return;
+        }
+        if kills.len() == OOM_REMEMBERED {
+            kills.pop_front();
+        }
+        kills.push_back((id, Instant::now()));
+        drop(kills);
+        self.arrived.notify_waiters();
+    }
+
+    fn seen(&self, id: &str, since: Instant) -> bool {
+        let kills = self.kills.lock().expect("oom log lock");
+        kills.iter().any(|(k, at)| k == id && *at >= since)
+    }
+}
+
+/// Output kept from one stream: the first `head` bytes, the last `tail` bytes, and a count
+/// of what was dropped between them. Memory stays bounded whatever the container writes.
+struct HeadTail {
+    head: Vec<u8>,
+    head_max: usize,
+    tail: VecDeque<u8>,
+    tail_max: usize,
+    left_out: u64,
+}
+
+impl HeadTail {
+    fn new(head_max: usize, tail_max: usize) -> HeadTail {
+        HeadTail {
+            head: Vec::new(),
+            head_max,
+            tail: VecDeque::new(),
+            tail_max,
+            left_out: 0,
+        }
+    }
+
+    fn push(&mut self, chunk: &[u8]) {
+        let to_head = self
+            .head_max
+            .saturating_sub(self.head.len())
+            .min(chunk.len());
+        self.head.extend_from_slice(&chunk[..to_head]);
+        let mut rest = &chunk[to_head..];
+        if rest.len() >= self.tail_max {
+            // The chunk alone fills the tail: everything before its end goes.
+            let skip = rest.len() - self.tail_max;
+            self.left_out += (self.tail.len() + skip) as u64;
+            self.tail.clear();
+            rest = &rest[skip..];
+        } else {
+            let over = (self.tail.len() + rest.len()).saturating_sub(self.tail_max);
+            self.tail.drain(..over);
+            self.left_out += over as u64;
+        }
+        self.tail.extend(rest);
+    }
+
+    /// The kept text, with a line saying how much was left out (if anything was).
+    fn finish(self) -> String {
+        let mut out = String::from_utf8_lossy(&self.head).into_owned();
+        if self.left_out > 0 {
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&format!("[... {} bytes left out ...]\n", self.left_out));
+        }
+        let tail: Vec<u8> = self.tail.into();
+        out.push_str(&String::from_utf8_lossy(&tail));
+        out
+    }
 }
 
 impl Default for Docker {
@@ -133,24 +265,147 @@ fn is_gone(e: &BollardError) -> bool {
     )
 }
 
+/// Connect and negotiate the API version once; a failed attempt is retried next time.
+async fn connect(cell: &OnceCell<bollard::Docker>) -> Result<&bollard::Docker, DockerError> {
+    cell.get_or_try_init(|| async {
+        let unreachable = |e: BollardError| DockerError::Unreachable {
+            host: host(),
+            reason: e.to_string(),
+        };
+        let docker = bollard::Docker::connect_with_defaults().map_err(unreachable)?;
+        docker.negotiate_version().await.map_err(unreachable)
+    })
+    .await
+}
+
+/// Seconds since the epoch with nanoseconds, the way the events API takes `since`.
+fn engine_timestamp(at: SystemTime) -> String {
+    let d = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+/// The OOM watcher task: one `events` subscription (type=container, event=oom, our
+/// managed label), subscribed again with a growing pause whenever it ends, because the
+/// engine may restart while the daemon runs. Each subscription asks for events since
+/// shortly before the previous one ended (since the watcher started, the first time), so a
+/// kill during a gap is replayed by the engine rather than missed.
+async fn watch_ooms(
+    client: Arc<OnceCell<bollard::Docker>>,
+    log: Arc<OomLog>,
+    stop: CancellationToken,
+) {
+    let mut since = SystemTime::now() - Duration::from_secs(1);
+    let mut pause = OOM_RETRY_MIN;
+    loop {
+        let began = Instant::now();
+        match connect(&client).await {
+            Ok(docker) => {
+                let filters = HashMap::from([
+                    ("type".to_string(), vec!["container".to_string()]),
+                    ("event".to_string(), vec!["oom".to_string()]),
+                    (
+                        "label".to_string(),
+                        vec![format!("{}=true", labels::MANAGED)],
+                    ),
+                ]);
+                let options = EventsOptions {
+                    since: Some(engine_timestamp(since)),
+                    until: None,
+                    filters: Some(filters),
+                };
+                let mut events = docker.events(Some(options));
+                loop {
+                    let next = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        next = events.next() => next,
+                    };
+                    match next {
+                        Some(Ok(event)) => {
+                            if let Some(id) = event.actor.and_then(|a| a.id) {
+                                tracing::debug!(container = %id, "the engine reports an OOM kill");
+                                log.record(id);
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "the OOM event subscription ended");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                since = SystemTime::now() - Duration::from_secs(1);
+            }
+            Err(e) => tracing::debug!(error = %e, "the OOM watcher cannot reach Docker yet"),
+        }
+        if began.elapsed() >= OOM_HEALTHY {
+            pause = OOM_RETRY_MIN;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(OOM_RETRY_MAX);
+    }
+}
+
 impl Docker {
     pub fn new() -> Docker {
         Docker {
             client: Default::default(),
+            oom: Arc::new(OomWatch {
+                log: Default::default(),
+                started: std::sync::Once::new(),
+                stop: CancellationToken::new(),
+            }),
         }
     }
 
     async fn client(&self) -> Result<&bollard::Docker, DockerError> {
-        self.client
-            .get_or_try_init(|| async {
-                let unreachable = |e: BollardError| DockerError::Unreachable {
-                    host: host(),
-                    reason: e.to_string(),
-                };
-                let docker = bollard::Docker::connect_with_defaults().map_err(unreachable)?;
-                docker.negotiate_version().await.map_err(unreachable)
-            })
-            .await
+        connect(&self.client).await
+    }
+
+    /// Start the OOM watcher if it is not running (idempotent; needs a tokio runtime).
+    fn watch_ooms(&self) {
+        self.oom.started.call_once(|| {
+            if self.oom.stop.is_cancelled() {
+                return;
+            }
+            tokio::spawn(watch_ooms(
+                self.client.clone(),
+                self.oom.log.clone(),
+                self.oom.stop.clone(),
+            ));
+        });
+    }
+
+    /// Whether the engine reported an OOM kill of this container (its full id) at or
+    /// after `since`, waiting up to `within` for the event: the engine sends it a moment
+    /// after the container's output ends. False if the watcher is stopped.
+    pub async fn oom_killed(&self, container_id: &str, since: Instant, within: Duration) -> bool {
+        self.watch_ooms();
+        let log = &self.oom.log;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let arrived = log.arrived.notified();
+            tokio::pin!(arrived);
+            // Registered before looking, so a kill recorded in between still wakes us.
+            arrived.as_mut().enable();
+            if log.seen(container_id, since) {
+                return true;
+            }
+            if self.oom.stop.is_cancelled()
+                || tokio::time::timeout_at(deadline, arrived).await.is_err()
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Stop the background work (the OOM watcher). Dropping the last handle does the same.
+    pub fn close(&self) {
+        self.oom.stop.cancel();
     }
 
     /// Check that the engine answers; returns its version.
@@ -176,6 +431,7 @@ impl Docker {
     /// Create, attach (before start, so no output is lost) and start a container.
     pub async fn start_attached(&self, spec: &ContainerSpec) -> Result<Attached, DockerError> {
         let docker = self.client().await?;
+        self.watch_ooms();
         let id = self.create(spec).await?;
         let attached = docker
             .attach_container(
@@ -251,6 +507,10 @@ impl Docker {
             mounts: Some(mounts),
             init: Some(true),
             auto_remove: Some(spec.auto_remove),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some(spec.log_driver.clone()),
+                config: None,
+            }),
             ..Default::default()
         };
         let body = ContainerCreateBody {
@@ -315,7 +575,9 @@ impl Docker {
         }
     }
 
-    /// Run a container to completion, collecting its output; removed afterwards.
+    /// Run a container to completion, collecting its output; removed afterwards. Each
+    /// stream keeps its first [`RUN_HEAD`] and last [`RUN_TAIL`] bytes, with a line saying
+    /// how many bytes between them were left out.
     pub async fn run_to_completion(
         &self,
         spec: &ContainerSpec,
@@ -325,11 +587,12 @@ impl Docker {
         let mut attached = self.start_attached(spec).await?;
         let id = attached.id.clone();
         let collect = async {
-            let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+            let mut stdout = HeadTail::new(RUN_HEAD, RUN_TAIL);
+            let mut stderr = HeadTail::new(RUN_HEAD, RUN_TAIL);
             while let Some(chunk) = attached.output.next().await {
                 match chunk {
-                    Output::Stdout(b) => stdout.extend_from_slice(&b),
-                    Output::Stderr(b) => stderr.extend_from_slice(&b),
+                    Output::Stdout(b) => stdout.push(&b),
+                    Output::Stderr(b) => stderr.push(&b),
                 }
             }
             let mut wait = docker.wait_container(&id, None::<WaitContainerOptions>);
@@ -341,8 +604,8 @@ impl Docker {
             };
             Ok(Finished {
                 exit_code,
-                stdout: String::from_utf8_lossy(&stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&stderr).into_owned(),
+                stdout: stdout.finish(),
+                stderr: stderr.finish(),
             })
         };
         let result = tokio::time::timeout(timeout, collect).await;
@@ -508,5 +771,76 @@ impl Docker {
         _within: Duration,
     ) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(head: usize, tail: usize, chunks: &[&[u8]]) -> String {
+        let mut h = HeadTail::new(head, tail);
+        for c in chunks {
+            h.push(c);
+        }
+        h.finish()
+    }
+
+    #[test]
+    fn short_output_is_kept_whole() {
+        assert_eq!(kept(4, 6, &[b"ab", b"cdef", b"gh"]), "abcdefgh");
+        assert_eq!(kept(4, 6, &[]), "");
+    }
+
+    #[test]
+    fn long_output_keeps_its_head_and_tail_and_counts_the_rest() {
+        // 26 bytes in small chunks: 4 kept at the start, 6 at the end, 16 left out.
+        let text = b"abcdefghijklmnopqrstuvwxyz";
+        let chunks: Vec<&[u8]> = text.chunks(3).collect();
+        assert_eq!(
+            kept(4, 6, &chunks),
+            "abcd\n[... 16 bytes left out ...]\nuvwxyz"
+        );
+        // The same text in one chunk, or in one byte at a time, gives the same result.
+        assert_eq!(kept(4, 6, &[text]), kept(4, 6, &chunks));
+        let bytes: Vec<&[u8]> = text.chunks(1).collect();
+        assert_eq!(kept(4, 6, &bytes), kept(4, 6, &chunks));
+    }
+
+    #[test]
+    fn the_end_of_a_huge_pip_log_survives() {
+        let mut h = HeadTail::new(RUN_HEAD, RUN_TAIL);
+        h.push(b"Collecting numpy\n");
+        for _ in 0..100_000 {
+            h.push(b"  Downloading something ... 10%\n");
+        }
+        h.push(b"Successfully installed numpy-2.0\n");
+        let out = h.finish();
+        assert!(out.starts_with("Collecting numpy\n"));
+        assert!(out.ends_with("Successfully installed numpy-2.0\n"));
+        assert!(out.contains(" bytes left out ...]"));
+        assert!(out.len() < RUN_HEAD + RUN_TAIL + 100);
+    }
+
+    #[test]
+    fn the_oom_log_is_bounded_and_matches_full_ids_after_since() {
+        let log = OomLog::default();
+        let before = Instant::now();
+        log.record("a".repeat(64));
+        assert!(log.seen(&"a".repeat(64), before));
+        assert!(
+            !log.seen(&"a".repeat(12), before),
+            "a short id is not the full id"
+        );
+        let later = Instant::now() + Duration::from_millis(1);
+        assert!(!log.seen(&"a".repeat(64), later), "before since");
+        for i in 0..OOM_REMEMBERED {
+            log.record(format!("{i:064}"));
+        }
+        assert_eq!(log.kills.lock().unwrap().len(), OOM_REMEMBERED);
+        assert!(
+            !log.seen(&"a".repeat(64), before),
+            "the oldest is forgotten"
+        );
     }
 }

@@ -1,11 +1,15 @@
 //! The `python-docker-mcp` binary: CLI, tracing to stderr, config, serve until shutdown.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use python_docker_mcp::config::{self, Config, Layers};
+use python_docker_mcp::docker::Docker;
+use python_docker_mcp::repl::Repl;
+use python_docker_mcp::sandbox::{self, Owner, Role};
 use python_docker_mcp::{demo, Engine, Server};
 use rmcp::ServiceExt;
 
@@ -48,7 +52,7 @@ enum Command {
         #[arg(long)]
         example: bool,
     },
-    /// Check that Docker answers and the sandbox image is present.
+    /// Check that Docker answers, the sandbox image is present and a sandbox starts.
     Doctor,
     /// Start this server as a child, drive it with a real MCP client, print what happens.
     Demo,
@@ -82,6 +86,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The demo's child server gets the same settings: the global options, re-serialised.
+    let demo_args = global_args(&cli);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command.unwrap_or(Command::Serve) {
@@ -91,15 +97,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Doctor => doctor(config).await,
-            Command::Demo => {
-                demo::run(
-                    std::env::args_os()
-                        .skip(1)
-                        .filter(|a| a != "demo")
-                        .collect(),
-                )
-                .await
-            }
+            Command::Demo => demo::run(demo_args).await,
         }
     });
     // stdin is read on a blocking thread that cannot be cancelled; after a signal it may
@@ -112,6 +110,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The global options as parsed, as command-line arguments again (without the
+/// subcommand): what the demo passes to the server it starts.
+fn global_args(cli: &Cli) -> Vec<OsString> {
+    let mut out: Vec<OsString> = Vec::new();
+    if let Some(path) = &cli.config {
+        out.extend(["--config".into(), path.into()]);
+    }
+    let named = [
+        ("--image", &cli.image),
+        ("--timeout", &cli.timeout),
+        ("--memory-limit", &cli.memory_limit),
+    ];
+    for (flag, value) in named {
+        if let Some(v) = value {
+            out.extend([flag.into(), v.into()]);
+        }
+    }
+    for kv in &cli.set {
+        out.extend(["--set".into(), kv.into()]);
+    }
+    out
 }
 
 fn load_config(cli: &Cli) -> Result<Config, config::ConfigError> {
@@ -185,6 +206,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     probe.abort();
     engine.shutdown(SHUTDOWN_GRACE).await;
+    engine.docker().close();
     outcome
 }
 
@@ -200,17 +222,125 @@ async fn shutdown_signal() -> &'static str {
 
 async fn doctor(config: Config) -> anyhow::Result<()> {
     let engine = Engine::new(config);
-    let version = engine.docker().ping().await?;
+    let docker = engine.docker();
+    let version = docker.ping().await?;
     println!("Docker engine {version} answers");
     let image = &engine.config().docker.image;
-    if engine.docker().image_present(image).await? {
-        println!("image {image} is present");
-        println!("sandboxes: {}", engine.describe_sandbox());
-        Ok(())
-    } else {
-        Err(python_docker_mcp::docker::DockerError::ImageMissing {
+    if !docker.image_present(image).await? {
+        return Err(python_docker_mcp::docker::DockerError::ImageMissing {
             image: image.clone(),
         }
-        .into())
+        .into());
+    }
+    println!("image {image} is present");
+    println!("sandboxes: {}", engine.describe_sandbox());
+    let result = start_one_sandbox(docker, engine.config()).await;
+    docker.close();
+    match result {
+        Ok(took) => {
+            println!("a sandbox starts and answers in {} ms", took.as_millis());
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!("a sandbox does not start: {e}")),
+    }
+}
+
+/// Start one real sandbox exactly as the pool does (same spec, same volumes), ping its
+/// helper, and remove everything again. Returns how long start and answer took.
+async fn start_one_sandbox(docker: &Docker, config: &Config) -> anyhow::Result<Duration> {
+    let owner = Owner::new();
+    let shared = owner.shared_volume();
+    let name = owner.name(Role::Sandbox);
+    let own = format!("{name}-packages");
+    let spec = sandbox::repl_spec(config, &owner, name, &shared, &own);
+    println!("log driver of every container: {}", spec.log_driver);
+    let started = Instant::now();
+    let outcome = async {
+        docker
+            .create_volume(&shared, &owner.labels(Role::Packages, None))
+            .await?;
+        docker
+            .create_volume(&own, &owner.labels(Role::Sandbox, None))
+            .await?;
+        let mut repl = Repl::start(docker, &spec).await?;
+        let answered = repl.ping(Duration::from_secs(5)).await;
+        let took = started.elapsed();
+        repl.kill().await;
+        if answered {
+            Ok(took)
+        } else {
+            Err(anyhow::anyhow!(
+                "the helper started but did not answer a ping within 5 s"
+            ))
+        }
+    }
+    .await;
+    if let Err(e) = docker.remove_instance(&owner.instance).await {
+        eprintln!("python-docker-mcp: could not remove the doctor's sandbox: {e}");
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo_args_of(argv: &[&str]) -> Vec<String> {
+        let cli = Cli::try_parse_from(argv).expect("parses");
+        global_args(&cli)
+            .into_iter()
+            .map(|a| a.into_string().expect("utf-8"))
+            .collect()
+    }
+
+    #[test]
+    fn the_demo_keeps_an_option_whose_value_is_demo() {
+        assert_eq!(
+            demo_args_of(&["python-docker-mcp", "--image", "demo", "demo"]),
+            ["--image", "demo"]
+        );
+        assert_eq!(
+            demo_args_of(&[
+                "python-docker-mcp",
+                "demo",
+                "--image=demo",
+                "--set",
+                "a=demo"
+            ]),
+            ["--image", "demo", "--set", "a=demo"]
+        );
+    }
+
+    #[test]
+    fn every_global_option_reaches_the_demo() {
+        assert_eq!(
+            demo_args_of(&[
+                "python-docker-mcp",
+                "--config",
+                "/c.yaml",
+                "--timeout",
+                "5s",
+                "demo",
+                "--memory-limit",
+                "512m",
+                "--set",
+                "docker.cpu_limit=1",
+                "--set",
+                "docker.pool_size=2",
+            ]),
+            [
+                "--config",
+                "/c.yaml",
+                "--timeout",
+                "5s",
+                "--memory-limit",
+                "512m",
+                "--set",
+                "docker.cpu_limit=1",
+                "--set",
+                "docker.pool_size=2",
+            ]
+        );
+        assert!(demo_args_of(&["python-docker-mcp", "demo"]).is_empty());
     }
 }

@@ -9,6 +9,26 @@
 //! With `pool_enabled: false` the target is just the number of waiters: creation on demand.
 //! A refill is started after the call that used a sandbox, and, while sandboxes remain
 //! ready and nobody waits, a quarter second later: a burst of calls runs on an idle CPU.
+//!
+//! **When creations fail.** One container that dies while starting (killed by someone) is
+//! retried at once and nobody hears of it; so are several that die together. After any
+//! failure, creations run one at a time until one succeeds. The pool counts as *broken* after a Docker refusal (engine unreachable, image missing) or when a
+//! creation started after a failure fails too: two failures in a row (say an image whose
+//! `python3` exits at once). Then:
+//! - every waiting request is told the failure at once (`AcquireError::Create`);
+//! - at most one creation runs at a time, the next one `BACKOFF_FIRST` after the last
+//!   failure, doubling per failure up to `BACKOFF_MAX`, whether or not anyone waits;
+//! - a new request gets the last failure at once, unless a creation is running (it waits
+//!   for that one) or the last failure is older than the back-off or `PROBE_AFTER`,
+//!   whichever is shorter: then it asks for one probe creation and waits for its outcome.
+//!
+//! So a broken image costs one creation every few seconds, not one per waiting call, and
+//! once the engine or image is fixed the next call (at most `PROBE_AFTER` later) succeeds
+//! without a restart. Any success ends the broken state.
+//!
+//! **No volume left behind.** A sandbox owns a package volume, so it is never just dropped:
+//! a sandbox on its way to a caller that went away (time-out, cancelled call, pool closed)
+//! is discarded, which removes the container and the volume.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -29,8 +49,14 @@ use crate::sandbox::{self, Owner, Role};
 const PING_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long refills wait for a burst of calls to pass while the pool still has sandboxes.
 const REFILL_SETTLE: Duration = Duration::from_millis(250);
-/// Longest pause between refill attempts after creations keep failing.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Pause after the first failure of a broken pool; it doubles with each failure.
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+/// Longest pause between creations while they keep failing.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A request finding the pool broken may ask for a probe creation once the last failure
+/// is this old (or older than the back-off, if that is shorter): the bound on how long a
+/// fixed engine or image goes unnoticed while calls keep coming.
+const PROBE_AFTER: Duration = Duration::from_secs(3);
 
 /// A started sandbox: a ready REPL and the package volume it mounts.
 pub struct Sandbox {
@@ -86,16 +112,54 @@ type Delivery = Result<Sandbox, AcquireError>;
 struct State {
     ready: VecDeque<Sandbox>,
     waiters: VecDeque<oneshot::Sender<Delivery>>,
+    /// Creation tasks spawned and not finished (waiting for a permit, or creating).
     creating: usize,
+    /// Of those, the ones creating now (holding a permit and past the broken check).
+    attempting: usize,
     stats: PoolStats,
-    /// Creation failures in a row, for back-off.
+    /// Creation failures in a row, for back-off; a success resets it. Attempts that
+    /// started before a failure was known and fail with it do not add to it.
     failing: u32,
-    /// The latest creation failure, to explain an exhausted pool.
-    last_error: Option<String>,
+    /// Creations are known to fail (see the module doc); a success clears it.
+    broken: bool,
+    /// After a failure: one creation may start. Set by the refill task (at once for the
+    /// first retry; while broken, when the back-off has passed or a request asked for a
+    /// probe); taken by the creation that starts.
+    probe: bool,
+    /// When the latest failed creation ended.
+    last_failure: Option<Instant>,
+    /// The latest creation failure: told to requests while broken, and explains an
+    /// exhausted pool.
+    last_error: Option<Arc<str>>,
     closed: bool,
 }
 
 impl State {
+    /// The pause after the latest failure before a background creation may start.
+    fn backoff(&self) -> Duration {
+        let doublings = self.failing.saturating_sub(1).min(6);
+        (BACKOFF_FIRST * 2u32.pow(doublings)).min(BACKOFF_MAX)
+    }
+
+    /// When a background creation may start again, while broken.
+    fn next_creation(&self) -> Instant {
+        self.last_failure
+            .map_or_else(Instant::now, |t| t + self.backoff())
+    }
+
+    /// Whether a request finding the pool broken may ask for a probe creation now.
+    fn probe_due(&self) -> bool {
+        self.last_failure
+            .is_none_or(|t| t.elapsed() >= self.backoff().min(PROBE_AFTER))
+    }
+
+    /// Tell every waiting request why no sandbox can be made.
+    fn fail_waiters(&mut self, error: &AcquireError) {
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.send(Err(error.clone()));
+        }
+    }
+
     fn snapshot(&self) -> PoolStats {
         PoolStats {
             warm: self.ready.len(),
@@ -195,7 +259,8 @@ impl Pool {
         self.inner.state.lock().expect("pool lock").snapshot()
     }
 
-    /// Take a ready sandbox, waiting (in arrival order) up to `pool_wait_timeout`.
+    /// Take a ready sandbox, waiting (in arrival order) up to `pool_wait_timeout`. While
+    /// creations keep failing, fails at once with the last failure (see the module doc).
     pub async fn acquire(&self) -> Result<Sandbox, AcquireError> {
         self.start();
         let wait = self.inner.config.docker.pool_wait_timeout;
@@ -211,9 +276,19 @@ impl Pool {
                 match st.ready.pop_front().filter(|_| first_in_line) {
                     Some(sb) => Ok(sb),
                     None => {
+                        if st.broken && st.attempting == 0 && !st.probe {
+                            if !st.probe_due() {
+                                let error = st
+                                    .last_error
+                                    .clone()
+                                    .unwrap_or_else(|| "creating a sandbox keeps failing".into());
+                                return Err(AcquireError::Create(error));
+                            }
+                            st.probe = true;
+                        }
                         let (tx, rx) = oneshot::channel();
                         st.waiters.push_back(tx);
-                        Err(rx)
+                        Err(Waiting { pool: self, rx })
                     }
                 }
             };
@@ -225,26 +300,30 @@ impl Pool {
             }
             let sandbox = match taken {
                 Ok(sb) => sb,
-                Err(rx) => match tokio::time::timeout_at(deadline, rx).await {
-                    Ok(Ok(delivery)) => delivery?,
-                    Ok(Err(_)) => return Err(AcquireError::Closed),
-                    Err(_) => {
-                        let st = self.inner.state.lock().expect("pool lock");
-                        return Err(AcquireError::Exhausted {
-                            waited: wait,
-                            creating: st.creating,
-                            max_creations: self.inner.config.docker.max_concurrent_creations
-                                as usize,
-                            last_error: st
-                                .last_error
-                                .as_ref()
-                                .map(|e| format!("; last failure: {e}"))
-                                .unwrap_or_default(),
-                        });
+                Err(mut waiting) => {
+                    match tokio::time::timeout_at(deadline, &mut waiting.rx).await {
+                        Ok(Ok(delivery)) => delivery?,
+                        Ok(Err(_)) => return Err(AcquireError::Closed),
+                        Err(_) => {
+                            // A sandbox sent just as the time ran out is still ours: use it.
+                            waiting.rx.close();
+                            match waiting.rx.try_recv() {
+                                Ok(delivery) => delivery?,
+                                Err(_) => return Err(self.exhausted(wait)),
+                            }
+                        }
                     }
-                },
+                }
             };
-            let mut sandbox = sandbox;
+            // From here until it is returned, a cancelled call discards the sandbox.
+            let mut hand = InHand {
+                pool: self,
+                sandbox: Some(sandbox),
+            };
+            if self.inner.state.lock().expect("pool lock").closed {
+                return Err(AcquireError::Closed);
+            }
+            let sandbox = hand.sandbox.as_mut().expect("in hand");
             if sandbox.repl.ping(PING_TIMEOUT).await {
                 self.inner
                     .state
@@ -252,16 +331,36 @@ impl Pool {
                     .expect("pool lock")
                     .stats
                     .checked_out += 1;
-                return Ok(sandbox);
+                return Ok(hand.sandbox.take().expect("in hand"));
             }
             tracing::warn!(container = %sandbox.repl.name, "a warm sandbox did not answer; removing it");
             self.inner.state.lock().expect("pool lock").stats.retired += 1;
-            self.discard(sandbox);
+            drop(hand);
+        }
+    }
+
+    fn exhausted(&self, waited: Duration) -> AcquireError {
+        let st = self.inner.state.lock().expect("pool lock");
+        AcquireError::Exhausted {
+            waited,
+            creating: st.creating,
+            max_creations: self.inner.config.docker.max_concurrent_creations as usize,
+            last_error: st
+                .last_error
+                .as_ref()
+                .map(|e| format!("; last failure: {e}"))
+                .unwrap_or_default(),
         }
     }
 
     /// Remove a sandbox and its volume in the background, and refill the pool.
     pub fn discard(&self, sandbox: Sandbox) {
+        // Outside a runtime (a future dropped while the runtime shuts down) nothing can be
+        // spawned; shutdown's removal by instance label and the next start's orphan sweep
+        // remove what is left.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
         let docker = self.inner.docker.clone();
         self.inner.tasks.spawn(async move {
             docker.remove(&sandbox.repl.id).await;
@@ -294,37 +393,46 @@ impl Pool {
         st.ready.push_back(sandbox);
     }
 
-    /// Tell the first live waiter why its sandbox could not be made.
-    fn fail(&self, error: AcquireError) {
-        let mut st = self.inner.state.lock().expect("pool lock");
-        while let Some(waiter) = st.waiters.pop_front() {
-            if waiter.send(Err(error.clone())).is_ok() {
-                return;
-            }
-        }
-    }
-
     async fn refill_loop(&self) {
         let mut last = PoolStats::default();
         let mut settled = false;
         loop {
-            let (spawn, backoff, settle) = {
+            let (spawn, wake_at, settle) = {
                 let mut st = self.inner.state.lock().expect("pool lock");
                 st.waiters.retain(|w| !w.is_closed());
                 let want = self.target() + st.waiters.len();
                 let have = st.ready.len() + st.creating;
-                // While sandboxes are still ready and nobody waits, let a burst of calls
-                // finish before replacements start competing with them for the CPU.
-                let settle =
-                    !settled && want > have && st.waiters.is_empty() && !st.ready.is_empty();
-                let spawn = if settle { 0 } else { want.saturating_sub(have) };
-                st.creating += spawn;
-                // After repeated failures, refill slowly unless someone is waiting.
-                let backoff = if st.failing > 0 && st.waiters.is_empty() {
-                    Some(Duration::from_millis(250 * 2u64.pow(st.failing.min(7))).min(MAX_BACKOFF))
+                let mut wake_at = None;
+                let mut spawn = 0;
+                let mut settle = false;
+                if st.broken || st.failing > 0 {
+                    // After a failure, one creation at a time: at once for the first retry,
+                    // then after the back-off or when a request asked for a probe.
+                    // Creations spawned earlier and still queued for a permit give up by
+                    // themselves (`create_one`); wait for them first.
+                    if want > have && st.creating == 0 {
+                        let due = if st.broken {
+                            st.next_creation()
+                        } else {
+                            Instant::now()
+                        };
+                        if st.probe || Instant::now() >= due {
+                            st.probe = true;
+                            spawn = 1;
+                        } else {
+                            wake_at = Some(due);
+                        }
+                    }
                 } else {
-                    None
-                };
+                    // While sandboxes are still ready and nobody waits, let a burst of
+                    // calls finish before replacements start competing for the CPU.
+                    settle =
+                        !settled && want > have && st.waiters.is_empty() && !st.ready.is_empty();
+                    if !settle {
+                        spawn = want.saturating_sub(have);
+                    }
+                }
+                st.creating += spawn;
                 let stats = st.snapshot();
                 if stats.warm != last.warm && (stats.warm == self.target() || stats.warm == 0)
                     || stats.creation_failures != last.creation_failures
@@ -340,7 +448,7 @@ impl Pool {
                     );
                     last = stats;
                 }
-                (spawn, backoff, settle)
+                (spawn, wake_at, settle)
             };
             if settle {
                 self.settle().await;
@@ -355,15 +463,16 @@ impl Pool {
                 let p = self.clone();
                 self.inner.tasks.spawn(async move { p.create_one().await });
             }
-            if let Some(pause) = backoff {
-                tokio::select! {
-                    _ = self.inner.stop.cancelled() => return,
-                    _ = tokio::time::sleep(pause) => {}
+            let backoff = async {
+                match wake_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
                 }
-            }
+            };
             tokio::select! {
                 _ = self.inner.stop.cancelled() => return,
                 _ = self.inner.refill.notified() => {}
+                _ = backoff => {}
             }
         }
     }
@@ -385,50 +494,71 @@ impl Pool {
     }
 
     async fn create_one(&self) {
-        let result = match self.inner.creations.acquire().await {
-            Ok(_permit) if !self.inner.stop.is_cancelled() => Some(self.create().await),
-            _ => None, // closing
+        let permit = self.inner.creations.acquire().await;
+        // `seen`: failures in a row when this attempt started. Attempts that started
+        // together and fail together (two starting containers killed at once) are one
+        // failure; a retry started after a failure that fails too is the second.
+        let (go, seen) = match &permit {
+            Ok(_) if !self.inner.stop.is_cancelled() => {
+                let mut st = self.inner.state.lock().expect("pool lock");
+                // After a failure only the probe runs; creations queued before give up.
+                let go = (!st.broken && st.failing == 0) || std::mem::take(&mut st.probe);
+                st.attempting += usize::from(go);
+                (go, st.failing)
+            }
+            _ => (false, 0), // closing
         };
+        let result = if go { Some(self.create().await) } else { None };
+        drop(permit);
+        let closing = self.inner.stop.is_cancelled();
         {
             let mut st = self.inner.state.lock().expect("pool lock");
             st.creating -= 1;
+            st.attempting -= usize::from(go);
             match &result {
-                Some(Ok(_)) => st.failing = 0,
-                Some(Err(_)) if self.inner.stop.is_cancelled() => {}
+                Some(Ok(_)) => {
+                    st.failing = 0;
+                    st.broken = false;
+                    st.probe = false;
+                }
+                // Shutdown removed it while it started: nothing to report.
+                Some(Err(_)) if closing => {}
                 Some(Err(e)) => {
-                    st.failing += 1;
+                    let text: Arc<str> = e.to_string().into();
+                    st.failing = st.failing.max(seen + 1);
                     st.stats.creation_failures += 1;
-                    st.last_error = Some(e.to_string());
+                    st.last_failure = Some(Instant::now());
+                    st.last_error = Some(text.clone());
+                    // Docker refused (image missing, engine down): that will not pass. A
+                    // container that died while starting (killed, say) is retried before
+                    // anyone is told; a retry that fails too means the image is broken.
+                    if matches!(e, ReplError::Docker(_)) || seen >= 1 {
+                        st.broken = true;
+                        st.fail_waiters(&AcquireError::Create(text));
+                    }
                 }
                 None => {}
             }
         }
         match result {
             Some(Ok(sandbox)) => self.deliver(sandbox),
-            // Shutdown removed it while it started: nothing to report.
-            Some(Err(_)) if self.inner.stop.is_cancelled() => {}
-            Some(Err(e)) => {
+            Some(Err(e)) if !closing => {
                 tracing::warn!(error = %e, "could not create a sandbox");
-                // Docker refused (image missing, engine down): that will not pass, so the
-                // first waiter hears it now. A container that died while starting (killed,
-                // say) is just retried; waiters keep waiting for the next one.
-                if let ReplError::Docker(_) = e {
-                    self.fail(AcquireError::Create(e.to_string().into()));
-                }
             }
-            None => {}
+            _ => {}
         }
         self.inner.refill.notify_one();
     }
 
     async fn create(&self) -> Result<Sandbox, ReplError> {
         let i = &self.inner;
+        // The shared volume first: a failure there must not strand this sandbox's volume.
+        let shared = self.shared_volume().await?;
         let name = i.owner.name(Role::Sandbox);
         let volume = format!("{name}-packages");
         i.docker
             .create_volume(&volume, &i.owner.labels(Role::Sandbox, None))
             .await?;
-        let shared = self.shared_volume().await?;
         let spec = sandbox::repl_spec(&i.config, &i.owner, name, shared, &volume);
         match Repl::start(&i.docker, &spec).await {
             Ok(repl) => Ok(Sandbox {
@@ -487,6 +617,37 @@ impl Pool {
         };
         for sandbox in ready {
             self.discard(sandbox);
+        }
+    }
+}
+
+/// A waiting request's end of its delivery. Dropped (the call was cancelled), it closes
+/// the channel and discards a sandbox that was sent anyway, so its volume is removed.
+struct Waiting<'a> {
+    pool: &'a Pool,
+    rx: oneshot::Receiver<Delivery>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Ok(Ok(sandbox)) = self.rx.try_recv() {
+            self.pool.discard(sandbox);
+        }
+    }
+}
+
+/// A sandbox being checked before it is handed out; discarded if the call goes away or
+/// the check fails.
+struct InHand<'a> {
+    pool: &'a Pool,
+    sandbox: Option<Sandbox>,
+}
+
+impl Drop for InHand<'_> {
+    fn drop(&mut self) {
+        if let Some(sandbox) = self.sandbox.take() {
+            self.pool.discard(sandbox);
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The security profile: what every container this daemon starts looks like.
 //!
 //! This is the one place isolation settings are decided (user, capabilities, network,
-//! limits, filesystem, labels). It produces a plain [`ContainerSpec`]; the Docker module
+//! limits, filesystem, labels, logging). It produces a plain [`ContainerSpec`]; the Docker module
 //! turns that into API calls and adds nothing of its own. The container is the security
 //! boundary: nothing here relies on inspecting the code that runs inside.
 
@@ -95,6 +95,30 @@ pub struct ContainerSpec {
     pub security_opt: Vec<String>,
     /// Let Docker remove the container as soon as it exits.
     pub auto_remove: bool,
+    /// Docker log driver: [`LOG_DRIVER`] (`none`) for every container. The daemon reads
+    /// all output through the attach stream, so the engine keeping a second copy on disk
+    /// (unbounded with the default `json-file` driver) would only fill the host's disk.
+    pub log_driver: String,
+}
+
+/// The log driver every container gets: nothing is written to the host's disk.
+pub const LOG_DRIVER: &str = "none";
+
+/// Memory kept out of the helper's data limit, at least: the interpreter, its stacks, the
+/// tmpfs pages and the C library's own arenas live there.
+const DATA_HEADROOM_MIN: u64 = 24 * 1024 * 1024;
+/// Memory kept out of the helper's data limit, at most.
+const DATA_HEADROOM_MAX: u64 = 128 * 1024 * 1024;
+
+/// The data segment limit (`RLIMIT_DATA`) the helper sets for itself, `PDM_DATA_LIMIT`:
+/// the memory limit minus a headroom of one eighth of it, clamped to 24..=128 MiB, and
+/// never more than half the limit (tiny limits). An allocation past it raises
+/// `MemoryError` in the cell instead of letting the kernel OOM-kill the whole session.
+pub fn data_limit(memory_limit: u64) -> u64 {
+    let headroom = (memory_limit / 8)
+        .clamp(DATA_HEADROOM_MIN, DATA_HEADROOM_MAX)
+        .min(memory_limit / 2);
+    memory_limit - headroom
 }
 
 /// Capabilities every container drops, and the security options every container gets.
@@ -228,6 +252,7 @@ pub fn repl_spec(
             format!("PDM_DATA_LIMIT={}", data_limit(d.memory_limit)),
             format!("PDM_ALLOWED_MODULES={}", config.allowed_modules.join(",")),
             format!("PDM_BLOCKED_MODULES={}", config.blocked_modules.join(",")),
+            format!("PDM_DATA_LIMIT={}", data_limit(d.memory_limit)),
         ],
         user: d.user.clone(),
         working_dir: d.working_dir.clone(),
@@ -247,6 +272,7 @@ pub fn repl_spec(
         cap_drop: cap_drop(),
         security_opt: security_opt(),
         auto_remove: true,
+        log_driver: LOG_DRIVER.into(),
     }
 }
 
@@ -303,6 +329,7 @@ pub fn installer_spec(
         security_opt: security_opt(),
         // Removed by the daemon after its exit code is read.
         auto_remove: false,
+        log_driver: LOG_DRIVER.into(),
     }
 }
 
@@ -347,6 +374,34 @@ mod tests {
         assert_eq!(s.labels[labels::INSTANCE], owner.instance);
         assert!(s.env.iter().any(|e| e
             == "PDM_PACKAGE_DIRS=/opt/python-docker-mcp/session:/opt/python-docker-mcp/shared"));
+    }
+
+    #[test]
+    fn no_container_keeps_a_log_on_the_host() {
+        let config = Config::defaults();
+        let owner = Owner::new();
+        let s = repl_spec(&config, &owner, owner.name(Role::Sandbox), "shared", "own");
+        assert_eq!(s.log_driver, "none");
+        let i = installer_spec(&config, &owner, None, "target", vec!["true".into()]);
+        assert_eq!(i.log_driver, "none");
+    }
+
+    #[test]
+    fn the_data_limit_leaves_headroom_below_the_memory_limit() {
+        const M: u64 = 1024 * 1024;
+        // An eighth of the limit, within 24..=128 MiB.
+        assert_eq!(data_limit(256 * M), 256 * M - 32 * M);
+        assert_eq!(data_limit(128 * M), 128 * M - 24 * M);
+        assert_eq!(data_limit(4096 * M), 4096 * M - 128 * M);
+        assert_eq!(data_limit(2048 * M), 2048 * M - 128 * M);
+        // Tiny limits keep half.
+        assert_eq!(data_limit(32 * M), 16 * M);
+        assert_eq!(data_limit(6 * M), 3 * M);
+        let config = Config::defaults();
+        let owner = Owner::new();
+        let s = repl_spec(&config, &owner, owner.name(Role::Sandbox), "shared", "own");
+        let want = format!("PDM_DATA_LIMIT={}", data_limit(config.docker.memory_limit));
+        assert!(s.env.contains(&want), "{:?}", s.env);
     }
 
     #[test]

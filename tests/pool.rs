@@ -1,11 +1,14 @@
 //! The warm pool against the real engine: filling in the background, max age, health,
-//! single use, exhaustion, orphans and clean exit. Timings are never asserted here; the
-//! benchmark measures speed.
+//! single use, exhaustion, a broken image (back-off, recovery, `doctor`), OOM kills
+//! reported by the engine, orphans and clean exit. Speed is never asserted here (the
+//! benchmark measures it), only bounds far from normal: "at once" and "not back to back".
 
 mod common;
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
@@ -228,4 +231,268 @@ async fn warm_imports_are_loaded_before_a_sandbox_is_handed_out() {
     d.close(Duration::from_secs(30))
         .await
         .expect("the daemon exits");
+}
+
+/// The sandbox image the tests build on.
+const IMAGE: &str = "python-docker-mcp:latest";
+
+/// Run the docker CLI; its trimmed stdout, or a panic naming the failure.
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the docker CLI");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An image built from the sandbox image whose `python3` (first on the PATH, before the
+/// real one) complains and exits at once. Tests share it and leave it in place: removing
+/// it by id would pull it from under a test running at the same time.
+const BROKEN_IMAGE: &str = "pdm-test-broken-python:latest";
+
+/// Build [`BROKEN_IMAGE`] (a cached no-op when it exists).
+fn build_broken_image() {
+    let tag = BROKEN_IMAGE;
+    let dockerfile = format!(
+        "FROM {IMAGE}\nUSER 0\nRUN printf '#!/bin/sh\\necho this python is broken >&2\\nexit 3\\n' \
+         > /usr/local/bin/python3 && chmod 755 /usr/local/bin/python3\n"
+    );
+    let mut child = Command::new("docker")
+        .args(["build", "-q", "-t", tag, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("docker build");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(dockerfile.as_bytes())
+        .expect("write the Dockerfile");
+    let out = child.wait_with_output().expect("docker build");
+    assert!(
+        out.status.success(),
+        "docker build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Counts the engine's `create` events for containers of one image, live. (Replaying
+/// with `docker events --since` is not enough for a 20 s window: the engine keeps only
+/// its last 256 events, and on a shared engine older ones are gone.)
+struct CreationCounter {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<usize>,
+}
+
+impl CreationCounter {
+    fn start(image: &str) -> CreationCounter {
+        let image_filter = format!("image={image}");
+        let mut child = Command::new("docker")
+            .args([
+                "events",
+                "--filter",
+                "type=container",
+                "--filter",
+                "event=create",
+            ])
+            .args(["--filter", &image_filter, "--format", "{{.ID}}"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker events");
+        let stdout = child.stdout.take().expect("stdout");
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(stdout).lines().count()
+        });
+        // Let the subscription reach the engine before anything is created.
+        std::thread::sleep(Duration::from_millis(500));
+        CreationCounter { child, reader }
+    }
+
+    fn stop(mut self) -> usize {
+        // Events arrive a moment after the fact.
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.reader.join().expect("reader")
+    }
+}
+
+/// Transient calls one after another until `until`, each failing with the broken
+/// image's reason. Returns how many were made and the slowest.
+async fn call_a_broken_pool(d: &Daemon, until: Instant) -> (usize, Duration) {
+    let (mut calls, mut slowest) = (0, Duration::ZERO);
+    while Instant::now() < until {
+        let t = Instant::now();
+        let r = d.transient("1").await;
+        slowest = slowest.max(t.elapsed());
+        calls += 1;
+        assert_tool_error(&r, "the container exited before the helper was ready");
+        assert_tool_error(&r, "this python is broken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (calls, slowest)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_image_fails_calls_at_once_backs_off_and_recovers_when_fixed() {
+    // A tag of this test's own, so it can be pointed at the good image later.
+    build_broken_image();
+    let tag = format!("pdm-test-fixable-{}:latest", std::process::id());
+    docker(&["tag", BROKEN_IMAGE, &tag]);
+    let creations = CreationCounter::start(&tag);
+    let mut d = Daemon::start_with(&[
+        POOL_ON,
+        ("PYTHON_DOCKER_MCP_POOL_SIZE", "2"),
+        ("PYTHON_DOCKER_MCP_IMAGE", &tag),
+    ])
+    .await;
+    // Two callers, one call after another, for 20 s.
+    let drive = Duration::from_secs(20);
+    let started = Instant::now();
+    let ((a, slow_a), (b, slow_b)) = tokio::join!(
+        call_a_broken_pool(&d, started + drive),
+        call_a_broken_pool(&d, started + drive)
+    );
+    let created = creations.stop();
+    eprintln!(
+        "{} calls in {drive:?}, slowest {:?}; {created} sandbox creations",
+        a + b,
+        slow_a.max(slow_b)
+    );
+    assert!(
+        slow_a.max(slow_b) < Duration::from_secs(5),
+        "every call is answered quickly with the reason; the slowest took {:?}",
+        slow_a.max(slow_b)
+    );
+    assert!(a + b >= 20, "the calls kept coming: {}", a + b);
+    assert!(
+        created <= 15,
+        "creations back off instead of running back to back: {created} in {drive:?}"
+    );
+
+    // Fix the image under the same tag: a call a few seconds later succeeds, no restart.
+    docker(&["tag", IMAGE, &tag]);
+    let fixed = Instant::now();
+    let mut last = None;
+    while fixed.elapsed() < Duration::from_secs(20) {
+        let r = d.transient("6 * 7").await;
+        if !is_error(&r) {
+            last = Some(r);
+            break;
+        }
+        last = Some(r);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = last.expect("a call");
+    eprintln!(
+        "a call succeeded {:?} after the image was fixed",
+        fixed.elapsed()
+    );
+    assert_ok(&r);
+    assert_eq!(value(&r).as_deref(), Some("42"));
+    assert!(
+        fixed.elapsed() < Duration::from_secs(8),
+        "the pool noticed the fixed image within a few seconds, not {:?}",
+        fixed.elapsed()
+    );
+    d.close(Duration::from_secs(30))
+        .await
+        .expect("the daemon exits");
+    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+    // Only a tag now: the good image keeps its own.
+    docker(&["rmi", &tag]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_starts_a_sandbox_and_names_why_it_fails() {
+    let out = run_cli(&["doctor"], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("log driver of every container: none"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("a sandbox starts and answers in "),
+        "{stdout}"
+    );
+
+    build_broken_image();
+    let out = run_cli(&["doctor"], &[("PYTHON_DOCKER_MCP_IMAGE", BROKEN_IMAGE)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a broken image fails the doctor");
+    assert!(
+        stderr.contains("the container exited before the helper was ready")
+            && stderr.contains("Its last words: this python is broken"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_engine_reports_oom_kills_for_certain() {
+    let docker_api = python_docker_mcp::docker::Docker::new();
+    docker_api.ping().await.expect("Docker answers");
+    let since = Instant::now();
+    // Asking starts the watcher; nobody was killed yet.
+    assert!(!docker_api.oom_killed("nobody", since, Duration::ZERO).await);
+    let run = |code: &str| {
+        docker(&[
+            "run",
+            "-d",
+            "--label",
+            "python-docker-mcp.managed=true",
+            "--memory",
+            "32m",
+            "--memory-swap",
+            "32m",
+            "--network",
+            "none",
+            "--log-driver",
+            "none",
+            IMAGE,
+            "python3",
+            "-c",
+            code,
+        ])
+    };
+    let hog = run("b = bytearray(100 * 1024 * 1024)");
+    let calm = run("print(1)");
+    assert_eq!(docker(&["wait", &hog]), "137", "the hog was killed");
+    assert_eq!(docker(&["wait", &calm]), "0");
+    let killed = docker_api
+        .oom_killed(&hog, since, Duration::from_secs(10))
+        .await;
+    let calm_killed = docker_api
+        .oom_killed(&calm, since, Duration::from_secs(1))
+        .await;
+    let later = docker_api
+        .oom_killed(
+            &hog,
+            Instant::now() + Duration::from_secs(1),
+            Duration::ZERO,
+        )
+        .await;
+    docker_api.close();
+    docker(&["rm", "-f", &hog, &calm]);
+    assert!(killed, "the OOM kill of {hog} was reported");
+    assert!(
+        !calm_killed,
+        "a container that exited normally was not OOM-killed"
+    );
+    assert!(!later, "a kill before `since` does not count");
 }
