@@ -763,15 +763,6 @@ impl Docker {
         Ok(ids.len())
     }
 
-    /// TEMPORARY until the OOM watcher lands.
-    pub async fn oom_killed(
-        &self,
-        _id: &str,
-        _since: std::time::Instant,
-        _within: Duration,
-    ) -> bool {
-        false
-    }
 }
 
 #[cfg(test)]

@@ -252,7 +252,6 @@ pub fn repl_spec(
             format!("PDM_DATA_LIMIT={}", data_limit(d.memory_limit)),
             format!("PDM_ALLOWED_MODULES={}", config.allowed_modules.join(",")),
             format!("PDM_BLOCKED_MODULES={}", config.blocked_modules.join(",")),
-            format!("PDM_DATA_LIMIT={}", data_limit(d.memory_limit)),
         ],
         user: d.user.clone(),
         working_dir: d.working_dir.clone(),
@@ -331,11 +330,6 @@ pub fn installer_spec(
         auto_remove: false,
         log_driver: LOG_DRIVER.into(),
     }
-}
-
-/// TEMPORARY until the pool branch lands.
-pub fn data_limit(memory_limit: u64) -> u64 {
-    memory_limit.saturating_sub((memory_limit / 8).clamp(24 << 20, 128 << 20))
 }
 
 /// `"1000:1000"` -> ("1000", "1000"); a lone uid uses it for the group too.
