@@ -59,7 +59,10 @@ pub struct PersistentArgs {
 
 /// One requirement or several.
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "`package_name` is one requirement (a string such as \"requests\") or a list of them"
+)]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
