@@ -274,9 +274,28 @@ async fn gigabytes_without_a_newline_to_every_descriptor_end_the_sandbox_not_the
     let other = d.new_session("other = 'fine'").await;
     let id = d.new_session("x = 1").await;
     // 3 GB in 1 MB chunks to every descriptor; the time-out caps the test's time.
-    let r = d
-        .persistent(&write_everywhere("b'x' * 2**20", 3 * 1024), Some(&id))
-        .await;
+    let code = write_everywhere("b'x' * 2**20", 3 * 1024);
+    let call = d.persistent(&code, Some(&id));
+    tokio::pin!(call);
+    // A daemon that buffers the endless frame would take gigabytes from a shared machine:
+    // stop it well before that.
+    let r = loop {
+        tokio::select! {
+            r = &mut call => break r,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                let rss = d.rss();
+                if rss > peak_before + 8 * MEMORY_SLACK {
+                    d.signal("KILL");
+                    panic!(
+                        "the daemon buffers a frame without end: {} MiB resident after {} MiB \
+                         at the start; it was killed",
+                        rss >> 20,
+                        peak_before >> 20
+                    );
+                }
+            }
+        }
+    };
     assert!(
         d.peak_rss() <= peak_before + MEMORY_SLACK,
         "a frame without end must not be buffered: the daemon's peak memory grew from {} MiB \
@@ -535,6 +554,17 @@ async fn a_daemon_killed_mid_install_leaves_nothing_after_the_next_start() {
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_json_and_misshapen_messages_do_not_stop_the_daemon() {
     let mut raw = RawDaemon::start(&[]).await;
+    let r = raw
+        .call_tool(1, "execute-transient", json!({"code": "1 + 1"}))
+        .await;
+    assert_eq!(r["result"]["structuredContent"]["value"], json!("2"), "{r}");
+    let pid = raw.pid;
+    assert!(
+        eventually(Duration::from_secs(30), || counted(pid) == (0, 0)).await,
+        "the transient run's container is removed: {:?}",
+        leftovers(pid)
+    );
+    let rss_before = proc_status_bytes(pid, "VmRSS");
     // Not JSON: ignored (there is no id to answer).
     raw.send_line("{this is not json").await;
     raw.send_line("\u{1}\u{2}garbage]]").await;
@@ -564,8 +594,18 @@ async fn invalid_json_and_misshapen_messages_do_not_stop_the_daemon() {
         .call_tool(10, "execute-transient", json!({"code": "1 + 1"}))
         .await;
     assert_eq!(r["result"]["structuredContent"]["value"], json!("2"), "{r}");
-    let rss = proc_status_bytes(raw.pid, "VmRSS");
-    assert!(rss > 0 && rss < 256 << 20, "{rss}");
+    assert!(
+        eventually(Duration::from_secs(30), || counted(pid) == (0, 0)).await,
+        "nothing is left: {:?}",
+        leftovers(pid)
+    );
+    let rss = proc_status_bytes(pid, "VmRSS");
+    assert!(
+        rss <= rss_before + MEMORY_SLACK,
+        "RSS {} MiB, {} MiB at the start",
+        rss >> 20,
+        rss_before >> 20
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

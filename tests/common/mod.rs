@@ -428,7 +428,7 @@ pub fn proc_status_bytes(pid: u32, key: &str) -> u64 {
 }
 
 /// Containers and volumes of `pid`, without the shared package volume.
-fn counted(pid: u32) -> (usize, usize) {
+pub fn counted(pid: u32) -> (usize, usize) {
     let packages = volumes_with_role(pid, "packages").len();
     (
         containers_of(pid).len(),
@@ -609,17 +609,32 @@ pub fn session_id(r: &CallToolResult) -> String {
         .to_string()
 }
 
-/// A short description of a result for assertion messages.
+/// A short description of a result for assertion messages (long parts are clipped).
 pub fn describe(r: &CallToolResult) -> String {
     format!(
         "isError={:?}\ntext:\n{}\nstructured: {}",
         r.is_error,
-        text(r),
-        r.structured_content
-            .as_ref()
-            .map(Value::to_string)
-            .unwrap_or_else(|| "-".into())
+        clip(&text(r)),
+        clip(
+            &r.structured_content
+                .as_ref()
+                .map(Value::to_string)
+                .unwrap_or_else(|| "-".into())
+        )
     )
+}
+
+/// At most about 2 KB of `s`, saying how much was left out.
+pub fn clip(s: &str) -> String {
+    const KEEP: usize = 2000;
+    if s.len() <= KEEP {
+        return s.to_string();
+    }
+    let mut end = KEEP;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... [{} more bytes]", &s[..end], s.len() - end)
 }
 
 /// The call ran to completion without an exception, a time-out or a lost sandbox.
