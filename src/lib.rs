@@ -10,8 +10,9 @@
 //! A tool that ran and failed (a Python exception, a time-out, a lost sandbox, Docker
 //! unreachable) answers with an `isError` result whose text says what to do. Arguments that
 //! do not fit a tool's input schema are refused by rmcp before any tool code runs, also as an
-//! `isError` result naming the field, so the model can correct itself. Only an unknown tool
-//! or a malformed JSON-RPC message is a protocol (JSON-RPC) error.
+//! `isError` result saying what does not fit (a missing field by name, a wrong type by what
+//! was expected), so the model can correct itself. Only an unknown tool or a malformed
+//! JSON-RPC message is a protocol (JSON-RPC) error.
 //!
 //! # Layout
 //! - [`config`]: settings, layered defaults < file < environment < flags, validated once.

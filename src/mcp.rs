@@ -4,8 +4,9 @@
 //! model and `structuredContent` under a published `outputSchema`. A Python exception, a
 //! time-out or a Docker problem is a result with `isError: true`. Arguments that do not fit
 //! a tool's input schema are refused by rmcp before a method here runs, as an `isError`
-//! result naming the field (MCP 2025-11-25: input validation errors are tool errors, so the
-//! model can correct itself); an unknown tool or a malformed message is a JSON-RPC error.
+//! result saying what does not fit: serde names a missing field, and for a wrong type says
+//! what was expected (MCP 2025-11-25: input validation errors are tool errors, so the model
+//! can correct itself). An unknown tool or a malformed message is a JSON-RPC error.
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;

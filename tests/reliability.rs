@@ -687,6 +687,9 @@ async fn five_hundred_transient_runs_back_to_back_are_all_right() {
         ("PYTHON_DOCKER_MCP_POOL_SIZE", "4"),
     ])
     .await;
+    let pid = d.pid;
+    let full = eventually(Duration::from_secs(60), || containers_of(pid).len() == 4).await;
+    assert!(full, "the pool fills: {:?}", containers_of(pid));
     let base = d.baseline().await;
     for i in 0..500u64 {
         let r = d.transient_with_state("n * n", json!({ "n": i })).await;
