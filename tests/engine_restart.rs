@@ -84,12 +84,14 @@ fn assert_names_docker(r: &rmcp::model::CallToolResult, took: Duration, what: &s
 #[ignore = "stops and restarts the Docker engine: run alone (scripts/test.sh does)"]
 async fn the_same_daemon_serves_again_after_the_engine_restarts() {
     assert!(engine_answers(), "the engine runs before the test");
-    let _engine_back = EngineBack;
     let mut d = Daemon::start_with(&[
         ("PYTHON_DOCKER_MCP_POOL_ENABLED", "true"),
         ("PYTHON_DOCKER_MCP_POOL_SIZE", "2"),
     ])
     .await;
+    // Declared after the daemon, so dropped before it: the daemon's own clean-up (and the
+    // test's removal of its leftovers) needs the engine.
+    let _engine_back = EngineBack;
     let old = d.new_session("x = 1").await;
     d.assert_serves().await;
 
