@@ -67,6 +67,18 @@ async fn tools_list_has_the_originals_four_tools_and_the_session_tools_with_outp
         .as_array()
         .unwrap()
         .contains(&json!("package_name")));
+    // The server's instructions introduce every tool.
+    let instructions = d
+        .client()
+        .peer_info()
+        .and_then(|info| info.instructions.clone())
+        .expect("the server sends instructions");
+    for name in &names {
+        assert!(
+            instructions.contains(name.as_str()),
+            "the instructions do not mention {name}: {instructions}"
+        );
+    }
     d.close(std::time::Duration::from_secs(30)).await;
 }
 
