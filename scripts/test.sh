@@ -16,17 +16,30 @@ echo "== cargo test"
 # Each end-to-end test starts its own daemon and containers; the machines have 2 cores.
 cargo test --all-targets --locked -- --test-threads "${PDM_TEST_THREADS:-4}"
 
-# Nothing may be left behind by the suite's daemons (they have all exited by now).
-left=$(docker ps -aq --filter label=python-docker-mcp.managed=true --filter label=python-docker-mcp.host="$(cat /proc/sys/kernel/hostname)")
-alive=""
-for id in $left; do
+echo "== engine restart (alone: it stops and restarts the Docker engine)"
+cargo test --locked --test engine_restart -- --ignored --test-threads 1
+
+# Nothing may be left behind by the suite's daemons (they have all exited by now):
+# no container and no volume labelled by a daemon of this host that no longer runs.
+host="$(cat /proc/sys/kernel/hostname)"
+owner_alive() {
+  [ -n "$1" ] && [ -d "/proc/$1" ]
+}
+left_containers=""
+for id in $(docker ps -aq --filter label=python-docker-mcp.managed=true --filter label=python-docker-mcp.host="$host"); do
   pid=$(docker inspect -f '{{index .Config.Labels "python-docker-mcp.pid"}}' "$id" 2>/dev/null || true)
-  if [ -n "$pid" ] && [ -d "/proc/$pid" ]; then continue; fi
-  alive="$alive $id"
+  owner_alive "$pid" || left_containers="$left_containers $id"
 done
-if [ -n "$alive" ]; then
-  echo "test.sh: containers left behind by exited daemons:$alive" >&2
+left_volumes=""
+for name in $(docker volume ls -q --filter label=python-docker-mcp.managed=true --filter label=python-docker-mcp.host="$host"); do
+  pid=$(docker volume inspect -f '{{index .Labels "python-docker-mcp.pid"}}' "$name" 2>/dev/null || true)
+  owner_alive "$pid" || left_volumes="$left_volumes $name"
+done
+if [ -n "$left_containers$left_volumes" ]; then
+  [ -z "$left_containers" ] || echo "test.sh: containers left behind by exited daemons:$left_containers" >&2
+  [ -z "$left_volumes" ] || echo "test.sh: volumes left behind by exited daemons:$left_volumes" >&2
   docker ps -a --filter label=python-docker-mcp.managed=true >&2
+  docker volume ls --filter label=python-docker-mcp.managed=true >&2
   exit 1
 fi
 echo "== all tests passed"

@@ -87,7 +87,9 @@ pub async fn run(server_args: Vec<OsString>) -> anyhow::Result<()> {
         serde_json::json!({"code": "1 / 0", "session_id": session}),
     )
     .await?;
-    call(&client, "execute-transient", serde_json::json!({"code": "import socket\nsocket.create_connection(('pypi.org', 443), timeout=3)"})).await?;
+    // 192.0.2.1 is TEST-NET-1 (RFC 5737): an address, so no name lookup is involved; without
+    // a network the connect fails at once with "Network is unreachable".
+    call(&client, "execute-transient", serde_json::json!({"code": "import socket\nsocket.create_connection(('192.0.2.1', 443), timeout=3)"})).await?;
     let install = call(
         &client,
         "install-package",

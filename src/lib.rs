@@ -1,9 +1,18 @@
 //! python-docker-mcp: an MCP server that gives AI agents a Python sandbox in Docker.
 //!
-//! Four tools (`execute-transient`, `execute-persistent`, `install-package`,
-//! `cleanup-session`) run Python in locked-down containers: no network, non-root, no
-//! capabilities, memory/CPU/pids limits, read-only root. A small Python helper inside each
-//! container speaks JSON lines over the container's attached stdin/stdout.
+//! Seven tools run Python in locked-down containers: no network, non-root, no
+//! capabilities, memory/CPU/pids limits, read-only root. The original's four
+//! (`execute-transient`, `execute-persistent`, `install-package`, `cleanup-session`) keep
+//! their names and arguments; `reset-session`, `list-variables` and `list-packages` are
+//! additions. A small Python helper inside each container speaks JSON lines over the
+//! container's attached stdin/stdout.
+//!
+//! A tool that ran and failed (a Python exception, a time-out, a lost sandbox, Docker
+//! unreachable) answers with an `isError` result whose text says what to do. Arguments that
+//! do not fit a tool's input schema are refused by rmcp before any tool code runs, also as an
+//! `isError` result saying what does not fit (a missing field by name, a wrong type by what
+//! was expected), so the model can correct itself. Only an unknown tool or a malformed
+//! JSON-RPC message is a protocol (JSON-RPC) error.
 //!
 //! # Layout
 //! - [`config`]: settings, layered defaults < file < environment < flags, validated once.

@@ -4,19 +4,22 @@
 //! model and `structuredContent` under a published `outputSchema`. A Python exception, a
 //! time-out or a Docker problem is a result with `isError: true`. Arguments that do not fit
 //! a tool's input schema are refused by rmcp before a method here runs, as an `isError`
-//! result naming the field (MCP 2025-11-25: input validation errors are tool errors, so the
-//! model can correct itself); an unknown tool or a malformed message is a JSON-RPC error.
+//! result saying what does not fit: serde names a missing field, and for a wrong type says
+//! what was expected (MCP 2025-11-25: input validation errors are tool errors, so the model
+//! can correct itself). An unknown tool or a malformed message is a JSON-RPC error.
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock as Content, ErrorData, Implementation, ServerCapabilities,
-    ServerConfig,
+    CallToolResult, ContentBlock as Content, ErrorData, Implementation, JsonObject,
+    ServerCapabilities, ServerConfig,
 };
 use rmcp::{tool, tool_handler, tool_router, ServerHandler};
-use schemars::JsonSchema;
+use schemars::transform::{RestrictFormats, Transform};
+use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use rmcp::model::ProgressNotificationParam;
 use rmcp::service::RequestContext;
@@ -57,7 +60,10 @@ pub struct PersistentArgs {
 
 /// One requirement or several.
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "`package_name` is one requirement (a string such as \"requests\") or a list of them"
+)]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
@@ -126,10 +132,29 @@ pub struct Server {
 
 impl Server {
     pub fn new(engine: Engine) -> Server {
+        let mut tool_router = Self::tool_router();
+        for route in tool_router.map.values_mut() {
+            let tool = &mut route.attr;
+            tool.input_schema = standard_formats_only(&tool.input_schema);
+            tool.output_schema = tool.output_schema.as_ref().map(standard_formats_only);
+        }
         Server {
             engine,
-            tool_router: Self::tool_router(),
+            tool_router,
         }
+    }
+}
+
+/// A tool schema without the `format`s JSON Schema does not define. schemars writes Rust's
+/// number types as formats (`uint64`, `uint`, `double`); clients such as the MCP Inspector
+/// warn about each one, and none can check them. schemars' own `RestrictFormats` keeps the
+/// formats the schema's `$schema` draft (2020-12) defines and drops the rest, recursively.
+fn standard_formats_only(schema: &Arc<JsonObject>) -> Arc<JsonObject> {
+    let mut schema = Schema::from(schema.as_ref().clone());
+    RestrictFormats::default().transform(&mut schema);
+    match schema.to_value() {
+        serde_json::Value::Object(object) => Arc::new(object),
+        _ => unreachable!("a schema built from an object stays an object"),
     }
 }
 
@@ -420,10 +445,11 @@ without printing it.",
 
     #[tool(
         name = "install-package",
-        description = "Install a Python package from the package index. With session_id, into that session \
+        description = "Install Python packages from the package index. With session_id, into that session \
 only (importable there at once); without, into the shared environment that later transient runs and all \
-sessions see. Takes one requirement such as `requests` or `pandas>=2`. The install runs in a separate \
-installer container; the sandbox itself keeps no network.",
+sessions see. Takes one requirement such as `requests` or `pandas>=2`, or a list of them such as \
+`[\"rich==13.7.1\", \"tomli-w\"]`. The install runs in a separate installer container; the sandbox itself keeps \
+no network.",
         output_schema = schema_for_output::<InstallResult>()
     )]
     async fn install_package(
@@ -499,10 +525,13 @@ impl ServerHandler for Server {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("python-docker-mcp", env!("CARGO_PKG_VERSION")))
             .with_instructions(
-                "Runs Python in Docker sandboxes without network. execute-transient: one-off code in a fresh \
-                 container. execute-persistent: a session that keeps variables between calls (pass the \
-                 session_id it returns). install-package: add packages to a session or to the shared \
-                 environment. cleanup-session: end a session.",
+                "Runs Python in Docker sandboxes that have no network. execute-transient: one-off code in a \
+                 fresh container; pass variables in `state` and read them back from the result's `state`. \
+                 execute-persistent: a session that keeps variables, imports and files between calls \
+                 (omit session_id to start one; pass the session_id it returns). install-package: add one \
+                 requirement or a list to a session or to the shared environment. list-packages: what is \
+                 installed. list-variables: a session's variables. reset-session: forget a session's \
+                 variables and keep its files and packages. cleanup-session: end a session.",
             )
     }
 }
@@ -540,6 +569,25 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Standard Error:\nwarn"), "{text}");
+    }
+
+    #[test]
+    fn schemas_keep_standard_formats_and_lose_rusts_number_formats() {
+        let before = schema_for_output::<ExecResult>();
+        assert!(serde_json::to_string(&*before).unwrap().contains("uint64"));
+        let after = serde_json::Value::Object(standard_formats_only(&before).as_ref().clone());
+        let text = after.to_string();
+        assert!(!text.contains("\"format\""), "{text}");
+        assert!(text.contains("\"minimum\":0"), "bounds stay: {text}");
+
+        let mut custom = JsonObject::new();
+        custom.insert("$schema".into(), before["$schema"].clone());
+        custom.insert(
+            "properties".into(),
+            serde_json::json!({"at": {"type": "string", "format": "date-time"}}),
+        );
+        let kept = standard_formats_only(&Arc::new(custom));
+        assert_eq!(kept["properties"]["at"]["format"], "date-time");
     }
 
     #[test]

@@ -118,14 +118,29 @@ def connect(addr):
         return type(e).__name__
 ip = connect(('1.1.1.1', 53))
 gateway = connect(('172.17.0.1', 2375))
+import errno, time
+started = time.monotonic()
 try:
-    socket.getaddrinfo('pypi.org', 443)
+    socket.create_connection(('192.0.2.1', 443), timeout=3).close()
+    test_net = 'connected'
+except OSError as e:
+    test_net = errno.errorcode.get(e.errno, type(e).__name__)
+test_net_seconds = time.monotonic() - started
+try:
+    socket.getaddrinfo('example.com', 443)
     dns = 'resolved'
 except OSError as e:
     dns = type(e).__name__
 interfaces = sorted(line.split(':')[0].strip() for line in open('/proc/net/dev').read().splitlines()[2:])",
     )
     .await;
+    // No route at all, not a firewall that drops packets: the connect to TEST-NET-1 fails
+    // at once with ENETUNREACH instead of running into its 3 s time-out.
+    assert_eq!(s["test_net"], json!("ENETUNREACH"), "{s:?}");
+    assert!(
+        s["test_net_seconds"].as_f64().unwrap() < 1.0,
+        "the refusal is immediate: {s:?}"
+    );
     assert_ne!(s["ip"], json!("connected"), "{s:?}");
     assert_ne!(s["gateway"], json!("connected"), "{s:?}");
     assert_ne!(s["dns"], json!("resolved"), "{s:?}");

@@ -67,6 +67,92 @@ async fn tools_list_has_the_originals_four_tools_and_the_session_tools_with_outp
         .as_array()
         .unwrap()
         .contains(&json!("package_name")));
+    // The server's instructions introduce every tool.
+    let instructions = d
+        .client()
+        .peer_info()
+        .and_then(|info| info.instructions.clone())
+        .expect("the server sends instructions");
+    for name in &names {
+        assert!(
+            instructions.contains(name.as_str()),
+            "the instructions do not mention {name}: {instructions}"
+        );
+    }
+    d.close(std::time::Duration::from_secs(30)).await;
+}
+
+/// The `format` values JSON Schema (2020-12) defines. Anything else (schemars writes
+/// `uint64`, `uint`, `double` for Rust numbers) makes clients such as the MCP Inspector warn.
+const STANDARD_FORMATS: &[&str] = &[
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uuid",
+    "uri-template",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
+];
+
+/// Every `format` keyword in a schema, with its JSON pointer, at any depth.
+fn formats_in(value: &serde_json::Value, at: &str, found: &mut Vec<(String, String)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map {
+                if key == "format" {
+                    if let Some(f) = child.as_str() {
+                        found.push((at.to_string(), f.to_string()));
+                    }
+                }
+                formats_in(child, &format!("{at}/{key}"), found);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                formats_in(child, &format!("{at}/{i}"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tool_schemas_use_only_standard_json_schema_formats() {
+    let mut d = Daemon::start().await;
+    let tools = d.client().list_all_tools().await.expect("tools/list");
+    let mut bad = Vec::new();
+    let mut numbers = 0;
+    for tool in &tools {
+        let mut schemas = vec![("inputSchema", tool.input_schema.as_ref())];
+        if let Some(out) = &tool.output_schema {
+            schemas.push(("outputSchema", out.as_ref()));
+        }
+        for (which, schema) in schemas {
+            let schema = serde_json::Value::Object(schema.clone());
+            numbers += schema.to_string().matches("\"integer\"").count();
+            let mut found = Vec::new();
+            formats_in(&schema, "", &mut found);
+            for (at, format) in found {
+                if !STANDARD_FORMATS.contains(&format.as_str()) {
+                    bad.push(format!("{} {which}{at}: {format}", tool.name));
+                }
+            }
+        }
+    }
+    assert!(numbers > 0, "the schemas have integer fields to check");
+    assert!(bad.is_empty(), "non-standard formats:\n{}", bad.join("\n"));
     d.close(std::time::Duration::from_secs(30)).await;
 }
 

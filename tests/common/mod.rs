@@ -109,6 +109,8 @@ pub struct Daemon {
     pub pid: u32,
     home: PathBuf,
     exited: Option<ExitStatus>,
+    /// Where the daemon's stderr goes, when the test measures it ([`Daemon::start_logged`]).
+    log: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -119,17 +121,30 @@ impl Daemon {
 
     /// Start a daemon with extra environment variables (settings, DOCKER_HOST, ...).
     pub async fn start_with(env: &[(&str, &str)]) -> Daemon {
+        let stderr = if std::env::var_os("PDM_E2E_DAEMON_STDERR").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        Daemon::spawn(env, stderr, None).await
+    }
+
+    /// Start a daemon whose stderr (its log) goes to a file the test can measure with
+    /// [`Daemon::log_len`] and read with [`Daemon::log_text`].
+    pub async fn start_logged(env: &[(&str, &str)]) -> Daemon {
+        let path = fresh_dir("log").join("daemon.log");
+        let file = std::fs::File::create(&path).expect("create the daemon's log file");
+        Daemon::spawn(env, Stdio::from(file), Some(path)).await
+    }
+
+    async fn spawn(env: &[(&str, &str)], stderr: Stdio, log: Option<PathBuf>) -> Daemon {
         let home = fresh_dir("home");
         let mut cmd = tokio::process::Command::new(BIN);
         isolate(&mut cmd, &home, env);
         cmd.arg("serve")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(if std::env::var_os("PDM_E2E_DAEMON_STDERR").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(stderr)
             .kill_on_drop(true);
         let mut child = cmd.spawn().expect("spawn python-docker-mcp");
         let pid = child.id().expect("daemon pid");
@@ -148,7 +163,98 @@ impl Daemon {
             pid,
             home,
             exited: None,
+            log,
         }
+    }
+
+    /// The size of the daemon's log so far, in bytes (for a daemon from `start_logged`).
+    pub fn log_len(&self) -> u64 {
+        let path = self
+            .log
+            .as_ref()
+            .expect("start the daemon with start_logged");
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The daemon's log so far (for a daemon from `start_logged`).
+    pub fn log_text(&self) -> String {
+        let path = self
+            .log
+            .as_ref()
+            .expect("start the daemon with start_logged");
+        String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+    }
+
+    /// The daemon's resident memory now, in bytes (`VmRSS`).
+    pub fn rss(&self) -> u64 {
+        proc_status_bytes(self.pid, "VmRSS")
+    }
+
+    /// The daemon's peak resident memory so far, in bytes (`VmHWM`).
+    pub fn peak_rss(&self) -> u64 {
+        proc_status_bytes(self.pid, "VmHWM")
+    }
+
+    /// Where a reliability case starts from: the daemon serves, its containers and volumes
+    /// have settled (a filling pool has filled), and its memory. Pair with [`Daemon::recovered`].
+    pub async fn baseline(&self) -> Baseline {
+        self.assert_serves().await;
+        let pid = self.pid;
+        // Settled: the same counts on two looks a second apart (a transient run's container
+        // is removed in the background; a pool refills in the background).
+        let mut last = counted(pid);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = counted(pid);
+            if now == last || Instant::now() > deadline {
+                last = now;
+                break;
+            }
+            last = now;
+        }
+        Baseline {
+            containers: last.0,
+            volumes: last.1,
+            rss: self.rss(),
+        }
+    }
+
+    /// Transient `1 + 1` answers `2`.
+    pub async fn assert_serves(&self) {
+        let r = self.transient("1 + 1").await;
+        assert_eq!(
+            value(&r).as_deref(),
+            Some("2"),
+            "the daemon still serves: {}",
+            describe(&r)
+        );
+    }
+
+    /// The three checks every reliability case ends with: (1) the daemon still serves;
+    /// (2) its containers and volumes are back to the baseline, plus the `kept` sessions the
+    /// case deliberately keeps (one container and one volume each); (3) its resident memory
+    /// is within [`MEMORY_SLACK`] of the baseline's.
+    pub async fn assert_recovered(&self, base: &Baseline, kept: usize) {
+        self.assert_serves().await;
+        let pid = self.pid;
+        let want = (base.containers + kept, base.volumes + kept);
+        let settled = eventually(Duration::from_secs(30), || counted(pid) == want).await;
+        assert!(
+            settled,
+            "containers and volumes (without the shared package volume) are back to \
+             {want:?}, baseline {base:?} plus {kept} kept session(s); now {:?}: {:?}",
+            counted(pid),
+            leftovers(pid)
+        );
+        let limit = base.rss + MEMORY_SLACK;
+        let fits = eventually(Duration::from_secs(10), || self.rss() <= limit).await;
+        assert!(
+            fits,
+            "the daemon's RSS is {} MiB, more than 64 MiB above its {} MiB at the start",
+            self.rss() >> 20,
+            base.rss >> 20
+        );
     }
 
     pub fn client(&self) -> &Client {
@@ -296,6 +402,158 @@ impl Drop for Daemon {
     }
 }
 
+/// How far the daemon's memory may move during one reliability case.
+pub const MEMORY_SLACK: u64 = 64 << 20;
+
+/// What a reliability case starts from (see [`Daemon::baseline`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Baseline {
+    /// Containers carrying the daemon's pid label.
+    pub containers: usize,
+    /// Its volumes, without the shared package volume (made on first use, kept until exit).
+    pub volumes: usize,
+    /// Its resident memory in bytes (`VmRSS`).
+    pub rss: u64,
+}
+
+/// A `/proc/PID/status` field given in kB, in bytes (0 when the process is gone).
+pub fn proc_status_bytes(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .unwrap_or(0)
+}
+
+/// Containers and volumes of `pid`, without the shared package volume.
+pub fn counted(pid: u32) -> (usize, usize) {
+    let packages = volumes_with_role(pid, "packages").len();
+    (
+        containers_of(pid).len(),
+        volumes_of(pid).len().saturating_sub(packages),
+    )
+}
+
+// ----- raw JSON-RPC over stdio -----
+
+/// The binary spoken to line by line, for traffic rmcp's client will not send (invalid JSON,
+/// messages of the wrong shape). Isolated like a [`Daemon`]; dropping it kills the process
+/// and removes what carries its label.
+pub struct RawDaemon {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    pub pid: u32,
+    home: PathBuf,
+}
+
+impl RawDaemon {
+    /// Start the daemon and complete the MCP handshake (`initialize`, then
+    /// `notifications/initialized`).
+    pub async fn start(env: &[(&str, &str)]) -> RawDaemon {
+        use tokio::io::AsyncBufReadExt;
+        let home = fresh_dir("raw");
+        let mut cmd = tokio::process::Command::new(BIN);
+        isolate(&mut cmd, &home, env);
+        cmd.arg("serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn python-docker-mcp");
+        let pid = child.id().expect("daemon pid");
+        let stdin = child.stdin.take().expect("stdin");
+        let lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut raw = RawDaemon {
+            child,
+            stdin,
+            lines,
+            pid,
+            home,
+        };
+        raw.send_json(&serde_json::json!({
+            "jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "raw-test", "version": "0"}
+            }
+        }))
+        .await;
+        let init = raw.response(0, Duration::from_secs(30)).await;
+        assert!(init.get("result").is_some(), "initialize: {init}");
+        raw.send_json(&serde_json::json!({
+            "jsonrpc": "2.0", "method": "notifications/initialized"
+        }))
+        .await;
+        raw
+    }
+
+    /// Write one line as is (a newline is added).
+    pub async fn send_line(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(line.as_bytes()).await.expect("write");
+        self.stdin.write_all(b"\n").await.expect("write");
+        self.stdin.flush().await.expect("flush");
+    }
+
+    pub async fn send_json(&mut self, message: &Value) {
+        self.send_line(&message.to_string()).await;
+    }
+
+    /// The next message the daemon writes, or `None` if none comes within `within`.
+    pub async fn next_message(&mut self, within: Duration) -> Option<Value> {
+        match tokio::time::timeout(within, self.lines.next_line()).await {
+            Ok(Ok(Some(line))) => Some(
+                serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("the daemon wrote a line that is not JSON ({e})")),
+            ),
+            Ok(Ok(None)) => panic!("the daemon closed its stdout"),
+            Ok(Err(e)) => panic!("reading the daemon's stdout: {e}"),
+            Err(_) => None,
+        }
+    }
+
+    /// The response to request `id`, skipping notifications; a hang is a failure.
+    pub async fn response(&mut self, id: u64, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let message = self
+                .next_message(left)
+                .await
+                .unwrap_or_else(|| panic!("no response to request {id} within {within:?}"));
+            if message.get("id") == Some(&serde_json::json!(id)) {
+                return message;
+            }
+        }
+    }
+
+    /// `tools/call` and its response (a `result` or an `error`).
+    pub async fn call_tool(&mut self, id: u64, tool: &str, arguments: Value) -> Value {
+        self.send_json(&serde_json::json!({
+            "jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments}
+        }))
+        .await;
+        self.response(id, CALL_LIMIT).await
+    }
+}
+
+impl Drop for RawDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        remove_leftovers(self.pid);
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
 // ----- results -----
 
 /// All text content of a result, joined by newlines.
@@ -351,17 +609,32 @@ pub fn session_id(r: &CallToolResult) -> String {
         .to_string()
 }
 
-/// A short description of a result for assertion messages.
+/// A short description of a result for assertion messages (long parts are clipped).
 pub fn describe(r: &CallToolResult) -> String {
     format!(
         "isError={:?}\ntext:\n{}\nstructured: {}",
         r.is_error,
-        text(r),
-        r.structured_content
-            .as_ref()
-            .map(Value::to_string)
-            .unwrap_or_else(|| "-".into())
+        clip(&text(r)),
+        clip(
+            &r.structured_content
+                .as_ref()
+                .map(Value::to_string)
+                .unwrap_or_else(|| "-".into())
+        )
     )
+}
+
+/// At most about 2 KB of `s`, saying how much was left out.
+pub fn clip(s: &str) -> String {
+    const KEEP: usize = 2000;
+    if s.len() <= KEEP {
+        return s.to_string();
+    }
+    let mut end = KEEP;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... [{} more bytes]", &s[..end], s.len() - end)
 }
 
 /// The call ran to completion without an exception, a time-out or a lost sandbox.
@@ -485,7 +758,15 @@ pub fn volumes_with_role(pid: u32, role: &str) -> Vec<String> {
 }
 
 /// Force-remove everything that carries `pid`'s label (test hygiene only).
+/// It runs from `Drop`, so an engine that does not answer is no reason to panic.
 pub fn remove_leftovers(pid: u32) {
+    let engine_answers = std::process::Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !engine_answers {
+        return;
+    }
     let left = leftovers(pid);
     if !left.containers.is_empty() {
         let _ = std::process::Command::new("docker")
