@@ -231,3 +231,106 @@ async fn a_new_daemon_removes_what_a_killed_one_left_behind() {
     assert_eq!(value(&r).as_deref(), Some("1"));
     d.close(Duration::from_secs(30)).await;
 }
+
+/// Every volume on the engine, labelled or not (a volume re-created by a late install
+/// would carry no label at all).
+fn all_volumes() -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["volume", "ls", "-q"])
+        .output()
+        .expect("docker volume ls");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_touches_a_session_after_it_ended_not_even_a_call_already_waiting() {
+    let d = std::sync::Arc::new(Daemon::start().await);
+    let before = all_volumes();
+    let id = d.new_session("x = 1").await;
+    let own: Vec<String> = volumes_with_role(d.pid, "sandbox")
+        .into_iter()
+        .filter(|v| !before.contains(v))
+        .collect();
+    assert_eq!(own.len(), 1, "the session has one package volume: {own:?}");
+    let since = unix_now();
+    // A long call holds the session; an install and a listing queue behind it.
+    let busy = {
+        let (d, id) = (d.clone(), id.clone());
+        tokio::spawn(async move { d.persistent("import time\ntime.sleep(30)", Some(&id)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let install = {
+        let (d, id) = (d.clone(), id.clone());
+        tokio::spawn(async move { d.install("six", Some(&id)).await })
+    };
+    let listing = {
+        let (d, id) = (d.clone(), id.clone());
+        tokio::spawn(async move {
+            d.call("list-variables", json!({ "session_id": id }))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cleaned = d.cleanup(&id).await;
+    assert_ok(&cleaned);
+
+    let busy = busy.await.unwrap();
+    assert!(is_error(&busy), "{}", describe(&busy));
+    assert!(text(&busy).contains("cleaned up"), "{}", describe(&busy));
+    let install = install.await.unwrap();
+    assert_tool_error(&install, "has ended");
+    let listing = listing.await.unwrap();
+    assert_tool_error(&listing, "has ended");
+
+    // No installer ran for it, and its volume is gone for good (not re-created unlabelled).
+    assert!(
+        containers_created_since(d.pid, "installer", since).is_empty(),
+        "an installer ran for an ended session"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let now = all_volumes();
+            own.iter().all(|v| !now.contains(v))
+        })
+        .await,
+        "the session's volume is gone: {own:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let now = all_volumes();
+    assert!(own.iter().all(|v| !now.contains(v)), "and stays gone");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_way_a_session_ends_frees_its_slot() {
+    let d = Daemon::start_with(&[
+        ("PYTHON_DOCKER_MCP_MAX_SESSIONS", "1"),
+        ("PYTHON_DOCKER_MCP_SESSION_IDLE_TIMEOUT", "2s"),
+    ])
+    .await;
+    // Cleanup.
+    let a = d.new_session("1").await;
+    assert_tool_error(&d.persistent("1", None).await, "max_sessions");
+    assert_ok(&d.cleanup(&a).await);
+    // A lost sandbox (its container removed behind the daemon's back).
+    let b = d.new_session("1").await;
+    for c in containers_with_role(d.pid, "sandbox") {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &c])
+            .output();
+    }
+    let r = d.persistent("1", Some(&b)).await;
+    assert_eq!(field(&r, "sandbox_lost"), &json!(true), "{}", describe(&r));
+    // Idle expiry.
+    let c = d.new_session("1").await;
+    assert!(
+        eventually(Duration::from_secs(15), || containers_with_role(d.pid, "sandbox").is_empty())
+            .await,
+        "the idle session was ended"
+    );
+    assert_tool_error(&d.persistent("1", Some(&c)).await, "idle");
+    // And the slot is free again after all three.
+    d.new_session("1").await;
+}

@@ -464,6 +464,22 @@ def repr_capped(value, limit=10000):
     return text
 
 
+def _unclosable_text(fd):
+    return io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding="utf-8",
+                            errors="backslashreplace", write_through=True)
+
+
+def reopen_std_streams():
+    """A cell may have closed sys.stdout or sys.stderr (which closes fd 1 or 2 with them):
+    give the next cell working ones. The new ones never close their descriptor."""
+    global _orig_stdout, _orig_stderr
+    if _orig_stdout.closed:
+        _orig_stdout = _unclosable_text(1)
+    if _orig_stderr.closed:
+        _orig_stderr = _unclosable_text(2)
+    sys.stdout, sys.stderr = _orig_stdout, _orig_stderr
+
+
 def execute(req):
     global _in_user_code
     ns = namespace
@@ -479,6 +495,7 @@ def execute(req):
     if sys.stdin is None or sys.stdin.closed:
         sys.stdin = open(0, "r", closefd=False)
     apply_data_limit()
+    reopen_std_streams()
     stream_id = req.get("id") if req.get("stream") else None
     out, err = Sink(limit, "stdout", stream_id), Sink(limit, "stderr", stream_id)
     _stdout_drain.begin(out)
