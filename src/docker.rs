@@ -762,7 +762,6 @@ impl Docker {
         futures::future::join_all(names.iter().map(|n| self.remove_volume(n))).await;
         Ok(ids.len())
     }
-
 }
 
 #[cfg(test)]

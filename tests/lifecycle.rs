@@ -268,10 +268,7 @@ async fn nothing_touches_a_session_after_it_ended_not_even_a_call_already_waitin
     };
     let listing = {
         let (d, id) = (d.clone(), id.clone());
-        tokio::spawn(async move {
-            d.call("list-variables", json!({ "session_id": id }))
-                .await
-        })
+        tokio::spawn(async move { d.call("list-variables", json!({ "session_id": id })).await })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cleaned = d.cleanup(&id).await;
@@ -326,8 +323,11 @@ async fn every_way_a_session_ends_frees_its_slot() {
     // Idle expiry.
     let c = d.new_session("1").await;
     assert!(
-        eventually(Duration::from_secs(15), || containers_with_role(d.pid, "sandbox").is_empty())
-            .await,
+        eventually(Duration::from_secs(15), || containers_with_role(
+            d.pid, "sandbox"
+        )
+        .is_empty())
+        .await,
         "the idle session was ended"
     );
     assert_tool_error(&d.persistent("1", Some(&c)).await, "idle");
