@@ -26,6 +26,13 @@ enum Kind {
         min: u64,
         max: u64,
     },
+    /// A whole number, or null for a default computed from other settings.
+    OptInt {
+        min: u64,
+        max: u64,
+    },
+    /// An IP address and port, such as `127.0.0.1:8002` or `[::1]:8002`, or null.
+    OptAddr,
     Float {
         min: f64,
         max: f64,
@@ -49,6 +56,12 @@ impl Kind {
             Kind::OptStr => "a string (or null)".into(),
             Kind::Bool => "true or false".into(),
             Kind::Int { min, max } => format!("a whole number from {min} to {max}"),
+            Kind::OptInt { min, max } => {
+                format!("a whole number from {min} to {max} (or null for the default)")
+            }
+            Kind::OptAddr => {
+                "an IP address and port such as 127.0.0.1:8002 or \"[::1]:8002\" (or null)".into()
+            }
             Kind::Float { min, max } => format!("a number from {min} to {max}"),
             Kind::Duration => {
                 "a duration: seconds (30) or a string such as \"30s\" or \"5m\"".into()
@@ -128,6 +141,8 @@ const KEYS: &[Key] = &[
           doc: "A session nobody has used for this long is ended and its sandbox removed" },
     Key { path: "session.max_sessions", env: "MAX_SESSIONS", kind: Kind::Int { min: 1, max: 10_000 }, default: "32",
           doc: "Live sessions at most; creating one more is refused with a clear message" },
+    Key { path: "session.max_sessions_per_client", env: "MAX_SESSIONS_PER_CLIENT", kind: Kind::OptInt { min: 1, max: 10_000 }, default: "null",
+          doc: "Live sessions one client may hold at most; null means a quarter of session.max_sessions, at least 1 (over stdio there is one client, `local`)" },
     Key { path: "package.installer", env: "INSTALLER", kind: Kind::Choice(&["pip", "uv"]), default: "uv",
           doc: "Installer run in the installer container: uv when the image has it, pip otherwise (the result says which ran)" },
     Key { path: "package.index_url", env: "INDEX_URL", kind: Kind::OptStr, default: "null",
@@ -140,6 +155,10 @@ const KEYS: &[Key] = &[
           doc: "How long one install may take" },
     Key { path: "package.only_binary", env: "ONLY_BINARY", kind: Kind::Bool, default: "true",
           doc: "Install wheels only; building from source runs the package's code at install time" },
+    Key { path: "server.http", env: "HTTP", kind: Kind::OptAddr, default: "null",
+          doc: "Serve MCP over streamable HTTP at this address (path /mcp) instead of stdio, e.g. 127.0.0.1:8002; same as `serve --http ADDR`" },
+    Key { path: "server.tokens_file", env: "TOKENS_FILE", kind: Kind::OptStr, default: "null",
+          doc: "File of HTTP clients, one `NAME TOKEN` per line (`#` comments); every request then needs `Authorization: Bearer TOKEN`. Required off loopback" },
     Key { path: "allowed_modules", env: "ALLOWED_MODULES", kind: Kind::List, default: "[]",
           doc: "If not empty, user code may import only these top-level modules (a policy, not a security boundary: the container is)" },
     Key { path: "blocked_modules", env: "BLOCKED_MODULES", kind: Kind::List, default: "[]",
@@ -153,6 +172,8 @@ pub enum Source {
     File(PathBuf),
     Env(String),
     Flag(String),
+    /// Not set anywhere; derived from other settings as the text says.
+    Computed(&'static str),
 }
 
 impl fmt::Display for Source {
@@ -163,6 +184,7 @@ impl fmt::Display for Source {
             Source::Env(v) if v.starts_with(ENV_PREFIX) => write!(f, "environment variable {v}"),
             Source::Env(v) => write!(f, "{v}"),
             Source::Flag(v) => write!(f, "command-line flag {v}"),
+            Source::Computed(how) => write!(f, "default: {how}"),
         }
     }
 }
@@ -223,6 +245,23 @@ pub struct DockerConfig {
 pub struct SessionConfig {
     pub idle_timeout: Duration,
     pub max_sessions: u64,
+    /// Resolved: never null here (see [`default_per_client`]).
+    pub max_sessions_per_client: u64,
+}
+
+/// HTTP service settings (`server.*`).
+#[derive(Debug, Clone, Default)]
+pub struct ServerConfig {
+    /// Serve streamable HTTP here instead of stdio.
+    pub http: Option<std::net::SocketAddr>,
+    /// The clients and their bearer tokens.
+    pub tokens_file: Option<PathBuf>,
+}
+
+/// `session.max_sessions_per_client` when it is not set: a quarter of the global limit,
+/// at least 1, so one client cannot take every slot.
+pub fn default_per_client(max_sessions: u64) -> u64 {
+    (max_sessions / 4).max(1)
 }
 
 /// Package installation settings (`package.*`).
@@ -242,6 +281,7 @@ pub struct Config {
     pub docker: DockerConfig,
     pub session: SessionConfig,
     pub package: PackageConfig,
+    pub server: ServerConfig,
     pub allowed_modules: Vec<String>,
     pub blocked_modules: Vec<String>,
     /// For each key, its value in YAML notation and where it came from.
@@ -366,9 +406,25 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         pool_wait_timeout: p.duration("docker.pool_wait_timeout")?,
         warm_imports: p.list("docker.warm_imports")?,
     };
+    let max_sessions = p.int("session.max_sessions")?;
+    let per_client = match p.opt_int("session.max_sessions_per_client")? {
+        Some(n) => n,
+        None => {
+            let n = default_per_client(max_sessions);
+            p.provenance.insert(
+                "session.max_sessions_per_client",
+                (
+                    format!("{n}"),
+                    Source::Computed("a quarter of session.max_sessions"),
+                ),
+            );
+            n
+        }
+    };
     let session = SessionConfig {
         idle_timeout: p.duration("session.idle_timeout")?,
-        max_sessions: p.int("session.max_sessions")?,
+        max_sessions,
+        max_sessions_per_client: per_client,
     };
     let package = PackageConfig {
         installer: p.string("package.installer")?,
@@ -377,6 +433,10 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         trusted_hosts: p.list("package.trusted_hosts")?,
         timeout: p.duration("package.timeout")?,
         only_binary: p.bool("package.only_binary")?,
+    };
+    let server = ServerConfig {
+        http: p.opt_addr("server.http")?,
+        tokens_file: p.opt_string("server.tokens_file")?.map(PathBuf::from),
     };
     let allowed_modules = p.list("allowed_modules")?;
     let blocked_modules = p.list("blocked_modules")?;
@@ -401,6 +461,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         docker,
         session,
         package,
+        server,
         allowed_modules,
         blocked_modules,
         provenance: p.provenance,
@@ -515,6 +576,11 @@ fn env_value(kind: Kind, s: &str) -> serde_norway::Value {
                 .map(|x| serde_norway::Value::String(x.into()))
                 .collect(),
         ),
+        // Strings stay strings (an IPv6 address `[::1]:8002` is not a YAML list).
+        Kind::OptStr | Kind::OptAddr if s.trim().is_empty() || s.trim() == "null" => {
+            serde_norway::Value::Null
+        }
+        Kind::OptStr | Kind::OptAddr => serde_norway::Value::String(s.trim().into()),
         // Let YAML decide: "true", "5", "0.5" and "null" become what they look like.
         _ => serde_norway::from_str(s).unwrap_or_else(|_| serde_norway::Value::String(s.into())),
     }
@@ -603,6 +669,36 @@ impl Parsed<'_> {
         };
         match v.as_u64() {
             Some(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(self.wrong(path, kind)),
+        }
+    }
+
+    fn opt_int(&mut self, path: &'static str) -> Result<Option<u64>, ConfigError> {
+        let (v, kind) = self.get(path);
+        let Kind::OptInt { min, max } = kind else {
+            unreachable!("{path} is not an optional int")
+        };
+        match v {
+            serde_norway::Value::Null => Ok(None),
+            v => match v.as_u64() {
+                Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(self.wrong(path, kind)),
+            },
+        }
+    }
+
+    fn opt_addr(
+        &mut self,
+        path: &'static str,
+    ) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let (v, kind) = self.get(path);
+        match v {
+            serde_norway::Value::Null => Ok(None),
+            serde_norway::Value::String(s) if s.is_empty() => Ok(None),
+            serde_norway::Value::String(s) => match s.parse() {
+                Ok(addr) => Ok(Some(addr)),
+                Err(_) => Err(self.wrong(path, kind)),
+            },
             _ => Err(self.wrong(path, kind)),
         }
     }
@@ -949,6 +1045,82 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.package.trusted_hosts, vec!["a.example", "b.example"]);
+    }
+
+    #[test]
+    fn per_client_sessions_default_to_a_quarter_and_can_be_set() {
+        let c = Config::defaults();
+        assert_eq!(c.session.max_sessions, 32);
+        assert_eq!(c.session.max_sessions_per_client, 8);
+        assert!(
+            c.describe()
+                .contains("default: a quarter of session.max_sessions"),
+            "{}",
+            c.describe()
+        );
+        let c = resolve(&Layers {
+            env: env(&[("PYTHON_DOCKER_MCP_MAX_SESSIONS", "3")]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.session.max_sessions_per_client, 1, "at least one");
+        let c = resolve(&Layers {
+            file: file("session:\n  max_sessions_per_client: 5\n"),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.session.max_sessions_per_client, 5);
+        let e = resolve(&Layers {
+            env: env(&[("PYTHON_DOCKER_MCP_MAX_SESSIONS_PER_CLIENT", "0")]),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("session.max_sessions_per_client") && e.contains("from 1 to"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn http_address_and_tokens_file() {
+        let c = Config::defaults();
+        assert_eq!(c.server.http, None);
+        assert_eq!(c.server.tokens_file, None);
+        let c = resolve(&Layers {
+            env: env(&[
+                ("PYTHON_DOCKER_MCP_HTTP", "127.0.0.1:8002"),
+                ("PYTHON_DOCKER_MCP_TOKENS_FILE", "/etc/pdm/tokens"),
+            ]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.server.http, Some("127.0.0.1:8002".parse().unwrap()));
+        assert_eq!(c.server.tokens_file, Some(PathBuf::from("/etc/pdm/tokens")));
+        let c = resolve(&Layers {
+            flags: vec![("server.http".into(), "[::1]:0".into(), "--http".into())],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.server.http, Some("[::1]:0".parse().unwrap()));
+        let c = resolve(&Layers {
+            file: file("server:\n  http: \"[::1]:8002\"\n"),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.server.http, Some("[::1]:8002".parse().unwrap()));
+        for bad in ["localhost", "8002", "example:80"] {
+            let e = resolve(&Layers {
+                flags: vec![("server.http".into(), bad.into(), "--http".into())],
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("server.http") && e.contains("--http") && e.contains("127.0.0.1:8002"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

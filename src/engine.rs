@@ -4,9 +4,13 @@
 //! seam, the session registry and the owner identity every container is labelled with.
 //! Each operation returns a typed result or an operation-specific error whose message says
 //! what failed and what to do. [`Engine::shutdown`] removes everything this daemon created.
+//!
+//! Every operation acts for a [`Client`] (over stdio, `local`). A session belongs to the
+//! client that created it: to every other client its id is unknown, with exactly the
+//! error an id that never existed gets ([`ExecError::NoSuchSession`],
+//! [`CleanupError::NoSuchSession`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +20,7 @@ use tokio::sync::{mpsc, Mutex, OnceCell};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::client::Client;
 use crate::config::{human_bytes, Config};
 use crate::docker::{Docker, DockerError};
 use crate::install::{self, Requirement, RequirementError};
@@ -24,7 +29,7 @@ use crate::repl::{
     ExecLimits, Interrupt, Outcome, OutputChunk, Package, PyError, Repl, ReplError, Reply, Variable,
 };
 use crate::sandbox::{self, Owner};
-use crate::session::{Registry, Session, SessionGuard, State};
+use crate::session::{Registry, Session, SessionGuard, SlotRefusal, Slots, State};
 use crate::text::clip;
 
 /// How many figures one call returns, and how large each may be.
@@ -179,6 +184,8 @@ pub enum ExecError {
     Broken(String, String),
     #[error("there are already {0} sessions (session.max_sessions). End one with cleanup-session, or raise the limit")]
     TooManySessions(usize),
+    #[error("client `{client}` already has {max} sessions (session.max_sessions_per_client). End one with cleanup-session, or ask the operator to raise the limit")]
+    TooManySessionsForClient { client: Client, max: usize },
 }
 
 impl From<RequirementError> for ExecError {
@@ -237,8 +244,9 @@ struct Shared {
     cache_volume: OnceCell<()>,
     /// Background tasks (pool refill and reaper, removals); shutdown waits for them.
     tasks: TaskTracker,
-    /// Live sessions plus sessions being created, for `session.max_sessions`.
-    session_slots: AtomicUsize,
+    /// Live sessions plus sessions being created, in all (`session.max_sessions`) and per
+    /// client (`session.max_sessions_per_client`).
+    slots: Slots,
     /// Stops the engine's own background task (idle expiry).
     stop: CancellationToken,
 }
@@ -249,6 +257,10 @@ impl Engine {
         let owner = Owner::new();
         let tasks = TaskTracker::new();
         let pool = Pool::new(config.clone(), docker.clone(), owner.clone(), tasks.clone());
+        let slots = Slots::new(
+            config.session.max_sessions as usize,
+            config.session.max_sessions_per_client as usize,
+        );
         Engine {
             shared: Arc::new(Shared {
                 config,
@@ -259,7 +271,7 @@ impl Engine {
                 shared_install: Mutex::new(()),
                 cache_volume: OnceCell::new(),
                 tasks,
-                session_slots: AtomicUsize::new(0),
+                slots,
                 stop: CancellationToken::new(),
             }),
         }
@@ -349,9 +361,11 @@ impl Engine {
         code: &str,
         state: Option<&serde_json::Map<String, serde_json::Value>>,
         packages: &[String],
+        client: &Client,
         call: &CallContext,
     ) -> Result<ExecResult, ExecError> {
         let requirements = run_requirements(packages)?;
+        tracing::debug!(%client, "transient run");
         let started = Instant::now();
         let mut sandbox = self.shared.pool.acquire().await?;
         let installed = match self
@@ -409,12 +423,13 @@ impl Engine {
         code: &str,
         session_id: Option<&str>,
         packages: &[String],
+        client: &Client,
         call: &CallContext,
     ) -> Result<ExecResult, ExecError> {
         let requirements = run_requirements(packages)?;
         let session = match session_id {
-            Some(id) => self.session(id)?,
-            None => self.new_session().await?,
+            Some(id) => self.session(id, client)?,
+            None => self.new_session(client).await?,
         };
         // A new session kept a warm sandbox; replace it once this first call is done.
         let _replenish = session_id.is_none().then(|| Replenish(&self.shared.pool));
@@ -461,8 +476,8 @@ impl Engine {
     }
 
     /// Forget a session's variables and imports; its sandbox, files and packages stay.
-    pub async fn reset_session(&self, id: &str) -> Result<(), ExecError> {
-        let session = self.session(id)?;
+    pub async fn reset_session(&self, id: &str, client: &Client) -> Result<(), ExecError> {
+        let session = self.session(id, client)?;
         let mut guard = session.lock().await;
         let repl = self.live(&session, &mut guard)?;
         repl.reset(CONTROL_TIMEOUT)
@@ -471,8 +486,12 @@ impl Engine {
     }
 
     /// A session's variables with their types and short reprs.
-    pub async fn list_variables(&self, id: &str) -> Result<Vec<Variable>, ExecError> {
-        let session = self.session(id)?;
+    pub async fn list_variables(
+        &self,
+        id: &str,
+        client: &Client,
+    ) -> Result<Vec<Variable>, ExecError> {
+        let session = self.session(id, client)?;
         let mut guard = session.lock().await;
         let repl = self.live(&session, &mut guard)?;
         repl.variables(CONTROL_TIMEOUT)
@@ -480,12 +499,17 @@ impl Engine {
             .map_err(|e| ExecError::Broken(clip(id).into(), e.to_string()))
     }
 
-    fn session(&self, id: &str) -> Result<Arc<Session>, ExecError> {
-        self.shared.sessions.get(id).ok_or_else(|| self.ended(id))
+    /// `client`'s session `id`. Another client's session is unknown, like one that never
+    /// existed: the same error, the same text.
+    fn session(&self, id: &str, client: &Client) -> Result<Arc<Session>, ExecError> {
+        self.shared
+            .sessions
+            .get(id, client)
+            .ok_or_else(|| self.ended(id, client))
     }
 
-    fn ended(&self, id: &str) -> ExecError {
-        match self.shared.sessions.ended_because(id) {
+    fn ended(&self, id: &str, client: &Client) -> ExecError {
+        match self.shared.sessions.ended_because(id, client) {
             Some(why) => ExecError::Ended {
                 id: clip(id).into(),
                 why,
@@ -510,27 +534,28 @@ impl Engine {
         })
     }
 
-    async fn new_session(&self) -> Result<Arc<Session>, ExecError> {
+    async fn new_session(&self, client: &Client) -> Result<Arc<Session>, ExecError> {
         let s = &self.shared;
-        let max = s.config.session.max_sessions as usize;
-        // Reserve a slot first so concurrent creations cannot overshoot the limit.
-        let reserved = s
-            .session_slots
-            .fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1));
-        if reserved.is_err() {
-            return Err(ExecError::TooManySessions(max));
-        }
+        // Reserve a slot first so concurrent creations cannot overshoot either limit.
+        s.slots.reserve(client).map_err(|refused| match refused {
+            SlotRefusal::Total(max) => ExecError::TooManySessions(max),
+            SlotRefusal::PerClient(max) => ExecError::TooManySessionsForClient {
+                client: client.clone(),
+                max,
+            },
+        })?;
         let sandbox = match s.pool.acquire().await {
             Ok(sandbox) => sandbox,
             Err(e) => {
-                s.session_slots.fetch_sub(1, SeqCst);
+                s.slots.release(client);
                 return Err(e.into());
             }
         };
         let id = uuid::Uuid::new_v4().to_string();
-        tracing::info!(session_id = %id, container = %sandbox.repl.name, python = %sandbox.repl.python, "session started");
+        tracing::info!(session_id = %id, %client, container = %sandbox.repl.name, python = %sandbox.repl.python, "session started");
         let session = Arc::new(Session::new(
             id,
+            client.clone(),
             sandbox.repl.id.clone(),
             sandbox.volume,
             sandbox.repl,
@@ -556,9 +581,9 @@ impl Engine {
         let State::Live(repl) = std::mem::replace(state, State::Ended(why.clone())) else {
             unreachable!("checked above")
         };
-        self.shared.sessions.forget(&session.id, &why);
-        self.shared.session_slots.fetch_sub(1, SeqCst);
-        tracing::info!(session_id = %session.id, %why, "session ended");
+        self.shared.sessions.forget(session, &why);
+        self.shared.slots.release(&session.owner);
+        tracing::info!(session_id = %session.id, client = %session.owner, %why, "session ended");
         let docker = self.shared.docker.clone();
         let (container, volume) = (session.container.clone(), session.volume.clone());
         Some(self.shared.tasks.spawn(async move {
@@ -595,9 +620,9 @@ impl Engine {
 
     /// End a session: its container and volume are removed; later calls are told so. A
     /// call running in it is stopped at once; an install into it is waited for.
-    pub async fn cleanup_session(&self, id: &str) -> Result<(), CleanupError> {
-        let Some(session) = self.shared.sessions.get(id) else {
-            return Err(match self.shared.sessions.ended_because(id) {
+    pub async fn cleanup_session(&self, id: &str, client: &Client) -> Result<(), CleanupError> {
+        let Some(session) = self.shared.sessions.get(id, client) else {
+            return Err(match self.shared.sessions.ended_because(id, client) {
                 Some(why) => CleanupError::AlreadyEnded {
                     id: clip(id).into(),
                     why,
@@ -622,11 +647,12 @@ impl Engine {
         &self,
         packages: &[String],
         session_id: Option<&str>,
+        client: &Client,
     ) -> Result<InstallResult, InstallError> {
         let requirements = parse_requirements(packages)?;
         match session_id {
             Some(id) => {
-                let session = self.session(id)?;
+                let session = self.session(id, client)?;
                 // Holding the session's lock: no code runs in it while packages change, and
                 // an ended session's volume is never touched again.
                 let mut guard = session.lock().await;
@@ -646,10 +672,14 @@ impl Engine {
 
     /// Installed distributions as a session sees them (its own, shared, the image's), or,
     /// without a session, as a new sandbox sees them (shared and the image's).
-    pub async fn list_packages(&self, session_id: Option<&str>) -> Result<Vec<Package>, ExecError> {
+    pub async fn list_packages(
+        &self,
+        session_id: Option<&str>,
+        client: &Client,
+    ) -> Result<Vec<Package>, ExecError> {
         match session_id {
             Some(id) => {
-                let session = self.session(id)?;
+                let session = self.session(id, client)?;
                 let mut guard = session.lock().await;
                 let repl = self.live(&session, &mut guard)?;
                 repl.packages(CONTROL_TIMEOUT)

@@ -23,14 +23,18 @@
 //! - [`session`]: the registry of persistent sessions.
 //! - [`install`]: requirement validation and the installer command.
 //! - [`engine`]: the operations behind the tools, and shutdown.
+//! - [`client`]: who is calling: the `Client` every operation acts for, and the tokens file.
 //! - [`mcp`]: the thin MCP tool layer (rmcp).
+//! - [`http`]: streamable HTTP at `/mcp` behind bearer tokens, `/health` and `/ready`.
 //! - [`demo`]: a real MCP client session against this binary, for the README's first command.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod docker;
 pub mod engine;
+pub mod http;
 pub mod install;
 pub mod mcp;
 pub mod pool;

@@ -10,7 +10,7 @@ use python_docker_mcp::config::{self, Config, Layers};
 use python_docker_mcp::docker::Docker;
 use python_docker_mcp::repl::Repl;
 use python_docker_mcp::sandbox::{self, Owner, Role};
-use python_docker_mcp::{demo, Engine, Server};
+use python_docker_mcp::{demo, http, Engine, Server};
 use rmcp::ServiceExt;
 
 /// How long shutdown may spend removing containers.
@@ -44,8 +44,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve MCP over stdin/stdout (the default).
-    Serve,
+    /// Serve MCP over stdin/stdout (the default), or over streamable HTTP with --http.
+    Serve {
+        /// Serve streamable HTTP at this address instead of stdio, e.g. 127.0.0.1:8002
+        /// (server.http). Off loopback it needs server.tokens_file.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
+    },
     /// Print the effective configuration and where each value came from.
     Config {
         /// Print a config file with every key and its default instead.
@@ -86,12 +91,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Who may call over HTTP is decided before anything binds or starts.
+    let http = match cli.command {
+        None | Some(Command::Serve { .. }) => match http::plan(&config.server) {
+            Ok(plan) => plan,
+            Err(e) => {
+                eprintln!("python-docker-mcp: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     // The demo's child server gets the same settings: the global options, re-serialised.
     let demo_args = global_args(&cli);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
-        match cli.command.unwrap_or(Command::Serve) {
-            Command::Serve => serve(config).await,
+        match cli.command.unwrap_or(Command::Serve { http: None }) {
+            Command::Serve { .. } => serve(config, http).await,
             Command::Config { .. } => {
                 print!("{}", config.describe());
                 Ok(())
@@ -153,12 +169,25 @@ fn load_config(cli: &Cli) -> Result<Config, config::ConfigError> {
             .flags
             .push((k.trim().into(), v.trim().into(), format!("--set {k}")));
     }
+    if let Some(Command::Serve {
+        http: Some(addr), ..
+    }) = &cli.command
+    {
+        layers
+            .flags
+            .push(("server.http".into(), addr.clone(), "--http".into()));
+    }
     config::resolve(&layers)
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, http: Option<http::Plan>) -> anyhow::Result<()> {
+    let listener = match &http {
+        Some(plan) => Some(http::bind(plan).await?),
+        None => None,
+    };
     let engine = Engine::new(config);
-    tracing::info!(instance = %engine.instance(), sandbox = %engine.describe_sandbox(), "python-docker-mcp starting on stdio");
+    let transport = if http.is_some() { "HTTP" } else { "stdio" };
+    tracing::info!(instance = %engine.instance(), sandbox = %engine.describe_sandbox(), "python-docker-mcp starting on {transport}");
     // Tell the operator early if Docker or the image is missing; never block start-up on it.
     let probe = engine.clone();
     let probe = tokio::spawn(async move {
@@ -188,6 +217,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     // Warm the pool in the background; `initialize` never waits for it.
     engine.start();
+    if let (Some(plan), Some(listener)) = (http, listener) {
+        let outcome = http::serve(engine.clone(), plan, listener, shutdown_signal()).await;
+        probe.abort();
+        engine.shutdown(SHUTDOWN_GRACE).await;
+        engine.docker().close();
+        return outcome;
+    }
     let server = Server::new(engine.clone());
     let running = async {
         let service = server.serve(rmcp::transport::stdio()).await?;

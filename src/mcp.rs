@@ -7,6 +7,11 @@
 //! result saying what does not fit: serde names a missing field, and for a wrong type says
 //! what was expected (MCP 2025-11-25: input validation errors are tool errors, so the model
 //! can correct itself). An unknown tool or a malformed message is a JSON-RPC error.
+//!
+//! Every call acts for a [`Client`]: over stdio, `local`; over HTTP, the client the
+//! request's bearer token names, which the HTTP layer puts into the request's extensions
+//! (rmcp hands each request's `http::request::Parts` to the handler in the request
+//! context). An HTTP request that arrives without one is refused, never served as `local`.
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;
@@ -26,6 +31,7 @@ use rmcp::service::RequestContext;
 use rmcp::RoleServer;
 use tokio::sync::mpsc;
 
+use crate::client::Client;
 use crate::engine::{CallContext, Engine, ExecResult, InstallResult};
 use crate::repl::{OutputChunk, Package, Variable};
 
@@ -123,15 +129,30 @@ pub struct CleanupResult {
     pub removed: bool,
 }
 
-/// The MCP server: a clone of the engine handle plus the tool router.
+/// The MCP server: a clone of the engine handle plus the tool router. Cheap to clone: the
+/// HTTP service clones one per MCP session (and per stateless request).
 #[derive(Clone)]
 pub struct Server {
     engine: Engine,
     tool_router: ToolRouter<Server>,
+    /// Whether `install-package` without a session may change the environment every
+    /// client's runs see. Off when several clients share the daemon: until each client has
+    /// its own shared environment, one client must not change another's imports.
+    shared_installs: bool,
 }
 
 impl Server {
+    /// A server for one client (stdio, or HTTP on loopback without tokens).
     pub fn new(engine: Engine) -> Server {
+        Server::with_shared_installs(engine, true)
+    }
+
+    /// A server for several clients: installs without a session are refused.
+    pub fn for_clients(engine: Engine) -> Server {
+        Server::with_shared_installs(engine, false)
+    }
+
+    fn with_shared_installs(engine: Engine, shared_installs: bool) -> Server {
         let mut tool_router = Self::tool_router();
         for route in tool_router.map.values_mut() {
             let tool = &mut route.attr;
@@ -141,7 +162,19 @@ impl Server {
         Server {
             engine,
             tool_router,
+            shared_installs,
         }
+    }
+}
+
+/// The client a call acts for. No HTTP request parts: stdio, the one `local` client. HTTP
+/// parts without a [`Client`] cannot happen behind the auth layer, and are refused.
+fn client_of(ctx: &RequestContext<RoleServer>) -> Result<Client, ErrorData> {
+    match ctx.extensions.get::<http::request::Parts>() {
+        None => Ok(Client::local()),
+        Some(parts) => parts.extensions.get::<Client>().cloned().ok_or_else(|| {
+            ErrorData::internal_error("this HTTP request carries no client identity", None)
+        }),
     }
 }
 
@@ -342,10 +375,17 @@ value and any exception with its traceback.",
         Parameters(args): Parameters<TransientArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
+        let client = client_of(&ctx)?;
         let (call, relay) = call_context(&ctx);
         let result = self
             .engine
-            .execute_transient(&args.code, args.state.as_ref(), &args.packages, &call)
+            .execute_transient(
+                &args.code,
+                args.state.as_ref(),
+                &args.packages,
+                &client,
+                &call,
+            )
             .await;
         finish_relay(call, relay).await;
         Ok(match result {
@@ -369,11 +409,12 @@ cleanup-session when you are done.",
         Parameters(args): Parameters<PersistentArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
+        let client = client_of(&ctx)?;
         let session = args.session_id.as_deref().filter(|s| !s.is_empty());
         let (call, relay) = call_context(&ctx);
         let result = self
             .engine
-            .execute_persistent(&args.code, session, &args.packages, &call)
+            .execute_persistent(&args.code, session, &args.packages, &client, &call)
             .await;
         finish_relay(call, relay).await;
         Ok(match result {
@@ -391,8 +432,10 @@ keeping its sandbox, its files and the packages installed into it. Use it to sta
     async fn reset_session(
         &self,
         Parameters(args): Parameters<SessionArgs>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        Ok(match self.engine.reset_session(&args.session_id).await {
+        let client = client_of(&ctx)?;
+        Ok(match self.engine.reset_session(&args.session_id, &client).await {
             Ok(()) => {
                 let text = format!("Session {} was reset: no variables or imports remain; files and packages are kept.", args.session_id);
                 structured(
@@ -415,8 +458,10 @@ without printing it.",
     async fn list_variables(
         &self,
         Parameters(args): Parameters<SessionArgs>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        Ok(match self.engine.list_variables(&args.session_id).await {
+        let client = client_of(&ctx)?;
+        Ok(match self.engine.list_variables(&args.session_id, &client).await {
             Ok(variables) => {
                 let text = if variables.is_empty() {
                     format!("Session {} has no variables.", args.session_id)
@@ -455,11 +500,21 @@ no network.",
     async fn install_package(
         &self,
         Parameters(args): Parameters<InstallArgs>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
+        let client = client_of(&ctx)?;
         let session = args.session_id.as_deref().filter(|s| !s.is_empty());
+        if session.is_none() && !self.shared_installs {
+            return Ok(tool_error(
+                "this server is shared by several clients, so installs into the shared \
+                 environment are turned off (they would change every client's imports). \
+                 Install into a session (pass session_id) or pass `packages` to \
+                 execute-transient or execute-persistent",
+            ));
+        }
         let packages = args.package_name.into_vec();
         Ok(
-            match self.engine.install_package(&packages, session).await {
+            match self.engine.install_package(&packages, session, &client).await {
                 Ok(r) => structured(render_install(&r), &r),
                 Err(e) => tool_error(e),
             },
@@ -475,9 +530,11 @@ installs, the shared environment, the image), or without session_id for the shar
     async fn list_packages(
         &self,
         Parameters(args): Parameters<ListPackagesArgs>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
+        let client = client_of(&ctx)?;
         let session = args.session_id.as_deref().filter(|s| !s.is_empty());
-        Ok(match self.engine.list_packages(session).await {
+        Ok(match self.engine.list_packages(session, &client).await {
             Ok(packages) => {
                 let lines: Vec<String> = packages
                     .iter()
@@ -499,8 +556,10 @@ are removed. Later calls with that session_id are refused.",
     async fn cleanup_session(
         &self,
         Parameters(args): Parameters<CleanupArgs>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        Ok(match self.engine.cleanup_session(&args.session_id).await {
+        let client = client_of(&ctx)?;
+        Ok(match self.engine.cleanup_session(&args.session_id, &client).await {
             Ok(()) => {
                 let r = CleanupResult {
                     session_id: args.session_id.clone(),

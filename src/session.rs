@@ -9,13 +9,20 @@
 //! wants a busy session to end (cleanup, shutdown) asks with [`Session::request_end`]:
 //! the call holding the lock is stopped, and whoever takes the lock next ends the session.
 //! Ended ids are remembered (bounded) so a later call can say what happened.
+//!
+//! **Ownership.** Every session belongs to the [`Client`] that created it. The registry
+//! only finds a session, live or ended, for its owner: to anyone else an id is unknown,
+//! so another client cannot even learn that it existed. [`Slots`] counts sessions per
+//! client for `session.max_sessions_per_client` and in all for `session.max_sessions`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
+use crate::client::Client;
 use crate::repl::Repl;
 
 /// How many ended sessions are remembered for their explanation.
@@ -32,6 +39,8 @@ pub enum State {
 /// One persistent session.
 pub struct Session {
     pub id: String,
+    /// The client that created it; nobody else can see it.
+    pub owner: Client,
     /// Container id, readable without the lock so an end request can stop a busy session.
     pub container: String,
     /// The session's package volume (installs go here).
@@ -50,9 +59,16 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(id: String, container: String, volume: String, repl: Repl) -> Session {
+    pub fn new(
+        id: String,
+        owner: Client,
+        container: String,
+        volume: String,
+        repl: Repl,
+    ) -> Session {
         Session {
             id,
+            owner,
             container,
             volume,
             last_used: std::sync::Mutex::new(Instant::now()),
@@ -144,7 +160,8 @@ impl Drop for SessionGuard<'_> {
 pub struct Registry {
     /// Never hold a guard of this map across an `.await`: clone the `Arc` out first.
     live: DashMap<String, Arc<Session>>,
-    ended: DashMap<String, String>,
+    /// Keyed by owner and id: only the owner is told that an id existed.
+    ended: DashMap<(Client, String), String>,
 }
 
 impl Registry {
@@ -152,23 +169,33 @@ impl Registry {
         self.live.insert(session.id.clone(), session);
     }
 
-    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
-        self.live.get(id).map(|s| s.value().clone())
+    /// The live session `id` if `owner` owns it. Another client's session is `None`,
+    /// exactly like an id that never existed.
+    pub fn get(&self, id: &str, owner: &Client) -> Option<Arc<Session>> {
+        self.live
+            .get(id)
+            .filter(|s| &s.owner == owner)
+            .map(|s| s.value().clone())
     }
 
     /// Move a session from the live map to the remembered ended ones. Only
     /// `Engine::end_session` calls this, under the session's lock.
-    pub(crate) fn forget(&self, id: &str, why: &str) {
-        self.live.remove(id);
+    pub(crate) fn forget(&self, session: &Session, why: &str) {
+        self.live.remove(&session.id);
         if self.ended.len() >= TOMBSTONES {
             self.ended.clear();
         }
-        self.ended.insert(id.to_string(), why.to_string());
+        self.ended.insert(
+            (session.owner.clone(), session.id.clone()),
+            why.to_string(),
+        );
     }
 
-    /// Why a session that is not live has ended, if it ever existed.
-    pub fn ended_because(&self, id: &str) -> Option<String> {
-        self.ended.get(id).map(|w| w.value().clone())
+    /// Why `owner`'s session `id`, no longer live, has ended, if it ever existed.
+    pub fn ended_because(&self, id: &str, owner: &Client) -> Option<String> {
+        self.ended
+            .get(&(owner.clone(), id.to_string()))
+            .map(|w| w.value().clone())
     }
 
     /// Every live session.
@@ -183,5 +210,101 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.live.is_empty()
+    }
+}
+
+/// Why a session slot was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRefusal {
+    /// `session.max_sessions` live or starting sessions in all.
+    Total(usize),
+    /// `session.max_sessions_per_client` live or starting sessions of this client.
+    PerClient(usize),
+}
+
+/// Session slots: live sessions plus sessions being created, in all and per client. A
+/// slot is reserved before a sandbox is taken, so concurrent creations cannot overshoot
+/// either limit; `Engine::end_session` (or a failed creation) releases it.
+#[derive(Debug)]
+pub struct Slots {
+    max_total: usize,
+    max_per_client: usize,
+    /// A std mutex: held for a few instructions, never across an `.await`.
+    taken: std::sync::Mutex<Taken>,
+}
+
+#[derive(Debug, Default)]
+struct Taken {
+    total: usize,
+    /// Clients with at least one slot; a client's entry goes when its count reaches 0.
+    per_client: HashMap<Client, usize>,
+}
+
+impl Slots {
+    pub fn new(max_total: usize, max_per_client: usize) -> Slots {
+        Slots {
+            max_total,
+            max_per_client,
+            taken: std::sync::Mutex::new(Taken::default()),
+        }
+    }
+
+    /// Take a slot for `client`, or say which limit is reached.
+    pub fn reserve(&self, client: &Client) -> Result<(), SlotRefusal> {
+        let mut taken = self.taken.lock().expect("slots lock");
+        let mine = taken.per_client.get(client).copied().unwrap_or(0);
+        if mine >= self.max_per_client {
+            return Err(SlotRefusal::PerClient(self.max_per_client));
+        }
+        if taken.total >= self.max_total {
+            return Err(SlotRefusal::Total(self.max_total));
+        }
+        taken.total += 1;
+        *taken.per_client.entry(client.clone()).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// Give back a slot `client` reserved.
+    pub fn release(&self, client: &Client) {
+        let mut taken = self.taken.lock().expect("slots lock");
+        taken.total = taken.total.saturating_sub(1);
+        if let Some(n) = taken.per_client.get_mut(client) {
+            *n -= 1;
+            if *n == 0 {
+                taken.per_client.remove(client);
+            }
+        }
+    }
+
+    /// Slots taken by `client` now.
+    pub fn of(&self, client: &Client) -> usize {
+        let taken = self.taken.lock().expect("slots lock");
+        taken.per_client.get(client).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_hold_both_limits_and_free_per_client() {
+        let slots = Slots::new(3, 2);
+        let (a, b) = (Client::new("a"), Client::new("b"));
+        slots.reserve(&a).unwrap();
+        slots.reserve(&a).unwrap();
+        assert_eq!(slots.reserve(&a), Err(SlotRefusal::PerClient(2)));
+        slots.reserve(&b).unwrap();
+        assert_eq!(slots.reserve(&b), Err(SlotRefusal::Total(3)));
+        slots.release(&a);
+        assert_eq!(slots.of(&a), 1);
+        slots.reserve(&b).unwrap();
+        assert_eq!(slots.of(&b), 2);
+        assert_eq!(slots.reserve(&a), Err(SlotRefusal::Total(3)));
+        for c in [&a, &b, &b] {
+            slots.release(c);
+        }
+        assert_eq!((slots.of(&a), slots.of(&b)), (0, 0));
+        assert!(slots.taken.lock().unwrap().per_client.is_empty());
     }
 }

@@ -1,0 +1,277 @@
+//! The HTTP service: MCP's streamable HTTP transport at `/mcp` (rmcp's
+//! `StreamableHttpService` in axum), bearer-token authentication, `/health` and `/ready`.
+//!
+//! [`plan`] decides, before anything binds, who may call: the clients of
+//! `server.tokens_file`, or on a loopback address without tokens the one client `local`.
+//! A non-loopback address without tokens is refused. The auth layer turns every `/mcp`
+//! request's bearer token into a [`Client`] in the request's extensions, where the tool
+//! layer finds it; a missing or wrong token gets 401 with `WWW-Authenticate: Bearer`.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{bearer, Client, Tokens, TokensError};
+use crate::config::ServerConfig;
+use crate::{Engine, Server};
+
+/// How long `/ready` waits for Docker to answer.
+const READY_PROBE: Duration = Duration::from_secs(2);
+/// How long open HTTP connections get to finish after a shutdown signal, before the
+/// engine's own drain starts.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Who may call an HTTP daemon.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// Loopback without tokens: every request is the client `local`.
+    Local,
+    /// Every request needs one of these bearer tokens.
+    Tokens(Arc<Tokens>),
+}
+
+/// Where to listen and who may call, decided and checked before anything binds.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub addr: SocketAddr,
+    pub access: Access,
+}
+
+/// Why the HTTP service will not start. `main` exits with code 2 for these.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("refusing to serve on {addr}: it is not a loopback address and no tokens file is set (server.tokens_file), so anyone who can reach it could run code here. Create a file with one `NAME TOKEN` line per client and pass it with PYTHON_DOCKER_MCP_TOKENS_FILE=PATH (or `--set server.tokens_file=PATH`), or bind to 127.0.0.1")]
+    OpenToTheNetwork { addr: SocketAddr },
+    #[error(transparent)]
+    Tokens(#[from] TokensError),
+}
+
+/// The HTTP plan for these settings: `None` serves stdio. Reads the tokens file.
+pub fn plan(server: &ServerConfig) -> Result<Option<Plan>, StartError> {
+    let Some(addr) = server.http else {
+        return Ok(None);
+    };
+    let access = match &server.tokens_file {
+        Some(path) => Access::Tokens(Arc::new(Tokens::load(path)?)),
+        None if addr.ip().is_loopback() => Access::Local,
+        None => return Err(StartError::OpenToTheNetwork { addr }),
+    };
+    Ok(Some(Plan { addr, access }))
+}
+
+/// The MCP transport's settings. rmcp checks the `Host` header against loopback names
+/// by default, which guards an unauthenticated loopback server against DNS rebinding; the
+/// bound address is added so `127.0.0.2:PORT` works too. With tokens every request must
+/// carry a secret a rebinding page cannot know, and clients reach the daemon by names
+/// only the operator knows (a host name, a load balancer), so the check is off.
+fn transport_config(plan: &Plan, stop: &CancellationToken) -> StreamableHttpServerConfig {
+    let config = StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token());
+    match &plan.access {
+        Access::Local => {
+            let mut hosts = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+            if let IpAddr::V4(ip) = plan.addr.ip() {
+                hosts.push(ip.to_string());
+            }
+            config.with_allowed_hosts(hosts)
+        }
+        Access::Tokens(_) => config.disable_allowed_hosts(),
+    }
+}
+
+/// The whole HTTP application: `/mcp` behind the auth layer, `/health` and `/ready` open.
+pub fn router(engine: Engine, plan: &Plan, stop: &CancellationToken) -> Router {
+    let server = match &plan.access {
+        Access::Tokens(tokens) if tokens.names().len() > 1 => Server::for_clients(engine.clone()),
+        _ => Server::new(engine.clone()),
+    };
+    // The factory runs once per MCP session (and per stateless request): a clone of
+    // `Arc`s, so every session shares the one engine, pool and registry.
+    let mcp = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        transport_config(plan, stop),
+    );
+    let mcp = Router::new()
+        .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(
+            plan.access.clone(),
+            authenticate,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .with_state(engine)
+        .merge(mcp)
+}
+
+/// Listen on the plan's address (before the engine starts any sandbox).
+pub async fn bind(plan: &Plan) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(plan.addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.http)", plan.addr))
+}
+
+/// Serve until `shutdown` completes, then stop accepting, end the MCP sessions and give
+/// open requests [`CLOSE_GRACE`] to finish. The caller drains the engine afterwards.
+pub async fn serve(
+    engine: Engine,
+    plan: Plan,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = &'static str>,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    let clients = match &plan.access {
+        Access::Local => vec![crate::client::LOCAL],
+        Access::Tokens(tokens) => tokens.names(),
+    };
+    tracing::info!(url = %format!("http://{local}/mcp"), ?clients, "serving MCP over streamable HTTP");
+    let stop = CancellationToken::new();
+    let app = router(engine, &plan, &stop);
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    });
+    let mut server = tokio::spawn(async move { server.await });
+    tokio::select! {
+        r = &mut server => return Ok(r.context("the HTTP server task failed")??),
+        signal = shutdown => tracing::info!(%signal, "shutting down"),
+    }
+    stop.cancel();
+    if tokio::time::timeout(CLOSE_GRACE, &mut server)
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?CLOSE_GRACE, "HTTP connections still open after the grace period; closing them");
+        server.abort();
+    }
+    Ok(())
+}
+
+/// Resolve the caller: a valid bearer token's client, or `local` without tokens. Anything
+/// else is 401 with `WWW-Authenticate: Bearer` and no body. The token is never logged.
+async fn authenticate(State(access): State<Access>, mut req: Request, next: Next) -> Response {
+    let client = match &access {
+        Access::Local => Client::local(),
+        Access::Tokens(tokens) => {
+            let presented = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| bearer(v.as_bytes()));
+            match presented.and_then(|t| tokens.client(t)) {
+                Some(client) => client,
+                None => {
+                    tracing::debug!(
+                        had_header = presented.is_some(),
+                        "refused a request without a valid bearer token"
+                    );
+                    return unauthorized();
+                }
+            }
+        }
+    };
+    tracing::trace!(%client, method = %req.method(), "request");
+    req.extensions_mut().insert(client);
+    next.run(req).await
+}
+
+fn unauthorized() -> Response {
+    Response::builder()
+        .status(StatusCode::UNAUTHORIZED)
+        .header(header::WWW_AUTHENTICATE, "Bearer")
+        .body(Body::empty())
+        .expect("a valid response")
+}
+
+/// 200 while the process serves.
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+/// 200 when Docker answers and a warm sandbox is ready (or the pool is off); 503 with a
+/// JSON reason otherwise.
+async fn ready(State(engine): State<Engine>) -> Response {
+    let not_ready = |reason: String| {
+        let body = serde_json::json!({ "ready": false, "reason": reason });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    };
+    let version = match tokio::time::timeout(READY_PROBE, engine.docker().ping()).await {
+        Err(_) => return not_ready(format!("Docker did not answer within {READY_PROBE:?}")),
+        Ok(Err(e)) => return not_ready(e.to_string()),
+        Ok(Ok(version)) => version,
+    };
+    let d = &engine.config().docker;
+    let stats = engine.pool_stats();
+    let pooled = d.pool_enabled && d.pool_size > 0;
+    if pooled && stats.warm == 0 {
+        return not_ready(format!(
+            "the pool has no warm sandbox yet ({} being created, {} creations failed so far)",
+            stats.creating, stats.creation_failures
+        ));
+    }
+    let body = serde_json::json!({
+        "ready": true,
+        "docker": version,
+        "pool": if pooled { "on" } else { "off" },
+        "warm": stats.warm,
+    });
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(http: &str, tokens: Option<&str>) -> ServerConfig {
+        ServerConfig {
+            http: Some(http.parse().unwrap()),
+            tokens_file: tokens.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn stdio_without_an_address() {
+        assert!(plan(&ServerConfig::default()).unwrap().is_none());
+    }
+
+    #[test]
+    fn loopback_without_tokens_is_the_local_client() {
+        for addr in ["127.0.0.1:0", "[::1]:8002", "127.0.0.2:1"] {
+            let p = plan(&server(addr, None)).unwrap().unwrap();
+            assert!(matches!(p.access, Access::Local), "{addr}");
+        }
+    }
+
+    #[test]
+    fn off_loopback_without_tokens_is_refused_with_the_fix() {
+        for addr in ["0.0.0.0:0", "[::]:8002", "10.1.2.3:8002"] {
+            let e = plan(&server(addr, None)).unwrap_err().to_string();
+            assert!(
+                e.contains("not a loopback address")
+                    && e.contains("PYTHON_DOCKER_MCP_TOKENS_FILE")
+                    && e.contains("127.0.0.1"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_tokens_file_is_named() {
+        let e = plan(&server("0.0.0.0:0", Some("/nonexistent/pdm-tokens")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/pdm-tokens"), "{e}");
+    }
+}
