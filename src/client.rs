@@ -69,7 +69,9 @@ pub enum TokensError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("tokens file {path}, line {line}: {why}. Each line is `NAME TOKEN`; `#` starts a comment")]
+    #[error(
+        "tokens file {path}, line {line}: {why}. Each line is `NAME TOKEN`; `#` starts a comment"
+    )]
     Malformed {
         path: PathBuf,
         line: usize,
@@ -186,10 +188,7 @@ mod tests {
 
     #[test]
     fn names_tokens_comments_and_blank_lines() {
-        let t = parse(&format!(
-            "# the team\n\nalice {A}   # laptop\n  bob\t{B}\n"
-        ))
-        .unwrap();
+        let t = parse(&format!("# the team\n\nalice {A}   # laptop\n  bob\t{B}\n")).unwrap();
         assert_eq!(t.names(), ["alice", "bob"]);
         assert_eq!(t.client(A.as_bytes()), Some(Client::new("alice")));
         assert_eq!(t.client(B.as_bytes()), Some(Client::new("bob")));

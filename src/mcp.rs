@@ -435,18 +435,20 @@ keeping its sandbox, its files and the packages installed into it. Use it to sta
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let client = client_of(&ctx)?;
-        Ok(match self.engine.reset_session(&args.session_id, &client).await {
-            Ok(()) => {
-                let text = format!("Session {} was reset: no variables or imports remain; files and packages are kept.", args.session_id);
-                structured(
-                    text,
-                    &SessionAck {
-                        session_id: args.session_id,
-                    },
-                )
-            }
-            Err(e) => tool_error(e),
-        })
+        Ok(
+            match self.engine.reset_session(&args.session_id, &client).await {
+                Ok(()) => {
+                    let text = format!("Session {} was reset: no variables or imports remain; files and packages are kept.", args.session_id);
+                    structured(
+                        text,
+                        &SessionAck {
+                            session_id: args.session_id,
+                        },
+                    )
+                }
+                Err(e) => tool_error(e),
+            },
+        )
     }
 
     #[tool(
@@ -461,31 +463,33 @@ without printing it.",
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let client = client_of(&ctx)?;
-        Ok(match self.engine.list_variables(&args.session_id, &client).await {
-            Ok(variables) => {
-                let text = if variables.is_empty() {
-                    format!("Session {} has no variables.", args.session_id)
-                } else {
-                    let lines: Vec<String> = variables
-                        .iter()
-                        .map(|v| format!("{}: {} = {}", v.name, v.kind, v.repr))
-                        .collect();
-                    format!(
-                        "Session {} variables:\n{}",
-                        args.session_id,
-                        lines.join("\n")
+        Ok(
+            match self.engine.list_variables(&args.session_id, &client).await {
+                Ok(variables) => {
+                    let text = if variables.is_empty() {
+                        format!("Session {} has no variables.", args.session_id)
+                    } else {
+                        let lines: Vec<String> = variables
+                            .iter()
+                            .map(|v| format!("{}: {} = {}", v.name, v.kind, v.repr))
+                            .collect();
+                        format!(
+                            "Session {} variables:\n{}",
+                            args.session_id,
+                            lines.join("\n")
+                        )
+                    };
+                    structured(
+                        text,
+                        &VariableList {
+                            session_id: args.session_id,
+                            variables,
+                        },
                     )
-                };
-                structured(
-                    text,
-                    &VariableList {
-                        session_id: args.session_id,
-                        variables,
-                    },
-                )
-            }
-            Err(e) => tool_error(e),
-        })
+                }
+                Err(e) => tool_error(e),
+            },
+        )
     }
 
     #[tool(
@@ -514,7 +518,11 @@ no network.",
         }
         let packages = args.package_name.into_vec();
         Ok(
-            match self.engine.install_package(&packages, session, &client).await {
+            match self
+                .engine
+                .install_package(&packages, session, &client)
+                .await
+            {
                 Ok(r) => structured(render_install(&r), &r),
                 Err(e) => tool_error(e),
             },
@@ -559,22 +567,24 @@ are removed. Later calls with that session_id are refused.",
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let client = client_of(&ctx)?;
-        Ok(match self.engine.cleanup_session(&args.session_id, &client).await {
-            Ok(()) => {
-                let r = CleanupResult {
-                    session_id: args.session_id.clone(),
-                    removed: true,
-                };
-                let mut result = CallToolResult::success(vec![Content::text(format!(
-                    "Session {} cleaned up successfully",
-                    args.session_id
-                ))]);
-                result.structured_content =
-                    Some(serde_json::to_value(&r).expect("results serialise"));
-                result
-            }
-            Err(e) => tool_error(e),
-        })
+        Ok(
+            match self.engine.cleanup_session(&args.session_id, &client).await {
+                Ok(()) => {
+                    let r = CleanupResult {
+                        session_id: args.session_id.clone(),
+                        removed: true,
+                    };
+                    let mut result = CallToolResult::success(vec![Content::text(format!(
+                        "Session {} cleaned up successfully",
+                        args.session_id
+                    ))]);
+                    result.structured_content =
+                        Some(serde_json::to_value(&r).expect("results serialise"));
+                    result
+                }
+                Err(e) => tool_error(e),
+            },
+        )
     }
 }
 

@@ -185,10 +185,8 @@ impl Registry {
         if self.ended.len() >= TOMBSTONES {
             self.ended.clear();
         }
-        self.ended.insert(
-            (session.owner.clone(), session.id.clone()),
-            why.to_string(),
-        );
+        self.ended
+            .insert((session.owner.clone(), session.id.clone()), why.to_string());
     }
 
     /// Why `owner`'s session `id`, no longer live, has ended, if it ever existed.
