@@ -142,7 +142,7 @@ const KEYS: &[Key] = &[
     Key { path: "session.max_sessions", env: "MAX_SESSIONS", kind: Kind::Int { min: 1, max: 10_000 }, default: "32",
           doc: "Live sessions at most; creating one more is refused with a clear message" },
     Key { path: "session.max_sessions_per_client", env: "MAX_SESSIONS_PER_CLIENT", kind: Kind::OptInt { min: 1, max: 10_000 }, default: "null",
-          doc: "Live sessions one client may hold at most; null means a quarter of session.max_sessions, at least 1 (over stdio there is one client, `local`)" },
+          doc: "Live sessions one client may hold at most; null means a quarter of session.max_sessions (at least 1) when a tokens file names several clients, else all of session.max_sessions" },
     Key { path: "package.installer", env: "INSTALLER", kind: Kind::Choice(&["pip", "uv"]), default: "uv",
           doc: "Installer run in the installer container: uv when the image has it, pip otherwise (the result says which ran)" },
     Key { path: "package.index_url", env: "INDEX_URL", kind: Kind::OptStr, default: "null",
@@ -172,8 +172,6 @@ pub enum Source {
     File(PathBuf),
     Env(String),
     Flag(String),
-    /// Not set anywhere; derived from other settings as the text says.
-    Computed(&'static str),
 }
 
 impl fmt::Display for Source {
@@ -184,7 +182,6 @@ impl fmt::Display for Source {
             Source::Env(v) if v.starts_with(ENV_PREFIX) => write!(f, "environment variable {v}"),
             Source::Env(v) => write!(f, "{v}"),
             Source::Flag(v) => write!(f, "command-line flag {v}"),
-            Source::Computed(how) => write!(f, "default: {how}"),
         }
     }
 }
@@ -245,8 +242,22 @@ pub struct DockerConfig {
 pub struct SessionConfig {
     pub idle_timeout: Duration,
     pub max_sessions: u64,
-    /// Resolved: never null here (see [`default_per_client`]).
-    pub max_sessions_per_client: u64,
+    /// `None`: the default, see [`SessionConfig::per_client_limit`].
+    pub max_sessions_per_client: Option<u64>,
+}
+
+impl SessionConfig {
+    /// The sessions one client may hold. Unset, it is a quarter of `max_sessions` (at
+    /// least 1) when several clients share the daemon, and all of `max_sessions` when
+    /// there is one client (stdio, loopback without tokens, a tokens file of one client),
+    /// so a single client keeps every slot as before.
+    pub fn per_client_limit(&self, several_clients: bool) -> u64 {
+        match self.max_sessions_per_client {
+            Some(n) => n,
+            None if several_clients => default_per_client(self.max_sessions),
+            None => self.max_sessions,
+        }
+    }
 }
 
 /// HTTP service settings (`server.*`).
@@ -258,8 +269,8 @@ pub struct ServerConfig {
     pub tokens_file: Option<PathBuf>,
 }
 
-/// `session.max_sessions_per_client` when it is not set: a quarter of the global limit,
-/// at least 1, so one client cannot take every slot.
+/// `session.max_sessions_per_client` when it is not set and several clients share the
+/// daemon: a quarter of the global limit, at least 1, so one client cannot take every slot.
 pub fn default_per_client(max_sessions: u64) -> u64 {
     (max_sessions / 4).max(1)
 }
@@ -406,25 +417,10 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         pool_wait_timeout: p.duration("docker.pool_wait_timeout")?,
         warm_imports: p.list("docker.warm_imports")?,
     };
-    let max_sessions = p.int("session.max_sessions")?;
-    let per_client = match p.opt_int("session.max_sessions_per_client")? {
-        Some(n) => n,
-        None => {
-            let n = default_per_client(max_sessions);
-            p.provenance.insert(
-                "session.max_sessions_per_client",
-                (
-                    format!("{n}"),
-                    Source::Computed("a quarter of session.max_sessions"),
-                ),
-            );
-            n
-        }
-    };
     let session = SessionConfig {
         idle_timeout: p.duration("session.idle_timeout")?,
-        max_sessions,
-        max_sessions_per_client: per_client,
+        max_sessions: p.int("session.max_sessions")?,
+        max_sessions_per_client: p.opt_int("session.max_sessions_per_client")?,
     };
     let package = PackageConfig {
         installer: p.string("package.installer")?,
@@ -1048,28 +1044,29 @@ mod tests {
     }
 
     #[test]
-    fn per_client_sessions_default_to_a_quarter_and_can_be_set() {
+    fn per_client_sessions_default_to_a_quarter_when_shared_and_can_be_set() {
         let c = Config::defaults();
         assert_eq!(c.session.max_sessions, 32);
-        assert_eq!(c.session.max_sessions_per_client, 8);
-        assert!(
-            c.describe()
-                .contains("default: a quarter of session.max_sessions"),
-            "{}",
-            c.describe()
+        assert_eq!(c.session.max_sessions_per_client, None);
+        assert_eq!(c.session.per_client_limit(true), 8);
+        assert_eq!(
+            c.session.per_client_limit(false),
+            32,
+            "one client keeps every slot"
         );
         let c = resolve(&Layers {
             env: env(&[("PYTHON_DOCKER_MCP_MAX_SESSIONS", "3")]),
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(c.session.max_sessions_per_client, 1, "at least one");
+        assert_eq!(c.session.per_client_limit(true), 1, "at least one");
         let c = resolve(&Layers {
             file: file("session:\n  max_sessions_per_client: 5\n"),
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(c.session.max_sessions_per_client, 5);
+        assert_eq!(c.session.per_client_limit(true), 5);
+        assert_eq!(c.session.per_client_limit(false), 5);
         let e = resolve(&Layers {
             env: env(&[("PYTHON_DOCKER_MCP_MAX_SESSIONS_PER_CLIENT", "0")]),
             ..Default::default()

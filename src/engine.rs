@@ -252,14 +252,21 @@ struct Shared {
 }
 
 impl Engine {
+    /// An engine for one client (stdio, or HTTP with one client).
     pub fn new(config: Config) -> Engine {
+        Engine::for_clients(config, false)
+    }
+
+    /// An engine shared by several clients when `several` (it sets the default of
+    /// `session.max_sessions_per_client`).
+    pub fn for_clients(config: Config, several: bool) -> Engine {
         let docker = Docker::new();
         let owner = Owner::new();
         let tasks = TaskTracker::new();
         let pool = Pool::new(config.clone(), docker.clone(), owner.clone(), tasks.clone());
         let slots = Slots::new(
             config.session.max_sessions as usize,
-            config.session.max_sessions_per_client as usize,
+            config.session.per_client_limit(several) as usize,
         );
         Engine {
             shared: Arc::new(Shared {

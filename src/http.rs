@@ -91,11 +91,19 @@ fn transport_config(plan: &Plan, stop: &CancellationToken) -> StreamableHttpServ
     }
 }
 
+impl Plan {
+    /// Whether several clients share the daemon (a tokens file of more than one client).
+    pub fn several_clients(&self) -> bool {
+        matches!(&self.access, Access::Tokens(tokens) if tokens.names().len() > 1)
+    }
+}
+
 /// The whole HTTP application: `/mcp` behind the auth layer, `/health` and `/ready` open.
 pub fn router(engine: Engine, plan: &Plan, stop: &CancellationToken) -> Router {
-    let server = match &plan.access {
-        Access::Tokens(tokens) if tokens.names().len() > 1 => Server::for_clients(engine.clone()),
-        _ => Server::new(engine.clone()),
+    let server = if plan.several_clients() {
+        Server::for_clients(engine.clone())
+    } else {
+        Server::new(engine.clone())
     };
     // The factory runs once per MCP session (and per stateless request): a clone of
     // `Arc`s, so every session shares the one engine, pool and registry.

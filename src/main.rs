@@ -185,7 +185,8 @@ async fn serve(config: Config, http: Option<http::Plan>) -> anyhow::Result<()> {
         Some(plan) => Some(http::bind(plan).await?),
         None => None,
     };
-    let engine = Engine::new(config);
+    let several = http.as_ref().is_some_and(http::Plan::several_clients);
+    let engine = Engine::for_clients(config, several);
     let transport = if http.is_some() { "HTTP" } else { "stdio" };
     tracing::info!(instance = %engine.instance(), sandbox = %engine.describe_sandbox(), "python-docker-mcp starting on {transport}");
     // Tell the operator early if Docker or the image is missing; never block start-up on it.
