@@ -593,9 +593,11 @@ impl Engine {
         tracing::info!(session_id = %session.id, client = %session.owner, %why, "session ended");
         let docker = self.shared.docker.clone();
         let (container, volume) = (session.container.clone(), session.volume.clone());
+        // Close the connection first: a reader that stopped reading (its caller went
+        // away) would otherwise keep the engine from finishing the container.
+        drop(repl);
         Some(self.shared.tasks.spawn(async move {
             docker.remove(&container).await;
-            drop(repl);
             docker.remove_volume(&volume).await;
         }))
     }

@@ -362,10 +362,13 @@ impl Pool {
             return;
         }
         let docker = self.inner.docker.clone();
+        let Sandbox { repl, volume, .. } = sandbox;
+        let container = repl.id.clone();
+        // Close the connection first (see `Engine::end_session`), then remove.
+        drop(repl);
         self.inner.tasks.spawn(async move {
-            docker.remove(&sandbox.repl.id).await;
-            drop(sandbox.repl);
-            docker.remove_volume(&sandbox.volume).await;
+            docker.remove(&container).await;
+            docker.remove_volume(&volume).await;
         });
         self.replenish();
     }

@@ -723,11 +723,13 @@ impl Reader {
                 tracing::warn!(container = %self.name, stray = self.stray, malformed = self.malformed,
                     "ending a sandbox that broke the protocol: {why}");
                 *self.broken.lock().expect("broken lock") = Some(why);
-                // Let go of the stream first: the engine cannot finish a container whose
-                // output it is still trying to hand to a reader that stopped reading.
-                drop(output);
+                // The caller hears of it now (its queue closes). Keep reading, discarding
+                // everything, until the container is gone: the engine cannot finish a
+                // container whose output it is still trying to hand to a reader that
+                // stopped reading, and half of the connection (our stdin) is still open.
                 drop(self.replies);
-                self.docker.remove(&self.container).await;
+                let drain = async { while output.next().await.is_some() {} };
+                tokio::join!(self.docker.remove(&self.container), drain);
                 return;
             }
         }

@@ -243,9 +243,18 @@ impl Daemon {
         assert!(
             settled,
             "containers and volumes (without the shared package volume) are back to \
-             {want:?}, baseline {base:?} plus {kept} kept session(s); now {:?}: {:?}",
+             {want:?}, baseline {base:?} plus {kept} kept session(s); now {:?}: {:?}\n{}",
             counted(pid),
-            leftovers(pid)
+            leftovers(pid),
+            docker_lines(&[
+                "ps",
+                "-a",
+                "--filter",
+                &format!("label={PID_LABEL}={pid}"),
+                "--format",
+                "{{.ID}} {{.Names}} {{.Status}} {{.Label \"python-docker-mcp.role\"}}",
+            ])
+            .join("\n")
         );
         let limit = base.rss + MEMORY_SLACK;
         let fits = eventually(Duration::from_secs(10), || self.rss() <= limit).await;
