@@ -9,6 +9,12 @@ use common::*;
 use rmcp::model::CallToolRequestParams;
 use serde_json::json;
 
+/// A daemon that starts removes the containers of daemons that are gone. The SIGKILL test
+/// watches its containers exit by themselves, which such a sweep would spoil, so it runs
+/// alone: it holds this for writing, every other test here for reading.
+static ALONE: std::sync::LazyLock<tokio::sync::RwLock<()>> =
+    std::sync::LazyLock::new(|| tokio::sync::RwLock::new(()));
+
 /// Give the daemon a session (container + volume), the shared volume and a finished
 /// transient run; check that Docker shows them under its pid label.
 async fn make_work(d: &Daemon) -> String {
@@ -42,6 +48,7 @@ async fn make_work(d: &Daemon) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn containers_and_volumes_carry_the_owner_labels() {
+    let _shared = ALONE.read().await;
     let mut d = Daemon::start().await;
     d.new_session("x = 1").await;
     let containers = containers_with_role(d.pid, "sandbox");
@@ -85,6 +92,7 @@ async fn containers_and_volumes_carry_the_owner_labels() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn closing_the_client_stops_the_daemon_and_removes_everything() {
+    let _shared = ALONE.read().await;
     let mut d = Daemon::start().await;
     make_work(&d).await;
     // EOF on stdin, and nothing else: the test owns the process and sends no signal.
@@ -100,6 +108,7 @@ async fn closing_the_client_stops_the_daemon_and_removes_everything() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_the_daemon_and_removes_everything_even_mid_call() {
+    let _shared = ALONE.read().await;
     let mut d = Daemon::start().await;
     make_work(&d).await;
     // A call that is still running when the signal arrives.
@@ -149,6 +158,7 @@ async fn sigterm_stops_the_daemon_and_removes_everything_even_mid_call() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn after_sigkill_the_containers_remove_themselves() {
+    let _alone = ALONE.write().await;
     let mut d = Daemon::start().await;
     make_work(&d).await;
     let pid = d.pid;
@@ -203,6 +213,7 @@ async fn after_sigkill_the_containers_remove_themselves() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_daemon_removes_what_a_killed_one_left_behind() {
+    let _shared = ALONE.read().await;
     let mut dead = Daemon::start().await;
     make_work(&dead).await;
     let dead_pid = dead.pid;
@@ -247,6 +258,7 @@ fn all_volumes() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nothing_touches_a_session_after_it_ended_not_even_a_call_already_waiting() {
+    let _shared = ALONE.read().await;
     let d = std::sync::Arc::new(Daemon::start().await);
     let before = all_volumes();
     let id = d.new_session("x = 1").await;
@@ -302,6 +314,7 @@ async fn nothing_touches_a_session_after_it_ended_not_even_a_call_already_waitin
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_way_a_session_ends_frees_its_slot() {
+    let _shared = ALONE.read().await;
     let d = Daemon::start_with(&[
         ("PYTHON_DOCKER_MCP_MAX_SESSIONS", "1"),
         ("PYTHON_DOCKER_MCP_SESSION_IDLE_TIMEOUT", "2s"),
