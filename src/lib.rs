@@ -18,14 +18,16 @@
 //! - [`config`]: settings, layered defaults < file < environment < flags, validated once.
 //! - [`sandbox`]: the security profile every container gets; the one place isolation lives.
 //! - [`docker`]: the container runtime seam; the only module that uses bollard.
-//! - [`repl`]: the wire protocol with the helper (`repl/helper.py`) and one live REPL.
+//! - [`repl`]: the wire protocol with the helper (`repl/helper.py`) and one live REPL; it
+//!   trusts nothing the sandbox sends (capped frames, strict ids, bounded queues).
 //! - [`pool`]: warm sandboxes, the creation semaphore, max age, single-use checkout.
-//! - [`session`]: the registry of persistent sessions.
+//! - [`session`]: the registry of persistent sessions; a session is `Live` or `Ended`.
 //! - [`install`]: requirement validation and the installer command.
 //! - [`engine`]: the operations behind the tools, and shutdown.
 //! - [`client`]: who is calling: the `Client` every operation acts for, and the tokens file.
 //! - [`mcp`]: the thin MCP tool layer (rmcp).
 //! - [`http`]: streamable HTTP at `/mcp` behind bearer tokens, `/health` and `/ready`.
+//! - [`text`]: user input echoed in messages, clipped.
 //! - [`demo`]: a real MCP client session against this binary, for the README's first command.
 #![forbid(unsafe_code)]
 
