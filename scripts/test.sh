@@ -14,7 +14,7 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 # Each end-to-end test starts its own daemon and containers; the machines have 2 cores.
-cargo test --all-targets --locked -- --test-threads "${PDM_TEST_THREADS:-4}"
+cargo test --all-targets --locked --no-fail-fast -- --test-threads "${PDM_TEST_THREADS:-4}"
 
 echo "== engine restart (alone: it stops and restarts the Docker engine)"
 cargo test --locked --test engine_restart -- --ignored --test-threads 1
