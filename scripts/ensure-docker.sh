@@ -20,7 +20,20 @@ if ! command -v dockerd >/dev/null 2>&1; then
   apt-get install -y -qq docker.io >/dev/null
 fi
 
-if ! pgrep -x dockerd >/dev/null 2>&1; then
+# A dockerd that just exited can linger as a zombie until something reaps it; pgrep
+# would still list it. Only a live one counts.
+dockerd_running() {
+  local pid state
+  for pid in $(pgrep -x dockerd 2>/dev/null); do
+    state=$(ps -o stat= -p "$pid" 2>/dev/null | cut -c1)
+    if [ -n "$state" ] && [ "$state" != Z ]; then
+      return 0
+    fi
+  done
+  return 1
+}
+
+if ! dockerd_running; then
   log=${DOCKERD_LOG:-/var/log/dockerd.log}
   echo "ensure-docker: starting dockerd (log: $log)"
   nohup dockerd >"$log" 2>&1 </dev/null &

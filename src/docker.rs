@@ -232,6 +232,7 @@ fn api(op: &'static str) -> impl FnOnce(BollardError) -> DockerError {
     move |e| match e {
         BollardError::DockerResponseServerError { message, .. } => DockerError::Api { op, message },
         BollardError::HyperResponseError { .. }
+        | BollardError::HyperLegacyError { .. }
         | BollardError::IOError { .. }
         | BollardError::RequestTimeoutError => DockerError::Unreachable {
             host: host(),
