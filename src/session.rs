@@ -131,11 +131,7 @@ pub struct SessionGuard<'a> {
 }
 
 impl SessionGuard<'_> {
-    /// The session's state. Only `Engine::end_session` changes it (through `state_mut`).
-    pub fn state(&self) -> &State {
-        &self.state
-    }
-
+    /// The session's state, for `Engine::end_session`, the only code that changes it.
     pub(crate) fn state_mut(&mut self) -> &mut State {
         &mut self.state
     }
@@ -199,15 +195,6 @@ impl Registry {
     /// Every live session.
     pub fn all(&self) -> Vec<Arc<Session>> {
         self.live.iter().map(|e| e.value().clone()).collect()
-    }
-
-    /// How many sessions are live.
-    pub fn len(&self) -> usize {
-        self.live.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.live.is_empty()
     }
 }
 
