@@ -10,6 +10,8 @@
 //! whatever still carries its pid label, so a failing test leaves nothing behind.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
