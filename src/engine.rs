@@ -9,8 +9,12 @@
 //! client that created it: to every other client its id is unknown, with exactly the
 //! error an id that never existed gets ([`ExecError::NoSuchSession`],
 //! [`CleanupError::NoSuchSession`]).
+//!
+//! When several clients share the daemon, each has its own shared environment: a client's
+//! first install without a session gives it a pool of its own whose sandboxes mount its
+//! package volume ([`Pool::for_client`]); its later runs and new sessions come from there.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -238,6 +242,11 @@ struct Shared {
     sessions: Registry,
     /// Every sandbox comes from the pool (pool off: created on demand, same path).
     pool: Pool,
+    /// Several clients share the daemon: each installs into a shared environment of its own.
+    several: bool,
+    /// The pools of clients with a shared environment of their own (sync lock, never held
+    /// across an `.await`).
+    client_pools: std::sync::Mutex<HashMap<Client, Pool>>,
     /// Installs into the shared environment run one at a time.
     shared_install: Mutex<()>,
     /// The download cache volume exists (created on the first install).
@@ -275,6 +284,8 @@ impl Engine {
                 owner,
                 sessions: Registry::default(),
                 pool,
+                several,
+                client_pools: Default::default(),
                 shared_install: Mutex::new(()),
                 cache_volume: OnceCell::new(),
                 tasks,
@@ -303,9 +314,53 @@ impl Engine {
         }
     }
 
-    /// The pool's counters.
+    /// The pools' counters, summed over the main pool and every client's own.
     pub fn pool_stats(&self) -> PoolStats {
-        self.shared.pool.stats()
+        self.pools()
+            .iter()
+            .map(Pool::stats)
+            .fold(PoolStats::default(), |a, b| PoolStats {
+                warm: a.warm + b.warm,
+                creating: a.creating + b.creating,
+                waiting: a.waiting + b.waiting,
+                checked_out: a.checked_out + b.checked_out,
+                retired: a.retired + b.retired,
+                creation_failures: a.creation_failures + b.creation_failures,
+            })
+    }
+
+    /// The main pool and every client's own.
+    fn pools(&self) -> Vec<Pool> {
+        let s = &self.shared;
+        let clients = s.client_pools.lock().expect("client pools lock");
+        std::iter::once(s.pool.clone())
+            .chain(clients.values().cloned())
+            .collect()
+    }
+
+    /// Where `client`'s sandboxes come from: its own pool once it has a shared environment
+    /// of its own, the main pool otherwise.
+    fn pool_for(&self, client: &Client) -> Pool {
+        let s = &self.shared;
+        let clients = s.client_pools.lock().expect("client pools lock");
+        clients.get(client).unwrap_or(&s.pool).clone()
+    }
+
+    /// The pool whose shared volume `client`'s installs without a session go to: with
+    /// several clients its own, made on first use; otherwise the main pool.
+    fn shared_environment_of(&self, client: &Client) -> Pool {
+        let s = &self.shared;
+        if !s.several {
+            return s.pool.clone();
+        }
+        let mut clients = s.client_pools.lock().expect("client pools lock");
+        let n = clients.len();
+        let pool = clients.entry(client.clone()).or_insert_with(|| {
+            tracing::info!(%client, "the client gets a shared environment of its own");
+            s.pool.for_client(client, s.owner.client_volume(n))
+        });
+        pool.start();
+        pool.clone()
     }
 
     pub fn config(&self) -> &Config {
@@ -374,14 +429,15 @@ impl Engine {
         let requirements = run_requirements(packages)?;
         tracing::debug!(%client, "transient run");
         let started = Instant::now();
-        let mut sandbox = self.shared.pool.acquire().await?;
+        let pool = self.pool_for(client);
+        let mut sandbox = pool.acquire(client).await?;
         let installed = match self
             .install_for_run(&requirements, &sandbox.volume, None, "this run")
             .await
         {
             Ok(installed) => installed,
             Err(e) => {
-                self.shared.pool.discard(sandbox);
+                pool.discard(sandbox);
                 return Err(ExecError::Packages(Box::new(e)));
             }
         };
@@ -397,7 +453,7 @@ impl Engine {
             )
             .await;
         // Single use: whatever happened, this sandbox is never used again.
-        self.shared.pool.discard(sandbox);
+        pool.discard(sandbox);
         let mut result = match outcome {
             Ok(outcome) => ExecResult::from_outcome(outcome, ""),
             Err(e) => ExecResult::lost(self.lost_reason(&e), started, &e),
@@ -439,7 +495,9 @@ impl Engine {
             None => self.new_session(client).await?,
         };
         // A new session kept a warm sandbox; replace it once this first call is done.
-        let _replenish = session_id.is_none().then(|| Replenish(&self.shared.pool));
+        let _replenish = session_id
+            .is_none()
+            .then(|| Replenish(self.pool_for(client)));
         let started = Instant::now();
         let mut guard = session.lock().await;
         let target = format!("session {}", session.id);
@@ -551,7 +609,7 @@ impl Engine {
                 max,
             },
         })?;
-        let sandbox = match s.pool.acquire().await {
+        let sandbox = match self.pool_for(client).acquire(client).await {
             Ok(sandbox) => sandbox,
             Err(e) => {
                 s.slots.release(client);
@@ -671,7 +729,8 @@ impl Engine {
                     .await
             }
             None => {
-                let volume = self.shared.pool.shared_volume().await?.to_string();
+                let pool = self.shared_environment_of(client);
+                let volume = pool.shared_volume().await?.to_string();
                 let _one_at_a_time = self.shared.shared_install.lock().await;
                 self.run_installer(&requirements, &volume, None, "shared environment".into())
                     .await
@@ -696,9 +755,10 @@ impl Engine {
                     .map_err(|e| ExecError::Broken(clip(id).into(), e.to_string()))
             }
             None => {
-                let mut sandbox = self.shared.pool.acquire().await?;
+                let pool = self.pool_for(client);
+                let mut sandbox = pool.acquire(client).await?;
                 let listed = sandbox.repl.packages(CONTROL_TIMEOUT).await;
-                self.shared.pool.discard(sandbox);
+                pool.discard(sandbox);
                 listed.map_err(|e| ExecError::Broken("(new sandbox)".into(), e.to_string()))
             }
         }
@@ -810,7 +870,10 @@ impl Engine {
     pub async fn shutdown(&self, grace: Duration) {
         let s = &self.shared;
         s.stop.cancel();
-        s.pool.close();
+        let pools = self.pools();
+        for pool in &pools {
+            pool.close();
+        }
         let sessions = s.sessions.all();
         for session in &sessions {
             session.request_end("the server shut down");
@@ -818,7 +881,7 @@ impl Engine {
         let work = async {
             // Only talk to Docker if this daemon ever did. Removing the containers first
             // also stops installs, so no session's lock is held for long.
-            if s.pool.used_docker() {
+            if pools.iter().any(Pool::used_docker) {
                 match s.docker.remove_instance(&s.owner.instance).await {
                     Ok(n) => tracing::info!(containers = n, "removed this instance's containers"),
                     Err(e) => {
@@ -841,9 +904,9 @@ impl Engine {
 }
 
 /// Refills the pool when dropped, after the call that took a sandbox has finished.
-struct Replenish<'a>(&'a Pool);
+struct Replenish(Pool);
 
-impl Drop for Replenish<'_> {
+impl Drop for Replenish {
     fn drop(&mut self) {
         self.0.replenish();
     }

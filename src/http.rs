@@ -6,10 +6,13 @@
 //! A non-loopback address without tokens is refused. The auth layer turns every `/mcp`
 //! request's bearer token into a [`Client`] in the request's extensions, where the tool
 //! layer finds it; a missing or wrong token gets 401 with `WWW-Authenticate: Bearer`.
+//! The same layer binds each MCP session (`Mcp-Session-Id`) to the client that opened it:
+//! any other client presenting that id is answered as for an id that never existed.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -20,6 +23,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use rmcp::transport::common::http_header::HEADER_SESSION_ID;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
@@ -98,26 +102,78 @@ impl Plan {
     }
 }
 
+/// The auth layer's state: who may call, and which client opened each MCP session.
+#[derive(Clone)]
+struct Gate {
+    access: Access,
+    manager: Arc<LocalSessionManager>,
+    /// `Mcp-Session-Id` → the client it was issued to. Swept of ids rmcp has forgotten
+    /// whenever it doubles (see [`Gate::bind`]).
+    owners: Arc<Mutex<Owners>>,
+}
+
+#[derive(Default)]
+struct Owners {
+    by_id: HashMap<String, Client>,
+    /// The map's size after the last sweep.
+    swept: usize,
+}
+
+/// Sweep the session map once it has this many entries and has doubled since the last.
+const SWEEP_FLOOR: usize = 64;
+
+impl Gate {
+    /// Whether `client` may use the MCP session `id`: unknown ids pass (rmcp answers them).
+    fn may_use(&self, id: &str, client: &Client) -> bool {
+        let owners = self.owners.lock().expect("owners lock");
+        owners.by_id.get(id).is_none_or(|owner| owner == client)
+    }
+
+    /// Remember that `client` opened the MCP session `id`, then, if the map has doubled
+    /// since the last sweep, forget the ids rmcp no longer knows.
+    async fn bind(&self, id: String, client: Client) {
+        let ids: Vec<String> = {
+            let mut owners = self.owners.lock().expect("owners lock");
+            owners.by_id.insert(id, client);
+            let len = owners.by_id.len();
+            if len < SWEEP_FLOOR.max(2 * owners.swept) {
+                return;
+            }
+            owners.by_id.keys().cloned().collect()
+        };
+        let live = self.manager.sessions.read().await;
+        let gone: Vec<String> = ids
+            .into_iter()
+            .filter(|id| !live.contains_key(id.as_str()))
+            .collect();
+        drop(live);
+        let mut owners = self.owners.lock().expect("owners lock");
+        for id in gone {
+            owners.by_id.remove(&id);
+        }
+        owners.swept = owners.by_id.len();
+    }
+}
+
 /// The whole HTTP application: `/mcp` behind the auth layer, `/health` and `/ready` open.
 pub fn router(engine: Engine, plan: &Plan, stop: &CancellationToken) -> Router {
-    let server = if plan.several_clients() {
-        Server::for_clients(engine.clone())
-    } else {
-        Server::new(engine.clone())
-    };
+    let server = Server::new(engine.clone());
     // The factory runs once per MCP session (and per stateless request): a clone of
     // `Arc`s, so every session shares the one engine, pool and registry.
+    let manager = Arc::new(LocalSessionManager::default());
     let mcp = StreamableHttpService::new(
         move || Ok(server.clone()),
-        Arc::new(LocalSessionManager::default()),
+        manager.clone(),
         transport_config(plan, stop),
     );
+    let gate = Gate {
+        access: plan.access.clone(),
+        manager,
+        owners: Default::default(),
+    };
     let mcp = Router::new()
         .nest_service("/mcp", mcp)
-        .layer(middleware::from_fn_with_state(
-            plan.access.clone(),
-            authenticate,
-        ));
+        .layer(middleware::from_fn_with_state(gate, authenticate));
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -170,8 +226,9 @@ pub async fn serve(
 
 /// Resolve the caller: a valid bearer token's client, or `local` without tokens. Anything
 /// else is 401 with `WWW-Authenticate: Bearer` and no body. The token is never logged.
-async fn authenticate(State(access): State<Access>, mut req: Request, next: Next) -> Response {
-    let client = match &access {
+/// Then hold the caller to the MCP sessions it opened.
+async fn authenticate(State(gate): State<Gate>, mut req: Request, next: Next) -> Response {
+    let client = match &gate.access {
         Access::Local => Client::local(),
         Access::Tokens(tokens) => {
             let presented = req
@@ -191,8 +248,33 @@ async fn authenticate(State(access): State<Access>, mut req: Request, next: Next
         }
     };
     tracing::trace!(%client, method = %req.method(), "request");
-    req.extensions_mut().insert(client);
-    next.run(req).await
+    let session = req
+        .headers()
+        .get(HEADER_SESSION_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(id) = &session {
+        if !gate.may_use(id, &client) {
+            // rmcp answers with what it says to an id that never existed, whatever the
+            // method (404 for a request or a stream, 202 for a DELETE that closes nothing).
+            tracing::info!(%client, "another client's MCP session id, treated as unknown");
+            let never = format!("not-yours-{}", uuid::Uuid::new_v4());
+            let value = header::HeaderValue::from_str(&never).expect("an ASCII header value");
+            req.headers_mut().insert(HEADER_SESSION_ID, value);
+        }
+    }
+    req.extensions_mut().insert(client.clone());
+    let response = next.run(req).await;
+    if session.is_none() {
+        let issued = response
+            .headers()
+            .get(HEADER_SESSION_ID)
+            .and_then(|v| v.to_str().ok());
+        if let Some(id) = issued {
+            gate.bind(id.to_owned(), client).await;
+        }
+    }
+    response
 }
 
 fn unauthorized() -> Response {

@@ -91,8 +91,9 @@ pub struct InstallArgs {
     /// specifiers, such as `requests`, `pandas>=2` or `["rich==13.7.1", "tomli-w"]`.
     /// Options, URLs, paths and shell syntax are refused.
     pub package_name: OneOrMany,
-    /// Install into this session only. Omit it to install into the shared environment that
-    /// every later transient run and every new or existing session sees.
+    /// Install into this session only. Omit it to install into your shared environment, which
+    /// your later transient runs and sessions see (when several clients share the server,
+    /// each has its own, seen by the runs and sessions it starts after its first such install).
     #[serde(default)]
     pub session_id: Option<String>,
 }
@@ -135,24 +136,10 @@ pub struct CleanupResult {
 pub struct Server {
     engine: Engine,
     tool_router: ToolRouter<Server>,
-    /// Whether `install-package` without a session may change the environment every
-    /// client's runs see. Off when several clients share the daemon: until each client has
-    /// its own shared environment, one client must not change another's imports.
-    shared_installs: bool,
 }
 
 impl Server {
-    /// A server for one client (stdio, or HTTP on loopback without tokens).
     pub fn new(engine: Engine) -> Server {
-        Server::with_shared_installs(engine, true)
-    }
-
-    /// A server for several clients: installs without a session are refused.
-    pub fn for_clients(engine: Engine) -> Server {
-        Server::with_shared_installs(engine, false)
-    }
-
-    fn with_shared_installs(engine: Engine, shared_installs: bool) -> Server {
         let mut tool_router = Self::tool_router();
         for route in tool_router.map.values_mut() {
             let tool = &mut route.attr;
@@ -162,7 +149,6 @@ impl Server {
         Server {
             engine,
             tool_router,
-            shared_installs,
         }
     }
 }
@@ -495,7 +481,7 @@ without printing it.",
     #[tool(
         name = "install-package",
         description = "Install Python packages from the package index. With session_id, into that session \
-only (importable there at once); without, into the shared environment that later transient runs and all \
+only (importable there at once); without, into your shared environment, which your later transient runs and \
 sessions see. Takes one requirement such as `requests` or `pandas>=2`, or a list of them such as \
 `[\"rich==13.7.1\", \"tomli-w\"]`. The install runs in a separate installer container; the sandbox itself keeps \
 no network.",
@@ -508,14 +494,6 @@ no network.",
     ) -> Result<CallToolResult, ErrorData> {
         let client = client_of(&ctx)?;
         let session = args.session_id.as_deref().filter(|s| !s.is_empty());
-        if session.is_none() && !self.shared_installs {
-            return Ok(tool_error(
-                "this server is shared by several clients, so installs into the shared \
-                 environment are turned off (they would change every client's imports). \
-                 Install into a session (pass session_id) or pass `packages` to \
-                 execute-transient or execute-persistent",
-            ));
-        }
         let packages = args.package_name.into_vec();
         Ok(
             match self

@@ -2,9 +2,11 @@
 //!
 //! Every sandbox comes from here, pool on or off. A refill task keeps `pool_size` ready
 //! sandboxes, plus one being made for each waiting request. A semaphore bounds creations
-//! across all of it, and a reaper retires sandboxes older than `pool_max_age`. Requests
-//! are served in arrival order: a request that finds the pool empty joins a FIFO of
-//! waiters, and the next sandbox to become ready goes to the first waiter. A sandbox is
+//! across all of it (and across every pool of the daemon), and a reaper retires sandboxes
+//! older than `pool_max_age`. A request that finds the pool empty joins the waiters, and
+//! the next sandbox to become ready goes to a waiter: **round-robin across clients**, in
+//! arrival order within a client, so one client's burst of fifty runs cannot make another
+//! client's single call wait behind all fifty. A sandbox is
 //! pinged before it is handed out; one that does not answer is removed, never handed out.
 //! With `pool_enabled: false` the target is just the number of waiters: creation on demand.
 //! A refill is started after the call that used a sandbox, and, while sandboxes remain
@@ -26,6 +28,12 @@
 //! once the engine or image is fixed the next call (at most `PROBE_AFTER` later) succeeds
 //! without a restart. Any success ends the broken state.
 //!
+//! **Environments.** Every sandbox of a pool mounts the pool's shared package volume
+//! read-only. The daemon's main pool has one; when several clients share the daemon, a
+//! client that installs into its shared environment gets a pool of its own
+//! ([`Pool::for_client`]) whose sandboxes mount that client's volume, so no client sees or
+//! changes another's imports. Such a pool keeps at most one sandbox warm.
+//!
 //! **No volume left behind.** A sandbox owns a package volume, so it is never just dropped:
 //! a sandbox on its way to a caller that went away (time-out, cancelled call, pool closed)
 //! is discarded, which removes the container and the volume.
@@ -40,6 +48,7 @@ use tokio::sync::{oneshot, Notify, OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::client::Client;
 use crate::config::Config;
 use crate::docker::{Docker, DockerError};
 use crate::repl::{Repl, ReplError};
@@ -108,10 +117,60 @@ pub struct PoolStats {
 
 type Delivery = Result<Sandbox, AcquireError>;
 
+/// Requests waiting for a sandbox: FIFO per client, clients served in turn.
+#[derive(Default)]
+struct Waiters {
+    queue: VecDeque<(Client, oneshot::Sender<Delivery>)>,
+    /// Clients with waiting requests, the one to serve next first.
+    turn: VecDeque<Client>,
+}
+
+impl Waiters {
+    fn push(&mut self, client: &Client, tx: oneshot::Sender<Delivery>) {
+        if !self.turn.contains(client) {
+            self.turn.push_back(client.clone());
+        }
+        self.queue.push_back((client.clone(), tx));
+    }
+
+    /// Forget requests whose caller went away.
+    fn retain_live(&mut self) {
+        self.queue.retain(|(_, tx)| !tx.is_closed());
+        let queue = &self.queue;
+        self.turn.retain(|c| queue.iter().any(|(w, _)| w == c));
+    }
+
+    fn len(&self) -> usize {
+        self.queue.iter().filter(|(_, tx)| !tx.is_closed()).count()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next request to serve: the earliest of the client whose turn it is; that client
+    /// goes to the back of the line if it has more.
+    fn next(&mut self) -> Option<oneshot::Sender<Delivery>> {
+        self.retain_live();
+        let client = self.turn.pop_front()?;
+        let at = self.queue.iter().position(|(w, _)| *w == client)?;
+        let (_, tx) = self.queue.remove(at)?;
+        if self.queue.iter().any(|(w, _)| *w == client) {
+            self.turn.push_back(client);
+        }
+        Some(tx)
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = oneshot::Sender<Delivery>> + '_ {
+        self.turn.clear();
+        self.queue.drain(..).map(|(_, tx)| tx)
+    }
+}
+
 #[derive(Default)]
 struct State {
     ready: VecDeque<Sandbox>,
-    waiters: VecDeque<oneshot::Sender<Delivery>>,
+    waiters: Waiters,
     /// Creation tasks spawned and not finished (waiting for a permit, or creating).
     creating: usize,
     /// Of those, the ones creating now (holding a permit and past the broken check).
@@ -155,7 +214,7 @@ impl State {
 
     /// Tell every waiting request why no sandbox can be made.
     fn fail_waiters(&mut self, error: &AcquireError) {
-        for waiter in self.waiters.drain(..) {
+        for waiter in self.waiters.drain() {
             let _ = waiter.send(Err(error.clone()));
         }
     }
@@ -164,7 +223,7 @@ impl State {
         PoolStats {
             warm: self.ready.len(),
             creating: self.creating,
-            waiting: self.waiters.iter().filter(|w| !w.is_closed()).count(),
+            waiting: self.waiters.len(),
             ..self.stats.clone()
         }
     }
@@ -174,14 +233,19 @@ struct Inner {
     config: Config,
     docker: Docker,
     owner: Owner,
-    /// The shared package volume every sandbox mounts, created (labelled) on first use.
+    /// The shared package volume every sandbox of this pool mounts: its name, and the
+    /// client it belongs to (none: the daemon's main pool).
+    environment: (String, Option<Client>),
+    /// That volume, once created (labelled) on first use.
     shared_volume: OnceCell<String>,
+    /// How many sandboxes to keep warm.
+    target: usize,
     /// The refill and reaper tasks are started once, by the first `start` or `acquire`.
     started: std::sync::Once,
     /// A sync mutex: never held across an `.await`.
     state: Mutex<State>,
-    /// Bounds creations of every kind (refill, on demand, sessions).
-    creations: Semaphore,
+    /// Bounds creations of every kind (refill, on demand, sessions), in every pool.
+    creations: Arc<Semaphore>,
     /// Wakes the refill task after a checkout, a creation or a retirement.
     refill: Notify,
     /// Stops the refill and reaper tasks.
@@ -197,18 +261,63 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool that does nothing until [`Pool::start`] or the first [`Pool::acquire`].
+    /// The daemon's main pool; it does nothing until [`Pool::start`] or the first
+    /// [`Pool::acquire`].
     pub fn new(config: Config, docker: Docker, owner: Owner, tasks: TaskTracker) -> Pool {
         let max = config.docker.max_concurrent_creations as usize;
+        let d = &config.docker;
+        let target = if d.pool_enabled {
+            d.pool_size as usize
+        } else {
+            0
+        };
+        let environment = (owner.shared_volume(), None);
+        Pool::build(
+            config,
+            docker,
+            owner,
+            tasks,
+            environment,
+            target,
+            Arc::new(Semaphore::new(max)),
+        )
+    }
+
+    /// A pool for `client`'s own shared environment (volume `volume`): same settings and
+    /// creation limit as this one, at most one sandbox warm.
+    pub fn for_client(&self, client: &Client, volume: String) -> Pool {
+        let i = &self.inner;
+        Pool::build(
+            i.config.clone(),
+            i.docker.clone(),
+            i.owner.clone(),
+            i.tasks.clone(),
+            (volume, Some(client.clone())),
+            i.target.min(1),
+            i.creations.clone(),
+        )
+    }
+
+    fn build(
+        config: Config,
+        docker: Docker,
+        owner: Owner,
+        tasks: TaskTracker,
+        environment: (String, Option<Client>),
+        target: usize,
+        creations: Arc<Semaphore>,
+    ) -> Pool {
         Pool {
             inner: Arc::new(Inner {
                 config,
                 docker,
                 owner,
+                environment,
                 shared_volume: OnceCell::new(),
+                target,
                 started: std::sync::Once::new(),
                 state: Mutex::new(State::default()),
-                creations: Semaphore::new(max),
+                creations,
                 refill: Notify::new(),
                 stop: CancellationToken::new(),
                 tasks,
@@ -236,32 +345,30 @@ impl Pool {
         let i = &self.inner;
         i.shared_volume
             .get_or_try_init(|| async {
-                let name = i.owner.shared_volume();
-                i.docker
-                    .create_volume(&name, &i.owner.labels(Role::Packages, None))
-                    .await?;
-                Ok::<_, DockerError>(name)
+                let (name, client) = &i.environment;
+                let mut labels = i.owner.labels(Role::Packages, None);
+                if let Some(client) = client {
+                    labels.insert(sandbox::labels::CLIENT.into(), client.name().into());
+                }
+                i.docker.create_volume(name, &labels).await?;
+                Ok::<_, DockerError>(name.clone())
             })
             .await
             .map(String::as_str)
     }
 
     fn target(&self) -> usize {
-        let d = &self.inner.config.docker;
-        if d.pool_enabled {
-            d.pool_size as usize
-        } else {
-            0
-        }
+        self.inner.target
     }
 
     pub fn stats(&self) -> PoolStats {
         self.inner.state.lock().expect("pool lock").snapshot()
     }
 
-    /// Take a ready sandbox, waiting (in arrival order) up to `pool_wait_timeout`. While
-    /// creations keep failing, fails at once with the last failure (see the module doc).
-    pub async fn acquire(&self) -> Result<Sandbox, AcquireError> {
+    /// Take a ready sandbox for `client`, waiting (its turn among clients, see the module
+    /// doc) up to `pool_wait_timeout`. While creations keep failing, fails at once with the
+    /// last failure.
+    pub async fn acquire(&self, client: &Client) -> Result<Sandbox, AcquireError> {
         self.start();
         let wait = self.inner.config.docker.pool_wait_timeout;
         let deadline = tokio::time::Instant::now() + wait;
@@ -272,7 +379,7 @@ impl Pool {
                     return Err(AcquireError::Closed);
                 }
                 // Do not jump the queue: take from `ready` only when no one waits before us.
-                let first_in_line = st.waiters.iter().all(|w| w.is_closed());
+                let first_in_line = st.waiters.is_empty();
                 match st.ready.pop_front().filter(|_| first_in_line) {
                     Some(sb) => Ok(sb),
                     None => {
@@ -287,7 +394,7 @@ impl Pool {
                             st.probe = true;
                         }
                         let (tx, rx) = oneshot::channel();
-                        st.waiters.push_back(tx);
+                        st.waiters.push(client, tx);
                         Err(Waiting { pool: self, rx })
                     }
                 }
@@ -386,7 +493,7 @@ impl Pool {
             self.discard(sandbox);
             return;
         }
-        while let Some(waiter) = st.waiters.pop_front() {
+        while let Some(waiter) = st.waiters.next() {
             match waiter.send(Ok(sandbox)) {
                 Ok(()) => return,
                 Err(Ok(back)) => sandbox = back,
@@ -402,7 +509,7 @@ impl Pool {
         loop {
             let (spawn, wake_at, settle) = {
                 let mut st = self.inner.state.lock().expect("pool lock");
-                st.waiters.retain(|w| !w.is_closed());
+                st.waiters.retain_live();
                 let want = self.target() + st.waiters.len();
                 let have = st.ready.len() + st.creating;
                 let mut wake_at = None;
@@ -613,7 +720,7 @@ impl Pool {
         let ready: Vec<Sandbox> = {
             let mut st = self.inner.state.lock().expect("pool lock");
             st.closed = true;
-            for w in st.waiters.drain(..) {
+            for w in st.waiters.drain() {
                 let _ = w.send(Err(AcquireError::Closed));
             }
             st.ready.drain(..).collect()
@@ -658,5 +765,64 @@ impl Drop for InHand<'_> {
 impl From<DockerError> for AcquireError {
     fn from(e: DockerError) -> Self {
         AcquireError::Create(e.to_string().into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiter(w: &mut Waiters, name: &str) -> oneshot::Receiver<Delivery> {
+        let (tx, rx) = oneshot::channel();
+        w.push(&Client::new(name), tx);
+        rx
+    }
+
+    /// Which waiter `next` picks, by the receiver it would deliver to.
+    fn served(w: &mut Waiters, rxs: &mut [(&str, oneshot::Receiver<Delivery>)]) -> String {
+        w.next()
+            .expect("a waiter")
+            .send(Err(AcquireError::Closed))
+            .unwrap_or_else(|_| panic!("live"));
+        let at = rxs
+            .iter_mut()
+            .position(|(_, rx)| rx.try_recv().is_ok())
+            .expect("one was served");
+        rxs[at].0.to_string()
+    }
+
+    #[test]
+    fn clients_take_turns_and_each_is_served_in_arrival_order() {
+        let mut w = Waiters::default();
+        let mut rxs = vec![
+            ("a1", waiter(&mut w, "a")),
+            ("a2", waiter(&mut w, "a")),
+            ("a3", waiter(&mut w, "a")),
+            ("b1", waiter(&mut w, "b")),
+            ("c1", waiter(&mut w, "c")),
+            ("b2", waiter(&mut w, "b")),
+        ];
+        let order: Vec<String> = (0..6).map(|_| served(&mut w, &mut rxs)).collect();
+        assert_eq!(order, ["a1", "b1", "c1", "a2", "b2", "a3"]);
+        assert!(w.next().is_none());
+        assert!(w.turn.is_empty());
+    }
+
+    #[test]
+    fn callers_that_went_away_are_skipped_and_a_client_without_callers_loses_its_turn() {
+        let mut w = Waiters::default();
+        drop(waiter(&mut w, "a"));
+        let mut rxs = vec![("b1", waiter(&mut w, "b")), ("a2", waiter(&mut w, "a"))];
+        drop(waiter(&mut w, "c"));
+        let mut c2 = waiter(&mut w, "c");
+        drop(waiter(&mut w, "d"));
+        assert_eq!(w.len(), 3);
+        assert_eq!(served(&mut w, &mut rxs), "a2");
+        assert_eq!(served(&mut w, &mut rxs), "b1");
+        let c = w.next().expect("c's live caller");
+        assert!(c.send(Err(AcquireError::Closed)).is_ok());
+        assert!(c2.try_recv().is_ok());
+        assert!(w.next().is_none(), "d has nobody waiting");
+        assert!(w.is_empty());
     }
 }

@@ -22,6 +22,8 @@ pub mod labels {
     /// Process id and host of the owning daemon, for telling live owners from dead ones.
     pub const PID: &str = "python-docker-mcp.pid";
     pub const HOST: &str = "python-docker-mcp.host";
+    /// The client a shared package volume belongs to, when several share the daemon.
+    pub const CLIENT: &str = "python-docker-mcp.client";
 }
 
 /// The download cache every installer shares. It belongs to no daemon instance (no
@@ -183,6 +185,12 @@ impl Owner {
     /// The shared package volume of this daemon instance.
     pub fn shared_volume(&self) -> String {
         format!("pdm-{}-shared", &self.instance[..8])
+    }
+
+    /// The shared package volume of this instance's `n`th client with an environment of
+    /// its own (the client's name is a label, not part of the name).
+    pub fn client_volume(&self, n: usize) -> String {
+        format!("pdm-{}-shared-c{n}", &self.instance[..8])
     }
 }
 

@@ -8,6 +8,7 @@
 mod common;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::http::*;
@@ -188,18 +189,84 @@ async fn another_clients_session_is_exactly_an_unknown_id_for_every_tool() {
     let baseline = call(&bob, "cleanup-session", json!({"session_id": unknown})).await;
     assert_eq!(normalised(&got, &hers), normalised(&baseline, unknown));
 
-    // Several clients share this daemon: nobody changes the shared environment.
-    let r = call(&bob, "install-package", json!({"package_name": "tomli-w"})).await;
-    assert!(
-        is_error(&r) && text(&r).contains("shared by several clients"),
-        "{}",
-        text(&r)
-    );
     let _ = alice.cancel().await;
     let _ = bob.cancel().await;
 }
 
-// ----- quotas -----
+#[tokio::test]
+async fn an_mcp_session_id_answers_only_the_client_that_opened_it() {
+    let tokens = tokens_file();
+    let daemon =
+        HttpDaemon::start(&[("PYTHON_DOCKER_MCP_TOKENS_FILE", tokens.to_str().unwrap())]).await;
+    let http = http();
+    let url = daemon.mcp_url();
+    let opened = http
+        .post(&url)
+        .bearer_auth(ALICE)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(initialize().to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(opened.status(), 200);
+    let hers = opened
+        .headers()
+        .get("mcp-session-id")
+        .expect("an MCP session id")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let request = |method: reqwest::Method, token: &str, id: &str| {
+        http.request(method, &url)
+            .bearer_auth(token)
+            .header("mcp-session-id", id)
+            .header("mcp-protocol-version", "2025-11-25")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+    };
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}).to_string();
+    let never = "0f0e0d0c0b0a49998888777766665555";
+    for (what, method, body) in [
+        ("a request", reqwest::Method::POST, list.clone()),
+        ("the event stream", reqwest::Method::GET, String::new()),
+        ("closing it", reqwest::Method::DELETE, String::new()),
+    ] {
+        let theirs = request(method.clone(), BOB, &hers)
+            .body(body.clone())
+            .send()
+            .await
+            .expect("send");
+        let unknown = request(method.clone(), BOB, never)
+            .body(body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(
+            theirs.status(),
+            unknown.status(),
+            "{what}: the same status as an unknown id"
+        );
+        if method != reqwest::Method::DELETE {
+            assert_eq!(theirs.status(), 404, "{what} on alice's MCP session as bob");
+        }
+        assert_eq!(
+            theirs.text().await.unwrap(),
+            unknown.text().await.unwrap(),
+            "{what}: the same answer as an unknown id"
+        );
+    }
+    // Alice's MCP session is untouched and still hers.
+    let still = request(reqwest::Method::POST, ALICE, &hers)
+        .body(list)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(still.status(), 200);
+    assert!(still.text().await.unwrap().contains("execute-transient"));
+}
+
+// ----- quotas and fairness -----
 
 #[tokio::test]
 async fn each_client_gets_its_share_of_the_sessions() {
@@ -238,6 +305,135 @@ async fn each_client_gets_its_share_of_the_sessions() {
         .await,
     );
     assert_ok(&call(&alice, "execute-persistent", new_session).await);
+    let _ = alice.cancel().await;
+    let _ = bob.cancel().await;
+}
+
+#[tokio::test]
+async fn each_client_has_a_shared_environment_of_its_own() {
+    let tokens = tokens_file();
+    let daemon =
+        HttpDaemon::start(&[("PYTHON_DOCKER_MCP_TOKENS_FILE", tokens.to_str().unwrap())]).await;
+    let alice = daemon.connect(Some(ALICE)).await;
+    let bob = daemon.connect(Some(BOB)).await;
+    let probe =
+        json!({"code": "import tomli_w; print('tomli_w', tomli_w.dumps({'a': 1}).strip())"});
+
+    let installed = call(
+        &alice,
+        "install-package",
+        json!({"package_name": "tomli-w"}),
+    )
+    .await;
+    assert_ok(&installed);
+    assert!(
+        text(&installed).contains("shared environment"),
+        "{}",
+        text(&installed)
+    );
+
+    // Alice's runs and new sessions see it.
+    let r = call(&alice, "execute-transient", probe.clone()).await;
+    assert_ok(&r);
+    assert!(text(&r).contains("tomli_w a = 1"), "{}", text(&r));
+    let r = call(&alice, "execute-persistent", probe.clone()).await;
+    assert_ok(&r);
+    // Bob's do not, and his listing does not show it.
+    for tool in ["execute-transient", "execute-persistent"] {
+        let r = call(&bob, tool, probe.clone()).await;
+        assert!(is_error(&r), "{tool} as bob: {}", text(&r));
+        assert!(text(&r).contains("ModuleNotFoundError"), "{}", text(&r));
+    }
+    let names = |r: &CallToolResult| -> Vec<String> {
+        let list = r.structured_content.as_ref().expect("a package list");
+        list["packages"]
+            .as_array()
+            .expect("packages")
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_lowercase().replace('_', "-"))
+            .collect()
+    };
+    let hers = call(&alice, "list-packages", json!({})).await;
+    let his = call(&bob, "list-packages", json!({})).await;
+    assert!(
+        names(&hers).contains(&"tomli-w".to_string()),
+        "{:?}",
+        names(&hers)
+    );
+    assert!(
+        !names(&his).contains(&"tomli-w".to_string()),
+        "{:?}",
+        names(&his)
+    );
+    // The volume says whose it is.
+    let labelled = std::process::Command::new("docker")
+        .args([
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=python-docker-mcp.pid={}", daemon.pid),
+            "--filter",
+            "label=python-docker-mcp.client=alice",
+        ])
+        .output()
+        .expect("docker volume ls");
+    let volumes = String::from_utf8_lossy(&labelled.stdout);
+    assert_eq!(
+        volumes.lines().count(),
+        1,
+        "alice's shared volume: {volumes}"
+    );
+    let _ = alice.cancel().await;
+    let _ = bob.cancel().await;
+}
+
+#[tokio::test]
+async fn when_the_pool_is_dry_clients_are_served_in_turn() {
+    let tokens = tokens_file();
+    // Pool off, one creation at a time: every call waits for a sandbox of its own.
+    let daemon = HttpDaemon::start(&[
+        ("PYTHON_DOCKER_MCP_TOKENS_FILE", tokens.to_str().unwrap()),
+        ("PYTHON_DOCKER_MCP_MAX_CONCURRENT_CREATIONS", "1"),
+        ("PYTHON_DOCKER_MCP_POOL_WAIT_TIMEOUT", "300s"),
+    ])
+    .await;
+    let alice = daemon.connect(Some(ALICE)).await;
+    let bob = daemon.connect(Some(BOB)).await;
+    const BURST: usize = 20;
+    let done = Arc::new(Mutex::new(Vec::<&'static str>::new()));
+    let run = |peer: rmcp::Peer<rmcp::RoleClient>, who: &'static str| {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let params = rmcp::model::CallToolRequestParams::new("execute-transient")
+                .with_arguments(json!({"code": "print(1)"}).as_object().unwrap().clone());
+            let r = peer.call_tool(params).await.expect("call");
+            assert_ok(&r);
+            done.lock().unwrap().push(who);
+        })
+    };
+    let burst: Vec<_> = (0..BURST)
+        .map(|_| run(alice.peer().clone(), "alice"))
+        .collect();
+    // Once one of alice's runs is done, all of hers have long arrived and wait.
+    while done.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = done.lock().unwrap().len();
+    run(bob.peer().clone(), "bob").await.expect("bob's call");
+    let order = done.lock().unwrap().clone();
+    let ahead = order.iter().position(|w| *w == "bob").unwrap() - before;
+    assert!(
+        ahead <= 3,
+        "bob waited behind {ahead} of alice's runs (order {order:?}); in turn, at most a couple"
+    );
+    assert!(
+        order.len() < BURST,
+        "alice still had runs waiting when bob was served: {order:?}"
+    );
+    for task in burst {
+        task.await.expect("alice's call");
+    }
     let _ = alice.cancel().await;
     let _ = bob.cancel().await;
 }
