@@ -11,7 +11,7 @@
 //! | `pdm_sandbox_creations_total` | counter | `outcome`: `ok`, `failed` | sandbox creations that finished (pool refills, sessions, on demand) |
 //! | `pdm_sandbox_creation_seconds` | histogram | | how long a creation took, container start to helper ready |
 //! | `pdm_sessions` | gauge | `client` | live persistent sessions per client |
-//! | `pdm_executions_total` | counter | `tool`, `outcome` | finished tool calls (see [`Outcome`]) |
+//! | `pdm_executions_total` | counter | `tool`, `outcome` | tool calls that reached the engine, when they finish (see [`Outcome`]) |
 //! | `pdm_execution_seconds` | histogram | `tool` | how long a tool call took, end to end (waiting for a sandbox included) |
 //! | `pdm_output_bytes_total` | counter | `stream`: `stdout`, `stderr` | bytes of the code's output returned to clients by the execute tools |
 //!
