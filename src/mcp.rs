@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 
 use crate::client::Client;
 use crate::engine::{CallContext, Engine, ExecResult, InstallResult};
-use crate::metrics;
+use crate::metrics::{Timed as _, TimedRun as _};
 use crate::repl::{OutputChunk, Package, Variable};
 
 /// Arguments of `execute-transient`.
@@ -378,14 +378,17 @@ value and any exception with its traceback.",
     ) -> Result<CallToolResult, ErrorData> {
         let client = client_of(&ctx)?;
         let (call, relay) = call_context(&ctx);
-        let result = self.engine.execute_transient(
-            &args.code,
-            args.state.as_ref(),
-            &args.packages,
-            &client,
-            &call,
-        );
-        let result = metrics::timed_run("execute-transient", result).await;
+        let result = self
+            .engine
+            .execute_transient(
+                &args.code,
+                args.state.as_ref(),
+                &args.packages,
+                &client,
+                &call,
+            )
+            .run_timed("execute-transient")
+            .await;
         finish_relay(call, relay).await;
         Ok(match result {
             Ok(r) => exec_result(r),
@@ -411,10 +414,11 @@ cleanup-session when you are done.",
         let client = client_of(&ctx)?;
         let session = args.session_id.as_deref().filter(|s| !s.is_empty());
         let (call, relay) = call_context(&ctx);
-        let result =
-            self.engine
-                .execute_persistent(&args.code, session, &args.packages, &client, &call);
-        let result = metrics::timed_run("execute-persistent", result).await;
+        let result = self
+            .engine
+            .execute_persistent(&args.code, session, &args.packages, &client, &call)
+            .run_timed("execute-persistent")
+            .await;
         finish_relay(call, relay).await;
         Ok(match result {
             Ok(r) => exec_result(r),
@@ -435,11 +439,11 @@ keeping its sandbox, its files and the packages installed into it. Use it to sta
     ) -> Result<CallToolResult, ErrorData> {
         let client = client_of(&ctx)?;
         Ok(
-            match metrics::timed(
-                "reset-session",
-                self.engine.reset_session(&args.session_id, &client),
-            )
-            .await
+            match self
+                .engine
+                .reset_session(&args.session_id, &client)
+                .timed("reset-session")
+                .await
             {
                 Ok(()) => {
                     let text = format!("Session {} was reset: no variables or imports remain; files and packages are kept.", args.session_id);
@@ -468,11 +472,11 @@ without printing it.",
     ) -> Result<CallToolResult, ErrorData> {
         let client = client_of(&ctx)?;
         Ok(
-            match metrics::timed(
-                "list-variables",
-                self.engine.list_variables(&args.session_id, &client),
-            )
-            .await
+            match self
+                .engine
+                .list_variables(&args.session_id, &client)
+                .timed("list-variables")
+                .await
             {
                 Ok(variables) => {
                     let text = if variables.is_empty() {
@@ -527,11 +531,11 @@ no network.",
         }
         let packages = args.package_name.into_vec();
         Ok(
-            match metrics::timed(
-                "install-package",
-                self.engine.install_package(&packages, session, &client),
-            )
-            .await
+            match self
+                .engine
+                .install_package(&packages, session, &client)
+                .timed("install-package")
+                .await
             {
                 Ok(r) => structured(render_install(&r), &r),
                 Err(e) => tool_error(e),
@@ -552,20 +556,18 @@ installs, the shared environment, the image), or without session_id for the shar
     ) -> Result<CallToolResult, ErrorData> {
         let client = client_of(&ctx)?;
         let session = args.session_id.as_deref().filter(|s| !s.is_empty());
-        Ok(
-            match metrics::timed("list-packages", self.engine.list_packages(session, &client)).await
-            {
-                Ok(packages) => {
-                    let lines: Vec<String> = packages
-                        .iter()
-                        .map(|p| format!("{} {} ({})", p.name, p.version, p.location))
-                        .collect();
-                    let text = format!("{} packages:\n{}", packages.len(), lines.join("\n"));
-                    structured(text, &PackageList { packages })
-                }
-                Err(e) => tool_error(e),
-            },
-        )
+        let listed = self.engine.list_packages(session, &client);
+        Ok(match listed.timed("list-packages").await {
+            Ok(packages) => {
+                let lines: Vec<String> = packages
+                    .iter()
+                    .map(|p| format!("{} {} ({})", p.name, p.version, p.location))
+                    .collect();
+                let text = format!("{} packages:\n{}", packages.len(), lines.join("\n"));
+                structured(text, &PackageList { packages })
+            }
+            Err(e) => tool_error(e),
+        })
     }
 
     #[tool(
@@ -581,11 +583,11 @@ are removed. Later calls with that session_id are refused.",
     ) -> Result<CallToolResult, ErrorData> {
         let client = client_of(&ctx)?;
         Ok(
-            match metrics::timed(
-                "cleanup-session",
-                self.engine.cleanup_session(&args.session_id, &client),
-            )
-            .await
+            match self
+                .engine
+                .cleanup_session(&args.session_id, &client)
+                .timed("cleanup-session")
+                .await
             {
                 Ok(()) => {
                     let r = CleanupResult {

@@ -30,6 +30,7 @@
 //! folded into their buckets as they are recorded (the exporter's upkeep), so memory stays
 //! bounded however long nobody scrapes, with no background task to own.
 
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -202,40 +203,48 @@ pub fn tool_call(tool: &'static str, outcome: Outcome, took: Duration) {
     upkeep();
 }
 
-/// Run one tool's engine call and record it: an `Err` is [`Outcome::Failed`].
-pub async fn timed<T, E>(
-    tool: &'static str,
-    call: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, E> {
-    let started = Instant::now();
-    let result = call.await;
-    let outcome = if result.is_ok() {
-        Outcome::Ok
-    } else {
-        Outcome::Failed
-    };
-    tool_call(tool, outcome, started.elapsed());
-    result
+/// Record a tool's engine call when it finishes: `engine.op(..).timed("tool").await`.
+pub trait Timed<T, E>: Future<Output = Result<T, E>> + Sized {
+    /// Record the call: `Ok` is [`Outcome::Ok`], `Err` is [`Outcome::Failed`].
+    fn timed(self, tool: &'static str) -> impl Future<Output = Result<T, E>> {
+        async move {
+            let started = Instant::now();
+            let result = self.await;
+            let outcome = match &result {
+                Ok(_) => Outcome::Ok,
+                Err(_) => Outcome::Failed,
+            };
+            tool_call(tool, outcome, started.elapsed());
+            result
+        }
+    }
 }
 
-/// Run an execute tool's engine call and record it, with its outcome and output bytes.
-pub async fn timed_run<E>(
-    tool: &'static str,
-    call: impl std::future::Future<Output = Result<ExecResult, E>>,
-) -> Result<ExecResult, E> {
-    let started = Instant::now();
-    let result = call.await;
-    let outcome = match &result {
-        Ok(r) => {
-            counter!(OUTPUT_BYTES, "stream" => "stdout").increment(r.stdout.len() as u64);
-            counter!(OUTPUT_BYTES, "stream" => "stderr").increment(r.stderr.len() as u64);
-            Outcome::of(r)
+impl<T, E, F: Future<Output = Result<T, E>>> Timed<T, E> for F {}
+
+/// Record an execute tool's engine call when it finishes:
+/// `engine.execute_x(..).run_timed("tool").await`.
+pub trait TimedRun<E>: Future<Output = Result<ExecResult, E>> + Sized {
+    /// Record the call, with the run's [`Outcome`] and its output bytes.
+    fn run_timed(self, tool: &'static str) -> impl Future<Output = Result<ExecResult, E>> {
+        async move {
+            let started = Instant::now();
+            let result = self.await;
+            let outcome = match &result {
+                Ok(r) => {
+                    counter!(OUTPUT_BYTES, "stream" => "stdout").increment(r.stdout.len() as u64);
+                    counter!(OUTPUT_BYTES, "stream" => "stderr").increment(r.stderr.len() as u64);
+                    Outcome::of(r)
+                }
+                Err(_) => Outcome::Failed,
+            };
+            tool_call(tool, outcome, started.elapsed());
+            result
         }
-        Err(_) => Outcome::Failed,
-    };
-    tool_call(tool, outcome, started.elapsed());
-    result
+    }
 }
+
+impl<E, F: Future<Output = Result<ExecResult, E>>> TimedRun<E> for F {}
 
 /// What `/metrics` reads at scrape time.
 struct Scrape {
