@@ -159,6 +159,8 @@ const KEYS: &[Key] = &[
           doc: "Serve MCP over streamable HTTP at this address (path /mcp) instead of stdio, e.g. 127.0.0.1:8002; same as `serve --http ADDR`" },
     Key { path: "server.tokens_file", env: "TOKENS_FILE", kind: Kind::OptStr, default: "null",
           doc: "File of HTTP clients, one `NAME TOKEN` per line (`#` comments); every request then needs `Authorization: Bearer TOKEN`. Required off loopback" },
+    Key { path: "server.metrics_public", env: "METRICS_PUBLIC", kind: Kind::Bool, default: "false",
+          doc: "Serve GET /metrics (Prometheus text) without a bearer token, for a scraper on a trusted network; otherwise it needs a token like /mcp" },
     Key { path: "allowed_modules", env: "ALLOWED_MODULES", kind: Kind::List, default: "[]",
           doc: "If not empty, user code may import only these top-level modules (a policy, not a security boundary: the container is)" },
     Key { path: "blocked_modules", env: "BLOCKED_MODULES", kind: Kind::List, default: "[]",
@@ -267,6 +269,8 @@ pub struct ServerConfig {
     pub http: Option<std::net::SocketAddr>,
     /// The clients and their bearer tokens.
     pub tokens_file: Option<PathBuf>,
+    /// `GET /metrics` needs no token.
+    pub metrics_public: bool,
 }
 
 /// `session.max_sessions_per_client` when it is not set and several clients share the
@@ -433,6 +437,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
     let server = ServerConfig {
         http: p.opt_addr("server.http")?,
         tokens_file: p.opt_string("server.tokens_file")?.map(PathBuf::from),
+        metrics_public: p.bool("server.metrics_public")?,
     };
     let allowed_modules = p.list("allowed_modules")?;
     let blocked_modules = p.list("blocked_modules")?;
@@ -1118,6 +1123,28 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn metrics_public_is_off_unless_set() {
+        assert!(!Config::defaults().server.metrics_public);
+        let c = resolve(&Layers {
+            env: env(&[("PYTHON_DOCKER_MCP_METRICS_PUBLIC", "true")]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(c.server.metrics_public);
+        assert!(c.describe().contains("server.metrics_public"));
+        let e = resolve(&Layers {
+            file: file("server:\n  metrics_public: maybe\n"),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("server.metrics_public") && e.contains("true or false"),
+            "{e}"
+        );
     }
 
     #[test]

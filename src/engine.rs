@@ -363,6 +363,15 @@ impl Engine {
         pool.clone()
     }
 
+    /// Live sessions per client that has any (for `pdm_sessions`).
+    pub fn sessions_per_client(&self) -> std::collections::HashMap<Client, usize> {
+        let mut per_client = std::collections::HashMap::new();
+        for session in self.shared.sessions.all() {
+            *per_client.entry(session.owner.clone()).or_insert(0) += 1;
+        }
+        per_client
+    }
+
     pub fn config(&self) -> &Config {
         &self.shared.config
     }

@@ -1,5 +1,7 @@
 //! The HTTP service: MCP's streamable HTTP transport at `/mcp` (rmcp's
-//! `StreamableHttpService` in axum), bearer-token authentication, `/health` and `/ready`.
+//! `StreamableHttpService` in axum), bearer-token authentication, `/health`, `/ready` and
+//! `/metrics` (from [`crate::metrics`]; behind the same auth layer unless
+//! `server.metrics_public`).
 //!
 //! [`plan`] decides, before anything binds, who may call: the clients of
 //! `server.tokens_file`, or on a loopback address without tokens the one client `local`.
@@ -100,6 +102,14 @@ impl Plan {
     pub fn several_clients(&self) -> bool {
         matches!(&self.access, Access::Tokens(tokens) if tokens.names().len() > 1)
     }
+
+    /// Every client that may call.
+    pub fn clients(&self) -> Vec<Client> {
+        match &self.access {
+            Access::Local => vec![Client::local()],
+            Access::Tokens(tokens) => tokens.names().into_iter().map(Client::new).collect(),
+        }
+    }
 }
 
 /// The auth layer's state: who may call, and which client opened each MCP session.
@@ -155,7 +165,8 @@ impl Gate {
     }
 }
 
-/// The whole HTTP application: `/mcp` behind the auth layer, `/health` and `/ready` open.
+/// The whole HTTP application: `/mcp` behind the auth layer, `/health` and `/ready` open,
+/// `/metrics` behind the auth layer unless `server.metrics_public`.
 pub fn router(engine: Engine, plan: &Plan, stop: &CancellationToken) -> Router {
     let server = Server::new(engine.clone());
     // The factory runs once per MCP session (and per stateless request): a clone of
@@ -171,14 +182,19 @@ pub fn router(engine: Engine, plan: &Plan, stop: &CancellationToken) -> Router {
         manager,
         owners: Default::default(),
     };
-    let mcp = Router::new()
-        .nest_service("/mcp", mcp)
-        .layer(middleware::from_fn_with_state(gate, authenticate));
+    let auth = middleware::from_fn_with_state(gate, authenticate);
+    let mcp = Router::new().nest_service("/mcp", mcp).layer(auth.clone());
+    let metrics = crate::metrics::router(engine.clone(), plan.clients());
+    let metrics = match engine.config().server.metrics_public {
+        true => metrics,
+        false => metrics.layer(auth),
+    };
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .with_state(engine)
         .merge(mcp)
+        .merge(metrics)
 }
 
 /// Listen on the plan's address (before the engine starts any sandbox).
@@ -328,6 +344,7 @@ mod tests {
         ServerConfig {
             http: Some(http.parse().unwrap()),
             tokens_file: tokens.map(Into::into),
+            ..ServerConfig::default()
         }
     }
 

@@ -27,6 +27,7 @@
 //! - [`client`]: who is calling: the `Client` every operation acts for, and the tokens file.
 //! - [`mcp`]: the thin MCP tool layer (rmcp).
 //! - [`http`]: streamable HTTP at `/mcp` behind bearer tokens, `/health` and `/ready`.
+//! - [`metrics`]: Prometheus metrics (names, recording helpers) and `GET /metrics`.
 //! - [`text`]: user input echoed in messages, clipped.
 //! - [`demo`]: a real MCP client session against this binary, for the README's first command.
 #![forbid(unsafe_code)]
@@ -39,6 +40,7 @@ pub mod engine;
 pub mod http;
 pub mod install;
 pub mod mcp;
+pub mod metrics;
 pub mod pool;
 pub mod repl;
 pub mod sandbox;

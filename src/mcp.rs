@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 
 use crate::client::Client;
 use crate::engine::{CallContext, Engine, ExecResult, InstallResult};
+use crate::metrics::{Timed as _, TimedRun as _};
 use crate::repl::{OutputChunk, Package, Variable};
 
 /// Arguments of `execute-transient`.
@@ -372,6 +373,7 @@ value and any exception with its traceback.",
                 &client,
                 &call,
             )
+            .run_timed("execute-transient")
             .await;
         finish_relay(call, relay).await;
         Ok(match result {
@@ -401,6 +403,7 @@ cleanup-session when you are done.",
         let result = self
             .engine
             .execute_persistent(&args.code, session, &args.packages, &client, &call)
+            .run_timed("execute-persistent")
             .await;
         finish_relay(call, relay).await;
         Ok(match result {
@@ -422,7 +425,12 @@ keeping its sandbox, its files and the packages installed into it. Use it to sta
     ) -> Result<CallToolResult, ErrorData> {
         let client = client_of(&ctx)?;
         Ok(
-            match self.engine.reset_session(&args.session_id, &client).await {
+            match self
+                .engine
+                .reset_session(&args.session_id, &client)
+                .timed("reset-session")
+                .await
+            {
                 Ok(()) => {
                     let text = format!("Session {} was reset: no variables or imports remain; files and packages are kept.", args.session_id);
                     structured(
@@ -450,7 +458,12 @@ without printing it.",
     ) -> Result<CallToolResult, ErrorData> {
         let client = client_of(&ctx)?;
         Ok(
-            match self.engine.list_variables(&args.session_id, &client).await {
+            match self
+                .engine
+                .list_variables(&args.session_id, &client)
+                .timed("list-variables")
+                .await
+            {
                 Ok(variables) => {
                     let text = if variables.is_empty() {
                         format!("Session {} has no variables.", args.session_id)
@@ -499,6 +512,7 @@ no network.",
             match self
                 .engine
                 .install_package(&packages, session, &client)
+                .timed("install-package")
                 .await
             {
                 Ok(r) => structured(render_install(&r), &r),
@@ -520,7 +534,8 @@ installs, the shared environment, the image), or without session_id for the shar
     ) -> Result<CallToolResult, ErrorData> {
         let client = client_of(&ctx)?;
         let session = args.session_id.as_deref().filter(|s| !s.is_empty());
-        Ok(match self.engine.list_packages(session, &client).await {
+        let listed = self.engine.list_packages(session, &client);
+        Ok(match listed.timed("list-packages").await {
             Ok(packages) => {
                 let lines: Vec<String> = packages
                     .iter()
@@ -546,7 +561,12 @@ are removed. Later calls with that session_id are refused.",
     ) -> Result<CallToolResult, ErrorData> {
         let client = client_of(&ctx)?;
         Ok(
-            match self.engine.cleanup_session(&args.session_id, &client).await {
+            match self
+                .engine
+                .cleanup_session(&args.session_id, &client)
+                .timed("cleanup-session")
+                .await
+            {
                 Ok(()) => {
                     let r = CleanupResult {
                         session_id: args.session_id.clone(),

@@ -618,9 +618,13 @@ impl Pool {
             }
             _ => (false, 0), // closing
         };
+        let started = Instant::now();
         let result = if go { Some(self.create().await) } else { None };
         drop(permit);
         let closing = self.inner.stop.is_cancelled();
+        if let Some(r) = result.as_ref().filter(|_| !closing) {
+            crate::metrics::sandbox_created(r.is_ok(), started.elapsed());
+        }
         {
             let mut st = self.inner.state.lock().expect("pool lock");
             st.creating -= 1;
