@@ -6,8 +6,12 @@
 //! A non-loopback address without tokens is refused. The auth layer turns every `/mcp`
 //! request's bearer token into a [`Client`] in the request's extensions, where the tool
 //! layer finds it; a missing or wrong token gets 401 with `WWW-Authenticate: Bearer`.
+//!
+//! [`start`] hands back a [`Serving`] that `main` stops in steps around the engine's drain:
+//! [`Serving::stop_accepting`] closes the listener while open requests go on, and
+//! [`Serving::close`] lets the answers of finished calls reach their clients (every POST
+//! to `/mcp` is counted until its response body ends) before it ends the MCP sessions.
 
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,14 +19,16 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures::StreamExt;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::client::{bearer, Client, Tokens, TokensError};
 use crate::config::ServerConfig;
@@ -30,8 +36,8 @@ use crate::{Engine, Server};
 
 /// How long `/ready` waits for Docker to answer.
 const READY_PROBE: Duration = Duration::from_secs(2);
-/// How long open HTTP connections get to finish after a shutdown signal, before the
-/// engine's own drain starts.
+/// How long, once the engine has shut down, answers still being sent get to reach their
+/// clients, and then open connections get to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Who may call an HTTP daemon.
@@ -99,7 +105,14 @@ impl Plan {
 }
 
 /// The whole HTTP application: `/mcp` behind the auth layer, `/health` and `/ready` open.
-pub fn router(engine: Engine, plan: &Plan, stop: &CancellationToken) -> Router {
+/// `stop` ends the MCP sessions; `posts` counts the POSTs to `/mcp` whose answer is not
+/// yet sent.
+pub fn router(
+    engine: Engine,
+    plan: &Plan,
+    stop: &CancellationToken,
+    posts: &TaskTracker,
+) -> Router {
     let server = if plan.several_clients() {
         Server::for_clients(engine.clone())
     } else {
@@ -117,7 +130,8 @@ pub fn router(engine: Engine, plan: &Plan, stop: &CancellationToken) -> Router {
         .layer(middleware::from_fn_with_state(
             plan.access.clone(),
             authenticate,
-        ));
+        ))
+        .layer(middleware::from_fn_with_state(posts.clone(), count_posts));
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -132,40 +146,98 @@ pub async fn bind(plan: &Plan) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("cannot listen on {} (server.http)", plan.addr))
 }
 
-/// Serve until `shutdown` completes, then stop accepting, end the MCP sessions and give
-/// open requests [`CLOSE_GRACE`] to finish. The caller drains the engine afterwards.
-pub async fn serve(
+/// A running HTTP service. `main` stops it in steps around the engine's drain.
+pub struct Serving {
+    /// The axum server task; it ends by itself only on an error.
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Fired to stop accepting: the listener closes, open connections finish their requests.
+    accept: CancellationToken,
+    /// rmcp's token: cancelling it ends every MCP session and its streams.
+    sessions: CancellationToken,
+    /// POSTs to `/mcp` whose response body is not finished (a call's answer travels in it).
+    posts: TaskTracker,
+}
+
+/// Start serving on `listener` (bound by [`bind`]) in the background.
+pub async fn start(
     engine: Engine,
     plan: Plan,
     listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = &'static str>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Serving> {
     let local = listener.local_addr()?;
     let clients = match &plan.access {
         Access::Local => vec![crate::client::LOCAL],
         Access::Tokens(tokens) => tokens.names(),
     };
     tracing::info!(url = %format!("http://{local}/mcp"), ?clients, "serving MCP over streamable HTTP");
-    let stop = CancellationToken::new();
-    let app = router(engine, &plan, &stop);
+    let accept = CancellationToken::new();
+    let sessions = CancellationToken::new();
+    let posts = TaskTracker::new();
+    let app = router(engine, &plan, &sessions, &posts);
     let server = axum::serve(listener, app).with_graceful_shutdown({
-        let stop = stop.clone();
-        async move { stop.cancelled().await }
+        let accept = accept.clone();
+        async move { accept.cancelled().await }
     });
-    let mut server = tokio::spawn(async move { server.await });
-    tokio::select! {
-        r = &mut server => return Ok(r.context("the HTTP server task failed")??),
-        signal = shutdown => tracing::info!(%signal, "shutting down"),
+    Ok(Serving {
+        server: tokio::spawn(async move { server.await }),
+        accept,
+        sessions,
+        posts,
+    })
+}
+
+impl Serving {
+    /// Completes only if the server stops by itself (it failed).
+    pub async fn failed(&mut self) -> anyhow::Result<()> {
+        Ok((&mut self.server)
+            .await
+            .context("the HTTP server task failed")??)
     }
-    stop.cancel();
-    if tokio::time::timeout(CLOSE_GRACE, &mut server)
-        .await
-        .is_err()
-    {
-        tracing::warn!(grace = ?CLOSE_GRACE, "HTTP connections still open after the grace period; closing them");
-        server.abort();
+
+    /// Close the listener (new connections are refused) and let open connections finish
+    /// the requests they carry, then close. MCP sessions stay up: calls running in them
+    /// still answer.
+    pub fn stop_accepting(&self) {
+        self.accept.cancel();
     }
-    Ok(())
+
+    /// After the engine has drained and shut down: give the answers still being sent
+    /// [`CLOSE_GRACE`] to reach their clients, end the MCP sessions, and give the
+    /// connections [`CLOSE_GRACE`] to close.
+    pub async fn close(mut self) {
+        self.accept.cancel();
+        self.posts.close();
+        if tokio::time::timeout(CLOSE_GRACE, self.posts.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?CLOSE_GRACE, open = self.posts.len(), "answers still being sent after the grace period; closing them");
+        }
+        self.sessions.cancel();
+        if tokio::time::timeout(CLOSE_GRACE, &mut self.server)
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?CLOSE_GRACE, "HTTP connections still open after the grace period; closing them");
+            self.server.abort();
+        }
+    }
+}
+
+/// Count a POST from its arrival until its response body has been sent or dropped: a
+/// tool call's answer travels in that body (an SSE stream or JSON), so shutdown waits for
+/// these before it ends the MCP sessions, whose streams would stop mid-answer.
+async fn count_posts(State(posts): State<TaskTracker>, req: Request, next: Next) -> Response {
+    if req.method() != Method::POST {
+        return next.run(req).await;
+    }
+    let open = posts.token();
+    let (parts, body) = next.run(req).await.into_parts();
+    let body = body.into_data_stream().map(move |chunk| {
+        let _counted = &open;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(body))
 }
 
 /// Resolve the caller: a valid bearer token's client, or `local` without tokens. Anything
@@ -246,6 +318,7 @@ mod tests {
         ServerConfig {
             http: Some(http.parse().unwrap()),
             tokens_file: tokens.map(Into::into),
+            ..ServerConfig::default()
         }
     }
 
