@@ -411,13 +411,12 @@ async fn http_check(config: &Config) -> Verdict {
         }
     };
     match http::bind(&plan).await {
-        Ok(listener) => {
-            let bound = listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            Verdict::Ok(format!("{} can be bound ({bound})", plan.addr))
-        }
+        Ok(listener) => match listener.local_addr() {
+            Ok(bound) if bound != plan.addr => {
+                Verdict::Ok(format!("{} can be bound (as {bound})", plan.addr))
+            }
+            _ => Verdict::Ok(format!("{} can be bound", plan.addr)),
+        },
         Err(e) => Verdict::Fail {
             what: format!("{e:#}"),
             fix: "choose a free port, or stop what listens there (`ss -ltnp`); ports below \

@@ -267,7 +267,13 @@ async fn serve_http(
     signals: &mut Signals,
     drain_timeout: Duration,
 ) -> anyhow::Result<()> {
-    let mut serving = http::start(engine.clone(), plan, listener).await?;
+    let mut serving = match http::start(engine.clone(), plan, listener).await {
+        Ok(serving) => serving,
+        Err(e) => {
+            engine.shutdown(SHUTDOWN_GRACE).await;
+            return Err(e);
+        }
+    };
     tokio::select! {
         failed = serving.failed() => {
             engine.shutdown(SHUTDOWN_GRACE).await;
@@ -293,9 +299,21 @@ async fn serve_stdio(
     signals: &mut Signals,
     drain_timeout: Duration,
 ) -> anyhow::Result<()> {
-    let service = Server::new(engine.clone())
-        .serve(rmcp::transport::stdio())
-        .await?;
+    // The handshake waits for the client; a signal meanwhile shuts down at once.
+    let service = tokio::select! {
+        service = Server::new(engine.clone()).serve(rmcp::transport::stdio()) => match service {
+            Ok(service) => service,
+            Err(e) => {
+                engine.shutdown(SHUTDOWN_GRACE).await;
+                return Err(e.into());
+            }
+        },
+        signal = signals.next() => {
+            tracing::info!(%signal, "shutting down");
+            engine.shutdown(SHUTDOWN_GRACE).await;
+            return Ok(());
+        }
+    };
     let stop = service.cancellation_token();
     let mut running = std::pin::pin!(service.waiting());
     let mut ended = false;
