@@ -50,16 +50,17 @@ struct SandboxFacts {
     seconds: f64,
 }
 
-/// Run every check, printing each verdict as it comes. Returns whether all passed.
-pub async fn run(config: Config) -> bool {
-    let mut failed = 0;
+/// Run every check, printing each verdict as it comes on stdout. Returns the failed
+/// checks as `name: what failed`, for a summary on stderr; empty when all passed.
+pub async fn run(config: Config) -> Vec<String> {
+    let mut failed = Vec::new();
     let mut report = |name: &str, verdict: Verdict| match verdict {
         Verdict::Ok(what) => println!("ok    {name}: {what}"),
         Verdict::Skip(why) => println!("skip  {name}: {why}"),
         Verdict::Fail { what, fix } => {
-            failed += 1;
             println!("FAIL  {name}: {what}");
             println!("      fix: {fix}");
+            failed.push(format!("{name}: {what}"));
         }
     };
     let engine = Engine::new(config.clone());
@@ -114,6 +115,10 @@ pub async fn run(config: Config) -> bool {
     let checks = ["helper", "network", "user", "installer"];
     if ready {
         println!("      sandboxes: {}", engine.describe_sandbox());
+        println!(
+            "      log driver of every container: {}",
+            sandbox::LOG_DRIVER
+        );
         for (name, verdict) in checks.iter().zip(sandbox_checks(docker, &config).await) {
             report(name, verdict);
         }
@@ -128,12 +133,12 @@ pub async fn run(config: Config) -> bool {
     report("http", http_check(&config).await);
     docker.close();
 
-    if failed == 0 {
+    if failed.is_empty() {
         println!("all checks passed");
     } else {
-        println!("{failed} check(s) failed");
+        println!("{} check(s) failed", failed.len());
     }
-    failed == 0
+    failed
 }
 
 /// The fix part of an error message: everything after the first sentence that says
@@ -190,7 +195,7 @@ async fn sandbox_checks(docker: &Docker, config: &Config) -> [Verdict; 4] {
             Ok(mut repl) => {
                 let helper = if repl.ping(Duration::from_secs(5)).await {
                     Verdict::Ok(format!(
-                        "a sandbox started and answered in {} ms (Python {})",
+                        "a sandbox starts and answers in {} ms (Python {})",
                         started.elapsed().as_millis(),
                         repl.python
                     ))

@@ -131,9 +131,11 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Doctor { .. } => match doctor::run(config).await {
-                true => Ok(()),
-                false => Err(anyhow::anyhow!(
-                    "a check failed; each FAIL line above says how to fix it"
+                failed if failed.is_empty() => Ok(()),
+                failed => Err(anyhow::anyhow!(
+                    "{} check(s) failed (each FAIL line on stdout says how to fix it):\n{}",
+                    failed.len(),
+                    failed.join("\n")
                 )),
             },
             Command::Cleanup { dry_run } => cleanup(config, dry_run).await,
