@@ -161,6 +161,8 @@ const KEYS: &[Key] = &[
           doc: "File of HTTP clients, one `NAME TOKEN` per line (`#` comments); every request then needs `Authorization: Bearer TOKEN`. Required off loopback" },
     Key { path: "server.metrics_public", env: "METRICS_PUBLIC", kind: Kind::Bool, default: "false",
           doc: "Serve GET /metrics (Prometheus text) without a bearer token, for a scraper on a trusted network; otherwise it needs a token like /mcp" },
+    Key { path: "server.drain_timeout", env: "DRAIN_TIMEOUT", kind: Kind::Duration, default: "30s",
+          doc: "On SIGTERM or SIGINT, how long running executions and installs may go on finishing before they are interrupted (a second signal interrupts them at once); 0 interrupts at once" },
     Key { path: "allowed_modules", env: "ALLOWED_MODULES", kind: Kind::List, default: "[]",
           doc: "If not empty, user code may import only these top-level modules (a policy, not a security boundary: the container is)" },
     Key { path: "blocked_modules", env: "BLOCKED_MODULES", kind: Kind::List, default: "[]",
@@ -271,6 +273,8 @@ pub struct ServerConfig {
     pub tokens_file: Option<PathBuf>,
     /// `GET /metrics` needs no token.
     pub metrics_public: bool,
+    /// How long a shutdown lets running calls finish before it interrupts them.
+    pub drain_timeout: Duration,
 }
 
 /// `session.max_sessions_per_client` when it is not set and several clients share the
@@ -438,6 +442,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         http: p.opt_addr("server.http")?,
         tokens_file: p.opt_string("server.tokens_file")?.map(PathBuf::from),
         metrics_public: p.bool("server.metrics_public")?,
+        drain_timeout: p.duration("server.drain_timeout")?,
     };
     let allowed_modules = p.list("allowed_modules")?;
     let blocked_modules = p.list("blocked_modules")?;
@@ -1143,6 +1148,41 @@ mod tests {
         .to_string();
         assert!(
             e.contains("server.metrics_public") && e.contains("true or false"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn drain_timeout() {
+        assert_eq!(
+            Config::defaults().server.drain_timeout,
+            Duration::from_secs(30)
+        );
+        let c = resolve(&Layers {
+            env: env(&[("PYTHON_DOCKER_MCP_DRAIN_TIMEOUT", "1m 30s")]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.server.drain_timeout, Duration::from_secs(90));
+        assert!(c.describe().contains("PYTHON_DOCKER_MCP_DRAIN_TIMEOUT"));
+        let c = resolve(&Layers {
+            file: file("server:\n  drain_timeout: 0\n"),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.server.drain_timeout, Duration::ZERO);
+        let e = resolve(&Layers {
+            flags: vec![(
+                "server.drain_timeout".into(),
+                "soon".into(),
+                "--set server.drain_timeout".into(),
+            )],
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("server.drain_timeout") && e.contains("duration"),
             "{e}"
         );
     }

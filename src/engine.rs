@@ -13,8 +13,14 @@
 //! When several clients share the daemon, each has its own shared environment: a client's
 //! first install without a session gives it a pool of its own whose sandboxes mount its
 //! package volume ([`Pool::for_client`]); its later runs and new sessions come from there.
+//!
+//! Every operation is admitted through [`Calls`] and counted while it runs. A shutdown
+//! first [`Engine::drain`]s: no call is admitted any more, the running ones may finish
+//! within `server.drain_timeout`, and those still running are named in the log. Then
+//! [`Engine::shutdown`] interrupts them and removes everything.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +30,7 @@ use tokio::sync::{mpsc, Mutex, OnceCell};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::calls::{CallGuard, Calls, Running, ShuttingDown};
 use crate::client::Client;
 use crate::config::{human_bytes, Config};
 use crate::docker::{Docker, DockerError};
@@ -190,6 +197,8 @@ pub enum ExecError {
     TooManySessions(usize),
     #[error("client `{client}` already has {max} sessions (session.max_sessions_per_client). End one with cleanup-session, or ask the operator to raise the limit")]
     TooManySessionsForClient { client: Client, max: usize },
+    #[error(transparent)]
+    ShuttingDown(#[from] ShuttingDown),
 }
 
 impl From<RequirementError> for ExecError {
@@ -217,6 +226,8 @@ pub enum InstallError {
         requirement: String,
         timeout: Duration,
     },
+    #[error(transparent)]
+    ShuttingDown(#[from] ShuttingDown),
 }
 
 /// Why a cleanup failed.
@@ -226,6 +237,15 @@ pub enum CleanupError {
     NoSuchSession(String),
     #[error("session `{id}` had already ended: {why}")]
     AlreadyEnded { id: String, why: String },
+    #[error(transparent)]
+    ShuttingDown(#[from] ShuttingDown),
+}
+
+/// What [`Engine::sweep_orphans`] found (and removed, unless it was a dry run).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub containers: usize,
+    pub volumes: usize,
 }
 
 /// A handle on the daemon's core; clone it freely.
@@ -258,6 +278,8 @@ struct Shared {
     slots: Slots,
     /// Stops the engine's own background task (idle expiry).
     stop: CancellationToken,
+    /// The tool calls in flight; closed to new ones when shutdown begins.
+    calls: Arc<Calls>,
 }
 
 impl Engine {
@@ -291,6 +313,7 @@ impl Engine {
                 tasks,
                 slots,
                 stop: CancellationToken::new(),
+                calls: Arc::default(),
             }),
         }
     }
@@ -385,6 +408,22 @@ impl Engine {
         &self.shared.owner.instance
     }
 
+    /// Admit a call of `tool`, unless shutdown has begun; it counts as running until the
+    /// guard is dropped.
+    fn admit(
+        &self,
+        tool: &'static str,
+        session: Option<&str>,
+        client: &Client,
+    ) -> Result<CallGuard, ShuttingDown> {
+        self.shared.calls.admit(tool, session, client)
+    }
+
+    /// The calls in flight, oldest first.
+    pub fn running(&self) -> Vec<Running> {
+        self.shared.calls.running()
+    }
+
     fn limits(&self) -> ExecLimits {
         let d = &self.shared.config.docker;
         ExecLimits {
@@ -435,6 +474,7 @@ impl Engine {
         client: &Client,
         call: &CallContext,
     ) -> Result<ExecResult, ExecError> {
+        let _call = self.admit("execute-transient", None, client)?;
         let requirements = run_requirements(packages)?;
         tracing::debug!(%client, "transient run");
         let started = Instant::now();
@@ -498,11 +538,13 @@ impl Engine {
         client: &Client,
         call: &CallContext,
     ) -> Result<ExecResult, ExecError> {
+        let admitted = self.admit("execute-persistent", session_id, client)?;
         let requirements = run_requirements(packages)?;
         let session = match session_id {
             Some(id) => self.session(id, client)?,
             None => self.new_session(client).await?,
         };
+        admitted.set_session(&session.id);
         // A new session kept a warm sandbox; replace it once this first call is done.
         let _replenish = session_id
             .is_none()
@@ -551,6 +593,7 @@ impl Engine {
 
     /// Forget a session's variables and imports; its sandbox, files and packages stay.
     pub async fn reset_session(&self, id: &str, client: &Client) -> Result<(), ExecError> {
+        let _call = self.admit("reset-session", Some(id), client)?;
         let session = self.session(id, client)?;
         let mut guard = session.lock().await;
         let repl = self.live(&session, &mut guard)?;
@@ -565,6 +608,7 @@ impl Engine {
         id: &str,
         client: &Client,
     ) -> Result<Vec<Variable>, ExecError> {
+        let _call = self.admit("list-variables", Some(id), client)?;
         let session = self.session(id, client)?;
         let mut guard = session.lock().await;
         let repl = self.live(&session, &mut guard)?;
@@ -697,6 +741,7 @@ impl Engine {
     /// End a session: its container and volume are removed; later calls are told so. A
     /// call running in it is stopped at once; an install into it is waited for.
     pub async fn cleanup_session(&self, id: &str, client: &Client) -> Result<(), CleanupError> {
+        let _call = self.admit("cleanup-session", Some(id), client)?;
         let Some(session) = self.shared.sessions.get(id, client) else {
             return Err(match self.shared.sessions.ended_because(id, client) {
                 Some(why) => CleanupError::AlreadyEnded {
@@ -725,6 +770,7 @@ impl Engine {
         session_id: Option<&str>,
         client: &Client,
     ) -> Result<InstallResult, InstallError> {
+        let _call = self.admit("install-package", session_id, client)?;
         let requirements = parse_requirements(packages)?;
         match session_id {
             Some(id) => {
@@ -754,6 +800,7 @@ impl Engine {
         session_id: Option<&str>,
         client: &Client,
     ) -> Result<Vec<Package>, ExecError> {
+        let _call = self.admit("list-packages", session_id, client)?;
         match session_id {
             Some(id) => {
                 let session = self.session(id, client)?;
@@ -838,12 +885,34 @@ impl Engine {
     /// longer running (killed with SIGKILL, or a crash). Live daemons' objects, other
     /// hosts' objects and anything without our labels are left alone.
     pub async fn reap_orphans(&self) -> Result<usize, DockerError> {
+        let swept = self.sweep_orphans(false).await?;
+        let removed = swept.containers + swept.volumes;
+        if removed > 0 {
+            tracing::info!(
+                containers = swept.containers,
+                volumes = swept.volumes,
+                "removed containers and volumes of daemons that are gone"
+            );
+        }
+        Ok(removed)
+    }
+
+    /// Find the containers and volumes of daemons on this host that are no longer
+    /// running, and remove them unless `dry_run` (`python-docker-mcp cleanup`).
+    pub async fn sweep_orphans(&self, dry_run: bool) -> Result<Swept, DockerError> {
         let s = &self.shared;
         let objects = s.docker.managed().await?;
         let orphans: Vec<_> = objects
             .into_iter()
             .filter(|o| is_orphan(&o.labels, &s.owner, daemon_alive))
             .collect();
+        let swept = Swept {
+            containers: orphans.iter().filter(|o| !o.volume).count(),
+            volumes: orphans.iter().filter(|o| o.volume).count(),
+        };
+        if dry_run {
+            return Ok(swept);
+        }
         // Containers first: a volume cannot go while a container still mounts it.
         for o in orphans.iter().filter(|o| !o.volume) {
             s.docker.remove(&o.id).await;
@@ -851,13 +920,7 @@ impl Engine {
         for o in orphans.iter().filter(|o| o.volume) {
             s.docker.remove_volume(&o.id).await;
         }
-        if !orphans.is_empty() {
-            tracing::info!(
-                removed = orphans.len(),
-                "removed containers and volumes of daemons that are gone"
-            );
-        }
-        Ok(orphans.len())
+        Ok(swept)
     }
 
     /// A one-line summary of the limits sandboxes run under, for logs and docs.
@@ -875,9 +938,62 @@ impl Engine {
         )
     }
 
-    /// Remove every container and volume this daemon created. Bounded by `grace`.
+    /// The first step of a shutdown: admit no new call, and let the running ones finish
+    /// for up to `timeout`, or until `cut` completes (a second signal; the client gone),
+    /// whichever comes first. Each call still running then is logged with its tool,
+    /// session and how long it ran, and returned; [`Engine::shutdown`] interrupts them.
+    pub async fn drain(
+        &self,
+        timeout: Duration,
+        cut: impl Future<Output = String>,
+    ) -> Vec<Running> {
+        let calls = &self.shared.calls;
+        calls.close();
+        let running = calls.running();
+        if running.is_empty() {
+            return running;
+        }
+        tracing::info!(
+            calls = running.len(),
+            drain_timeout = %humantime::format_duration(timeout),
+            "draining: no new calls; waiting for the running ones to finish"
+        );
+        let started = Instant::now();
+        let why = tokio::select! {
+            _ = calls.idle() => None,
+            _ = tokio::time::sleep(timeout) => Some(format!(
+                "server.drain_timeout ({}) passed",
+                humantime::format_duration(timeout)
+            )),
+            why = cut => Some(why),
+        };
+        let left = calls.running();
+        match why {
+            _ if left.is_empty() => tracing::info!(
+                waited_ms = started.elapsed().as_millis() as u64,
+                "drained: every running call finished"
+            ),
+            why => {
+                let why = why.unwrap_or_else(|| "the drain ended".into());
+                for call in &left {
+                    tracing::warn!(
+                        tool = call.tool,
+                        session_id = call.session.as_deref().unwrap_or("-"),
+                        client = %call.client,
+                        ran_for = %format!("{:.1}s", call.elapsed().as_secs_f64()),
+                        "cut short by shutdown: {why}"
+                    );
+                }
+            }
+        }
+        left
+    }
+
+    /// Remove every container and volume this daemon created, interrupting whatever
+    /// still runs (after [`Engine::drain`], or at once). Bounded by `grace`.
     pub async fn shutdown(&self, grace: Duration) {
         let s = &self.shared;
+        s.calls.close();
         s.stop.cancel();
         let pools = self.pools();
         for pool in &pools {

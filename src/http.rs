@@ -10,9 +10,13 @@
 //! layer finds it; a missing or wrong token gets 401 with `WWW-Authenticate: Bearer`.
 //! The same layer binds each MCP session (`Mcp-Session-Id`) to the client that opened it:
 //! any other client presenting that id is answered as for an id that never existed.
+//!
+//! [`start`] hands back a [`Serving`] that `main` stops in steps around the engine's drain:
+//! [`Serving::stop_accepting`] closes the listener while open requests go on, and
+//! [`Serving::close`] lets the answers of finished calls reach their clients (every POST
+//! to `/mcp` is counted until its response body ends) before it ends the MCP sessions.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,15 +24,17 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures::StreamExt;
 use rmcp::transport::common::http_header::HEADER_SESSION_ID;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::client::{bearer, Client, Tokens, TokensError};
 use crate::config::ServerConfig;
@@ -36,8 +42,8 @@ use crate::{Engine, Server};
 
 /// How long `/ready` waits for Docker to answer.
 const READY_PROBE: Duration = Duration::from_secs(2);
-/// How long open HTTP connections get to finish after a shutdown signal, before the
-/// engine's own drain starts.
+/// How long, once the engine has shut down, answers still being sent get to reach their
+/// clients, and then open connections get to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Who may call an HTTP daemon.
@@ -166,8 +172,14 @@ impl Gate {
 }
 
 /// The whole HTTP application: `/mcp` behind the auth layer, `/health` and `/ready` open,
-/// `/metrics` behind the auth layer unless `server.metrics_public`.
-pub fn router(engine: Engine, plan: &Plan, stop: &CancellationToken) -> Router {
+/// `/metrics` behind the auth layer unless `server.metrics_public`. `stop` ends the MCP
+/// sessions; `posts` counts the POSTs to `/mcp` whose answer is not yet sent.
+pub fn router(
+    engine: Engine,
+    plan: &Plan,
+    stop: &CancellationToken,
+    posts: &TaskTracker,
+) -> Router {
     let server = Server::new(engine.clone());
     // The factory runs once per MCP session (and per stateless request): a clone of
     // `Arc`s, so every session shares the one engine, pool and registry.
@@ -183,7 +195,10 @@ pub fn router(engine: Engine, plan: &Plan, stop: &CancellationToken) -> Router {
         owners: Default::default(),
     };
     let auth = middleware::from_fn_with_state(gate, authenticate);
-    let mcp = Router::new().nest_service("/mcp", mcp).layer(auth.clone());
+    let mcp = Router::new()
+        .nest_service("/mcp", mcp)
+        .layer(auth.clone())
+        .layer(middleware::from_fn_with_state(posts.clone(), count_posts));
     let metrics = crate::metrics::router(engine.clone(), plan.clients());
     let metrics = match engine.config().server.metrics_public {
         true => metrics,
@@ -204,40 +219,98 @@ pub async fn bind(plan: &Plan) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("cannot listen on {} (server.http)", plan.addr))
 }
 
-/// Serve until `shutdown` completes, then stop accepting, end the MCP sessions and give
-/// open requests [`CLOSE_GRACE`] to finish. The caller drains the engine afterwards.
-pub async fn serve(
+/// A running HTTP service. `main` stops it in steps around the engine's drain.
+pub struct Serving {
+    /// The axum server task; it ends by itself only on an error.
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Fired to stop accepting: the listener closes, open connections finish their requests.
+    accept: CancellationToken,
+    /// rmcp's token: cancelling it ends every MCP session and its streams.
+    sessions: CancellationToken,
+    /// POSTs to `/mcp` whose response body is not finished (a call's answer travels in it).
+    posts: TaskTracker,
+}
+
+/// Start serving on `listener` (bound by [`bind`]) in the background.
+pub async fn start(
     engine: Engine,
     plan: Plan,
     listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = &'static str>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Serving> {
     let local = listener.local_addr()?;
     let clients = match &plan.access {
         Access::Local => vec![crate::client::LOCAL],
         Access::Tokens(tokens) => tokens.names(),
     };
     tracing::info!(url = %format!("http://{local}/mcp"), ?clients, "serving MCP over streamable HTTP");
-    let stop = CancellationToken::new();
-    let app = router(engine, &plan, &stop);
+    let accept = CancellationToken::new();
+    let sessions = CancellationToken::new();
+    let posts = TaskTracker::new();
+    let app = router(engine, &plan, &sessions, &posts);
     let server = axum::serve(listener, app).with_graceful_shutdown({
-        let stop = stop.clone();
-        async move { stop.cancelled().await }
+        let accept = accept.clone();
+        async move { accept.cancelled().await }
     });
-    let mut server = tokio::spawn(async move { server.await });
-    tokio::select! {
-        r = &mut server => return Ok(r.context("the HTTP server task failed")??),
-        signal = shutdown => tracing::info!(%signal, "shutting down"),
+    Ok(Serving {
+        server: tokio::spawn(async move { server.await }),
+        accept,
+        sessions,
+        posts,
+    })
+}
+
+impl Serving {
+    /// Completes only if the server stops by itself (it failed).
+    pub async fn failed(&mut self) -> anyhow::Result<()> {
+        Ok((&mut self.server)
+            .await
+            .context("the HTTP server task failed")??)
     }
-    stop.cancel();
-    if tokio::time::timeout(CLOSE_GRACE, &mut server)
-        .await
-        .is_err()
-    {
-        tracing::warn!(grace = ?CLOSE_GRACE, "HTTP connections still open after the grace period; closing them");
-        server.abort();
+
+    /// Close the listener (new connections are refused) and let open connections finish
+    /// the requests they carry, then close. MCP sessions stay up: calls running in them
+    /// still answer.
+    pub fn stop_accepting(&self) {
+        self.accept.cancel();
     }
-    Ok(())
+
+    /// After the engine has drained and shut down: give the answers still being sent
+    /// [`CLOSE_GRACE`] to reach their clients, end the MCP sessions, and give the
+    /// connections [`CLOSE_GRACE`] to close.
+    pub async fn close(mut self) {
+        self.accept.cancel();
+        self.posts.close();
+        if tokio::time::timeout(CLOSE_GRACE, self.posts.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?CLOSE_GRACE, open = self.posts.len(), "answers still being sent after the grace period; closing them");
+        }
+        self.sessions.cancel();
+        if tokio::time::timeout(CLOSE_GRACE, &mut self.server)
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?CLOSE_GRACE, "HTTP connections still open after the grace period; closing them");
+            self.server.abort();
+        }
+    }
+}
+
+/// Count a POST from its arrival until its response body has been sent or dropped: a
+/// tool call's answer travels in that body (an SSE stream or JSON), so shutdown waits for
+/// these before it ends the MCP sessions, whose streams would stop mid-answer.
+async fn count_posts(State(posts): State<TaskTracker>, req: Request, next: Next) -> Response {
+    if req.method() != Method::POST {
+        return next.run(req).await;
+    }
+    let open = posts.token();
+    let (parts, body) = next.run(req).await.into_parts();
+    let body = body.into_data_stream().map(move |chunk| {
+        let _counted = &open;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(body))
 }
 
 /// Resolve the caller: a valid bearer token's client, or `local` without tokens. Anything

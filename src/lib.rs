@@ -24,18 +24,22 @@
 //! - [`session`]: the registry of persistent sessions; a session is `Live` or `Ended`.
 //! - [`install`]: requirement validation and the installer command.
 //! - [`engine`]: the operations behind the tools, and shutdown.
+//! - [`calls`]: the tool calls in flight, admission, and the drain that waits for them.
 //! - [`client`]: who is calling: the `Client` every operation acts for, and the tokens file.
 //! - [`mcp`]: the thin MCP tool layer (rmcp).
 //! - [`http`]: streamable HTTP at `/mcp` behind bearer tokens, `/health` and `/ready`.
 //! - [`metrics`]: Prometheus metrics (names, recording helpers) and `GET /metrics`.
 //! - [`text`]: user input echoed in messages, clipped.
 //! - [`demo`]: a real MCP client session against this binary, for the README's first command.
+//! - [`doctor`]: `python-docker-mcp doctor`, the host's checks with verdicts and fixes.
 #![forbid(unsafe_code)]
 
+pub mod calls;
 pub mod client;
 pub mod config;
 pub mod demo;
 pub mod docker;
+pub mod doctor;
 pub mod engine;
 pub mod http;
 pub mod install;

@@ -1,17 +1,22 @@
 //! The `python-docker-mcp` binary: CLI, tracing to stderr, config, serve until shutdown.
+//!
+//! Shutdown, in both transports: the first SIGTERM or SIGINT stops accepting (HTTP: the
+//! listener closes) and drains the engine (no new calls; running ones may finish within
+//! `server.drain_timeout`; a second signal, or over stdio the client leaving, cuts it
+//! short). Then the engine shuts down (interrupting what is left, removing every container
+//! and volume), and last the transport closes once the answers have gone out. A client
+//! that closes stdin is gone: no drain, straight to shutdown.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use python_docker_mcp::config::{self, Config, Layers};
-use python_docker_mcp::docker::Docker;
-use python_docker_mcp::repl::Repl;
-use python_docker_mcp::sandbox::{self, Owner, Role};
-use python_docker_mcp::{demo, http, Engine, Server};
+use python_docker_mcp::{demo, doctor, http, Engine, Server};
 use rmcp::ServiceExt;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// How long shutdown may spend removing containers.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -57,8 +62,21 @@ enum Command {
         #[arg(long)]
         example: bool,
     },
-    /// Check that Docker answers, the sandbox image is present and a sandbox starts.
-    Doctor,
+    /// Check that this host can serve: Docker, the image, and in one sandbox started with
+    /// the configured limits: the helper answers, no network, non-root, the installer
+    /// works; with --http, that the address can be bound. Exits non-zero if a check fails.
+    Doctor {
+        /// Also check that this address can be bound, e.g. 127.0.0.1:8002 (server.http).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
+    },
+    /// Remove the containers and volumes of python-docker-mcp daemons on this host that
+    /// are no longer running (after a SIGKILL or a crash), and print how many.
+    Cleanup {
+        /// Count them without removing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Start this server as a child, drive it with a real MCP client, print what happens.
     Demo,
 }
@@ -112,7 +130,15 @@ fn main() -> ExitCode {
                 print!("{}", config.describe());
                 Ok(())
             }
-            Command::Doctor => doctor(config).await,
+            Command::Doctor { .. } => match doctor::run(config).await {
+                failed if failed.is_empty() => Ok(()),
+                failed => Err(anyhow::anyhow!(
+                    "{} check(s) failed (each FAIL line on stdout says how to fix it):\n{}",
+                    failed.len(),
+                    failed.join("\n")
+                )),
+            },
+            Command::Cleanup { dry_run } => cleanup(config, dry_run).await,
             Command::Demo => demo::run(demo_args).await,
         }
     });
@@ -171,6 +197,9 @@ fn load_config(cli: &Cli) -> Result<Config, config::ConfigError> {
     }
     if let Some(Command::Serve {
         http: Some(addr), ..
+    })
+    | Some(Command::Doctor {
+        http: Some(addr), ..
     }) = &cli.command
     {
         layers
@@ -181,11 +210,14 @@ fn load_config(cli: &Cli) -> Result<Config, config::ConfigError> {
 }
 
 async fn serve(config: Config, http: Option<http::Plan>) -> anyhow::Result<()> {
+    // Signals are caught from the start, so a SIGTERM during start-up still cleans up.
+    let mut signals = Signals::new()?;
     let listener = match &http {
         Some(plan) => Some(http::bind(plan).await?),
         None => None,
     };
     let several = http.as_ref().is_some_and(http::Plan::several_clients);
+    let drain_timeout = config.server.drain_timeout;
     let engine = Engine::for_clients(config, several);
     let transport = if http.is_some() { "HTTP" } else { "stdio" };
     tracing::info!(instance = %engine.instance(), sandbox = %engine.describe_sandbox(), "python-docker-mcp starting on {transport}");
@@ -218,104 +250,145 @@ async fn serve(config: Config, http: Option<http::Plan>) -> anyhow::Result<()> {
 
     // Warm the pool in the background; `initialize` never waits for it.
     engine.start();
-    if let (Some(plan), Some(listener)) = (http, listener) {
-        let outcome = http::serve(engine.clone(), plan, listener, shutdown_signal()).await;
-        probe.abort();
-        engine.shutdown(SHUTDOWN_GRACE).await;
-        engine.docker().close();
-        return outcome;
-    }
-    let server = Server::new(engine.clone());
-    let running = async {
-        let service = server.serve(rmcp::transport::stdio()).await?;
-        service.waiting().await?;
-        anyhow::Ok(())
-    };
-    let outcome = tokio::select! {
-        r = running => {
-            tracing::info!("client disconnected");
-            r
+    let outcome = match (http, listener) {
+        (Some(plan), Some(listener)) => {
+            serve_http(&engine, plan, listener, &mut signals, drain_timeout).await
         }
-        signal = shutdown_signal() => {
-            tracing::info!(%signal, "shutting down");
-            Ok(())
-        }
+        _ => serve_stdio(&engine, &mut signals, drain_timeout).await,
     };
     probe.abort();
-    engine.shutdown(SHUTDOWN_GRACE).await;
     engine.docker().close();
     outcome
 }
 
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+/// Serve streamable HTTP until a signal, then drain, shut the engine down, and close.
+async fn serve_http(
+    engine: &Engine,
+    plan: http::Plan,
+    listener: tokio::net::TcpListener,
+    signals: &mut Signals,
+    drain_timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut serving = match http::start(engine.clone(), plan, listener).await {
+        Ok(serving) => serving,
+        Err(e) => {
+            engine.shutdown(SHUTDOWN_GRACE).await;
+            return Err(e);
+        }
+    };
     tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+        failed = serving.failed() => {
+            engine.shutdown(SHUTDOWN_GRACE).await;
+            return failed;
+        }
+        signal = signals.next() => tracing::info!(%signal, "shutting down: no new connections"),
+    }
+    serving.stop_accepting();
+    engine
+        .drain(drain_timeout, async {
+            format!("a second signal ({}) arrived", signals.next().await)
+        })
+        .await;
+    engine.shutdown(SHUTDOWN_GRACE).await;
+    serving.close().await;
+    Ok(())
+}
+
+/// Serve stdio until the client closes stdin (shut down at once: the client is gone) or
+/// a signal (drain first, then shut down).
+async fn serve_stdio(
+    engine: &Engine,
+    signals: &mut Signals,
+    drain_timeout: Duration,
+) -> anyhow::Result<()> {
+    // The handshake waits for the client; a signal meanwhile shuts down at once.
+    let service = tokio::select! {
+        service = Server::new(engine.clone()).serve(rmcp::transport::stdio()) => match service {
+            Ok(service) => service,
+            Err(e) => {
+                engine.shutdown(SHUTDOWN_GRACE).await;
+                return Err(e.into());
+            }
+        },
+        signal = signals.next() => {
+            tracing::info!(%signal, "shutting down");
+            engine.shutdown(SHUTDOWN_GRACE).await;
+            return Ok(());
+        }
+    };
+    let stop = service.cancellation_token();
+    let mut running = std::pin::pin!(service.waiting());
+    let mut ended = false;
+    tokio::select! {
+        r = &mut running => {
+            tracing::info!("client disconnected");
+            engine.shutdown(SHUTDOWN_GRACE).await;
+            r?;
+            return Ok(());
+        }
+        signal = signals.next() => tracing::info!(%signal, "shutting down"),
+    }
+    engine
+        .drain(drain_timeout, async {
+            tokio::select! {
+                signal = signals.next() => format!("a second signal ({signal}) arrived"),
+                _ = &mut running => {
+                    ended = true;
+                    "the client disconnected".to_string()
+                }
+            }
+        })
+        .await;
+    engine.shutdown(SHUTDOWN_GRACE).await;
+    // Answers already made are sent before the service stops (rmcp drains them).
+    stop.cancel();
+    if !ended
+        && tokio::time::timeout(Duration::from_secs(3), &mut running)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the MCP service did not stop within 3 s");
+    }
+    Ok(())
+}
+
+/// SIGTERM and SIGINT, caught for the whole life of the daemon: the first starts the
+/// shutdown, the second cuts its drain short.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }
 
-async fn doctor(config: Config) -> anyhow::Result<()> {
+/// `cleanup [--dry-run]`: the orphans of daemons on this host that are gone.
+async fn cleanup(config: Config, dry_run: bool) -> anyhow::Result<()> {
     let engine = Engine::new(config);
-    let docker = engine.docker();
-    let version = docker.ping().await?;
-    println!("Docker engine {version} answers");
-    let image = &engine.config().docker.image;
-    if !docker.image_present(image).await? {
-        return Err(python_docker_mcp::docker::DockerError::ImageMissing {
-            image: image.clone(),
-        }
-        .into());
+    let swept = engine.sweep_orphans(dry_run).await;
+    engine.docker().close();
+    let swept = swept?;
+    let counts = format!("{} containers, {} volumes", swept.containers, swept.volumes);
+    if dry_run {
+        println!("would remove: {counts} (dry run: nothing was removed)");
+    } else {
+        println!("removed: {counts}");
     }
-    println!("image {image} is present");
-    println!("sandboxes: {}", engine.describe_sandbox());
-    let result = start_one_sandbox(docker, engine.config()).await;
-    docker.close();
-    match result {
-        Ok(took) => {
-            println!("a sandbox starts and answers in {} ms", took.as_millis());
-            Ok(())
-        }
-        Err(e) => Err(anyhow::anyhow!("a sandbox does not start: {e}")),
-    }
-}
-
-/// Start one real sandbox exactly as the pool does (same spec, same volumes), ping its
-/// helper, and remove everything again. Returns how long start and answer took.
-async fn start_one_sandbox(docker: &Docker, config: &Config) -> anyhow::Result<Duration> {
-    let owner = Owner::new();
-    let shared = owner.shared_volume();
-    let name = owner.name(Role::Sandbox);
-    let own = format!("{name}-packages");
-    let spec = sandbox::repl_spec(config, &owner, name, &shared, &own);
-    println!("log driver of every container: {}", spec.log_driver);
-    let started = Instant::now();
-    let outcome = async {
-        docker
-            .create_volume(&shared, &owner.labels(Role::Packages, None))
-            .await?;
-        docker
-            .create_volume(&own, &owner.labels(Role::Sandbox, None))
-            .await?;
-        let mut repl = Repl::start(docker, &spec).await?;
-        let answered = repl.ping(Duration::from_secs(5)).await;
-        let took = started.elapsed();
-        repl.kill().await;
-        if answered {
-            Ok(took)
-        } else {
-            Err(anyhow::anyhow!(
-                "the helper started but did not answer a ping within 5 s"
-            ))
-        }
-    }
-    .await;
-    if let Err(e) = docker.remove_instance(&owner.instance).await {
-        eprintln!("python-docker-mcp: could not remove the doctor's sandbox: {e}");
-    }
-    outcome
+    Ok(())
 }
 
 #[cfg(test)]

@@ -109,7 +109,9 @@ async fn closing_the_client_stops_the_daemon_and_removes_everything() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_the_daemon_and_removes_everything_even_mid_call() {
     let _shared = ALONE.read().await;
-    let mut d = Daemon::start().await;
+    // No drain: the signal interrupts the running call at once (tests/operations.rs covers
+    // the drain).
+    let mut d = Daemon::start_with(&[("PYTHON_DOCKER_MCP_DRAIN_TIMEOUT", "0")]).await;
     make_work(&d).await;
     // A call that is still running when the signal arrives.
     let busy = d.new_session("import time").await;

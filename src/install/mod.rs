@@ -156,6 +156,38 @@ pub fn installer_command(config: &PackageConfig, requirements: &[Requirement]) -
     ]
 }
 
+/// The program `doctor` runs in an installer container (see `probe.py`).
+pub const PROBE: &str = include_str!("probe.py");
+
+/// The command that checks, in an installer container, that pip runs and the configured
+/// package index answers; it prints one JSON line ([`ProbeReport`]).
+pub fn probe_command(config: &PackageConfig) -> Vec<String> {
+    let settings = serde_json::json!({
+        "index_url": config.index_url,
+        "extra_index_urls": config.extra_index_urls,
+        "trusted_hosts": config.trusted_hosts,
+    });
+    vec![
+        "python3".into(),
+        "-c".into(),
+        PROBE.into(),
+        settings.to_string(),
+    ]
+}
+
+/// What the installer probe found.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ProbeReport {
+    /// `pip 23.0.1`, when pip runs.
+    pub pip: Option<String>,
+    /// Whether `uv` is on the image's PATH.
+    pub uv: bool,
+    /// Whether the package index answered.
+    pub index: bool,
+    /// Why not, in pip's words.
+    pub error: Option<String>,
+}
+
 /// Which installer ran, from the installer's first line.
 pub fn installer_used(stdout: &str) -> String {
     stdout
