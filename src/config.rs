@@ -163,6 +163,8 @@ const KEYS: &[Key] = &[
           doc: "Serve GET /metrics (Prometheus text) without a bearer token, for a scraper on a trusted network; otherwise it needs a token like /mcp" },
     Key { path: "server.drain_timeout", env: "DRAIN_TIMEOUT", kind: Kind::Duration, default: "30s",
           doc: "On SIGTERM or SIGINT, how long running executions and installs may go on finishing before they are interrupted (a second signal interrupts them at once); 0 interrupts at once" },
+    Key { path: "server.max_message", env: "MAX_MESSAGE", kind: Kind::Bytes { min: MIB, max: 1024 * MIB }, default: "32m",
+          doc: "The largest JSON-RPC message a client may send, over stdio (one line) or HTTP (one request body); a larger one is answered with an error naming this limit. The default fits a 16 MB file sent as base64" },
     Key { path: "allowed_modules", env: "ALLOWED_MODULES", kind: Kind::List, default: "[]",
           doc: "If not empty, user code may import only these top-level modules (a policy, not a security boundary: the container is)" },
     Key { path: "blocked_modules", env: "BLOCKED_MODULES", kind: Kind::List, default: "[]",
@@ -275,6 +277,8 @@ pub struct ServerConfig {
     pub metrics_public: bool,
     /// How long a shutdown lets running calls finish before it interrupts them.
     pub drain_timeout: Duration,
+    /// The largest message a client may send (stdio line, HTTP request body).
+    pub max_message: u64,
 }
 
 /// `session.max_sessions_per_client` when it is not set and several clients share the
@@ -443,6 +447,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         tokens_file: p.opt_string("server.tokens_file")?.map(PathBuf::from),
         metrics_public: p.bool("server.metrics_public")?,
         drain_timeout: p.duration("server.drain_timeout")?,
+        max_message: p.bytes("server.max_message")?,
     };
     let allowed_modules = p.list("allowed_modules")?;
     let blocked_modules = p.list("blocked_modules")?;

@@ -89,8 +89,14 @@ pub fn plan(server: &ServerConfig) -> Result<Option<Plan>, StartError> {
 /// bound address is added so `127.0.0.2:PORT` works too. With tokens every request must
 /// carry a secret a rebinding page cannot know, and clients reach the daemon by names
 /// only the operator knows (a host name, a load balancer), so the check is off.
-fn transport_config(plan: &Plan, stop: &CancellationToken) -> StreamableHttpServerConfig {
-    let config = StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token());
+fn transport_config(
+    plan: &Plan,
+    stop: &CancellationToken,
+    max_message: u64,
+) -> StreamableHttpServerConfig {
+    let config = StreamableHttpServerConfig::default()
+        .with_cancellation_token(stop.child_token())
+        .with_max_request_body_bytes(usize::try_from(max_message).unwrap_or(usize::MAX));
     match &plan.access {
         Access::Local => {
             let mut hosts = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
@@ -187,7 +193,7 @@ pub fn router(
     let mcp = StreamableHttpService::new(
         move || Ok(server.clone()),
         manager.clone(),
-        transport_config(plan, stop),
+        transport_config(plan, stop, engine.config().server.max_message),
     );
     let gate = Gate {
         access: plan.access.clone(),
@@ -197,6 +203,10 @@ pub fn router(
     let auth = middleware::from_fn_with_state(gate, authenticate);
     let mcp = Router::new()
         .nest_service("/mcp", mcp)
+        .layer(middleware::map_response_with_state(
+            engine.config().server.max_message,
+            name_the_limit,
+        ))
         .layer(auth.clone())
         .layer(middleware::from_fn_with_state(posts.clone(), count_posts));
     let metrics = crate::metrics::router(engine.clone(), plan.clients());
@@ -372,6 +382,21 @@ fn unauthorized() -> Response {
         .header(header::WWW_AUTHENTICATE, "Bearer")
         .body(Body::empty())
         .expect("a valid response")
+}
+
+/// A request body over the limit gets 413 from rmcp; say which setting that is and what
+/// to do, like the stdio transport does.
+async fn name_the_limit(State(max): State<u64>, response: Response) -> Response {
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return response;
+    }
+    let text = format!(
+        "Payload Too Large: the request is over the {} limit of one message \
+         (server.max_message); it was not read. Send less per call (upload a large file in \
+         several parts), or raise server.max_message (PYTHON_DOCKER_MCP_MAX_MESSAGE)\n",
+        crate::text::size(max)
+    );
+    (StatusCode::PAYLOAD_TOO_LARGE, text).into_response()
 }
 
 /// 200 while the process serves.

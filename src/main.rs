@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use python_docker_mcp::config::{self, Config, Layers};
+use python_docker_mcp::stdio::Stdio;
 use python_docker_mcp::{demo, doctor, http, Engine, Server};
 use rmcp::ServiceExt;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -303,7 +304,7 @@ async fn serve_stdio(
 ) -> anyhow::Result<()> {
     // The handshake waits for the client; a signal meanwhile shuts down at once.
     let service = tokio::select! {
-        service = Server::new(engine.clone()).serve(rmcp::transport::stdio()) => match service {
+        service = Server::new(engine.clone()).serve(Stdio::new(engine.config().server.max_message)) => match service {
             Ok(service) => service,
             Err(e) => {
                 engine.shutdown(SHUTDOWN_GRACE).await;

@@ -14,6 +14,15 @@ pub fn clip(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// A size for people: `3.0 MiB`, `512.0 KiB`, `10 bytes`.
+pub fn size(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} bytes"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -174,3 +174,47 @@ async fn settings_from_the_environment_reach_the_sandbox() {
     assert_eq!(field(&r, "stdout_dropped"), &json!(10001 - 2048));
     d.close(Duration::from_secs(30)).await;
 }
+
+/// A message over `server.max_message` is answered with an error that names the limit,
+/// under the request's id whether it comes first or last in the message, and the server
+/// goes on serving. (rmcp's own stdio transport drops such a line and never answers.)
+#[tokio::test]
+async fn an_oversized_message_over_stdio_is_answered_naming_the_limit() {
+    let mut d = RawDaemon::start(&[("PYTHON_DOCKER_MCP_MAX_MESSAGE", "1m")]).await;
+    let big = "a".repeat(3 << 20);
+    let id_first = format!(
+        r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"execute-transient","arguments":{{"code":"s = '{big}'"}}}}}}"#
+    );
+    let id_last = format!(
+        r#"{{"jsonrpc":"2.0","method":"tools/call","params":{{"name":"execute-transient","arguments":{{"code":"s = '{big}'"}}}},"id":"last"}}"#
+    );
+    d.send_line(&id_first).await;
+    let r = d.response(7, Duration::from_secs(30)).await;
+    let message = r["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("server.max_message") && message.contains("1.0 MiB"),
+        "the error names the limit: {r}"
+    );
+    d.send_line(&id_last).await;
+    let r = d
+        .next_message(Duration::from_secs(30))
+        .await
+        .expect("an answer to the second oversized message");
+    assert_eq!(r["id"], json!("last"), "{r}");
+    assert!(r["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("server.max_message"));
+    // Still serving: a call right under the limit works.
+    let r = d
+        .call_tool(
+            8,
+            "execute-transient",
+            json!({"code": format!("len('{}')", "b".repeat(900_000))}),
+        )
+        .await;
+    assert!(r.to_string().contains("900000"), "{r}");
+}

@@ -438,6 +438,39 @@ async fn when_the_pool_is_dry_clients_are_served_in_turn() {
     let _ = bob.cancel().await;
 }
 
+#[tokio::test]
+async fn a_request_over_max_message_gets_413_naming_the_limit_and_a_large_one_under_it_runs() {
+    let daemon = HttpDaemon::start(&[("PYTHON_DOCKER_MCP_MAX_MESSAGE", "6m")]).await;
+    let client = daemon.connect(None).await;
+    // 5 MB of code: over rmcp's 4 MiB default, under this daemon's limit.
+    let code = format!("s = '{}'\nprint(len(s))", "a".repeat(5_000_000));
+    let r = call(&client, "execute-transient", json!({ "code": code })).await;
+    assert_ok(&r);
+    assert!(text(&r).contains("5000000"), "{}", text(&r));
+    let body = json!({
+        "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "execute-transient", "arguments": {"code": "a".repeat(7_000_000)}}
+    });
+    let response = http()
+        .post(daemon.mcp_url())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 413);
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("server.max_message") && text.contains("6.0 MiB"),
+        "{text}"
+    );
+    // Still serving.
+    assert_ok(&call(&client, "execute-transient", json!({"code": "print(2)"})).await);
+    let _ = client.cancel().await;
+}
+
 // ----- health -----
 
 #[tokio::test]
