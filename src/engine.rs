@@ -276,6 +276,8 @@ struct Shared {
     /// Live sessions plus sessions being created, in all (`session.max_sessions`) and per
     /// client (`session.max_sessions_per_client`).
     slots: Slots,
+    /// Arrival order of calls to each session (see [`crate::order`]).
+    arrivals: crate::order::Arrivals,
     /// Stops the engine's own background task (idle expiry).
     stop: CancellationToken,
     /// The tool calls in flight; closed to new ones when shutdown begins.
@@ -312,6 +314,7 @@ impl Engine {
                 cache_volume: OnceCell::new(),
                 tasks,
                 slots,
+                arrivals: Default::default(),
                 stop: CancellationToken::new(),
                 calls: Arc::default(),
             }),
@@ -393,6 +396,11 @@ impl Engine {
             *per_client.entry(session.owner.clone()).or_insert(0) += 1;
         }
         per_client
+    }
+
+    /// The turns of calls to each session, handed out by the stdio transport.
+    pub fn arrivals(&self) -> crate::order::Arrivals {
+        self.shared.arrivals.clone()
     }
 
     pub fn config(&self) -> &Config {
@@ -865,9 +873,13 @@ impl Engine {
             Err(e) => return Err(e.into()),
         };
         if finished.exit_code != 0 {
+            let mut summary = install::pip_failure_summary(&finished.stdout, &finished.stderr);
+            if let Some(hint) = install::failure_hint(&summary, c.package.only_binary) {
+                summary = format!("{summary}\n{hint}");
+            }
             return Err(InstallError::Failed {
                 requirement: wanted(),
-                summary: install::pip_failure_summary(&finished.stdout, &finished.stderr),
+                summary,
             });
         }
         let output = format!("{}\n{}", finished.stdout, finished.stderr);

@@ -27,6 +27,7 @@
 //! - [`calls`]: the tool calls in flight, admission, and the drain that waits for them.
 //! - [`client`]: who is calling: the `Client` every operation acts for, and the tokens file.
 //! - [`mcp`]: the thin MCP tool layer (rmcp).
+//! - [`order`]: arrival order of calls to one session (turns handed out by the stdio transport).
 //! - [`stdio`]: the stdio transport, whose size limit answers instead of dropping.
 //! - [`http`]: streamable HTTP at `/mcp` behind bearer tokens, `/health` and `/ready`.
 //! - [`metrics`]: Prometheus metrics (names, recording helpers) and `GET /metrics`.
@@ -46,6 +47,7 @@ pub mod http;
 pub mod install;
 pub mod mcp;
 pub mod metrics;
+pub mod order;
 pub mod pool;
 pub mod repl;
 pub mod sandbox;

@@ -304,7 +304,7 @@ async fn serve_stdio(
 ) -> anyhow::Result<()> {
     // The handshake waits for the client; a signal meanwhile shuts down at once.
     let service = tokio::select! {
-        service = Server::new(engine.clone()).serve(Stdio::new(engine.config().server.max_message)) => match service {
+        service = Server::new(engine.clone()).serve(Stdio::new(engine.config().server.max_message, engine.arrivals())) => match service {
             Ok(service) => service,
             Err(e) => {
                 engine.shutdown(SHUTDOWN_GRACE).await;

@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use crate::client::Client;
 use crate::engine::{CallContext, Engine, ExecResult, InstallResult};
 use crate::metrics::{Timed as _, TimedRun as _};
+use crate::order::Turn;
 use crate::repl::{OutputChunk, Package, Variable};
 
 /// Arguments of `execute-transient`.
@@ -150,6 +151,18 @@ impl Server {
         Server {
             engine,
             tool_router,
+        }
+    }
+}
+
+/// Wait until the calls that arrived earlier for the same session are done (see
+/// [`crate::order`]); a call without a turn (HTTP, no session) goes at once, and so does
+/// one the client cancelled while it waited.
+async fn in_turn(ctx: &RequestContext<RoleServer>) {
+    if let Some(turn) = ctx.extensions.get::<Turn>() {
+        tokio::select! {
+            _ = turn.wait() => {}
+            _ = ctx.ct.cancelled() => {}
         }
     }
 }
@@ -398,6 +411,7 @@ cleanup-session when you are done.",
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let client = client_of(&ctx)?;
+        in_turn(&ctx).await;
         let session = args.session_id.as_deref().filter(|s| !s.is_empty());
         let (call, relay) = call_context(&ctx);
         let result = self
@@ -424,6 +438,7 @@ keeping its sandbox, its files and the packages installed into it. Use it to sta
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let client = client_of(&ctx)?;
+        in_turn(&ctx).await;
         Ok(
             match self
                 .engine
@@ -457,6 +472,7 @@ without printing it.",
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let client = client_of(&ctx)?;
+        in_turn(&ctx).await;
         Ok(
             match self
                 .engine
@@ -506,6 +522,7 @@ no network.",
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let client = client_of(&ctx)?;
+        in_turn(&ctx).await;
         let session = args.session_id.as_deref().filter(|s| !s.is_empty());
         let packages = args.package_name.into_vec();
         Ok(
@@ -533,6 +550,7 @@ installs, the shared environment, the image), or without session_id for the shar
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let client = client_of(&ctx)?;
+        in_turn(&ctx).await;
         let session = args.session_id.as_deref().filter(|s| !s.is_empty());
         let listed = self.engine.list_packages(session, &client);
         Ok(match listed.timed("list-packages").await {

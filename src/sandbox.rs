@@ -112,6 +112,11 @@ const DATA_HEADROOM_MIN: u64 = 24 * 1024 * 1024;
 /// Memory kept out of the helper's data limit, at most.
 const DATA_HEADROOM_MAX: u64 = 128 * 1024 * 1024;
 
+/// Threads for native thread pools (BLAS, OpenMP): the sandbox's CPUs, at least one.
+pub fn threads(cpu_limit: f64) -> u32 {
+    (cpu_limit.ceil() as u32).max(1)
+}
+
 /// The data segment limit (`RLIMIT_DATA`) the helper sets for itself, `PDM_DATA_LIMIT`:
 /// the memory limit minus a headroom of one eighth of it, clamped to 24..=128 MiB, and
 /// never more than half the limit (tiny limits). An allocation past it raises
@@ -258,6 +263,12 @@ pub fn repl_spec(
             format!("PDM_PACKAGE_DIRS={}", package_dirs.join(":")),
             format!("PDM_PRELOAD={}", d.warm_imports.join(",")),
             format!("PDM_DATA_LIMIT={}", data_limit(d.memory_limit)),
+            // Native thread pools sized to the CPUs the sandbox has. OpenBLAS reserves a
+            // buffer per thread (one per host core by default): under the helper's data
+            // limit those reservations fail, and OpenBLAS then hangs instead of raising.
+            format!("OPENBLAS_NUM_THREADS={}", threads(d.cpu_limit)),
+            format!("OMP_NUM_THREADS={}", threads(d.cpu_limit)),
+            format!("MKL_NUM_THREADS={}", threads(d.cpu_limit)),
             format!("PDM_ALLOWED_MODULES={}", config.allowed_modules.join(",")),
             format!("PDM_BLOCKED_MODULES={}", config.blocked_modules.join(",")),
         ],
@@ -404,6 +415,25 @@ mod tests {
         let s = repl_spec(&config, &owner, owner.name(Role::Sandbox), "shared", "own");
         let want = format!("PDM_DATA_LIMIT={}", data_limit(config.docker.memory_limit));
         assert!(s.env.contains(&want), "{:?}", s.env);
+    }
+
+    #[test]
+    fn native_thread_pools_get_the_sandboxs_cpus() {
+        assert_eq!(threads(0.5), 1);
+        assert_eq!(threads(2.0), 2);
+        assert_eq!(threads(2.5), 3);
+        let s = repl_spec(
+            &Config::defaults(),
+            &Owner::new(),
+            "n".into(),
+            "shared",
+            "own",
+        );
+        assert!(
+            s.env.contains(&"OPENBLAS_NUM_THREADS=1".to_string()),
+            "{:?}",
+            s.env
+        );
     }
 
     #[test]

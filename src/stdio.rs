@@ -10,17 +10,21 @@
 //! rmcp: a line that is not JSON is ignored (answering it could start an error storm with a
 //! peer that echoes), well-formed JSON that is not a message gets "Invalid request".
 //!
+//! Each `tools/call` that names a session gets its [`Turn`] here, in the order the lines
+//! were read (see [`crate::order`]).
+//!
 //! Reading is cancel-safe, as rmcp's service loop requires: a partly read line stays in
 //! the transport and the next `receive` resumes it.
 
 use std::sync::Arc;
 
-use rmcp::model::{ErrorCode, ErrorData, NumberOrString, RequestId};
+use rmcp::model::{ClientRequest, ErrorCode, ErrorData, JsonRpcMessage, NumberOrString, RequestId};
 use rmcp::service::{RoleServer, RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Stdin, Stdout};
 use tokio::sync::Mutex;
 
+use crate::order::{Arrivals, Turn};
 use crate::text::size;
 
 /// How much of an oversized line's start and end is kept to find its id.
@@ -34,6 +38,7 @@ pub struct Stdio {
     line: Vec<u8>,
     /// Set while an oversized line is being skipped.
     skipping: Option<Skipped>,
+    arrivals: Arrivals,
 }
 
 /// What is kept of an oversized line while it is skipped.
@@ -50,13 +55,14 @@ enum Read {
 }
 
 impl Stdio {
-    pub fn new(max_message: u64) -> Stdio {
+    pub fn new(max_message: u64, arrivals: Arrivals) -> Stdio {
         Stdio {
             read: BufReader::with_capacity(256 * 1024, tokio::io::stdin()),
             write: Arc::new(Mutex::new(tokio::io::stdout())),
             max: usize::try_from(max_message).unwrap_or(usize::MAX),
             line: Vec::new(),
             skipping: None,
+            arrivals,
         }
     }
 
@@ -97,6 +103,28 @@ impl Stdio {
                     None => Read::Line,
                 });
             }
+        }
+    }
+
+    /// Give a call that names a session its place in that session's line.
+    fn stamp(&self, message: &mut RxJsonRpcMessage<RoleServer>) {
+        let JsonRpcMessage::Request(request) = message else {
+            return;
+        };
+        let ClientRequest::CallToolRequest(call) = &mut request.request else {
+            return;
+        };
+        if call.params.name == "cleanup-session" {
+            return;
+        }
+        let session = call
+            .params
+            .arguments
+            .as_ref()
+            .and_then(|a| a.get("session_id"))
+            .and_then(|v| v.as_str());
+        if let Some(turn) = session.and_then(|id| self.arrivals.enter(id)) {
+            call.extensions.insert::<Turn>(turn);
         }
     }
 
@@ -175,7 +203,10 @@ impl Transport<RoleServer> for Stdio {
                         continue;
                     }
                     match serde_json::from_slice::<RxJsonRpcMessage<RoleServer>>(text) {
-                        Ok(message) => return Some(message),
+                        Ok(mut message) => {
+                            self.stamp(&mut message);
+                            return Some(message);
+                        }
                         Err(e) if e.is_syntax() || e.is_eof() => {
                             tracing::debug!(error = %e, "ignoring a line that is not JSON");
                         }

@@ -252,9 +252,41 @@ pub fn pip_failure_summary(stdout: &str, stderr: &str) -> String {
     all[all.len().saturating_sub(15)..].join("\n")
 }
 
+/// A hint to add to a failed install's summary: with wheels only (`package.only_binary`), a
+/// package that publishes only a source release looks to pip like one with no versions at
+/// all, and to uv like one without usable wheels.
+pub fn failure_hint(summary: &str, only_binary: bool) -> Option<&'static str> {
+    let no_version = [
+        "from versions: none",
+        "No matching distribution found",
+        "no usable wheels",
+        "has no wheels",
+        "building from source is disabled",
+    ];
+    (only_binary && no_version.iter().any(|s| summary.contains(s))).then_some(
+        "If the package exists, it may publish only a source release: installs take wheels \
+         only (package.only_binary: true), because building from source runs the package's \
+         own code. Set package.only_binary: false (PYTHON_DOCKER_MCP_ONLY_BINARY=false) to \
+         allow source builds, or pick a version that has wheels",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_wheel_is_explained_only_when_wheels_only_is_on() {
+        let pip = "ERROR: Could not find a version that satisfies the requirement docopt \
+                   (from versions: none)\nERROR: No matching distribution found for docopt";
+        assert!(failure_hint(pip, true)
+            .unwrap()
+            .contains("package.only_binary"));
+        assert!(failure_hint(pip, false).is_none());
+        let uv = "Because docopt==0.6.2 has no usable wheels and you require docopt";
+        assert!(failure_hint(uv, true).is_some());
+        assert!(failure_hint("ERROR: HTTP error 500", true).is_none());
+    }
 
     #[test]
     fn accepts_names_extras_and_specifiers() {
