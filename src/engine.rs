@@ -37,7 +37,8 @@ use crate::docker::{Docker, DockerError};
 use crate::install::{self, Requirement, RequirementError};
 use crate::pool::{AcquireError, Pool, PoolStats};
 use crate::repl::{
-    ExecLimits, Interrupt, Outcome, OutputChunk, Package, PyError, Repl, ReplError, Reply, Variable,
+    ExecLimits, Interrupt, Outcome, OutputChunk, Package, PeakScope, PyError, Repl, ReplError, Reply,
+    Variable,
 };
 use crate::sandbox::{self, Owner};
 use crate::session::{Registry, Session, SessionGuard, SlotRefusal, Slots, State};
@@ -81,6 +82,16 @@ pub struct ExecResult {
     pub sandbox_lost: bool,
     /// Wall-clock run time of the code inside the sandbox, in milliseconds.
     pub duration_ms: f64,
+    /// CPU time the run used: user plus system time of the sandbox's Python process and the
+    /// child processes it waited for, in seconds (0 when the sandbox was lost).
+    pub cpu_seconds: f64,
+    /// Peak resident memory in bytes: of this run when `peak_memory_scope` is `run`, of the
+    /// session so far when it is `session`; absent when the sandbox was lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
+    /// What `peak_memory_bytes` covers: `run` (this run alone) or `session`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_memory_scope: Option<PeakScope>,
     /// Bytes of stdout dropped beyond the output limit.
     pub stdout_dropped: u64,
     /// Bytes of stderr dropped beyond the output limit.
@@ -123,6 +134,9 @@ impl ExecResult {
             cancelled: false,
             sandbox_lost: false,
             duration_ms: reply.duration_ms,
+            cpu_seconds: reply.cpu_seconds,
+            peak_memory_bytes: reply.peak_memory_bytes,
+            peak_memory_scope: reply.peak_memory_scope,
             stdout_dropped: reply.stdout_dropped,
             stderr_dropped: reply.stderr_dropped,
             state: reply.state,

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use crate::client::Client;
 use crate::engine::{CallContext, Engine, ExecResult, InstallResult};
 use crate::metrics::{Timed as _, TimedRun as _};
-use crate::repl::{OutputChunk, Package, Variable};
+use crate::repl::{OutputChunk, Package, PeakScope, Variable};
 
 /// Arguments of `execute-transient`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -239,7 +239,25 @@ pub fn render_exec(r: &ExecResult) -> String {
             list.join(", ")
         ));
     }
+    if let Some(cost) = render_cost(r) {
+        parts.push(cost);
+    }
     parts.join("\n\n")
+}
+
+/// What the run cost, on one line; nothing when the sandbox never answered.
+fn render_cost(r: &ExecResult) -> Option<String> {
+    let peak = r.peak_memory_bytes?;
+    let scope = match r.peak_memory_scope {
+        Some(PeakScope::Run) => "this run",
+        _ => "session so far",
+    };
+    Some(format!(
+        "Cost: {:.2} s wall, {:.2} s CPU, peak memory {:.1} MB ({scope})",
+        r.duration_ms / 1000.0,
+        r.cpu_seconds,
+        peak as f64 / 1e6
+    ))
 }
 
 /// Arguments of the tools that act on one session.
@@ -655,6 +673,23 @@ mod tests {
         );
         let kept = standard_formats_only(&Arc::new(custom));
         assert_eq!(kept["properties"]["at"]["format"], "date-time");
+    }
+
+    #[test]
+    fn the_cost_line_names_wall_cpu_and_peak_with_its_scope() {
+        let mut r = result();
+        assert!(!render_exec(&r).contains("Cost:"), "no cost without a reply");
+        r.duration_ms = 1500.0;
+        r.cpu_seconds = 1.25;
+        r.peak_memory_bytes = Some(42_000_000);
+        r.peak_memory_scope = Some(PeakScope::Run);
+        let text = render_exec(&r);
+        assert!(
+            text.ends_with("Cost: 1.50 s wall, 1.25 s CPU, peak memory 42.0 MB (this run)"),
+            "{text}"
+        );
+        r.peak_memory_scope = Some(PeakScope::Session);
+        assert!(render_exec(&r).ends_with("(session so far)"));
     }
 
     #[test]
