@@ -27,6 +27,8 @@
 //! - [`calls`]: the tool calls in flight, admission, and the drain that waits for them.
 //! - [`client`]: who is calling: the `Client` every operation acts for, and the tokens file.
 //! - [`mcp`]: the thin MCP tool layer (rmcp).
+//! - [`tasks`]: long runs as MCP tasks (`tasks/get`, `tasks/cancel`): owners, output so far,
+//!   results kept `server.task_ttl`.
 //! - [`http`]: streamable HTTP at `/mcp` behind bearer tokens, `/health` and `/ready`.
 //! - [`metrics`]: Prometheus metrics (names, recording helpers) and `GET /metrics`.
 //! - [`text`]: user input echoed in messages, clipped.
@@ -49,6 +51,7 @@ pub mod pool;
 pub mod repl;
 pub mod sandbox;
 pub mod session;
+pub mod tasks;
 pub mod text;
 
 pub use config::Config;
