@@ -12,6 +12,10 @@
 //! request's bearer token names, which the HTTP layer puts into the request's extensions
 //! (rmcp hands each request's `http::request::Parts` to the handler in the request
 //! context). An HTTP request that arrives without one is refused, never served as `local`.
+//!
+//! Executions and installs go through `Server::run`: for a client that declares the MCP
+//! tasks extension, a run still going after `server.task_after` becomes a task
+//! ([`crate::tasks`]); every other call blocks until its result, as before.
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;
@@ -746,7 +750,11 @@ impl ServerHandler for Server {
                  (omit session_id to start one; pass the session_id it returns). install-package: add one \
                  requirement or a list to a session or to the shared environment. list-packages: what is \
                  installed. list-variables: a session's variables. reset-session: forget a session's \
-                 variables and keep its files and packages. cleanup-session: end a session.",
+                 variables and keep its files and packages. cleanup-session: end a session. A run \
+                 that needs more than the default time-out: pass `timeout` (seconds) to \
+                 execute-transient or execute-persistent. Clients that declare the MCP tasks \
+                 extension get a task for a run or install that takes longer than a few \
+                 seconds: poll tasks/get for its output and result, tasks/cancel to stop it.",
             )
     }
 }
