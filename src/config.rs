@@ -114,7 +114,9 @@ const KEYS: &[Key] = &[
     Key { path: "docker.pids_limit", env: "PIDS_LIMIT", kind: Kind::Int { min: 8, max: 1_000_000 }, default: "128",
           doc: "Maximum processes and threads per sandbox (stops fork bombs)" },
     Key { path: "docker.timeout", env: "TIMEOUT", kind: Kind::Duration, default: "30s",
-          doc: "How long one execution may run before it is interrupted" },
+          doc: "How long one execution may run before it is interrupted, unless the call asks for its own `timeout`" },
+    Key { path: "docker.max_timeout", env: "MAX_TIMEOUT", kind: Kind::Duration, default: "30m",
+          doc: "The longest `timeout` a call to execute-transient or execute-persistent may ask for; a longer one is refused with this cap named" },
     Key { path: "docker.network_disabled", env: "NETWORK_DISABLED", kind: Kind::Bool, default: "true",
           doc: "Sandboxes have no network at all (installs still work: they run in a separate installer container)" },
     Key { path: "docker.read_only", env: "READ_ONLY", kind: Kind::Bool, default: "true",
@@ -165,6 +167,10 @@ const KEYS: &[Key] = &[
           doc: "On SIGTERM or SIGINT, how long running executions and installs may go on finishing before they are interrupted (a second signal interrupts them at once); 0 interrupts at once" },
     Key { path: "server.max_message", env: "MAX_MESSAGE", kind: Kind::Bytes { min: MIB, max: 1024 * MIB }, default: "32m",
           doc: "The largest JSON-RPC message a client may send, over stdio (one line) or HTTP (one request body); a larger one is answered with an error naming this limit. The default fits a 16 MB file sent as base64" },
+    Key { path: "server.task_after", env: "TASK_AFTER", kind: Kind::Duration, default: "5s",
+          doc: "For clients that declare the MCP tasks extension: an execution or install not finished within this becomes a task (the call answers with a task id; poll tasks/get)" },
+    Key { path: "server.task_ttl", env: "TASK_TTL", kind: Kind::Duration, default: "10m",
+          doc: "How long a finished task's result is kept for tasks/get before it is freed (tasks do not survive a restart)" },
     Key { path: "allowed_modules", env: "ALLOWED_MODULES", kind: Kind::List, default: "[]",
           doc: "If not empty, user code may import only these top-level modules (a policy, not a security boundary: the container is)" },
     Key { path: "blocked_modules", env: "BLOCKED_MODULES", kind: Kind::List, default: "[]",
@@ -230,6 +236,8 @@ pub struct DockerConfig {
     pub cpu_limit: f64,
     pub pids_limit: u64,
     pub timeout: Duration,
+    /// The longest per-call `timeout` a call may ask for.
+    pub max_timeout: Duration,
     pub network_disabled: bool,
     pub read_only: bool,
     pub tmpfs_size: u64,
@@ -279,6 +287,10 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// The largest message a client may send (stdio line, HTTP request body).
     pub max_message: u64,
+    /// A run of a client that declares tasks becomes a task after this long.
+    pub task_after: Duration,
+    /// How long a finished task's result is kept.
+    pub task_ttl: Duration,
 }
 
 /// `session.max_sessions_per_client` when it is not set and several clients share the
@@ -417,6 +429,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         cpu_limit: p.float("docker.cpu_limit")?,
         pids_limit: p.int("docker.pids_limit")?,
         timeout: p.duration("docker.timeout")?,
+        max_timeout: p.duration("docker.max_timeout")?,
         network_disabled: p.bool("docker.network_disabled")?,
         read_only: p.bool("docker.read_only")?,
         tmpfs_size: p.bytes("docker.tmpfs_size")?,
@@ -448,6 +461,8 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         metrics_public: p.bool("server.metrics_public")?,
         drain_timeout: p.duration("server.drain_timeout")?,
         max_message: p.bytes("server.max_message")?,
+        task_after: p.duration("server.task_after")?,
+        task_ttl: p.duration("server.task_ttl")?,
     };
     let allowed_modules = p.list("allowed_modules")?;
     let blocked_modules = p.list("blocked_modules")?;
@@ -463,6 +478,18 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
     }
     if docker.timeout.is_zero() {
         return Err(p.invalid("docker.timeout", "a duration greater than zero"));
+    }
+    if docker.max_timeout < docker.timeout {
+        return Err(p.invalid(
+            "docker.max_timeout",
+            &format!(
+                "a duration at least docker.timeout ({})",
+                humantime::format_duration(docker.timeout)
+            ),
+        ));
+    }
+    if server.task_ttl.is_zero() {
+        return Err(p.invalid("server.task_ttl", "a duration greater than zero"));
     }
     if package.timeout.is_zero() {
         return Err(p.invalid("package.timeout", "a duration greater than zero"));

@@ -37,7 +37,8 @@ use crate::docker::{Docker, DockerError};
 use crate::install::{self, Requirement, RequirementError};
 use crate::pool::{AcquireError, Pool, PoolStats};
 use crate::repl::{
-    ExecLimits, Interrupt, Outcome, OutputChunk, Package, PyError, Repl, ReplError, Reply, Variable,
+    ExecLimits, Interrupt, Outcome, OutputChunk, Package, PeakScope, PyError, Repl, ReplError,
+    Reply, Variable,
 };
 use crate::sandbox::{self, Owner};
 use crate::session::{Registry, Session, SessionGuard, SlotRefusal, Slots, State};
@@ -57,6 +58,9 @@ pub struct CallContext {
     /// Bounded: output the relay cannot take at once is dropped from progress (the result
     /// carries all of it).
     pub progress: Option<mpsc::Sender<OutputChunk>>,
+    /// The call's own time-out in seconds, as the client asked (`timeout`); checked
+    /// against `docker.max_timeout`. None: `docker.timeout`.
+    pub timeout: Option<f64>,
 }
 
 /// The structured result of an execution (`execute-transient`, `execute-persistent`).
@@ -81,6 +85,16 @@ pub struct ExecResult {
     pub sandbox_lost: bool,
     /// Wall-clock run time of the code inside the sandbox, in milliseconds.
     pub duration_ms: f64,
+    /// CPU time the run used: user plus system time of the sandbox's Python process and the
+    /// child processes it waited for, in seconds (0 when the sandbox was lost).
+    pub cpu_seconds: f64,
+    /// Peak resident memory in bytes: of this run when `peak_memory_scope` is `run`, of the
+    /// session so far when it is `session`; absent when the sandbox was lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
+    /// What `peak_memory_bytes` covers: `run` (this run alone) or `session`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_memory_scope: Option<PeakScope>,
     /// Bytes of stdout dropped beyond the output limit.
     pub stdout_dropped: u64,
     /// Bytes of stderr dropped beyond the output limit.
@@ -123,6 +137,9 @@ impl ExecResult {
             cancelled: false,
             sandbox_lost: false,
             duration_ms: reply.duration_ms,
+            cpu_seconds: reply.cpu_seconds,
+            peak_memory_bytes: reply.peak_memory_bytes,
+            peak_memory_scope: reply.peak_memory_scope,
             stdout_dropped: reply.stdout_dropped,
             stderr_dropped: reply.stderr_dropped,
             state: reply.state,
@@ -199,6 +216,37 @@ pub enum ExecError {
     TooManySessionsForClient { client: Client, max: usize },
     #[error(transparent)]
     ShuttingDown(#[from] ShuttingDown),
+    #[error(transparent)]
+    Timeout(#[from] TimeoutError),
+}
+
+/// A per-call `timeout` the server will not use.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TimeoutError {
+    #[error("`timeout` must be a number of seconds greater than zero, not {0}")]
+    NotPositive(f64),
+    #[error("`timeout` {asked} s is above this server's cap of {} s (docker.max_timeout = {}); ask for at most {} s, or ask the operator to raise docker.max_timeout", cap.as_secs_f64(), humantime::format_duration(*cap), cap.as_secs_f64())]
+    AboveCap { asked: f64, cap: Duration },
+}
+
+/// The time-out of one execution: the call's own `timeout` (seconds) if it gave one, at
+/// most `cap`; otherwise `default`. A request above the cap is refused, not clamped, so a
+/// model never believes it has more time than it gets.
+pub fn run_timeout(
+    asked: Option<f64>,
+    default: Duration,
+    cap: Duration,
+) -> Result<Duration, TimeoutError> {
+    let Some(asked) = asked else {
+        return Ok(default);
+    };
+    if !asked.is_finite() || asked <= 0.0 {
+        return Err(TimeoutError::NotPositive(asked));
+    }
+    if asked > cap.as_secs_f64() {
+        return Err(TimeoutError::AboveCap { asked, cap });
+    }
+    Ok(Duration::from_secs_f64(asked))
 }
 
 impl From<RequirementError> for ExecError {
@@ -427,19 +475,26 @@ impl Engine {
         self.shared.calls.admit(tool, session, client)
     }
 
+    /// A token fired when shutdown begins, for work that must stop with the engine (the
+    /// task sweeper).
+    pub fn stopping(&self) -> CancellationToken {
+        self.shared.stop.child_token()
+    }
+
     /// The calls in flight, oldest first.
     pub fn running(&self) -> Vec<Running> {
         self.shared.calls.running()
     }
 
-    fn limits(&self) -> ExecLimits {
+    /// The limits of one execution; its time-out is the call's own when it asked for one.
+    fn limits(&self, call: &CallContext) -> Result<ExecLimits, TimeoutError> {
         let d = &self.shared.config.docker;
-        ExecLimits {
-            timeout: d.timeout,
+        Ok(ExecLimits {
+            timeout: run_timeout(call.timeout, d.timeout, d.max_timeout)?,
             output_limit: d.output_limit,
             max_figures: MAX_FIGURES,
             max_figure_bytes: MAX_FIGURE_BYTES,
-        }
+        })
     }
 
     /// Why a sandbox died, in words, naming the limit when the engine says it was hit.
@@ -484,6 +539,7 @@ impl Engine {
     ) -> Result<ExecResult, ExecError> {
         let _call = self.admit("execute-transient", None, client)?;
         let requirements = run_requirements(packages)?;
+        let limits = self.limits(call)?;
         tracing::debug!(%client, "transient run");
         let started = Instant::now();
         let pool = self.pool_for(client);
@@ -504,7 +560,7 @@ impl Engine {
                 code,
                 state,
                 true,
-                &self.limits(),
+                &limits,
                 &call.cancel,
                 call.progress.as_ref(),
             )
@@ -548,6 +604,7 @@ impl Engine {
     ) -> Result<ExecResult, ExecError> {
         let admitted = self.admit("execute-persistent", session_id, client)?;
         let requirements = run_requirements(packages)?;
+        let limits = self.limits(call)?;
         let session = match session_id {
             Some(id) => self.session(id, client)?,
             None => self.new_session(client).await?,
@@ -567,7 +624,6 @@ impl Engine {
             .install_for_run(&requirements, &session.volume, Some(&session.id), &target)
             .await
             .map_err(|e| ExecError::Packages(Box::new(e)))?;
-        let limits = self.limits();
         let repl = self.live(&session, &mut guard)?;
         let outcome = tokio::select! {
             outcome = repl.execute(code, None, false, &limits, &call.cancel, call.progress.as_ref()) => Some(outcome),
@@ -1101,6 +1157,26 @@ fn daemon_alive(pid: u32) -> bool {
 mod tests {
     use super::*;
     use crate::sandbox::Role;
+
+    #[test]
+    fn a_calls_timeout_is_used_up_to_the_cap_and_refused_above_it() {
+        let (default, cap) = (Duration::from_secs(30), Duration::from_secs(1800));
+        assert_eq!(run_timeout(None, default, cap), Ok(default));
+        assert_eq!(
+            run_timeout(Some(2.5), default, cap),
+            Ok(Duration::from_millis(2500))
+        );
+        assert_eq!(run_timeout(Some(1800.0), default, cap), Ok(cap));
+        let above = run_timeout(Some(1801.0), default, cap).unwrap_err();
+        let text = above.to_string();
+        assert!(
+            text.contains("docker.max_timeout") && text.contains("30m") && text.contains("1800"),
+            "{text}"
+        );
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(run_timeout(Some(bad), default, cap).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn orphans_are_dead_daemons_on_this_host_only() {

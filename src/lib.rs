@@ -29,6 +29,8 @@
 //! - [`mcp`]: the thin MCP tool layer (rmcp).
 //! - [`order`]: arrival order of calls to one session (turns handed out by the stdio transport).
 //! - [`stdio`]: the stdio transport, whose size limit answers instead of dropping.
+//! - [`tasks`]: long runs as MCP tasks (`tasks/get`, `tasks/cancel`): owners, output so far,
+//!   results kept `server.task_ttl`.
 //! - [`http`]: streamable HTTP at `/mcp` behind bearer tokens, `/health` and `/ready`.
 //! - [`metrics`]: Prometheus metrics (names, recording helpers) and `GET /metrics`.
 //! - [`text`]: user input echoed in messages, clipped.
@@ -53,6 +55,7 @@ pub mod repl;
 pub mod sandbox;
 pub mod session;
 pub mod stdio;
+pub mod tasks;
 pub mod text;
 
 pub use config::Config;

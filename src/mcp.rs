@@ -12,19 +12,27 @@
 //! request's bearer token names, which the HTTP layer puts into the request's extensions
 //! (rmcp hands each request's `http::request::Parts` to the handler in the request
 //! context). An HTTP request that arrives without one is refused, never served as `local`.
+//!
+//! Executions and installs go through `Server::run`: for a client that declares the MCP
+//! tasks extension, a run still going after `server.task_after` becomes a task
+//! ([`crate::tasks`]); every other call blocks until its result, as before.
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock as Content, ErrorData, Implementation, JsonObject,
-    ServerCapabilities, ServerConfig,
+    CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock as Content, CreateTaskResult,
+    ErrorData, GetTaskParams, GetTaskResult, Implementation, JsonObject, ServerCapabilities,
+    ServerConfig,
 };
 use rmcp::{tool, tool_handler, tool_router, ServerHandler};
 use schemars::transform::{RestrictFormats, Transform};
 use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use rmcp::model::ProgressNotificationParam;
 use rmcp::service::RequestContext;
@@ -35,7 +43,8 @@ use crate::client::Client;
 use crate::engine::{CallContext, Engine, ExecResult, InstallResult};
 use crate::metrics::{Timed as _, TimedRun as _};
 use crate::order::Turn;
-use crate::repl::{OutputChunk, Package, Variable};
+use crate::repl::{OutputChunk, Package, PeakScope, Variable};
+use crate::tasks::{Tail, Tasks};
 
 /// Arguments of `execute-transient`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -50,6 +59,11 @@ pub struct TransientArgs {
     /// Packages to install into this run's sandbox before the code runs, e.g. `["rich"]`.
     #[serde(default)]
     pub packages: Vec<String>,
+    /// Seconds the code may run before it is interrupted. Omit it for the server's default
+    /// (usually 30 s); ask for more for a long run, up to the server's cap (usually 30
+    /// minutes; a larger value is refused with the cap named).
+    #[serde(default)]
+    pub timeout: Option<f64>,
 }
 
 /// Arguments of `execute-persistent`.
@@ -64,6 +78,11 @@ pub struct PersistentArgs {
     /// Packages to install into the session before the code runs, e.g. `["rich"]`.
     #[serde(default)]
     pub packages: Vec<String>,
+    /// Seconds the code may run before it is interrupted (the session keeps its variables).
+    /// Omit it for the server's default (usually 30 s); ask for more for a long run, up to
+    /// the server's cap (usually 30 minutes; a larger value is refused with the cap named).
+    #[serde(default)]
+    pub timeout: Option<f64>,
 }
 
 /// One requirement or several.
@@ -138,6 +157,8 @@ pub struct CleanupResult {
 pub struct Server {
     engine: Engine,
     tool_router: ToolRouter<Server>,
+    /// Long runs that became tasks; shared by every clone.
+    tasks: Tasks,
 }
 
 impl Server {
@@ -148,10 +169,102 @@ impl Server {
             tool.input_schema = standard_formats_only(&tool.input_schema);
             tool.output_schema = tool.output_schema.as_ref().map(standard_formats_only);
         }
+        let server = &engine.config().server;
+        let tasks = Tasks::new(server.task_after, server.task_ttl, engine.stopping());
         Server {
             engine,
             tool_router,
+            tasks,
         }
+    }
+
+    /// Run an execution or install. A client that declares the tasks extension gets a task
+    /// when the run has not finished within `server.task_after` (unless it already holds
+    /// [`crate::tasks::MAX_TASKS_PER_CLIENT`]); any other call blocks until the result, with
+    /// progress, as before. `work` gets the call's context; `timeout` is the call's own.
+    async fn run<W, F>(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        client: &Client,
+        timeout: Option<f64>,
+        work: W,
+    ) -> Result<CallToolResponse, ErrorData>
+    where
+        W: FnOnce(CallContext) -> F,
+        F: Future<Output = CallToolResult> + Send + 'static,
+    {
+        let declared = ctx
+            .client_capabilities()
+            .is_some_and(|caps| caps.supports_tasks());
+        if !declared || !self.tasks.has_room(client) {
+            if declared {
+                tracing::info!(%client, "the client holds the most tasks it may: this call blocks");
+            }
+            let (mut call, relay) = call_context(ctx);
+            call.timeout = timeout;
+            let result = work(call).await;
+            if let Some(relay) = relay {
+                let _ = relay.await;
+            }
+            return Ok(result.into());
+        }
+        let started = Instant::now();
+        let tail = Arc::new(Tail::default());
+        // Progress goes to the request while it is open; once it is answered with a task,
+        // output only feeds the task's statusMessage.
+        let open = Arc::new(AtomicBool::new(true));
+        let (tx, mut rx) = mpsc::channel::<OutputChunk>(16);
+        let call = CallContext {
+            cancel: tokio_util::sync::CancellationToken::new(),
+            progress: Some(tx),
+            timeout,
+        };
+        let cancel = call.cancel.clone();
+        let progress = ctx
+            .meta
+            .get_progress_token()
+            .map(|token| (token, ctx.peer.clone()));
+        let relay = tokio::spawn({
+            let (tail, open) = (tail.clone(), open.clone());
+            async move {
+                let mut step = 0.0;
+                while let Some(chunk) = rx.recv().await {
+                    let message = format!("{}{}", chunk.stdout, chunk.stderr);
+                    tail.push(&message);
+                    if let (Some((token, peer)), true) = (&progress, open.load(Ordering::Relaxed)) {
+                        step += 1.0;
+                        let note = ProgressNotificationParam::new(token.clone(), step)
+                            .with_message(message);
+                        if let Err(e) = peer.notify_progress(note).await {
+                            tracing::debug!(error = %e, "could not send progress");
+                        }
+                    }
+                }
+            }
+        });
+        let work = work(call);
+        let mut run = tokio::spawn(async move {
+            let result = work.await;
+            let _ = relay.await;
+            result
+        });
+        let finished = tokio::select! {
+            result = &mut run => Some(result),
+            // The client cancelled the call before it became a task: as before.
+            _ = ctx.ct.cancelled() => {
+                cancel.cancel();
+                Some((&mut run).await)
+            }
+            _ = tokio::time::sleep(self.tasks.after()) => None,
+        };
+        if let Some(result) = finished {
+            return result
+                .map(Into::into)
+                .map_err(|e| ErrorData::internal_error(format!("the call failed: {e}"), None));
+        }
+        open.store(false, Ordering::Relaxed);
+        let task = self.tasks.adopt(client, run, cancel, tail, started);
+        Ok(CallToolResponse::Task(CreateTaskResult::new(task)))
     }
 }
 
@@ -252,7 +365,25 @@ pub fn render_exec(r: &ExecResult) -> String {
             list.join(", ")
         ));
     }
+    if let Some(cost) = render_cost(r) {
+        parts.push(cost);
+    }
     parts.join("\n\n")
+}
+
+/// What the run cost, on one line; nothing when the sandbox never answered.
+fn render_cost(r: &ExecResult) -> Option<String> {
+    let peak = r.peak_memory_bytes?;
+    let scope = match r.peak_memory_scope {
+        Some(PeakScope::Run) => "this run",
+        _ => "session so far",
+    };
+    Some(format!(
+        "Cost: {:.2} s wall, {:.2} s CPU, peak memory {:.1} MB ({scope})",
+        r.duration_ms / 1000.0,
+        r.cpu_seconds,
+        peak as f64 / 1e6
+    ))
 }
 
 /// Arguments of the tools that act on one session.
@@ -286,6 +417,7 @@ fn call_context(
     let mut call = CallContext {
         cancel: ctx.ct.clone(),
         progress: None,
+        timeout: None,
     };
     let Some(token) = ctx.meta.get_progress_token() else {
         return (call, None);
@@ -305,14 +437,6 @@ fn call_context(
         }
     });
     (call, Some(relay))
-}
-
-/// Let the relay send what it has before the result goes out.
-async fn finish_relay(call: CallContext, relay: Option<tokio::task::JoinHandle<()>>) {
-    drop(call);
-    if let Some(relay) = relay {
-        let _ = relay.await;
-    }
 }
 
 /// A successful result: `text` for the model, `data` as structured content.
@@ -374,25 +498,21 @@ value and any exception with its traceback.",
         &self,
         Parameters(args): Parameters<TransientArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<CallToolResult, ErrorData> {
+    ) -> Result<CallToolResponse, ErrorData> {
         let client = client_of(&ctx)?;
-        let (call, relay) = call_context(&ctx);
-        let result = self
-            .engine
-            .execute_transient(
-                &args.code,
-                args.state.as_ref(),
-                &args.packages,
-                &client,
-                &call,
-            )
-            .run_timed("execute-transient")
-            .await;
-        finish_relay(call, relay).await;
-        Ok(match result {
-            Ok(r) => exec_result(r),
-            Err(e) => tool_error(e),
+        let engine = self.engine.clone();
+        let who = client.clone();
+        self.run(&ctx, &client, args.timeout, move |call| async move {
+            let result = engine
+                .execute_transient(&args.code, args.state.as_ref(), &args.packages, &who, &call)
+                .run_timed("execute-transient")
+                .await;
+            match result {
+                Ok(r) => exec_result(r),
+                Err(e) => tool_error(e),
+            }
         })
+        .await
     }
 
     #[tool(
@@ -409,21 +529,23 @@ cleanup-session when you are done.",
         &self,
         Parameters(args): Parameters<PersistentArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<CallToolResult, ErrorData> {
+    ) -> Result<CallToolResponse, ErrorData> {
         let client = client_of(&ctx)?;
         in_turn(&ctx).await;
-        let session = args.session_id.as_deref().filter(|s| !s.is_empty());
-        let (call, relay) = call_context(&ctx);
-        let result = self
-            .engine
-            .execute_persistent(&args.code, session, &args.packages, &client, &call)
-            .run_timed("execute-persistent")
-            .await;
-        finish_relay(call, relay).await;
-        Ok(match result {
-            Ok(r) => exec_result(r),
-            Err(e) => tool_error(e),
+        let engine = self.engine.clone();
+        let who = client.clone();
+        self.run(&ctx, &client, args.timeout, move |call| async move {
+            let session = args.session_id.as_deref().filter(|s| !s.is_empty());
+            let result = engine
+                .execute_persistent(&args.code, session, &args.packages, &who, &call)
+                .run_timed("execute-persistent")
+                .await;
+            match result {
+                Ok(r) => exec_result(r),
+                Err(e) => tool_error(e),
+            }
         })
+        .await
     }
 
     #[tool(
@@ -520,22 +642,25 @@ no network.",
         &self,
         Parameters(args): Parameters<InstallArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<CallToolResult, ErrorData> {
+    ) -> Result<CallToolResponse, ErrorData> {
         let client = client_of(&ctx)?;
         in_turn(&ctx).await;
-        let session = args.session_id.as_deref().filter(|s| !s.is_empty());
-        let packages = args.package_name.into_vec();
-        Ok(
-            match self
-                .engine
-                .install_package(&packages, session, &client)
+        let engine = self.engine.clone();
+        let who = client.clone();
+        // An install cannot be interrupted: the call context only carries progress.
+        self.run(&ctx, &client, None, move |_call| async move {
+            let session = args.session_id.as_deref().filter(|s| !s.is_empty());
+            let packages = args.package_name.into_vec();
+            match engine
+                .install_package(&packages, session, &who)
                 .timed("install-package")
                 .await
             {
                 Ok(r) => structured(render_install(&r), &r),
                 Err(e) => tool_error(e),
-            },
-        )
+            }
+        })
+        .await
     }
 
     #[tool(
@@ -606,8 +731,35 @@ are removed. Later calls with that session_id are refused.",
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Server {
+    /// `tasks/get`: the caller's task, with its output so far or its result.
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        let client = client_of(&ctx)?;
+        Ok(GetTaskResult::new(
+            self.tasks.get(&client, &request.task_id)?,
+        ))
+    }
+
+    /// `tasks/cancel`: interrupt the caller's task; a session keeps its variables.
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let client = client_of(&ctx)?;
+        self.tasks.cancel(&client, &request.task_id)
+    }
+
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tasks()
+                .build(),
+        )
             .with_server_info(Implementation::new("python-docker-mcp", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Runs Python in Docker sandboxes that have no network. execute-transient: one-off code in a \
@@ -616,7 +768,11 @@ impl ServerHandler for Server {
                  (omit session_id to start one; pass the session_id it returns). install-package: add one \
                  requirement or a list to a session or to the shared environment. list-packages: what is \
                  installed. list-variables: a session's variables. reset-session: forget a session's \
-                 variables and keep its files and packages. cleanup-session: end a session.",
+                 variables and keep its files and packages. cleanup-session: end a session. A run \
+                 that needs more than the default time-out: pass `timeout` (seconds) to \
+                 execute-transient or execute-persistent. Clients that declare the MCP tasks \
+                 extension get a task for a run or install that takes longer than a few \
+                 seconds: poll tasks/get for its output and result, tasks/cancel to stop it.",
             )
     }
 }
@@ -673,6 +829,26 @@ mod tests {
         );
         let kept = standard_formats_only(&Arc::new(custom));
         assert_eq!(kept["properties"]["at"]["format"], "date-time");
+    }
+
+    #[test]
+    fn the_cost_line_names_wall_cpu_and_peak_with_its_scope() {
+        let mut r = result();
+        assert!(
+            !render_exec(&r).contains("Cost:"),
+            "no cost without a reply"
+        );
+        r.duration_ms = 1500.0;
+        r.cpu_seconds = 1.25;
+        r.peak_memory_bytes = Some(42_000_000);
+        r.peak_memory_scope = Some(PeakScope::Run);
+        let text = render_exec(&r);
+        assert!(
+            text.ends_with("Cost: 1.50 s wall, 1.25 s CPU, peak memory 42.0 MB (this run)"),
+            "{text}"
+        );
+        r.peak_memory_scope = Some(PeakScope::Session);
+        assert!(render_exec(&r).ends_with("(session so far)"));
     }
 
     #[test]

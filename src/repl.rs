@@ -194,6 +194,25 @@ pub struct Reply {
     /// Figures left out (over the count or size cap, or not renderable).
     #[serde(default)]
     pub images_dropped: u64,
+    /// User plus system CPU time of the helper and its children during the run.
+    #[serde(default)]
+    pub cpu_seconds: f64,
+    /// The largest resident size seen, in bytes (see `peak_memory_scope`).
+    #[serde(default)]
+    pub peak_memory_bytes: Option<u64>,
+    #[serde(default)]
+    pub peak_memory_scope: Option<PeakScope>,
+}
+
+/// What a `peak_memory_bytes` covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PeakScope {
+    /// This run alone: the helper reset its peak before the code started.
+    Run,
+    /// The session so far: the platform would not reset the peak, so it may come from an
+    /// earlier run.
+    Session,
 }
 
 /// One installed distribution.

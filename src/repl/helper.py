@@ -24,7 +24,8 @@
 #            {"op": "result", "id": N, "stdout": str, "stderr": str, "stdout_dropped": int,
 #             "stderr_dropped": int, "value": str|null, "error": null|{type, message,
 #             traceback}, "interrupted": bool, "duration_ms": float, "state": obj|null,
-#             "state_skipped": {name: type}}
+#             "state_skipped": {name: type}, "cpu_seconds": float, "peak_memory_bytes": int,
+#             "peak_memory_scope": "run"|"session"}
 # Every frame fits in the request's "max_frame" bytes: a result that would not drops its
 # figures, then its state, then output (and says so); streamed output frames carry at most
 # 64 KiB of text; listings and exception texts are capped. The daemon ends a sandbox that
@@ -212,6 +213,41 @@ def apply_data_limit():
         resource.setrlimit(resource.RLIMIT_DATA, (soft, resource.RLIM_INFINITY))
     except (OSError, ValueError) as e:
         diag("data limit not applied: %s" % e)
+
+
+def _cpu_seconds():
+    """User plus system time of the helper and of its children it has waited for."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def begin_costs():
+    """Before a run: the CPU clock so far, and the helper's peak resident size reset to
+    what it holds now (writing 5 to /proc/self/clear_refs resets VmHWM), so the peak read
+    afterwards is this run's. If the reset is refused, the peak is the session's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        scope = "run"
+    except OSError:
+        scope = "session"
+    return _cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, scope
+
+
+def end_costs(result, before):
+    """After a run: its CPU seconds and peak memory. A child process reaped during the run
+    whose peak beat every earlier child's counts too (the kernel keeps only the largest)."""
+    cpu0, kids_peak0, scope = before
+    try:
+        result["cpu_seconds"] = round(max(0.0, _cpu_seconds() - cpu0), 3)
+        peak = _status_kb("VmHWM")
+        kids_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        if kids_peak > kids_peak0 * 1024:
+            peak = max(peak, kids_peak)
+        result["peak_memory_bytes"], result["peak_memory_scope"] = peak, scope
+    except (OSError, ValueError) as e:
+        diag("costs not measured: %s" % e)
 
 
 def fit(result, max_frame):
@@ -500,6 +536,7 @@ def execute(req):
     out, err = Sink(limit, "stdout", stream_id), Sink(limit, "stderr", stream_id)
     _stdout_drain.begin(out)
     _stderr_drain.begin(err)
+    costs = begin_costs()
     started = time.perf_counter()
     try:
         try:
@@ -521,6 +558,7 @@ def execute(req):
     finally:
         _in_user_code = False
         duration = time.perf_counter() - started
+        end_costs(result, costs)
         try:
             result["images"], result["images_dropped"] = collect_figures(
                 int(req.get("max_figures", 4)), int(req.get("max_figure_bytes", 2 << 20)))
