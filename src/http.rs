@@ -187,7 +187,11 @@ pub fn router(
     let mcp = StreamableHttpService::new(
         move || Ok(server.clone()),
         manager.clone(),
-        transport_config(plan, stop),
+        transport_config(plan, stop)
+            // A file of docker.file_limit must fit in one POST (rmcp's default is 4 MiB).
+            .with_max_request_body_bytes(crate::files::max_message(
+                engine.config().docker.file_limit,
+            )),
     );
     let gate = Gate {
         access: plan.access.clone(),

@@ -24,6 +24,9 @@
 //! - [`session`]: the registry of persistent sessions; a session is `Live` or `Ended`.
 //! - [`install`]: requirement validation and the installer command.
 //! - [`engine`]: the operations behind the tools, and shutdown.
+//! - [`files`]: files in and out of a sandbox (`upload-file`, `download-file`, `list-files`,
+//!   `resources/read` on `sandbox://sessions/{id}/files/{path}`): the path rule, resource
+//!   URIs, mime types. The bytes move through the helper's protocol in chunks.
 //! - [`calls`]: the tool calls in flight, admission, and the drain that waits for them.
 //! - [`client`]: who is calling: the `Client` every operation acts for, and the tokens file.
 //! - [`mcp`]: the thin MCP tool layer (rmcp).
@@ -41,6 +44,7 @@ pub mod demo;
 pub mod docker;
 pub mod doctor;
 pub mod engine;
+pub mod files;
 pub mod http;
 pub mod install;
 pub mod mcp;

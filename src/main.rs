@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use python_docker_mcp::config::{self, Config, Layers};
 use python_docker_mcp::{demo, doctor, http, Engine, Server};
-use rmcp::ServiceExt;
+use rmcp::{RoleServer, ServiceExt};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// How long shutdown may spend removing containers.
@@ -294,6 +294,17 @@ async fn serve_http(
     Ok(())
 }
 
+/// The stdio transport, taking lines long enough for a file of `docker.file_limit` in
+/// base64 (rmcp's default stops at 16 MiB, which a 16 MB file's upload passes).
+fn stdio_transport(
+    engine: &Engine,
+) -> rmcp::transport::async_rw::AsyncRwTransport<RoleServer, tokio::io::Stdin, tokio::io::Stdout> {
+    let (stdin, stdout) = rmcp::transport::stdio();
+    rmcp::transport::async_rw::AsyncRwTransport::new_server(stdin, stdout).with_max_line_length(
+        python_docker_mcp::files::max_message(engine.config().docker.file_limit),
+    )
+}
+
 /// Serve stdio until the client closes stdin (shut down at once: the client is gone) or
 /// a signal (drain first, then shut down).
 async fn serve_stdio(
@@ -303,7 +314,7 @@ async fn serve_stdio(
 ) -> anyhow::Result<()> {
     // The handshake waits for the client; a signal meanwhile shuts down at once.
     let service = tokio::select! {
-        service = Server::new(engine.clone()).serve(rmcp::transport::stdio()) => match service {
+        service = Server::new(engine.clone()).serve(stdio_transport(engine)) => match service {
             Ok(service) => service,
             Err(e) => {
                 engine.shutdown(SHUTDOWN_GRACE).await;
