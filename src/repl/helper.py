@@ -473,10 +473,11 @@ def file_op(req):
 
 def snapshot_files():
     """The working directory's regular files: {relative path: (mtime_ns, size)}, at most
-    LIST_CAP of them (and whether there were more). Links are not followed."""
+    LIST_CAP of them (and whether there were more). Links are not followed, and hidden
+    directories (.cache, .config: where libraries keep their caches) are skipped."""
     files, truncated = {}, False
     for top, dirs, names in os.walk(_workdir):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
             if len(files) >= LIST_CAP:
                 return files, True
