@@ -397,7 +397,10 @@ mod tests {
     fn session_uris_round_trip_with_odd_names() {
         for path in ["plot.png", "out/my data #1.csv", "ü/ç%.txt"] {
             let uri = session_uri("abc-123", path);
-            assert!(uri.starts_with("sandbox://sessions/abc-123/files/"), "{uri}");
+            assert!(
+                uri.starts_with("sandbox://sessions/abc-123/files/"),
+                "{uri}"
+            );
             assert!(!uri.contains(' ') && !uri.contains('#'), "{uri}");
             assert_eq!(
                 parse_session_uri(&uri).unwrap(),

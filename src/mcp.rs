@@ -347,10 +347,15 @@ fn render_changes(r: &ExecResult) -> String {
             (None, None) => ", not returned (over docker.file_limit in all)",
             _ => "",
         };
-        lines.push(format!("- {} ({}, {} bytes{whence})", f.path, f.change, f.size));
+        lines.push(format!(
+            "- {} ({}, {} bytes{whence})",
+            f.path, f.change, f.size
+        ));
     }
     if r.files_changed_truncated {
-        lines.push("(the working directory has more than 2000 files; only those were compared)".into());
+        lines.push(
+            "(the working directory has more than 2000 files; only those were compared)".into(),
+        );
     }
     if r.session_id.is_some() {
         lines.push("Read them with download-file or resources/read on their links.".into());
@@ -488,7 +493,9 @@ fn exec_result(r: ExecResult) -> CallToolResult {
     result.structured_content = Some(serde_json::to_value(&r).expect("results serialise"));
     for data in r.files {
         let uri = files::transient_uri(&data.path);
-        result.content.push(Content::resource(resource_contents(uri, data)));
+        result
+            .content
+            .push(Content::resource(resource_contents(uri, data)));
     }
     result
 }
@@ -782,7 +789,9 @@ Files larger than docker.file_limit are refused.",
                     format!("{} ({} bytes, {}):", r.path, r.size, r.mime_type),
                     &r,
                 );
-                result.content.push(Content::resource(resource_contents(uri, data)));
+                result
+                    .content
+                    .push(Content::resource(resource_contents(uri, data)));
                 result
             }
             Err(e) => file_error(e),
@@ -917,9 +926,7 @@ impl ServerHandler for Server {
             "sandbox://sessions/{session_id}/files/{path}",
             "session-file",
         )
-        .with_description(
-            "A file of one of your sessions, relative to its working directory.",
-        );
+        .with_description("A file of one of your sessions, relative to its working directory.");
         Ok(ListResourceTemplatesResult::with_all_items(vec![template]))
     }
 

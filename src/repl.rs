@@ -698,8 +698,9 @@ impl Repl {
         within: Duration,
     ) -> Result<Result<T, FileRefusal>, ReplError> {
         let data = self.control(request, id, within).await?;
-        let unreadable =
-            |e: serde_json::Error| ReplError::Died(format!("the helper sent an unreadable file answer: {e}"));
+        let unreadable = |e: serde_json::Error| {
+            ReplError::Died(format!("the helper sent an unreadable file answer: {e}"))
+        };
         match serde_json::from_value::<FileAnswer>(data).map_err(unreadable)? {
             FileAnswer::Refused {
                 error,

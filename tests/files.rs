@@ -141,7 +141,11 @@ async fn a_csv_goes_in_a_png_and_a_csv_come_out_and_both_reads_agree() {
             "link URIs name the session and path"
         );
     }
-    assert!(text(&run).contains("out/plot.png (created"), "{}", text(&run));
+    assert!(
+        text(&run).contains("out/plot.png (created"),
+        "{}",
+        text(&run)
+    );
 
     for (uri, path) in &linked {
         let dl = d
@@ -162,7 +166,10 @@ async fn a_csv_goes_in_a_png_and_a_csv_come_out_and_both_reads_agree() {
             .expect("resources/read");
         assert_eq!(read.contents.len(), 1);
         let via_read = contents_bytes(&read.contents[0]);
-        assert_eq!(via_tool, via_read, "{path}: download-file and resources/read agree");
+        assert_eq!(
+            via_tool, via_read,
+            "{path}: download-file and resources/read agree"
+        );
         assert_eq!(
             structured(&dl)["size"],
             via_tool.len(),
@@ -192,7 +199,9 @@ async fn a_csv_goes_in_a_png_and_a_csv_come_out_and_both_reads_agree() {
     let top = d.call("list-files", json!({"session_id": session})).await;
     let entries = structured(&top)["entries"].as_array().unwrap().clone();
     assert!(
-        entries.iter().any(|e| e["name"] == "data" && e["kind"] == "dir"),
+        entries
+            .iter()
+            .any(|e| e["name"] == "data" && e["kind"] == "dir"),
         "{entries:?}"
     );
 
@@ -246,10 +255,7 @@ async fn escapes_are_refused_dotdot_absolute_and_symlinks() {
         .await;
     refused(&r, "a download of /etc/passwd");
     let r = d
-        .call(
-            "list-files",
-            json!({"session_id": session, "path": "/etc"}),
-        )
+        .call("list-files", json!({"session_id": session, "path": "/etc"}))
         .await;
     refused(&r, "a listing of /etc");
     // Symlinks the code made: the helper follows them and refuses.
@@ -271,7 +277,10 @@ async fn escapes_are_refused_dotdot_absolute_and_symlinks() {
         .await;
     refused(&r, "an upload through a symlink");
     let r = d
-        .call("list-files", json!({"session_id": session, "path": "etc_link"}))
+        .call(
+            "list-files",
+            json!({"session_id": session, "path": "etc_link"}),
+        )
         .await;
     refused(&r, "a listing through a symlink");
     let read = d
@@ -438,7 +447,11 @@ async fn another_clients_session_files_are_an_unknown_session() {
         text(&unknown_tool).replace(never, "ID"),
         "bob's download of alice's file reads exactly as an unknown session"
     );
-    assert!(text(&bobs_tool).contains("no such session"), "{}", text(&bobs_tool));
+    assert!(
+        text(&bobs_tool).contains("no such session"),
+        "{}",
+        text(&bobs_tool)
+    );
     let bobs_read = bob
         .read_resource(ReadResourceRequestParams::new(uri.clone()))
         .await
@@ -454,21 +467,34 @@ async fn another_clients_session_files_are_an_unknown_session() {
         unknown_read.to_string().replace(never, "ID"),
         "bob's resources/read of alice's file reads exactly as an unknown session"
     );
-    assert!(bobs_read.to_string().contains("no such session"), "{bobs_read}");
+    assert!(
+        bobs_read.to_string().contains("no such session"),
+        "{bobs_read}"
+    );
     let bobs_list = call(&bob, "list-files", json!({"session_id": session})).await;
-    assert!(text(&bobs_list).contains("no such session"), "{bobs_list:?}");
+    assert!(
+        text(&bobs_list).contains("no such session"),
+        "{bobs_list:?}"
+    );
     let bobs_upload = call(
         &bob,
         "upload-file",
         json!({"session_id": session, "path": "secret.txt", "content": "bob was here"}),
     )
     .await;
-    assert!(text(&bobs_upload).contains("no such session"), "{bobs_upload:?}");
+    assert!(
+        text(&bobs_upload).contains("no such session"),
+        "{bobs_upload:?}"
+    );
     let read = alice
         .read_resource(ReadResourceRequestParams::new(uri))
         .await
         .expect("alice still reads her file");
-    assert_eq!(contents_bytes(&read.contents[0]), b"alice only", "unchanged");
+    assert_eq!(
+        contents_bytes(&read.contents[0]),
+        b"alice only",
+        "unchanged"
+    );
     drop((alice, bob));
 }
 

@@ -11,6 +11,9 @@ use crate::files::{self, FileData, FileEntry, FileError};
 use crate::repl::{FileRefusal, Repl, ReplError};
 use crate::text::clip;
 
+/// A transient run's input file: the path as given, the path resolved, the bytes.
+pub(super) type Input<'f> = (String, String, &'f [u8]);
+
 /// A directory listing of a session.
 #[derive(Debug, Clone)]
 pub struct FileList {
@@ -31,7 +34,9 @@ impl Engine {
         bytes: &[u8],
         client: &Client,
     ) -> Result<(String, u64), FileError> {
-        let _call = self.admit("upload-file", Some(id), client).map_err(ExecError::from)?;
+        let _call = self
+            .admit("upload-file", Some(id), client)
+            .map_err(ExecError::from)?;
         let full = files::resolve(&self.shared.config.docker.working_dir, path)?;
         self.check_size(path, bytes.len() as u64)?;
         let session = self.session(id, client)?;
@@ -50,7 +55,9 @@ impl Engine {
         path: &str,
         client: &Client,
     ) -> Result<FileData, FileError> {
-        let _call = self.admit("download-file", Some(id), client).map_err(ExecError::from)?;
+        let _call = self
+            .admit("download-file", Some(id), client)
+            .map_err(ExecError::from)?;
         let full = files::resolve(&self.shared.config.docker.working_dir, path)?;
         let session = self.session(id, client)?;
         let mut guard = session.lock().await;
@@ -71,7 +78,9 @@ impl Engine {
         path: Option<&str>,
         client: &Client,
     ) -> Result<FileList, FileError> {
-        let _call = self.admit("list-files", Some(id), client).map_err(ExecError::from)?;
+        let _call = self
+            .admit("list-files", Some(id), client)
+            .map_err(ExecError::from)?;
         let full = files::resolve(&self.shared.config.docker.working_dir, path.unwrap_or("."))?;
         let session = self.session(id, client)?;
         let mut guard = session.lock().await;
@@ -92,7 +101,7 @@ impl Engine {
     pub(super) fn transient_inputs<'f>(
         &self,
         files: &'f BTreeMap<String, Vec<u8>>,
-    ) -> Result<Vec<(String, String, &'f [u8])>, FileError> {
+    ) -> Result<Vec<Input<'f>>, FileError> {
         let wd = &self.shared.config.docker.working_dir;
         files
             .iter()
@@ -108,7 +117,7 @@ impl Engine {
     pub(super) async fn write_inputs(
         &self,
         repl: &mut Repl,
-        inputs: &[(String, String, &[u8])],
+        inputs: &[Input<'_>],
     ) -> Result<(), FileError> {
         for (path, full, bytes) in inputs {
             write_file(repl, full, bytes, self.file_limit())
@@ -206,9 +215,18 @@ async fn write_file(repl: &mut Repl, full: &str, bytes: &[u8], limit: u64) -> Re
     Ok(size)
 }
 
-async fn put(repl: &mut Repl, full: &str, chunk: &[u8], append: bool, limit: u64) -> Result<u64, Moved> {
+async fn put(
+    repl: &mut Repl,
+    full: &str,
+    chunk: &[u8],
+    append: bool,
+    limit: u64,
+) -> Result<u64, Moved> {
     let data = files::encode_base64(chunk);
-    match repl.put_file(full, &data, append, limit, CONTROL_TIMEOUT).await {
+    match repl
+        .put_file(full, &data, append, limit, CONTROL_TIMEOUT)
+        .await
+    {
         Ok(Ok(size)) => Ok(size),
         Ok(Err(r)) => Err(Moved::Refused(r)),
         Err(e) => Err(Moved::Repl(e)),
@@ -232,7 +250,9 @@ async fn read_file(repl: &mut Repl, full: &str, limit: u64) -> Result<Vec<u8>, M
         };
         let total = *size.get_or_insert(chunk.size);
         let data = files::decode_base64(&chunk.data).map_err(|e| {
-            Moved::Repl(ReplError::Died(format!("the helper sent a file chunk that is not base64: {e}")))
+            Moved::Repl(ReplError::Died(format!(
+                "the helper sent a file chunk that is not base64: {e}"
+            )))
         })?;
         if data.is_empty() {
             break;
