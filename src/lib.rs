@@ -1,10 +1,11 @@
 //! python-docker-mcp: an MCP server that gives AI agents a Python sandbox in Docker.
 //!
-//! Seven tools run Python in locked-down containers: no network, non-root, no
+//! Ten tools run Python, and move its files, in locked-down containers: no network, non-root, no
 //! capabilities, memory/CPU/pids limits, read-only root. The original's four
 //! (`execute-transient`, `execute-persistent`, `install-package`, `cleanup-session`) keep
 //! their names and arguments; `reset-session`, `list-variables` and `list-packages` are
-//! additions. A small Python helper inside each container speaks JSON lines over the
+//! additions, as are `upload-file`, `download-file` and `list-files` (files in and out, see
+//! [`files`]). A small Python helper inside each container speaks JSON lines over the
 //! container's attached stdin/stdout.
 //!
 //! A tool that ran and failed (a Python exception, a time-out, a lost sandbox, Docker
