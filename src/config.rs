@@ -986,6 +986,25 @@ mod tests {
     }
 
     #[test]
+    fn file_limit_defaults_to_16m_and_is_validated_by_name() {
+        let c = resolve(&Layers::default()).unwrap();
+        assert_eq!(c.docker.file_limit, 16 * MIB);
+        let c = resolve(&Layers {
+            env: env(&[("PYTHON_DOCKER_MCP_FILE_LIMIT", "64k")]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.docker.file_limit, 64 * 1024);
+        let e = resolve(&Layers {
+            file: file("docker:\n  file_limit: 2g\n"),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("docker.file_limit") && e.contains("1g"), "{e}");
+    }
+
+    #[test]
     fn output_limit_is_capped_below_the_frame_limit() {
         let ok = resolve(&Layers {
             env: env(&[("PYTHON_DOCKER_MCP_OUTPUT_LIMIT", "4m")]),
