@@ -127,6 +127,8 @@ const KEYS: &[Key] = &[
           doc: "uid:gid the code runs as; never root" },
     Key { path: "docker.output_limit", env: "OUTPUT_LIMIT", kind: Kind::Bytes { min: 1024, max: 4 * MIB }, default: "256k",
           doc: "Cap on stdout and on stderr returned per call, at most 4m (a reply must fit the protocol's 16 MiB frame); the rest is dropped with a marker" },
+    Key { path: "docker.file_limit", env: "FILE_LIMIT", kind: Kind::Bytes { min: 1024, max: 1024 * MIB }, default: "16m",
+          doc: "Largest file upload-file, download-file and resources/read move, and the total a transient run returns embedded; larger ones are refused with this limit named" },
     Key { path: "docker.pool_enabled", env: "POOL_ENABLED", kind: Kind::Bool, default: "true",
           doc: "Keep warm sandboxes ready so a call never waits for a container start" },
     Key { path: "docker.pool_size", env: "POOL_SIZE", kind: Kind::Int { min: 0, max: 1024 }, default: "32",
@@ -243,6 +245,9 @@ pub struct DockerConfig {
     pub tmpfs_size: u64,
     pub user: String,
     pub output_limit: u64,
+    /// The largest file moved in or out (`upload-file`, `download-file`, `resources/read`),
+    /// and the total of the files a transient run returns embedded.
+    pub file_limit: u64,
     pub pool_enabled: bool,
     pub pool_size: u64,
     pub pool_max_age: Duration,
@@ -435,6 +440,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         tmpfs_size: p.bytes("docker.tmpfs_size")?,
         user: p.string("docker.user")?,
         output_limit: p.bytes("docker.output_limit")?,
+        file_limit: p.bytes("docker.file_limit")?,
         pool_enabled: p.bool("docker.pool_enabled")?,
         pool_size: p.int("docker.pool_size")?,
         pool_max_age: p.duration("docker.pool_max_age")?,
@@ -1009,6 +1015,25 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
+    }
+
+    #[test]
+    fn file_limit_defaults_to_16m_and_is_validated_by_name() {
+        let c = resolve(&Layers::default()).unwrap();
+        assert_eq!(c.docker.file_limit, 16 * MIB);
+        let c = resolve(&Layers {
+            env: env(&[("PYTHON_DOCKER_MCP_FILE_LIMIT", "64k")]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.docker.file_limit, 64 * 1024);
+        let e = resolve(&Layers {
+            file: file("docker:\n  file_limit: 2g\n"),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("docker.file_limit") && e.contains("1g"), "{e}");
     }
 
     #[test]

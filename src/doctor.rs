@@ -258,6 +258,7 @@ print(json.dumps({{"uid": os.getuid(), "gid": os.getgid(), "interfaces": interfa
         output_limit: 64 * 1024,
         max_figures: 0,
         max_figure_bytes: 0,
+        track_files: false,
     };
     let outcome = repl
         .execute(&code, None, false, &limits, &CancellationToken::new(), None)

@@ -30,10 +30,14 @@ use tokio::sync::{mpsc, Mutex, OnceCell};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod files;
+pub use files::FileList;
+
 use crate::calls::{CallGuard, Calls, Running, ShuttingDown};
 use crate::client::Client;
 use crate::config::{human_bytes, Config};
 use crate::docker::{Docker, DockerError};
+use crate::files::{FileChange, FileData, FileError};
 use crate::install::{self, Requirement, RequirementError};
 use crate::pool::{AcquireError, Pool, PoolStats};
 use crate::repl::{
@@ -118,6 +122,16 @@ pub struct ExecResult {
     /// The figures, base64 PNG; sent as image content, not in the structured result.
     #[serde(skip)]
     pub images: Vec<String>,
+    /// Files of the working directory the run created or modified. A session's are
+    /// resources (`uri`); a transient run's come back embedded, up to docker.file_limit in all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files_changed: Vec<FileChange>,
+    /// True when the working directory held more than 2000 files: changes may be missing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub files_changed_truncated: bool,
+    /// A transient run's changed files, sent as embedded resources.
+    #[serde(skip)]
+    pub files: Vec<FileData>,
 }
 
 impl ExecResult {
@@ -149,6 +163,9 @@ impl ExecResult {
             packages_installed: Vec::new(),
             notice: None,
             images: reply.images,
+            files_changed: reply.files_changed,
+            files_changed_truncated: reply.files_changed_truncated,
+            files: Vec::new(),
         }
     }
 
@@ -218,6 +235,9 @@ pub enum ExecError {
     ShuttingDown(#[from] ShuttingDown),
     #[error(transparent)]
     Timeout(#[from] TimeoutError),
+    /// A transient run's `files` could not be written.
+    #[error("could not write the run's files: {0}")]
+    Files(Box<FileError>),
 }
 
 /// A per-call `timeout` the server will not use.
@@ -494,6 +514,7 @@ impl Engine {
             output_limit: d.output_limit,
             max_figures: MAX_FIGURES,
             max_figure_bytes: MAX_FIGURE_BYTES,
+            track_files: true,
         })
     }
 
@@ -534,12 +555,16 @@ impl Engine {
         code: &str,
         state: Option<&serde_json::Map<String, serde_json::Value>>,
         packages: &[String],
+        files: &BTreeMap<String, Vec<u8>>,
         client: &Client,
         call: &CallContext,
     ) -> Result<ExecResult, ExecError> {
         let _call = self.admit("execute-transient", None, client)?;
         let requirements = run_requirements(packages)?;
         let limits = self.limits(call)?;
+        let inputs = self
+            .transient_inputs(files)
+            .map_err(|e| ExecError::Files(Box::new(e)))?;
         tracing::debug!(%client, "transient run");
         let started = Instant::now();
         let pool = self.pool_for(client);
@@ -554,6 +579,10 @@ impl Engine {
                 return Err(ExecError::Packages(Box::new(e)));
             }
         };
+        if let Err(e) = self.write_inputs(&mut sandbox.repl, &inputs).await {
+            pool.discard(sandbox);
+            return Err(ExecError::Files(Box::new(e)));
+        }
         let outcome = sandbox
             .repl
             .execute(
@@ -565,12 +594,16 @@ impl Engine {
                 call.progress.as_ref(),
             )
             .await;
-        // Single use: whatever happened, this sandbox is never used again.
-        pool.discard(sandbox);
         let mut result = match outcome {
             Ok(outcome) => ExecResult::from_outcome(outcome, ""),
             Err(e) => ExecResult::lost(self.lost_reason(&e), started, &e),
         };
+        // The sandbox goes next: its changed files come back embedded.
+        if !result.sandbox_lost {
+            self.collect_outputs(&mut sandbox.repl, &mut result).await;
+        }
+        // Single use: whatever happened, this sandbox is never used again.
+        pool.discard(sandbox);
         self.explain_memory_error(&mut result, "");
         result.packages_installed = installed;
         Ok(result)
@@ -650,6 +683,9 @@ impl Engine {
             }
         };
         self.explain_memory_error(&mut result, survived);
+        for change in &mut result.files_changed {
+            change.uri = Some(crate::files::session_uri(&session.id, &change.path));
+        }
         result.session_id = Some(session.id.clone());
         result.packages_installed = installed;
         Ok(result)

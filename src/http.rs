@@ -193,7 +193,7 @@ pub fn router(
     let mcp = StreamableHttpService::new(
         move || Ok(server.clone()),
         manager.clone(),
-        transport_config(plan, stop, engine.config().server.max_message),
+        transport_config(plan, stop, crate::files::message_limit(engine.config())),
     );
     let gate = Gate {
         access: plan.access.clone(),
@@ -204,7 +204,7 @@ pub fn router(
     let mcp = Router::new()
         .nest_service("/mcp", mcp)
         .layer(middleware::map_response_with_state(
-            engine.config().server.max_message,
+            crate::files::message_limit(engine.config()),
             name_the_limit,
         ))
         .layer(auth.clone())

@@ -1,10 +1,11 @@
 //! python-docker-mcp: an MCP server that gives AI agents a Python sandbox in Docker.
 //!
-//! Seven tools run Python in locked-down containers: no network, non-root, no
+//! Ten tools run Python, and move its files, in locked-down containers: no network, non-root, no
 //! capabilities, memory/CPU/pids limits, read-only root. The original's four
 //! (`execute-transient`, `execute-persistent`, `install-package`, `cleanup-session`) keep
 //! their names and arguments; `reset-session`, `list-variables` and `list-packages` are
-//! additions. A small Python helper inside each container speaks JSON lines over the
+//! additions, as are `upload-file`, `download-file` and `list-files` (files in and out, see
+//! [`files`]). A small Python helper inside each container speaks JSON lines over the
 //! container's attached stdin/stdout.
 //!
 //! A tool that ran and failed (a Python exception, a time-out, a lost sandbox, Docker
@@ -24,6 +25,9 @@
 //! - [`session`]: the registry of persistent sessions; a session is `Live` or `Ended`.
 //! - [`install`]: requirement validation and the installer command.
 //! - [`engine`]: the operations behind the tools, and shutdown.
+//! - [`files`]: files in and out of a sandbox (`upload-file`, `download-file`, `list-files`,
+//!   `resources/read` on `sandbox://sessions/{id}/files/{path}`): the path rule, resource
+//!   URIs, mime types. The bytes move through the helper's protocol in chunks.
 //! - [`calls`]: the tool calls in flight, admission, and the drain that waits for them.
 //! - [`client`]: who is calling: the `Client` every operation acts for, and the tokens file.
 //! - [`mcp`]: the thin MCP tool layer (rmcp).
@@ -45,6 +49,7 @@ pub mod demo;
 pub mod docker;
 pub mod doctor;
 pub mod engine;
+pub mod files;
 pub mod http;
 pub mod install;
 pub mod mcp;

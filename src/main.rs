@@ -304,7 +304,7 @@ async fn serve_stdio(
 ) -> anyhow::Result<()> {
     // The handshake waits for the client; a signal meanwhile shuts down at once.
     let service = tokio::select! {
-        service = Server::new(engine.clone()).serve(Stdio::new(engine.config().server.max_message, engine.arrivals())) => match service {
+        service = Server::new(engine.clone()).serve(Stdio::new(python_docker_mcp::files::message_limit(engine.config()), engine.arrivals())) => match service {
             Ok(service) => service,
             Err(e) => {
                 engine.shutdown(SHUTDOWN_GRACE).await;

@@ -22,13 +22,16 @@ use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock as Content, CreateTaskResult,
-    ErrorData, GetTaskParams, GetTaskResult, Implementation, JsonObject, ServerCapabilities,
-    ServerConfig,
+    ErrorData, GetTaskParams, GetTaskResult, Implementation, JsonObject,
+    ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+    ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig,
 };
 use rmcp::{tool, tool_handler, tool_router, ServerHandler};
 use schemars::transform::{RestrictFormats, Transform};
 use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,7 +43,8 @@ use rmcp::RoleServer;
 use tokio::sync::mpsc;
 
 use crate::client::Client;
-use crate::engine::{CallContext, Engine, ExecResult, InstallResult};
+use crate::engine::{CallContext, Engine, ExecError, ExecResult, FileList, InstallResult};
+use crate::files::{self, FileData, FileEntry, FileError, FileInput};
 use crate::metrics::{Timed as _, TimedRun as _};
 use crate::order::Turn;
 use crate::repl::{OutputChunk, Package, PeakScope, Variable};
@@ -64,6 +68,11 @@ pub struct TransientArgs {
     /// minutes; a larger value is refused with the cap named).
     #[serde(default)]
     pub timeout: Option<f64>,
+    /// Files to write into the working directory before the code runs: path -> content,
+    /// where content is text, or `{"base64": "..."}` for bytes. Files the run creates or
+    /// changes come back embedded in the result.
+    #[serde(default)]
+    pub files: Option<BTreeMap<String, FileInput>>,
 }
 
 /// Arguments of `execute-persistent`.
@@ -149,6 +158,90 @@ pub struct CleanupResult {
     pub session_id: String,
     /// True when the session existed and its container was removed.
     pub removed: bool,
+}
+
+/// How `upload-file`'s content is encoded.
+#[derive(Debug, Default, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// UTF-8 text, written as is.
+    #[default]
+    Text,
+    /// Bytes in standard base64.
+    Base64,
+}
+
+/// Arguments of `upload-file`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct UploadArgs {
+    /// The session to put the file into, as returned by execute-persistent.
+    pub session_id: String,
+    /// Where to write it: relative to the working directory (e.g. `data/input.csv`;
+    /// directories are created), or absolute inside it or /tmp.
+    pub path: String,
+    /// The file's content: text, or base64 when `encoding` is `base64`.
+    pub content: String,
+    /// `text` (the default) or `base64` (for binary files).
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+/// Arguments of `download-file`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct DownloadArgs {
+    /// The session, as returned by execute-persistent.
+    pub session_id: String,
+    /// The file: relative to the working directory, or absolute inside it or /tmp.
+    pub path: String,
+}
+
+/// Arguments of `list-files`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ListFilesArgs {
+    /// The session, as returned by execute-persistent.
+    pub session_id: String,
+    /// The directory to list: relative to the working directory, or absolute inside it or
+    /// /tmp. Omit it for the working directory.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// The structured result of `upload-file`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Uploaded {
+    pub session_id: String,
+    /// The file's absolute path in the sandbox.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The file as a resource (resources/read).
+    pub uri: String,
+}
+
+/// The structured result of `download-file` (the bytes are in the embedded resource).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Downloaded {
+    pub session_id: String,
+    /// The path, relative to the working directory when inside it.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The mime type guessed from its name.
+    pub mime_type: String,
+    /// The file as a resource (resources/read).
+    pub uri: String,
+}
+
+/// The structured result of `list-files`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Listed {
+    pub session_id: String,
+    /// The directory listed, as an absolute path in the sandbox.
+    pub path: String,
+    /// Its entries, sorted by name.
+    pub entries: Vec<FileEntry>,
+    /// True when the directory has more than 2000 entries and only those are listed.
+    pub truncated: bool,
 }
 
 /// The MCP server: a clone of the engine handle plus the tool router. Cheap to clone: the
@@ -358,6 +451,9 @@ pub fn render_exec(r: &ExecResult) -> String {
         }
         parts.push(line);
     }
+    if !r.files_changed.is_empty() || r.files_changed_truncated {
+        parts.push(render_changes(r));
+    }
     if let Some(skipped) = &r.state_skipped {
         let list: Vec<String> = skipped.iter().map(|(k, t)| format!("{k} ({t})")).collect();
         parts.push(format!(
@@ -384,6 +480,53 @@ fn render_cost(r: &ExecResult) -> Option<String> {
         r.cpu_seconds,
         peak as f64 / 1e6
     ))
+}
+
+/// The files a run changed, one per line, and where to get them.
+fn render_changes(r: &ExecResult) -> String {
+    let mut lines = vec!["Files changed in the working directory:".to_string()];
+    for f in &r.files_changed {
+        let whence = match (&f.uri, &r.session_id) {
+            (Some(_), None) => ", returned below",
+            (None, None) => ", not returned (over docker.file_limit in all)",
+            _ => "",
+        };
+        lines.push(format!(
+            "- {} ({}, {} bytes{whence})",
+            f.path, f.change, f.size
+        ));
+    }
+    if r.files_changed_truncated {
+        lines.push(
+            "(the working directory has more than 2000 files; only those were compared)".into(),
+        );
+    }
+    if r.session_id.is_some() {
+        lines.push("Read them with download-file or resources/read on their links.".into());
+    }
+    lines.join("\n")
+}
+
+/// A file's bytes as resource contents: text when the name says text and the bytes are
+/// UTF-8, a base64 blob otherwise.
+fn resource_contents(uri: String, data: FileData) -> ResourceContents {
+    let mime = files::mime_type(&data.path);
+    let bytes = if files::is_textual(mime) {
+        match String::from_utf8(data.bytes) {
+            Ok(text) => return ResourceContents::text(text, uri).with_mime_type(mime),
+            // Not UTF-8 after all: a blob.
+            Err(e) => e.into_bytes(),
+        }
+    } else {
+        data.bytes
+    };
+    ResourceContents::blob(files::encode_base64(&bytes), uri).with_mime_type(mime)
+}
+
+/// The answer to a file operation that failed: an unknown session reads exactly as for any
+/// other tool.
+fn file_error(e: FileError) -> CallToolResult {
+    tool_error(e)
 }
 
 /// Arguments of the tools that act on one session.
@@ -473,9 +616,24 @@ fn exec_result(r: ExecResult) -> CallToolResult {
             .iter()
             .map(|png| Content::image(png.clone(), "image/png")),
     );
+    for f in &r.files_changed {
+        if let (Some(uri), Some(_)) = (&f.uri, &r.session_id) {
+            let link = Resource::new(uri.clone(), f.path.clone())
+                .with_mime_type(files::mime_type(&f.path))
+                .with_size(f.size)
+                .with_description(format!("{} by the run", f.change));
+            content.push(Content::resource_link(link));
+        }
+    }
     let mut result = CallToolResult::success(content);
     result.is_error = Some(r.is_error());
     result.structured_content = Some(serde_json::to_value(&r).expect("results serialise"));
+    for data in r.files {
+        let uri = files::transient_uri(&data.path);
+        result
+            .content
+            .push(Content::resource(resource_contents(uri, data)));
+    }
     result
 }
 
@@ -500,11 +658,25 @@ value and any exception with its traceback.",
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let client = client_of(&ctx)?;
+        let mut inputs = BTreeMap::new();
+        for (path, content) in args.files.unwrap_or_default() {
+            match content.into_bytes() {
+                Ok(bytes) => inputs.insert(path, bytes),
+                Err(e) => return Ok(tool_error(e).into()),
+            };
+        }
         let engine = self.engine.clone();
         let who = client.clone();
         self.run(&ctx, &client, args.timeout, move |call| async move {
             let result = engine
-                .execute_transient(&args.code, args.state.as_ref(), &args.packages, &who, &call)
+                .execute_transient(
+                    &args.code,
+                    args.state.as_ref(),
+                    &args.packages,
+                    &inputs,
+                    &who,
+                    &call,
+                )
                 .run_timed("execute-transient")
                 .await;
             match result {
@@ -692,6 +864,137 @@ installs, the shared environment, the image), or without session_id for the shar
     }
 
     #[tool(
+        name = "upload-file",
+        description = "Write a file into a session's working directory (or /tmp), e.g. a CSV to analyse. \
+`content` is text, or base64 with `encoding: \"base64\"` for binary files. Directories are created; an \
+existing file is replaced. Files larger than the server's file limit (docker.file_limit, 16 MB by default) \
+are refused. Paths outside the working directory and /tmp are refused.",
+        output_schema = schema_for_output::<Uploaded>()
+    )]
+    async fn upload_file(
+        &self,
+        Parameters(args): Parameters<UploadArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let client = client_of(&ctx)?;
+        in_turn(&ctx).await;
+        let bytes = match args.encoding {
+            Encoding::Text => args.content.into_bytes(),
+            Encoding::Base64 => match files::decode_base64(&args.content) {
+                Ok(bytes) => bytes,
+                Err(e) => return Ok(file_error(e)),
+            },
+        };
+        let uploaded = self
+            .engine
+            .upload_file(&args.session_id, &args.path, &bytes, &client)
+            .timed("upload-file")
+            .await;
+        Ok(match uploaded {
+            Ok((path, size)) => {
+                let rel = files::relative(&self.engine.config().docker.working_dir, &path)
+                    .unwrap_or(&path)
+                    .to_string();
+                let r = Uploaded {
+                    uri: files::session_uri(&args.session_id, &rel),
+                    session_id: args.session_id,
+                    path,
+                    size,
+                };
+                structured(format!("Wrote {} ({} bytes).", r.path, r.size), &r)
+            }
+            Err(e) => file_error(e),
+        })
+    }
+
+    #[tool(
+        name = "download-file",
+        description = "Read a file from a session, e.g. a chart or a cleaned CSV the code wrote. It comes back \
+as an embedded resource: text for text files, base64 otherwise, with a mime type guessed from the name. \
+Files larger than docker.file_limit are refused.",
+        output_schema = schema_for_output::<Downloaded>()
+    )]
+    async fn download_file(
+        &self,
+        Parameters(args): Parameters<DownloadArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let client = client_of(&ctx)?;
+        in_turn(&ctx).await;
+        let downloaded = self
+            .engine
+            .download_file(&args.session_id, &args.path, &client)
+            .timed("download-file")
+            .await;
+        Ok(match downloaded {
+            Ok(data) => {
+                let uri = files::session_uri(&args.session_id, &data.path);
+                let r = Downloaded {
+                    session_id: args.session_id,
+                    path: data.path.clone(),
+                    size: data.bytes.len() as u64,
+                    mime_type: files::mime_type(&data.path).to_string(),
+                    uri: uri.clone(),
+                };
+                let mut result = structured(
+                    format!("{} ({} bytes, {}):", r.path, r.size, r.mime_type),
+                    &r,
+                );
+                result
+                    .content
+                    .push(Content::resource(resource_contents(uri, data)));
+                result
+            }
+            Err(e) => file_error(e),
+        })
+    }
+
+    #[tool(
+        name = "list-files",
+        description = "List a directory of a session (the working directory by default): names, kinds, sizes \
+in bytes and modification times.",
+        output_schema = schema_for_output::<Listed>()
+    )]
+    async fn list_files(
+        &self,
+        Parameters(args): Parameters<ListFilesArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let client = client_of(&ctx)?;
+        in_turn(&ctx).await;
+        let path = args.path.as_deref().filter(|p| !p.is_empty());
+        let listed = self
+            .engine
+            .list_files(&args.session_id, path, &client)
+            .timed("list-files")
+            .await;
+        Ok(match listed {
+            Ok(FileList {
+                path,
+                entries,
+                truncated,
+            }) => {
+                let mut lines = vec![format!("{path}: {} entries", entries.len())];
+                lines.extend(entries.iter().map(|e| match e.kind.as_str() {
+                    "dir" => format!("{}/", e.name),
+                    _ => format!("{} ({} bytes)", e.name, e.size),
+                }));
+                if truncated {
+                    lines.push("(more than 2000 entries; only those are listed)".into());
+                }
+                let r = Listed {
+                    session_id: args.session_id,
+                    path,
+                    entries,
+                    truncated,
+                };
+                structured(lines.join("\n"), &r)
+            }
+            Err(e) => file_error(e),
+        })
+    }
+
+    #[tool(
         name = "cleanup-session",
         description = "End a persistent session: its container, variables, files and session-only packages \
 are removed. Later calls with that session_id are refused.",
@@ -758,6 +1061,7 @@ impl ServerHandler for Server {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_tasks()
+                .enable_resources()
                 .build(),
         )
             .with_server_info(Implementation::new("python-docker-mcp", env!("CARGO_PKG_VERSION")))
@@ -772,8 +1076,62 @@ impl ServerHandler for Server {
                  that needs more than the default time-out: pass `timeout` (seconds) to \
                  execute-transient or execute-persistent. Clients that declare the MCP tasks \
                  extension get a task for a run or install that takes longer than a few \
-                 seconds: poll tasks/get for its output and result, tasks/cancel to stop it.",
+                 seconds: poll tasks/get for its output and result, tasks/cancel to stop it. Files: \
+                 upload-file puts a file into a session's working directory, download-file and \
+                 list-files read them; execute-transient takes `files` to write before the code \
+                 runs and returns the files it changed embedded. Both execute tools list \
+                 `files_changed`; a session's changed files are resource links \
+                 (sandbox://sessions/{id}/files/{path}) that resources/read returns.",
             )
+    }
+
+    /// Session files are not listed: listing would ask every session's sandbox, waiting
+    /// behind whatever code runs there, for files that change with every call. The
+    /// template says how the URIs are made; runs return links to what they changed.
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        Ok(ListResourcesResult::default())
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let template = ResourceTemplate::new(
+            "sandbox://sessions/{session_id}/files/{path}",
+            "session-file",
+        )
+        .with_description("A file of one of your sessions, relative to its working directory.");
+        Ok(ListResourceTemplatesResult::with_all_items(vec![template]))
+    }
+
+    /// A session file, for the client that owns the session only: to another client the
+    /// session is unknown, with the same message as an id that never existed.
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let client = client_of(&ctx)?;
+        let (session_id, path) = files::parse_session_uri(&request.uri)
+            .map_err(|e| ErrorData::resource_not_found(e.to_string(), None))?;
+        let data = self
+            .engine
+            .download_file(&session_id, &path, &client)
+            .timed("resources/read")
+            .await
+            .map_err(|e| match e {
+                FileError::Path(_) => ErrorData::invalid_params(e.to_string(), None),
+                FileError::Session(ExecError::ShuttingDown(_)) => {
+                    ErrorData::internal_error(e.to_string(), None)
+                }
+                _ => ErrorData::resource_not_found(e.to_string(), None),
+            })?;
+        Ok(ReadResourceResult::new(vec![resource_contents(request.uri, data)]).into())
     }
 }
 

@@ -15,7 +15,7 @@
 //! | `pdm_execution_seconds` | histogram | `tool` | how long a tool call took, end to end (waiting for a sandbox included) |
 //! | `pdm_output_bytes_total` | counter | `stream`: `stdout`, `stderr` | bytes of the code's output returned to clients by the execute tools |
 //!
-//! **Bounded labels.** `tool` is one of the seven tool names, `outcome` one of [`Outcome`]'s
+//! **Bounded labels.** `tool` is one of the tool names (or `resources/read`), `outcome` one of [`Outcome`]'s
 //! words, `client` a name from the tokens file (or `local`): never a token, never a
 //! session id.
 //!

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::docker::{Docker, DockerError, Output};
+use crate::files::{FileChange, FileEntry};
 use crate::sandbox::ContainerSpec;
 
 /// How long an interrupted execution gets to stop before its container is killed.
@@ -73,6 +74,28 @@ enum Request<'a> {
         stream: bool,
         max_figures: u64,
         max_figure_bytes: u64,
+        track_files: bool,
+    },
+    /// Write a chunk of a file (the first truncates, the rest append).
+    Put {
+        id: u64,
+        path: &'a str,
+        data: &'a str,
+        append: bool,
+        limit: u64,
+    },
+    /// Read a chunk of a file.
+    Get {
+        id: u64,
+        path: &'a str,
+        offset: u64,
+        length: u64,
+        limit: u64,
+    },
+    /// List a directory (or describe one file).
+    Ls {
+        id: u64,
+        path: &'a str,
     },
     Ping {
         id: u64,
@@ -133,6 +156,8 @@ pub struct ExecLimits {
     pub output_limit: u64,
     pub max_figures: u64,
     pub max_figure_bytes: u64,
+    /// List the working directory's files the run created or modified.
+    pub track_files: bool,
 }
 
 /// Why running code was interrupted.
@@ -202,6 +227,12 @@ pub struct Reply {
     pub peak_memory_bytes: Option<u64>,
     #[serde(default)]
     pub peak_memory_scope: Option<PeakScope>,
+    /// Files of the working directory the run created or modified (tracked runs only).
+    #[serde(default)]
+    pub files_changed: Vec<FileChange>,
+    /// The working directory held more files than the helper lists; changes may be missed.
+    #[serde(default)]
+    pub files_changed_truncated: bool,
 }
 
 /// What a `peak_memory_bytes` covers.
@@ -213,6 +244,46 @@ pub enum PeakScope {
     /// The session so far: the platform would not reset the peak, so it may come from an
     /// earlier run.
     Session,
+}
+
+/// What the helper answers to a file request: an error, or the request's data.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileAnswer {
+    Refused {
+        error: String,
+        message: String,
+        #[serde(default)]
+        size: Option<u64>,
+    },
+    Ok(serde_json::Value),
+}
+
+/// One chunk read from a file, and the file's size.
+#[derive(Debug, Deserialize)]
+pub struct FileChunk {
+    pub size: u64,
+    /// Base64.
+    pub data: String,
+}
+
+/// A directory listing.
+#[derive(Debug, Deserialize)]
+pub struct Listing {
+    /// The real path listed.
+    pub path: String,
+    pub entries: Vec<FileEntry>,
+    /// More entries than the helper lists (2000).
+    pub truncated: bool,
+}
+
+/// Why the helper refused a file request.
+#[derive(Debug)]
+pub enum FileRefusal {
+    /// Over the limit sent with the request; the file's size.
+    TooLarge(u64),
+    /// Anything else, in the helper's words.
+    Other(String),
 }
 
 /// One installed distribution.
@@ -484,6 +555,7 @@ impl Repl {
             stream: progress.is_some(),
             max_figures: limits.max_figures,
             max_figure_bytes: limits.max_figure_bytes,
+            track_files: limits.track_files,
         };
         self.expect(id, progress.is_some());
         let outcome = self
@@ -577,6 +649,86 @@ impl Repl {
         serde_json::from_value(data).map_err(|e| {
             ReplError::Died(format!("the helper sent an unreadable package list: {e}"))
         })
+    }
+
+    /// Write `data` (base64, at most [`crate::files::CHUNK`] bytes decoded) to `path`,
+    /// truncating it first unless `append`; the file's size after.
+    pub async fn put_file(
+        &mut self,
+        path: &str,
+        data: &str,
+        append: bool,
+        limit: u64,
+        within: Duration,
+    ) -> Result<Result<u64, FileRefusal>, ReplError> {
+        let id = self.next_id();
+        let request = Request::Put {
+            id,
+            path,
+            data,
+            append,
+            limit,
+        };
+        #[derive(Deserialize)]
+        struct Size {
+            size: u64,
+        }
+        Ok(self
+            .file_request(request, id, within)
+            .await?
+            .map(|s: Size| s.size))
+    }
+
+    /// Read up to `length` bytes of `path` from `offset`.
+    pub async fn get_file(
+        &mut self,
+        path: &str,
+        offset: u64,
+        length: u64,
+        limit: u64,
+        within: Duration,
+    ) -> Result<Result<FileChunk, FileRefusal>, ReplError> {
+        let id = self.next_id();
+        let request = Request::Get {
+            id,
+            path,
+            offset,
+            length,
+            limit,
+        };
+        self.file_request(request, id, within).await
+    }
+
+    /// List the directory `path` (or describe the one file).
+    pub async fn list_files(
+        &mut self,
+        path: &str,
+        within: Duration,
+    ) -> Result<Result<Listing, FileRefusal>, ReplError> {
+        let id = self.next_id();
+        self.file_request(Request::Ls { id, path }, id, within)
+            .await
+    }
+
+    async fn file_request<T: serde::de::DeserializeOwned>(
+        &mut self,
+        request: Request<'_>,
+        id: u64,
+        within: Duration,
+    ) -> Result<Result<T, FileRefusal>, ReplError> {
+        let data = self.control(request, id, within).await?;
+        let unreadable = |e: serde_json::Error| {
+            ReplError::Died(format!("the helper sent an unreadable file answer: {e}"))
+        };
+        match serde_json::from_value::<FileAnswer>(data).map_err(unreadable)? {
+            FileAnswer::Refused {
+                error,
+                size: Some(size),
+                ..
+            } if error == "too_large" => Ok(Err(FileRefusal::TooLarge(size))),
+            FileAnswer::Refused { message, .. } => Ok(Err(FileRefusal::Other(message))),
+            FileAnswer::Ok(value) => serde_json::from_value(value).map(Ok).map_err(unreadable),
+        }
     }
 
     async fn control(
@@ -998,6 +1150,7 @@ mod tests {
             stream: false,
             max_figures: 4,
             max_figure_bytes: 1,
+            track_files: true,
         })
         .unwrap();
         assert!(!line.contains('\n'));

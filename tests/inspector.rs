@@ -7,7 +7,7 @@
 //! Inspector itself is installed with `npm install --prefix` into the target dir. Both are
 //! installed only when missing, so later runs start at once.
 //!
-//! Functional: `tools/list` shows the seven tools; `tools/call` runs code, in both protocol
+//! Functional: `tools/list` shows the ten tools; `tools/call` runs code, in both protocol
 //! generations (`--protocol-era legacy|modern`); a session made by one Inspector run is
 //! there for the next. Security: without a token, or with a wrong one, the Inspector gets
 //! nothing; another client's session id is an unknown id to it.
@@ -30,20 +30,23 @@ const NODE_AT_LEAST: (u32, u32) = (22, 19);
 /// How long one Inspector run may take (it connects, calls, exits).
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
-const TOOLS: [&str; 7] = [
+const TOOLS: [&str; 10] = [
     "cleanup-session",
+    "download-file",
     "execute-persistent",
     "execute-transient",
     "install-package",
+    "list-files",
     "list-packages",
     "list-variables",
     "reset-session",
+    "upload-file",
 ];
 
 // ----- functional -----
 
 #[tokio::test]
-async fn tools_list_shows_the_seven_tools() {
+async fn tools_list_shows_every_tool() {
     let daemon = daemon().await;
     let run = inspect(&daemon, Some(ALICE), &["--method", "tools/list"]).await;
     let result = run.result();

@@ -14,12 +14,23 @@
 #            {"op": "vars", "id": N}       (the session's variables: name, type, short repr)
 #            {"op": "packages", "id": N}   (installed distributions: name, version, location)
 #            exec may also carry "stream": true (send output as it comes) and "max_figures",
-#            "max_figure_bytes" (matplotlib figures returned as PNG)
+#            "max_figure_bytes" (matplotlib figures returned as PNG), and "track_files": true
+#            (the result lists the working directory's files the run created or modified)
+#            {"op": "put", "id": N, "path": str, "data": base64, "append": bool, "limit": int}
+#            {"op": "get", "id": N, "path": str, "offset": int, "length": int, "limit": int}
+#            {"op": "ls", "id": N, "path": str}
+#            Files move in chunks (the daemon sends and asks for at most 3 MiB of bytes each).
+#            Paths are refused unless their real path (symlinks followed) is inside the
+#            working directory or /tmp; the daemon checks the same rule lexically first.
 # Replies:   {"op": "ready", "python": str, "preload_failed": {module: error}}  once at start,
 #            after importing the modules in PDM_PRELOAD (comma-separated; warm imports)
 #            {"op": "pong", "id": N}
 #            {"op": "output", "id": N, "stdout": str, "stderr": str}   while streaming
 #            {"op": "done", "id": N, "data": any}                        reset, vars
+#            put/get/ls answer done with data {"error": kind, "message": str[, "size": int]}
+#            on refusal; otherwise put {"size"}, get {"size", "data"}, ls {"path", "entries",
+#            "truncated"}; results of tracked runs carry "files_changed": [{path, size,
+#            change}], "files_changed_truncated": bool
 #            results also carry "images": [base64 PNG], "images_dropped": int
 #            {"op": "result", "id": N, "stdout": str, "stderr": str, "stdout_dropped": int,
 #             "stderr_dropped": int, "value": str|null, "error": null|{type, message,
@@ -50,6 +61,7 @@ import os
 import resource
 import signal
 import site
+import stat
 import sys
 import threading
 import time
@@ -62,6 +74,7 @@ DATA_LIMIT = int(os.environ.get("PDM_DATA_LIMIT") or 0)
 STREAM_FRAME_TEXT = 64 * 1024
 TEXT_CAP = 64 * 1024
 LIST_CAP = 2000
+_workdir = os.environ.get("PDM_WORKDIR") or os.getcwd()
 
 _proto_in = os.fdopen(os.dup(0), "rb")
 _proto_out = os.dup(1)
@@ -368,6 +381,163 @@ class Drain:
             sink.add(data)
 
 
+# Files: the path rule, and the put/get/ls requests. The rule is applied to the real path
+# (symlinks followed), so a link the code made that points elsewhere is refused.
+class FileRefused(Exception):
+    def __init__(self, kind, message, size=None):
+        Exception.__init__(self, message)
+        self.kind, self.message, self.size = kind, message, size
+
+
+def _roots():
+    return [os.path.realpath(_workdir), os.path.realpath("/tmp")]
+
+
+def resolve(path):
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise FileRefused("path", "the path is empty or contains a NUL byte")
+    full = os.path.realpath(os.path.join(_workdir, path))
+    for root in _roots():
+        if full == root or full.startswith(root.rstrip("/") + "/"):
+            return full
+    raise FileRefused("path", "`%s` resolves to %s, outside the sandbox's files (the working directory %s "
+                      "and /tmp; symlinks are followed)" % (path[:200], full[:200], _workdir))
+
+
+def file_put(req):
+    full = resolve(req.get("path"))
+    data = base64.b64decode(req.get("data") or "")
+    limit = int(req.get("limit") or 0)
+    append = bool(req.get("append"))
+    if os.path.isdir(full):
+        raise FileRefused("dir", "`%s` is a directory" % req.get("path"))
+    parent = os.path.dirname(full)
+    if not append:
+        os.makedirs(parent, exist_ok=True)
+        resolve(parent)  # a parent made of links must still be inside
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(full, flags, 0o644)
+    try:
+        if limit and os.fstat(fd).st_size + len(data) > limit:
+            raise FileRefused("too_large", "over the file limit", os.fstat(fd).st_size + len(data))
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    return {"size": size}
+
+
+def file_get(req):
+    full = resolve(req.get("path"))
+    try:
+        fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FileRefused("missing", "`%s` does not exist (list-files shows what is there)" % req.get("path"))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRefused("dir", "`%s` is not a regular file" % req.get("path"))
+        limit = int(req.get("limit") or 0)
+        if limit and st.st_size > limit:
+            raise FileRefused("too_large", "over the file limit", st.st_size)
+        offset, length = int(req.get("offset") or 0), int(req.get("length") or 0)
+        os.lseek(fd, offset, os.SEEK_SET)
+        chunks, left = [], max(0, min(length, st.st_size - offset))
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    return {"size": st.st_size, "data": base64.b64encode(b"".join(chunks)).decode("ascii")}
+
+
+def _kind(mode):
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "link"
+    return "other"
+
+
+def file_ls(req):
+    full = resolve(req.get("path") or ".")
+    st = os.stat(full)
+    if not stat.S_ISDIR(st.st_mode):
+        return {"path": full, "entries": [{"name": os.path.basename(full), "kind": _kind(st.st_mode),
+                                            "size": st.st_size, "mtime": st.st_mtime}], "truncated": False}
+    entries, truncated = [], False
+    with os.scandir(full) as it:
+        for entry in it:
+            if len(entries) >= LIST_CAP:
+                truncated = True
+                break
+            try:
+                est = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            entries.append({"name": entry.name, "kind": _kind(est.st_mode), "size": est.st_size,
+                            "mtime": est.st_mtime})
+    entries.sort(key=lambda e: e["name"])
+    return {"path": full, "entries": entries, "truncated": truncated}
+
+
+def file_op(req):
+    op = req.get("op")
+    try:
+        if op == "put":
+            return file_put(req)
+        if op == "get":
+            return file_get(req)
+        return file_ls(req)
+    except FileRefused as e:
+        out = {"error": e.kind, "message": e.message}
+        if e.size is not None:
+            out["size"] = e.size
+        return out
+    except OSError as e:
+        return {"error": "os", "message": "`%s`: %s" % (str(req.get("path"))[:200], e.strerror or e)}
+    except (ValueError, TypeError) as e:
+        return {"error": "bad", "message": "bad file request: %s" % e}
+
+
+def snapshot_files():
+    """The working directory's regular files: {relative path: (mtime_ns, size)}, at most
+    LIST_CAP of them (and whether there were more). Links are not followed, and hidden
+    directories (.cache, .config: where libraries keep their caches) are skipped."""
+    files, truncated = {}, False
+    for top, dirs, names in os.walk(_workdir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if len(files) >= LIST_CAP:
+                return files, True
+            path = os.path.join(top, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                files[os.path.relpath(path, _workdir)] = (st.st_mtime_ns, st.st_size)
+    return files, truncated
+
+
+def files_changed(before, after):
+    changed = []
+    for path, (mtime, size) in sorted(after.items()):
+        old = before.get(path)
+        if old is None:
+            changed.append({"path": path, "size": size, "change": "created"})
+        elif old != (mtime, size):
+            changed.append({"path": path, "size": size, "change": "modified"})
+    return changed
+
+
 _cell = 0
 namespace = {"__name__": "__main__", "__builtins__": builtins}
 
@@ -532,6 +702,8 @@ def execute(req):
         sys.stdin = open(0, "r", closefd=False)
     apply_data_limit()
     reopen_std_streams()
+    track = bool(req.get("track_files"))
+    before = snapshot_files() if track else None
     stream_id = req.get("id") if req.get("stream") else None
     out, err = Sink(limit, "stdout", stream_id), Sink(limit, "stderr", stream_id)
     _stdout_drain.begin(out)
@@ -576,6 +748,13 @@ def execute(req):
         result["stdout"], result["stdout_dropped"] = out.text(), out.dropped
         result["stderr"], result["stderr_dropped"] = err.text(), err.dropped
     result["duration_ms"] = round(duration * 1000.0, 3)
+    if track:
+        try:
+            after, more = snapshot_files()
+            result["files_changed"] = files_changed(before[0], after)
+            result["files_changed_truncated"] = before[1] or more
+        except Exception as e:
+            diag("files not compared: %r" % (e,))
     if req.get("want_state"):
         result["state"], result["state_skipped"] = collect_state(ns)
     return result
@@ -585,7 +764,7 @@ def main():
     global _stdout_drain, _stderr_drain
     _stdout_drain, _stderr_drain = Drain(1, _devnull), Drain(2, _diag)
     refresh_paths()
-    os.chdir(os.environ.get("PDM_WORKDIR") or os.getcwd())
+    os.chdir(_workdir)
     preload_failed = {}
     for module in PRELOAD:
         try:
@@ -625,12 +804,16 @@ def main():
                 send({"op": "done", "id": req.get("id"), "data": list_variables()})
             elif op == "packages":
                 send({"op": "done", "id": req.get("id"), "data": list_packages()})
+            elif op in ("put", "get", "ls"):
+                send({"op": "done", "id": req.get("id"), "data": file_op(req)})
             else:
                 diag("unknown op %r" % (op,))
         except Exception as e:  # MemoryError in a listing, say: answer, never exit
             diag("%s failed: %r" % (op, e))
             if op in ("reset", "vars", "packages"):
                 send({"op": "done", "id": req.get("id"), "data": [] if op != "reset" else None})
+            elif op in ("put", "get", "ls"):
+                send({"op": "done", "id": req.get("id"), "data": {"error": "failed", "message": repr(e)[:500]}})
         except KeyboardInterrupt:
             # An interrupt that landed between executions; nothing to stop.
             send({"op": "result", "id": req.get("id"), "stdout": "", "stderr": "",

@@ -1,0 +1,208 @@
+//! Large files end to end (issue 10, "Large payloads"): `upload-file` then `download-file`
+//! of 1, 4 and 16 MiB (16 MiB is the default `docker.file_limit`) through the release
+//! binary over stdio, with a raw JSON-RPC client, as the issue measured. A raw client,
+//! because rmcp's own client, like its server by default, drops any line over 16 MiB, and
+//! a 16 MiB file is about 22.4 MB of base64 in one message.
+//!
+//! ```text
+//! cargo build --release && cargo bench --bench files            # 1, 4, 16 MiB, 3 rounds
+//! cargo bench --bench files -- --rounds 5 --bin PATH
+//! ```
+//!
+//! Each round: upload random bytes to a session, download them, compare. The figures are
+//! the client's round trips (request written to response parsed); "helper" is the time the
+//! daemon spent after parsing, which the client cannot see, so it is not shown. The file
+//! content is random, so it goes back as a base64 blob (`application/octet-stream`).
+//!
+//! Runs only with `--bench` (which `cargo bench` passes): under `cargo test --all-targets`
+//! it prints a note and passes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+struct Rpc {
+    child: Child,
+    /// Taken (closed) on drop: EOF makes the daemon clean up and exit.
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    next: u64,
+}
+
+impl Rpc {
+    fn start(bin: &str) -> Rpc {
+        let home = std::env::temp_dir().join(format!("pdm-bench-files-{}", std::process::id()));
+        std::fs::create_dir_all(&home).expect("home");
+        let mut cmd = Command::new(bin);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("PYTHON_DOCKER_MCP_") {
+                cmd.env_remove(&k);
+            }
+        }
+        let mut child = cmd
+            .env("HOME", &home)
+            .env("PYTHON_DOCKER_MCP_POOL_SIZE", "2")
+            .env("PYTHON_DOCKER_MCP_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn python-docker-mcp");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut rpc = Rpc {
+            child,
+            stdin: Some(stdin),
+            stdout,
+            next: 0,
+        };
+        rpc.request(
+            "initialize",
+            json!({"protocolVersion": "2025-11-25", "capabilities": {},
+                   "clientInfo": {"name": "bench-files", "version": "0"}}),
+        );
+        rpc.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        rpc
+    }
+
+    fn send(&mut self, message: &Value) {
+        let mut line = serde_json::to_vec(message).unwrap();
+        line.push(b'\n');
+        let stdin = self.stdin.as_mut().expect("open");
+        stdin.write_all(&line).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// One request; its response and the round trip.
+    fn request(&mut self, method: &str, params: Value) -> (Value, Duration) {
+        self.next += 1;
+        let id = self.next;
+        let started = Instant::now();
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        loop {
+            let mut line = String::new();
+            if self.stdout.read_line(&mut line).unwrap() == 0 {
+                panic!("the daemon closed stdout");
+            }
+            let message: Value = serde_json::from_str(&line).expect("a JSON line");
+            if message["id"] == id {
+                return (message, started.elapsed());
+            }
+        }
+    }
+
+    fn tool(&mut self, name: &str, arguments: Value) -> (Value, Duration) {
+        let (response, took) =
+            self.request("tools/call", json!({"name": name, "arguments": arguments}));
+        let result = response["result"].clone();
+        assert!(
+            result.is_object() && result["isError"] != true,
+            "{name} failed: {}",
+            &response.to_string()[..response.to_string().len().min(600)]
+        );
+        (result, took)
+    }
+}
+
+impl Drop for Rpc {
+    fn drop(&mut self) {
+        // EOF on stdin: the daemon removes its sandboxes and exits.
+        drop(self.stdin.take());
+        close(&mut self.child);
+    }
+}
+
+/// Wait (bounded) for the daemon to exit after its stdin closed, then kill it.
+fn close(child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+}
+
+/// Deterministic noise (xorshift), so the bytes do not compress or look like text.
+fn noise(n: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!("files bench: not run under `cargo test`; run `cargo bench --bench files`");
+        return;
+    }
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let rounds: usize = value_of("--rounds").map_or(3, |r| r.parse().expect("--rounds N"));
+    let bin = value_of("--bin").unwrap_or_else(|| {
+        let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+        format!("{target}/release/python-docker-mcp")
+    });
+    let b64 = base64::engine::general_purpose::STANDARD;
+
+    let mut rpc = Rpc::start(&bin);
+    let (result, _) = rpc.tool("execute-persistent", json!({"code": "1"}));
+    let session = result["structuredContent"]["session_id"]
+        .as_str()
+        .expect("a session id")
+        .to_string();
+    println!("binary: {bin}");
+    println!("| file | base64 in the message | upload (median of {rounds}) | download (median) |");
+    println!("|---|---|---|---|");
+    for mib in [1usize, 4, 16] {
+        let bytes = noise(mib << 20, 0x9e37_79b9_7f4a_7c15 ^ mib as u64);
+        let content = b64.encode(&bytes);
+        let (mut ups, mut downs) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let (up, took) = rpc.tool(
+                "upload-file",
+                json!({"session_id": session, "path": "big.bin", "content": content,
+                       "encoding": "base64"}),
+            );
+            assert_eq!(up["structuredContent"]["size"], bytes.len());
+            ups.push(took);
+            let (down, took) = rpc.tool(
+                "download-file",
+                json!({"session_id": session, "path": "big.bin"}),
+            );
+            downs.push(took);
+            let blob = down["content"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|c| c["resource"]["blob"].as_str())
+                .expect("a blob");
+            assert!(
+                b64.decode(blob).unwrap() == bytes,
+                "round {round}: the bytes came back unchanged"
+            );
+        }
+        ups.sort();
+        downs.sort();
+        println!(
+            "| {mib} MiB | {:.1} MB | {:.2} s | {:.2} s |",
+            content.len() as f64 / 1e6,
+            ups[rounds / 2].as_secs_f64(),
+            downs[rounds / 2].as_secs_f64()
+        );
+    }
+    rpc.tool("cleanup-session", json!({"session_id": session}));
+}
