@@ -67,9 +67,7 @@ async fn a_list_of_requirements_goes_into_a_session_and_shows_in_list_packages()
     let r = d.call("list-packages", json!({})).await;
     assert_ok(&r);
     assert!(!names(&r).iter().any(|(n, _)| n == A.0), "{:?}", names(&r));
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -114,9 +112,7 @@ async fn per_run_packages_are_installed_before_the_code_and_only_for_that_run() 
         .await;
     assert_tool_error(&r, "not allowed");
     assert!(!text(&r).contains("ran"));
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -136,9 +132,7 @@ async fn a_repeated_install_comes_from_the_download_cache() {
         "the second install used the cache: {}",
         describe(&r)
     );
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
     // The cache outlives the daemon on purpose; nothing else does.
     assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
     let volumes = std::process::Command::new("docker")
@@ -181,9 +175,7 @@ async fn the_sandbox_stays_offline_after_an_install() {
         Some("['lo']"),
         "only the loopback interface"
     );
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -217,9 +209,7 @@ async fn blocked_modules_raise_import_error_and_nothing_else_is_refused() {
         "{}",
         describe(&r)
     );
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 
     let mut d = Daemon::start_with(&[("PYTHON_DOCKER_MCP_ALLOWED_MODULES", "math,json")]).await;
     let r = d.transient("import math, json\nmath.floor(2.5)").await;
@@ -232,9 +222,7 @@ async fn blocked_modules_raise_import_error_and_nothing_else_is_refused() {
         describe(&r)
     );
     assert!(text(&r).contains("allowed_modules"), "{}", text(&r));
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 /// The host as containers on the default bridge network see it: their default gateway.
@@ -291,9 +279,7 @@ async fn an_install_that_times_out_changes_nothing() {
         .await,
         "the timed-out installer is removed"
     );
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -302,9 +288,7 @@ async fn a_cached_package_installs_without_asking_the_index() {
     let mut d = Daemon::start().await;
     let id = d.new_session("1").await;
     assert_ok(&d.install(A.0, Some(&id)).await);
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
     // ...then install again from a daemon whose index never answers.
     let (index, gateway) = silent_index();
     let mut d = Daemon::start_with(&[
@@ -323,9 +307,7 @@ async fn a_cached_package_installs_without_asking_the_index() {
     );
     let r = d.persistent_ok(&format!("import {}\n'ok'", A.1), &id).await;
     assert_eq!(value(&r).as_deref(), Some("'ok'"));
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 /// A package index that accepts connections and never answers, reachable from the
@@ -387,7 +369,5 @@ async fn uv_installs_when_the_image_has_it() {
     assert!(text(&r).contains("with uv"), "{}", text(&r));
     let r = d.persistent_ok(&format!("import {}\n'ok'", B.1), &id).await;
     assert_eq!(value(&r).as_deref(), Some("'ok'"));
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }

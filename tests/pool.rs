@@ -50,10 +50,7 @@ async fn the_pool_fills_to_its_size_in_the_background() {
     );
     let r = d.persistent_ok("x + 1", &id).await;
     assert_eq!(value(&r).as_deref(), Some("2"));
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
-    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -77,9 +74,7 @@ async fn warm_sandboxes_past_their_max_age_are_replaced() {
         "both warm sandboxes were retired and replaced: first {first:?}, now {:?}",
         sandboxes(pid)
     );
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -101,9 +96,7 @@ async fn a_killed_warm_sandbox_is_never_handed_out() {
         !killed.iter().any(|id| id.starts_with(&host)),
         "a killed sandbox ({host}) was handed out; killed: {killed:?}"
     );
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -131,10 +124,7 @@ async fn transient_runs_from_the_pool_never_share_a_sandbox() {
             "run {i} reused a sandbox"
         );
     }
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
-    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -151,10 +141,7 @@ async fn an_exhausted_pool_makes_callers_wait_then_serves_them_all() {
         assert_ok(r);
         assert_eq!(value(r), Some((i * 10).to_string()), "{}", describe(r));
     }
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
-    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -170,19 +157,14 @@ async fn when_no_sandbox_can_be_made_the_caller_is_told_why() {
     assert_tool_error(&r, "build-image.sh");
     let r = d.persistent("1", None).await;
     assert_tool_error(&r, "build-image.sh");
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
-    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+    d.finish().await;
 
     // Nothing ready and no time to wait: the call fails and says what to tune.
     let mut d = Daemon::start_with(&[("PYTHON_DOCKER_MCP_POOL_WAIT_TIMEOUT", "1ms")]).await;
     let r = d.transient("1").await;
     assert_tool_error(&r, "pool_wait_timeout");
     // And the daemon still serves once there is time.
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
     let pid = d.pid;
     assert!(eventually(Duration::from_secs(15), || containers_of(pid).is_empty()).await);
 }
@@ -203,9 +185,8 @@ async fn a_live_daemons_pool_is_left_alone_by_a_new_daemon() {
     assert_eq!(before, after, "a live daemon's sandboxes were touched");
     let r = a.transient("2").await;
     assert_eq!(value(&r).as_deref(), Some("2"));
-    b.close(Duration::from_secs(30)).await.expect("b exits");
-    a.close(Duration::from_secs(30)).await.expect("a exits");
-    assert!(a.leftovers().is_empty(), "{:?}", a.leftovers());
+    b.finish().await;
+    a.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -228,9 +209,7 @@ async fn warm_imports_are_loaded_before_a_sandbox_is_handed_out() {
         "{}",
         describe(&r)
     );
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 /// The sandbox image the tests build on.
@@ -406,10 +385,7 @@ async fn a_broken_image_fails_calls_at_once_backs_off_and_recovers_when_fixed() 
         "the pool noticed the fixed image within a few seconds, not {:?}",
         fixed.elapsed()
     );
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
-    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+    d.finish().await;
     // Only a tag now: the good image keeps its own.
     docker(&["rmi", &tag]);
 }
