@@ -7,7 +7,10 @@
 //! it to `TokioChildProcess`), so closing the client closes the daemon's stdin and nothing
 //! else: rmcp does not escalate to SIGTERM behind the test's back, and the test can read the
 //! daemon's exit status. Dropping a [`Daemon`] stops it (SIGTERM, then SIGKILL) and removes
-//! whatever still carries its pid label, so a failing test leaves nothing behind.
+//! whatever still carries its pid label, so a failing test leaves nothing behind. That
+//! clean-up is only a safety net: it would hide a leak, so a passing test ends with
+//! [`Daemon::finish`], which asserts that the daemon exited and left no container and no
+//! volume carrying its pid label.
 #![allow(dead_code)]
 
 pub mod http;
