@@ -67,9 +67,7 @@ async fn a_list_of_requirements_goes_into_a_session_and_shows_in_list_packages()
     let r = d.call("list-packages", json!({})).await;
     assert_ok(&r);
     assert!(!names(&r).iter().any(|(n, _)| n == A.0), "{:?}", names(&r));
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -114,9 +112,7 @@ async fn per_run_packages_are_installed_before_the_code_and_only_for_that_run() 
         .await;
     assert_tool_error(&r, "not allowed");
     assert!(!text(&r).contains("ran"));
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -136,9 +132,7 @@ async fn a_repeated_install_comes_from_the_download_cache() {
         "the second install used the cache: {}",
         describe(&r)
     );
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
     // The cache outlives the daemon on purpose; nothing else does.
     assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
     let volumes = std::process::Command::new("docker")
@@ -181,9 +175,7 @@ async fn the_sandbox_stays_offline_after_an_install() {
         Some("['lo']"),
         "only the loopback interface"
     );
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -217,9 +209,7 @@ async fn blocked_modules_raise_import_error_and_nothing_else_is_refused() {
         "{}",
         describe(&r)
     );
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 
     let mut d = Daemon::start_with(&[("PYTHON_DOCKER_MCP_ALLOWED_MODULES", "math,json")]).await;
     let r = d.transient("import math, json\nmath.floor(2.5)").await;
@@ -232,9 +222,7 @@ async fn blocked_modules_raise_import_error_and_nothing_else_is_refused() {
         describe(&r)
     );
     assert!(text(&r).contains("allowed_modules"), "{}", text(&r));
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 /// The host as containers on the default bridge network see it: their default gateway.
@@ -291,9 +279,7 @@ async fn an_install_that_times_out_changes_nothing() {
         .await,
         "the timed-out installer is removed"
     );
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -302,9 +288,7 @@ async fn a_cached_package_installs_without_asking_the_index() {
     let mut d = Daemon::start().await;
     let id = d.new_session("1").await;
     assert_ok(&d.install(A.0, Some(&id)).await);
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
     // ...then install again from a daemon whose index never answers.
     let (index, gateway) = silent_index();
     let mut d = Daemon::start_with(&[
@@ -323,9 +307,7 @@ async fn a_cached_package_installs_without_asking_the_index() {
     );
     let r = d.persistent_ok(&format!("import {}\n'ok'", A.1), &id).await;
     assert_eq!(value(&r).as_deref(), Some("'ok'"));
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 /// A package index that accepts connections and never answers, reachable from the
@@ -387,7 +369,224 @@ async fn uv_installs_when_the_image_has_it() {
     assert!(text(&r).contains("with uv"), "{}", text(&r));
     let r = d.persistent_ok(&format!("import {}\n'ok'", B.1), &id).await;
     assert_eq!(value(&r).as_deref(), Some("'ok'"));
-    d.close(Duration::from_secs(30))
+    d.finish().await;
+}
+
+/// A package of many files (a slow copy into the staging directory) besides [`A`]; the
+/// image's own copy does not matter: installs into a target ignore it.
+const MANY_FILES: &str = "sympy";
+
+/// What the session volume's root holds: (visible entries, entries inside `.staging-*`).
+fn volume_listing(root: &std::path::Path) -> (Vec<String>, Vec<String>) {
+    let (mut visible, mut staged) = (Vec::new(), Vec::new());
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".staging-") {
+            for inner in std::fs::read_dir(entry.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                staged.push(inner.file_name().to_string_lossy().into_owned());
+            }
+        } else {
+            visible.push(name);
+        }
+    }
+    visible.sort();
+    staged.sort();
+    (visible, staged)
+}
+
+fn docker_out(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
+    assert!(out.status.success(), "docker {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Freeze every process of a container at once (the cgroup v1 freezer the engine's
+/// `docker pause` uses), take a look, then kill them all while frozen: no instruction of
+/// the installer runs after the look.
+struct Freezer(std::path::PathBuf);
+
+impl Freezer {
+    /// The container's freezer, or `None` once the container is gone.
+    fn of(container: &str) -> Option<Freezer> {
+        let out = std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.Id}}", container])
+            .output()
+            .expect("docker CLI");
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let dir = std::path::PathBuf::from(format!("/sys/fs/cgroup/freezer/docker/{id}"));
+        (out.status.success() && dir.is_dir()).then_some(Freezer(dir))
+    }
+
+    fn freeze(&self) {
+        std::fs::write(self.0.join("freezer.state"), "FROZEN").expect("freeze the installer");
+        while std::fs::read_to_string(self.0.join("freezer.state"))
+            .unwrap_or_default()
+            .trim()
+            == "FREEZING"
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn kill_and_thaw(&self) {
+        let procs = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.split_whitespace() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", pid])
+                .status();
+        }
+        std::fs::write(self.0.join("freezer.state"), "THAWED").expect("thaw the installer");
+    }
+}
+
+/// The staging design, proved the hard way: the installer is stopped dead (frozen, then
+/// SIGKILLed) at the moment its files are landing in the staging directory, and nothing
+/// of the install becomes visible to the session; the next install clears the remains.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_install_killed_while_writing_files_changes_nothing() {
+    let mut d = Daemon::start_with(&[("PYTHON_DOCKER_MCP_INSTALL_TIMEOUT", "5m")]).await;
+    let pid = d.pid;
+    let id = d.new_session("x = 1").await;
+    let before = names(&d.call("list-packages", json!({ "session_id": id })).await);
+    let volume = volumes_with_role(pid, "sandbox");
+    assert_eq!(
+        volume.len(),
+        1,
+        "one session, one package volume: {volume:?}"
+    );
+    let root = std::path::PathBuf::from(docker_out(&[
+        "volume",
+        "inspect",
+        "-f",
+        "{{.Mountpoint}}",
+        &volume[0],
+    ]));
+    let (visible_before, _) = volume_listing(&root);
+
+    // Watch the volume from the host; stop the installer at its first written file.
+    let watch_root = root.clone();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let install_ended = done.clone();
+    let watcher = tokio::task::spawn_blocking(move || {
+        let ended = || install_ended.load(std::sync::atomic::Ordering::SeqCst);
+        // A written package: a module directory (pip creates `__pycache__`, `bin` and the
+        // metadata too, which import nothing).
+        let written = |names: &[String]| {
+            names
+                .iter()
+                .any(|n| !n.contains('.') && !["__pycache__", "bin", "share"].contains(&n.as_str()))
+        };
+        let freezer = loop {
+            if ended() {
+                return None;
+            }
+            if let Some(f) = containers_with_role(pid, "installer")
+                .first()
+                .and_then(|c| Freezer::of(c))
+            {
+                break f;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        while !ended() {
+            let (visible, staged) = volume_listing(&watch_root);
+            let appeared: Vec<String> = visible
+                .iter()
+                .filter(|n| !visible_before.contains(n))
+                .cloned()
+                .collect();
+            if written(&staged) || written(&appeared) {
+                freezer.freeze();
+                let seen = volume_listing(&watch_root);
+                freezer.kill_and_thaw();
+                return Some((visible_before, seen));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        None
+    });
+    let r = d
+        .call(
+            "install-package",
+            json!({ "package_name": [A.0, MANY_FILES], "session_id": id }),
+        )
+        .await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (visible_before, (visible_frozen, staged_frozen)) = watcher
         .await
-        .expect("the daemon exits");
+        .expect("watcher")
+        .unwrap_or_else(|| panic!("the installer ended before it was caught: {}", describe(&r)));
+    eprintln!(
+        "frozen with {} staged entries: {staged_frozen:?}",
+        staged_frozen.len()
+    );
+    assert!(is_error(&r), "a killed install fails: {}", describe(&r));
+
+    // Nothing became visible: not on disk, not to imports, not in list-packages.
+    let (visible_after, staged_after) = volume_listing(&root);
+    assert_eq!(
+        visible_after, visible_before,
+        "files of the killed install are visible in the session's package directory \
+         (staged when frozen: {staged_frozen:?})"
+    );
+    assert_eq!(
+        visible_frozen, visible_before,
+        "files were visible while the installer was writing"
+    );
+    assert!(
+        !staged_after.is_empty(),
+        "the killed install's files stay staged"
+    );
+    let after = names(&d.call("list-packages", json!({ "session_id": id })).await);
+    assert_eq!(before, after);
+    let modules: Vec<&str> = staged_frozen
+        .iter()
+        .filter(|n| !n.contains('.') && *n != "bin" && *n != "share" && *n != "__pycache__")
+        .map(String::as_str)
+        .collect();
+    assert!(
+        !modules.is_empty(),
+        "a module was staged: {staged_frozen:?}"
+    );
+    let r = d
+        .persistent_ok(
+            &format!(
+                "import importlib.util\n\
+                 specs = {{m: importlib.util.find_spec(m) for m in {modules:?} + ['{}']}}\n\
+                 sorted(m for m, s in specs.items() if s and '/opt/python-docker-mcp/session' in (s.origin or str(s.submodule_search_locations)))",
+                A.1
+            ),
+            &id,
+        )
+        .await;
+    assert_eq!(
+        value(&r).as_deref(),
+        Some("[]"),
+        "staged modules are importable: {}",
+        describe(&r)
+    );
+    let r = d.persistent_ok("x", &id).await;
+    assert_eq!(value(&r).as_deref(), Some("1"), "the session is unharmed");
+
+    // The next install succeeds and clears what the killed one left staged.
+    assert_ok(&d.install(A.0, Some(&id)).await);
+    let (_, staged) = volume_listing(&root);
+    assert!(staged.is_empty(), "stale staging left: {staged:?}");
+    assert!(
+        !std::fs::read_dir(&root)
+            .expect("volume")
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".staging-")),
+        "the stale staging directory is removed"
+    );
+    let r = d.persistent_ok(&format!("import {}\n'ok'", A.1), &id).await;
+    assert_eq!(value(&r).as_deref(), Some("'ok'"));
+    d.finish().await;
 }

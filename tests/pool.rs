@@ -50,10 +50,7 @@ async fn the_pool_fills_to_its_size_in_the_background() {
     );
     let r = d.persistent_ok("x + 1", &id).await;
     assert_eq!(value(&r).as_deref(), Some("2"));
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
-    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -77,9 +74,7 @@ async fn warm_sandboxes_past_their_max_age_are_replaced() {
         "both warm sandboxes were retired and replaced: first {first:?}, now {:?}",
         sandboxes(pid)
     );
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -101,9 +96,7 @@ async fn a_killed_warm_sandbox_is_never_handed_out() {
         !killed.iter().any(|id| id.starts_with(&host)),
         "a killed sandbox ({host}) was handed out; killed: {killed:?}"
     );
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -131,10 +124,7 @@ async fn transient_runs_from_the_pool_never_share_a_sandbox() {
             "run {i} reused a sandbox"
         );
     }
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
-    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -151,10 +141,7 @@ async fn an_exhausted_pool_makes_callers_wait_then_serves_them_all() {
         assert_ok(r);
         assert_eq!(value(r), Some((i * 10).to_string()), "{}", describe(r));
     }
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
-    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -170,21 +157,35 @@ async fn when_no_sandbox_can_be_made_the_caller_is_told_why() {
     assert_tool_error(&r, "build-image.sh");
     let r = d.persistent("1", None).await;
     assert_tool_error(&r, "build-image.sh");
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
-    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+    d.finish().await;
 
     // Nothing ready and no time to wait: the call fails and says what to tune.
     let mut d = Daemon::start_with(&[("PYTHON_DOCKER_MCP_POOL_WAIT_TIMEOUT", "1ms")]).await;
     let r = d.transient("1").await;
     assert_tool_error(&r, "pool_wait_timeout");
-    // And the daemon still serves once there is time.
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
-    let pid = d.pid;
-    assert!(eventually(Duration::from_secs(15), || containers_of(pid).is_empty()).await);
+    // And the daemon still serves once there is time: the sandbox that call asked for is
+    // made anyway and kept ready, so a later call gets it at once.
+    let started = Instant::now();
+    let served = loop {
+        let r = d.transient("6 * 7").await;
+        if !is_error(&r) {
+            break r;
+        }
+        assert_tool_error(&r, "pool_wait_timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no call was served within a minute: {}",
+            describe(&r)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        value(&served).as_deref(),
+        Some("42"),
+        "{}",
+        describe(&served)
+    );
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -203,9 +204,8 @@ async fn a_live_daemons_pool_is_left_alone_by_a_new_daemon() {
     assert_eq!(before, after, "a live daemon's sandboxes were touched");
     let r = a.transient("2").await;
     assert_eq!(value(&r).as_deref(), Some("2"));
-    b.close(Duration::from_secs(30)).await.expect("b exits");
-    a.close(Duration::from_secs(30)).await.expect("a exits");
-    assert!(a.leftovers().is_empty(), "{:?}", a.leftovers());
+    b.finish().await;
+    a.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -228,9 +228,7 @@ async fn warm_imports_are_loaded_before_a_sandbox_is_handed_out() {
         "{}",
         describe(&r)
     );
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 /// The sandbox image the tests build on.
@@ -406,10 +404,7 @@ async fn a_broken_image_fails_calls_at_once_backs_off_and_recovers_when_fixed() 
         "the pool noticed the fixed image within a few seconds, not {:?}",
         fixed.elapsed()
     );
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
-    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+    d.finish().await;
     // Only a tag now: the good image keeps its own.
     docker(&["rmi", &tag]);
 }
@@ -495,4 +490,208 @@ async fn the_engine_reports_oom_kills_for_certain() {
         "a container that exited normally was not OOM-killed"
     );
     assert!(!later, "a kill before `since` does not count");
+}
+
+/// An image whose `python3` sleeps a second before it starts the real one: a sandbox made
+/// from it cannot be ready sooner than a second after its container started. Shared by
+/// tests and left in place, like [`BROKEN_IMAGE`].
+const SLOW_IMAGE: &str = "pdm-test-slow-python:latest";
+
+fn build_slow_image() {
+    let dockerfile = format!(
+        "FROM {IMAGE}\nUSER 0\nRUN printf '#!/bin/sh\\nsleep 1\\nexec /usr/bin/python3 \"$@\"\\n' \
+         > /usr/local/bin/python3 && chmod 755 /usr/local/bin/python3\nUSER 1000:1000\n"
+    );
+    let mut child = Command::new("docker")
+        .args(["build", "-q", "-t", SLOW_IMAGE, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("docker build");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(dockerfile.as_bytes())
+        .expect("write the Dockerfile");
+    let out = child.wait_with_output().expect("docker build");
+    assert!(
+        out.status.success(),
+        "docker build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The engine's `create` and `start` events for one daemon's sandboxes, recorded live
+/// with the engine's own timestamps.
+struct SandboxEvents {
+    child: std::process::Child,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(i128, String, String)>>>,
+}
+
+impl SandboxEvents {
+    fn start(pid: u32) -> SandboxEvents {
+        let pid_filter = format!("label={PID_LABEL}={pid}");
+        let mut child = Command::new("docker")
+            .args(["events", "--filter", "type=container"])
+            .args(["--filter", "event=create", "--filter", "event=start"])
+            .args([
+                "--filter",
+                &pid_filter,
+                "--filter",
+                "label=python-docker-mcp.role=sandbox",
+            ])
+            .args(["--format", "{{.TimeNano}} {{.Action}} {{.ID}}"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker events");
+        let stdout = child.stdout.take().expect("stdout");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut parts = line.split_whitespace();
+                if let (Some(t), Some(action), Some(id)) =
+                    (parts.next(), parts.next(), parts.next())
+                {
+                    if let Ok(t) = t.parse::<i128>() {
+                        sink.lock()
+                            .unwrap()
+                            .push((t, action.to_string(), id.to_string()));
+                    }
+                }
+            }
+        });
+        // Let the subscription reach the engine before anything is created.
+        std::thread::sleep(Duration::from_millis(500));
+        SandboxEvents { child, seen }
+    }
+
+    /// Wait until `n` containers have started (events arrive a moment after the fact),
+    /// then stop listening. Returns (engine time, action, container id), oldest first.
+    async fn stop_after(mut self, n: usize) -> Vec<(i128, String, String)> {
+        let seen = self.seen.clone();
+        let started = || {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .filter(|e| e.1 == "start")
+                .count()
+        };
+        eventually(Duration::from_secs(30), || started() >= n).await;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut events = self.seen.lock().unwrap().clone();
+        events.sort();
+        events
+    }
+}
+
+/// Ids of the sandboxes in the order they were created.
+fn creation_order(events: &[(i128, String, String)]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.1 == "create")
+        .map(|e| e.2.clone())
+        .collect()
+}
+
+/// The most sandboxes that were being created at one time, by a measure that can only
+/// undercount: a sandbox counts from its container's `create` event until a second after
+/// its `start` event (the slow image's `python3` sleeps that long before the helper can
+/// even begin), a part of the time it really is being created.
+fn most_at_once(events: &[(i128, String, String)]) -> usize {
+    const SLEEP_NS: i128 = 900_000_000;
+    let mut edges = Vec::new();
+    for id in creation_order(events) {
+        let at = |action: &str| {
+            events
+                .iter()
+                .find(|e| e.2 == id && e.1 == action)
+                .map(|e| e.0)
+                .unwrap_or_else(|| panic!("no {action} event for {id}: {events:?}"))
+        };
+        edges.push((at("create"), 1i32));
+        edges.push((at("start") + SLEEP_NS, -1));
+    }
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn never_more_than_max_concurrent_creations_are_made_at_once() {
+    build_slow_image();
+    let mut d = Daemon::start_with(&[
+        ("PYTHON_DOCKER_MCP_IMAGE", SLOW_IMAGE),
+        ("PYTHON_DOCKER_MCP_MAX_CONCURRENT_CREATIONS", "2"),
+    ])
+    .await;
+    let events = SandboxEvents::start(d.pid);
+    // Five calls at once, each needing a sandbox made on demand (the pool is off).
+    let calls = (0..5).map(|i| d.transient_with_state("n", json!({ "n": i })));
+    for (i, r) in futures::future::join_all(calls).await.iter().enumerate() {
+        assert_eq!(value(r), Some(i.to_string()), "{}", describe(r));
+    }
+    let events = events.stop_after(5).await;
+    assert_eq!(creation_order(&events).len(), 5, "{events:?}");
+    let most = most_at_once(&events);
+    eprintln!("at most {most} sandboxes were being created at once");
+    assert!(
+        most <= 2,
+        "{most} sandboxes were being created at once, more than max_concurrent_creations 2: \
+         {events:?}"
+    );
+    assert_eq!(most, 2, "the cap was used, so the check means something");
+    d.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_calls_are_served_in_arrival_order() {
+    build_slow_image();
+    let mut d = Daemon::start_with(&[
+        ("PYTHON_DOCKER_MCP_IMAGE", SLOW_IMAGE),
+        ("PYTHON_DOCKER_MCP_MAX_CONCURRENT_CREATIONS", "1"),
+    ])
+    .await;
+    let events = SandboxEvents::start(d.pid);
+    // One client, five calls sent 0.4 s apart; one sandbox is made at a time and each
+    // takes more than a second, so they all wait, and sandboxes become ready in the order
+    // they were created. Call i must get the i-th.
+    let calls = (0..5u64).map(|i| {
+        let d = &d;
+        async move {
+            tokio::time::sleep(Duration::from_millis(400 * i)).await;
+            hostname_of_run(d).await
+        }
+    });
+    let hosts = futures::future::join_all(calls).await;
+    let created = creation_order(&events.stop_after(5).await);
+    assert_eq!(created.len(), 5, "{created:?}");
+    let served: Vec<usize> = hosts
+        .iter()
+        .map(|h| {
+            created
+                .iter()
+                .position(|id| id.starts_with(h.as_str()))
+                .unwrap_or_else(|| panic!("{h} is not among {created:?}"))
+        })
+        .collect();
+    assert_eq!(
+        served,
+        vec![0, 1, 2, 3, 4],
+        "call i got the sandbox created n-th: waiters were not served in arrival order"
+    );
+    d.finish().await;
 }

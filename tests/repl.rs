@@ -43,9 +43,7 @@ async fn running_out_of_memory_costs_only_the_cell_and_names_the_limit() {
     assert_eq!(value(&r).as_deref(), Some("67108864"));
     let r = d.persistent_ok("y + 1", &bystander).await;
     assert_eq!(value(&r).as_deref(), Some("3"));
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -70,9 +68,7 @@ async fn a_kernel_oom_kill_is_reported_for_certain() {
     assert!(!t.contains("most likely"), "{}", describe(&r));
     let r = d.persistent("x", Some(&victim)).await;
     assert_tool_error(&r, "has ended");
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -101,9 +97,7 @@ async fn printing_a_hundred_megabytes_returns_with_a_truncation_marker() {
     // The session is unharmed.
     let r = d.persistent_ok("x + 1", &id).await;
     assert_eq!(value(&r).as_deref(), Some("2"));
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -126,9 +120,7 @@ async fn a_matplotlib_figure_comes_back_as_a_png_image() {
     let r = d.persistent_ok("plt.get_fignums()", &id).await;
     assert_eq!(value(&r).as_deref(), Some("[]"));
     assert!(r.content.iter().all(|c| c.as_image().is_none()));
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -164,29 +156,60 @@ async fn a_client_cancel_interrupts_the_code_and_the_session_lives_on() {
     .await
     .expect("the loop was not interrupted by the cancel");
     assert_eq!(value(&r).as_deref(), Some("(42, True)"), "{}", describe(&r));
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
+/// Progress comes while the run is going, not in a burst with the result: the code notes
+/// the wall clock (the host's, shared by containers) just before each print, and each
+/// notification must arrive before the *next* print is even made. The code sleeps 2 s
+/// between prints, so this is an order of events the code enforces, not a race.
 #[tokio::test(flavor = "multi_thread")]
 async fn output_streams_as_progress_notifications_during_a_long_run() {
     let mut d = Daemon::start().await;
     let r = d
-        .transient("import time\nfor i in range(6):\n    print(f'step {i}', flush=True)\n    time.sleep(0.3)")
+        .transient(
+            "import time\nprinted = []\nfor i in range(3):\n    printed.append(time.time())\n    \
+             print(f'step {i}', flush=True)\n    time.sleep(2)\nprinted",
+        )
         .await;
+    let result_arrived = std::time::SystemTime::now();
     assert_ok(&r);
-    let messages = d.progress_messages();
-    assert!(messages.len() >= 2, "progress: {messages:?}");
-    assert!(
-        messages.iter().any(|m| m.contains("step 0")),
-        "progress: {messages:?}"
-    );
+    let printed: Vec<f64> = field(&r, "state")["printed"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no print times: {}", describe(&r)))
+        .iter()
+        .map(|t| t.as_f64().expect("a time"))
+        .collect();
+    assert_eq!(printed.len(), 3);
+    let arrivals = d.progress_arrivals();
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs_f64()
+    };
+    let first_with = |needle: &str| {
+        arrivals
+            .iter()
+            .find(|(_, m)| m.contains(needle))
+            .map(|((_, wall), _)| secs(*wall))
+            .unwrap_or_else(|| panic!("no progress mentions {needle:?}: {arrivals:?}"))
+    };
+    for i in 0..2 {
+        let arrived = first_with(&format!("step {i}"));
+        assert!(
+            arrived < printed[i + 1],
+            "'step {i}' arrived {:.3} s after 'step {}' was printed: progress came in a burst, \
+             not while the run was going",
+            arrived - printed[i + 1],
+            i + 1
+        );
+    }
+    let last = first_with("step 2");
+    assert!(last >= printed[2], "{arrivals:?}");
+    assert!(last <= secs(result_arrived), "{arrivals:?}");
     // The final result still carries the whole output.
-    assert!(stdout(&r).contains("step 5"));
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    assert_eq!(stdout(&r), "step 0\nstep 1\nstep 2\n");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -217,9 +240,7 @@ async fn reset_forgets_variables_and_imports_but_keeps_files() {
         .call("reset-session", json!({ "session_id": "nope" }))
         .await;
     assert_tool_error(&r, "no such session");
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -245,9 +266,7 @@ async fn list_variables_shows_names_types_and_short_reprs() {
     );
     assert!(find("_hidden").is_none(), "private names are left out");
     assert!(text(&r).contains("answer: int = 42"), "{}", text(&r));
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -271,9 +290,7 @@ async fn idle_sessions_are_ended_and_say_so() {
         .persistent_ok("time.sleep(2.5)\n'still here'", &busy)
         .await;
     assert_eq!(value(&r).as_deref(), Some("'still here'"));
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -286,7 +303,5 @@ async fn the_session_limit_is_enforced_with_a_clear_message() {
     // Ending one frees a place.
     assert_ok(&d.cleanup(&first).await);
     d.new_session("4").await;
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits");
+    d.finish().await;
 }

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::{json, Value};
 
@@ -56,7 +54,7 @@ host_pids = len([p for p in os.listdir('/proc') if p.isdigit()])",
         s["host_pids"].as_u64().unwrap() < 10,
         "the sandbox sees only its own processes: {s:?}"
     );
-    d.close(Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -100,7 +98,7 @@ tmp_opts = mounts.get('/tmp', [])",
     for opt in ["nosuid", "nodev"] {
         assert!(tmp_opts.contains(&json!(opt)), "/tmp lacks {opt}: {s:?}");
     }
-    d.close(Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -145,7 +143,7 @@ interfaces = sorted(line.split(':')[0].strip() for line in open('/proc/net/dev')
     assert_ne!(s["gateway"], json!("connected"), "{s:?}");
     assert_ne!(s["dns"], json!("resolved"), "{s:?}");
     assert_eq!(s["interfaces"], json!(["lo"]), "only loopback: {s:?}");
-    d.close(Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -185,7 +183,7 @@ env = sorted(k for k in os.environ if 'DOCKER' in k)",
         "no Unix sockets are reachable: {s:?}"
     );
     assert_eq!(s["env"], json!([]), "{s:?}");
-    d.close(Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -244,8 +242,8 @@ cpu_max = read('/sys/fs/cgroup/cpu.max')",
     .await;
     assert_eq!(s["memory"], json!((128u64 * 1024 * 1024).to_string()));
     assert_eq!(s["pids"], json!("64"));
-    small.close(Duration::from_secs(30)).await;
-    d.close(Duration::from_secs(30)).await;
+    small.finish().await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -302,7 +300,7 @@ for p in procs:
     assert_eq!(value(&r).as_deref(), Some("2"));
     let r = d.transient("'alive'").await;
     assert_eq!(value(&r).as_deref(), Some("'alive'"));
-    d.close(Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -322,5 +320,5 @@ async fn exhausting_memory_fails_the_call_not_the_daemon() {
     }
     let r = d.transient("'alive'").await;
     assert_eq!(value(&r).as_deref(), Some("'alive'"), "{}", describe(&r));
-    d.close(Duration::from_secs(30)).await;
+    d.finish().await;
 }

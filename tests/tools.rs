@@ -79,7 +79,7 @@ async fn tools_list_has_the_originals_four_tools_and_the_session_tools_with_outp
             "the instructions do not mention {name}: {instructions}"
         );
     }
-    d.close(std::time::Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 /// The `format` values JSON Schema (2020-12) defines. Anything else (schemars writes
@@ -153,7 +153,7 @@ async fn tool_schemas_use_only_standard_json_schema_formats() {
     }
     assert!(numbers > 0, "the schemas have integer fields to check");
     assert!(bad.is_empty(), "non-standard formats:\n{}", bad.join("\n"));
-    d.close(std::time::Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -178,7 +178,7 @@ async fn transient_prints_stdout_and_returns_the_last_expression() {
     let r = d.transient("x = 1\nNone").await;
     assert_ok(&r);
     assert_eq!(value(&r), None, "{}", describe(&r));
-    d.close(std::time::Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -243,7 +243,7 @@ b";
     // Without state in, nothing is defined.
     let r3 = d.transient("b").await;
     assert_eq!(error_type(&r3).as_deref(), Some("NameError"));
-    d.close(std::time::Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -281,7 +281,7 @@ host = socket.gethostname()";
         4,
         "every run has its own container: {hosts:?}"
     );
-    d.close(std::time::Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -305,7 +305,7 @@ async fn persistent_without_session_id_starts_a_session() {
     let fresh = d.persistent("'x' in globals()", Some("")).await;
     assert_ne!(session_id(&fresh), id);
     assert_eq!(value(&fresh).as_deref(), Some("False"));
-    d.close(std::time::Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -344,7 +344,7 @@ import os
         "{}",
         describe(&r)
     );
-    d.close(std::time::Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -382,7 +382,7 @@ pairs_ok = len(log) == 8 and all(
         v.starts_with("(True, [0, 1, 2, 3]"),
         "calls interleaved: {v}"
     );
-    d.close(std::time::Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -414,7 +414,7 @@ async fn two_sessions_are_independent() {
         .persistent_ok("import socket\nsocket.gethostname()", &b)
         .await;
     assert_ne!(value(&host_a), value(&host_b), "one container per session");
-    d.close(std::time::Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -466,7 +466,7 @@ async fn python_exception_is_a_tool_error_and_the_session_survives() {
     assert!(is_error(&r));
     assert_eq!(error_type(&r).as_deref(), Some("ValueError"));
     assert!(text(&r).contains("ValueError: bad value"), "{}", text(&r));
-    d.close(std::time::Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -525,7 +525,7 @@ os.write(1, ({fake2:?} + '\n').encode())
         "{}",
         &text(&r)[text(&r).len().saturating_sub(200)..]
     );
-    d.close(std::time::Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -564,7 +564,7 @@ async fn input_gets_end_of_file_instead_of_hanging() {
         "{}",
         describe(&r)
     );
-    d.close(std::time::Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 /// A malformed call is refused before anything runs, naming what is wrong. rmcp 3.9 turns
@@ -651,7 +651,7 @@ async fn malformed_requests_are_refused_and_the_client_keeps_working() {
     );
     let r = d.transient("1 + 1").await;
     assert_eq!(value(&r).as_deref(), Some("2"), "{}", describe(&r));
-    d.close(std::time::Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -693,7 +693,7 @@ async fn unknown_ended_and_cleaned_up_sessions_are_explained() {
     assert_tool_error(&r, "no such session");
     let r = d.install("tomli-w", Some("never-existed")).await;
     assert_tool_error(&r, "no such session");
-    d.close(std::time::Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 // ----- install-package -----
@@ -701,6 +701,23 @@ async fn unknown_ended_and_cleaned_up_sessions_are_explained() {
 /// A small pure-Python wheel that the sandbox image does not have.
 const PACKAGE: &str = "tomli-w";
 const MODULE: &str = "tomli_w";
+
+/// Code that tries to create a file next to `module`'s `__init__`, creates one in the
+/// package directory too, and evaluates to the errno name of the failure (or `'written'`).
+fn write_next_to(module: &str) -> String {
+    format!(
+        "import {module}, os, errno\n\
+         def attempt(path):\n    \
+             try:\n        \
+                 open(path, 'w').close()\n        \
+                 return 'written'\n    \
+             except OSError as e:\n        \
+                 return errno.errorcode.get(e.errno, str(e))\n\
+         here = os.path.dirname({module}.__file__)\n\
+         outcomes = {{attempt(os.path.join(here, 'x')), attempt(os.path.join(os.path.dirname(here), 'x'))}}\n\
+         outcomes.pop() if len(outcomes) == 1 else sorted(outcomes)"
+    )
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn install_into_a_session_is_importable_there_only() {
@@ -747,6 +764,10 @@ async fn install_into_a_session_is_importable_there_only() {
         "the session kept its variables through the install"
     );
 
+    // The session's own packages are read-only to its code as well.
+    let r = d.persistent(&write_next_to(MODULE), Some(&a)).await;
+    assert_eq!(value(&r).as_deref(), Some("'EROFS'"), "{}", describe(&r));
+
     let r = d.persistent(&format!("import {MODULE}"), Some(&b)).await;
     assert_eq!(error_type(&r).as_deref(), Some("ModuleNotFoundError"));
     let r = d.transient(&format!("import {MODULE}")).await;
@@ -761,7 +782,7 @@ async fn install_into_a_session_is_importable_there_only() {
         containers_with_role(d.pid, "installer").is_empty(),
         "the installer container is removed afterwards"
     );
-    d.close(std::time::Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -799,21 +820,14 @@ async fn install_into_the_shared_environment_reaches_transient_runs_and_running_
         "{}",
         describe(&r)
     );
-    // The sandbox may read the shared packages but not change them.
-    let r = d
-        .transient(&format!(
-            "import {MODULE}, os\nopen(os.path.join(os.path.dirname({MODULE}.__file__), 'x'), 'w')"
-        ))
-        .await;
-    assert!(
-        matches!(
-            error_type(&r).as_deref(),
-            Some("OSError") | Some("PermissionError")
-        ),
-        "{}",
-        describe(&r)
-    );
-    d.close(std::time::Duration::from_secs(30)).await;
+    // The sandbox may read the shared packages but not change them, and it is the mount
+    // that says no: EROFS, not the EACCES that root-owned files would give uid 1000 on a
+    // writable mount.
+    let r = d.transient(&write_next_to(MODULE)).await;
+    assert_eq!(value(&r).as_deref(), Some("'EROFS'"), "{}", describe(&r));
+    let r = d.persistent(&write_next_to(MODULE), Some(&running)).await;
+    assert_eq!(value(&r).as_deref(), Some("'EROFS'"), "{}", describe(&r));
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -844,7 +858,7 @@ async fn refused_requirements_never_start_an_installer() {
         Vec::<String>::new(),
         "no installer container was created for refused requirements"
     );
-    d.close(std::time::Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -866,5 +880,5 @@ async fn a_package_that_does_not_exist_reports_pips_error() {
     // The shared environment still works.
     let r = d.transient("1").await;
     assert_ok(&r);
-    d.close(std::time::Duration::from_secs(30)).await;
+    d.finish().await;
 }

@@ -7,7 +7,10 @@
 //! it to `TokioChildProcess`), so closing the client closes the daemon's stdin and nothing
 //! else: rmcp does not escalate to SIGTERM behind the test's back, and the test can read the
 //! daemon's exit status. Dropping a [`Daemon`] stops it (SIGTERM, then SIGKILL) and removes
-//! whatever still carries its pid label, so a failing test leaves nothing behind.
+//! whatever still carries its pid label, so a failing test leaves nothing behind. That
+//! clean-up is only a safety net: it would hide a leak, so a passing test ends with
+//! [`Daemon::finish`], which asserts that the daemon exited and left no container and no
+//! volume carrying its pid label.
 #![allow(dead_code)]
 
 pub mod http;
@@ -24,10 +27,14 @@ use serde_json::Value;
 
 pub type Client = RunningService<RoleClient, Recorder>;
 
-/// The test client's handler: records the progress notifications the server sends.
+/// The test client's handler: records the progress notifications the server sends, and
+/// the instant each one arrived (so a test can order them against a call's result).
 #[derive(Clone, Default)]
 pub struct Recorder {
     pub progress: std::sync::Arc<std::sync::Mutex<Vec<ProgressNotificationParam>>>,
+    /// When each entry of `progress` arrived, same index: the instant, and the wall clock
+    /// (which code in a sandbox reads too: containers share the host's clock).
+    pub arrived: std::sync::Arc<std::sync::Mutex<Vec<(Instant, std::time::SystemTime)>>>,
 }
 
 impl rmcp::ClientHandler for Recorder {
@@ -36,7 +43,13 @@ impl rmcp::ClientHandler for Recorder {
         params: ProgressNotificationParam,
         _context: rmcp::service::NotificationContext<RoleClient>,
     ) {
-        self.progress.lock().expect("progress lock").push(params);
+        // One lock order (progress, then arrived) keeps the two lists the same length.
+        let mut progress = self.progress.lock().expect("progress lock");
+        self.arrived
+            .lock()
+            .expect("arrival lock")
+            .push((Instant::now(), std::time::SystemTime::now()));
+        progress.push(params);
     }
 }
 
@@ -279,6 +292,19 @@ impl Daemon {
         seen.iter().filter_map(|p| p.message.clone()).collect()
     }
 
+    /// Every progress notification received so far with when it arrived (see
+    /// [`Recorder::arrived`]).
+    pub fn progress_arrivals(&self) -> Vec<((Instant, std::time::SystemTime), String)> {
+        let recorder = self.client().service();
+        let seen = recorder.progress.lock().expect("progress lock");
+        let arrived = recorder.arrived.lock().expect("arrival lock");
+        arrived
+            .iter()
+            .zip(seen.iter())
+            .map(|(at, p)| (*at, p.message.clone().unwrap_or_default()))
+            .collect()
+    }
+
     /// Call a tool; a JSON-RPC error comes back as `Err`.
     pub async fn try_call(&self, tool: &str, args: Value) -> Result<CallToolResult, ServiceError> {
         let params = CallToolRequestParams::new(tool.to_string()).with_arguments(
@@ -357,6 +383,43 @@ impl Daemon {
             let _ = tokio::time::timeout(Duration::from_secs(10), client.cancel()).await;
         }
         self.wait_exit(within).await
+    }
+
+    /// How every end-to-end test ends: close the client, see the daemon exit with success
+    /// within 30 s, and assert that it left nothing behind ([`Daemon::assert_left_nothing`]).
+    /// The `Drop` clean-up stays as a safety net for failing tests; this is the check.
+    #[track_caller]
+    pub fn finish(&mut self) -> impl std::future::Future<Output = ()> + '_ {
+        let caller = std::panic::Location::caller();
+        async move {
+            let status = self.close(Duration::from_secs(30)).await;
+            let status =
+                status.unwrap_or_else(|| panic!("{caller}: the daemon did not exit within 30 s"));
+            assert!(
+                status.success(),
+                "{caller}: the daemon exited with {status}"
+            );
+            self.assert_left_nothing_at(caller);
+        }
+    }
+
+    /// No container and no volume carries this daemon's pid label (the shared download
+    /// cache carries none on purpose). Call it once the daemon has exited, or once its
+    /// sessions have ended and its pool is off.
+    #[track_caller]
+    pub fn assert_left_nothing(&self) {
+        self.assert_left_nothing_at(std::panic::Location::caller());
+    }
+
+    fn assert_left_nothing_at(&self, caller: &std::panic::Location<'_>) {
+        let left = self.leftovers();
+        assert!(
+            left.is_empty(),
+            "{caller}: daemon {} left containers {:?} and volumes {:?}",
+            self.pid,
+            left.containers,
+            left.volumes
+        );
     }
 
     /// Wait for the daemon process to exit (after a signal, say).
