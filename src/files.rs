@@ -327,13 +327,11 @@ pub fn is_textual(mime: &str) -> bool {
 }
 
 /// The MCP message size that lets a file of `file_limit` bytes through in base64, with
-/// room for the JSON around it; never below rmcp's own 16 MiB default.
+/// room for the JSON around it.
 pub fn max_message(file_limit: u64) -> usize {
     let base64 = file_limit.saturating_mul(4) / 3 + 4;
     let with_envelope = base64.saturating_add(1 << 20);
-    usize::try_from(with_envelope)
-        .unwrap_or(usize::MAX)
-        .max(16 << 20)
+    usize::try_from(with_envelope).unwrap_or(usize::MAX)
 }
 
 /// The largest message a client may send: `server.max_message`, raised if need be so that
@@ -454,7 +452,7 @@ mod tests {
     fn a_file_at_the_limit_fits_in_one_message() {
         let limit = 16u64 << 20;
         assert!(max_message(limit) as u64 > limit * 4 / 3 + 64 * 1024);
-        assert_eq!(max_message(1024), 16 << 20);
+        assert_eq!(max_message(3 << 10), (4 << 10) + 4 + (1 << 20));
         let e = FileError::TooLarge {
             path: "big.bin".into(),
             size: 20 << 20,

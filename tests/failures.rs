@@ -181,7 +181,12 @@ async fn settings_from_the_environment_reach_the_sandbox() {
 /// goes on serving. (rmcp's own stdio transport drops such a line and never answers.)
 #[tokio::test]
 async fn an_oversized_message_over_stdio_is_answered_naming_the_limit() {
-    let mut d = RawDaemon::start(&[("PYTHON_DOCKER_MCP_MAX_MESSAGE", "1m")]).await;
+    // A small file limit, so that it does not raise the message limit (see files::message_limit).
+    let mut d = RawDaemon::start(&[
+        ("PYTHON_DOCKER_MCP_MAX_MESSAGE", "2m"),
+        ("PYTHON_DOCKER_MCP_FILE_LIMIT", "256k"),
+    ])
+    .await;
     let big = "a".repeat(3 << 20);
     let id_first = format!(
         r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"execute-transient","arguments":{{"code":"s = '{big}'"}}}}}}"#
@@ -196,7 +201,7 @@ async fn an_oversized_message_over_stdio_is_answered_naming_the_limit() {
         .unwrap_or_default()
         .to_string();
     assert!(
-        message.contains("server.max_message") && message.contains("1.0 MiB"),
+        message.contains("server.max_message") && message.contains("2.0 MiB"),
         "the error names the limit: {r}"
     );
     d.send_line(&id_last).await;

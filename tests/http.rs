@@ -440,7 +440,11 @@ async fn when_the_pool_is_dry_clients_are_served_in_turn() {
 
 #[tokio::test]
 async fn a_request_over_max_message_gets_413_naming_the_limit_and_a_large_one_under_it_runs() {
-    let daemon = HttpDaemon::start(&[("PYTHON_DOCKER_MCP_MAX_MESSAGE", "6m")]).await;
+    let daemon = HttpDaemon::start(&[
+        ("PYTHON_DOCKER_MCP_MAX_MESSAGE", "6m"),
+        ("PYTHON_DOCKER_MCP_FILE_LIMIT", "1m"),
+    ])
+    .await;
     let client = daemon.connect(None).await;
     // 5 MB of code: over rmcp's 4 MiB default, under this daemon's limit.
     let code = format!("s = '{}'\nprint(len(s))", "a".repeat(5_000_000));

@@ -138,18 +138,32 @@ impl HttpDaemon {
     }
 }
 
+/// Stopping the daemon (SIGTERM) is part of every test: a daemon that exits by itself must
+/// have removed every container and volume it made, and the test fails if it did not.
+/// Only a daemon that had to be killed, or a test already failing, is cleaned up quietly.
 impl Drop for HttpDaemon {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
+        let mut exited_by_itself = !matches!(self.child.try_wait(), Ok(None));
+        if !exited_by_itself {
             signal(self.pid, "TERM");
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(50));
             }
+            exited_by_itself = !matches!(self.child.try_wait(), Ok(None));
             let _ = self.child.start_kill();
         }
+        let left = if exited_by_itself && !std::thread::panicking() {
+            super::leftovers(self.pid)
+        } else {
+            super::Leftovers::default()
+        };
         remove_leftovers(self.pid);
         let _ = std::fs::remove_dir_all(&self.home);
+        assert!(
+            left.is_empty(),
+            "the HTTP daemon exited and left containers or volumes behind: {left:?}"
+        );
     }
 }
 
