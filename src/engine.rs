@@ -1125,6 +1125,14 @@ impl Engine {
             }
             s.tasks.close();
             s.tasks.wait().await;
+            // A creation that was under way when the instance's volumes were removed may
+            // have mounted a shared volume by name after it went, and Docker then makes
+            // one, unlabelled. Every task is done now: remove them by name once more.
+            if pools.iter().any(Pool::used_docker) {
+                for pool in &pools {
+                    s.docker.remove_volume(pool.volume_name()).await;
+                }
+            }
         };
         if tokio::time::timeout(grace, work).await.is_err() {
             tracing::warn!(?grace, "shutdown cleanup did not finish in time; some containers may remain (they exit on their own when their stdin closes)");

@@ -357,6 +357,11 @@ impl Pool {
             .map(String::as_str)
     }
 
+    /// The name of this pool's shared package volume (made or not).
+    pub fn volume_name(&self) -> &str {
+        &self.inner.environment.0
+    }
+
     fn target(&self) -> usize {
         self.inner.target
     }
