@@ -94,7 +94,10 @@ async fn a_base_that_cannot_be_pulled_says_to_pass_base() {
     let _guard = RemoveTag(tag.clone());
     let base = throwaway_tag("no-such-base");
     let (ok, stderr) = image_build(&["--base", &base, "--tag", &tag]).await;
-    assert!(!ok, "a build on a base that does not exist fails:\n{stderr}");
+    assert!(
+        !ok,
+        "a build on a base that does not exist fails:\n{stderr}"
+    );
     assert!(
         stderr.contains(&format!("the base image `{base}`"))
             && stderr.contains("cannot be pulled")
