@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
     --from=*) from=${1#--from=}; shift ;;
     --force) force=1; shift ;;
     --image) image=$2; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "build-image: unknown argument $1" >&2; exit 2 ;;
   esac
 done
