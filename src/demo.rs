@@ -14,9 +14,9 @@ use crate::{image, Config};
 
 type Client = RunningService<RoleClient, ()>;
 
-/// Build `tag` (with `python-docker-mcp image build`'s defaults) if the engine lacks it.
+/// Build `tag` on `base` (as `python-docker-mcp image build` does) if the engine lacks it.
 /// An engine that cannot be asked is left to the server, whose calls say what is wrong.
-async fn ensure_image(tag: &str) -> anyhow::Result<()> {
+async fn ensure_image(tag: &str, base: &str) -> anyhow::Result<()> {
     let docker = Docker::new();
     if docker.image_present(tag).await.unwrap_or(true) {
         return Ok(());
@@ -26,10 +26,7 @@ async fn ensure_image(tag: &str) -> anyhow::Result<()> {
          progress on stderr"
     );
     let started = Instant::now();
-    image::build(&docker, image::DEFAULT_BASE, tag, |line| {
-        eprintln!("  {line}")
-    })
-    .await?;
+    image::build(&docker, base, tag, |line| eprintln!("  {line}")).await?;
     docker.close();
     println!("built {tag} in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
@@ -64,10 +61,9 @@ async fn call(
 }
 
 /// Run the demo; `server_args` are passed to the child server (e.g. `--config`). When the
-/// configured image is missing, it is built first from the default base, as `image build`
-/// does.
-pub async fn run(config: &Config, server_args: Vec<OsString>) -> anyhow::Result<()> {
-    ensure_image(&config.docker.image).await?;
+/// configured image is missing, it is built first on `base`, as `image build` does.
+pub async fn run(config: &Config, base: &str, server_args: Vec<OsString>) -> anyhow::Result<()> {
+    ensure_image(&config.docker.image, base).await?;
     let exe = std::env::current_exe()?;
     let started = Instant::now();
     let transport = TokioChildProcess::new(tokio::process::Command::new(exe).configure(|cmd| {

@@ -80,7 +80,12 @@ enum Command {
     },
     /// Start this server as a child, drive it with a real MCP client, print what happens.
     /// Builds the sandbox image first if it is missing.
-    Demo,
+    Demo {
+        /// Base for that build (as `image build --base`), for a machine that cannot pull
+        /// the default.
+        #[arg(long, value_name = "IMAGE", default_value = image::DEFAULT_BASE)]
+        base: String,
+    },
     /// The sandbox image.
     Image {
         #[command(subcommand)]
@@ -106,7 +111,7 @@ enum ImageAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own story on stdout; its log stays quiet unless asked.
-    let default_log = if matches!(cli.command, Some(Command::Demo)) {
+    let default_log = if matches!(cli.command, Some(Command::Demo { .. })) {
         "warn"
     } else {
         "info"
@@ -161,7 +166,7 @@ fn main() -> ExitCode {
                 )),
             },
             Command::Cleanup { dry_run } => cleanup(config, dry_run).await,
-            Command::Demo => demo::run(&config, demo_args).await,
+            Command::Demo { base } => demo::run(&config, &base, demo_args).await,
             Command::Image {
                 action: ImageAction::Build { base, tag },
             } => {

@@ -134,3 +134,30 @@ async fn a_missing_image_names_the_build_command_in_the_log_and_in_each_call() {
     }
     d.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_builds_a_missing_image_and_runs_on_it() {
+    let tag = throwaway_tag("demo");
+    let _guard = RemoveTag(tag.clone());
+    let args: Vec<String> = ["--image", &tag, "demo", "--base", BASE]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let out = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_cli(&args, &[])
+    })
+    .await
+    .expect("demo thread");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("the sandbox image {tag} is missing; building it")),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("built {tag}")), "{stdout}");
+    // The first call ran on the image the demo built.
+    assert!(stdout.contains("sum of range(10) = 45"), "{stdout}");
+    assert!(image_exists(&tag));
+}
