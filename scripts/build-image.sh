@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the sandbox image (default tag python-docker-mcp:latest) from docker/Dockerfile.
+# Build the sandbox image (default tag python-docker-mcp:latest) from docker/Dockerfile, the
+# same file the binary embeds for `python-docker-mcp image build` (one source).
 #
 #   scripts/build-image.sh                 # skip if the image exists; else try python:3.12-slim, fall back to Debian
 #   scripts/build-image.sh --from debian   # base built locally with debootstrap (no image registry needed)
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
     --from=*) from=${1#--from=}; shift ;;
     --force) force=1; shift ;;
     --image) image=$2; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "build-image: unknown argument $1" >&2; exit 2 ;;
   esac
 done

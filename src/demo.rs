@@ -9,7 +9,28 @@ use rmcp::service::RunningService;
 use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt};
 
+use crate::docker::Docker;
+use crate::{image, Config};
+
 type Client = RunningService<RoleClient, ()>;
+
+/// Build `tag` on `base` (as `python-docker-mcp image build` does) if the engine lacks it.
+/// An engine that cannot be asked is left to the server, whose calls say what is wrong.
+async fn ensure_image(tag: &str, base: &str) -> anyhow::Result<()> {
+    let docker = Docker::new();
+    if docker.image_present(tag).await.unwrap_or(true) {
+        return Ok(());
+    }
+    println!(
+        "the sandbox image {tag} is missing; building it (`python-docker-mcp image build`), \
+         progress on stderr"
+    );
+    let started = Instant::now();
+    image::build(&docker, base, tag, |line| eprintln!("  {line}")).await?;
+    docker.close();
+    println!("built {tag} in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
 
 async fn call(
     client: &Client,
@@ -39,8 +60,10 @@ async fn call(
     Ok(result)
 }
 
-/// Run the demo; `server_args` are passed to the child server (e.g. `--config`).
-pub async fn run(server_args: Vec<OsString>) -> anyhow::Result<()> {
+/// Run the demo; `server_args` are passed to the child server (e.g. `--config`). When the
+/// configured image is missing, it is built first on `base`, as `image build` does.
+pub async fn run(config: &Config, base: &str, server_args: Vec<OsString>) -> anyhow::Result<()> {
+    ensure_image(&config.docker.image, base).await?;
     let exe = std::env::current_exe()?;
     let started = Instant::now();
     let transport = TokioChildProcess::new(tokio::process::Command::new(exe).configure(|cmd| {

@@ -3,7 +3,8 @@
 //! It connects lazily (so the daemon starts and answers even when Docker is down), turns a
 //! [`ContainerSpec`] into a created, attached and started container, and offers the few
 //! other operations the daemon needs: signal, remove, run-to-completion (output capped to
-//! its head and tail), volumes, and removal of everything carrying a label. It also owns
+//! its head and tail), volumes, removal of everything carrying a label, and building an
+//! image from an in-memory context ([`Docker::build_image`]). It also owns
 //! the OOM watcher: one long-lived subscription to the engine's `oom` events, so a caller
 //! can tell for certain whether a container was killed for its memory
 //! ([`Docker::oom_killed`]). Errors say what failed and how to fix it.
@@ -18,9 +19,9 @@ use bollard::models::{
     ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, EventsOptions, KillContainerOptions,
-    ListContainersOptions, ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
-    WaitContainerOptions,
+    AttachContainerOptions, BuildImageOptions, CreateContainerOptions, EventsOptions,
+    KillContainerOptions, ListContainersOptions, ListVolumesOptions, RemoveContainerOptions,
+    RemoveVolumeOptions, WaitContainerOptions,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -43,11 +44,15 @@ pub enum DockerError {
     /// The sandbox image is not present locally.
     #[error(
         "the sandbox image `{image}` is not present on this Docker engine. Build it with \
-         `scripts/build-image.sh` from the python-docker-mcp repository (or `docker build -t \
-         {image} docker/`), or set docker.image / PYTHON_DOCKER_MCP_IMAGE to an image that \
-         has python3"
+         `python-docker-mcp image build --tag {image}` (on a machine that cannot pull \
+         python:3.12-slim, add `--base IMAGE` naming a local image that has python3), or set \
+         docker.image / PYTHON_DOCKER_MCP_IMAGE to an image that has python3"
     )]
     ImageMissing { image: String },
+    /// An image build stopped: the engine's own words (a failed `RUN`, a base it could not
+    /// pull).
+    #[error("building the image `{tag}` failed: {message}")]
+    BuildFailed { tag: String, message: String },
     /// Any other refusal by the engine.
     #[error("Docker refused to {op}: {message}")]
     Api { op: &'static str, message: String },
@@ -427,6 +432,55 @@ impl Docker {
             Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(api("inspect the image")(e)),
         }
+    }
+
+    /// Build an image from a context tar held in memory (`context_tar`, with a `Dockerfile`
+    /// at its root) and tag it `tag`; `build_args` fill the Dockerfile's `ARG`s. Each line
+    /// the engine reports (steps, their output, pulls) goes to `progress` as it arrives,
+    /// without its trailing newline. Intermediate containers are removed, also on failure.
+    pub async fn build_image(
+        &self,
+        context_tar: Vec<u8>,
+        tag: &str,
+        build_args: HashMap<String, String>,
+        mut progress: impl FnMut(&str),
+    ) -> Result<(), DockerError> {
+        let docker = self.client().await?;
+        let options = BuildImageOptions {
+            t: Some(tag.to_string()),
+            buildargs: Some(build_args),
+            rm: true,
+            forcerm: true,
+            ..Default::default()
+        };
+        let failed = |message: String| DockerError::BuildFailed {
+            tag: tag.to_string(),
+            message,
+        };
+        let mut stream = docker.build_image(
+            options,
+            None,
+            Some(bollard::body_full(Bytes::from(context_tar))),
+        );
+        while let Some(item) = stream.next().await {
+            let info = match item {
+                Ok(info) => info,
+                Err(BollardError::DockerStreamError { error }) => return Err(failed(error)),
+                Err(e) => match api("build an image")(e) {
+                    DockerError::Api { message, .. } => return Err(failed(message)),
+                    other => return Err(other),
+                },
+            };
+            if let Some(detail) = info.error_detail {
+                return Err(failed(detail.message.unwrap_or_default()));
+            }
+            for text in [info.stream, info.status].into_iter().flatten() {
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    progress(line);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Create, attach (before start, so no output is lost) and start a container.

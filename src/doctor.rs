@@ -380,7 +380,7 @@ async fn installer_check(docker: &Docker, config: &Config, owner: &Owner, volume
                 error.unwrap_or_default()
             ),
             fix: "installs need pip in the image (python3-pip); build it with \
-                  `scripts/build-image.sh`"
+                  `python-docker-mcp image build`"
                 .into(),
         },
         ProbeReport {

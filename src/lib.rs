@@ -40,6 +40,8 @@
 //! - [`text`]: user input echoed in messages, clipped.
 //! - [`demo`]: a real MCP client session against this binary, for the README's first command.
 //! - [`doctor`]: `python-docker-mcp doctor`, the host's checks with verdicts and fixes.
+//! - [`image`]: `python-docker-mcp image build`, the sandbox image built from the Dockerfile
+//!   embedded in the binary (the one `scripts/build-image.sh` builds too).
 #![forbid(unsafe_code)]
 
 pub mod calls;
@@ -51,6 +53,7 @@ pub mod doctor;
 pub mod engine;
 pub mod files;
 pub mod http;
+pub mod image;
 pub mod install;
 pub mod mcp;
 pub mod metrics;

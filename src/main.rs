@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use python_docker_mcp::config::{self, Config, Layers};
 use python_docker_mcp::stdio::Stdio;
-use python_docker_mcp::{demo, doctor, http, Engine, Server};
+use python_docker_mcp::{demo, doctor, http, image, Engine, Server};
 use rmcp::ServiceExt;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -79,13 +79,39 @@ enum Command {
         dry_run: bool,
     },
     /// Start this server as a child, drive it with a real MCP client, print what happens.
-    Demo,
+    /// Builds the sandbox image first if it is missing.
+    Demo {
+        /// Base for that build (as `image build --base`), for a machine that cannot pull
+        /// the default.
+        #[arg(long, value_name = "IMAGE", default_value = image::DEFAULT_BASE)]
+        base: String,
+    },
+    /// The sandbox image.
+    Image {
+        #[command(subcommand)]
+        action: ImageAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageAction {
+    /// Build the sandbox image through the Docker engine, from the Dockerfile embedded in
+    /// this binary (nothing from the repository is needed). Shows the build's progress.
+    Build {
+        /// Base image with python3 (the Dockerfile's BASE_IMAGE). On a machine that cannot
+        /// pull the default, name a local one, e.g. python-docker-mcp-base:bookworm.
+        #[arg(long, value_name = "IMAGE", default_value = image::DEFAULT_BASE)]
+        base: String,
+        /// Tag to give the image (default: the configured docker.image).
+        #[arg(long, value_name = "TAG")]
+        tag: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own story on stdout; its log stays quiet unless asked.
-    let default_log = if matches!(cli.command, Some(Command::Demo)) {
+    let default_log = if matches!(cli.command, Some(Command::Demo { .. })) {
         "warn"
     } else {
         "info"
@@ -140,7 +166,13 @@ fn main() -> ExitCode {
                 )),
             },
             Command::Cleanup { dry_run } => cleanup(config, dry_run).await,
-            Command::Demo => demo::run(demo_args).await,
+            Command::Demo { base } => demo::run(&config, &base, demo_args).await,
+            Command::Image {
+                action: ImageAction::Build { base, tag },
+            } => {
+                let tag = tag.unwrap_or_else(|| config.docker.image.clone());
+                build_image(&base, &tag).await
+            }
         }
     });
     // stdin is read on a blocking thread that cannot be cancelled; after a signal it may
@@ -153,6 +185,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `image build`: build `tag` on `base`, the engine's lines on stderr.
+async fn build_image(base: &str, tag: &str) -> anyhow::Result<()> {
+    let docker = python_docker_mcp::docker::Docker::new();
+    eprintln!("python-docker-mcp: building {tag} on {base}");
+    image::build(&docker, base, tag, |line| eprintln!("  {line}")).await?;
+    eprintln!("python-docker-mcp: {tag} is ready");
+    docker.close();
+    Ok(())
 }
 
 /// The global options as parsed, as command-line arguments again (without the

@@ -46,20 +46,20 @@ async fn a_missing_image_says_how_to_build_it() {
     let mut d =
         Daemon::start_with(&[("PYTHON_DOCKER_MCP_IMAGE", "pdm-no-such-image:latest")]).await;
     let r = d.transient("1").await;
-    assert_tool_error(&r, "build-image.sh");
+    assert_tool_error(&r, "python-docker-mcp image build");
     assert!(
         text(&r).contains("pdm-no-such-image:latest"),
         "{}",
         text(&r)
     );
     let r = d.persistent("1", None).await;
-    assert_tool_error(&r, "build-image.sh");
+    assert_tool_error(&r, "python-docker-mcp image build");
     assert!(
         volumes_with_role(d.pid, "sandbox").is_empty(),
         "a session that could not start leaves no volume behind"
     );
     let r = d.transient("1").await;
-    assert_tool_error(&r, "build-image.sh");
+    assert_tool_error(&r, "python-docker-mcp image build");
     let status = d.close(Duration::from_secs(30)).await;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     assert!(leftovers(d.pid).is_empty(), "{:?}", leftovers(d.pid));

@@ -416,7 +416,7 @@ async fn doctor_without_the_image_fails_and_names_the_command_that_builds_it() {
         .unwrap_or_else(|| panic!("the image check fails:\n{stdout}"));
     assert!(image.contains("python-docker-mcp-missing:never"), "{image}");
     assert!(
-        stdout.contains("fix: Build it with `scripts/build-image.sh`"),
+        stdout.contains("fix: Build it with `python-docker-mcp image build --tag python-docker-mcp-missing:never`"),
         "{stdout}"
     );
     assert!(stdout.contains("skip  helper"), "{stdout}");

@@ -154,9 +154,9 @@ async fn when_no_sandbox_can_be_made_the_caller_is_told_why() {
     ])
     .await;
     let r = d.transient("1").await;
-    assert_tool_error(&r, "build-image.sh");
+    assert_tool_error(&r, "python-docker-mcp image build");
     let r = d.persistent("1", None).await;
-    assert_tool_error(&r, "build-image.sh");
+    assert_tool_error(&r, "python-docker-mcp image build");
     d.finish().await;
 
     // Nothing ready and no time to wait: the call fails and says what to tune.

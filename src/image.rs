@@ -1,0 +1,129 @@
+//! `python-docker-mcp image build`: the binary builds its own sandbox image.
+//!
+//! The Dockerfile is `docker/Dockerfile` of the repository, embedded at compile time
+//! ([`DOCKERFILE`]), so a `cargo install`ed binary needs nothing from the repository;
+//! `scripts/build-image.sh` builds from the same file, so there is one source. The build
+//! context is that one file, packed into a tar in memory ([`context_tar`]) and sent to the
+//! engine through [`Docker::build_image`]; the engine's step lines are the progress.
+//!
+//! `--base` fills the Dockerfile's `BASE_IMAGE` (default [`DEFAULT_BASE`]). A machine that
+//! cannot pull it names a local image that has python3 instead, for example the Debian base
+//! `scripts/build-image.sh --from debian` makes (`python-docker-mcp-base:bookworm`).
+
+use std::collections::HashMap;
+
+use crate::docker::{Docker, DockerError};
+
+/// The sandbox image's Dockerfile, the same file `scripts/build-image.sh` builds.
+pub const DOCKERFILE: &str = include_str!("../docker/Dockerfile");
+
+/// The base the Dockerfile names by default (its `ARG BASE_IMAGE=`).
+pub const DEFAULT_BASE: &str = "python:3.12-slim";
+
+/// Why the image could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The base is not on this engine, and the engine could not pull it.
+    #[error(
+        "the base image `{base}` is not on this Docker engine and cannot be pulled ({message}). \
+         Pass `--base IMAGE` naming a local image that has python3 (for example \
+         python-docker-mcp-base:bookworm, which `scripts/build-image.sh --from debian` makes \
+         with debootstrap), or make an image registry reachable"
+    )]
+    BaseUnavailable { base: String, message: String },
+    /// Anything else the engine refused: unreachable, a failed step.
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+}
+
+/// Build the sandbox image from the embedded Dockerfile on `base`, tag it `tag`, and pass
+/// each progress line to `progress`.
+pub async fn build(
+    docker: &Docker,
+    base: &str,
+    tag: &str,
+    progress: impl FnMut(&str),
+) -> Result<(), ImageError> {
+    // Asked before the build, so a failure can say whether the base was the problem.
+    let base_present = docker.image_present(base).await?;
+    let args = HashMap::from([("BASE_IMAGE".to_string(), base.to_string())]);
+    match docker
+        .build_image(context_tar(DOCKERFILE.as_bytes()), tag, args, progress)
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(DockerError::BuildFailed { message, .. })
+            if !base_present && pull_failure(&message) =>
+        {
+            Err(ImageError::BaseUnavailable {
+                base: base.to_string(),
+                message,
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether an engine's build error is about fetching the base (rather than a failed step).
+fn pull_failure(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    !m.contains("returned a non-zero code")
+}
+
+/// A tar archive (ustar) holding one file, `Dockerfile`, with `dockerfile` as its content:
+/// the whole build context.
+pub fn context_tar(dockerfile: &[u8]) -> Vec<u8> {
+    let mut header = [0u8; 512];
+    let field = |header: &mut [u8; 512], at: usize, value: &[u8]| {
+        header[at..at + value.len()].copy_from_slice(value);
+    };
+    field(&mut header, 0, b"Dockerfile");
+    field(&mut header, 100, b"0000644\0");
+    field(&mut header, 108, b"0000000\0");
+    field(&mut header, 116, b"0000000\0");
+    field(
+        &mut header,
+        124,
+        format!("{:011o}\0", dockerfile.len()).as_bytes(),
+    );
+    field(&mut header, 136, b"00000000000\0");
+    header[156] = b'0';
+    field(&mut header, 257, b"ustar\0");
+    field(&mut header, 263, b"00");
+    // The checksum is the sum of the header's bytes with its own field read as spaces.
+    field(&mut header, 148, b"        ");
+    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+    field(&mut header, 148, format!("{sum:06o}\0 ").as_bytes());
+
+    let padded = dockerfile.len().div_ceil(512) * 512;
+    let mut out = Vec::with_capacity(512 + padded + 1024);
+    out.extend_from_slice(&header);
+    out.extend_from_slice(dockerfile);
+    out.resize(512 + padded, 0);
+    // Two zero blocks end the archive.
+    out.resize(512 + padded + 1024, 0);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_is_one_dockerfile_in_a_valid_tar() {
+        let tar = context_tar(DOCKERFILE.as_bytes());
+        assert_eq!(tar.len() % 512, 0);
+        assert_eq!(&tar[..10], b"Dockerfile");
+        assert_eq!(&tar[512..512 + DOCKERFILE.len()], DOCKERFILE.as_bytes());
+        // The checksum field verifies: the sum with the field as spaces.
+        let mut header = tar[..512].to_vec();
+        let stored = u32::from_str_radix(
+            std::str::from_utf8(&header[148..154]).expect("octal digits"),
+            8,
+        )
+        .expect("octal");
+        header[148..156].copy_from_slice(b"        ");
+        assert_eq!(stored, header.iter().map(|&b| u32::from(b)).sum::<u32>());
+        assert!(DOCKERFILE.contains("ARG BASE_IMAGE=python:3.12-slim"));
+    }
+}
