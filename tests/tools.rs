@@ -8,7 +8,7 @@ use rmcp::service::ServiceError;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn tools_list_has_the_originals_four_tools_and_the_session_tools_with_output_schemas() {
+async fn tools_list_has_the_originals_four_tools_the_session_and_file_tools_with_output_schemas() {
     let mut d = Daemon::start().await;
     let tools = d.client().list_all_tools().await.expect("tools/list");
     let mut names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
@@ -17,12 +17,15 @@ async fn tools_list_has_the_originals_four_tools_and_the_session_tools_with_outp
         names,
         [
             "cleanup-session",
+            "download-file",
             "execute-persistent",
             "execute-transient",
             "install-package",
+            "list-files",
             "list-packages",
             "list-variables",
-            "reset-session"
+            "reset-session",
+            "upload-file"
         ]
     );
     for tool in &tools {
