@@ -389,6 +389,8 @@ fn node(root: &Path) -> PathBuf {
     if recent(&node) {
         return node;
     }
+    // A venv that does not work (moved, or half made): start it over.
+    let _ = std::fs::remove_dir_all(&venv);
     let status = std::process::Command::new("python3")
         .args(["-m", "venv"])
         .arg(&venv)
