@@ -3,7 +3,8 @@
 //!
 //! A session is [`State::Live`] (it holds its REPL) or [`State::Ended`] (it says why). The
 //! state sits behind the session's fair (FIFO) async mutex, so calls to one session run one
-//! at a time, in arrival order, and the state can only change while that lock is held. The
+//! at a time (in the order they arrived: [`crate::order`] lines them up before the lock),
+//! and the state can only change while that lock is held. The
 //! one function that ends a session is `Engine::end_session` (it needs the lock guard);
 //! it frees the slot and removes the container and volume, exactly once. Something that
 //! wants a busy session to end (cleanup, shutdown) asks with [`Session::request_end`]:
