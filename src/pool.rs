@@ -1,16 +1,24 @@
 //! The warm pool: sandboxes started ahead of time, helper ready, handed out once.
 //!
-//! Every sandbox comes from here, pool on or off. A refill task keeps `pool_size` ready
-//! sandboxes, plus one being made for each waiting request. A semaphore bounds creations
-//! across all of it (and across every pool of the daemon), and a reaper retires sandboxes
-//! older than `pool_max_age`. A request that finds the pool empty joins the waiters, and
-//! the next sandbox to become ready goes to a waiter: **round-robin across clients**, in
+//! Every sandbox comes from here, pool on or off. **Demand comes first, and warming never
+//! competes with it:**
+//! - A request that finds no ready sandbox joins the waiters and gets a creation of its
+//!   own at once, unless a creation already in flight will serve it: every new sandbox
+//!   goes to the first waiter. So the first call after spawn gets the first sandbox the
+//!   pool makes, no later than a cold start on demand would.
+//! - The refill keeps `pool_size` sandboxes ready, **one creation at a time**, and only
+//!   while no other background engine work runs (removing used sandboxes takes the same
+//!   single turn, [`Limits::background`]). While calls keep taking sandboxes and some
+//!   remain, it waits until they pause for `REFILL_SETTLE` (at most `REFILL_DEFER_MAX`).
+//!   Background work thus takes at most about one core from the calls in flight.
+//! - A semaphore bounds all creations, `max_concurrent_creations`, across every pool of
+//!   the daemon. With `pool_enabled: false` the target is zero: creation on demand.
+//!
+//! The next sandbox to become ready goes to a waiter: **round-robin across clients**, in
 //! arrival order within a client, so one client's burst of fifty runs cannot make another
-//! client's single call wait behind all fifty. A sandbox is
-//! pinged before it is handed out; one that does not answer is removed, never handed out.
-//! With `pool_enabled: false` the target is just the number of waiters: creation on demand.
-//! A refill is started after the call that used a sandbox, and, while sandboxes remain
-//! ready and nobody waits, a quarter second later: a burst of calls runs on an idle CPU.
+//! client's single call wait behind all fifty. A sandbox is pinged before it is handed
+//! out; one that does not answer is removed, never handed out. A reaper retires sandboxes
+//! older than `pool_max_age`.
 //!
 //! **When creations fail.** One container that dies while starting (killed by someone) is
 //! retried at once and nobody hears of it; so are several that die together. After any
@@ -44,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use schemars::JsonSchema;
 use serde::Serialize;
-use tokio::sync::{oneshot, Notify, OnceCell, Semaphore};
+use tokio::sync::{oneshot, Notify, OnceCell, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -56,8 +64,11 @@ use crate::sandbox::{self, Owner, Role};
 
 /// How long a health ping may take before the sandbox is discarded.
 const PING_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long refills wait for a burst of calls to pass while the pool still has sandboxes.
+/// How long after the latest checkout a refill waits, while the pool still has sandboxes:
+/// a burst of calls runs on an idle CPU.
 const REFILL_SETTLE: Duration = Duration::from_millis(250);
+/// The longest a refill waits for calls to stop coming.
+const REFILL_DEFER_MAX: Duration = Duration::from_secs(2);
 /// Pause after the first failure of a broken pool; it doubles with each failure.
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 /// Longest pause between creations while they keep failing.
@@ -185,6 +196,10 @@ struct State {
     /// first retry; while broken, when the back-off has passed or a request asked for a
     /// probe); taken by the creation that starts.
     probe: bool,
+    /// When the latest sandbox was handed out.
+    last_checkout: Option<Instant>,
+    /// Since when the refill has been waiting for checkouts to pause.
+    deferring_since: Option<Instant>,
     /// When the latest failed creation ended.
     last_failure: Option<Instant>,
     /// The latest creation failure: told to requests while broken, and explains an
@@ -219,6 +234,24 @@ impl State {
         }
     }
 
+    fn checked_out(&mut self) {
+        self.stats.checked_out += 1;
+        self.last_checkout = Some(Instant::now());
+    }
+
+    /// While calls keep taking sandboxes and some remain, when a refill may start (at
+    /// most `REFILL_DEFER_MAX` after it first waited); `None`: now.
+    fn refill_after(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let quiet = self.last_checkout.map(|t| t + REFILL_SETTLE)?;
+        let since = *self.deferring_since.get_or_insert(now);
+        if quiet <= now || self.ready.is_empty() || now - since >= REFILL_DEFER_MAX {
+            self.deferring_since = None;
+            return None;
+        }
+        Some(quiet.min(since + REFILL_DEFER_MAX))
+    }
+
     fn snapshot(&self) -> PoolStats {
         PoolStats {
             warm: self.ready.len(),
@@ -227,6 +260,15 @@ impl State {
             ..self.stats.clone()
         }
     }
+}
+
+/// Bounds on the engine work pools do, shared by every pool of the daemon.
+struct Limits {
+    /// Creations of every kind (refill, on demand), at most `max_concurrent_creations`.
+    creations: Semaphore,
+    /// Work nobody waits for (a refill creation, removing a used sandbox): one at a time,
+    /// so it never takes more than a core from calls in flight.
+    background: Arc<Semaphore>,
 }
 
 struct Inner {
@@ -244,8 +286,8 @@ struct Inner {
     started: std::sync::Once,
     /// A sync mutex: never held across an `.await`.
     state: Mutex<State>,
-    /// Bounds creations of every kind (refill, on demand, sessions), in every pool.
-    creations: Arc<Semaphore>,
+    /// Bounds on engine work, shared by every pool of the daemon.
+    limits: Arc<Limits>,
     /// Wakes the refill task after a checkout, a creation or a retirement.
     refill: Notify,
     /// Stops the refill and reaper tasks.
@@ -279,7 +321,10 @@ impl Pool {
             tasks,
             environment,
             target,
-            Arc::new(Semaphore::new(max)),
+            Arc::new(Limits {
+                creations: Semaphore::new(max),
+                background: Arc::new(Semaphore::new(1)),
+            }),
         )
     }
 
@@ -294,7 +339,7 @@ impl Pool {
             i.tasks.clone(),
             (volume, Some(client.clone())),
             i.target.min(1),
-            i.creations.clone(),
+            i.limits.clone(),
         )
     }
 
@@ -305,7 +350,7 @@ impl Pool {
         tasks: TaskTracker,
         environment: (String, Option<Client>),
         target: usize,
-        creations: Arc<Semaphore>,
+        limits: Arc<Limits>,
     ) -> Pool {
         Pool {
             inner: Arc::new(Inner {
@@ -317,7 +362,7 @@ impl Pool {
                 target,
                 started: std::sync::Once::new(),
                 state: Mutex::new(State::default()),
-                creations,
+                limits,
                 refill: Notify::new(),
                 stop: CancellationToken::new(),
                 tasks,
@@ -437,12 +482,7 @@ impl Pool {
             }
             let sandbox = hand.sandbox.as_mut().expect("in hand");
             if sandbox.repl.ping(PING_TIMEOUT).await {
-                self.inner
-                    .state
-                    .lock()
-                    .expect("pool lock")
-                    .stats
-                    .checked_out += 1;
+                self.inner.state.lock().expect("pool lock").checked_out();
                 return Ok(hand.sandbox.take().expect("in hand"));
             }
             tracing::warn!(container = %sandbox.repl.name, "a warm sandbox did not answer; removing it");
@@ -473,16 +513,23 @@ impl Pool {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        let docker = self.inner.docker.clone();
         let Sandbox { repl, volume, .. } = sandbox;
         let container = repl.id.clone();
-        // Close the connection first (see `Engine::end_session`), then remove.
+        // Close the connection first (see `Engine::end_session`), then remove: in the
+        // background, one removal or refill at a time (at shutdown, all at once).
         drop(repl);
+        let pool = self.clone();
         self.inner.tasks.spawn(async move {
-            docker.remove(&container).await;
-            docker.remove_volume(&volume).await;
+            let i = &pool.inner;
+            let _turn = match i.stop.is_cancelled() {
+                true => None,
+                false => i.limits.background.acquire().await.ok(),
+            };
+            i.docker.remove(&container).await;
+            i.docker.remove_volume(&volume).await;
+            drop(_turn);
+            pool.replenish();
         });
-        self.replenish();
     }
 
     /// Refill the pool (after a sandbox was kept by a session, say).
@@ -510,16 +557,15 @@ impl Pool {
 
     async fn refill_loop(&self) {
         let mut last = PoolStats::default();
-        let mut settled = false;
         loop {
-            let (spawn, wake_at, settle) = {
+            let (spawn, wake_at, mut background) = {
                 let mut st = self.inner.state.lock().expect("pool lock");
                 st.waiters.retain_live();
                 let want = self.target() + st.waiters.len();
                 let have = st.ready.len() + st.creating;
                 let mut wake_at = None;
                 let mut spawn = 0;
-                let mut settle = false;
+                let mut background = None;
                 if st.broken || st.failing > 0 {
                     // After a failure, one creation at a time: at once for the first retry,
                     // then after the back-off or when a request asked for a probe.
@@ -538,13 +584,23 @@ impl Pool {
                             wake_at = Some(due);
                         }
                     }
-                } else {
-                    // While sandboxes are still ready and nobody waits, let a burst of
-                    // calls finish before replacements start competing for the CPU.
-                    settle =
-                        !settled && want > have && st.waiters.is_empty() && !st.ready.is_empty();
-                    if !settle {
-                        spawn = want.saturating_sub(have);
+                } else if st.waiters.len() > st.creating {
+                    // Demand first: a waiter no creation in flight will serve gets one now.
+                    spawn = st.waiters.len() - st.creating;
+                } else if want > have && st.creating == 0 {
+                    // Refill: one creation at a time, and only when the engine does no
+                    // other background work (removals wake this loop when done). While
+                    // sandboxes are still ready, let a burst of calls finish first.
+                    wake_at = st.refill_after();
+                    if wake_at.is_none() {
+                        background = self
+                            .inner
+                            .limits
+                            .background
+                            .clone()
+                            .try_acquire_owned()
+                            .ok();
+                        spawn = usize::from(background.is_some());
                     }
                 }
                 st.creating += spawn;
@@ -563,20 +619,14 @@ impl Pool {
                     );
                     last = stats;
                 }
-                (spawn, wake_at, settle)
+                (spawn, wake_at, background)
             };
-            if settle {
-                self.settle().await;
-                if self.inner.stop.is_cancelled() {
-                    return;
-                }
-                settled = true;
-                continue;
-            }
-            settled = false;
             for _ in 0..spawn {
                 let p = self.clone();
-                self.inner.tasks.spawn(async move { p.create_one().await });
+                let permit = background.take();
+                self.inner
+                    .tasks
+                    .spawn(async move { p.create_one(permit).await });
             }
             let backoff = async {
                 match wake_at {
@@ -592,24 +642,9 @@ impl Pool {
         }
     }
 
-    /// Wait `REFILL_SETTLE`, or less if a request starts waiting or the pool closes.
-    async fn settle(&self) {
-        let deadline = tokio::time::Instant::now() + REFILL_SETTLE;
-        loop {
-            tokio::select! {
-                _ = self.inner.stop.cancelled() => return,
-                _ = tokio::time::sleep_until(deadline) => return,
-                _ = self.inner.refill.notified() => {
-                    if self.stats().waiting > 0 {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    async fn create_one(&self) {
-        let permit = self.inner.creations.acquire().await;
+    /// `_background`: held by a refill creation nobody waits for, until it is done.
+    async fn create_one(&self, _background: Option<OwnedSemaphorePermit>) {
+        let permit = self.inner.limits.creations.acquire().await;
         // `seen`: failures in a row when this attempt started. Attempts that started
         // together and fail together (two starting containers killed at once) are one
         // failure; a retry started after a failure that fails too is the second.

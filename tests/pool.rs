@@ -527,22 +527,30 @@ fn build_slow_image() {
 /// with the engine's own timestamps.
 struct SandboxEvents {
     child: std::process::Child,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(i128, String, String)>>>,
+    /// Events of every daemon's sandboxes, with the daemon's pid.
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(i128, String, String, String)>>>,
+    pid: Option<u32>,
 }
 
 impl SandboxEvents {
     fn start(pid: u32) -> SandboxEvents {
-        let pid_filter = format!("label={PID_LABEL}={pid}");
+        SandboxEvents {
+            pid: Some(pid),
+            ..SandboxEvents::before_spawn()
+        }
+    }
+
+    /// Listen before the daemon exists (to see its very first creations); name its pid
+    /// with [`SandboxEvents::of`] once it runs.
+    fn before_spawn() -> SandboxEvents {
+        let format = format!(
+            "{{{{.TimeNano}}}} {{{{.Action}}}} {{{{.ID}}}} {{{{index .Actor.Attributes \"{PID_LABEL}\"}}}}"
+        );
         let mut child = Command::new("docker")
             .args(["events", "--filter", "type=container"])
             .args(["--filter", "event=create", "--filter", "event=start"])
-            .args([
-                "--filter",
-                &pid_filter,
-                "--filter",
-                "label=python-docker-mcp.role=sandbox",
-            ])
-            .args(["--format", "{{.TimeNano}} {{.Action}} {{.ID}}"])
+            .args(["--filter", "label=python-docker-mcp.role=sandbox"])
+            .args(["--format", &format])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -558,39 +566,58 @@ impl SandboxEvents {
                 .map_while(Result::ok)
             {
                 let mut parts = line.split_whitespace();
-                if let (Some(t), Some(action), Some(id)) =
-                    (parts.next(), parts.next(), parts.next())
+                if let (Some(t), Some(action), Some(id), Some(pid)) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
                 {
                     if let Ok(t) = t.parse::<i128>() {
-                        sink.lock()
-                            .unwrap()
-                            .push((t, action.to_string(), id.to_string()));
+                        sink.lock().unwrap().push((
+                            t,
+                            action.to_string(),
+                            id.to_string(),
+                            pid.to_string(),
+                        ));
                     }
                 }
             }
         });
         // Let the subscription reach the engine before anything is created.
         std::thread::sleep(Duration::from_millis(500));
-        SandboxEvents { child, seen }
+        SandboxEvents {
+            child,
+            seen,
+            pid: None,
+        }
+    }
+
+    fn of(self, pid: u32) -> SandboxEvents {
+        SandboxEvents {
+            pid: Some(pid),
+            ..self
+        }
+    }
+
+    fn events(&self) -> Vec<(i128, String, String)> {
+        let pid = self.pid.expect("the daemon's pid").to_string();
+        let mut events: Vec<_> = self
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.3 == pid)
+            .map(|e| (e.0, e.1.clone(), e.2.clone()))
+            .collect();
+        events.sort();
+        events
     }
 
     /// Wait until `n` containers have started (events arrive a moment after the fact),
     /// then stop listening. Returns (engine time, action, container id), oldest first.
     async fn stop_after(mut self, n: usize) -> Vec<(i128, String, String)> {
-        let seen = self.seen.clone();
-        let started = || {
-            seen.lock()
-                .unwrap()
-                .iter()
-                .filter(|e| e.1 == "start")
-                .count()
-        };
-        eventually(Duration::from_secs(30), || started() >= n).await;
+        let started = |s: &SandboxEvents| s.events().iter().filter(|e| e.1 == "start").count();
+        eventually(Duration::from_secs(30), || started(&self) >= n).await;
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let mut events = self.seen.lock().unwrap().clone();
-        events.sort();
-        events
+        self.events()
     }
 }
 
@@ -692,6 +719,36 @@ async fn waiting_calls_are_served_in_arrival_order() {
         served,
         vec![0, 1, 2, 3, 4],
         "call i got the sandbox created n-th: waiters were not served in arrival order"
+    );
+    d.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warming_never_competes_with_the_first_call_after_spawn() {
+    build_slow_image();
+    let events = SandboxEvents::before_spawn();
+    let mut d = Daemon::start_with(&[
+        POOL_ON,
+        ("PYTHON_DOCKER_MCP_POOL_SIZE", "3"),
+        ("PYTHON_DOCKER_MCP_MAX_CONCURRENT_CREATIONS", "5"),
+        ("PYTHON_DOCKER_MCP_IMAGE", SLOW_IMAGE),
+    ])
+    .await;
+    // As an agent does: a call right after start, while the pool has nothing ready.
+    let host = hostname_of_run(&d).await;
+    // Three warm sandboxes, plus the replacement of the one the call used.
+    let events = events.of(d.pid).stop_after(4).await;
+    let created = creation_order(&events);
+    assert_eq!(
+        created.iter().position(|id| id.starts_with(&host)),
+        Some(0),
+        "the call did not get the first sandbox the pool made: {host} among {created:?}"
+    );
+    let most = most_at_once(&events);
+    assert_eq!(
+        most, 1,
+        "{most} sandboxes were made at once while warming (max_concurrent_creations 5): the \
+         refill competed with the call for the CPU: {events:?}"
     );
     d.finish().await;
 }
