@@ -72,6 +72,15 @@ pub enum DockerError {
         runtime: String,
         message: String,
     },
+    /// Podman's Docker-compatible API ignores the runtime a client asks for (the container
+    /// would silently run with Podman's default): refused rather than pretended.
+    #[error(
+        "Podman ignores the OCI runtime a Docker API client asks for, so docker.runtime = \
+         `{runtime}` (PYTHON_DOCKER_MCP_RUNTIME) cannot be honoured. Unset docker.runtime; to \
+         run every Podman container under {runtime}, make it Podman's default instead \
+         (`runtime = \"{runtime}\"` under [engine] in containers.conf)"
+    )]
+    RuntimeIgnored { runtime: String },
     /// Any other refusal by the engine, named (`Docker`, `Podman`).
     #[error("{engine} refused to {op}: {message}")]
     Api {
@@ -160,6 +169,18 @@ pub fn tmpfs_options(kind: EngineKind, options: &str) -> String {
             out.push("notmpcopyup");
             out.join(",")
         }
+    }
+}
+
+/// Driver options for a new volume on `kind`. Podman gives an empty volume to the user of
+/// the first container that mounts it (a sandbox, uid 1000, mounting it read-only), and
+/// the installer (root without capabilities) could then no longer write it. Docker leaves
+/// a new volume's root to root. An explicit owner, `uid=0,gid=0`, makes Podman do the
+/// same: it never changes a volume's owner once one is given.
+fn volume_options(kind: EngineKind) -> Option<HashMap<String, String>> {
+    match kind {
+        EngineKind::Docker => None,
+        EngineKind::Podman => Some(HashMap::from([("o".into(), "uid=0,gid=0".into())])),
     }
 }
 
@@ -683,6 +704,11 @@ impl Docker {
         let conn = self.connection().await?;
         let docker = &conn.api;
         let kind = conn.engine.kind;
+        if let (EngineKind::Podman, Some(runtime)) = (kind, &spec.runtime) {
+            return Err(DockerError::RuntimeIgnored {
+                runtime: runtime.clone(),
+            });
+        }
         let mounts = spec
             .volumes
             .iter()
@@ -841,12 +867,13 @@ impl Docker {
         name: &str,
         labels: &std::collections::BTreeMap<String, String>,
     ) -> Result<(), DockerError> {
+        let conn = self.connection().await?;
         let request = VolumeCreateRequest {
             name: Some(name.into()),
             labels: Some(labels.clone().into_iter().collect()),
+            driver_opts: volume_options(conn.engine.kind),
             ..Default::default()
         };
-        let conn = self.connection().await?;
         conn.api
             .create_volume(request)
             .await
