@@ -335,3 +335,41 @@ async fn podman_refuses_a_runtime_it_would_silently_ignore() {
     d.finish().await;
     assert_nothing_left(pid);
 }
+
+/// gVisor through `docker.runtime`: the code sees gVisor's kernel, not the host's, and a
+/// session, a time-out and an install work as under runc. It needs runsc registered with
+/// Docker (README, "gVisor"), which CI machines do not have: run it by hand with
+/// `cargo test --test podman -- --ignored`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs runsc registered with Docker as `runsc` (README: gVisor)"]
+async fn sandboxes_run_under_gvisor_when_docker_runtime_is_runsc() {
+    let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut d = Daemon::start_with(&[
+        ("PYTHON_DOCKER_MCP_RUNTIME", "runsc"),
+        ("PYTHON_DOCKER_MCP_TIMEOUT", "2s"),
+    ])
+    .await;
+    let id = d
+        .new_session("import platform\nkernel = platform.release()")
+        .await;
+    let r = d.persistent_ok("kernel", &id).await;
+    let kernel = value(&r).unwrap_or_default();
+    assert_ne!(
+        kernel.trim_matches('\''),
+        host_kernel.trim(),
+        "the sandbox sees the host's kernel: {}",
+        describe(&r)
+    );
+    let r = d.persistent("while True:\n    pass", Some(&id)).await;
+    assert_eq!(field(&r, "timed_out"), &json!(true), "{}", describe(&r));
+    assert_eq!(field(&r, "sandbox_lost"), &json!(false), "{}", describe(&r));
+    assert_ok(&d.install(PACKAGE.0, Some(&id)).await);
+    let r = d
+        .persistent_ok(
+            &format!("import {0}\n{0}.dumps({{'a': 1}}).strip()", PACKAGE.1),
+            &id,
+        )
+        .await;
+    assert_eq!(value(&r).as_deref(), Some("'a = 1'"), "{}", describe(&r));
+    d.finish().await;
+}
