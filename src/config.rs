@@ -126,7 +126,7 @@ const KEYS: &[Key] = &[
     Key { path: "docker.user", env: "USER", kind: Kind::Str, default: "'1000:1000'",
           doc: "uid:gid the code runs as; never root" },
     Key { path: "docker.runtime", env: "RUNTIME", kind: Kind::OptStr, default: "null",
-          doc: "OCI runtime the engine runs sandboxes with, e.g. runsc for gVisor (a user-space kernel between the code and the host); it must be registered with the engine. null means the engine's default (runc)" },
+          doc: "OCI runtime the engine runs sandboxes with, e.g. runsc for gVisor (a user-space kernel between the code and the host); it must be registered with the engine (under Podman, make it Podman's default instead). null means the engine's default" },
     Key { path: "docker.output_limit", env: "OUTPUT_LIMIT", kind: Kind::Bytes { min: 1024, max: 4 * MIB }, default: "256k",
           doc: "Cap on stdout and on stderr returned per call, at most 4m (a reply must fit the protocol's 16 MiB frame); the rest is dropped with a marker" },
     Key { path: "docker.file_limit", env: "FILE_LIMIT", kind: Kind::Bytes { min: 1024, max: 1024 * MIB }, default: "16m",
