@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite. On a fresh Debian machine (as root) it first installs what is
-# missing: a Rust toolchain, the Docker engine, the sandbox image. Then: formatting, lints,
+# missing: a Rust toolchain, the Docker engine, the sandbox image, Podman (with the image
+# loaded, for tests/podman.rs). Then: formatting, lints,
 # unit tests and the end-to-end tests that drive the real binary through a real MCP client
 # against the real engine. Nothing is skipped for want of Docker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/prepare.sh
+# Podman serving the Docker API, with the image loaded, for tests/podman.rs.
+scripts/ensure-podman.sh
 
 # Volumes named like ours but without our labels: Docker makes one when a container mounts
 # a volume name that does not exist. Those present now are not this run's.
@@ -41,11 +44,24 @@ for name in $(docker volume ls -q --filter label=python-docker-mcp.managed=true 
   pid=$(docker volume inspect -f '{{index .Labels "python-docker-mcp.pid"}}' "$name" 2>/dev/null || true)
   owner_alive "$pid" || left_volumes="$left_volumes $name"
 done
+# The same in Podman (tests/podman.rs points daemons at it).
+for id in $(podman ps -aq --filter label=python-docker-mcp.managed=true --filter label=python-docker-mcp.host="$host"); do
+  pid=$(podman inspect -f '{{index .Config.Labels "python-docker-mcp.pid"}}' "$id" 2>/dev/null || true)
+  owner_alive "$pid" || left_containers="$left_containers podman:$id"
+done
+# Podman ORs label filters on volumes: filter by host, test the label by hand.
+for name in $(podman volume ls -q --filter label=python-docker-mcp.host="$host"); do
+  [ "$(podman volume inspect -f '{{index .Labels "python-docker-mcp.managed"}}' "$name" 2>/dev/null)" = true ] || continue
+  pid=$(podman volume inspect -f '{{index .Labels "python-docker-mcp.pid"}}' "$name" 2>/dev/null || true)
+  owner_alive "$pid" || left_volumes="$left_volumes podman:$name"
+done
 if [ -n "$left_containers$left_volumes" ]; then
   [ -z "$left_containers" ] || echo "test.sh: containers left behind by exited daemons:$left_containers" >&2
   [ -z "$left_volumes" ] || echo "test.sh: volumes left behind by exited daemons:$left_volumes" >&2
   docker ps -a --filter label=python-docker-mcp.managed=true >&2
   docker volume ls --filter label=python-docker-mcp.managed=true >&2
+  podman ps -a --filter label=python-docker-mcp.managed=true >&2
+  podman volume ls --filter label=python-docker-mcp.managed=true >&2
   exit 1
 fi
 unlabelled_new="$(comm -13 <(echo "$unlabelled_before") <(unlabelled || true) | sed '/^$/d')"

@@ -125,6 +125,8 @@ const KEYS: &[Key] = &[
           doc: "Size of each writable tmpfs (/tmp, working directory) when read_only is on; counts against memory" },
     Key { path: "docker.user", env: "USER", kind: Kind::Str, default: "'1000:1000'",
           doc: "uid:gid the code runs as; never root" },
+    Key { path: "docker.runtime", env: "RUNTIME", kind: Kind::OptStr, default: "null",
+          doc: "OCI runtime the engine runs sandboxes with, e.g. runsc for gVisor (a user-space kernel between the code and the host); it must be registered with the engine (under Podman, make it Podman's default instead). null means the engine's default" },
     Key { path: "docker.output_limit", env: "OUTPUT_LIMIT", kind: Kind::Bytes { min: 1024, max: 4 * MIB }, default: "256k",
           doc: "Cap on stdout and on stderr returned per call, at most 4m (a reply must fit the protocol's 16 MiB frame); the rest is dropped with a marker" },
     Key { path: "docker.file_limit", env: "FILE_LIMIT", kind: Kind::Bytes { min: 1024, max: 1024 * MIB }, default: "16m",
@@ -244,6 +246,8 @@ pub struct DockerConfig {
     pub read_only: bool,
     pub tmpfs_size: u64,
     pub user: String,
+    /// The OCI runtime sandboxes run with (`runsc` for gVisor); `None`: the engine's default.
+    pub runtime: Option<String>,
     pub output_limit: u64,
     /// The largest file moved in or out (`upload-file`, `download-file`, `resources/read`),
     /// and the total of the files a transient run returns embedded.
@@ -439,6 +443,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         read_only: p.bool("docker.read_only")?,
         tmpfs_size: p.bytes("docker.tmpfs_size")?,
         user: p.string("docker.user")?,
+        runtime: p.opt_string("docker.runtime")?,
         output_limit: p.bytes("docker.output_limit")?,
         file_limit: p.bytes("docker.file_limit")?,
         pool_enabled: p.bool("docker.pool_enabled")?,
@@ -481,6 +486,16 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
             "docker.user",
             "a non-root uid[:gid] such as 1000:1000 (root is refused)",
         ));
+    }
+    if let Some(runtime) = &docker.runtime {
+        let name_char = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+        if runtime.is_empty() || !runtime.chars().all(name_char) {
+            return Err(p.invalid(
+                "docker.runtime",
+                "the name of an OCI runtime registered with the engine, such as runsc \
+                 (letters, digits, `.`, `_`, `-`), or null for the engine's default",
+            ));
+        }
     }
     if docker.timeout.is_zero() {
         return Err(p.invalid("docker.timeout", "a duration greater than zero"));
@@ -1097,6 +1112,39 @@ mod tests {
                 ..Default::default()
             });
             assert!(e.is_err(), "user {user:?} accepted");
+        }
+    }
+
+    #[test]
+    fn the_oci_runtime_is_the_engines_default_unless_named() {
+        assert_eq!(Config::defaults().docker.runtime, None);
+        let c = resolve(&Layers {
+            file: file("docker:\n  runtime: runsc\n"),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.docker.runtime.as_deref(), Some("runsc"));
+        let c = resolve(&Layers {
+            file: file("docker:\n  runtime: runsc\n"),
+            env: env(&[("PYTHON_DOCKER_MCP_RUNTIME", "")]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.docker.runtime, None,
+            "an empty variable means the default"
+        );
+        for bad in ["run sc", "runsc;rm", "/usr/bin/runsc"] {
+            let e = resolve(&Layers {
+                env: env(&[("PYTHON_DOCKER_MCP_RUNTIME", bad)]),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("docker.runtime") && e.contains("OCI runtime"),
+                "{e}"
+            );
         }
     }
 

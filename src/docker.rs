@@ -1,5 +1,11 @@
 //! The container runtime seam: the only module that talks to Docker (through bollard).
 //!
+//! It speaks the Docker API to whatever engine answers at `DOCKER_HOST`: Docker, or Podman
+//! through `podman system service`. Which one answered is read once from the version
+//! endpoint ([`EngineInfo`]); messages name it, and the few places where Podman reads the
+//! API differently are bridged here ([`tmpfs_options`]), so the rest of the daemon never
+//! asks which engine it has.
+//!
 //! It connects lazily (so the daemon starts and answers even when Docker is down), turns a
 //! [`ContainerSpec`] into a created, attached and started container, and offers the few
 //! other operations the daemon needs: signal, remove, run-to-completion (output capped to
@@ -46,19 +52,136 @@ pub enum DockerError {
         "the sandbox image `{image}` is not present on this Docker engine. Build it with \
          `python-docker-mcp image build --tag {image}` (on a machine that cannot pull \
          python:3.12-slim, add `--base IMAGE` naming a local image that has python3), or set \
-         docker.image / PYTHON_DOCKER_MCP_IMAGE to an image that has python3"
+         docker.image / PYTHON_DOCKER_MCP_IMAGE to an image that has python3. For Podman, \
+         copy it from Docker with `docker save {image} | podman load`"
     )]
     ImageMissing { image: String },
     /// An image build stopped: the engine's own words (a failed `RUN`, a base it could not
     /// pull).
     #[error("building the image `{tag}` failed: {message}")]
     BuildFailed { tag: String, message: String },
-    /// Any other refusal by the engine.
-    #[error("Docker refused to {op}: {message}")]
-    Api { op: &'static str, message: String },
+    /// The engine knows no OCI runtime by the name `docker.runtime` gives.
+    #[error(
+        "{engine} has no OCI runtime named `{runtime}` (set by docker.runtime / \
+         PYTHON_DOCKER_MCP_RUNTIME): {message}. Register the runtime with the engine (for \
+         gVisor: install runsc and add it under \"runtimes\" in /etc/docker/daemon.json, then \
+         restart dockerd), or unset docker.runtime to use the engine's default"
+    )]
+    UnknownRuntime {
+        engine: &'static str,
+        runtime: String,
+        message: String,
+    },
+    /// Podman's Docker-compatible API ignores the runtime a client asks for (the container
+    /// would silently run with Podman's default): refused rather than pretended.
+    #[error(
+        "Podman ignores the OCI runtime a Docker API client asks for, so docker.runtime = \
+         `{runtime}` (PYTHON_DOCKER_MCP_RUNTIME) cannot be honoured. Unset docker.runtime; to \
+         run every Podman container under {runtime}, make it Podman's default instead \
+         (`runtime = \"{runtime}\"` under [engine] in containers.conf)"
+    )]
+    RuntimeIgnored { runtime: String },
+    /// Any other refusal by the engine, named (`Docker`, `Podman`).
+    #[error("{engine} refused to {op}: {message}")]
+    Api {
+        engine: &'static str,
+        op: &'static str,
+        message: String,
+    },
     /// A container did not finish in time.
     #[error("container did not finish within {0:?}")]
     Timeout(Duration),
+}
+
+/// Which engine serves the Docker API at `DOCKER_HOST`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    Docker,
+    /// Podman's Docker-compatible service (`podman system service`).
+    Podman,
+}
+
+impl EngineKind {
+    /// The name messages use: "Podman refused to create a container: ...".
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Docker => "Docker",
+            EngineKind::Podman => "Podman",
+        }
+    }
+}
+
+/// The engine that answered, read once from its version endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineInfo {
+    pub kind: EngineKind,
+    /// The engine's own version (Podman's, not the API version it emulates).
+    pub version: String,
+}
+
+impl std::fmt::Display for EngineInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind.name(), self.version)
+    }
+}
+
+impl EngineInfo {
+    /// Podman names itself in the version's components ("Podman Engine") and platform;
+    /// anything else speaking the API is taken for Docker.
+    fn from_version(v: &bollard::models::SystemVersion) -> EngineInfo {
+        let podman = |name: &str| name.to_ascii_lowercase().contains("podman");
+        let component = v.components.iter().flatten().find(|c| podman(&c.name));
+        let platform = v.platform.as_ref().is_some_and(|p| podman(&p.name));
+        let kind = if component.is_some() || platform {
+            EngineKind::Podman
+        } else {
+            EngineKind::Docker
+        };
+        let version = component
+            .map(|c| c.version.clone())
+            .or_else(|| v.version.clone())
+            .unwrap_or_default();
+        EngineInfo { kind, version }
+    }
+}
+
+/// tmpfs mount options as `kind` accepts them. The specs speak Docker's (the kernel's)
+/// options. Podman refuses `uid=` and `gid=` ("unknown mount option") and offers `U`
+/// instead, which makes the mount belong to the container's user: the owner every spec
+/// asks for. Podman also copies the image's files at the mount point into a new tmpfs
+/// unless told `notmpcopyup`; Docker mounts it empty, and so do we on both.
+pub fn tmpfs_options(kind: EngineKind, options: &str) -> String {
+    match kind {
+        EngineKind::Docker => options.to_string(),
+        EngineKind::Podman => {
+            let mut out: Vec<&str> = Vec::new();
+            let mut owned = false;
+            for o in options.split(',').filter(|o| !o.is_empty()) {
+                if o.starts_with("uid=") || o.starts_with("gid=") {
+                    owned = true;
+                } else {
+                    out.push(o);
+                }
+            }
+            if owned {
+                out.push("U");
+            }
+            out.push("notmpcopyup");
+            out.join(",")
+        }
+    }
+}
+
+/// Driver options for a new volume on `kind`. Podman gives an empty volume to the user of
+/// the first container that mounts it (a sandbox, uid 1000, mounting it read-only), and
+/// the installer (root without capabilities) could then no longer write it. Docker leaves
+/// a new volume's root to root. An explicit owner, `uid=0,gid=0`, makes Podman do the
+/// same: it never changes a volume's owner once one is given.
+fn volume_options(kind: EngineKind) -> Option<HashMap<String, String>> {
+    match kind {
+        EngineKind::Docker => None,
+        EngineKind::Podman => Some(HashMap::from([("o".into(), "uid=0,gid=0".into())])),
+    }
 }
 
 /// A chunk of container output.
@@ -111,11 +234,26 @@ const OOM_HEALTHY: Duration = Duration::from_secs(10);
 /// A cheap-to-clone handle on the engine connection.
 #[derive(Clone)]
 pub struct Docker {
-    /// Connected and version-negotiated on first use; a failed attempt is retried next time.
-    client: Arc<OnceCell<bollard::Docker>>,
+    /// Connected, version-negotiated and identified on first use; a failed attempt is
+    /// retried next time.
+    client: Arc<OnceCell<Connection>>,
     /// The OOM watcher. Its task holds the client and the log, never this handle, so the
     /// task stops when the last handle is dropped (or at [`Docker::close`]).
     oom: Arc<OomWatch>,
+}
+
+/// One engine connection and what answered on it.
+struct Connection {
+    api: bollard::Docker,
+    /// Docker or Podman: read once, when the connection is made.
+    engine: EngineInfo,
+}
+
+impl Connection {
+    /// Map a failure of `op` to an error naming this engine.
+    fn refused(&self, op: &'static str) -> impl FnOnce(BollardError) -> DockerError {
+        api(self.engine.kind.name(), op)
+    }
 }
 
 /// The OOM watcher's handle side: started once, stopped by [`Docker::close`] or on drop.
@@ -229,13 +367,18 @@ impl Default for Docker {
     }
 }
 
-fn host() -> String {
+/// Where the engine is reached: `DOCKER_HOST`, or Docker's default socket.
+pub fn host() -> String {
     std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
 }
 
-fn api(op: &'static str) -> impl FnOnce(BollardError) -> DockerError {
+fn api(engine: &'static str, op: &'static str) -> impl FnOnce(BollardError) -> DockerError {
     move |e| match e {
-        BollardError::DockerResponseServerError { message, .. } => DockerError::Api { op, message },
+        BollardError::DockerResponseServerError { message, .. } => DockerError::Api {
+            engine,
+            op,
+            message,
+        },
         BollardError::HyperResponseError { .. }
         | BollardError::HyperLegacyError { .. }
         | BollardError::IOError { .. }
@@ -244,10 +387,18 @@ fn api(op: &'static str) -> impl FnOnce(BollardError) -> DockerError {
             reason: e.to_string(),
         },
         other => DockerError::Api {
+            engine,
             op,
             message: other.to_string(),
         },
     }
+}
+
+/// Whether an engine's refusal says it has no runtime by this name. Docker: "unknown or
+/// invalid runtime name: X"; Podman: "... runtime X ...: invalid argument"-style messages
+/// that name the runtime. Both name it; both say "runtime".
+fn names_unknown_runtime(message: &str, runtime: &str) -> bool {
+    message.contains(runtime) && message.to_ascii_lowercase().contains("runtime")
 }
 
 fn is_not_found(e: &BollardError) -> bool {
@@ -271,15 +422,20 @@ fn is_gone(e: &BollardError) -> bool {
     )
 }
 
-/// Connect and negotiate the API version once; a failed attempt is retried next time.
-async fn connect(cell: &OnceCell<bollard::Docker>) -> Result<&bollard::Docker, DockerError> {
+/// Connect, negotiate the API version and tell Docker from Podman, once; a failed
+/// attempt is retried next time.
+async fn connect(cell: &OnceCell<Connection>) -> Result<&Connection, DockerError> {
     cell.get_or_try_init(|| async {
         let unreachable = |e: BollardError| DockerError::Unreachable {
             host: host(),
             reason: e.to_string(),
         };
         let docker = bollard::Docker::connect_with_defaults().map_err(unreachable)?;
-        docker.negotiate_version().await.map_err(unreachable)
+        let api = docker.negotiate_version().await.map_err(unreachable)?;
+        let version = api.version().await.map_err(unreachable)?;
+        let engine = EngineInfo::from_version(&version);
+        tracing::debug!(engine = %engine, host = %host(), "connected to the container engine");
+        Ok(Connection { api, engine })
     })
     .await
 }
@@ -297,17 +453,13 @@ fn engine_timestamp(at: SystemTime) -> String {
 /// engine may restart while the daemon runs. Each subscription asks for events since
 /// shortly before the previous one ended (since the watcher started, the first time), so a
 /// kill during a gap is replayed by the engine rather than missed.
-async fn watch_ooms(
-    client: Arc<OnceCell<bollard::Docker>>,
-    log: Arc<OomLog>,
-    stop: CancellationToken,
-) {
+async fn watch_ooms(client: Arc<OnceCell<Connection>>, log: Arc<OomLog>, stop: CancellationToken) {
     let mut since = SystemTime::now() - Duration::from_secs(1);
     let mut pause = OOM_RETRY_MIN;
     loop {
         let began = Instant::now();
         match connect(&client).await {
-            Ok(docker) => {
+            Ok(Connection { api: docker, .. }) => {
                 let filters = HashMap::from([
                     ("type".to_string(), vec!["container".to_string()]),
                     ("event".to_string(), vec!["oom".to_string()]),
@@ -369,7 +521,16 @@ impl Docker {
     }
 
     async fn client(&self) -> Result<&bollard::Docker, DockerError> {
+        Ok(&connect(&self.client).await?.api)
+    }
+
+    async fn connection(&self) -> Result<&Connection, DockerError> {
         connect(&self.client).await
+    }
+
+    /// Which engine answers (Docker or Podman) and its version; connects if needed.
+    pub async fn engine(&self) -> Result<EngineInfo, DockerError> {
+        Ok(self.connection().await?.engine.clone())
     }
 
     /// Start the OOM watcher if it is not running (idempotent; needs a tokio runtime).
@@ -416,21 +577,22 @@ impl Docker {
 
     /// Check that the engine answers; returns its version.
     pub async fn ping(&self) -> Result<String, DockerError> {
-        let v = self
-            .client()
-            .await?
+        let conn = self.connection().await?;
+        let v = conn
+            .api
             .version()
             .await
-            .map_err(api("report its version"))?;
+            .map_err(conn.refused("report its version"))?;
         Ok(v.version.unwrap_or_default())
     }
 
     /// Check that an image is present.
     pub async fn image_present(&self, image: &str) -> Result<bool, DockerError> {
-        match self.client().await?.inspect_image(image).await {
+        let conn = self.connection().await?;
+        match conn.api.inspect_image(image).await {
             Ok(_) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(api("inspect the image")(e)),
+            Err(e) => Err(conn.refused("inspect the image")(e)),
         }
     }
 
@@ -445,7 +607,8 @@ impl Docker {
         build_args: HashMap<String, String>,
         mut progress: impl FnMut(&str),
     ) -> Result<(), DockerError> {
-        let docker = self.client().await?;
+        let conn = self.connection().await?;
+        let docker = &conn.api;
         let options = BuildImageOptions {
             t: Some(tag.to_string()),
             buildargs: Some(build_args),
@@ -466,7 +629,7 @@ impl Docker {
             let info = match item {
                 Ok(info) => info,
                 Err(BollardError::DockerStreamError { error }) => return Err(failed(error)),
-                Err(e) => match api("build an image")(e) {
+                Err(e) => match conn.refused("build an image")(e) {
                     DockerError::Api { message, .. } => return Err(failed(message)),
                     other => return Err(other),
                 },
@@ -485,7 +648,8 @@ impl Docker {
 
     /// Create, attach (before start, so no output is lost) and start a container.
     pub async fn start_attached(&self, spec: &ContainerSpec) -> Result<Attached, DockerError> {
-        let docker = self.client().await?;
+        let conn = self.connection().await?;
+        let docker = &conn.api;
         self.watch_ooms();
         let id = self.create(spec).await?;
         let attached = docker
@@ -505,12 +669,12 @@ impl Docker {
             Ok(a) => a,
             Err(e) => {
                 self.remove(&id).await;
-                return Err(api("attach to the container")(e));
+                return Err(conn.refused("attach to the container")(e));
             }
         };
         if let Err(e) = docker.start_container(&id, None).await {
             self.remove(&id).await;
-            return Err(api("start the container")(e));
+            return Err(conn.refused("start the container")(e));
         }
         let output = attached.output.filter_map(|item| async move {
             match item {
@@ -537,7 +701,14 @@ impl Docker {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, DockerError> {
-        let docker = self.client().await?;
+        let conn = self.connection().await?;
+        let docker = &conn.api;
+        let kind = conn.engine.kind;
+        if let (EngineKind::Podman, Some(runtime)) = (kind, &spec.runtime) {
+            return Err(DockerError::RuntimeIgnored {
+                runtime: runtime.clone(),
+            });
+        }
         let mounts = spec
             .volumes
             .iter()
@@ -558,10 +729,16 @@ impl Docker {
             security_opt: Some(spec.security_opt.clone()),
             readonly_rootfs: Some(spec.read_only_root),
             network_mode: Some(spec.network.clone().unwrap_or_else(|| "none".into())),
-            tmpfs: Some(spec.tmpfs.clone().into_iter().collect()),
+            tmpfs: Some(
+                spec.tmpfs
+                    .iter()
+                    .map(|(path, options)| (path.clone(), tmpfs_options(kind, options)))
+                    .collect(),
+            ),
             mounts: Some(mounts),
             init: Some(true),
             auto_remove: Some(spec.auto_remove),
+            runtime: spec.runtime.clone(),
             log_config: Some(HostConfigLogConfig {
                 typ: Some(spec.log_driver.clone()),
                 config: None,
@@ -596,7 +773,18 @@ impl Docker {
             Err(e) if is_not_found(&e) => Err(DockerError::ImageMissing {
                 image: spec.image.clone(),
             }),
-            Err(e) => Err(api("create a container")(e)),
+            Err(e) => match (&spec.runtime, conn.refused("create a container")(e)) {
+                (Some(runtime), DockerError::Api { message, .. })
+                    if names_unknown_runtime(&message, runtime) =>
+                {
+                    Err(DockerError::UnknownRuntime {
+                        engine: kind.name(),
+                        runtime: runtime.clone(),
+                        message,
+                    })
+                }
+                (_, other) => Err(other),
+            },
         }
     }
 
@@ -605,10 +793,11 @@ impl Docker {
         let options = KillContainerOptions {
             signal: signal.into(),
         };
-        match self.client().await?.kill_container(id, Some(options)).await {
+        let conn = self.connection().await?;
+        match conn.api.kill_container(id, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) if is_gone(&e) => Ok(()),
-            Err(e) => Err(api("signal the container")(e)),
+            Err(e) => Err(conn.refused("signal the container")(e)),
         }
     }
 
@@ -638,7 +827,8 @@ impl Docker {
         spec: &ContainerSpec,
         timeout: Duration,
     ) -> Result<Finished, DockerError> {
-        let docker = self.client().await?;
+        let conn = self.connection().await?;
+        let docker = &conn.api;
         let mut attached = self.start_attached(spec).await?;
         let id = attached.id.clone();
         let collect = async {
@@ -654,7 +844,7 @@ impl Docker {
             let exit_code = match wait.next().await {
                 Some(Ok(r)) => r.status_code,
                 Some(Err(BollardError::DockerContainerWaitError { code, .. })) => code,
-                Some(Err(e)) => return Err(api("wait for the container")(e)),
+                Some(Err(e)) => return Err(conn.refused("wait for the container")(e)),
                 None => -1,
             };
             Ok(Finished {
@@ -677,16 +867,17 @@ impl Docker {
         name: &str,
         labels: &std::collections::BTreeMap<String, String>,
     ) -> Result<(), DockerError> {
+        let conn = self.connection().await?;
         let request = VolumeCreateRequest {
             name: Some(name.into()),
             labels: Some(labels.clone().into_iter().collect()),
+            driver_opts: volume_options(conn.engine.kind),
             ..Default::default()
         };
-        self.client()
-            .await?
+        conn.api
             .create_volume(request)
             .await
-            .map_err(api("create a volume"))?;
+            .map_err(conn.refused("create a volume"))?;
         Ok(())
     }
 
@@ -734,18 +925,19 @@ impl Docker {
             filters: Some(filters),
             ..Default::default()
         };
-        let list = self
-            .client()
-            .await?
+        let conn = self.connection().await?;
+        let list = conn
+            .api
             .list_containers(Some(options))
             .await
-            .map_err(api("list containers"))?;
+            .map_err(conn.refused("list containers"))?;
         Ok(list.into_iter().filter_map(|c| c.id).collect())
     }
 
     /// Every container and volume carrying the `managed` label, with their labels.
     pub async fn managed(&self) -> Result<Vec<Labelled>, DockerError> {
-        let docker = self.client().await?;
+        let conn = self.connection().await?;
+        let docker = &conn.api;
         let filters = HashMap::from([(
             "label".to_string(),
             vec![format!("{}=true", labels::MANAGED)],
@@ -758,13 +950,13 @@ impl Docker {
         let containers = docker
             .list_containers(Some(options))
             .await
-            .map_err(api("list containers"))?;
+            .map_err(conn.refused("list containers"))?;
         let volumes = docker
             .list_volumes(Some(ListVolumesOptions {
                 filters: Some(filters),
             }))
             .await
-            .map_err(api("list volumes"))?;
+            .map_err(conn.refused("list volumes"))?;
         let mut out: Vec<Labelled> = containers
             .into_iter()
             .filter_map(|c| {
@@ -800,14 +992,14 @@ impl Docker {
             "label".to_string(),
             vec![format!("{}={instance}", labels::INSTANCE)],
         )]);
-        let volumes = self
-            .client()
-            .await?
+        let conn = self.connection().await?;
+        let volumes = conn
+            .api
             .list_volumes(Some(ListVolumesOptions {
                 filters: Some(filters),
             }))
             .await
-            .map_err(api("list volumes"))?;
+            .map_err(conn.refused("list volumes"))?;
         let names: Vec<String> = volumes
             .volumes
             .unwrap_or_default()
@@ -829,6 +1021,62 @@ mod tests {
             h.push(c);
         }
         h.finish()
+    }
+
+    fn version(json: &str) -> bollard::models::SystemVersion {
+        serde_json::from_str(json).expect("a version document")
+    }
+
+    #[test]
+    fn podman_is_told_from_docker_by_its_version_document() {
+        // Trimmed from what Podman 4.3.1 and Debian's Docker 20.10 answer here.
+        let podman = version(
+            r#"{"Platform":{"Name":"linux/amd64/debian-12"},
+                "Components":[{"Name":"Podman Engine","Version":"4.3.1","Details":{}},
+                              {"Name":"Conmon","Version":"conmon version 2.1.6","Details":{}}],
+                "Version":"4.3.1","ApiVersion":"1.41"}"#,
+        );
+        let info = EngineInfo::from_version(&podman);
+        assert_eq!(info.kind, EngineKind::Podman);
+        assert_eq!(info.to_string(), "Podman 4.3.1");
+        let docker = version(
+            r#"{"Platform":{"Name":""},
+                "Components":[{"Name":"Engine","Version":"20.10.24+dfsg1","Details":{}},
+                              {"Name":"runc","Version":"1.1.5","Details":{}}],
+                "Version":"20.10.24+dfsg1","ApiVersion":"1.41"}"#,
+        );
+        let info = EngineInfo::from_version(&docker);
+        assert_eq!(info.kind, EngineKind::Docker);
+        assert_eq!(info.to_string(), "Docker 20.10.24+dfsg1");
+        assert_eq!(
+            EngineInfo::from_version(&version(r#"{"Version":"27.0.1"}"#)).kind,
+            EngineKind::Docker
+        );
+    }
+
+    #[test]
+    fn podman_gets_tmpfs_ownership_as_u_and_docker_as_given() {
+        let owned = "rw,nosuid,nodev,size=134217728,mode=0755,uid=1000,gid=1000";
+        assert_eq!(tmpfs_options(EngineKind::Docker, owned), owned);
+        assert_eq!(
+            tmpfs_options(EngineKind::Podman, owned),
+            "rw,nosuid,nodev,size=134217728,mode=0755,U,notmpcopyup"
+        );
+        let shared = "rw,nosuid,nodev,size=512m,mode=1777";
+        assert_eq!(tmpfs_options(EngineKind::Docker, shared), shared);
+        assert_eq!(
+            tmpfs_options(EngineKind::Podman, shared),
+            format!("{shared},notmpcopyup")
+        );
+    }
+
+    #[test]
+    fn an_unknown_runtime_is_recognised_in_either_engines_words() {
+        assert!(names_unknown_runtime(
+            "unknown or invalid runtime name: no-such-runtime",
+            "no-such-runtime"
+        ));
+        assert!(!names_unknown_runtime("no such image", "no-such-runtime"));
     }
 
     #[test]

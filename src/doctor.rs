@@ -67,9 +67,18 @@ pub async fn run(config: Config) -> Vec<String> {
     let docker = engine.docker();
     let image = &config.docker.image;
 
-    let ready = match docker.ping().await {
-        Ok(version) => {
-            report("Docker", Verdict::Ok(format!("engine {version} answers")));
+    let ready = match docker.engine().await {
+        Ok(engine) => {
+            report(
+                "Docker",
+                Verdict::Ok(format!(
+                    "engine {engine} answers at {}",
+                    crate::docker::host()
+                )),
+            );
+            if let Some(runtime) = &config.docker.runtime {
+                println!("      OCI runtime of sandboxes (docker.runtime): {runtime}");
+            }
             match docker.image_present(image).await {
                 Ok(true) => {
                     report("image", Verdict::Ok(format!("{image} is present")));

@@ -267,7 +267,7 @@ async fn serve(config: Config, http: Option<http::Plan>) -> anyhow::Result<()> {
     // Tell the operator early if Docker or the image is missing; never block start-up on it.
     let probe = engine.clone();
     let probe = tokio::spawn(async move {
-        match probe.docker().ping().await {
+        match probe.docker().engine().await {
             Ok(v) => {
                 if let Err(e) = probe.reap_orphans().await {
                     tracing::warn!(error = %e, "could not look for containers of earlier daemons");
@@ -277,7 +277,7 @@ async fn serve(config: Config, http: Option<http::Plan>) -> anyhow::Result<()> {
                     .image_present(&probe.config().docker.image)
                     .await
                 {
-                    Ok(true) => tracing::info!(engine = %v, "Docker is ready"),
+                    Ok(true) => tracing::info!(engine = %v, "the container engine is ready"),
                     Ok(false) => tracing::warn!(
                         "{}",
                         python_docker_mcp::docker::DockerError::ImageMissing {

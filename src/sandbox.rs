@@ -97,6 +97,9 @@ pub struct ContainerSpec {
     pub security_opt: Vec<String>,
     /// Let Docker remove the container as soon as it exits.
     pub auto_remove: bool,
+    /// The OCI runtime (`docker.runtime`, e.g. `runsc` for gVisor); `None` is the
+    /// engine's default.
+    pub runtime: Option<String>,
     /// Docker log driver: [`LOG_DRIVER`] (`none`) for every container. The daemon reads
     /// all output through the attach stream, so the engine keeping a second copy on disk
     /// (unbounded with the default `json-file` driver) would only fill the host's disk.
@@ -290,6 +293,7 @@ pub fn repl_spec(
         cap_drop: cap_drop(),
         security_opt: security_opt(),
         auto_remove: true,
+        runtime: d.runtime.clone(),
         log_driver: LOG_DRIVER.into(),
     }
 }
@@ -347,6 +351,8 @@ pub fn installer_spec(
         security_opt: security_opt(),
         // Removed by the daemon after its exit code is read.
         auto_remove: false,
+        // The engine's default runtime: docker.runtime is for the code sandboxes.
+        runtime: None,
         log_driver: LOG_DRIVER.into(),
     }
 }
