@@ -525,10 +525,13 @@ fn build_slow_image() {
 
 /// The engine's `create` and `start` events for one daemon's sandboxes, recorded live
 /// with the engine's own timestamps.
+/// (engine time, action, container id, daemon pid label)
+type Event = (i128, String, String, String);
+
 struct SandboxEvents {
     child: std::process::Child,
     /// Events of every daemon's sandboxes, with the daemon's pid.
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(i128, String, String, String)>>>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Event>>>,
     pid: Option<u32>,
 }
 
