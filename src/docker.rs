@@ -8,7 +8,7 @@
 //!
 //! It connects lazily (so the daemon starts and answers even when Docker is down), turns a
 //! [`ContainerSpec`] into a created, attached and started container, and offers the few
-//! other operations the daemon needs: signal, remove, run-to-completion (output capped to
+//! other operations the daemon needs: remove, run-to-completion (output capped to
 //! its head and tail), volumes, removal of everything carrying a label, and building an
 //! image from an in-memory context ([`Docker::build_image`]). It also owns
 //! the OOM watcher: one long-lived subscription to the engine's `oom` events, so a caller
@@ -26,8 +26,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     AttachContainerOptions, BuildImageOptions, CreateContainerOptions, EventsOptions,
-    KillContainerOptions, ListContainersOptions, ListVolumesOptions, RemoveContainerOptions,
-    RemoveVolumeOptions, WaitContainerOptions,
+    ListContainersOptions, ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
+    WaitContainerOptions,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -785,19 +785,6 @@ impl Docker {
                 }
                 (_, other) => Err(other),
             },
-        }
-    }
-
-    /// Send a signal (for example `SIGINT`) to the container's main process.
-    pub async fn signal(&self, id: &str, signal: &str) -> Result<(), DockerError> {
-        let options = KillContainerOptions {
-            signal: signal.into(),
-        };
-        let conn = self.connection().await?;
-        match conn.api.kill_container(id, Some(options)).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_gone(&e) => Ok(()),
-            Err(e) => Err(conn.refused("signal the container")(e)),
         }
     }
 

@@ -3,9 +3,14 @@
 //!
 //! Frames are single JSON lines; [`FrameDecoder`] reassembles them from attach chunks,
 //! which do not align with lines, and refuses any line longer than [`MAX_FRAME`].
-//! [`Repl::execute`] sends one request and waits for its reply; on a time-out it interrupts
-//! the code (SIGINT becomes `KeyboardInterrupt` inside user code only) and, if the code does
-//! not stop within a grace period, kills the container and reports the sandbox lost.
+//! [`Repl::execute`] sends one request and waits for its reply. On a time-out or a
+//! cancelled call it interrupts the code **in-band**: an `interrupt` request naming the
+//! execution goes down the same stdin, and the helper's reader thread sends SIGINT to its
+//! own main thread, which raises `KeyboardInterrupt` inside user code only. No engine signal
+//! API is used, so this works on any backend that can attach to the helper. If the code
+//! does not stop within [`INTERRUPT_GRACE`] (it ignores the interrupt, or native code holds
+//! the GIL so the reader cannot even run), the container is killed and the sandbox reported
+//! lost: the last resort.
 //!
 //! User code runs in the helper's own process, so it can write to the protocol descriptor:
 //! nothing the sandbox sends is trusted. The reader task enforces the protocol. It accepts
@@ -98,6 +103,11 @@ enum Request<'a> {
         path: &'a str,
     },
     Ping {
+        id: u64,
+    },
+    /// Stop execution `id` (in-band: no engine signal). No reply of its own: the
+    /// execution's result says it was interrupted.
+    Interrupt {
         id: u64,
     },
     Reset {
@@ -408,7 +418,7 @@ struct Expect {
 /// the helper exit and Docker remove the container.
 pub struct Repl {
     docker: Docker,
-    /// Container id, for signals and removal.
+    /// Container id, for removal and the engine's OOM report.
     pub id: String,
     /// Container name, for logs.
     pub name: String,
@@ -587,10 +597,17 @@ impl Repl {
             _ = cancel.cancelled() => Interrupt::Cancelled,
         };
         tracing::info!(container = %self.name, %interrupt, "interrupting the code");
-        if let Err(e) = self.docker.signal(&self.id, "SIGINT").await {
-            tracing::warn!(container = %self.name, error = %e, "could not interrupt");
-        }
-        match tokio::time::timeout(INTERRUPT_GRACE, self.reply(id, progress)).await {
+        // In-band, over the channel the code came by: every backend has one, not every
+        // backend has a signal API. The grace period covers writing the request too: a
+        // helper that does not even read it (native code holding the GIL) is killed.
+        let stopped = async {
+            if let Err(e) = self.send(&Request::Interrupt { id }).await {
+                // The helper's stdin is gone: so is the helper, and its output ends.
+                tracing::warn!(container = %self.name, error = %e, "could not send the interrupt");
+            }
+            self.reply(id, progress).await
+        };
+        match tokio::time::timeout(INTERRUPT_GRACE, stopped).await {
             Ok(Some(reply)) => Ok(Outcome::Interrupted(reply, interrupt)),
             Ok(None) => Err(self
                 .lost(
@@ -1136,6 +1153,15 @@ mod tests {
         let Frame::Result(r) = f else { panic!() };
         assert_eq!(r.id, Some(3));
         assert_eq!(r.error.unwrap().kind, "ValueError");
+    }
+
+    #[test]
+    fn an_interrupt_names_the_execution_and_is_short() {
+        let line = serde_json::to_string(&Request::Interrupt { id: 12 }).unwrap();
+        assert_eq!(line, r#"{"op":"interrupt","id":12}"#);
+        // The helper's reader only parses lines this short (INTERRUPT_LINE_MAX).
+        let longest = serde_json::to_string(&Request::Interrupt { id: u64::MAX }).unwrap();
+        assert!(longest.len() < 256, "{longest}");
     }
 
     #[test]

@@ -10,6 +10,8 @@
 # Requests:  {"op": "exec", "id": N, "code": str, "state": obj|null, "want_state": bool,
 #             "output_limit": int}
 #            {"op": "ping", "id": N}       (health check before a warm sandbox is handed out)
+#            {"op": "interrupt", "id": N}  (stop execution N: KeyboardInterrupt in its code;
+#                                           no reply of its own, N's result says interrupted)
 #            {"op": "reset", "id": N}      (forget every variable and import of the session)
 #            {"op": "vars", "id": N}       (the session's variables: name, type, short repr)
 #            {"op": "packages", "id": N}   (installed distributions: name, version, location)
@@ -49,6 +51,14 @@
 # are rescanned before each execution when they changed, so an install is importable at once.
 # When stdin closes (the daemon went away) the helper exits at once, so a sandbox never
 # outlives its daemon.
+# Interrupts come in-band, so they need no signal API from the engine (Kubernetes has
+# none): the thread that reads stdin takes "interrupt" itself and, if it names the
+# execution running now, sends SIGINT to the main thread (pthread_kill: a signal to that
+# thread wakes time.sleep, blocking reads and joins, which _thread.interrupt_main and
+# PyThreadState_SetAsyncExc do not on Python 3.11). The SIGINT handler raises
+# KeyboardInterrupt only while user code runs; an interrupt that arrives while the run is
+# still queued or being set up is raised as its code starts. Code that ignores it, or native code
+# that holds the GIL (the reader cannot even run), is the daemon's to kill.
 import ast
 import base64
 import builtins
@@ -97,11 +107,15 @@ def send(msg):
 
 
 def write_frame(data):
+    with _send_lock:  # the drain threads send streamed output too
+        _write_locked(data)
+
+
+def _write_locked(data):
     view = memoryview(data)
-    with _send_lock:  # the streamer thread sends too
-        while view:
-            n = os.write(_proto_out, view)
-            view = view[n:]
+    while view:
+        n = os.write(_proto_out, view)
+        view = view[n:]
 
 
 def diag(text):
@@ -112,9 +126,12 @@ def diag(text):
         pass
 
 
-# Requests are read on a thread so that EOF is noticed even while user code runs.
+# Requests are read on a thread so that EOF is noticed, and interrupts are taken, even
+# while user code runs. Every other request goes to the main thread, in order.
 _requests = []
 _requests_cv = threading.Condition()
+# An interrupt request is a short line; longer ones are never parsed here.
+INTERRUPT_LINE_MAX = 256
 
 
 def _reader():
@@ -122,6 +139,14 @@ def _reader():
         line = _proto_in.readline()
         if not line:
             os._exit(0)
+        if len(line) <= INTERRUPT_LINE_MAX and b'"interrupt"' in line:
+            try:
+                req = json.loads(line)
+            except ValueError:
+                req = None
+            if isinstance(req, dict) and req.get("op") == "interrupt":
+                interrupt(req.get("id"))
+                continue
         with _requests_cv:
             _requests.append(line)
             _requests_cv.notify()
@@ -134,13 +159,33 @@ def next_request():
         return _requests.pop(0)
 
 
-# SIGINT (sent by the daemon on a time-out) interrupts user code only.
+# SIGINT interrupts user code only. The reader thread sends it to the main thread when
+# the daemon asks (see the header); one from outside (`docker kill -s INT`) works too.
 _in_user_code = False
+# The id of the execution running now (None between executions), and the last one the
+# daemon asked to interrupt. Plain assignments: the GIL makes each one atomic.
+_running = None
+_interrupt_asked = None
+_main_thread = threading.main_thread().ident
+INTERRUPTED = "execution interrupted by python-docker-mcp (time-out or cancelled call)"
 
 
 def _on_sigint(signum, frame):
     if _in_user_code:
-        raise KeyboardInterrupt("execution interrupted by python-docker-mcp (time-out)")
+        raise KeyboardInterrupt(INTERRUPTED)
+
+
+def interrupt(run_id):
+    """The daemon's in-band interrupt (on the reader thread). It hits only the execution
+    it names: ids are never reused, so a late request (that run is over) hits nothing. A
+    request for a run still queued, or still being set up, is remembered and raised as
+    its code starts; one for the run in its code is a SIGINT to the main thread."""
+    global _interrupt_asked
+    if run_id is None:
+        return
+    _interrupt_asked = run_id
+    if run_id == _running:
+        signal.pthread_kill(_main_thread, signal.SIGINT)
 
 
 signal.signal(signal.SIGINT, _on_sigint)
@@ -687,7 +732,8 @@ def reopen_std_streams():
 
 
 def execute(req):
-    global _in_user_code
+    global _in_user_code, _running
+    _running = req.get("id")
     ns = namespace
     if req.get("state") is not None or req.get("want_state"):
         ns = {"__name__": "__main__", "__builtins__": builtins}
@@ -714,6 +760,9 @@ def execute(req):
         try:
             body, last = compile_cell(req["code"])
             _in_user_code = True
+            if _interrupt_asked is not None and _interrupt_asked == _running:
+                # Asked while the run was being set up, when the handler ignores SIGINT.
+                raise KeyboardInterrupt(INTERRUPTED)
             exec(body, ns)
             if last is not None:
                 value = eval(last, ns)
@@ -729,6 +778,7 @@ def execute(req):
         result["error"] = describe_error(e)
     finally:
         _in_user_code = False
+        _running = None
         duration = time.perf_counter() - started
         end_costs(result, costs)
         try:
