@@ -4,21 +4,24 @@
 //! into the shared environment. Our daemon only: the original runs its installs inside
 //! sandboxes without network.
 //!
-//! "Not cached" needs packages no earlier run put in the engine's download cache volume,
-//! which outlives daemons. The bench takes them in order from `UNCACHED`, each only once:
-//! the ones it used are listed in `target/bench-e2e/installed-once.txt`. A result that
-//! says files came from the cache anyway (another run, a test) is left out of the
-//! series, noted, and the next package is taken.
+//! "Not cached" needs packages that are not in the engine's download cache volume
+//! (`sandbox::CACHE_VOLUME`), which outlives daemons and is shared by every checkout on
+//! the machine. Before the phase the bench lists the volume (read-only, from a throwaway
+//! container without network) and takes, in order from `UNCACHED`, packages whose
+//! wheel or unpacked `NAME-VERSION` is not in it; each run uses them up.
 
-use std::path::Path;
+use serde_json::json;
 
-use serde_json::{json, Value};
+use python_docker_mcp::sandbox::CACHE_VOLUME;
 
 use crate::plan::Plan;
+use crate::references::docker;
 use crate::samples::{ms_since, Series};
-use crate::servers::{call, call_result, session_id, Client};
+use crate::servers::{call, session_id, Client};
+use crate::IMAGE;
 
-/// Small pure-Python wheels, pinned, that neither the tests nor the image use.
+/// Small pure-Python wheels, pinned, that neither the tests nor the image use. A run
+/// takes the first ones not in the download cache; when all are, add more.
 const UNCACHED: &[&str] = &[
     "iniconfig==2.0.0",
     "tomli==2.0.1",
@@ -56,6 +59,38 @@ const UNCACHED: &[&str] = &[
     "cachetools==5.3.1",
     "zipp==3.16.2",
     "appdirs==1.4.3",
+    "tomli==2.0.0",
+    "termcolor==2.2.0",
+    "colorama==0.4.5",
+    "wcwidth==0.2.12",
+    "wcwidth==0.2.10",
+    "wcwidth==0.2.8",
+    "zipp==3.15.0",
+    "zipp==3.14.0",
+    "text-unidecode==1.2",
+    "tabulate==0.8.9",
+    "mccabe==0.6.1",
+    "inflection==0.5.0",
+    "jmespath==0.10.0",
+    "sortedcontainers==2.3.0",
+    "more-itertools==10.0.0",
+    "more-itertools==9.1.0",
+    "platformdirs==4.0.0",
+    "platformdirs==3.11.0",
+    "filelock==3.13.0",
+    "filelock==3.12.4",
+    "tomlkit==0.12.2",
+    "tomlkit==0.12.1",
+    "semver==3.0.0",
+    "cachetools==5.3.0",
+    "blinker==1.6.3",
+    "blinker==1.6.2",
+    "itsdangerous==2.1.1",
+    "async-timeout==4.0.2",
+    "pathspec==0.12.0",
+    "pathspec==0.11.2",
+    "tomli-w==1.1.0",
+    "iniconfig==1.1.0",
 ];
 
 /// The cached package every series starts from.
@@ -71,41 +106,26 @@ pub struct Installs {
     pub uncached_shared: Series,
     /// Cached packages (six and those of `uncached_session`) into the shared environment.
     pub cached_shared: Series,
-    /// Which packages went where, and any left out because they came from the cache.
+    /// Which packages went where.
     pub notes: Vec<String>,
 }
 
-/// Files the result says came from the download cache (None: it does not say).
-fn cached_files(structured: &Option<Value>) -> Option<usize> {
-    structured
-        .as_ref()
-        .and_then(|v| v.get("cached"))
-        .and_then(Value::as_array)
-        .map(Vec::len)
-}
-
-/// One install, timed; `Ok(cached files)` with the sample pushed, or a failure.
-async fn install(
-    c: &Client,
-    s: &mut Series,
-    package: &str,
-    session: Option<&str>,
-) -> Option<Option<usize>> {
+/// One install, timed: a sample, or a failure. Whether it worked.
+async fn install(c: &Client, s: &mut Series, package: &str, session: Option<&str>) -> bool {
     let mut args = json!({ "package_name": package });
     if let Some(id) = session {
         args["session_id"] = json!(id);
     }
     let name = package.split("==").next().unwrap_or(package).to_string();
     let t = std::time::Instant::now();
-    match call_result(c, "install-package", args, &name).await {
-        Ok((_, structured)) => {
-            let ms = ms_since(t);
-            s.ms.push(ms);
-            Some(cached_files(&structured))
+    match call(c, "install-package", args, &name).await {
+        Ok(_) => {
+            s.ms.push(ms_since(t));
+            true
         }
         Err(e) => {
             s.fail(e);
-            None
+            false
         }
     }
 }
@@ -127,81 +147,101 @@ async fn cleanup(c: &Client, id: &str) {
     }
 }
 
-/// The packages of `UNCACHED` not yet used, in order.
-fn unused(record: &Path) -> Vec<&'static str> {
-    let used = std::fs::read_to_string(record).unwrap_or_default();
-    UNCACHED
-        .iter()
-        .copied()
-        .filter(|p| !used.lines().any(|l| l.trim() == *p))
-        .collect()
-}
-
-fn mark_used(record: &Path, package: &str) {
-    use std::io::Write;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(record);
-    if let Err(e) = file.and_then(|mut f| writeln!(f, "{package}")) {
-        progress!("    warning: {}: {e}", record.display());
+/// Every path in the download cache volume, lowercased (empty if it does not exist yet).
+async fn cache_listing() -> Result<String, String> {
+    let volume = format!("{CACHE_VOLUME}:/cache:ro");
+    let args = [
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &volume,
+        IMAGE,
+        "find",
+        "/cache",
+    ];
+    match docker(&["volume", "inspect", CACHE_VOLUME]).await {
+        Err(_) => Ok(String::new()),
+        Ok(_) => docker(&args)
+            .await
+            .map(|s| s.to_lowercase())
+            .map_err(|e| format!("listing the download cache: {e:#}")),
     }
 }
 
-/// Up to `n` installs of unused packages, into a new session each or (no session) the
-/// shared environment. Returns the packages measured.
+/// Whether the cache holds `name==version`: a wheel `name-version-…` or an unpacked
+/// `name-version.dist-info` (names with `_` for `-`, as in wheel file names).
+fn in_cache(listing: &str, package: &str) -> bool {
+    let (name, version) = package.split_once("==").unwrap_or((package, ""));
+    let stem = format!("{}-{version}", name.to_lowercase().replace('-', "_"));
+    listing.lines().any(|l| {
+        let file = l.rsplit('/').next().unwrap_or(l);
+        file.starts_with(&format!("{stem}-")) || file.starts_with(&format!("{stem}."))
+    })
+}
+
+/// Up to `n` installs of packages not in the cache (`taken` are this run's already), into
+/// a new session each or (no session) the shared environment. Returns those measured.
 async fn uncached(
     c: &Client,
     n: usize,
     into_session: bool,
-    record: &Path,
+    listing: &str,
+    taken: &mut Vec<&'static str>,
     s: &mut Series,
-    notes: &mut Vec<String>,
 ) -> Vec<&'static str> {
     let mut measured = Vec::new();
-    let mut left = unused(record).into_iter();
-    while measured.len() < n {
-        let Some(package) = left.next() else {
+    let mut left = UNCACHED.iter().copied().filter(|p| !in_cache(listing, p));
+    // A candidate that fails (a version without a wheel) counts as a failure; the next
+    // one is tried, a few times at most.
+    let mut attempts = 0;
+    while measured.len() < n && attempts < n + 3 {
+        let Some(package) = left.find(|p| !taken.contains(p)) else {
             s.fail(format!(
-                "no package left that this bench never installed: add some to UNCACHED in \
-                 benches/e2e/install.rs, or delete {} if the download cache volume was removed",
-                record.display()
+                "every package of UNCACHED in benches/e2e/install.rs is in the download \
+                 cache ({CACHE_VOLUME}): add new ones (small pure-Python wheels, pinned)"
             ));
             break;
         };
-        mark_used(record, package);
+        taken.push(package);
+        attempts += 1;
         let session = if into_session {
             match new_session(c).await {
                 Ok(id) => Some(id),
                 Err(e) => {
                     s.fail(e);
-                    break;
+                    continue;
                 }
             }
         } else {
             None
         };
-        let mut probe = Series::default();
-        let result = install(c, &mut probe, package, session.as_deref()).await;
+        if install(c, s, package, session.as_deref()).await {
+            measured.push(package);
+        }
         if let Some(id) = &session {
             cleanup(c, id).await;
-        }
-        match result {
-            Some(Some(cached)) if cached > 0 => notes.push(format!(
-                "{package} came from the download cache ({cached} files): left out"
-            )),
-            Some(_) => {
-                s.ms.extend(probe.ms);
-                measured.push(package);
-            }
-            None => s.failures.extend(probe.failures),
         }
     }
     measured
 }
 
-pub async fn measure(c: &Client, plan: Plan, record: &Path) -> Installs {
+pub async fn measure(c: &Client, plan: Plan) -> Installs {
     let mut r = Installs::default();
+    let listing = match cache_listing().await {
+        Ok(l) => l,
+        Err(e) => {
+            r.uncached_session.fail(e);
+            return r;
+        }
+    };
+    let fresh = UNCACHED.iter().filter(|p| !in_cache(&listing, p)).count();
+    progress!(
+        "    download cache: {} paths; {fresh} of the {} candidates not in it",
+        listing.lines().count(),
+        UNCACHED.len()
+    );
     progress!("    install-package {CACHED} into a new session (untimed: fills the cache)");
     match new_session(c).await {
         Ok(id) => {
@@ -217,24 +257,14 @@ pub async fn measure(c: &Client, plan: Plan, record: &Path) -> Installs {
         "    install-package {CACHED} (cached) into a new session ×{}",
         plan.install_cached
     );
-    let mut not_from_cache = 0;
     for _ in 0..plan.install_cached {
-        let id = match new_session(c).await {
-            Ok(id) => id,
-            Err(e) => {
-                r.cached_session.fail(e);
-                continue;
+        match new_session(c).await {
+            Ok(id) => {
+                install(c, &mut r.cached_session, CACHED, Some(&id)).await;
+                cleanup(c, &id).await;
             }
-        };
-        if let Some(Some(0)) = install(c, &mut r.cached_session, CACHED, Some(&id)).await {
-            not_from_cache += 1;
+            Err(e) => r.cached_session.fail(e),
         }
-        cleanup(c, &id).await;
-    }
-    if not_from_cache > 0 {
-        r.notes.push(format!(
-            "{not_from_cache} of the cached {CACHED} installs did not report the download cache"
-        ));
     }
 
     progress!(
@@ -242,26 +272,25 @@ pub async fn measure(c: &Client, plan: Plan, record: &Path) -> Installs {
         plan.install_uncached_session,
         plan.install_uncached_shared
     );
-    let mut notes = Vec::new();
+    let mut taken = Vec::new();
     let into_sessions = uncached(
         c,
         plan.install_uncached_session,
         true,
-        record,
+        &listing,
+        &mut taken,
         &mut r.uncached_session,
-        &mut notes,
     )
     .await;
     let into_shared = uncached(
         c,
         plan.install_uncached_shared,
         false,
-        record,
+        &listing,
+        &mut taken,
         &mut r.uncached_shared,
-        &mut notes,
     )
     .await;
-    r.notes.extend(notes);
 
     // Now in the cache, not yet in the shared environment.
     let cached: Vec<&str> = std::iter::once(CACHED)

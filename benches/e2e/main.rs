@@ -137,13 +137,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             match servers::ours(pool, &home) {
                 Ok((t, note)) => {
                     progress!("[{}] {note}", t.label);
-                    // Installs once per run: each uncached package is used only once.
-                    let record = out_dir.join("installed-once.txt");
+                    // Installs in the first configuration only: each uncached package
+                    // can be installed once.
                     let run = phases::Run {
                         plan: our_plan,
                         phases: &phases,
                         logs: &out_dir,
-                        installs: (i == 0).then_some(record.as_path()),
+                        installs: i == 0,
                     };
                     let mut r = phases::bench_server(&t, &run).await;
                     r.note = Some(note);
@@ -163,7 +163,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     plan: original_plan,
                     phases: &phases,
                     logs: &out_dir,
-                    installs: None,
+                    installs: false,
                 };
                 let mut r = phases::bench_server(&t, &run).await;
                 r.note = Some(format!(

@@ -49,14 +49,14 @@ pub struct ServerResults {
     pub installs: Option<Installs>,
 }
 
-/// Which of the phases measured on one running server to run, and the install phase's
-/// record of packages already used (ours, first configuration only).
+/// Which of the phases measured on one running server to run.
 pub struct Run<'a> {
     pub plan: Plan,
     pub phases: &'a Phases,
     pub logs: &'a Path,
-    /// Where the install phase keeps the packages it has installed (each only once).
-    pub installs: Option<&'a Path>,
+    /// Whether to run the install phase (ours, first configuration only: each uncached
+    /// package is installed once).
+    pub installs: bool,
 }
 
 /// The starts of one server: with `starts`, `plan.starts` of them (one otherwise, if any
@@ -448,11 +448,9 @@ pub async fn measure_steady_state(
         measure_parallel(c, t, pid, plan, live, r).await;
     }
 
-    if let (true, Some(record)) = (phases.has(Phase::Install), run.installs) {
-        if plan.install_cached > 0 {
-            settle(t, pid, live).await;
-            r.installs = Some(crate::install::measure(c, plan, record).await);
-        }
+    if phases.has(Phase::Install) && run.installs && plan.install_cached > 0 {
+        settle(t, pid, live).await;
+        r.installs = Some(crate::install::measure(c, plan).await);
     }
     settle(t, pid, live).await;
 }

@@ -8,7 +8,7 @@ use clap::{Parser, ValueEnum};
 /// The end-to-end benchmark: python-docker-mcp next to the raw Docker engine and the
 /// original Python package, in one run on one machine (see docs/BENCHMARKS.md).
 #[derive(Parser, Debug)]
-#[command(name = "e2e", about, long_about = None)]
+#[command(name = "e2e")]
 pub struct Args {
     /// Fewer samples: our daemon once with its default configuration, shorter series.
     #[arg(long)]

@@ -18,7 +18,7 @@ use crate::samples::{ms_since, timed, Series};
 use crate::servers::{call, container_states, session_id, transient, Client, Target};
 
 /// How often the sampler asks the engine.
-const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+const SAMPLE_EVERY: Duration = Duration::from_millis(400);
 /// The series during the refill ends this long after the burst at the latest.
 const REFILL_LIMIT: Duration = Duration::from_secs(60);
 
@@ -148,6 +148,7 @@ pub async fn measure(c: &Client, t: &Target, pid: u32, plan: Plan, live: usize) 
     let mut first = true;
     r.running_min = usize::MAX;
     let mut sent = 0;
+    let mut last_sample = None;
     loop {
         let s = sampler.seen();
         let stale = s.at.is_none_or(|at| at < burst_end);
@@ -158,8 +159,10 @@ pub async fn measure(c: &Client, t: &Target, pid: u32, plan: Plan, live: usize) 
             }
             r.running_min = r.running_min.min(s.running);
             r.created_max = r.created_max.max(s.created);
-            let at = ms_since(burst_end) - ms_since(s.at.expect("sampled"));
-            if r.trace.last().is_none_or(|&(last, _, _)| at > last) {
+            let sampled = s.at.expect("sampled");
+            let at = ms_since(burst_end) - ms_since(sampled);
+            if last_sample != Some(sampled) {
+                last_sample = Some(sampled);
                 r.trace.push((at, s.running, s.created));
             }
             if s.running >= want && r.refill_ms.is_none() {

@@ -217,15 +217,23 @@ pub fn report(run: &Run<'_>) -> String {
     }
     out.push('\n');
     for (name, docker_value, f) in &rows {
+        let cells: Vec<String> = servers
+            .iter()
+            .map(|(_, r)| match r {
+                Ok(r) => f(r),
+                Err(e) => format!("not run: {}", first_line(e, 120)),
+            })
+            .collect();
+        // A row of phases this run left out (`--only`) says nothing.
+        let empty = |c: &String| c == "—" || c == "[]";
+        if empty(docker_value) && cells.iter().all(empty) {
+            continue;
+        }
         out.push_str(&format!(
             "| {} | {docker_value} |",
             name.replace('|', "\\|")
         ));
-        for (_, r) in servers {
-            let cell = match r {
-                Ok(r) => f(r),
-                Err(e) => format!("not run: {}", first_line(e, 120)),
-            };
+        for cell in cells {
             out.push_str(&format!(" {cell} |"));
         }
         out.push('\n');
@@ -362,6 +370,9 @@ pub fn report(run: &Run<'_>) -> String {
     }
     let mut failures: Vec<(String, usize, String)> = Vec::new();
     for (name, s) in series {
+        if s.n() == 0 && s.failures.is_empty() {
+            continue;
+        }
         let mut distinct: Vec<(usize, &String)> = Vec::new();
         for f in &s.failures {
             match distinct.iter_mut().find(|(_, m)| *m == f) {
@@ -403,7 +414,7 @@ pub fn report(run: &Run<'_>) -> String {
     out
 }
 
-/// `p50 / p90 (N)` of a series, for the issue-11 tables.
+/// The p50 and p90 of a series, for the issue-11 tables.
 fn p50(s: &Series) -> Option<f64> {
     s.pct(50.0)
 }

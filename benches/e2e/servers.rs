@@ -90,18 +90,6 @@ pub async fn call(
     args: serde_json::Value,
     expect: &str,
 ) -> Result<String, String> {
-    call_result(client, tool, args, expect)
-        .await
-        .map(|(text, _)| text)
-}
-
-/// [`call`], with the result's structured content too.
-pub async fn call_result(
-    client: &Client,
-    tool: &'static str,
-    args: serde_json::Value,
-    expect: &str,
-) -> Result<(String, Option<serde_json::Value>), String> {
     let params = CallToolRequestParams::new(tool)
         .with_arguments(args.as_object().cloned().unwrap_or_default());
     let result: CallToolResult = tokio::time::timeout(CALL_TIMEOUT, client.call_tool(params))
@@ -121,7 +109,7 @@ pub async fn call_result(
             text.replace('\n', " ⏎ ")
         ));
     }
-    Ok((text, result.structured_content))
+    Ok(text)
 }
 
 pub fn session_id(text: &str) -> Option<String> {
