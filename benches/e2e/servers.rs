@@ -130,18 +130,7 @@ pub async fn wait_warm(t: &Target, pid: u32, busy: usize) -> Result<(), String> 
     let want = t.pool_size + busy;
     let deadline = Instant::now() + WARM_TIMEOUT;
     loop {
-        let running = docker_lines(&[
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label={}=true", labels::MANAGED),
-            "--filter",
-            &format!("label={}={pid}", labels::PID),
-            "--filter",
-            "status=running",
-        ])
-        .await
-        .len();
+        let (running, _) = container_states(pid).await;
         if running >= want {
             tokio::time::sleep(Duration::from_secs(1)).await;
             return Ok(());
@@ -388,7 +377,10 @@ pub async fn container_states(pid: u32) -> (usize, usize) {
         "{{.State}}",
     ])
     .await
-    .unwrap_or_default();
+    .unwrap_or_else(|e| {
+        progress!("  warning: {e}");
+        String::new()
+    });
     let count = |state: &str| out.lines().filter(|l| l.trim() == state).count();
     (count("running"), count("created"))
 }
