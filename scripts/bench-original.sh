@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up the original Python python-docker-mcp 0.2.5 for the end-to-end benchmark
-# (benches/e2e.rs), so both servers can be driven by the same MCP client side by side.
+# (benches/e2e/), so both servers can be driven by the same MCP client side by side.
 #
 #   scripts/bench-original.sh            # venv in target/bench-original/venv, derived image
 #   scripts/bench-original.sh --force    # recreate the venv

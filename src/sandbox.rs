@@ -459,3 +459,148 @@ mod tests {
         assert!(a.starts_with(&format!("pdm-{}-sandbox-", &owner.instance[..8])));
     }
 }
+
+/// The isolation profile of a REPL sandbox as `docker run` flags, for references measured
+/// next to the daemon (the end-to-end benchmark) and for trying the profile by hand:
+/// network, memory and swap, CPUs, pids, capabilities, no new privileges, read-only root,
+/// tmpfs mounts, init, user and log driver.
+///
+/// Rendered from the spec [`repl_spec`] builds for `config`, so it cannot drift from what
+/// the daemon creates. What is not isolation is left out: name, labels, environment,
+/// command, working directory and package volumes. `--memory-swap` (equal to the memory
+/// limit, so no swap) and `--init` are what the Docker module sets on every container.
+pub fn docker_run_flags(config: &Config) -> Vec<String> {
+    let owner = Owner::new();
+    let s = repl_spec(config, &owner, owner.name(Role::Sandbox), "shared", "own");
+    let mut flags: Vec<String> = Vec::new();
+    let mut flag = |name: &str, value: String| flags.extend([name.to_string(), value]);
+    flag("--network", s.network.unwrap_or_else(|| "none".into()));
+    flag("--memory", s.memory_bytes.to_string());
+    flag("--memory-swap", s.memory_bytes.to_string());
+    flag("--cpus", (s.nano_cpus as f64 / 1e9).to_string());
+    flag("--pids-limit", s.pids_limit.to_string());
+    for cap in s.cap_drop {
+        flag("--cap-drop", cap);
+    }
+    for opt in s.security_opt {
+        flag("--security-opt", opt);
+    }
+    for (path, options) in s.tmpfs {
+        flag("--tmpfs", format!("{path}:{options}"));
+    }
+    flag("--user", s.user);
+    flag("--log-driver", s.log_driver);
+    if s.read_only_root {
+        flags.push("--read-only".into());
+    }
+    flags.push("--init".into());
+    flags
+}
+
+#[cfg(test)]
+mod docker_run_flags_tests {
+    use super::*;
+
+    /// The flags read back into the spec's terms: (name, value) pairs, a lone flag with "".
+    fn pairs(flags: &[String]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut it = flags.iter().peekable();
+        while let Some(name) = it.next() {
+            let value = match it.peek() {
+                Some(v) if !v.starts_with("--") => it.next().cloned().unwrap_or_default(),
+                _ => String::new(),
+            };
+            out.push((name.clone(), value));
+        }
+        out
+    }
+
+    fn values(p: &[(String, String)], name: &str) -> Vec<String> {
+        p.iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    fn check(config: &Config) {
+        let owner = Owner::new();
+        let s = repl_spec(config, &owner, owner.name(Role::Sandbox), "shared", "own");
+        let p = pairs(&docker_run_flags(config));
+        let one = |name: &str| {
+            let v = values(&p, name);
+            assert_eq!(v.len(), 1, "{name} once in {p:?}");
+            v[0].clone()
+        };
+        assert_eq!(
+            one("--network"),
+            s.network.clone().unwrap_or_else(|| "none".into())
+        );
+        assert_eq!(one("--memory"), s.memory_bytes.to_string());
+        assert_eq!(one("--memory-swap"), s.memory_bytes.to_string());
+        let cpus: f64 = one("--cpus").parse().expect("a number");
+        assert_eq!((cpus * 1e9).round() as i64, s.nano_cpus);
+        assert_eq!(one("--pids-limit"), s.pids_limit.to_string());
+        assert_eq!(values(&p, "--cap-drop"), s.cap_drop);
+        assert_eq!(values(&p, "--security-opt"), s.security_opt);
+        let tmpfs: BTreeMap<String, String> = values(&p, "--tmpfs")
+            .iter()
+            .map(|t| {
+                let (path, options) = t.split_once(':').expect("path:options");
+                (path.to_string(), options.to_string())
+            })
+            .collect();
+        assert_eq!(tmpfs, s.tmpfs);
+        assert_eq!(one("--user"), s.user);
+        assert_eq!(one("--log-driver"), s.log_driver);
+        assert_eq!(
+            values(&p, "--read-only").len(),
+            usize::from(s.read_only_root)
+        );
+        assert_eq!(one("--init"), "");
+        let known = [
+            "--network",
+            "--memory",
+            "--memory-swap",
+            "--cpus",
+            "--pids-limit",
+            "--cap-drop",
+            "--security-opt",
+            "--tmpfs",
+            "--user",
+            "--log-driver",
+            "--read-only",
+            "--init",
+        ];
+        assert!(p.iter().all(|(n, _)| known.contains(&n.as_str())), "{p:?}");
+    }
+
+    #[test]
+    fn the_flags_say_what_repl_spec_builds() {
+        let config = Config::defaults();
+        check(&config);
+        let flags = docker_run_flags(&config);
+        for want in [
+            "none",
+            "ALL",
+            "no-new-privileges",
+            "--read-only",
+            "--init",
+            "1000:1000",
+        ] {
+            assert!(flags.iter().any(|f| f == want), "{want} in {flags:?}");
+        }
+    }
+
+    #[test]
+    fn the_flags_follow_the_config() {
+        let mut config = Config::defaults();
+        config.docker.network_disabled = false;
+        config.docker.read_only = false;
+        config.docker.cpu_limit = 1.5;
+        config.docker.memory_limit = 512 * 1024 * 1024;
+        check(&config);
+        let flags = docker_run_flags(&config);
+        assert!(!flags.iter().any(|f| f == "--read-only" || f == "--tmpfs"));
+        assert!(flags.iter().any(|f| f == "1.5"), "{flags:?}");
+    }
+}
