@@ -138,7 +138,7 @@ const KEYS: &[Key] = &[
     Key { path: "docker.pool_max_age", env: "POOL_MAX_AGE", kind: Kind::Duration, default: "300s",
           doc: "Age after which a warm container is replaced" },
     Key { path: "docker.max_concurrent_creations", env: "MAX_CONCURRENT_CREATIONS", kind: Kind::Int { min: 1, max: 256 }, default: "5",
-          doc: "Containers being created at once, at most (pool refills, sessions and on-demand together)" },
+          doc: "Containers being created at once, at most, for waiting calls (the background refill makes one at a time)" },
     Key { path: "docker.pool_wait_timeout", env: "POOL_WAIT_TIMEOUT", kind: Kind::Duration, default: "60s",
           doc: "How long a call waits for a sandbox when none is ready before it fails" },
     Key { path: "docker.warm_imports", env: "WARM_IMPORTS", kind: Kind::List, default: "[]",
