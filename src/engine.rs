@@ -962,10 +962,17 @@ impl Engine {
         let finished = match self
             .shared
             .docker
-            .run_to_completion(&spec, c.package.timeout)
+            .run_until_exit(&spec, c.package.timeout)
             .await
         {
-            Ok(f) => f,
+            Ok((f, id)) => {
+                // It has exited: its removal need not delay the reply.
+                let docker = self.shared.docker.clone();
+                self.shared
+                    .tasks
+                    .spawn(async move { docker.remove(&id).await });
+                f
+            }
             Err(DockerError::Timeout(timeout)) => {
                 return Err(InstallError::TimedOut {
                     requirement: wanted(),

@@ -202,7 +202,8 @@ pub fn installer_used(stdout: &str) -> String {
 /// daemon's own clock before the container was created (`begun`) and after it was removed
 /// (`ended`), all in seconds since the epoch (the container shares the host's clock).
 /// Logged at debug level: `container` is create + start + the interpreter's start-up,
-/// each phase is the time since the one before, `after` is wait + removal.
+/// each phase is the time since the one before, `after` is the exit and the wait for it
+/// (the container is removed in the background, after the reply).
 pub fn timing_breakdown(stdout: &str, begun: f64, ended: f64) -> String {
     let marks: Vec<(&str, f64)> = stdout
         .lines()
