@@ -2,7 +2,8 @@
 # Build the sandbox image (default tag python-docker-mcp:latest) from docker/Dockerfile, the
 # same file the binary embeds for `python-docker-mcp image build` (one source).
 #
-#   scripts/build-image.sh                 # skip if the image exists; else try python:3.12-slim, fall back to Debian
+#   scripts/build-image.sh                 # skip if the image exists and was built from this Dockerfile;
+#                                          # else try python:3.12-slim, fall back to Debian
 #   scripts/build-image.sh --from debian   # base built locally with debootstrap (no image registry needed)
 #   scripts/build-image.sh --from python   # base python:3.12-slim (needs an image registry)
 #   scripts/build-image.sh --force         # rebuild even if the image exists
@@ -12,6 +13,10 @@
 # run the same Dockerfile on top so user and directory setup are identical. The mirror is
 # read from this machine's apt sources, and this machine's extra CA certificates are copied
 # in, so installs work behind the same TLS-intercepting proxy the host uses.
+#
+# The image carries the Dockerfile's SHA-256 in the label python-docker-mcp.dockerfile-sha256
+# (`python-docker-mcp image build` sets the same): an image built from another version of the
+# Dockerfile (say, one without uv) is rebuilt; the base is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,14 +30,19 @@ while [ $# -gt 0 ]; do
     --from=*) from=${1#--from=}; shift ;;
     --force) force=1; shift ;;
     --image) image=$2; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "build-image: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
+dockerfile_sha=$(sha256sum docker/Dockerfile | cut -d' ' -f1)
 if [ "$force" = 0 ] && docker image inspect "$image" >/dev/null 2>&1; then
-  echo "build-image: $image already present (use --force to rebuild)"
-  exit 0
+  built_from=$(docker image inspect -f '{{index .Config.Labels "python-docker-mcp.dockerfile-sha256"}}' "$image" 2>/dev/null || true)
+  if [ "$built_from" = "$dockerfile_sha" ]; then
+    echo "build-image: $image already present, built from this Dockerfile (use --force to rebuild)"
+    exit 0
+  fi
+  echo "build-image: $image was built from another Dockerfile (${built_from:-no label}); rebuilding"
 fi
 
 apt_mirror() {
@@ -77,7 +87,8 @@ build_debian_base() {
 
 build_from() {
   echo "build-image: docker build -t $image (BASE_IMAGE=$1)"
-  docker build -q --build-arg "BASE_IMAGE=$1" -t "$image" docker/ >/dev/null
+  docker build -q --build-arg "BASE_IMAGE=$1" --build-arg "DOCKERFILE_SHA256=$dockerfile_sha" \
+    -t "$image" docker/ >/dev/null
   echo "build-image: $image ready"
 }
 

@@ -814,6 +814,20 @@ impl Docker {
         spec: &ContainerSpec,
         timeout: Duration,
     ) -> Result<Finished, DockerError> {
+        let (finished, id) = self.run_until_exit(spec, timeout).await?;
+        self.remove(&id).await;
+        Ok(finished)
+    }
+
+    /// [`Docker::run_to_completion`], except that a container that exited is left for the
+    /// caller to remove (its id comes back), so the removal can happen off the reply path.
+    /// On a time-out or an error the container is removed here, before returning: nothing
+    /// it does happens after the caller is told.
+    pub async fn run_until_exit(
+        &self,
+        spec: &ContainerSpec,
+        timeout: Duration,
+    ) -> Result<(Finished, String), DockerError> {
         let conn = self.connection().await?;
         let docker = &conn.api;
         let mut attached = self.start_attached(spec).await?;
@@ -841,10 +855,16 @@ impl Docker {
             })
         };
         let result = tokio::time::timeout(timeout, collect).await;
-        self.remove(&id).await;
         match result {
-            Ok(r) => r,
-            Err(_) => Err(DockerError::Timeout(timeout)),
+            Ok(Ok(finished)) => Ok((finished, id)),
+            Ok(Err(e)) => {
+                self.remove(&id).await;
+                Err(e)
+            }
+            Err(_) => {
+                self.remove(&id).await;
+                Err(DockerError::Timeout(timeout))
+            }
         }
     }
 

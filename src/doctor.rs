@@ -371,6 +371,10 @@ async fn installer_check(docker: &Docker, config: &Config, owner: &Owner, volume
     };
     let installer = match (&config.package.installer[..], probe.uv) {
         ("uv", true) => "uv",
+        ("uv", false) => {
+            "pip (the image has no uv, so installs are slower: rebuild it with \
+             `python-docker-mcp image build`)"
+        }
         _ => "pip",
     };
     match probe {

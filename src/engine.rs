@@ -275,6 +275,15 @@ impl From<RequirementError> for ExecError {
     }
 }
 
+/// Now, in seconds since the epoch (installer containers report their phases on the same
+/// clock).
+fn epoch_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 /// Why an install failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -948,14 +957,22 @@ impl Engine {
         let cmd = install::installer_command(&c.package, requirements);
         let spec = sandbox::installer_spec(c, &self.shared.owner, session, volume, cmd);
         let started = Instant::now();
+        let begun = epoch_seconds();
         tracing::info!(requirements = %wanted(), %target, "installing");
         let finished = match self
             .shared
             .docker
-            .run_to_completion(&spec, c.package.timeout)
+            .run_until_exit(&spec, c.package.timeout)
             .await
         {
-            Ok(f) => f,
+            Ok((f, id)) => {
+                // It has exited: its removal need not delay the reply.
+                let docker = self.shared.docker.clone();
+                self.shared
+                    .tasks
+                    .spawn(async move { docker.remove(&id).await });
+                f
+            }
             Err(DockerError::Timeout(timeout)) => {
                 return Err(InstallError::TimedOut {
                     requirement: wanted(),
@@ -964,6 +981,13 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         };
+        tracing::debug!(
+            requirements = %wanted(),
+            %target,
+            exit_code = finished.exit_code,
+            timing = %install::timing_breakdown(&finished.stdout, begun, epoch_seconds()),
+            "install timing"
+        );
         if finished.exit_code != 0 {
             let mut summary = install::pip_failure_summary(&finished.stdout, &finished.stderr);
             if let Some(hint) = install::failure_hint(&summary, c.package.only_binary) {

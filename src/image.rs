@@ -6,6 +6,11 @@
 //! context is that one file, packed into a tar in memory ([`context_tar`]) and sent to the
 //! engine through [`Docker::build_image`]; the engine's step lines are the progress.
 //!
+//! The build also passes the Dockerfile's SHA-256 ([`dockerfile_sha256`]) as
+//! `DOCKERFILE_SHA256`, which the Dockerfile puts in the image label [`DOCKERFILE_LABEL`]:
+//! `scripts/build-image.sh` computes the same hash and rebuilds an image whose label differs,
+//! so a machine with an image from an older Dockerfile gets the new one.
+//!
 //! `--base` fills the Dockerfile's `BASE_IMAGE` (default [`DEFAULT_BASE`]). A machine that
 //! cannot pull it names a local image that has python3 instead, for example the Debian base
 //! `scripts/build-image.sh --from debian` makes (`python-docker-mcp-base:bookworm`).
@@ -16,6 +21,18 @@ use crate::docker::{Docker, DockerError};
 
 /// The sandbox image's Dockerfile, the same file `scripts/build-image.sh` builds.
 pub const DOCKERFILE: &str = include_str!("../docker/Dockerfile");
+
+/// The image label that records which Dockerfile built the image (its SHA-256, hex).
+pub const DOCKERFILE_LABEL: &str = "python-docker-mcp.dockerfile-sha256";
+
+/// The SHA-256 of [`DOCKERFILE`] in lower-case hex, as `sha256sum docker/Dockerfile` prints it.
+pub fn dockerfile_sha256() -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(DOCKERFILE.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// The base the Dockerfile names by default (its `ARG BASE_IMAGE=`).
 pub const DEFAULT_BASE: &str = "python:3.12-slim";
@@ -46,7 +63,10 @@ pub async fn build(
 ) -> Result<(), ImageError> {
     // Asked before the build, so a failure can say whether the base was the problem.
     let base_present = docker.image_present(base).await?;
-    let args = HashMap::from([("BASE_IMAGE".to_string(), base.to_string())]);
+    let args = HashMap::from([
+        ("BASE_IMAGE".to_string(), base.to_string()),
+        ("DOCKERFILE_SHA256".to_string(), dockerfile_sha256()),
+    ]);
     match docker
         .build_image(context_tar(DOCKERFILE.as_bytes()), tag, args, progress)
         .await
@@ -125,5 +145,17 @@ mod tests {
         header[148..156].copy_from_slice(b"        ");
         assert_eq!(stored, header.iter().map(|&b| u32::from(b)).sum::<u32>());
         assert!(DOCKERFILE.contains("ARG BASE_IMAGE=python:3.12-slim"));
+    }
+
+    #[test]
+    fn the_dockerfile_hash_is_sha256sums_and_the_dockerfile_labels_it() {
+        let hash = dockerfile_sha256();
+        assert_eq!(hash.len(), 64);
+        assert!(hash
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(DOCKERFILE.contains(&format!("LABEL {DOCKERFILE_LABEL}=${{DOCKERFILE_SHA256}}")));
+        // The installer prefers uv; the image brings it.
+        assert!(DOCKERFILE.contains("pip install --no-cache-dir --break-system-packages uv"));
     }
 }

@@ -198,14 +198,44 @@ pub fn installer_used(stdout: &str) -> String {
         .to_string()
 }
 
+/// Where an install's time went, from the installer's `timing: PHASE EPOCH` lines and the
+/// daemon's own clock before the container was created (`begun`) and after it was removed
+/// (`ended`), all in seconds since the epoch (the container shares the host's clock).
+/// Logged at debug level: `container` is create + start + the interpreter's start-up,
+/// each phase is the time since the one before, `after` is the exit and the wait for it
+/// (the container is removed in the background, after the reply).
+pub fn timing_breakdown(stdout: &str, begun: f64, ended: f64) -> String {
+    let marks: Vec<(&str, f64)> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("timing: "))
+        .filter_map(|l| {
+            let (phase, at) = l.trim().split_once(' ')?;
+            Some((phase, at.parse().ok()?))
+        })
+        .collect();
+    let ms = |d: f64| (d * 1000.0).round() as i64;
+    let mut out = Vec::new();
+    let mut last = begun;
+    for (i, (phase, at)) in marks.iter().enumerate() {
+        let name = if i == 0 { "container" } else { phase };
+        out.push(format!("{name}={}ms", ms(at - last)));
+        last = *at;
+    }
+    out.push(format!("after={}ms", ms(ended - last)));
+    out.push(format!("total={}ms", ms(ended - begun)));
+    out.join(" ")
+}
+
 /// Files the installer took from the download cache: pip's `File was already downloaded
-/// /cache/wheels/six-1.17.0-py2.py3-none-any.whl` (its wheelhouse) or `Using cached six-...`.
+/// /cache/wheels/six-1.17.0-py2.py3-none-any.whl` (its wheelhouse) or `Using cached six-...`,
+/// or the installer's own `cached: six-1.17.0-py2.py3-none-any.whl` (the uv route).
 pub fn cached_from_output(stdout: &str) -> Vec<String> {
     stdout
         .lines()
         .filter_map(|l| {
             let l = l.trim();
             l.strip_prefix("File was already downloaded ")
+                .or_else(|| l.strip_prefix("cached: "))
                 .or_else(|| l.strip_prefix("Processing /cache/wheels/"))
                 .map(|path| path.rsplit('/').next().unwrap_or(path))
                 .or_else(|| {
@@ -355,6 +385,21 @@ mod tests {
             serde_json::json!(["six", "rich==13.7.1"])
         );
         assert_eq!(settings["only_binary"], serde_json::json!(true));
+    }
+
+    #[test]
+    fn the_timing_breakdown_names_each_phase() {
+        let out = "installer: uv\ntiming: start 100.250\ntiming: wheelhouse 100.300\n\
+                   timing: moved 100.310\ncached: six-1.17.0-py2.py3-none-any.whl\n";
+        assert_eq!(
+            timing_breakdown(out, 100.0, 100.4),
+            "container=250ms wheelhouse=50ms moved=10ms after=90ms total=400ms"
+        );
+        assert_eq!(
+            cached_from_output(out),
+            vec!["six-1.17.0-py2.py3-none-any.whl"]
+        );
+        assert_eq!(timing_breakdown("", 1.0, 1.5), "after=500ms total=500ms");
     }
 
     #[test]
