@@ -508,6 +508,65 @@ async fn watch_ooms(client: Arc<OnceCell<Connection>>, log: Arc<OomLog>, stop: C
     }
 }
 
+/// The create request for `spec` on `kind`: every Docker word the daemon uses lives here.
+fn container_body(spec: &ContainerSpec, kind: EngineKind) -> ContainerCreateBody {
+    let mounts = spec
+        .volumes
+        .iter()
+        .map(|v| Mount {
+            target: Some(v.target.clone()),
+            source: Some(v.volume.clone()),
+            typ: Some(MountType::VOLUME),
+            read_only: Some(v.read_only),
+            ..Default::default()
+        })
+        .collect();
+    let host_config = HostConfig {
+        memory: Some(spec.memory_bytes as i64),
+        memory_swap: Some(spec.memory_bytes as i64),
+        nano_cpus: Some(spec.nano_cpus),
+        pids_limit: Some(spec.pids_limit),
+        cap_drop: Some(spec.cap_drop.clone()),
+        security_opt: Some(spec.security_opt.clone()),
+        readonly_rootfs: Some(spec.read_only_root),
+        network_mode: Some(spec.network.clone().unwrap_or_else(|| "none".into())),
+        tmpfs: Some(
+            spec.tmpfs
+                .iter()
+                .map(|(path, options)| (path.clone(), tmpfs_options(kind, options)))
+                .collect(),
+        ),
+        mounts: Some(mounts),
+        init: Some(true),
+        auto_remove: Some(spec.auto_remove),
+        runtime: spec.runtime.clone(),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some(spec.log_driver.clone()),
+            config: None,
+        }),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: Some(spec.cmd.clone()),
+        env: Some(spec.env.clone()),
+        user: Some(spec.user.clone()),
+        working_dir: Some(spec.working_dir.clone()),
+        labels: Some(spec.labels.clone().into_iter().collect()),
+        network_disabled: Some(spec.network.is_none()),
+        attach_stdin: Some(spec.interactive),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        open_stdin: Some(spec.interactive),
+        // Docker closes the helper's stdin when our attach connection goes away, and the
+        // helper exits on EOF: a sandbox never outlives its daemon, even after SIGKILL.
+        stdin_once: Some(spec.interactive),
+        tty: Some(false),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
 impl Docker {
     pub fn new() -> Docker {
         Docker {
@@ -709,61 +768,7 @@ impl Docker {
                 runtime: runtime.clone(),
             });
         }
-        let mounts = spec
-            .volumes
-            .iter()
-            .map(|v| Mount {
-                target: Some(v.target.clone()),
-                source: Some(v.volume.clone()),
-                typ: Some(MountType::VOLUME),
-                read_only: Some(v.read_only),
-                ..Default::default()
-            })
-            .collect();
-        let host_config = HostConfig {
-            memory: Some(spec.memory_bytes as i64),
-            memory_swap: Some(spec.memory_bytes as i64),
-            nano_cpus: Some(spec.nano_cpus),
-            pids_limit: Some(spec.pids_limit),
-            cap_drop: Some(spec.cap_drop.clone()),
-            security_opt: Some(spec.security_opt.clone()),
-            readonly_rootfs: Some(spec.read_only_root),
-            network_mode: Some(spec.network.clone().unwrap_or_else(|| "none".into())),
-            tmpfs: Some(
-                spec.tmpfs
-                    .iter()
-                    .map(|(path, options)| (path.clone(), tmpfs_options(kind, options)))
-                    .collect(),
-            ),
-            mounts: Some(mounts),
-            init: Some(true),
-            auto_remove: Some(spec.auto_remove),
-            runtime: spec.runtime.clone(),
-            log_config: Some(HostConfigLogConfig {
-                typ: Some(spec.log_driver.clone()),
-                config: None,
-            }),
-            ..Default::default()
-        };
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            cmd: Some(spec.cmd.clone()),
-            env: Some(spec.env.clone()),
-            user: Some(spec.user.clone()),
-            working_dir: Some(spec.working_dir.clone()),
-            labels: Some(spec.labels.clone().into_iter().collect()),
-            network_disabled: Some(spec.network.is_none()),
-            attach_stdin: Some(spec.interactive),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            open_stdin: Some(spec.interactive),
-            // Docker closes the helper's stdin when our attach connection goes away, and the
-            // helper exits on EOF: a sandbox never outlives its daemon, even after SIGKILL.
-            stdin_once: Some(spec.interactive),
-            tty: Some(false),
-            host_config: Some(host_config),
-            ..Default::default()
-        };
+        let body = container_body(spec, kind);
         let options = CreateContainerOptions {
             name: Some(spec.name.clone()),
             ..Default::default()
