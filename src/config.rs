@@ -124,7 +124,7 @@ const KEYS: &[Key] = &[
     Key { path: "docker.tmpfs_size", env: "TMPFS_SIZE", kind: Kind::Bytes { min: MIB, max: NO_MAX }, default: "128m",
           doc: "Size of each writable tmpfs (/tmp, working directory) when read_only is on; counts against memory" },
     Key { path: "docker.user", env: "USER", kind: Kind::Str, default: "'1000:1000'",
-          doc: "uid:gid the code runs as; never root" },
+          doc: "Numeric uid:gid the code runs as (a lone uid is also the gid); never root" },
     Key { path: "docker.runtime", env: "RUNTIME", kind: Kind::OptStr, default: "null",
           doc: "OCI runtime the engine runs sandboxes with, e.g. runsc for gVisor (a user-space kernel between the code and the host); it must be registered with the engine (under Podman, make it Podman's default instead). null means the engine's default" },
     Key { path: "docker.output_limit", env: "OUTPUT_LIMIT", kind: Kind::Bytes { min: 1024, max: 4 * MIB }, default: "256k",
@@ -245,7 +245,8 @@ pub struct DockerConfig {
     pub network_disabled: bool,
     pub read_only: bool,
     pub tmpfs_size: u64,
-    pub user: String,
+    /// Who the code runs as, parsed from `docker.user` once; never root.
+    pub user: UserIds,
     /// The OCI runtime sandboxes run with (`runsc` for gVisor); `None`: the engine's default.
     pub runtime: Option<String>,
     pub output_limit: u64,
@@ -442,7 +443,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         network_disabled: p.bool("docker.network_disabled")?,
         read_only: p.bool("docker.read_only")?,
         tmpfs_size: p.bytes("docker.tmpfs_size")?,
-        user: p.string("docker.user")?,
+        user: p.user("docker.user")?,
         runtime: p.opt_string("docker.runtime")?,
         output_limit: p.bytes("docker.output_limit")?,
         file_limit: p.bytes("docker.file_limit")?,
@@ -480,12 +481,6 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
 
     if !docker.working_dir.starts_with('/') {
         return Err(p.invalid("docker.working_dir", "an absolute path such as /app"));
-    }
-    if is_root_user(&docker.user) {
-        return Err(p.invalid(
-            "docker.user",
-            "a non-root uid[:gid] such as 1000:1000 (root is refused)",
-        ));
     }
     if let Some(runtime) = &docker.runtime {
         let name_char = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
@@ -527,9 +522,40 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
     })
 }
 
-fn is_root_user(user: &str) -> bool {
-    let name = user.split(':').next().unwrap_or("");
-    name.is_empty() || name == "0" || name == "root"
+/// The numeric user and group a sandbox runs as (`docker.user`). Numbers, not names: every
+/// backend applies them as they are, with no need to read the image's `/etc/passwd`, and
+/// the writable scratch mounts are given to exactly this owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserIds {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl UserIds {
+    /// Root: only the installer runs as root, with every capability dropped.
+    pub const ROOT: UserIds = UserIds { uid: 0, gid: 0 };
+
+    /// `"1000:1000"`, or a lone `"1000"` whose group is the same number; `None` for
+    /// anything else (a user name, an empty part).
+    pub fn parse(text: &str) -> Option<UserIds> {
+        let (uid, gid) = text.split_once(':').unwrap_or((text, text));
+        let number = |s: &str| {
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse().ok())
+                .flatten()
+        };
+        Some(UserIds {
+            uid: number(uid)?,
+            gid: number(gid)?,
+        })
+    }
+}
+
+/// `uid:gid`, the form Docker's `--user` takes.
+impl fmt::Display for UserIds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
 }
 
 fn find_key(path: &str) -> Option<&'static Key> {
@@ -681,6 +707,19 @@ impl Parsed<'_> {
 
     fn wrong(&self, path: &str, kind: Kind) -> ConfigError {
         self.invalid(path, &kind.expected())
+    }
+
+    /// `docker.user`: a numeric, non-root `uid[:gid]`.
+    fn user(&mut self, path: &'static str) -> Result<UserIds, ConfigError> {
+        let text = self.string(path)?;
+        match UserIds::parse(&text) {
+            Some(ids) if ids.uid != 0 => Ok(ids),
+            _ => Err(self.invalid(
+                path,
+                "a numeric, non-root uid[:gid] such as 1000:1000 (user names are not \
+                 looked up; root is refused)",
+            )),
+        }
     }
 
     fn string(&mut self, path: &'static str) -> Result<String, ConfigError> {
@@ -933,7 +972,7 @@ mod tests {
         assert_eq!(c.docker.memory_limit, 256 * MIB);
         assert_eq!(c.docker.timeout, Duration::from_secs(30));
         assert_eq!(c.package.timeout, Duration::from_secs(60));
-        assert_eq!(c.docker.user, "1000:1000");
+        assert_eq!(c.docker.user.to_string(), "1000:1000");
     }
 
     #[test]
@@ -1112,6 +1151,45 @@ mod tests {
                 ..Default::default()
             });
             assert!(e.is_err(), "user {user:?} accepted");
+        }
+    }
+
+    #[test]
+    fn the_user_is_numbers_parsed_once() {
+        let user = |text: &str| {
+            resolve(&Layers {
+                env: env(&[("PYTHON_DOCKER_MCP_USER", text)]),
+                ..Default::default()
+            })
+            .map(|c| c.docker.user)
+        };
+        assert_eq!(
+            user("1000:1001").unwrap(),
+            UserIds {
+                uid: 1000,
+                gid: 1001
+            }
+        );
+        assert_eq!(
+            user("1234").unwrap(),
+            UserIds {
+                uid: 1234,
+                gid: 1234
+            }
+        );
+        for bad in [
+            "nobody",
+            "1000:staff",
+            ":1000",
+            "-1",
+            "1000:1000:1",
+            "99999999999",
+        ] {
+            let e = user(bad).expect_err(bad).to_string();
+            assert!(
+                e.contains("docker.user") && e.contains("numeric"),
+                "{bad:?}: {e}"
+            );
         }
     }
 

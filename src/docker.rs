@@ -6,8 +6,10 @@
 //! API differently are bridged here ([`tmpfs_options`]), so the rest of the daemon never
 //! asks which engine it has.
 //!
-//! It connects lazily (so the daemon starts and answers even when Docker is down), turns a
-//! [`ContainerSpec`] into a created, attached and started container, and offers the few
+//! It connects lazily (so the daemon starts and answers even when Docker is down), renders a
+//! runtime-neutral [`SandboxSpec`] into the Docker API's words (capability names,
+//! `no-new-privileges`, tmpfs option strings, `NanoCpus`, log driver `none`: every Docker
+//! string lives here, and only here), creates, attaches and starts it, and offers the few
 //! other operations the daemon needs: remove, run-to-completion (output capped to
 //! its head and tail), volumes, removal of everything carrying a label, and building an
 //! image from an in-memory context ([`Docker::build_image`]). It also owns
@@ -35,7 +37,7 @@ use tokio::io::AsyncWrite;
 use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
-use crate::sandbox::{labels, ContainerSpec};
+use crate::sandbox::{labels, Network, SandboxSpec, Scratch, UserIds};
 
 /// What failed when talking to Docker.
 #[derive(Debug, thiserror::Error)]
@@ -145,31 +147,31 @@ impl EngineInfo {
     }
 }
 
-/// tmpfs mount options as `kind` accepts them. The specs speak Docker's (the kernel's)
-/// options. Podman refuses `uid=` and `gid=` ("unknown mount option") and offers `U`
-/// instead, which makes the mount belong to the container's user: the owner every spec
-/// asks for. Podman also copies the image's files at the mount point into a new tmpfs
-/// unless told `notmpcopyup`; Docker mounts it empty, and so do we on both.
-pub fn tmpfs_options(kind: EngineKind, options: &str) -> String {
+/// A scratch mount's tmpfs options as `kind` accepts them: read-write, no setuid, no
+/// devices, its size in bytes and its mode in octal, then its owner. Docker takes the
+/// kernel's `uid=` and `gid=`. Podman refuses those ("unknown mount option") and offers `U`
+/// instead, which gives the mount to the container's user: the owner the spec asks for.
+/// Podman also copies the image's files at the mount point into a new tmpfs unless told
+/// `notmpcopyup`; Docker mounts it empty, and so do we on both.
+pub fn tmpfs_options(kind: EngineKind, scratch: &Scratch, user: UserIds) -> String {
+    let mut options = format!(
+        "rw,nosuid,nodev,size={},mode={:04o}",
+        scratch.size_bytes, scratch.mode
+    );
     match kind {
-        EngineKind::Docker => options.to_string(),
+        EngineKind::Docker => {
+            if scratch.owned_by_user {
+                options.push_str(&format!(",uid={},gid={}", user.uid, user.gid));
+            }
+        }
         EngineKind::Podman => {
-            let mut out: Vec<&str> = Vec::new();
-            let mut owned = false;
-            for o in options.split(',').filter(|o| !o.is_empty()) {
-                if o.starts_with("uid=") || o.starts_with("gid=") {
-                    owned = true;
-                } else {
-                    out.push(o);
-                }
+            if scratch.owned_by_user {
+                options.push_str(",U");
             }
-            if owned {
-                out.push("U");
-            }
-            out.push("notmpcopyup");
-            out.join(",")
+            options.push_str(",notmpcopyup");
         }
     }
+    options
 }
 
 /// Driver options for a new volume on `kind`. Podman gives an empty volume to the user of
@@ -508,6 +510,99 @@ async fn watch_ooms(client: Arc<OnceCell<Connection>>, log: Arc<OomLog>, stop: C
     }
 }
 
+/// Capabilities dropped when a spec drops them all.
+const CAP_DROP_ALL: &str = "ALL";
+/// The security option behind [`Security::no_new_privileges`](crate::sandbox::Security).
+const NO_NEW_PRIVILEGES: &str = "no-new-privileges";
+/// The network a spec's [`Network::Outbound`] joins, and the mode for [`Network::None`].
+const NETWORK_OUTBOUND: &str = "bridge";
+const NETWORK_NONE: &str = "none";
+/// The log driver of a spec that keeps no logs: nothing is written to the host's disk.
+pub const LOG_DRIVER: &str = "none";
+
+/// The create request for `spec` on `kind`: the sandbox's typed settings in the Docker
+/// API's words. Nothing is decided here; every value comes from the spec (the profile is
+/// decided in `sandbox.rs`), except what Docker needs to run any sandbox at all: an init
+/// as PID 1, no terminal, and memory+swap equal to memory (no swap).
+fn container_body(spec: &SandboxSpec, kind: EngineKind) -> ContainerCreateBody {
+    let mounts = spec
+        .volumes
+        .iter()
+        .map(|v| Mount {
+            target: Some(v.target.clone()),
+            source: Some(v.volume.clone()),
+            typ: Some(MountType::VOLUME),
+            read_only: Some(v.read_only),
+            ..Default::default()
+        })
+        .collect();
+    let limits = &spec.limits;
+    let security = &spec.security;
+    let host_config = HostConfig {
+        memory: Some(limits.memory_bytes as i64),
+        memory_swap: Some(limits.memory_bytes as i64),
+        nano_cpus: Some((limits.cpus * 1e9) as i64),
+        pids_limit: Some(limits.pids as i64),
+        cap_drop: Some(
+            security
+                .drop_all_capabilities
+                .then(|| CAP_DROP_ALL.to_string())
+                .into_iter()
+                .collect(),
+        ),
+        security_opt: Some(
+            security
+                .no_new_privileges
+                .then(|| NO_NEW_PRIVILEGES.to_string())
+                .into_iter()
+                .collect(),
+        ),
+        readonly_rootfs: Some(security.read_only_root),
+        network_mode: Some(
+            match spec.network {
+                Network::None => NETWORK_NONE,
+                Network::Outbound => NETWORK_OUTBOUND,
+            }
+            .into(),
+        ),
+        tmpfs: Some(
+            spec.scratch
+                .iter()
+                .map(|m| (m.path.clone(), tmpfs_options(kind, m, spec.user)))
+                .collect(),
+        ),
+        mounts: Some(mounts),
+        init: Some(true),
+        auto_remove: Some(spec.remove_on_exit),
+        runtime: spec.runtime.clone(),
+        // Keeping logs means the engine's own default driver.
+        log_config: (!spec.keep_logs).then(|| HostConfigLogConfig {
+            typ: Some(LOG_DRIVER.into()),
+            config: None,
+        }),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: Some(spec.command.clone()),
+        env: Some(spec.env.clone()),
+        user: Some(spec.user.to_string()),
+        working_dir: Some(spec.working_dir.clone()),
+        labels: Some(spec.labels.clone().into_iter().collect()),
+        network_disabled: Some(spec.network == Network::None),
+        attach_stdin: Some(spec.interactive),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        open_stdin: Some(spec.interactive),
+        // Docker closes the helper's stdin when our attach connection goes away, and the
+        // helper exits on EOF: a sandbox never outlives its daemon, even after SIGKILL.
+        stdin_once: Some(spec.interactive),
+        tty: Some(false),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
 impl Docker {
     pub fn new() -> Docker {
         Docker {
@@ -647,7 +742,7 @@ impl Docker {
     }
 
     /// Create, attach (before start, so no output is lost) and start a container.
-    pub async fn start_attached(&self, spec: &ContainerSpec) -> Result<Attached, DockerError> {
+    pub async fn start_attached(&self, spec: &SandboxSpec) -> Result<Attached, DockerError> {
         let conn = self.connection().await?;
         let docker = &conn.api;
         self.watch_ooms();
@@ -700,7 +795,7 @@ impl Docker {
         })
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<String, DockerError> {
+    async fn create(&self, spec: &SandboxSpec) -> Result<String, DockerError> {
         let conn = self.connection().await?;
         let docker = &conn.api;
         let kind = conn.engine.kind;
@@ -709,61 +804,7 @@ impl Docker {
                 runtime: runtime.clone(),
             });
         }
-        let mounts = spec
-            .volumes
-            .iter()
-            .map(|v| Mount {
-                target: Some(v.target.clone()),
-                source: Some(v.volume.clone()),
-                typ: Some(MountType::VOLUME),
-                read_only: Some(v.read_only),
-                ..Default::default()
-            })
-            .collect();
-        let host_config = HostConfig {
-            memory: Some(spec.memory_bytes as i64),
-            memory_swap: Some(spec.memory_bytes as i64),
-            nano_cpus: Some(spec.nano_cpus),
-            pids_limit: Some(spec.pids_limit),
-            cap_drop: Some(spec.cap_drop.clone()),
-            security_opt: Some(spec.security_opt.clone()),
-            readonly_rootfs: Some(spec.read_only_root),
-            network_mode: Some(spec.network.clone().unwrap_or_else(|| "none".into())),
-            tmpfs: Some(
-                spec.tmpfs
-                    .iter()
-                    .map(|(path, options)| (path.clone(), tmpfs_options(kind, options)))
-                    .collect(),
-            ),
-            mounts: Some(mounts),
-            init: Some(true),
-            auto_remove: Some(spec.auto_remove),
-            runtime: spec.runtime.clone(),
-            log_config: Some(HostConfigLogConfig {
-                typ: Some(spec.log_driver.clone()),
-                config: None,
-            }),
-            ..Default::default()
-        };
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            cmd: Some(spec.cmd.clone()),
-            env: Some(spec.env.clone()),
-            user: Some(spec.user.clone()),
-            working_dir: Some(spec.working_dir.clone()),
-            labels: Some(spec.labels.clone().into_iter().collect()),
-            network_disabled: Some(spec.network.is_none()),
-            attach_stdin: Some(spec.interactive),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            open_stdin: Some(spec.interactive),
-            // Docker closes the helper's stdin when our attach connection goes away, and the
-            // helper exits on EOF: a sandbox never outlives its daemon, even after SIGKILL.
-            stdin_once: Some(spec.interactive),
-            tty: Some(false),
-            host_config: Some(host_config),
-            ..Default::default()
-        };
+        let body = container_body(spec, kind);
         let options = CreateContainerOptions {
             name: Some(spec.name.clone()),
             ..Default::default()
@@ -811,7 +852,7 @@ impl Docker {
     /// how many bytes between them were left out.
     pub async fn run_to_completion(
         &self,
-        spec: &ContainerSpec,
+        spec: &SandboxSpec,
         timeout: Duration,
     ) -> Result<Finished, DockerError> {
         let (finished, id) = self.run_until_exit(spec, timeout).await?;
@@ -1021,6 +1062,8 @@ impl Docker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::sandbox::{installer_spec, repl_spec, Owner};
 
     fn kept(head: usize, tail: usize, chunks: &[&[u8]]) -> String {
         let mut h = HeadTail::new(head, tail);
@@ -1063,18 +1106,278 @@ mod tests {
 
     #[test]
     fn podman_gets_tmpfs_ownership_as_u_and_docker_as_given() {
-        let owned = "rw,nosuid,nodev,size=134217728,mode=0755,uid=1000,gid=1000";
-        assert_eq!(tmpfs_options(EngineKind::Docker, owned), owned);
+        let user = UserIds {
+            uid: 1000,
+            gid: 1000,
+        };
+        let owned = Scratch {
+            path: "/app".into(),
+            size_bytes: 128 * 1024 * 1024,
+            mode: 0o755,
+            owned_by_user: true,
+        };
         assert_eq!(
-            tmpfs_options(EngineKind::Podman, owned),
+            tmpfs_options(EngineKind::Docker, &owned, user),
+            "rw,nosuid,nodev,size=134217728,mode=0755,uid=1000,gid=1000"
+        );
+        assert_eq!(
+            tmpfs_options(EngineKind::Podman, &owned, user),
             "rw,nosuid,nodev,size=134217728,mode=0755,U,notmpcopyup"
         );
-        let shared = "rw,nosuid,nodev,size=512m,mode=1777";
-        assert_eq!(tmpfs_options(EngineKind::Docker, shared), shared);
+        let shared = Scratch {
+            path: "/tmp".into(),
+            size_bytes: 512 * 1024 * 1024,
+            mode: 0o1777,
+            owned_by_user: false,
+        };
+        let want = "rw,nosuid,nodev,size=536870912,mode=1777";
+        assert_eq!(tmpfs_options(EngineKind::Docker, &shared, user), want);
         assert_eq!(
-            tmpfs_options(EngineKind::Podman, shared),
-            format!("{shared},notmpcopyup")
+            tmpfs_options(EngineKind::Podman, &shared, user),
+            format!("{want},notmpcopyup")
         );
+    }
+
+    /// The request a spec renders to, as JSON, with the embedded helper (long, and
+    /// checked by the sandbox tests) replaced by `HELPER`.
+    fn rendered(spec: &SandboxSpec, kind: EngineKind) -> serde_json::Value {
+        let mut v = serde_json::to_value(container_body(spec, kind)).expect("serializable");
+        if let Some(helper) = v["Cmd"].get_mut(3) {
+            *helper = "HELPER".into();
+        }
+        v
+    }
+
+    fn fixed_owner() -> Owner {
+        Owner {
+            instance: "0123456789abcdef0123456789abcdef".into(),
+            pid: 42,
+            host: "h".into(),
+        }
+    }
+
+    /// The repl sandbox (with `docker.runtime` set) and an installer, rendered by the code
+    /// before `SandboxSpec` existed (captured from `ContainerSpec` at 44caa31). The only
+    /// difference since: the installer's `/tmp` size is written in bytes (`536870912`)
+    /// where it said `512m`, the same size.
+    const REPL_BEFORE: &str = r#"
+        {
+          "AttachStderr": true,
+          "AttachStdin": true,
+          "AttachStdout": true,
+          "Cmd": [
+            "python3",
+            "-u",
+            "-c",
+            "HELPER"
+          ],
+          "Env": [
+            "PYTHONUNBUFFERED=1",
+            "PYTHONDONTWRITEBYTECODE=1",
+            "MPLBACKEND=Agg",
+            "HOME=/app",
+            "PDM_WORKDIR=/app",
+            "PDM_PACKAGE_DIRS=/opt/python-docker-mcp/session:/opt/python-docker-mcp/shared",
+            "PDM_PRELOAD=",
+            "PDM_DATA_LIMIT=234881024",
+            "OPENBLAS_NUM_THREADS=1",
+            "OMP_NUM_THREADS=1",
+            "MKL_NUM_THREADS=1",
+            "PDM_ALLOWED_MODULES=",
+            "PDM_BLOCKED_MODULES="
+          ],
+          "HostConfig": {
+            "AutoRemove": true,
+            "CapDrop": [
+              "ALL"
+            ],
+            "Init": true,
+            "LogConfig": {
+              "Type": "none"
+            },
+            "Memory": 268435456,
+            "MemorySwap": 268435456,
+            "Mounts": [
+              {
+                "ReadOnly": true,
+                "Source": "shared",
+                "Target": "/opt/python-docker-mcp/shared",
+                "Type": "volume"
+              },
+              {
+                "ReadOnly": true,
+                "Source": "own",
+                "Target": "/opt/python-docker-mcp/session",
+                "Type": "volume"
+              }
+            ],
+            "NanoCpus": 500000000,
+            "NetworkMode": "none",
+            "PidsLimit": 128,
+            "ReadonlyRootfs": true,
+            "Runtime": "runsc",
+            "SecurityOpt": [
+              "no-new-privileges"
+            ],
+            "Tmpfs": {
+              "/app": "rw,nosuid,nodev,size=134217728,mode=0755,uid=1000,gid=1000",
+              "/tmp": "rw,nosuid,nodev,size=134217728,mode=1777"
+            }
+          },
+          "Image": "python-docker-mcp:latest",
+          "Labels": {
+            "python-docker-mcp.host": "h",
+            "python-docker-mcp.instance": "0123456789abcdef0123456789abcdef",
+            "python-docker-mcp.managed": "true",
+            "python-docker-mcp.pid": "42",
+            "python-docker-mcp.role": "sandbox"
+          },
+          "NetworkDisabled": true,
+          "OpenStdin": true,
+          "StdinOnce": true,
+          "Tty": false,
+          "User": "1000:1000",
+          "WorkingDir": "/app"
+        }"#;
+    const INSTALLER_BEFORE: &str = r#"
+        {
+          "AttachStderr": true,
+          "AttachStdin": false,
+          "AttachStdout": true,
+          "Cmd": [
+            "true"
+          ],
+          "Env": [
+            "HOME=/tmp",
+            "PIP_NO_INPUT=1",
+            "PIP_DISABLE_PIP_VERSION_CHECK=1",
+            "UV_NATIVE_TLS=1",
+            "PYTHONDONTWRITEBYTECODE=1"
+          ],
+          "HostConfig": {
+            "AutoRemove": false,
+            "CapDrop": [
+              "ALL"
+            ],
+            "Init": true,
+            "LogConfig": {
+              "Type": "none"
+            },
+            "Memory": 536870912,
+            "MemorySwap": 536870912,
+            "Mounts": [
+              {
+                "ReadOnly": false,
+                "Source": "target",
+                "Target": "/target",
+                "Type": "volume"
+              },
+              {
+                "ReadOnly": false,
+                "Source": "python-docker-mcp-cache",
+                "Target": "/cache",
+                "Type": "volume"
+              }
+            ],
+            "NanoCpus": 1000000000,
+            "NetworkMode": "bridge",
+            "PidsLimit": 128,
+            "ReadonlyRootfs": true,
+            "SecurityOpt": [
+              "no-new-privileges"
+            ],
+            "Tmpfs": {
+              "/tmp": "rw,nosuid,nodev,size=536870912,mode=1777"
+            }
+          },
+          "Image": "python-docker-mcp:latest",
+          "Labels": {
+            "python-docker-mcp.host": "h",
+            "python-docker-mcp.instance": "0123456789abcdef0123456789abcdef",
+            "python-docker-mcp.managed": "true",
+            "python-docker-mcp.pid": "42",
+            "python-docker-mcp.role": "installer",
+            "python-docker-mcp.session": "s1"
+          },
+          "NetworkDisabled": false,
+          "OpenStdin": false,
+          "StdinOnce": false,
+          "Tty": false,
+          "User": "0:0",
+          "WorkingDir": "/tmp"
+        }"#;
+
+    #[test]
+    fn the_repl_and_installer_specs_render_the_same_request_as_before() {
+        let mut config = Config::defaults();
+        config.docker.runtime = Some("runsc".into());
+        let owner = fixed_owner();
+        let repl = repl_spec(&config, &owner, "pdm-r".into(), "shared", "own");
+        let mut installer =
+            installer_spec(&config, &owner, Some("s1"), "target", vec!["true".into()]);
+        installer.name = "pdm-i".into();
+        let before = |text: &str| -> serde_json::Value { serde_json::from_str(text).unwrap() };
+        assert_eq!(rendered(&repl, EngineKind::Docker), before(REPL_BEFORE));
+        assert_eq!(
+            rendered(&installer, EngineKind::Docker),
+            before(INSTALLER_BEFORE)
+        );
+        // Podman's request differs in the tmpfs options only.
+        for (spec, tmpfs) in [
+            (
+                &repl,
+                serde_json::json!({
+                    "/app": "rw,nosuid,nodev,size=134217728,mode=0755,U,notmpcopyup",
+                    "/tmp": "rw,nosuid,nodev,size=134217728,mode=1777,notmpcopyup",
+                }),
+            ),
+            (
+                &installer,
+                serde_json::json!({"/tmp": "rw,nosuid,nodev,size=536870912,mode=1777,notmpcopyup"}),
+            ),
+        ] {
+            let mut podman = rendered(spec, EngineKind::Podman);
+            assert_eq!(podman["HostConfig"]["Tmpfs"], tmpfs);
+            podman["HostConfig"]["Tmpfs"] =
+                rendered(spec, EngineKind::Docker)["HostConfig"]["Tmpfs"].take();
+            assert_eq!(podman, rendered(spec, EngineKind::Docker));
+        }
+    }
+
+    #[test]
+    fn the_host_config_says_in_dockers_words_what_the_spec_means() {
+        let config = Config::defaults();
+        let owner = fixed_owner();
+        let repl = repl_spec(&config, &owner, "pdm-r".into(), "shared", "own");
+        let body = container_body(&repl, EngineKind::Docker);
+        let h = body.host_config.expect("a host config");
+        assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(h.security_opt, Some(vec!["no-new-privileges".to_string()]));
+        assert_eq!(h.readonly_rootfs, Some(true));
+        assert_eq!(h.nano_cpus, Some(500_000_000));
+        assert_eq!(h.memory, Some(256 * 1024 * 1024));
+        assert_eq!(h.memory_swap, h.memory, "no swap");
+        assert_eq!(h.pids_limit, Some(128));
+        assert_eq!(h.network_mode.as_deref(), Some("none"));
+        assert_eq!(body.network_disabled, Some(true));
+        assert_eq!(h.log_config.and_then(|l| l.typ).as_deref(), Some("none"));
+        assert_eq!(h.auto_remove, Some(true));
+        assert_eq!(h.runtime, None);
+        assert_eq!(
+            h.tmpfs.expect("tmpfs")["/app"],
+            "rw,nosuid,nodev,size=134217728,mode=0755,uid=1000,gid=1000"
+        );
+        assert_eq!(body.user.as_deref(), Some("1000:1000"));
+
+        let installer = installer_spec(&config, &owner, None, "target", vec!["true".into()]);
+        let body = container_body(&installer, EngineKind::Docker);
+        let h = body.host_config.expect("a host config");
+        assert_eq!(h.network_mode.as_deref(), Some("bridge"));
+        assert_eq!(body.network_disabled, Some(false));
+        assert_eq!(h.auto_remove, Some(false));
+        assert_eq!(h.nano_cpus, Some(1_000_000_000));
+        assert_eq!(h.memory, Some(512 * 1024 * 1024));
+        assert_eq!(body.user.as_deref(), Some("0:0"));
     }
 
     #[test]

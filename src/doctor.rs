@@ -126,7 +126,7 @@ pub async fn run(config: Config) -> Vec<String> {
         println!("      sandboxes: {}", engine.describe_sandbox());
         println!(
             "      log driver of every container: {}",
-            sandbox::LOG_DRIVER
+            crate::docker::LOG_DRIVER
         );
         for (name, verdict) in checks.iter().zip(sandbox_checks(docker, &config).await) {
             report(name, verdict);

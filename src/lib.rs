@@ -17,8 +17,10 @@
 //!
 //! # Layout
 //! - [`config`]: settings, layered defaults < file < environment < flags, validated once.
-//! - [`sandbox`]: the security profile every container gets; the one place isolation lives.
-//! - [`docker`]: the container runtime seam; the only module that uses bollard.
+//! - [`sandbox`]: the security profile every container gets, as a runtime-neutral
+//!   `SandboxSpec`; the one place isolation lives.
+//! - [`docker`]: the container runtime seam; renders a `SandboxSpec` in the Docker API's words;
+//!   the only module that uses bollard.
 //! - [`repl`]: the wire protocol with the helper (`repl/helper.py`) and one live REPL; it
 //!   trusts nothing the sandbox sends (capped frames, strict ids, bounded queues).
 //! - [`pool`]: warm sandboxes, the creation semaphore, max age, single-use checkout.

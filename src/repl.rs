@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::docker::{Docker, DockerError, Output};
 use crate::files::{FileChange, FileEntry};
-use crate::sandbox::ContainerSpec;
+use crate::sandbox::SandboxSpec;
 
 /// How long an interrupted execution gets to stop before its container is killed.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
@@ -447,7 +447,7 @@ impl Drop for Repl {
 
 impl Repl {
     /// Start a container from `spec` and wait until its helper is ready.
-    pub async fn start(docker: &Docker, spec: &ContainerSpec) -> Result<Repl, ReplError> {
+    pub async fn start(docker: &Docker, spec: &SandboxSpec) -> Result<Repl, ReplError> {
         let attached = docker.start_attached(spec).await?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (reply_tx, replies) = mpsc::channel(QUEUE);

@@ -1,13 +1,17 @@
-//! The security profile: what every container this daemon starts looks like.
+//! The security profile: what every sandbox this daemon starts looks like.
 //!
 //! This is the one place isolation settings are decided (user, capabilities, network,
-//! limits, filesystem, labels, logging). It produces a plain [`ContainerSpec`]; the Docker module
-//! turns that into API calls and adds nothing of its own. The container is the security
-//! boundary: nothing here relies on inspecting the code that runs inside.
+//! limits, filesystem, labels, logging). It produces a runtime-neutral [`SandboxSpec`]: typed
+//! values that say what is meant (bytes, CPUs, uid and gid, "no network", "drop every
+//! capability"), never an engine's words. A backend only translates it: the Docker module
+//! renders it into a `HostConfig` and adds nothing of its own; a Pod could be rendered from
+//! it as directly. The sandbox is the security boundary: nothing here relies on inspecting
+//! the code that runs inside.
 
 use std::collections::BTreeMap;
 
 use crate::config::Config;
+pub use crate::config::UserIds;
 
 /// Label keys on every object the daemon creates.
 pub mod labels {
@@ -70,44 +74,86 @@ pub struct VolumeMount {
     pub read_only: bool,
 }
 
-/// Everything needed to create one container, in plain terms.
+/// Everything needed to create one sandbox (or installer), in runtime-neutral terms.
 #[derive(Debug, Clone)]
-pub struct ContainerSpec {
+pub struct SandboxSpec {
     pub name: String,
     pub image: String,
-    pub cmd: Vec<String>,
+    pub command: Vec<String>,
     pub env: Vec<String>,
-    pub user: String,
+    /// Who the command runs as: numbers, so no backend needs the image's `/etc/passwd`.
+    pub user: UserIds,
     pub working_dir: String,
     pub labels: BTreeMap<String, String>,
-    /// `None` means no network at all (`network_mode: none`).
-    pub network: Option<String>,
-    pub memory_bytes: u64,
-    pub nano_cpus: i64,
-    pub pids_limit: i64,
-    pub read_only_root: bool,
-    /// tmpfs mounts: path -> mount options.
-    pub tmpfs: BTreeMap<String, String>,
+    pub network: Network,
+    pub limits: Limits,
+    pub security: Security,
+    /// Writable in-memory mounts (a read-only root needs somewhere to write).
+    pub scratch: Vec<Scratch>,
     pub volumes: Vec<VolumeMount>,
     /// Keep stdin open and attached; the helper speaks over it.
     pub interactive: bool,
-    /// Capabilities dropped: all of them.
-    pub cap_drop: Vec<String>,
-    /// `no-new-privileges`: setuid binaries cannot raise privileges.
-    pub security_opt: Vec<String>,
-    /// Let Docker remove the container as soon as it exits.
-    pub auto_remove: bool,
+    /// The engine removes the sandbox as soon as it exits (sandboxes); otherwise the
+    /// daemon removes it after reading its exit code (installers).
+    pub remove_on_exit: bool,
+    /// Whether the engine keeps a copy of the output: false for everything this daemon
+    /// starts. The daemon reads all output through the attach stream, so a second copy on
+    /// the host's disk (unbounded with Docker's default `json-file` driver) would only fill
+    /// it.
+    pub keep_logs: bool,
     /// The OCI runtime (`docker.runtime`, e.g. `runsc` for gVisor); `None` is the
     /// engine's default.
     pub runtime: Option<String>,
-    /// Docker log driver: [`LOG_DRIVER`] (`none`) for every container. The daemon reads
-    /// all output through the attach stream, so the engine keeping a second copy on disk
-    /// (unbounded with the default `json-file` driver) would only fill the host's disk.
-    pub log_driver: String,
 }
 
-/// The log driver every container gets: nothing is written to the host's disk.
-pub const LOG_DRIVER: &str = "none";
+/// Resource limits of one sandbox.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Memory, in bytes, with no swap beyond it. Scratch mounts count against it.
+    pub memory_bytes: u64,
+    /// CPU time, in CPUs (0.5 is half of one CPU).
+    pub cpus: f64,
+    /// Processes and threads, at most (stops fork bombs).
+    pub pids: u64,
+}
+
+/// What the sandbox can reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// Nothing: no interface but loopback.
+    None,
+    /// Outbound connections through the engine's default network (Docker's `bridge`, the
+    /// pod network on Kubernetes). Installers get it to download packages; sandboxes only
+    /// when `docker.network_disabled` is off.
+    Outbound,
+}
+
+/// Privilege settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Security {
+    /// Drop every Linux capability (root in the sandbox is then only a uid).
+    pub drop_all_capabilities: bool,
+    /// setuid binaries and file capabilities cannot raise privileges.
+    pub no_new_privileges: bool,
+    /// The image's filesystem cannot be written; writes go to scratch mounts and volumes.
+    pub read_only_root: bool,
+}
+
+/// A writable in-memory mount (tmpfs, or an `emptyDir` with medium `Memory`). Every scratch
+/// mount is read-write, allows no setuid and no device files, and starts empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scratch {
+    pub path: String,
+    /// Size cap in bytes; its pages count against the memory limit.
+    pub size_bytes: u64,
+    /// Permission bits of the mount's root, e.g. `0o1777` for `/tmp`.
+    pub mode: u32,
+    /// The mount belongs to the sandbox's [`SandboxSpec::user`]; otherwise to root.
+    pub owned_by_user: bool,
+}
+
+/// The installer's `/tmp`: pip and uv unpack wheels there.
+const INSTALLER_TMP: u64 = 512 * 1024 * 1024;
 
 /// Memory kept out of the helper's data limit, at least: the interpreter, its stacks, the
 /// tmpfs pages and the C library's own arenas live there.
@@ -131,13 +177,14 @@ pub fn data_limit(memory_limit: u64) -> u64 {
     memory_limit - headroom
 }
 
-/// Capabilities every container drops, and the security options every container gets.
-fn cap_drop() -> Vec<String> {
-    vec!["ALL".into()]
-}
-
-fn security_opt() -> Vec<String> {
-    vec!["no-new-privileges".into()]
+/// Every container drops all capabilities and cannot gain privileges; the root
+/// filesystem is read-only unless `read_only_root` says otherwise.
+fn locked_down(read_only_root: bool) -> Security {
+    Security {
+        drop_all_capabilities: true,
+        no_new_privileges: true,
+        read_only_root,
+    }
 }
 
 /// Who owns the containers: one per daemon process.
@@ -224,7 +271,7 @@ pub fn repl_spec(
     name: String,
     shared_volume: &str,
     own_volume: &str,
-) -> ContainerSpec {
+) -> SandboxSpec {
     let d = &config.docker;
     let volumes = vec![
         VolumeMount {
@@ -240,23 +287,28 @@ pub fn repl_spec(
     ];
     // Session packages come first on the path so they win over shared ones.
     let package_dirs = [SESSION_PACKAGES, SHARED_PACKAGES];
-    let mut tmpfs = BTreeMap::new();
-    if d.read_only {
-        let (uid, gid) = uid_gid(&d.user);
-        let size = d.tmpfs_size;
-        tmpfs.insert(
-            "/tmp".into(),
-            format!("rw,nosuid,nodev,size={size},mode=1777"),
-        );
-        tmpfs.insert(
-            d.working_dir.clone(),
-            format!("rw,nosuid,nodev,size={size},mode=0755,uid={uid},gid={gid}"),
-        );
-    }
-    ContainerSpec {
+    let scratch = if d.read_only {
+        vec![
+            Scratch {
+                path: "/tmp".into(),
+                size_bytes: d.tmpfs_size,
+                mode: 0o1777,
+                owned_by_user: false,
+            },
+            Scratch {
+                path: d.working_dir.clone(),
+                size_bytes: d.tmpfs_size,
+                mode: 0o755,
+                owned_by_user: true,
+            },
+        ]
+    } else {
+        Vec::new()
+    };
+    SandboxSpec {
         name,
         image: d.image.clone(),
-        cmd: vec!["python3".into(), "-u".into(), "-c".into(), HELPER.into()],
+        command: vec!["python3".into(), "-u".into(), "-c".into(), HELPER.into()],
         env: vec![
             "PYTHONUNBUFFERED=1".into(),
             "PYTHONDONTWRITEBYTECODE=1".into(),
@@ -275,26 +327,26 @@ pub fn repl_spec(
             format!("PDM_ALLOWED_MODULES={}", config.allowed_modules.join(",")),
             format!("PDM_BLOCKED_MODULES={}", config.blocked_modules.join(",")),
         ],
-        user: d.user.clone(),
+        user: d.user,
         working_dir: d.working_dir.clone(),
         labels: owner.labels(Role::Sandbox, None),
         network: if d.network_disabled {
-            None
+            Network::None
         } else {
-            Some("bridge".into())
+            Network::Outbound
         },
-        memory_bytes: d.memory_limit,
-        nano_cpus: (d.cpu_limit * 1e9) as i64,
-        pids_limit: d.pids_limit as i64,
-        read_only_root: d.read_only,
-        tmpfs,
+        limits: Limits {
+            memory_bytes: d.memory_limit,
+            cpus: d.cpu_limit,
+            pids: d.pids_limit,
+        },
+        security: locked_down(d.read_only),
+        scratch,
         volumes,
         interactive: true,
-        cap_drop: cap_drop(),
-        security_opt: security_opt(),
-        auto_remove: true,
+        remove_on_exit: true,
+        keep_logs: false,
         runtime: d.runtime.clone(),
-        log_driver: LOG_DRIVER.into(),
     }
 }
 
@@ -307,14 +359,12 @@ pub fn installer_spec(
     session: Option<&str>,
     target_volume: &str,
     cmd: Vec<String>,
-) -> ContainerSpec {
+) -> SandboxSpec {
     let d = &config.docker;
-    let mut tmpfs = BTreeMap::new();
-    tmpfs.insert("/tmp".into(), "rw,nosuid,nodev,size=512m,mode=1777".into());
-    ContainerSpec {
+    SandboxSpec {
         name: owner.name(Role::Installer),
         image: d.image.clone(),
-        cmd,
+        command: cmd,
         env: vec![
             "HOME=/tmp".into(),
             "PIP_NO_INPUT=1".into(),
@@ -325,15 +375,22 @@ pub fn installer_spec(
         ],
         // The volume's root belongs to root; writing there needs no capability beyond
         // ownership, so root with every capability dropped is enough.
-        user: "0:0".into(),
+        user: UserIds::ROOT,
         working_dir: "/tmp".into(),
         labels: owner.labels(Role::Installer, session),
-        network: Some("bridge".into()),
-        memory_bytes: d.memory_limit.max(512 * 1024 * 1024),
-        nano_cpus: (d.cpu_limit.max(1.0) * 1e9) as i64,
-        pids_limit: d.pids_limit as i64,
-        read_only_root: true,
-        tmpfs,
+        network: Network::Outbound,
+        limits: Limits {
+            memory_bytes: d.memory_limit.max(512 * 1024 * 1024),
+            cpus: d.cpu_limit.max(1.0),
+            pids: d.pids_limit,
+        },
+        security: locked_down(true),
+        scratch: vec![Scratch {
+            path: "/tmp".into(),
+            size_bytes: INSTALLER_TMP,
+            mode: 0o1777,
+            owned_by_user: false,
+        }],
         volumes: vec![
             VolumeMount {
                 volume: target_volume.into(),
@@ -347,21 +404,11 @@ pub fn installer_spec(
             },
         ],
         interactive: false,
-        cap_drop: cap_drop(),
-        security_opt: security_opt(),
         // Removed by the daemon after its exit code is read.
-        auto_remove: false,
+        remove_on_exit: false,
+        keep_logs: false,
         // The engine's default runtime: docker.runtime is for the code sandboxes.
         runtime: None,
-        log_driver: LOG_DRIVER.into(),
-    }
-}
-
-/// `"1000:1000"` -> ("1000", "1000"); a lone uid uses it for the group too.
-fn uid_gid(user: &str) -> (&str, &str) {
-    match user.split_once(':') {
-        Some((u, g)) => (u, g),
-        None => (user, user),
     }
 }
 
@@ -374,16 +421,34 @@ mod tests {
         let config = Config::defaults();
         let owner = Owner::new();
         let s = repl_spec(&config, &owner, owner.name(Role::Sandbox), "shared", "own");
-        assert_eq!(s.network, None);
-        assert_eq!(s.user, "1000:1000");
-        assert!(s.read_only_root);
-        assert_eq!(s.memory_bytes, 256 * 1024 * 1024);
-        assert_eq!(s.nano_cpus, 500_000_000);
-        assert!(s.pids_limit > 0);
-        assert_eq!(s.cap_drop, vec!["ALL"]);
-        assert_eq!(s.security_opt, vec!["no-new-privileges"]);
-        assert!(s.tmpfs.contains_key("/tmp") && s.tmpfs.contains_key("/app"));
-        assert!(s.tmpfs["/app"].contains("uid=1000"));
+        assert_eq!(s.network, Network::None);
+        assert_eq!(
+            s.user,
+            UserIds {
+                uid: 1000,
+                gid: 1000
+            }
+        );
+        assert_eq!(
+            s.security,
+            Security {
+                drop_all_capabilities: true,
+                no_new_privileges: true,
+                read_only_root: true,
+            }
+        );
+        assert_eq!(
+            s.limits,
+            Limits {
+                memory_bytes: 256 * 1024 * 1024,
+                cpus: 0.5,
+                pids: 128,
+            }
+        );
+        let paths: Vec<&str> = s.scratch.iter().map(|m| m.path.as_str()).collect();
+        assert_eq!(paths, ["/tmp", "/app"]);
+        assert!(!s.scratch[0].owned_by_user && s.scratch[1].owned_by_user);
+        assert!(s.remove_on_exit && s.interactive);
         assert!(
             s.volumes.iter().all(|v| v.read_only),
             "sandboxes only read package volumes"
@@ -400,9 +465,9 @@ mod tests {
         let config = Config::defaults();
         let owner = Owner::new();
         let s = repl_spec(&config, &owner, owner.name(Role::Sandbox), "shared", "own");
-        assert_eq!(s.log_driver, "none");
+        assert!(!s.keep_logs);
         let i = installer_spec(&config, &owner, None, "target", vec!["true".into()]);
-        assert_eq!(i.log_driver, "none");
+        assert!(!i.keep_logs);
     }
 
     #[test]
@@ -448,7 +513,7 @@ mod tests {
         config.docker.network_disabled = false;
         let owner = Owner::new();
         let s = repl_spec(&config, &owner, owner.name(Role::Sandbox), "shared", "own");
-        assert_eq!(s.network.as_deref(), Some("bridge"));
+        assert_eq!(s.network, Network::Outbound);
     }
 
     #[test]
