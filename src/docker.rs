@@ -37,7 +37,8 @@ use tokio::io::AsyncWrite;
 use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
-use crate::sandbox::{labels, Network, SandboxSpec, Scratch, UserIds};
+use crate::config::Config;
+use crate::sandbox::{self, labels, Network, Owner, Role, SandboxSpec, Scratch, UserIds};
 
 /// What failed when talking to Docker.
 #[derive(Debug, thiserror::Error)]
@@ -520,6 +521,50 @@ const NETWORK_NONE: &str = "none";
 /// The log driver of a spec that keeps no logs: nothing is written to the host's disk.
 pub const LOG_DRIVER: &str = "none";
 
+/// The isolation profile of a REPL sandbox as `docker run` flags, for references measured
+/// next to the daemon (the end-to-end benchmark) and for trying the profile by hand. They
+/// are read from the very create request the daemon sends ([`container_body`]), so they
+/// cannot drift from it.
+pub fn docker_run_flags(config: &Config) -> Vec<String> {
+    let owner = Owner::new();
+    let spec = sandbox::repl_spec(config, &owner, owner.name(Role::Sandbox), "shared", "own");
+    let body = container_body(&spec, EngineKind::Docker);
+    let h = body.host_config.unwrap_or_default();
+    let mut flags: Vec<String> = Vec::new();
+    let mut flag = |name: &str, value: String| flags.extend([name.to_string(), value]);
+    flag("--network", h.network_mode.unwrap_or_default());
+    flag("--memory", h.memory.unwrap_or_default().to_string());
+    flag(
+        "--memory-swap",
+        h.memory_swap.unwrap_or_default().to_string(),
+    );
+    flag(
+        "--cpus",
+        (h.nano_cpus.unwrap_or_default() as f64 / 1e9).to_string(),
+    );
+    flag("--pids-limit", h.pids_limit.unwrap_or_default().to_string());
+    for cap in h.cap_drop.unwrap_or_default() {
+        flag("--cap-drop", cap);
+    }
+    for opt in h.security_opt.unwrap_or_default() {
+        flag("--security-opt", opt);
+    }
+    for (path, options) in h.tmpfs.unwrap_or_default() {
+        flag("--tmpfs", format!("{path}:{options}"));
+    }
+    flag("--user", body.user.unwrap_or_default());
+    if let Some(driver) = h.log_config.and_then(|l| l.typ) {
+        flag("--log-driver", driver);
+    }
+    if h.readonly_rootfs == Some(true) {
+        flags.push("--read-only".into());
+    }
+    if h.init == Some(true) {
+        flags.push("--init".into());
+    }
+    flags
+}
+
 /// The create request for `spec` on `kind`: the sandbox's typed settings in the Docker
 /// API's words. Nothing is decided here; every value comes from the spec (the profile is
 /// decided in `sandbox.rs`), except what Docker needs to run any sandbox at all: an init
@@ -866,7 +911,7 @@ impl Docker {
     /// it does happens after the caller is told.
     pub async fn run_until_exit(
         &self,
-        spec: &ContainerSpec,
+        spec: &SandboxSpec,
         timeout: Duration,
     ) -> Result<(Finished, String), DockerError> {
         let conn = self.connection().await?;
@@ -1445,5 +1490,48 @@ mod tests {
             !log.seen(&"a".repeat(64), before),
             "the oldest is forgotten"
         );
+    }
+}
+
+#[cfg(test)]
+mod docker_run_flags_tests {
+    use super::*;
+
+    #[test]
+    fn the_flags_say_what_the_daemon_sends() {
+        let flags = docker_run_flags(&Config::defaults());
+        let line = flags.join(" ");
+        for want in [
+            "--network none",
+            "--memory 268435456",
+            "--memory-swap 268435456",
+            "--cpus 0.5",
+            "--pids-limit 128",
+            "--cap-drop ALL",
+            "--security-opt no-new-privileges",
+            "--user 1000:1000",
+            "--log-driver none",
+            "--read-only",
+            "--init",
+            "--tmpfs /tmp:rw,nosuid,nodev,",
+            "--tmpfs /app:rw,nosuid,nodev,",
+        ] {
+            assert!(line.contains(want), "{want} in {line}");
+        }
+    }
+
+    #[test]
+    fn the_flags_follow_the_config() {
+        let mut config = Config::defaults();
+        config.docker.network_disabled = false;
+        config.docker.read_only = false;
+        config.docker.cpu_limit = 1.5;
+        let line = docker_run_flags(&config).join(" ");
+        assert!(
+            !line.contains("--read-only") && !line.contains("--tmpfs"),
+            "{line}"
+        );
+        assert!(line.contains("--cpus 1.5"), "{line}");
+        assert!(!line.contains("--network none"), "{line}");
     }
 }

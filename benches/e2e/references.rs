@@ -9,8 +9,8 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use python_docker_mcp::sandbox;
 use python_docker_mcp::Config;
+use python_docker_mcp::{docker, sandbox};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -21,7 +21,7 @@ use crate::{CALL_TIMEOUT, IMAGE, IN_FLIGHT};
 /// The sandbox profile our daemon applies with its default configuration (a clean `HOME`,
 /// as the bench starts it), as `docker run` flags, from the crate itself.
 pub static PROFILE_FLAGS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
-    sandbox::docker_run_flags(&Config::defaults())
+    docker::docker_run_flags(&Config::defaults())
         .into_iter()
         .map(|f| &*f.leak())
         .collect()

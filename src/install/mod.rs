@@ -278,7 +278,12 @@ pub fn pip_failure_summary(stdout: &str, stderr: &str) -> String {
         }
         return summary;
     }
-    let all: Vec<&str> = stderr.lines().chain(stdout.lines()).collect();
+    // The installer's own bookkeeping (`timing:` lines) is for the daemon's log only.
+    let all: Vec<&str> = stderr
+        .lines()
+        .chain(stdout.lines())
+        .filter(|l| !l.starts_with("timing: "))
+        .collect();
     all[all.len().saturating_sub(15)..].join("\n")
 }
 
