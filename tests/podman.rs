@@ -53,21 +53,7 @@ fn podman_host() -> String {
 }
 
 fn podman_lines(args: &[&str]) -> Vec<String> {
-    let out = Command::new("podman")
-        .args(args)
-        .output()
-        .expect("run the podman CLI");
-    assert!(
-        out.status.success(),
-        "podman {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
+    cli_lines("podman", args)
 }
 
 /// Containers in Podman carrying `pid`'s label (and the role, if given).

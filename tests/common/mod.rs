@@ -737,13 +737,18 @@ fn hostname() -> String {
 }
 
 fn docker_lines(args: &[&str]) -> Vec<String> {
-    let out = std::process::Command::new("docker")
+    cli_lines("docker", args)
+}
+
+/// The non-empty lines an engine's CLI (`docker`, `podman`) prints; it must succeed.
+pub fn cli_lines(program: &str, args: &[&str]) -> Vec<String> {
+    let out = std::process::Command::new(program)
         .args(args)
         .output()
-        .expect("run the docker CLI");
+        .unwrap_or_else(|e| panic!("run the {program} CLI: {e}"));
     assert!(
         out.status.success(),
-        "docker {args:?} failed: {}",
+        "{program} {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout)
