@@ -965,12 +965,18 @@ impl Engine {
             .run_until_exit(&spec, c.package.timeout)
             .await
         {
-            Ok((f, id)) => {
-                // It has exited: its removal need not delay the reply.
+            Ok((f, id)) if f.exit_code == 0 => {
+                // It has exited: its removal need not delay a success.
                 let docker = self.shared.docker.clone();
                 self.shared
                     .tasks
                     .spawn(async move { docker.remove(&id).await });
+                f
+            }
+            Ok((f, id)) => {
+                // A failure is reported with its installer already gone, so a caller
+                // that looks finds nothing left, and a retry starts clean.
+                self.shared.docker.remove(&id).await;
                 f
             }
             Err(DockerError::Timeout(timeout)) => {

@@ -186,8 +186,14 @@ async fn the_end_to_end_flows_run_on_podman_and_leave_nothing_there() {
         "{}",
         describe(&r)
     );
+    let pid = d.pid;
     assert!(
-        podman_containers(d.pid, Some("installer")).is_empty(),
+        eventually(Duration::from_secs(10), || podman_containers(
+            pid,
+            Some("installer")
+        )
+        .is_empty())
+        .await,
         "the installer is removed once it is done"
     );
 
