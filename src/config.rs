@@ -103,6 +103,8 @@ const NO_MAX: u64 = u64::MAX;
 
 /// Every setting the daemon knows. `config.example.yaml` mirrors this table.
 const KEYS: &[Key] = &[
+    Key { path: "runtime.backend", env: "BACKEND", kind: Kind::Choice(&["docker"]), default: "docker",
+          doc: "What runs the sandboxes: docker is the Docker Engine API at DOCKER_HOST, served by Docker or by Podman (`podman system service`)" },
     Key { path: "docker.image", env: "IMAGE", kind: Kind::Str, default: "python-docker-mcp:latest",
           doc: "Image the sandboxes run; any image with python3 on its PATH works" },
     Key { path: "docker.working_dir", env: "WORKING_DIR", kind: Kind::Str, default: "/app",
@@ -320,9 +322,23 @@ pub struct PackageConfig {
     pub only_binary: bool,
 }
 
+/// `runtime.*`: what runs the sandboxes.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub backend: BackendKind,
+}
+
+/// The engines a sandbox can run on (`runtime.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The Docker Engine API: Docker, or Podman's Docker-compatible service.
+    Docker,
+}
+
 /// The effective configuration, loaded once at start-up.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub runtime: RuntimeConfig,
     pub docker: DockerConfig,
     pub session: SessionConfig,
     pub package: PackageConfig,
@@ -432,6 +448,12 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         chosen: &chosen,
         provenance: BTreeMap::new(),
     };
+    let runtime = RuntimeConfig {
+        backend: match p.string("runtime.backend")?.as_str() {
+            "docker" => BackendKind::Docker,
+            _ => return Err(p.invalid("runtime.backend", "docker")),
+        },
+    };
     let docker = DockerConfig {
         image: p.string("docker.image")?,
         working_dir: p.string("docker.working_dir")?,
@@ -512,6 +534,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
     }
 
     Ok(Config {
+        runtime,
         docker,
         session,
         package,

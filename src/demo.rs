@@ -9,7 +9,7 @@ use rmcp::service::RunningService;
 use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt};
 
-use crate::docker::Docker;
+use crate::runtime::docker::Docker;
 use crate::{image, Config};
 
 type Client = RunningService<RoleClient, ()>;

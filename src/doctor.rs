@@ -14,9 +14,9 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::docker::{Docker, DockerError};
 use crate::install::{self, ProbeReport};
 use crate::repl::{ExecLimits, Outcome, Repl};
+use crate::runtime::{Backend, RuntimeError};
 use crate::sandbox::{self, Owner, Role};
 use crate::{http, Engine};
 
@@ -64,28 +64,28 @@ pub async fn run(config: Config) -> Vec<String> {
         }
     };
     let engine = Engine::new(config.clone());
-    let docker = engine.docker();
+    let backend = engine.backend();
     let image = &config.docker.image;
 
-    let ready = match docker.engine().await {
+    let ready = match backend.engine().await {
         Ok(engine) => {
             report(
                 "Docker",
                 Verdict::Ok(format!(
                     "engine {engine} answers at {}",
-                    crate::docker::host()
+                    crate::runtime::docker::host()
                 )),
             );
             if let Some(runtime) = &config.docker.runtime {
                 println!("      OCI runtime of sandboxes (docker.runtime): {runtime}");
             }
-            match docker.image_present(image).await {
+            match backend.image_present(image).await {
                 Ok(true) => {
                     report("image", Verdict::Ok(format!("{image} is present")));
                     true
                 }
                 Ok(false) => {
-                    let e = DockerError::ImageMissing {
+                    let e = RuntimeError::ImageMissing {
                         image: image.clone(),
                     };
                     report(
@@ -126,9 +126,9 @@ pub async fn run(config: Config) -> Vec<String> {
         println!("      sandboxes: {}", engine.describe_sandbox());
         println!(
             "      log driver of every container: {}",
-            crate::docker::LOG_DRIVER
+            crate::runtime::docker::LOG_DRIVER
         );
-        for (name, verdict) in checks.iter().zip(sandbox_checks(docker, &config).await) {
+        for (name, verdict) in checks.iter().zip(sandbox_checks(backend, &config).await) {
             report(name, verdict);
         }
     } else {
@@ -140,7 +140,7 @@ pub async fn run(config: Config) -> Vec<String> {
         }
     }
     report("http", http_check(&config).await);
-    docker.close();
+    backend.close();
 
     if failed.is_empty() {
         println!("all checks passed");
@@ -151,8 +151,8 @@ pub async fn run(config: Config) -> Vec<String> {
 }
 
 /// The fix part of an error message: everything after the first sentence that says
-/// what failed (the messages of [`DockerError`] say both).
-fn fix_of(e: &DockerError) -> String {
+/// what failed (the messages of [`RuntimeError`] say both).
+fn fix_of(e: &RuntimeError) -> String {
     let text = e.to_string();
     match text.split_once(". ") {
         Some((_, fix)) => fix.to_string(),
@@ -162,7 +162,7 @@ fn fix_of(e: &DockerError) -> String {
 
 /// Start one sandbox as the pool does and run the four sandbox checks in it: the helper
 /// answers, no network, non-root, the installer works. Removes everything again.
-async fn sandbox_checks(docker: &Docker, config: &Config) -> [Verdict; 4] {
+async fn sandbox_checks(backend: &Backend, config: &Config) -> [Verdict; 4] {
     let owner = Owner::new();
     let shared = owner.shared_volume();
     let name = owner.name(Role::Sandbox);
@@ -171,10 +171,10 @@ async fn sandbox_checks(docker: &Docker, config: &Config) -> [Verdict; 4] {
     let skip = || Verdict::Skip("needs a sandbox that answers".to_string());
     let started = Instant::now();
     let volumes = async {
-        docker
+        backend
             .create_volume(&shared, &owner.labels(Role::Packages, None))
             .await?;
-        docker
+        backend
             .create_volume(&own, &owner.labels(Role::Sandbox, None))
             .await
     };
@@ -188,7 +188,7 @@ async fn sandbox_checks(docker: &Docker, config: &Config) -> [Verdict; 4] {
             skip(),
             skip(),
         ],
-        Ok(()) => match Repl::start(docker, &spec).await {
+        Ok(()) => match Repl::start(backend, &spec).await {
             Err(e) => [
                 Verdict::Fail {
                     what: format!("a sandbox does not start: {e}"),
@@ -229,12 +229,12 @@ async fn sandbox_checks(docker: &Docker, config: &Config) -> [Verdict; 4] {
                     }
                 };
                 repl.kill().await;
-                let installer = installer_check(docker, config, &owner, &shared).await;
+                let installer = installer_check(backend, config, &owner, &shared).await;
                 [helper, network, user, installer]
             }
         },
     };
-    if let Err(e) = docker.remove_instance(&owner.instance).await {
+    if let Err(e) = backend.remove_instance(&owner.instance).await {
         eprintln!("python-docker-mcp: could not remove the doctor's sandbox: {e}");
     }
     verdicts
@@ -329,8 +329,13 @@ fn user_verdict(f: &SandboxFacts) -> Verdict {
 }
 
 /// Run the installer probe in an installer container, exactly where installs run.
-async fn installer_check(docker: &Docker, config: &Config, owner: &Owner, volume: &str) -> Verdict {
-    if let Err(e) = docker
+async fn installer_check(
+    backend: &Backend,
+    config: &Config,
+    owner: &Owner,
+    volume: &str,
+) -> Verdict {
+    if let Err(e) = backend
         .create_volume(sandbox::CACHE_VOLUME, &Owner::cache_labels())
         .await
     {
@@ -341,7 +346,7 @@ async fn installer_check(docker: &Docker, config: &Config, owner: &Owner, volume
     }
     let cmd = install::probe_command(&config.package);
     let spec = sandbox::installer_spec(config, owner, None, volume, cmd);
-    let finished = match docker
+    let finished = match backend
         .run_to_completion(&spec, config.package.timeout)
         .await
     {

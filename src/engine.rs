@@ -36,7 +36,6 @@ pub use files::FileList;
 use crate::calls::{CallGuard, Calls, Running, ShuttingDown};
 use crate::client::Client;
 use crate::config::{human_bytes, Config};
-use crate::docker::{Docker, DockerError};
 use crate::files::{FileChange, FileData, FileError};
 use crate::install::{self, Requirement, RequirementError};
 use crate::pool::{AcquireError, Pool, PoolStats};
@@ -44,6 +43,7 @@ use crate::repl::{
     ExecLimits, Interrupt, Outcome, OutputChunk, Package, PeakScope, PyError, Repl, ReplError,
     Reply, Variable,
 };
+use crate::runtime::{Backend, RuntimeError, Swept};
 use crate::sandbox::{self, Owner};
 use crate::session::{Registry, Session, SessionGuard, SlotRefusal, Slots, State};
 use crate::text::clip;
@@ -292,7 +292,7 @@ pub enum InstallError {
     #[error(transparent)]
     Session(#[from] ExecError),
     #[error(transparent)]
-    Docker(#[from] DockerError),
+    Runtime(#[from] RuntimeError),
     #[error("installing `{requirement}` failed:\n{summary}")]
     Failed {
         requirement: String,
@@ -318,13 +318,6 @@ pub enum CleanupError {
     ShuttingDown(#[from] ShuttingDown),
 }
 
-/// What [`Engine::sweep_orphans`] found (and removed, unless it was a dry run).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Swept {
-    pub containers: usize,
-    pub volumes: usize,
-}
-
 /// A handle on the daemon's core; clone it freely.
 #[derive(Clone)]
 pub struct Engine {
@@ -333,7 +326,8 @@ pub struct Engine {
 
 struct Shared {
     config: Config,
-    docker: Docker,
+    /// What runs the sandboxes (Docker, Podman, ...): the only way to the engine.
+    backend: Backend,
     /// Labels every container, volume and name with this daemon instance.
     owner: Owner,
     sessions: Registry,
@@ -370,10 +364,20 @@ impl Engine {
     /// An engine shared by several clients when `several` (it sets the default of
     /// `session.max_sessions_per_client`).
     pub fn for_clients(config: Config, several: bool) -> Engine {
-        let docker = Docker::new();
+        let backend = Backend::from_config(&config);
+        Engine::with_backend(config, several, backend)
+    }
+
+    /// [`Engine::for_clients`] on a given backend.
+    pub fn with_backend(config: Config, several: bool, backend: Backend) -> Engine {
         let owner = Owner::new();
         let tasks = TaskTracker::new();
-        let pool = Pool::new(config.clone(), docker.clone(), owner.clone(), tasks.clone());
+        let pool = Pool::new(
+            config.clone(),
+            backend.clone(),
+            owner.clone(),
+            tasks.clone(),
+        );
         let slots = Slots::new(
             config.session.max_sessions as usize,
             config.session.per_client_limit(several) as usize,
@@ -381,7 +385,7 @@ impl Engine {
         Engine {
             shared: Arc::new(Shared {
                 config,
-                docker,
+                backend,
                 owner,
                 sessions: Registry::default(),
                 pool,
@@ -484,8 +488,8 @@ impl Engine {
         &self.shared.config
     }
 
-    pub fn docker(&self) -> &Docker {
-        &self.shared.docker
+    pub fn backend(&self) -> &Backend {
+        &self.shared.backend
     }
 
     /// This daemon's instance id (the value of its `instance` label).
@@ -811,14 +815,14 @@ impl Engine {
         self.shared.sessions.forget(session, &why);
         self.shared.slots.release(&session.owner);
         tracing::info!(session_id = %session.id, client = %session.owner, %why, "session ended");
-        let docker = self.shared.docker.clone();
+        let backend = self.shared.backend.clone();
         let (container, volume) = (session.container.clone(), session.volume.clone());
         // Close the connection first: a reader that stopped reading (its caller went
         // away) would otherwise keep the engine from finishing the container.
         drop(repl);
         Some(self.shared.tasks.spawn(async move {
-            docker.remove(&container).await;
-            docker.remove_volume(&volume).await;
+            backend.remove(&container).await;
+            backend.remove_volume(&volume).await;
         }))
     }
 
@@ -949,7 +953,7 @@ impl Engine {
             .get_or_try_init(|| async {
                 let labels = Owner::cache_labels();
                 self.shared
-                    .docker
+                    .backend
                     .create_volume(sandbox::CACHE_VOLUME, &labels)
                     .await
             })
@@ -961,25 +965,25 @@ impl Engine {
         tracing::info!(requirements = %wanted(), %target, "installing");
         let finished = match self
             .shared
-            .docker
+            .backend
             .run_until_exit(&spec, c.package.timeout)
             .await
         {
             Ok((f, id)) if f.exit_code == 0 => {
                 // It has exited: its removal need not delay a success.
-                let docker = self.shared.docker.clone();
+                let backend = self.shared.backend.clone();
                 self.shared
                     .tasks
-                    .spawn(async move { docker.remove(&id).await });
+                    .spawn(async move { backend.remove(&id).await });
                 f
             }
             Ok((f, id)) => {
                 // A failure is reported with its installer already gone, so a caller
                 // that looks finds nothing left, and a retry starts clean.
-                self.shared.docker.remove(&id).await;
+                self.shared.backend.remove(&id).await;
                 f
             }
-            Err(DockerError::Timeout(timeout)) => {
+            Err(RuntimeError::Timeout(timeout)) => {
                 return Err(InstallError::TimedOut {
                     requirement: wanted(),
                     timeout,
@@ -1018,7 +1022,7 @@ impl Engine {
     /// Remove containers and volumes left by earlier daemons on this host that are no
     /// longer running (killed with SIGKILL, or a crash). Live daemons' objects, other
     /// hosts' objects and anything without our labels are left alone.
-    pub async fn reap_orphans(&self) -> Result<usize, DockerError> {
+    pub async fn reap_orphans(&self) -> Result<usize, RuntimeError> {
         let swept = self.sweep_orphans(false).await?;
         let removed = swept.containers + swept.volumes;
         if removed > 0 {
@@ -1031,30 +1035,11 @@ impl Engine {
         Ok(removed)
     }
 
-    /// Find the containers and volumes of daemons on this host that are no longer
-    /// running, and remove them unless `dry_run` (`python-docker-mcp cleanup`).
-    pub async fn sweep_orphans(&self, dry_run: bool) -> Result<Swept, DockerError> {
+    /// Find the containers and volumes of daemons that are gone (by the backend's orphan
+    /// policy), and remove them unless `dry_run` (`python-docker-mcp cleanup`).
+    pub async fn sweep_orphans(&self, dry_run: bool) -> Result<Swept, RuntimeError> {
         let s = &self.shared;
-        let objects = s.docker.managed().await?;
-        let orphans: Vec<_> = objects
-            .into_iter()
-            .filter(|o| is_orphan(&o.labels, &s.owner, daemon_alive))
-            .collect();
-        let swept = Swept {
-            containers: orphans.iter().filter(|o| !o.volume).count(),
-            volumes: orphans.iter().filter(|o| o.volume).count(),
-        };
-        if dry_run {
-            return Ok(swept);
-        }
-        // Containers first: a volume cannot go while a container still mounts it.
-        for o in orphans.iter().filter(|o| !o.volume) {
-            s.docker.remove(&o.id).await;
-        }
-        for o in orphans.iter().filter(|o| o.volume) {
-            s.docker.remove_volume(&o.id).await;
-        }
-        Ok(swept)
+        s.backend.sweep_orphans(&s.owner, dry_run).await
     }
 
     /// A one-line summary of the limits sandboxes run under, for logs and docs.
@@ -1141,7 +1126,7 @@ impl Engine {
             // Only talk to Docker if this daemon ever did. Removing the containers first
             // also stops installs, so no session's lock is held for long.
             if pools.iter().any(Pool::used_docker) {
-                match s.docker.remove_instance(&s.owner.instance).await {
+                match s.backend.remove_instance(&s.owner.instance).await {
                     Ok(n) => tracing::info!(containers = n, "removed this instance's containers"),
                     Err(e) => {
                         tracing::warn!(error = %e, "could not list containers to remove at shutdown")
@@ -1160,7 +1145,7 @@ impl Engine {
             // one, unlabelled. Every task is done now: remove them by name once more.
             if pools.iter().any(Pool::used_docker) {
                 for pool in &pools {
-                    s.docker.remove_volume(pool.volume_name()).await;
+                    s.backend.remove_volume(pool.volume_name()).await;
                 }
             }
         };
@@ -1198,39 +1183,9 @@ fn parse_requirements(packages: &[String]) -> Result<Vec<Requirement>, Requireme
         .collect()
 }
 
-/// Whether an object labelled by some daemon belongs to one that is gone: same host,
-/// another process, and that process no longer runs python-docker-mcp.
-fn is_orphan(
-    labels: &std::collections::HashMap<String, String>,
-    me: &Owner,
-    alive: impl Fn(u32) -> bool,
-) -> bool {
-    use crate::sandbox::labels as l;
-    if labels.get(l::MANAGED).map(String::as_str) != Some("true")
-        || labels.get(l::HOST) != Some(&me.host)
-    {
-        return false;
-    }
-    if labels.get(l::INSTANCE) == Some(&me.instance) {
-        return false;
-    }
-    match labels.get(l::PID).and_then(|p| p.parse::<u32>().ok()) {
-        Some(pid) => pid != me.pid && !alive(pid),
-        None => false,
-    }
-}
-
-/// Whether a python-docker-mcp process runs with this pid (on this host).
-fn daemon_alive(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("python-docker-mcp"))
-        .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::Role;
 
     #[test]
     fn a_calls_timeout_is_used_up_to_the_cap_and_refused_above_it() {
@@ -1250,34 +1205,5 @@ mod tests {
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             assert!(run_timeout(Some(bad), default, cap).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn orphans_are_dead_daemons_on_this_host_only() {
-        let me = Owner::new();
-        let mut other = Owner::new();
-        other.pid = me.pid + 1;
-        let theirs = other.labels(Role::Sandbox, Some("s")).into_iter().collect();
-        assert!(
-            is_orphan(&theirs, &me, |_| false),
-            "a dead daemon's container is an orphan"
-        );
-        assert!(
-            !is_orphan(&theirs, &me, |_| true),
-            "a live daemon's container is left alone"
-        );
-        let mine = me.labels(Role::Sandbox, None).into_iter().collect();
-        assert!(!is_orphan(&mine, &me, |_| false), "never our own");
-        other.host = "elsewhere".into();
-        let remote = other.labels(Role::Sandbox, None).into_iter().collect();
-        assert!(
-            !is_orphan(&remote, &me, |_| false),
-            "another host's daemon may be alive"
-        );
-        let unlabelled = std::collections::HashMap::new();
-        assert!(
-            !is_orphan(&unlabelled, &me, |_| false),
-            "never anything we did not create"
-        );
     }
 }

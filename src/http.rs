@@ -411,7 +411,7 @@ async fn ready(State(engine): State<Engine>) -> Response {
         let body = serde_json::json!({ "ready": false, "reason": reason });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     };
-    let version = match tokio::time::timeout(READY_PROBE, engine.docker().ping()).await {
+    let version = match tokio::time::timeout(READY_PROBE, engine.backend().ping()).await {
         Err(_) => return not_ready(format!("Docker did not answer within {READY_PROBE:?}")),
         Ok(Err(e)) => return not_ready(e.to_string()),
         Ok(Ok(version)) => version,

@@ -17,7 +17,8 @@
 
 use std::collections::HashMap;
 
-use crate::docker::{Docker, DockerError};
+use crate::runtime::docker::Docker;
+use crate::runtime::RuntimeError;
 
 /// The sandbox image's Dockerfile, the same file `scripts/build-image.sh` builds.
 pub const DOCKERFILE: &str = include_str!("../docker/Dockerfile");
@@ -50,7 +51,7 @@ pub enum ImageError {
     BaseUnavailable { base: String, message: String },
     /// Anything else the engine refused: unreachable, a failed step.
     #[error(transparent)]
-    Docker(#[from] DockerError),
+    Docker(#[from] RuntimeError),
 }
 
 /// Build the sandbox image from the embedded Dockerfile on `base`, tag it `tag`, and pass
@@ -72,7 +73,7 @@ pub async fn build(
         .await
     {
         Ok(()) => Ok(()),
-        Err(DockerError::BuildFailed { message, .. })
+        Err(RuntimeError::BuildFailed { message, .. })
             if !base_present && pull_failure(&message) =>
         {
             Err(ImageError::BaseUnavailable {

@@ -19,8 +19,9 @@
 //! - [`config`]: settings, layered defaults < file < environment < flags, validated once.
 //! - [`sandbox`]: the security profile every container gets, as a runtime-neutral
 //!   `SandboxSpec`; the one place isolation lives.
-//! - [`docker`]: the container runtime seam; renders a `SandboxSpec` in the Docker API's words;
-//!   the only module that uses bollard.
+//! - [`runtime`]: the runtime seam. A `Backend` enum takes a `SandboxSpec` and runs it;
+//!   its variants are the engines (`runtime::docker`: the Docker API, served by Docker or
+//!   Podman, and the only module that uses bollard). Nothing else talks to an engine.
 //! - [`repl`]: the wire protocol with the helper (`repl/helper.py`) and one live REPL; it
 //!   trusts nothing the sandbox sends (capped frames, strict ids, bounded queues).
 //! - [`pool`]: warm sandboxes, the creation semaphore, max age, single-use checkout.
@@ -50,7 +51,6 @@ pub mod calls;
 pub mod client;
 pub mod config;
 pub mod demo;
-pub mod docker;
 pub mod doctor;
 pub mod engine;
 pub mod files;
@@ -62,6 +62,7 @@ pub mod metrics;
 pub mod order;
 pub mod pool;
 pub mod repl;
+pub mod runtime;
 pub mod sandbox;
 pub mod session;
 pub mod stdio;

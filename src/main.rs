@@ -189,7 +189,7 @@ fn main() -> ExitCode {
 
 /// `image build`: build `tag` on `base`, the engine's lines on stderr.
 async fn build_image(base: &str, tag: &str) -> anyhow::Result<()> {
-    let docker = python_docker_mcp::docker::Docker::new();
+    let docker = python_docker_mcp::runtime::docker::Docker::new();
     eprintln!("python-docker-mcp: building {tag} on {base}");
     image::build(&docker, base, tag, |line| eprintln!("  {line}")).await?;
     eprintln!("python-docker-mcp: {tag} is ready");
@@ -267,20 +267,20 @@ async fn serve(config: Config, http: Option<http::Plan>) -> anyhow::Result<()> {
     // Tell the operator early if Docker or the image is missing; never block start-up on it.
     let probe = engine.clone();
     let probe = tokio::spawn(async move {
-        match probe.docker().engine().await {
+        match probe.backend().engine().await {
             Ok(v) => {
                 if let Err(e) = probe.reap_orphans().await {
                     tracing::warn!(error = %e, "could not look for containers of earlier daemons");
                 }
                 match probe
-                    .docker()
+                    .backend()
                     .image_present(&probe.config().docker.image)
                     .await
                 {
                     Ok(true) => tracing::info!(engine = %v, "the container engine is ready"),
                     Ok(false) => tracing::warn!(
                         "{}",
-                        python_docker_mcp::docker::DockerError::ImageMissing {
+                        python_docker_mcp::runtime::RuntimeError::ImageMissing {
                             image: probe.config().docker.image.clone()
                         }
                     ),
@@ -300,7 +300,7 @@ async fn serve(config: Config, http: Option<http::Plan>) -> anyhow::Result<()> {
         _ => serve_stdio(&engine, &mut signals, drain_timeout).await,
     };
     probe.abort();
-    engine.docker().close();
+    engine.backend().close();
     outcome
 }
 
@@ -423,7 +423,7 @@ impl Signals {
 async fn cleanup(config: Config, dry_run: bool) -> anyhow::Result<()> {
     let engine = Engine::new(config);
     let swept = engine.sweep_orphans(dry_run).await;
-    engine.docker().close();
+    engine.backend().close();
     let swept = swept?;
     let counts = format!("{} containers, {} volumes", swept.containers, swept.volumes);
     if dry_run {

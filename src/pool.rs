@@ -58,8 +58,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::client::Client;
 use crate::config::Config;
-use crate::docker::{Docker, DockerError};
 use crate::repl::{Repl, ReplError};
+use crate::runtime::{Backend, RuntimeError};
 use crate::sandbox::{self, Owner, Role};
 
 /// How long a health ping may take before the sandbox is discarded.
@@ -273,7 +273,7 @@ struct Limits {
 
 struct Inner {
     config: Config,
-    docker: Docker,
+    backend: Backend,
     owner: Owner,
     /// The shared package volume every sandbox of this pool mounts: its name, and the
     /// client it belongs to (none: the daemon's main pool).
@@ -305,7 +305,7 @@ pub struct Pool {
 impl Pool {
     /// The daemon's main pool; it does nothing until [`Pool::start`] or the first
     /// [`Pool::acquire`].
-    pub fn new(config: Config, docker: Docker, owner: Owner, tasks: TaskTracker) -> Pool {
+    pub fn new(config: Config, backend: Backend, owner: Owner, tasks: TaskTracker) -> Pool {
         let max = config.docker.max_concurrent_creations as usize;
         let d = &config.docker;
         let target = if d.pool_enabled {
@@ -316,7 +316,7 @@ impl Pool {
         let environment = (owner.shared_volume(), None);
         Pool::build(
             config,
-            docker,
+            backend,
             owner,
             tasks,
             environment,
@@ -334,7 +334,7 @@ impl Pool {
         let i = &self.inner;
         Pool::build(
             i.config.clone(),
-            i.docker.clone(),
+            i.backend.clone(),
             i.owner.clone(),
             i.tasks.clone(),
             (volume, Some(client.clone())),
@@ -345,7 +345,7 @@ impl Pool {
 
     fn build(
         config: Config,
-        docker: Docker,
+        backend: Backend,
         owner: Owner,
         tasks: TaskTracker,
         environment: (String, Option<Client>),
@@ -355,7 +355,7 @@ impl Pool {
         Pool {
             inner: Arc::new(Inner {
                 config,
-                docker,
+                backend,
                 owner,
                 environment,
                 shared_volume: OnceCell::new(),
@@ -386,7 +386,7 @@ impl Pool {
     }
 
     /// The shared package volume (installs without a session go here).
-    pub async fn shared_volume(&self) -> Result<&str, DockerError> {
+    pub async fn shared_volume(&self) -> Result<&str, RuntimeError> {
         let i = &self.inner;
         i.shared_volume
             .get_or_try_init(|| async {
@@ -395,8 +395,8 @@ impl Pool {
                 if let Some(client) = client {
                     labels.insert(sandbox::labels::CLIENT.into(), client.name().into());
                 }
-                i.docker.create_volume(name, &labels).await?;
-                Ok::<_, DockerError>(name.clone())
+                i.backend.create_volume(name, &labels).await?;
+                Ok::<_, RuntimeError>(name.clone())
             })
             .await
             .map(String::as_str)
@@ -525,8 +525,8 @@ impl Pool {
                 true => None,
                 false => i.limits.background.acquire().await.ok(),
             };
-            i.docker.remove(&container).await;
-            i.docker.remove_volume(&volume).await;
+            i.backend.remove(&container).await;
+            i.backend.remove_volume(&volume).await;
             drop(_turn);
             pool.replenish();
         });
@@ -686,7 +686,7 @@ impl Pool {
                     // Docker refused (image missing, engine down): that will not pass. A
                     // container that died while starting (killed, say) is retried before
                     // anyone is told; a retry that fails too means the image is broken.
-                    if matches!(e, ReplError::Docker(_)) || seen >= 1 {
+                    if matches!(e, ReplError::Runtime(_)) || seen >= 1 {
                         st.broken = true;
                         st.fail_waiters(&AcquireError::Create(text));
                     }
@@ -710,18 +710,18 @@ impl Pool {
         let shared = self.shared_volume().await?;
         let name = i.owner.name(Role::Sandbox);
         let volume = format!("{name}-packages");
-        i.docker
+        i.backend
             .create_volume(&volume, &i.owner.labels(Role::Sandbox, None))
             .await?;
         let spec = sandbox::repl_spec(&i.config, &i.owner, name, shared, &volume);
-        match Repl::start(&i.docker, &spec).await {
+        match Repl::start(&i.backend, &spec).await {
             Ok(repl) => Ok(Sandbox {
                 repl,
                 volume,
                 created: Instant::now(),
             }),
             Err(e) => {
-                i.docker.remove_volume(&volume).await;
+                i.backend.remove_volume(&volume).await;
                 Err(e)
             }
         }
@@ -806,8 +806,8 @@ impl Drop for InHand<'_> {
     }
 }
 
-impl From<DockerError> for AcquireError {
-    fn from(e: DockerError) -> Self {
+impl From<RuntimeError> for AcquireError {
+    fn from(e: RuntimeError) -> Self {
         AcquireError::Create(e.to_string().into())
     }
 }

@@ -32,8 +32,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::{Docker, DockerError, Output};
 use crate::files::{FileChange, FileEntry};
+use crate::runtime::{Backend, Output, RuntimeError};
 use crate::sandbox::SandboxSpec;
 
 /// How long an interrupted execution gets to stop before its container is killed.
@@ -332,7 +332,7 @@ pub enum Outcome {
 #[derive(Debug, thiserror::Error)]
 pub enum ReplError {
     #[error(transparent)]
-    Docker(#[from] DockerError),
+    Runtime(#[from] RuntimeError),
     /// The helper never said it was ready.
     #[error("the sandbox's Python did not start: {0}")]
     NoStart(String),
@@ -417,7 +417,7 @@ struct Expect {
 /// One live helper in one container. Dropping it closes the helper's stdin, which makes
 /// the helper exit and Docker remove the container.
 pub struct Repl {
-    docker: Docker,
+    backend: Backend,
     /// Container id, for removal and the engine's OOM report.
     pub id: String,
     /// Container name, for logs.
@@ -447,8 +447,8 @@ impl Drop for Repl {
 
 impl Repl {
     /// Start a container from `spec` and wait until its helper is ready.
-    pub async fn start(docker: &Docker, spec: &SandboxSpec) -> Result<Repl, ReplError> {
-        let attached = docker.start_attached(spec).await?;
+    pub async fn start(backend: &Backend, spec: &SandboxSpec) -> Result<Repl, ReplError> {
+        let attached = backend.start_attached(spec).await?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (reply_tx, replies) = mpsc::channel(QUEUE);
         let stderr_tail = Arc::new(Mutex::new(String::new()));
@@ -456,7 +456,7 @@ impl Repl {
         let broken = Arc::new(Mutex::new(None));
         let reader = tokio::spawn(
             Reader {
-                docker: docker.clone(),
+                backend: backend.clone(),
                 container: attached.id.clone(),
                 name: attached.name.clone(),
                 ready: Some(ready_tx),
@@ -473,7 +473,7 @@ impl Repl {
             .run(attached.output),
         );
         let mut repl = Repl {
-            docker: docker.clone(),
+            backend: backend.clone(),
             id: attached.id,
             name: attached.name,
             python: String::new(),
@@ -844,7 +844,7 @@ impl Repl {
             return ReplError::Ended(reason);
         }
         if self
-            .docker
+            .backend
             .oom_killed(&self.id, since, OOM_REPORT_WAIT)
             .await
         {
@@ -859,13 +859,13 @@ impl Repl {
 
     /// Kill and remove the container now.
     pub async fn kill(&mut self) {
-        self.docker.remove(&self.id).await;
+        self.backend.remove(&self.id).await;
     }
 }
 
 /// Owns the attach stream: enforces the protocol on stdout, keeps a tail of stderr.
 struct Reader {
-    docker: Docker,
+    backend: Backend,
     container: String,
     name: String,
     ready: Option<tokio::sync::oneshot::Sender<(String, BTreeMap<String, String>)>>,
@@ -917,7 +917,7 @@ impl Reader {
                 // stopped reading, and half of the connection (our stdin) is still open.
                 drop(self.replies);
                 let drain = async { while output.next().await.is_some() {} };
-                tokio::join!(self.docker.remove(&self.container), drain);
+                tokio::join!(self.backend.remove(&self.container), drain);
                 return;
             }
         }

@@ -440,7 +440,7 @@ async fn doctor_starts_a_sandbox_and_names_why_it_fails() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_engine_reports_oom_kills_for_certain() {
-    let docker_api = python_docker_mcp::docker::Docker::new();
+    let docker_api = python_docker_mcp::runtime::docker::Docker::new();
     docker_api.ping().await.expect("Docker answers");
     let since = Instant::now();
     // Asking starts the watcher; nobody was killed yet.

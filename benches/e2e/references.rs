@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use python_docker_mcp::Config;
-use python_docker_mcp::{docker, sandbox};
+use python_docker_mcp::{runtime::docker, sandbox};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 

@@ -1,4 +1,4 @@
-//! The container runtime seam: the only module that talks to Docker (through bollard).
+//! The Docker backend: the only module that talks to Docker (through bollard).
 //!
 //! It speaks the Docker API to whatever engine answers at `DOCKER_HOST`: Docker, or Podman
 //! through `podman system service`. Which one answered is read once from the version
@@ -18,7 +18,6 @@
 //! ([`Docker::oom_killed`]). Errors say what failed and how to fix it.
 
 use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -32,101 +31,16 @@ use bollard::query_parameters::{
     WaitContainerOptions,
 };
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
-use tokio::io::AsyncWrite;
+use futures::StreamExt;
 use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
+use super::{
+    Attached, EngineInfo, EngineKind, Finished, HeadTail, Output, RuntimeError, Swept, RUN_HEAD,
+    RUN_TAIL,
+};
 use crate::config::Config;
 use crate::sandbox::{self, labels, Network, Owner, Role, SandboxSpec, Scratch, UserIds};
-
-/// What failed when talking to Docker.
-#[derive(Debug, thiserror::Error)]
-pub enum DockerError {
-    /// No engine answers at the configured address.
-    #[error(
-        "Docker is not reachable at {host}: {reason}. Is the engine running? Start it \
-         (for example `systemctl start docker`, or `scripts/ensure-docker.sh` from the \
-         python-docker-mcp repository), or point DOCKER_HOST at it"
-    )]
-    Unreachable { host: String, reason: String },
-    /// The sandbox image is not present locally.
-    #[error(
-        "the sandbox image `{image}` is not present on this Docker engine. Build it with \
-         `python-docker-mcp image build --tag {image}` (on a machine that cannot pull \
-         python:3.12-slim, add `--base IMAGE` naming a local image that has python3), or set \
-         docker.image / PYTHON_DOCKER_MCP_IMAGE to an image that has python3. For Podman, \
-         copy it from Docker with `docker save {image} | podman load`"
-    )]
-    ImageMissing { image: String },
-    /// An image build stopped: the engine's own words (a failed `RUN`, a base it could not
-    /// pull).
-    #[error("building the image `{tag}` failed: {message}")]
-    BuildFailed { tag: String, message: String },
-    /// The engine knows no OCI runtime by the name `docker.runtime` gives.
-    #[error(
-        "{engine} has no OCI runtime named `{runtime}` (set by docker.runtime / \
-         PYTHON_DOCKER_MCP_RUNTIME): {message}. Register the runtime with the engine (for \
-         gVisor: install runsc and add it under \"runtimes\" in /etc/docker/daemon.json, then \
-         restart dockerd), or unset docker.runtime to use the engine's default"
-    )]
-    UnknownRuntime {
-        engine: &'static str,
-        runtime: String,
-        message: String,
-    },
-    /// Podman's Docker-compatible API ignores the runtime a client asks for (the container
-    /// would silently run with Podman's default): refused rather than pretended.
-    #[error(
-        "Podman ignores the OCI runtime a Docker API client asks for, so docker.runtime = \
-         `{runtime}` (PYTHON_DOCKER_MCP_RUNTIME) cannot be honoured. Unset docker.runtime; to \
-         run every Podman container under {runtime}, make it Podman's default instead \
-         (`runtime = \"{runtime}\"` under [engine] in containers.conf)"
-    )]
-    RuntimeIgnored { runtime: String },
-    /// Any other refusal by the engine, named (`Docker`, `Podman`).
-    #[error("{engine} refused to {op}: {message}")]
-    Api {
-        engine: &'static str,
-        op: &'static str,
-        message: String,
-    },
-    /// A container did not finish in time.
-    #[error("container did not finish within {0:?}")]
-    Timeout(Duration),
-}
-
-/// Which engine serves the Docker API at `DOCKER_HOST`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EngineKind {
-    Docker,
-    /// Podman's Docker-compatible service (`podman system service`).
-    Podman,
-}
-
-impl EngineKind {
-    /// The name messages use: "Podman refused to create a container: ...".
-    pub fn name(self) -> &'static str {
-        match self {
-            EngineKind::Docker => "Docker",
-            EngineKind::Podman => "Podman",
-        }
-    }
-}
-
-/// The engine that answered, read once from its version endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EngineInfo {
-    pub kind: EngineKind,
-    /// The engine's own version (Podman's, not the API version it emulates).
-    pub version: String,
-}
-
-impl std::fmt::Display for EngineInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.kind.name(), self.version)
-    }
-}
 
 impl EngineInfo {
     /// Podman names itself in the version's components ("Podman Engine") and platform;
@@ -187,21 +101,6 @@ fn volume_options(kind: EngineKind) -> Option<HashMap<String, String>> {
     }
 }
 
-/// A chunk of container output.
-#[derive(Debug)]
-pub enum Output {
-    Stdout(Bytes),
-    Stderr(Bytes),
-}
-
-/// A started container with its stdin and stdout/stderr attached.
-pub struct Attached {
-    pub id: String,
-    pub name: String,
-    pub input: Pin<Box<dyn AsyncWrite + Send>>,
-    pub output: Pin<Box<dyn Stream<Item = Output> + Send>>,
-}
-
 /// A container or volume and its labels.
 #[derive(Debug)]
 pub struct Labelled {
@@ -209,21 +108,6 @@ pub struct Labelled {
     pub volume: bool,
     pub labels: HashMap<String, String>,
 }
-
-/// What a run-to-completion container left behind.
-#[derive(Debug)]
-pub struct Finished {
-    pub exit_code: i64,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// What a run-to-completion container may leave in memory, per stream: its first
-/// `RUN_HEAD` bytes (the command and its first complaints) and its last `RUN_TAIL` bytes
-/// (pip's failure summary and its "Successfully installed" line are at the end). What lies
-/// between is counted and replaced by one line saying how much was left out.
-pub const RUN_HEAD: usize = 16 * 1024;
-pub const RUN_TAIL: usize = 48 * 1024;
 
 /// How many OOM kills the watcher remembers (the oldest are forgotten first).
 const OOM_REMEMBERED: usize = 1024;
@@ -254,7 +138,7 @@ struct Connection {
 
 impl Connection {
     /// Map a failure of `op` to an error naming this engine.
-    fn refused(&self, op: &'static str) -> impl FnOnce(BollardError) -> DockerError {
+    fn refused(&self, op: &'static str) -> impl FnOnce(BollardError) -> RuntimeError {
         api(self.engine.kind.name(), op)
     }
 }
@@ -307,63 +191,6 @@ impl OomLog {
     }
 }
 
-/// Output kept from one stream: the first `head` bytes, the last `tail` bytes, and a count
-/// of what was dropped between them. Memory stays bounded whatever the container writes.
-struct HeadTail {
-    head: Vec<u8>,
-    head_max: usize,
-    tail: VecDeque<u8>,
-    tail_max: usize,
-    left_out: u64,
-}
-
-impl HeadTail {
-    fn new(head_max: usize, tail_max: usize) -> HeadTail {
-        HeadTail {
-            head: Vec::new(),
-            head_max,
-            tail: VecDeque::new(),
-            tail_max,
-            left_out: 0,
-        }
-    }
-
-    fn push(&mut self, chunk: &[u8]) {
-        let to_head = self
-            .head_max
-            .saturating_sub(self.head.len())
-            .min(chunk.len());
-        self.head.extend_from_slice(&chunk[..to_head]);
-        let mut rest = &chunk[to_head..];
-        if rest.len() >= self.tail_max {
-            // The chunk alone fills the tail: everything before its end goes.
-            let skip = rest.len() - self.tail_max;
-            self.left_out += (self.tail.len() + skip) as u64;
-            self.tail.clear();
-            rest = &rest[skip..];
-        } else {
-            let over = (self.tail.len() + rest.len()).saturating_sub(self.tail_max);
-            self.tail.drain(..over);
-            self.left_out += over as u64;
-        }
-        self.tail.extend(rest);
-    }
-
-    /// The kept text, with a line saying how much was left out (if anything was).
-    fn finish(self) -> String {
-        let mut out = String::from_utf8_lossy(&self.head).into_owned();
-        if self.left_out > 0 {
-            if !out.ends_with('\n') {
-                out.push('\n');
-            }
-            out.push_str(&format!("[... {} bytes left out ...]\n", self.left_out));
-        }
-        let tail: Vec<u8> = self.tail.into();
-        out.push_str(&String::from_utf8_lossy(&tail));
-        out
-    }
-}
-
 impl Default for Docker {
     fn default() -> Self {
         Docker::new()
@@ -375,9 +202,9 @@ pub fn host() -> String {
     std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
 }
 
-fn api(engine: &'static str, op: &'static str) -> impl FnOnce(BollardError) -> DockerError {
+fn api(engine: &'static str, op: &'static str) -> impl FnOnce(BollardError) -> RuntimeError {
     move |e| match e {
-        BollardError::DockerResponseServerError { message, .. } => DockerError::Api {
+        BollardError::DockerResponseServerError { message, .. } => RuntimeError::Api {
             engine,
             op,
             message,
@@ -385,11 +212,11 @@ fn api(engine: &'static str, op: &'static str) -> impl FnOnce(BollardError) -> D
         BollardError::HyperResponseError { .. }
         | BollardError::HyperLegacyError { .. }
         | BollardError::IOError { .. }
-        | BollardError::RequestTimeoutError => DockerError::Unreachable {
+        | BollardError::RequestTimeoutError => RuntimeError::Unreachable {
             host: host(),
             reason: e.to_string(),
         },
-        other => DockerError::Api {
+        other => RuntimeError::Api {
             engine,
             op,
             message: other.to_string(),
@@ -427,9 +254,9 @@ fn is_gone(e: &BollardError) -> bool {
 
 /// Connect, negotiate the API version and tell Docker from Podman, once; a failed
 /// attempt is retried next time.
-async fn connect(cell: &OnceCell<Connection>) -> Result<&Connection, DockerError> {
+async fn connect(cell: &OnceCell<Connection>) -> Result<&Connection, RuntimeError> {
     cell.get_or_try_init(|| async {
-        let unreachable = |e: BollardError| DockerError::Unreachable {
+        let unreachable = |e: BollardError| RuntimeError::Unreachable {
             host: host(),
             reason: e.to_string(),
         };
@@ -660,16 +487,16 @@ impl Docker {
         }
     }
 
-    async fn client(&self) -> Result<&bollard::Docker, DockerError> {
+    async fn client(&self) -> Result<&bollard::Docker, RuntimeError> {
         Ok(&connect(&self.client).await?.api)
     }
 
-    async fn connection(&self) -> Result<&Connection, DockerError> {
+    async fn connection(&self) -> Result<&Connection, RuntimeError> {
         connect(&self.client).await
     }
 
     /// Which engine answers (Docker or Podman) and its version; connects if needed.
-    pub async fn engine(&self) -> Result<EngineInfo, DockerError> {
+    pub async fn engine(&self) -> Result<EngineInfo, RuntimeError> {
         Ok(self.connection().await?.engine.clone())
     }
 
@@ -716,7 +543,7 @@ impl Docker {
     }
 
     /// Check that the engine answers; returns its version.
-    pub async fn ping(&self) -> Result<String, DockerError> {
+    pub async fn ping(&self) -> Result<String, RuntimeError> {
         let conn = self.connection().await?;
         let v = conn
             .api
@@ -727,7 +554,7 @@ impl Docker {
     }
 
     /// Check that an image is present.
-    pub async fn image_present(&self, image: &str) -> Result<bool, DockerError> {
+    pub async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
         let conn = self.connection().await?;
         match conn.api.inspect_image(image).await {
             Ok(_) => Ok(true),
@@ -746,7 +573,7 @@ impl Docker {
         tag: &str,
         build_args: HashMap<String, String>,
         mut progress: impl FnMut(&str),
-    ) -> Result<(), DockerError> {
+    ) -> Result<(), RuntimeError> {
         let conn = self.connection().await?;
         let docker = &conn.api;
         let options = BuildImageOptions {
@@ -756,7 +583,7 @@ impl Docker {
             forcerm: true,
             ..Default::default()
         };
-        let failed = |message: String| DockerError::BuildFailed {
+        let failed = |message: String| RuntimeError::BuildFailed {
             tag: tag.to_string(),
             message,
         };
@@ -770,7 +597,7 @@ impl Docker {
                 Ok(info) => info,
                 Err(BollardError::DockerStreamError { error }) => return Err(failed(error)),
                 Err(e) => match conn.refused("build an image")(e) {
-                    DockerError::Api { message, .. } => return Err(failed(message)),
+                    RuntimeError::Api { message, .. } => return Err(failed(message)),
                     other => return Err(other),
                 },
             };
@@ -787,7 +614,7 @@ impl Docker {
     }
 
     /// Create, attach (before start, so no output is lost) and start a container.
-    pub async fn start_attached(&self, spec: &SandboxSpec) -> Result<Attached, DockerError> {
+    pub async fn start_attached(&self, spec: &SandboxSpec) -> Result<Attached, RuntimeError> {
         let conn = self.connection().await?;
         let docker = &conn.api;
         self.watch_ooms();
@@ -840,12 +667,12 @@ impl Docker {
         })
     }
 
-    async fn create(&self, spec: &SandboxSpec) -> Result<String, DockerError> {
+    async fn create(&self, spec: &SandboxSpec) -> Result<String, RuntimeError> {
         let conn = self.connection().await?;
         let docker = &conn.api;
         let kind = conn.engine.kind;
         if let (EngineKind::Podman, Some(runtime)) = (kind, &spec.runtime) {
-            return Err(DockerError::RuntimeIgnored {
+            return Err(RuntimeError::RuntimeIgnored {
                 runtime: runtime.clone(),
             });
         }
@@ -856,14 +683,14 @@ impl Docker {
         };
         match docker.create_container(Some(options), body).await {
             Ok(r) => Ok(r.id),
-            Err(e) if is_not_found(&e) => Err(DockerError::ImageMissing {
+            Err(e) if is_not_found(&e) => Err(RuntimeError::ImageMissing {
                 image: spec.image.clone(),
             }),
             Err(e) => match (&spec.runtime, conn.refused("create a container")(e)) {
-                (Some(runtime), DockerError::Api { message, .. })
+                (Some(runtime), RuntimeError::Api { message, .. })
                     if names_unknown_runtime(&message, runtime) =>
                 {
-                    Err(DockerError::UnknownRuntime {
+                    Err(RuntimeError::UnknownRuntime {
                         engine: kind.name(),
                         runtime: runtime.clone(),
                         message,
@@ -899,7 +726,7 @@ impl Docker {
         &self,
         spec: &SandboxSpec,
         timeout: Duration,
-    ) -> Result<Finished, DockerError> {
+    ) -> Result<Finished, RuntimeError> {
         let (finished, id) = self.run_until_exit(spec, timeout).await?;
         self.remove(&id).await;
         Ok(finished)
@@ -913,7 +740,7 @@ impl Docker {
         &self,
         spec: &SandboxSpec,
         timeout: Duration,
-    ) -> Result<(Finished, String), DockerError> {
+    ) -> Result<(Finished, String), RuntimeError> {
         let conn = self.connection().await?;
         let docker = &conn.api;
         let mut attached = self.start_attached(spec).await?;
@@ -949,7 +776,7 @@ impl Docker {
             }
             Err(_) => {
                 self.remove(&id).await;
-                Err(DockerError::Timeout(timeout))
+                Err(RuntimeError::Timeout(timeout))
             }
         }
     }
@@ -959,7 +786,7 @@ impl Docker {
         &self,
         name: &str,
         labels: &std::collections::BTreeMap<String, String>,
-    ) -> Result<(), DockerError> {
+    ) -> Result<(), RuntimeError> {
         let conn = self.connection().await?;
         let request = VolumeCreateRequest {
             name: Some(name.into()),
@@ -1006,7 +833,7 @@ impl Docker {
     pub async fn containers_labelled(
         &self,
         with: &[(&str, &str)],
-    ) -> Result<Vec<String>, DockerError> {
+    ) -> Result<Vec<String>, RuntimeError> {
         let filters = HashMap::from([(
             "label".to_string(),
             with.iter()
@@ -1028,7 +855,7 @@ impl Docker {
     }
 
     /// Every container and volume carrying the `managed` label, with their labels.
-    pub async fn managed(&self) -> Result<Vec<Labelled>, DockerError> {
+    async fn managed(&self) -> Result<Vec<Labelled>, RuntimeError> {
         let conn = self.connection().await?;
         let docker = &conn.api;
         let filters = HashMap::from([(
@@ -1076,7 +903,7 @@ impl Docker {
 
     /// Remove every container and volume of one daemon instance. Returns how many
     /// containers were removed.
-    pub async fn remove_instance(&self, instance: &str) -> Result<usize, DockerError> {
+    pub async fn remove_instance(&self, instance: &str) -> Result<usize, RuntimeError> {
         let ids = self
             .containers_labelled(&[(labels::INSTANCE, instance)])
             .await?;
@@ -1102,6 +929,62 @@ impl Docker {
         futures::future::join_all(names.iter().map(|n| self.remove_volume(n))).await;
         Ok(ids.len())
     }
+
+    /// Find the containers and volumes of daemons that are gone, and remove them unless
+    /// `dry_run`. The orphan policy of this backend: an object belongs to a dead daemon when
+    /// its host label is this host, its pid label names another process, and no
+    /// python-docker-mcp runs with that pid ([`is_orphan`]).
+    pub async fn sweep_orphans(&self, me: &Owner, dry_run: bool) -> Result<Swept, RuntimeError> {
+        let orphans: Vec<_> = self
+            .managed()
+            .await?
+            .into_iter()
+            .filter(|o| is_orphan(&o.labels, me, daemon_alive))
+            .collect();
+        let swept = Swept {
+            containers: orphans.iter().filter(|o| !o.volume).count(),
+            volumes: orphans.iter().filter(|o| o.volume).count(),
+        };
+        if dry_run {
+            return Ok(swept);
+        }
+        // Containers first: a volume cannot go while a container still mounts it.
+        for o in orphans.iter().filter(|o| !o.volume) {
+            self.remove(&o.id).await;
+        }
+        for o in orphans.iter().filter(|o| o.volume) {
+            self.remove_volume(&o.id).await;
+        }
+        Ok(swept)
+    }
+}
+/// Whether an object labelled by some daemon belongs to one that is gone: same host,
+/// another process, and that process no longer runs python-docker-mcp.
+fn is_orphan(
+    labels: &std::collections::HashMap<String, String>,
+    me: &Owner,
+    alive: impl Fn(u32) -> bool,
+) -> bool {
+    use crate::sandbox::labels as l;
+    if labels.get(l::MANAGED).map(String::as_str) != Some("true")
+        || labels.get(l::HOST) != Some(&me.host)
+    {
+        return false;
+    }
+    if labels.get(l::INSTANCE) == Some(&me.instance) {
+        return false;
+    }
+    match labels.get(l::PID).and_then(|p| p.parse::<u32>().ok()) {
+        Some(pid) => pid != me.pid && !alive(pid),
+        None => false,
+    }
+}
+
+/// Whether a python-docker-mcp process runs with this pid (on this host).
+fn daemon_alive(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("python-docker-mcp"))
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -1120,6 +1003,35 @@ mod tests {
 
     fn version(json: &str) -> bollard::models::SystemVersion {
         serde_json::from_str(json).expect("a version document")
+    }
+
+    #[test]
+    fn orphans_are_dead_daemons_on_this_host_only() {
+        let me = Owner::new();
+        let mut other = Owner::new();
+        other.pid = me.pid + 1;
+        let theirs = other.labels(Role::Sandbox, Some("s")).into_iter().collect();
+        assert!(
+            is_orphan(&theirs, &me, |_| false),
+            "a dead daemon's container is an orphan"
+        );
+        assert!(
+            !is_orphan(&theirs, &me, |_| true),
+            "a live daemon's container is left alone"
+        );
+        let mine = me.labels(Role::Sandbox, None).into_iter().collect();
+        assert!(!is_orphan(&mine, &me, |_| false), "never our own");
+        other.host = "elsewhere".into();
+        let remote = other.labels(Role::Sandbox, None).into_iter().collect();
+        assert!(
+            !is_orphan(&remote, &me, |_| false),
+            "another host's daemon may be alive"
+        );
+        let unlabelled = std::collections::HashMap::new();
+        assert!(
+            !is_orphan(&unlabelled, &me, |_| false),
+            "never anything we did not create"
+        );
     }
 
     #[test]

@@ -1,0 +1,330 @@
+//! The runtime seam: the one door between the daemon and whatever runs its sandboxes.
+//!
+//! The rest of the daemon describes a sandbox as a runtime-neutral [`SandboxSpec`]
+//! (`crate::sandbox`) and hands it to a [`Backend`], an enum with one variant per engine:
+//!
+//! - [`docker::Docker`]: the Docker Engine API, spoken to Docker or to Podman's
+//!   Docker-compatible service (`docker.rs`, the only module that uses bollard).
+//!
+//! An enum rather than boxed async trait objects: there are few backends, each is known at
+//! compile time, and `match` keeps every call a plain `async fn` with no allocation. A new
+//! backend is a new variant and one arm in each method below.
+//!
+//! What every backend shares lives here: the error enum ([`RuntimeError`], whose messages say
+//! the fix), the attached streams of a started sandbox ([`Attached`], [`Output`]), the
+//! bounded output of a run-to-completion ([`Finished`], [`HeadTail`]), and what a sweep of a
+//! dead daemon's leftovers found ([`Swept`]). Which backend serves is chosen once, from
+//! `runtime.backend`, by [`Backend::from_config`]. The orphan policy (which leftovers
+//! belong to a daemon that is gone) is each backend's own: on Docker, the host and pid
+//! labels (`docker::Docker::sweep_orphans`).
+
+pub mod docker;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::io::AsyncWrite;
+
+use crate::config::{BackendKind, Config};
+use crate::sandbox::{Owner, SandboxSpec};
+use docker::Docker;
+
+/// What failed when talking to the engine that runs the sandboxes.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// No engine answers at the configured address.
+    #[error(
+        "Docker is not reachable at {host}: {reason}. Is the engine running? Start it \
+         (for example `systemctl start docker`, or `scripts/ensure-docker.sh` from the \
+         python-docker-mcp repository), or point DOCKER_HOST at it"
+    )]
+    Unreachable { host: String, reason: String },
+    /// The sandbox image is not present locally.
+    #[error(
+        "the sandbox image `{image}` is not present on this Docker engine. Build it with \
+         `python-docker-mcp image build --tag {image}` (on a machine that cannot pull \
+         python:3.12-slim, add `--base IMAGE` naming a local image that has python3), or set \
+         docker.image / PYTHON_DOCKER_MCP_IMAGE to an image that has python3. For Podman, \
+         copy it from Docker with `docker save {image} | podman load`"
+    )]
+    ImageMissing { image: String },
+    /// An image build stopped: the engine's own words (a failed `RUN`, a base it could not
+    /// pull).
+    #[error("building the image `{tag}` failed: {message}")]
+    BuildFailed { tag: String, message: String },
+    /// The engine knows no OCI runtime by the name `docker.runtime` gives.
+    #[error(
+        "{engine} has no OCI runtime named `{runtime}` (set by docker.runtime / \
+         PYTHON_DOCKER_MCP_RUNTIME): {message}. Register the runtime with the engine (for \
+         gVisor: install runsc and add it under \"runtimes\" in /etc/docker/daemon.json, then \
+         restart dockerd), or unset docker.runtime to use the engine's default"
+    )]
+    UnknownRuntime {
+        engine: &'static str,
+        runtime: String,
+        message: String,
+    },
+    /// Podman's Docker-compatible API ignores the runtime a client asks for (the container
+    /// would silently run with Podman's default): refused rather than pretended.
+    #[error(
+        "Podman ignores the OCI runtime a Docker API client asks for, so docker.runtime = \
+         `{runtime}` (PYTHON_DOCKER_MCP_RUNTIME) cannot be honoured. Unset docker.runtime; to \
+         run every Podman container under {runtime}, make it Podman's default instead \
+         (`runtime = \"{runtime}\"` under [engine] in containers.conf)"
+    )]
+    RuntimeIgnored { runtime: String },
+    /// Any other refusal by the engine, named (`Docker`, `Podman`).
+    #[error("{engine} refused to {op}: {message}")]
+    Api {
+        engine: &'static str,
+        op: &'static str,
+        message: String,
+    },
+    /// A container did not finish in time.
+    #[error("container did not finish within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Which engine runs the sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    Docker,
+    /// Podman's Docker-compatible service (`podman system service`).
+    Podman,
+}
+
+impl EngineKind {
+    /// The name messages use: "Podman refused to create a container: ...".
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Docker => "Docker",
+            EngineKind::Podman => "Podman",
+        }
+    }
+}
+
+/// The engine that answered, read once from its version endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineInfo {
+    pub kind: EngineKind,
+    /// The engine's own version (Podman's, not the API version it emulates).
+    pub version: String,
+}
+
+impl std::fmt::Display for EngineInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind.name(), self.version)
+    }
+}
+
+/// A chunk of container output.
+#[derive(Debug)]
+pub enum Output {
+    Stdout(Bytes),
+    Stderr(Bytes),
+}
+
+/// A started container with its stdin and stdout/stderr attached.
+pub struct Attached {
+    pub id: String,
+    pub name: String,
+    pub input: Pin<Box<dyn AsyncWrite + Send>>,
+    pub output: Pin<Box<dyn Stream<Item = Output> + Send>>,
+}
+
+/// What a run-to-completion container left behind.
+#[derive(Debug)]
+pub struct Finished {
+    pub exit_code: i64,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// What a run-to-completion container may leave in memory, per stream: its first
+/// `RUN_HEAD` bytes (the command and its first complaints) and its last `RUN_TAIL` bytes
+/// (pip's failure summary and its "Successfully installed" line are at the end). What lies
+/// between is counted and replaced by one line saying how much was left out.
+pub const RUN_HEAD: usize = 16 * 1024;
+pub const RUN_TAIL: usize = 48 * 1024;
+
+/// Output kept from one stream: the first `head` bytes, the last `tail` bytes, and a count
+/// of what was dropped between them. Memory stays bounded whatever the container writes.
+pub(crate) struct HeadTail {
+    head: Vec<u8>,
+    head_max: usize,
+    tail: VecDeque<u8>,
+    tail_max: usize,
+    left_out: u64,
+}
+
+impl HeadTail {
+    pub(crate) fn new(head_max: usize, tail_max: usize) -> HeadTail {
+        HeadTail {
+            head: Vec::new(),
+            head_max,
+            tail: VecDeque::new(),
+            tail_max,
+            left_out: 0,
+        }
+    }
+
+    pub(crate) fn push(&mut self, chunk: &[u8]) {
+        let to_head = self
+            .head_max
+            .saturating_sub(self.head.len())
+            .min(chunk.len());
+        self.head.extend_from_slice(&chunk[..to_head]);
+        let mut rest = &chunk[to_head..];
+        if rest.len() >= self.tail_max {
+            // The chunk alone fills the tail: everything before its end goes.
+            let skip = rest.len() - self.tail_max;
+            self.left_out += (self.tail.len() + skip) as u64;
+            self.tail.clear();
+            rest = &rest[skip..];
+        } else {
+            let over = (self.tail.len() + rest.len()).saturating_sub(self.tail_max);
+            self.tail.drain(..over);
+            self.left_out += over as u64;
+        }
+        self.tail.extend(rest);
+    }
+
+    /// The kept text, with a line saying how much was left out (if anything was).
+    pub(crate) fn finish(self) -> String {
+        let mut out = String::from_utf8_lossy(&self.head).into_owned();
+        if self.left_out > 0 {
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&format!("[... {} bytes left out ...]\n", self.left_out));
+        }
+        let tail: Vec<u8> = self.tail.into();
+        out.push_str(&String::from_utf8_lossy(&tail));
+        out
+    }
+}
+
+/// What [`Backend::sweep_orphans`] found (and removed, unless it was a dry run).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub containers: usize,
+    pub volumes: usize,
+}
+
+/// The engine that runs this daemon's sandboxes. Cheap to clone: every variant is a handle.
+#[derive(Clone)]
+pub enum Backend {
+    /// Docker, or Podman through its Docker-compatible service, at `DOCKER_HOST`.
+    Docker(Docker),
+}
+
+/// Run `$body` with `$b` bound to the backend inside whichever variant `$self` is.
+macro_rules! each {
+    ($self:expr, $b:ident => $body:expr) => {
+        match $self {
+            Backend::Docker($b) => $body,
+        }
+    };
+}
+
+impl Backend {
+    /// The backend `runtime.backend` names. Nothing is contacted yet: every backend connects
+    /// on first use, so the daemon starts and answers even while its engine is down.
+    pub fn from_config(config: &Config) -> Backend {
+        match config.runtime.backend {
+            BackendKind::Docker => Backend::Docker(Docker::new()),
+        }
+    }
+
+    /// The Docker handle, for what only a Docker API engine does (building an image).
+    pub fn as_docker(&self) -> Option<&Docker> {
+        match self {
+            Backend::Docker(d) => Some(d),
+        }
+    }
+
+    /// Which engine answers, and its version; connects if needed.
+    pub async fn engine(&self) -> Result<EngineInfo, RuntimeError> {
+        each!(self, b => b.engine().await)
+    }
+
+    /// Check that the engine answers; returns its version.
+    pub async fn ping(&self) -> Result<String, RuntimeError> {
+        each!(self, b => b.ping().await)
+    }
+
+    /// Whether the engine has this image.
+    pub async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
+        each!(self, b => b.image_present(image).await)
+    }
+
+    /// Create and start a sandbox with its stdin and output attached before it starts, so
+    /// nothing it writes is lost.
+    pub async fn start_attached(&self, spec: &SandboxSpec) -> Result<Attached, RuntimeError> {
+        each!(self, b => b.start_attached(spec).await)
+    }
+
+    /// Remove a sandbox, running or not; already gone is fine. Failures are logged.
+    pub async fn remove(&self, id: &str) {
+        each!(self, b => b.remove(id).await)
+    }
+
+    /// Run a sandbox to completion and remove it; output kept to its head and tail.
+    pub async fn run_to_completion(
+        &self,
+        spec: &SandboxSpec,
+        timeout: Duration,
+    ) -> Result<Finished, RuntimeError> {
+        each!(self, b => b.run_to_completion(spec, timeout).await)
+    }
+
+    /// [`Backend::run_to_completion`], except that a sandbox that exited is left for the
+    /// caller to remove (its id comes back), so the removal can happen off the reply path.
+    /// On a time-out or an error it is removed before this returns.
+    pub async fn run_until_exit(
+        &self,
+        spec: &SandboxSpec,
+        timeout: Duration,
+    ) -> Result<(Finished, String), RuntimeError> {
+        each!(self, b => b.run_until_exit(spec, timeout).await)
+    }
+
+    /// Create a labelled volume (idempotent).
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        each!(self, b => b.create_volume(name, labels).await)
+    }
+
+    /// Remove a volume; already gone is fine.
+    pub async fn remove_volume(&self, name: &str) {
+        each!(self, b => b.remove_volume(name).await)
+    }
+
+    /// Whether the engine reported that this sandbox was killed for its memory at or after
+    /// `since`, waiting up to `within` for the report.
+    pub async fn oom_killed(&self, id: &str, since: Instant, within: Duration) -> bool {
+        each!(self, b => b.oom_killed(id, since, within).await)
+    }
+
+    /// Remove every sandbox and volume of one daemon instance; returns how many sandboxes.
+    pub async fn remove_instance(&self, instance: &str) -> Result<usize, RuntimeError> {
+        each!(self, b => b.remove_instance(instance).await)
+    }
+
+    /// Find the leftovers of daemons that are gone, by this backend's orphan policy, and
+    /// remove them unless `dry_run`.
+    pub async fn sweep_orphans(&self, me: &Owner, dry_run: bool) -> Result<Swept, RuntimeError> {
+        each!(self, b => b.sweep_orphans(me, dry_run).await)
+    }
+
+    /// Stop background work (watchers). Dropping the last handle does the same.
+    pub fn close(&self) {
+        each!(self, b => b.close())
+    }
+}
