@@ -3,9 +3,12 @@
 //! kept going for as long as the refill runs. Our daemon with a pool only.
 //!
 //! A sampler counts the daemon's containers (`docker ps` by its pid label) every
-//! `SAMPLE_EVERY` through both `i += 1` series, so both pay for it alike. It tells when the
-//! refill is over (all `pool_size` plus the session running again) and how many creations
-//! were in flight (containers created but not started yet).
+//! `SAMPLE_EVERY` through both `i += 1` series, so both pay for it alike, and, once the burst
+//! has begun, the engine's `destroy` events of the daemon's containers since then. The
+//! refill is over when every sandbox the burst used is removed (as many `destroy` events as
+//! burst calls) and all `pool_size` plus the session run again: both halves of the engine's
+//! background work, removals and creations. The sampler also tells how many creations were
+//! in flight (containers created but not started yet).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,6 +42,8 @@ pub struct Refill {
     pub running_min: usize,
     /// The most containers seen created but not started (creations in flight).
     pub created_max: usize,
+    /// The daemon's containers removed since the burst began, at the last sample.
+    pub destroyed: usize,
     /// From the end of the burst until the pool was full again (None: not within the limit).
     pub refill_ms: Option<f64>,
     /// What the sampler saw during the refill: (ms since the burst ended, running, created).
@@ -50,31 +55,92 @@ pub struct Refill {
 struct Seen {
     running: usize,
     created: usize,
+    /// The daemon's containers the engine destroyed since the burst began.
+    destroyed: usize,
     at: Option<Instant>,
 }
 
 /// Counts the daemon's containers until dropped.
 struct Sampler {
     seen: Arc<Mutex<Seen>>,
+    /// The daemon's containers destroyed since the burst began, counted by a `docker
+    /// events` stream started then (the engine's replay buffer is too short to ask later).
+    destroyed: Arc<std::sync::atomic::AtomicUsize>,
+    events: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pid: u32,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Sampler {
     fn start(pid: u32) -> Sampler {
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let shared = seen.clone();
+        let destroyed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (shared, count) = (seen.clone(), destroyed.clone());
         let task = tokio::spawn(async move {
             loop {
                 let (running, created) = container_states(pid).await;
                 *shared.lock().expect("sampler lock") = Seen {
                     running,
                     created,
+                    destroyed: count.load(std::sync::atomic::Ordering::Relaxed),
                     at: Some(Instant::now()),
                 };
                 tokio::time::sleep(SAMPLE_EVERY).await;
             }
         });
-        Sampler { seen, task }
+        Sampler {
+            seen,
+            destroyed,
+            events: Mutex::new(None),
+            pid,
+            task,
+        }
+    }
+
+    /// From now on, also count the engine's `destroy` events of the daemon's containers.
+    fn burst_begins(&self) {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let mut child = match tokio::process::Command::new("docker")
+            .args([
+                "events",
+                "--since",
+                &format!("{since:.3}"),
+                "--filter",
+                "type=container",
+                "--filter",
+                "event=destroy",
+                "--filter",
+                &format!(
+                    "label={}={}",
+                    python_docker_mcp::sandbox::labels::PID,
+                    self.pid
+                ),
+                "--format",
+                "{{.ID}}",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => {
+                progress!("  warning: docker events: {e}");
+                return;
+            }
+        };
+        let count = self.destroyed.clone();
+        let stdout = child.stdout.take().expect("piped");
+        *self.events.lock().expect("sampler lock") = Some(tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let _child = child;
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(_)) = lines.next_line().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
     }
 
     fn seen(&self) -> Seen {
@@ -96,6 +162,9 @@ impl Sampler {
 impl Drop for Sampler {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(events) = self.events.lock().expect("sampler lock").take() {
+            events.abort();
+        }
     }
 }
 
@@ -137,6 +206,7 @@ pub async fn measure(c: &Client, t: &Target, pid: u32, plan: Plan, live: usize) 
         "    transient print(1) ×{} back to back, then i += 1 while the pool refills",
         plan.refill_burst
     );
+    sampler.burst_begins();
     for _ in 0..plan.refill_burst {
         timed(
             &mut r.burst,
@@ -165,7 +235,8 @@ pub async fn measure(c: &Client, t: &Target, pid: u32, plan: Plan, live: usize) 
                 last_sample = Some(sampled);
                 r.trace.push((at, s.running, s.created));
             }
-            if s.running >= want && r.refill_ms.is_none() {
+            r.destroyed = s.destroyed;
+            if s.running >= want && s.destroyed >= plan.refill_burst && r.refill_ms.is_none() {
                 r.refill_ms = Some(at);
             }
         }

@@ -257,7 +257,10 @@ pub fn ours(pool: Pool, home: &Path) -> anyhow::Result<(Target, String)> {
         Pool::Off => env.push(("PYTHON_DOCKER_MCP_POOL_ENABLED".into(), "false".into())),
         Pool::Default => {}
     }
-    let program = PathBuf::from(env!("CARGO_BIN_EXE_python-docker-mcp"));
+    // PDM_BENCH_DAEMON: another build of the daemon, for an A/B in one sitting.
+    let program = std::env::var_os("PDM_BENCH_DAEMON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_python-docker-mcp")));
     let mut cmd = std::process::Command::new(&program);
     cmd.arg("config").env("HOME", home);
     for (k, _) in std::env::vars_os() {
