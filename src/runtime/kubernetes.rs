@@ -1,0 +1,1792 @@
+//! The Kubernetes backend (experimental): one Pod per sandbox; the only module that uses kube
+//! and k8s-openapi.
+//!
+//! It renders a runtime-neutral [`SandboxSpec`] into a Pod ([`pod`], a pure function), keeps
+//! the sandboxes off the network with NetworkPolicies ([`network_policies`], created or
+//! checked before the first pod), speaks to the helper over `pods/attach` (a WebSocket, the
+//! `v5.channel.k8s.io` protocol), and keeps package volumes as PersistentVolumeClaims
+//! ([`pvc`]). It connects lazily, from `KUBECONFIG` or the in-cluster service account, so the
+//! daemon starts and answers while the cluster is unreachable; errors name the fix (the
+//! kubeconfig, the namespace, the RBAC verbs).
+//!
+//! **How nothing the helper writes is lost.** Output written while nobody is attached is
+//! gone, and a pod can only be attached once it runs. So every pod's command is the spec's
+//! command behind a one-byte gate ([`GATE`]): a `python3 -c` that reads one byte from stdin
+//! and then `exec`s the real command. The backend waits for the pod to be Running, attaches,
+//! and only then writes the byte: the helper starts after the attach is in place. Installer
+//! pods get the same gate (so their stdin is open too, though they never read it).
+//!
+//! **What a Pod cannot say.** Kubernetes has no per-pod process limit (`limits.pids`: set the
+//! kubelet's `podPidsLimit` on the nodes), no mode or owner for an `emptyDir` (they are
+//! world-writable, `0777`), no way to keep no logs (the kubelet always keeps a container's
+//! output; `keep_logs` is not honoured), and a pod's stdin stays open after the daemon goes
+//! (`stdinOnce: false`, so another attach, or another replica, can reach the helper). The
+//! pod's pause container is PID 1 (`shareProcessNamespace`), which reaps zombies as Docker's
+//! `--init` does.
+//!
+//! **Orphans.** Run in a cluster with `POD_NAME` and `POD_UID` set from the downward API, the
+//! daemon puts an owner reference to its own Pod on every pod and claim it creates, and the
+//! cluster's garbage collector removes them when the daemon's Pod goes, even after a crash.
+//! Objects with no owner reference (a daemon run outside the cluster) follow the Docker
+//! rule: same host label, a pid label naming no running daemon.
+//!
+//! **Warm pool.** Sandbox pods start labelled `python-docker-mcp.state=warm`; a session that
+//! takes one relabels it `claimed` with the session's id ([`Kubernetes::claim`]), so any
+//! replica can find a session's pod by label.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec,
+    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicySpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use kube::api::{Api, AttachParams, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::OnceCell;
+
+use super::{Attached, EngineInfo, EngineKind, Finished, HeadTail, Output, RuntimeError, Swept};
+use super::{RUN_HEAD, RUN_TAIL};
+use crate::config::Config;
+use crate::sandbox::{labels, Network, Owner, Role, SandboxSpec};
+
+/// The name of the one container in every pod.
+pub const CONTAINER: &str = "sandbox";
+/// Label saying whether a pod may reach the network: `none` or `outbound`. The
+/// NetworkPolicies select on it.
+pub const NETWORK_LABEL: &str = "python-docker-mcp.network";
+/// Label of a sandbox pod's place in the warm pool: `warm`, then `claimed`.
+pub const STATE_LABEL: &str = "python-docker-mcp.state";
+/// The policy that denies every pod of ours all ingress and egress.
+pub const DENY_POLICY: &str = "python-docker-mcp-deny-all";
+/// The policy that gives outbound pods (installers) egress.
+pub const EGRESS_POLICY: &str = "python-docker-mcp-outbound";
+
+/// The gate in front of every pod's command: wait for one byte on stdin (written once the
+/// backend is attached), then become the real command (`argv[1:]`). EOF first: exit.
+pub const GATE: &str =
+    "import os, sys\nif os.read(0, 1):\n    os.execvp(sys.argv[1], sys.argv[1:])\n";
+
+/// How long a pod may take to be scheduled, get its volumes and start.
+const POD_START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Pause between two looks at a pod's status.
+const POLL: Duration = Duration::from_millis(200);
+/// Bytes the attach pipes buffer in each direction before the other side must read.
+const ATTACH_BUFFER: usize = 64 * 1024;
+
+/// What the Pod and claim renderers need besides the spec: the `kubernetes.*` settings and
+/// the daemon's own Pod, when it runs in one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Settings {
+    pub runtime_class: Option<String>,
+    pub ephemeral_storage: u64,
+    pub volume_size: u64,
+    pub storage_class: Option<String>,
+    pub volume_access: String,
+    /// An owner reference to the daemon's Pod (from `POD_NAME` and `POD_UID`).
+    pub owner: Option<OwnerReference>,
+}
+
+impl Settings {
+    pub fn new(config: &Config, owner: Option<OwnerReference>) -> Settings {
+        let k = &config.kubernetes;
+        Settings {
+            runtime_class: k.runtime_class.clone(),
+            ephemeral_storage: k.ephemeral_storage,
+            volume_size: k.volume_size,
+            storage_class: k.storage_class.clone(),
+            volume_access: k.volume_access.clone(),
+            owner,
+        }
+    }
+}
+
+/// The daemon's own Pod as an owner, when the downward API gives its name and uid
+/// (`env: POD_NAME from metadata.name, POD_UID from metadata.uid`).
+pub fn owner_from_env() -> Option<OwnerReference> {
+    let name = std::env::var("POD_NAME").ok().filter(|s| !s.is_empty())?;
+    let uid = std::env::var("POD_UID").ok().filter(|s| !s.is_empty())?;
+    Some(OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name,
+        uid,
+        ..Default::default()
+    })
+}
+
+/// A label value Kubernetes accepts: at most 63 of `[A-Za-z0-9._-]`, starting and ending
+/// with a letter or digit. Other characters become `-`.
+fn label_value(v: &str) -> String {
+    let mapped: String = v
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    mapped
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
+}
+
+fn labels_of(spec_labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    spec_labels
+        .iter()
+        .map(|(k, v)| (k.clone(), label_value(v)))
+        .collect()
+}
+
+fn quantity(bytes: u64) -> Quantity {
+    Quantity(bytes.to_string())
+}
+
+/// CPUs as millicores: `0.5` is `500m`.
+fn cpu_quantity(cpus: f64) -> Quantity {
+    Quantity(format!("{}m", (cpus * 1000.0).round() as u64))
+}
+
+/// The Pod for `spec`: every value comes from the spec (the profile is decided in
+/// `sandbox.rs`) or from the `kubernetes.*` settings, except what any pod of ours needs:
+/// the stdin gate, no service-account token, no service links, no host namespaces, never
+/// restarted, the pause container as PID 1, the image used as the node has it.
+pub fn pod(spec: &SandboxSpec, settings: &Settings) -> Pod {
+    let mut labels = labels_of(&spec.labels);
+    let outbound = spec.network == Network::Outbound;
+    labels.insert(
+        NETWORK_LABEL.into(),
+        if outbound { "outbound" } else { "none" }.into(),
+    );
+    let sandbox = spec.labels.get(labels::ROLE).map(String::as_str) == Some(Role::Sandbox.as_str());
+    if sandbox {
+        labels.insert(STATE_LABEL.into(), "warm".into());
+    }
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    for (i, s) in spec.scratch.iter().enumerate() {
+        let name = format!("scratch-{i}");
+        volumes.push(Volume {
+            name: name.clone(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(quantity(s.size_bytes)),
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name,
+            mount_path: s.path.clone(),
+            ..Default::default()
+        });
+    }
+    for (i, v) in spec.volumes.iter().enumerate() {
+        let name = format!("volume-{i}");
+        volumes.push(Volume {
+            name: name.clone(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: v.volume.clone(),
+                read_only: Some(v.read_only),
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name,
+            mount_path: v.target.clone(),
+            read_only: Some(v.read_only),
+            ..Default::default()
+        });
+    }
+    let limits = BTreeMap::from([
+        ("cpu".to_string(), cpu_quantity(spec.limits.cpus)),
+        ("memory".to_string(), quantity(spec.limits.memory_bytes)),
+        (
+            "ephemeral-storage".to_string(),
+            quantity(settings.ephemeral_storage),
+        ),
+    ]);
+    let mut command = vec!["python3".to_string(), "-c".into(), GATE.into()];
+    command.extend(spec.command.iter().cloned());
+    let env = spec
+        .env
+        .iter()
+        .map(|e| {
+            let (name, value) = e.split_once('=').unwrap_or((e, ""));
+            EnvVar {
+                name: name.into(),
+                value: Some(value.into()),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let security = &spec.security;
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(spec.image.clone()),
+        // An image loaded into the nodes (no registry) must not be pulled, even `:latest`.
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(command),
+        env: Some(env),
+        working_dir: Some(spec.working_dir.clone()),
+        stdin: Some(true),
+        stdin_once: Some(false),
+        tty: Some(false),
+        resources: Some(ResourceRequirements {
+            requests: Some(limits.clone()),
+            limits: Some(limits),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(!security.no_new_privileges),
+            capabilities: security.drop_all_capabilities.then(|| Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(security.read_only_root),
+            ..Default::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    };
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(spec.name.clone()),
+            labels: Some(labels),
+            owner_references: settings.owner.clone().map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(volumes),
+            restart_policy: Some("Never".into()),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            host_network: Some(false),
+            host_pid: Some(false),
+            host_ipc: Some(false),
+            share_process_namespace: Some(true),
+            // The RuntimeClass is for code sandboxes; installers use the cluster's default,
+            // as `docker.runtime` is for sandboxes only.
+            runtime_class_name: if sandbox {
+                settings.runtime_class.clone()
+            } else {
+                None
+            },
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(spec.user.uid != 0),
+                run_as_user: Some(spec.user.uid.into()),
+                run_as_group: Some(spec.user.gid.into()),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    localhost_profile: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The claim behind a package volume (or the shared download cache): labelled like the
+/// volume, owned by the daemon's Pod unless it outlives instances (the cache has no
+/// instance label).
+pub fn pvc(
+    name: &str,
+    spec_labels: &BTreeMap<String, String>,
+    settings: &Settings,
+) -> PersistentVolumeClaim {
+    let owned = spec_labels.contains_key(labels::INSTANCE);
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(labels_of(spec_labels)),
+            owner_references: settings.owner.clone().filter(|_| owned).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec![settings.volume_access.clone()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    quantity(settings.volume_size),
+                )])),
+                limits: None,
+            }),
+            storage_class_name: settings.storage_class.clone(),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The two NetworkPolicies of the namespace: every pod of ours is denied all ingress and
+/// egress, and pods labelled `outbound` (installers; sandboxes only when
+/// `docker.network_disabled` is off) are given egress. Policies add up, so an outbound pod
+/// gets egress and still no ingress. They hold only where the cluster's network plugin
+/// enforces NetworkPolicy (Calico, Cilium, ...).
+pub fn network_policies() -> Vec<NetworkPolicy> {
+    let policy = |name: &str, select: &[(&str, &str)], types: &[&str], egress| NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([(
+                labels::MANAGED.to_string(),
+                "true".to_string(),
+            )])),
+            ..Default::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(
+                    select
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                match_expressions: None,
+            }),
+            policy_types: Some(types.iter().map(|t| t.to_string()).collect()),
+            ingress: None,
+            egress,
+        }),
+    };
+    vec![
+        policy(
+            DENY_POLICY,
+            &[(labels::MANAGED, "true")],
+            &["Ingress", "Egress"],
+            None,
+        ),
+        policy(
+            EGRESS_POLICY,
+            &[(labels::MANAGED, "true"), (NETWORK_LABEL, "outbound")],
+            &["Egress"],
+            Some(vec![NetworkPolicyEgressRule::default()]),
+        ),
+    ]
+}
+
+/// Where a pod is on its way to running, read from its status.
+#[derive(Debug, Clone, PartialEq)]
+enum Progress {
+    /// Not yet running: what the cluster says it waits for.
+    Waiting(String),
+    Running,
+    /// The node cannot get the image.
+    NoImage {
+        reason: String,
+        message: String,
+    },
+    /// It will never run: bad container config, or the pod failed before starting.
+    Broken(String),
+    /// The container ended.
+    Exited {
+        exit_code: i32,
+        reason: String,
+    },
+}
+
+fn progress(pod: &Pod) -> Progress {
+    let status = pod.status.clone().unwrap_or_default();
+    let container = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == CONTAINER);
+    if let Some(state) = container.and_then(|c| c.state.as_ref()) {
+        if let Some(t) = &state.terminated {
+            return Progress::Exited {
+                exit_code: t.exit_code,
+                reason: t.reason.clone().unwrap_or_default(),
+            };
+        }
+        if state.running.is_some() {
+            return Progress::Running;
+        }
+        if let Some(w) = &state.waiting {
+            let reason = w.reason.clone().unwrap_or_default();
+            let message = w.message.clone().unwrap_or_default();
+            return match reason.as_str() {
+                "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull" => {
+                    Progress::NoImage { reason, message }
+                }
+                "CreateContainerConfigError" | "CreateContainerError" | "RunContainerError" => {
+                    Progress::Broken(format!("{reason}: {message}"))
+                }
+                _ => Progress::Waiting(format!("{reason} {message}").trim().to_string()),
+            };
+        }
+    }
+    match status.phase.as_deref() {
+        Some("Failed") | Some("Succeeded") => Progress::Broken(format!(
+            "the pod ended ({}) {}",
+            status.reason.unwrap_or_default(),
+            status.message.unwrap_or_default()
+        )),
+        _ => {
+            let unscheduled = status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False");
+            Progress::Waiting(match unscheduled {
+                Some(c) => format!(
+                    "not scheduled: {}",
+                    c.message.clone().or(c.reason.clone()).unwrap_or_default()
+                ),
+                None => status.phase.unwrap_or_else(|| "Pending".into()),
+            })
+        }
+    }
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+/// A cheap-to-clone handle on the cluster connection.
+#[derive(Clone)]
+pub struct Kubernetes {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    /// `kubernetes.namespace`; `None`: the client's default.
+    namespace: Option<String>,
+    /// Made on first use; a failed attempt is retried next time.
+    conn: OnceCell<Connection>,
+    /// The NetworkPolicies were created or checked (once per daemon, before the first pod).
+    policies: OnceCell<()>,
+}
+
+/// One client and the namespace it works in.
+struct Connection {
+    client: kube::Client,
+    namespace: String,
+}
+
+impl Connection {
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+    fn claims(&self) -> Api<PersistentVolumeClaim> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+    fn policies(&self) -> Api<NetworkPolicy> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Map a failure of `op` to an error that names the fix.
+    fn refused(&self, op: &'static str) -> impl FnOnce(kube::Error) -> RuntimeError + '_ {
+        move |e| refused(op, &self.namespace, e)
+    }
+}
+
+fn refused(op: &'static str, namespace: &str, e: kube::Error) -> RuntimeError {
+    use kube::client::UpgradeConnectionError as Upgrade;
+    let forbidden = |message: String| RuntimeError::Forbidden {
+        op,
+        namespace: namespace.into(),
+        message,
+    };
+    match e {
+        // RBAC says "... is forbidden: User "x" cannot create resource ..."; an admission
+        // refusal (Pod Security, a missing RuntimeClass) is a 403 too, but names no verb.
+        kube::Error::Api(s) if s.code == 403 && s.message.contains("cannot ") => {
+            forbidden(s.message)
+        }
+        kube::Error::Api(s)
+            if s.code == 404 && s.message.contains(&format!("namespaces \"{namespace}\"")) =>
+        {
+            RuntimeError::NoNamespace {
+                namespace: namespace.into(),
+            }
+        }
+        kube::Error::Api(s) => RuntimeError::Api {
+            engine: EngineKind::Kubernetes.name(),
+            op,
+            message: s.message,
+        },
+        kube::Error::UpgradeConnection(Upgrade::ProtocolSwitch(code)) if code.as_u16() == 403 => {
+            forbidden(format!("the API server answered the upgrade with {code}"))
+        }
+        kube::Error::HyperError(_)
+        | kube::Error::Service(_)
+        | kube::Error::Auth(_)
+        | kube::Error::InferConfig(_)
+        | kube::Error::InferKubeconfig(_)
+        | kube::Error::RustlsTls(_)
+        | kube::Error::TlsRequired => RuntimeError::KubeUnreachable {
+            reason: e.to_string(),
+        },
+        other => RuntimeError::Api {
+            engine: EngineKind::Kubernetes.name(),
+            op,
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Chunks read from `r`, each wrapped by `wrap`, until EOF or an error.
+fn chunks<R>(r: R, wrap: fn(Bytes) -> Output) -> impl Stream<Item = Output> + Send
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    futures::stream::unfold(r, move |mut r| async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((wrap(Bytes::from(buf)), r))
+            }
+        }
+    })
+}
+
+impl Kubernetes {
+    /// A backend for `runtime.backend: kubernetes`; nothing is contacted yet.
+    pub fn new(config: &Config) -> Kubernetes {
+        Kubernetes {
+            inner: Arc::new(Inner {
+                settings: Settings::new(config, owner_from_env()),
+                namespace: config.kubernetes.namespace.clone(),
+                conn: OnceCell::new(),
+                policies: OnceCell::new(),
+            }),
+        }
+    }
+
+    /// A backend on a given client (tests pass one over a mocked transport).
+    pub fn with_client(
+        client: kube::Client,
+        config: &Config,
+        owner: Option<OwnerReference>,
+    ) -> Kubernetes {
+        let namespace = config
+            .kubernetes
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        Kubernetes {
+            inner: Arc::new(Inner {
+                settings: Settings::new(config, owner),
+                namespace: Some(namespace.clone()),
+                conn: OnceCell::new_with(Some(Connection { client, namespace })),
+                policies: OnceCell::new(),
+            }),
+        }
+    }
+
+    async fn conn(&self) -> Result<&Connection, RuntimeError> {
+        self.inner
+            .conn
+            .get_or_try_init(|| async {
+                let client = kube::Client::try_default()
+                    .await
+                    .map_err(|e| refused("connect", "", e))?;
+                let namespace = self
+                    .inner
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| client.default_namespace().to_string());
+                tracing::debug!(%namespace, "connected to the Kubernetes API");
+                Ok(Connection { client, namespace })
+            })
+            .await
+    }
+
+    /// The API server's version; connects if needed.
+    pub async fn engine(&self) -> Result<EngineInfo, RuntimeError> {
+        Ok(EngineInfo {
+            kind: EngineKind::Kubernetes,
+            version: self.ping().await?,
+        })
+    }
+
+    /// Check that the API server answers; returns its version.
+    pub async fn ping(&self) -> Result<String, RuntimeError> {
+        let conn = self.conn().await?;
+        let info = conn
+            .client
+            .apiserver_version()
+            .await
+            .map_err(conn.refused("report its version"))?;
+        Ok(info.git_version)
+    }
+
+    /// Whether the image is there: the API cannot tell what the nodes have, so this says
+    /// yes; a missing image shows when a pod starts ([`RuntimeError::ImageUnavailable`]).
+    pub async fn image_present(&self, _image: &str) -> Result<bool, RuntimeError> {
+        Ok(true)
+    }
+
+    /// Create the NetworkPolicies, or bring them back to ours if someone changed them; once.
+    async fn ensure_policies(&self) -> Result<(), RuntimeError> {
+        let conn = self.conn().await?;
+        self.inner
+            .policies
+            .get_or_try_init(|| async {
+                let api = conn.policies();
+                for want in network_policies() {
+                    let name = want.metadata.name.clone().unwrap_or_default();
+                    let have = api
+                        .get_opt(&name)
+                        .await
+                        .map_err(conn.refused("read a NetworkPolicy"))?;
+                    match have {
+                        None => match api.create(&PostParams::default(), &want).await {
+                            Ok(_) => {}
+                            Err(e) if is_status(&e, 409) => {}
+                            Err(e) => return Err(conn.refused("create a NetworkPolicy")(e)),
+                        },
+                        Some(have) if have.spec == want.spec => {}
+                        Some(have) => {
+                            tracing::warn!(policy = %name, "a NetworkPolicy of ours was changed; putting it back");
+                            let mut put = want.clone();
+                            put.metadata.resource_version = have.metadata.resource_version;
+                            api.replace(&name, &PostParams::default(), &put)
+                                .await
+                                .map_err(conn.refused("update a NetworkPolicy"))?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Create the pod for `spec` (after the NetworkPolicies are in place).
+    async fn create_pod(&self, spec: &SandboxSpec) -> Result<String, RuntimeError> {
+        self.ensure_policies().await?;
+        let conn = self.conn().await?;
+        let pod = pod(spec, &self.inner.settings);
+        conn.pods()
+            .create(&PostParams::default(), &pod)
+            .await
+            .map_err(conn.refused("create a pod"))?;
+        Ok(spec.name.clone())
+    }
+
+    /// The pod's status now; `None` once it is gone.
+    async fn look(&self, name: &str) -> Result<Option<Pod>, RuntimeError> {
+        let conn = self.conn().await?;
+        conn.pods()
+            .get_opt(name)
+            .await
+            .map_err(conn.refused("read a pod"))
+    }
+
+    /// Wait until the pod runs (its command sits at the gate).
+    async fn wait_running(&self, name: &str, image: &str) -> Result<(), RuntimeError> {
+        let deadline = tokio::time::Instant::now() + POD_START_TIMEOUT;
+        let not_running = |why: String| RuntimeError::PodNotRunning {
+            pod: name.into(),
+            why,
+        };
+        loop {
+            let Some(pod) = self.look(name).await? else {
+                return Err(not_running("it was deleted while starting".into()));
+            };
+            match progress(&pod) {
+                Progress::Running => return Ok(()),
+                Progress::NoImage { reason, message } => {
+                    return Err(RuntimeError::ImageUnavailable {
+                        image: image.into(),
+                        reason,
+                        message,
+                    })
+                }
+                Progress::Broken(why) => return Err(not_running(why)),
+                Progress::Exited { exit_code, reason } => {
+                    return Err(not_running(format!(
+                        "it exited ({reason}, code {exit_code}) before it was attached"
+                    )))
+                }
+                Progress::Waiting(why) if tokio::time::Instant::now() >= deadline => {
+                    return Err(not_running(format!(
+                        "still waiting after {POD_START_TIMEOUT:?}: {why}"
+                    )))
+                }
+                Progress::Waiting(_) => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+
+    /// Create the pod, wait until it runs, attach its stdin, stdout and stderr, then open
+    /// the gate: the command starts only once the attach is in place, so nothing it writes
+    /// is lost. On any failure the pod is deleted before the error returns.
+    pub async fn start_attached(&self, spec: &SandboxSpec) -> Result<Attached, RuntimeError> {
+        let name = self.create_pod(spec).await?;
+        match self.attach(&name, &spec.image).await {
+            Ok(attached) => Ok(attached),
+            Err(e) => {
+                self.remove(&name).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn attach(&self, name: &str, image: &str) -> Result<Attached, RuntimeError> {
+        self.wait_running(name, image).await?;
+        let conn = self.conn().await?;
+        let params = AttachParams {
+            container: Some(CONTAINER.into()),
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: false,
+            max_stdin_buf_size: Some(ATTACH_BUFFER),
+            max_stdout_buf_size: Some(ATTACH_BUFFER),
+            max_stderr_buf_size: Some(ATTACH_BUFFER),
+        };
+        let mut process = conn
+            .pods()
+            .attach(name, &params)
+            .await
+            .map_err(conn.refused("attach to a pod (pods/attach)"))?;
+        let (Some(mut input), Some(stdout), Some(stderr)) =
+            (process.stdin(), process.stdout(), process.stderr())
+        else {
+            return Err(RuntimeError::Api {
+                engine: EngineKind::Kubernetes.name(),
+                op: "attach to a pod",
+                message: "the attach gave no stdin, stdout or stderr".into(),
+            });
+        };
+        // Open the gate.
+        let opened = async {
+            input.write_all(b"\n").await?;
+            input.flush().await
+        };
+        opened.await.map_err(|e| RuntimeError::Api {
+            engine: EngineKind::Kubernetes.name(),
+            op: "write to a pod's stdin",
+            message: e.to_string(),
+        })?;
+        // The attached process aborts its WebSocket task when dropped: the output stream
+        // owns it, so the connection lives exactly as long as someone reads.
+        let output = futures::stream::select(
+            chunks(stdout, Output::Stdout),
+            chunks(stderr, Output::Stderr),
+        )
+        .map(move |o| {
+            let _connection = &process;
+            o
+        });
+        Ok(Attached {
+            id: name.into(),
+            name: name.into(),
+            input: Box::pin(input),
+            output: Box::pin(output),
+        })
+    }
+
+    /// Label a warm sandbox pod as taken by `session`. Failures are logged.
+    pub async fn claim(&self, id: &str, session: &str) {
+        let Ok(conn) = self.conn().await else {
+            return;
+        };
+        let patch = serde_json::json!({"metadata": {"labels": {
+            STATE_LABEL: "claimed",
+            labels::SESSION: label_value(session),
+        }}});
+        if let Err(e) = conn
+            .pods()
+            .patch(id, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::debug!(pod = %id, error = %e, "could not label the pod as claimed");
+        }
+    }
+
+    /// Delete a pod at once; already gone is fine. Failures are logged.
+    pub async fn remove(&self, id: &str) {
+        let Ok(conn) = self.conn().await else {
+            return;
+        };
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::background()
+        };
+        match conn.pods().delete(id, &params).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => tracing::warn!(pod = %id, error = %e, "could not delete pod"),
+        }
+    }
+
+    /// Run a pod to completion, collecting its output (each stream kept to its head and
+    /// tail), and delete it.
+    pub async fn run_to_completion(
+        &self,
+        spec: &SandboxSpec,
+        timeout: Duration,
+    ) -> Result<Finished, RuntimeError> {
+        let (finished, id) = self.run_until_exit(spec, timeout).await?;
+        self.remove(&id).await;
+        Ok(finished)
+    }
+
+    /// [`Kubernetes::run_to_completion`], except that a pod that exited is left for the
+    /// caller to delete (its name comes back). On a time-out or an error it is deleted here.
+    pub async fn run_until_exit(
+        &self,
+        spec: &SandboxSpec,
+        timeout: Duration,
+    ) -> Result<(Finished, String), RuntimeError> {
+        let run = async {
+            let mut attached = self.start_attached(spec).await?;
+            let id = attached.id.clone();
+            let collect = async {
+                let mut stdout = HeadTail::new(RUN_HEAD, RUN_TAIL);
+                let mut stderr = HeadTail::new(RUN_HEAD, RUN_TAIL);
+                while let Some(chunk) = attached.output.next().await {
+                    match chunk {
+                        Output::Stdout(b) => stdout.push(&b),
+                        Output::Stderr(b) => stderr.push(&b),
+                    }
+                }
+                let exit_code = loop {
+                    match self.look(&id).await?.as_ref().map(progress) {
+                        Some(Progress::Exited { exit_code, .. }) => break i64::from(exit_code),
+                        None => break -1,
+                        Some(_) => tokio::time::sleep(POLL).await,
+                    }
+                };
+                Ok(Finished {
+                    exit_code,
+                    stdout: stdout.finish(),
+                    stderr: stderr.finish(),
+                })
+            };
+            let result: Result<Finished, RuntimeError> = collect.await;
+            Ok((result, id))
+        };
+        // The pod's name is known before it exists: a time-out at any step deletes it.
+        match tokio::time::timeout(timeout, run).await {
+            Ok(Ok((Ok(finished), id))) => Ok((finished, id)),
+            Ok(Ok((Err(e), id))) => {
+                self.remove(&id).await;
+                Err(e)
+            }
+            // It never ran: `start_attached` deleted it.
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                self.remove(&spec.name).await;
+                Err(RuntimeError::Timeout(timeout))
+            }
+        }
+    }
+
+    /// Create a labelled PersistentVolumeClaim (idempotent).
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        let conn = self.conn().await?;
+        match conn
+            .claims()
+            .create(
+                &PostParams::default(),
+                &pvc(name, labels, &self.inner.settings),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) => Err(conn.refused("create a PersistentVolumeClaim")(e)),
+        }
+    }
+
+    /// Delete a claim; already gone is fine. The cluster keeps it until no pod mounts it.
+    pub async fn remove_volume(&self, name: &str) {
+        let Ok(conn) = self.conn().await else {
+            return;
+        };
+        match conn
+            .claims()
+            .delete(name, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => tracing::warn!(claim = %name, error = %e, "could not delete claim"),
+        }
+    }
+
+    /// Whether the pod's container was killed for its memory, waiting up to `within` for
+    /// the kubelet to report it. Pod names are never reused, so `since` is not needed.
+    pub async fn oom_killed(&self, id: &str, _since: Instant, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match self.look(id).await {
+                Ok(Some(pod)) => {
+                    if let Progress::Exited { reason, .. } = progress(&pod) {
+                        return reason == "OOMKilled";
+                    }
+                }
+                Ok(None) | Err(_) => return false,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Delete every pod and claim of one daemon instance; returns how many pods.
+    pub async fn remove_instance(&self, instance: &str) -> Result<usize, RuntimeError> {
+        let conn = self.conn().await?;
+        let selector = ListParams::default().labels(&format!("{}={instance}", labels::INSTANCE));
+        let pods = conn
+            .pods()
+            .list(&selector)
+            .await
+            .map_err(conn.refused("list pods"))?;
+        let names: Vec<String> = pods
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        futures::future::join_all(names.iter().map(|n| self.remove(n))).await;
+        let claims = conn
+            .claims()
+            .list(&selector)
+            .await
+            .map_err(conn.refused("list PersistentVolumeClaims"))?;
+        let claims: Vec<String> = claims
+            .items
+            .into_iter()
+            .filter_map(|c| c.metadata.name)
+            .collect();
+        futures::future::join_all(claims.iter().map(|n| self.remove_volume(n))).await;
+        Ok(names.len())
+    }
+
+    /// Find the pods and claims of daemons that are gone, and delete them unless `dry_run`.
+    /// Objects with an owner reference are the garbage collector's (see the module doc);
+    /// the others follow the Docker rule (host and pid labels).
+    pub async fn sweep_orphans(&self, me: &Owner, dry_run: bool) -> Result<Swept, RuntimeError> {
+        let conn = self.conn().await?;
+        let selector = ListParams::default().labels(&format!("{}=true", labels::MANAGED));
+        let orphan = |meta: &ObjectMeta| {
+            let labels: HashMap<String, String> = meta
+                .labels
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            meta.owner_references.as_ref().is_none_or(Vec::is_empty)
+                && super::docker::is_orphan(&labels, me, super::docker::daemon_alive)
+        };
+        let pods: Vec<String> = conn
+            .pods()
+            .list(&selector)
+            .await
+            .map_err(conn.refused("list pods"))?
+            .items
+            .into_iter()
+            .filter(|p| orphan(&p.metadata))
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        let claims: Vec<String> = conn
+            .claims()
+            .list(&selector)
+            .await
+            .map_err(conn.refused("list PersistentVolumeClaims"))?
+            .items
+            .into_iter()
+            .filter(|c| orphan(&c.metadata))
+            .filter_map(|c| c.metadata.name)
+            .collect();
+        let swept = Swept {
+            containers: pods.len(),
+            volumes: claims.len(),
+        };
+        if !dry_run {
+            futures::future::join_all(pods.iter().map(|n| self.remove(n))).await;
+            futures::future::join_all(claims.iter().map(|n| self.remove_volume(n))).await;
+        }
+        Ok(swept)
+    }
+
+    /// Nothing runs in the background: attach connections end with their streams.
+    pub fn close(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{resolve, Layers};
+    use crate::sandbox::{installer_spec, repl_spec};
+    use serde_json::{json, Value};
+
+    fn fixed_owner() -> Owner {
+        Owner {
+            instance: "0123456789abcdef0123456789abcdef".into(),
+            pid: 42,
+            host: "h".into(),
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings::new(&Config::defaults(), None)
+    }
+
+    /// The pod as JSON, with the embedded helper (long, checked by the sandbox tests)
+    /// replaced by `HELPER`.
+    fn rendered(spec: &SandboxSpec, settings: &Settings) -> Value {
+        let mut v = serde_json::to_value(pod(spec, settings)).expect("serializable");
+        if let Some(helper) = v["spec"]["containers"][0]["command"].get_mut(6) {
+            *helper = "HELPER".into();
+        }
+        v
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Value {
+        pairs
+            .iter()
+            .map(|(n, v)| json!({"name": n, "value": v}))
+            .collect()
+    }
+
+    #[test]
+    fn a_repl_sandbox_becomes_exactly_this_pod() {
+        let spec = repl_spec(
+            &Config::defaults(),
+            &fixed_owner(),
+            "pdm-r".into(),
+            "shared",
+            "own",
+        );
+        let limits =
+            json!({"cpu": "500m", "ephemeral-storage": "1073741824", "memory": "268435456"});
+        let want = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "pdm-r",
+                "labels": {
+                    "python-docker-mcp.host": "h",
+                    "python-docker-mcp.instance": "0123456789abcdef0123456789abcdef",
+                    "python-docker-mcp.managed": "true",
+                    "python-docker-mcp.network": "none",
+                    "python-docker-mcp.pid": "42",
+                    "python-docker-mcp.role": "sandbox",
+                    "python-docker-mcp.state": "warm"
+                }
+            },
+            "spec": {
+                "automountServiceAccountToken": false,
+                "containers": [{
+                    "name": "sandbox",
+                    "image": "python-docker-mcp:latest",
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["python3", "-c", GATE, "python3", "-u", "-c", "HELPER"],
+                    "env": env(&[
+                        ("PYTHONUNBUFFERED", "1"),
+                        ("PYTHONDONTWRITEBYTECODE", "1"),
+                        ("MPLBACKEND", "Agg"),
+                        ("HOME", "/app"),
+                        ("PDM_WORKDIR", "/app"),
+                        ("PDM_PACKAGE_DIRS", "/opt/python-docker-mcp/session:/opt/python-docker-mcp/shared"),
+                        ("PDM_PRELOAD", ""),
+                        ("PDM_DATA_LIMIT", "234881024"),
+                        ("OPENBLAS_NUM_THREADS", "1"),
+                        ("OMP_NUM_THREADS", "1"),
+                        ("MKL_NUM_THREADS", "1"),
+                        ("PDM_ALLOWED_MODULES", ""),
+                        ("PDM_BLOCKED_MODULES", ""),
+                    ]),
+                    "workingDir": "/app",
+                    "stdin": true,
+                    "stdinOnce": false,
+                    "tty": false,
+                    "resources": {"limits": limits, "requests": limits},
+                    "securityContext": {
+                        "allowPrivilegeEscalation": false,
+                        "capabilities": {"drop": ["ALL"]},
+                        "privileged": false,
+                        "readOnlyRootFilesystem": true
+                    },
+                    "volumeMounts": [
+                        {"name": "scratch-0", "mountPath": "/tmp"},
+                        {"name": "scratch-1", "mountPath": "/app"},
+                        {"name": "volume-0", "mountPath": "/opt/python-docker-mcp/shared", "readOnly": true},
+                        {"name": "volume-1", "mountPath": "/opt/python-docker-mcp/session", "readOnly": true}
+                    ]
+                }],
+                "enableServiceLinks": false,
+                "hostIPC": false,
+                "hostNetwork": false,
+                "hostPID": false,
+                "restartPolicy": "Never",
+                "securityContext": {
+                    "runAsGroup": 1000,
+                    "runAsNonRoot": true,
+                    "runAsUser": 1000,
+                    "seccompProfile": {"type": "RuntimeDefault"}
+                },
+                "shareProcessNamespace": true,
+                "volumes": [
+                    {"name": "scratch-0", "emptyDir": {"medium": "Memory", "sizeLimit": "134217728"}},
+                    {"name": "scratch-1", "emptyDir": {"medium": "Memory", "sizeLimit": "134217728"}},
+                    {"name": "volume-0", "persistentVolumeClaim": {"claimName": "shared", "readOnly": true}},
+                    {"name": "volume-1", "persistentVolumeClaim": {"claimName": "own", "readOnly": true}}
+                ]
+            }
+        });
+        assert_eq!(rendered(&spec, &settings()), want);
+    }
+
+    #[test]
+    fn an_installer_becomes_exactly_this_pod() {
+        let mut spec = installer_spec(
+            &Config::defaults(),
+            &fixed_owner(),
+            Some("s1"),
+            "target",
+            vec!["true".into()],
+        );
+        spec.name = "pdm-i".into();
+        let limits =
+            json!({"cpu": "1000m", "ephemeral-storage": "1073741824", "memory": "536870912"});
+        let want = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "pdm-i",
+                "labels": {
+                    "python-docker-mcp.host": "h",
+                    "python-docker-mcp.instance": "0123456789abcdef0123456789abcdef",
+                    "python-docker-mcp.managed": "true",
+                    "python-docker-mcp.network": "outbound",
+                    "python-docker-mcp.pid": "42",
+                    "python-docker-mcp.role": "installer",
+                    "python-docker-mcp.session": "s1"
+                }
+            },
+            "spec": {
+                "automountServiceAccountToken": false,
+                "containers": [{
+                    "name": "sandbox",
+                    "image": "python-docker-mcp:latest",
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["python3", "-c", GATE, "true"],
+                    "env": env(&[
+                        ("HOME", "/tmp"),
+                        ("PIP_NO_INPUT", "1"),
+                        ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
+                        ("UV_NATIVE_TLS", "1"),
+                        ("PYTHONDONTWRITEBYTECODE", "1"),
+                    ]),
+                    "workingDir": "/tmp",
+                    "stdin": true,
+                    "stdinOnce": false,
+                    "tty": false,
+                    "resources": {"limits": limits, "requests": limits},
+                    "securityContext": {
+                        "allowPrivilegeEscalation": false,
+                        "capabilities": {"drop": ["ALL"]},
+                        "privileged": false,
+                        "readOnlyRootFilesystem": true
+                    },
+                    "volumeMounts": [
+                        {"name": "scratch-0", "mountPath": "/tmp"},
+                        {"name": "volume-0", "mountPath": "/target", "readOnly": false},
+                        {"name": "volume-1", "mountPath": "/cache", "readOnly": false}
+                    ]
+                }],
+                "enableServiceLinks": false,
+                "hostIPC": false,
+                "hostNetwork": false,
+                "hostPID": false,
+                "restartPolicy": "Never",
+                "securityContext": {
+                    "runAsGroup": 0,
+                    "runAsNonRoot": false,
+                    "runAsUser": 0,
+                    "seccompProfile": {"type": "RuntimeDefault"}
+                },
+                "shareProcessNamespace": true,
+                "volumes": [
+                    {"name": "scratch-0", "emptyDir": {"medium": "Memory", "sizeLimit": "536870912"}},
+                    {"name": "volume-0", "persistentVolumeClaim": {"claimName": "target", "readOnly": false}},
+                    {"name": "volume-1", "persistentVolumeClaim": {"claimName": "python-docker-mcp-cache", "readOnly": false}}
+                ]
+            }
+        });
+        assert_eq!(rendered(&spec, &settings()), want);
+    }
+
+    #[test]
+    fn the_runtime_class_and_owner_go_where_they_belong() {
+        let mut config = Config::defaults();
+        config.kubernetes.runtime_class = Some("gvisor".into());
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: "daemon-0".into(),
+            uid: "u-1".into(),
+            ..Default::default()
+        };
+        let s = Settings::new(&config, Some(owner));
+        let o = fixed_owner();
+        let repl = rendered(&repl_spec(&config, &o, "pdm-r".into(), "a", "b"), &s);
+        assert_eq!(repl["spec"]["runtimeClassName"], "gvisor");
+        let want_owner =
+            json!([{"apiVersion": "v1", "kind": "Pod", "name": "daemon-0", "uid": "u-1"}]);
+        assert_eq!(repl["metadata"]["ownerReferences"], want_owner);
+        let installer = rendered(
+            &installer_spec(&config, &o, None, "t", vec!["true".into()]),
+            &s,
+        );
+        assert_eq!(
+            installer["spec"].get("runtimeClassName"),
+            None,
+            "installers use the default"
+        );
+        assert_eq!(installer["metadata"]["ownerReferences"], want_owner);
+        // Package volumes are owned too; the shared download cache outlives instances.
+        let claim = serde_json::to_value(pvc("v", &o.labels(Role::Packages, None), &s)).unwrap();
+        assert_eq!(claim["metadata"]["ownerReferences"], want_owner);
+        let cache = serde_json::to_value(pvc("c", &Owner::cache_labels(), &s)).unwrap();
+        assert_eq!(cache["metadata"].get("ownerReferences"), None);
+    }
+
+    #[test]
+    fn a_sandbox_with_network_is_labelled_outbound() {
+        let mut config = Config::defaults();
+        config.docker.network_disabled = false;
+        let spec = repl_spec(&config, &fixed_owner(), "pdm-r".into(), "a", "b");
+        assert_eq!(
+            rendered(&spec, &settings())["metadata"]["labels"][NETWORK_LABEL],
+            "outbound"
+        );
+    }
+
+    #[test]
+    fn the_network_policies_deny_everything_but_installer_egress() {
+        let want = json!([
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {
+                    "name": "python-docker-mcp-deny-all",
+                    "labels": {"python-docker-mcp.managed": "true"}
+                },
+                "spec": {
+                    "podSelector": {"matchLabels": {"python-docker-mcp.managed": "true"}},
+                    "policyTypes": ["Ingress", "Egress"]
+                }
+            },
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {
+                    "name": "python-docker-mcp-outbound",
+                    "labels": {"python-docker-mcp.managed": "true"}
+                },
+                "spec": {
+                    "podSelector": {"matchLabels": {
+                        "python-docker-mcp.managed": "true",
+                        "python-docker-mcp.network": "outbound"
+                    }},
+                    "policyTypes": ["Egress"],
+                    "egress": [{}]
+                }
+            }
+        ]);
+        assert_eq!(serde_json::to_value(network_policies()).unwrap(), want);
+    }
+
+    #[test]
+    fn a_package_volume_becomes_exactly_this_claim() {
+        let labels = fixed_owner().labels(Role::Packages, None);
+        let want = json!({
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {
+                "name": "pdm-01234567-shared",
+                "labels": {
+                    "python-docker-mcp.host": "h",
+                    "python-docker-mcp.instance": "0123456789abcdef0123456789abcdef",
+                    "python-docker-mcp.managed": "true",
+                    "python-docker-mcp.pid": "42",
+                    "python-docker-mcp.role": "packages"
+                }
+            },
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1073741824"}}
+            }
+        });
+        let got = serde_json::to_value(pvc("pdm-01234567-shared", &labels, &settings())).unwrap();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn label_values_are_made_acceptable() {
+        assert_eq!(label_value("alice"), "alice");
+        assert_eq!(label_value("a b/c"), "a-b-c");
+        assert_eq!(label_value("-x-"), "x");
+        assert_eq!(label_value(&"y".repeat(80)).len(), 63);
+    }
+
+    fn pod_with_status(status: Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "status": status})).unwrap()
+    }
+
+    #[test]
+    fn a_pods_progress_is_read_from_its_status() {
+        let waiting = |reason: &str| {
+            pod_with_status(json!({"phase": "Pending", "containerStatuses": [{
+                "name": "sandbox", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": reason, "message": "m"}}
+            }]}))
+        };
+        assert_eq!(
+            progress(&waiting("ErrImagePull")),
+            Progress::NoImage {
+                reason: "ErrImagePull".into(),
+                message: "m".into()
+            }
+        );
+        assert_eq!(
+            progress(&waiting("ContainerCreating")),
+            Progress::Waiting("ContainerCreating m".into())
+        );
+        assert_eq!(
+            progress(&waiting("CreateContainerConfigError")),
+            Progress::Broken("CreateContainerConfigError: m".into())
+        );
+        let unscheduled = pod_with_status(json!({"phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/1 nodes are available: insufficient memory"
+        }]}));
+        assert_eq!(
+            progress(&unscheduled),
+            Progress::Waiting("not scheduled: 0/1 nodes are available: insufficient memory".into())
+        );
+        let oom = pod_with_status(json!({"phase": "Failed", "containerStatuses": [{
+            "name": "sandbox", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
+        }]}));
+        assert_eq!(
+            progress(&oom),
+            Progress::Exited {
+                exit_code: 137,
+                reason: "OOMKilled".into()
+            }
+        );
+        assert_eq!(
+            progress(&pod_with_status(json!({}))),
+            Progress::Waiting("Pending".into())
+        );
+    }
+
+    #[test]
+    fn the_kubernetes_keys_have_defaults_env_vars_and_validation() {
+        let c = Config::defaults();
+        assert_eq!(c.kubernetes.namespace, None);
+        assert_eq!(c.kubernetes.runtime_class, None);
+        assert_eq!(c.kubernetes.ephemeral_storage, 1 << 30);
+        assert_eq!(c.kubernetes.volume_access, "ReadWriteOnce");
+        let layers = |pairs: &[(&str, &str)]| Layers {
+            env: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let c = resolve(&layers(&[
+            ("PYTHON_DOCKER_MCP_BACKEND", "kubernetes"),
+            ("PYTHON_DOCKER_MCP_K8S_NAMESPACE", "sandboxes"),
+            ("PYTHON_DOCKER_MCP_K8S_RUNTIME_CLASS", "gvisor"),
+            ("PYTHON_DOCKER_MCP_K8S_EPHEMERAL_STORAGE", "2g"),
+            ("PYTHON_DOCKER_MCP_K8S_VOLUME_ACCESS", "ReadWriteMany"),
+        ]))
+        .unwrap();
+        assert_eq!(c.runtime.backend, crate::config::BackendKind::Kubernetes);
+        assert_eq!(c.kubernetes.namespace.as_deref(), Some("sandboxes"));
+        assert_eq!(c.kubernetes.runtime_class.as_deref(), Some("gvisor"));
+        assert_eq!(c.kubernetes.ephemeral_storage, 2 << 30);
+        assert_eq!(c.kubernetes.volume_access, "ReadWriteMany");
+        for (var, value, key) in [
+            (
+                "PYTHON_DOCKER_MCP_K8S_NAMESPACE",
+                "Not_A_Namespace",
+                "kubernetes.namespace",
+            ),
+            (
+                "PYTHON_DOCKER_MCP_K8S_NAMESPACE",
+                "a.b",
+                "kubernetes.namespace",
+            ),
+            (
+                "PYTHON_DOCKER_MCP_K8S_RUNTIME_CLASS",
+                "-gvisor",
+                "kubernetes.runtime_class",
+            ),
+            (
+                "PYTHON_DOCKER_MCP_K8S_STORAGE_CLASS",
+                "Fast SSD",
+                "kubernetes.storage_class",
+            ),
+            (
+                "PYTHON_DOCKER_MCP_K8S_VOLUME_ACCESS",
+                "ReadOnlyMany",
+                "kubernetes.volume_access",
+            ),
+        ] {
+            let e = resolve(&layers(&[(var, value)])).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(var), "{e}");
+        }
+    }
+
+    // ---- The backend's calls against a mocked API transport ----
+
+    type Handle = tower_test::mock::Handle<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >;
+
+    /// Reply with the request's own body (a create echoes the object).
+    const ECHO: &str = "<echo>";
+
+    fn mocked() -> (Kubernetes, Handle) {
+        let (service, handle) = tower_test::mock::pair();
+        let client = kube::Client::new(service, "ns");
+        (
+            Kubernetes::with_client(client, &Config::defaults(), None),
+            handle,
+        )
+    }
+
+    fn status(code: u16, reason: &str, message: &str) -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": message, "reason": reason, "code": code})
+    }
+
+    /// Answer the expected requests in order (method, path, status, reply) and return the
+    /// requests' bodies (`Null` when empty) with their query strings. A request the script
+    /// does not expect fails the test.
+    async fn serve(
+        mut handle: Handle,
+        script: Vec<(&str, String, u16, Value)>,
+    ) -> Vec<(Value, String)> {
+        let mut seen = Vec::new();
+        for (method, path, code, reply) in script {
+            let (req, send) = handle.next_request().await.expect("a request");
+            assert_eq!(
+                (req.method().as_str(), req.uri().path()),
+                (method, path.as_str())
+            );
+            let query = req.uri().query().unwrap_or_default().to_string();
+            let bytes = req.into_body().collect_bytes().await.unwrap();
+            let body: Value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).unwrap()
+            };
+            let reply = if reply == ECHO { body.clone() } else { reply };
+            let response = http::Response::builder()
+                .status(code)
+                .body(kube::client::Body::from(
+                    serde_json::to_vec(&reply).unwrap(),
+                ))
+                .unwrap();
+            send.send_response(response);
+            seen.push((body, query));
+        }
+        seen
+    }
+
+    const POLICIES: &str = "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies";
+    const PODS: &str = "/api/v1/namespaces/ns/pods";
+    const CLAIMS: &str = "/api/v1/namespaces/ns/persistentvolumeclaims";
+
+    fn policy_path(name: &str) -> String {
+        format!("{POLICIES}/{name}")
+    }
+
+    fn policy_json(i: usize) -> Value {
+        serde_json::to_value(&network_policies()[i]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_pod_is_created_after_the_policies_and_deleted_when_its_image_is_missing() {
+        let (k, handle) = mocked();
+        let spec = repl_spec(
+            &Config::defaults(),
+            &fixed_owner(),
+            "pdm-r".into(),
+            "a",
+            "b",
+        );
+        let (deny, egress, pod_path) = (
+            policy_path(DENY_POLICY),
+            policy_path(EGRESS_POLICY),
+            format!("{PODS}/pdm-r"),
+        );
+        let no_image = json!({"metadata": {"name": "pdm-r"}, "status": {"phase": "Pending", "containerStatuses": [{
+            "name": "sandbox", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ErrImageNeverPull", "message": "image not present"}}
+        }]}});
+        let script = vec![
+            (
+                "GET",
+                deny.clone(),
+                404,
+                status(404, "NotFound", "not found"),
+            ),
+            ("POST", POLICIES.into(), 201, ECHO.into()),
+            // The second exists as we want it: checked, not written.
+            ("GET", egress.clone(), 200, policy_json(1)),
+            ("POST", PODS.into(), 201, ECHO.into()),
+            ("GET", pod_path.clone(), 200, no_image),
+            // Deleting a pod that is already gone is fine.
+            (
+                "DELETE",
+                pod_path.clone(),
+                404,
+                status(404, "NotFound", "pods \"pdm-r\" not found"),
+            ),
+        ];
+        let server = tokio::spawn(async move { serve(handle, script).await });
+        let e = k.start_attached(&spec).await.err().expect("no image");
+        assert!(matches!(e, RuntimeError::ImageUnavailable { .. }), "{e}");
+        assert!(e.to_string().contains("kind load docker-image"), "{e}");
+        let seen = server.await.unwrap();
+        assert_eq!(seen[1].0, policy_json(0));
+        assert_eq!(
+            seen[3].0,
+            serde_json::to_value(pod(&spec, &settings())).unwrap()
+        );
+        assert_eq!(
+            seen[5].0,
+            json!({"gracePeriodSeconds": 0, "propagationPolicy": "Background"})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_changed_policy_is_put_back() {
+        let (k, handle) = mocked();
+        let spec = repl_spec(
+            &Config::defaults(),
+            &fixed_owner(),
+            "pdm-r".into(),
+            "a",
+            "b",
+        );
+        let mut loosened = policy_json(0);
+        loosened["spec"]["policyTypes"] = json!(["Ingress"]);
+        loosened["metadata"]["resourceVersion"] = "7".into();
+        let (deny, egress) = (policy_path(DENY_POLICY), policy_path(EGRESS_POLICY));
+        let script = vec![
+            ("GET", deny.clone(), 200, loosened),
+            ("PUT", deny.clone(), 200, ECHO.into()),
+            ("GET", egress.clone(), 200, policy_json(1)),
+            // Stop there: the pod create is refused.
+            (
+                "POST",
+                PODS.into(),
+                422,
+                status(422, "Invalid", "Pod \"pdm-r\" is invalid"),
+            ),
+        ];
+        let server = tokio::spawn(async move { serve(handle, script).await });
+        let e = k.start_attached(&spec).await.err().expect("refused");
+        assert!(
+            e.to_string()
+                .starts_with("Kubernetes refused to create a pod: Pod \"pdm-r\" is invalid"),
+            "{e}"
+        );
+        let seen = server.await.unwrap();
+        let mut want = policy_json(0);
+        want["metadata"]["resourceVersion"] = "7".into();
+        assert_eq!(seen[1].0, want);
+    }
+
+    #[tokio::test]
+    async fn rbac_refusals_name_the_verbs_to_grant() {
+        let (k, handle) = mocked();
+        let spec = repl_spec(
+            &Config::defaults(),
+            &fixed_owner(),
+            "pdm-r".into(),
+            "a",
+            "b",
+        );
+        let deny = policy_path(DENY_POLICY);
+        let rbac =
+            "networkpolicies.networking.k8s.io \"python-docker-mcp-deny-all\" is forbidden: \
+                    User \"system:serviceaccount:ns:pdm\" cannot get resource \"networkpolicies\"";
+        let script = vec![("GET", deny.clone(), 403, status(403, "Forbidden", rbac))];
+        let server = tokio::spawn(async move { serve(handle, script).await });
+        let e = k.start_attached(&spec).await.err().expect("forbidden");
+        server.await.unwrap();
+        let text = e.to_string();
+        assert!(matches!(e, RuntimeError::Forbidden { .. }), "{text}");
+        for want in [
+            "Kubernetes refused to read a NetworkPolicy in namespace `ns`",
+            "cannot get resource",
+            "pods: create, get, list, patch, delete",
+            "pods/attach: create, get",
+            "networkpolicies (networking.k8s.io): create, get, update",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_admission_refusal_is_not_taken_for_rbac_and_a_missing_namespace_is_named() {
+        let (k, handle) = mocked();
+        let spec = repl_spec(
+            &Config::defaults(),
+            &fixed_owner(),
+            "pdm-r".into(),
+            "a",
+            "b",
+        );
+        let (deny, egress) = (policy_path(DENY_POLICY), policy_path(EGRESS_POLICY));
+        let admission =
+            "pods \"pdm-r\" is forbidden: pod rejected: RuntimeClass \"gvisor\" not found";
+        let script = vec![
+            ("GET", deny.clone(), 200, policy_json(0)),
+            ("GET", egress.clone(), 200, policy_json(1)),
+            (
+                "POST",
+                PODS.into(),
+                403,
+                status(403, "Forbidden", admission),
+            ),
+            (
+                "POST",
+                CLAIMS.into(),
+                404,
+                status(404, "NotFound", "namespaces \"ns\" not found"),
+            ),
+        ];
+        let server = tokio::spawn(async move { serve(handle, script).await });
+        let e = k.start_attached(&spec).await.err().expect("refused");
+        assert!(matches!(e, RuntimeError::Api { .. }), "{e}");
+        assert!(
+            e.to_string().contains("RuntimeClass \"gvisor\" not found"),
+            "{e}"
+        );
+        let e = k.create_volume("v", &BTreeMap::new()).await.unwrap_err();
+        assert!(matches!(e, RuntimeError::NoNamespace { .. }), "{e}");
+        assert!(e.to_string().contains("kubernetes.namespace"), "{e}");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_volume_is_a_labelled_claim_created_once() {
+        let (k, handle) = mocked();
+        let labels = fixed_owner().labels(Role::Packages, None);
+        let script = vec![
+            ("POST", CLAIMS.into(), 201, ECHO.into()),
+            (
+                "POST",
+                CLAIMS.into(),
+                409,
+                status(409, "AlreadyExists", "already exists"),
+            ),
+            (
+                "DELETE",
+                "/api/v1/namespaces/ns/persistentvolumeclaims/v".into(),
+                404,
+                status(404, "NotFound", "gone"),
+            ),
+        ];
+        let server = tokio::spawn(async move { serve(handle, script).await });
+        k.create_volume("v", &labels).await.unwrap();
+        k.create_volume("v", &labels).await.expect("idempotent");
+        k.remove_volume("v").await;
+        let seen = server.await.unwrap();
+        assert_eq!(
+            seen[0].0,
+            serde_json::to_value(pvc("v", &labels, &settings())).unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_claimed_pod_is_relabelled_with_its_session() {
+        let (k, handle) = mocked();
+        let path = format!("{PODS}/pdm-r");
+        let script = vec![(
+            "PATCH",
+            path.clone(),
+            200,
+            json!({"metadata": {"name": "pdm-r"}}),
+        )];
+        let server = tokio::spawn(async move { serve(handle, script).await });
+        k.claim("pdm-r", "5f0c8a2e-0000-4000-8000-000000000001")
+            .await;
+        let seen = server.await.unwrap();
+        assert_eq!(
+            seen[0].0,
+            json!({"metadata": {"labels": {
+                "python-docker-mcp.state": "claimed",
+                "python-docker-mcp.session": "5f0c8a2e-0000-4000-8000-000000000001"
+            }}})
+        );
+    }
+
+    #[tokio::test]
+    async fn an_instance_is_removed_by_its_label() {
+        let (k, handle) = mocked();
+        let list = |kind: &str, names: &[&str]| {
+            json!({"kind": kind, "apiVersion": "v1", "metadata": {},
+                   "items": names.iter().map(|n| json!({"metadata": {"name": n}})).collect::<Vec<_>>()})
+        };
+        let script = vec![
+            ("GET", PODS.into(), 200, list("PodList", &["p1"])),
+            (
+                "DELETE",
+                "/api/v1/namespaces/ns/pods/p1".into(),
+                200,
+                json!({"metadata": {"name": "p1"}}),
+            ),
+            (
+                "GET",
+                CLAIMS.into(),
+                200,
+                list("PersistentVolumeClaimList", &["c1"]),
+            ),
+            (
+                "DELETE",
+                "/api/v1/namespaces/ns/persistentvolumeclaims/c1".into(),
+                200,
+                json!({"metadata": {"name": "c1"}}),
+            ),
+        ];
+        let server = tokio::spawn(async move { serve(handle, script).await });
+        assert_eq!(k.remove_instance("abc").await.unwrap(), 1);
+        let seen = server.await.unwrap();
+        assert!(
+            seen[0]
+                .1
+                .contains("labelSelector=python-docker-mcp.instance%3Dabc"),
+            "{}",
+            seen[0].1
+        );
+    }
+}
