@@ -998,7 +998,7 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
 /// `268435456` as `"256m"`.
 pub fn human_bytes(n: u64) -> String {
     for (unit, size) in [("g", 1u64 << 30), ("m", 1 << 20), ("k", 1 << 10)] {
-        if n >= size && n % size == 0 {
+        if n >= size && n.is_multiple_of(size) {
             return format!("{}{unit}", n / size);
         }
     }
