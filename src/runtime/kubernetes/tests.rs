@@ -751,3 +751,69 @@ async fn an_instance_is_removed_by_its_label() {
         seen[0].1
     );
 }
+
+#[tokio::test]
+async fn orphans_are_what_no_owner_reference_covers_and_no_daemon_here_owns() {
+    let (k, handle) = mocked();
+    let me = fixed_owner();
+    // A pid no process has (above the kernel's pid_max on any default system).
+    let dead = "4194305";
+    let meta = |name: &str, host: &str, pid: &str, owned: bool| {
+        let mut m = json!({"name": name, "labels": {
+            "python-docker-mcp.managed": "true",
+            "python-docker-mcp.instance": "ffffffffffffffffffffffffffffffff",
+            "python-docker-mcp.host": host,
+            "python-docker-mcp.pid": pid,
+        }});
+        if owned {
+            m["ownerReferences"] =
+                json!([{"apiVersion": "v1", "kind": "Pod", "name": "daemon-0", "uid": "u"}]);
+        }
+        json!({ "metadata": m })
+    };
+    let pods = json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
+        meta("dead-here", "h", dead, false),
+        // The garbage collector's: it goes with the daemon's pod.
+        meta("owned", "h", dead, true),
+        // Another host's daemon: not ours to judge.
+        meta("elsewhere", "other", dead, false),
+        // This very daemon.
+        meta("mine", "h", "42", false),
+    ]});
+    let claims = json!({"kind": "PersistentVolumeClaimList", "apiVersion": "v1", "metadata": {},
+        "items": [meta("dead-claim", "h", dead, false)]});
+    let script = vec![
+        ("GET", PODS.into(), 200, pods.clone()),
+        ("GET", CLAIMS.into(), 200, claims.clone()),
+        // Not a dry run: the two orphans are deleted.
+        ("GET", PODS.into(), 200, pods),
+        ("GET", CLAIMS.into(), 200, claims),
+        (
+            "DELETE",
+            format!("{PODS}/dead-here"),
+            200,
+            json!({"metadata": {"name": "dead-here"}}),
+        ),
+        (
+            "DELETE",
+            format!("{CLAIMS}/dead-claim"),
+            200,
+            json!({"metadata": {"name": "dead-claim"}}),
+        ),
+    ];
+    let server = tokio::spawn(async move { serve(handle, script).await });
+    let want = Swept {
+        containers: 1,
+        volumes: 1,
+    };
+    assert_eq!(k.sweep_orphans(&me, true).await.unwrap(), want);
+    assert_eq!(k.sweep_orphans(&me, false).await.unwrap(), want);
+    let seen = server.await.unwrap();
+    assert!(
+        seen[0]
+            .1
+            .contains("labelSelector=python-docker-mcp.managed%3Dtrue"),
+        "{}",
+        seen[0].1
+    );
+}
