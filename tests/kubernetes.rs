@@ -94,6 +94,7 @@ async fn on_a_real_cluster_sessions_runs_and_installs_work_and_nothing_is_left()
     daemon.finish().await;
 
     // Deletion is asynchronous: wait (bounded) until the cluster has let everything go.
+    python_docker_mcp::runtime::kubernetes::install_tls_provider();
     let client = kube::Client::try_default().await.expect("a client");
     let selector = ListParams::default().labels(&format!("{PID_LABEL}={pid}"));
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);

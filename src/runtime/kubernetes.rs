@@ -540,6 +540,14 @@ fn refused(op: &'static str, namespace: &str, e: kube::Error) -> RuntimeError {
     }
 }
 
+/// Make ring, the provider kube is built with, rustls's process-wide default (once; a
+/// provider already installed is kept). kube builds a rustls connector for every client,
+/// and rustls refuses to pick a provider when two are compiled in, as in test builds
+/// (reqwest brings aws-lc-rs).
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Chunks read from `r`, each wrapped by `wrap`, until EOF or an error.
 fn chunks<R>(r: R, wrap: fn(Bytes) -> Output) -> impl Stream<Item = Output> + Send
 where
@@ -595,6 +603,7 @@ impl Kubernetes {
         self.inner
             .conn
             .get_or_try_init(|| async {
+                install_tls_provider();
                 let client = kube::Client::try_default()
                     .await
                     .map_err(|e| refused("connect", "", e))?;

@@ -817,3 +817,169 @@ async fn orphans_are_what_no_owner_reference_covers_and_no_daemon_here_owns() {
         seen[0].1
     );
 }
+
+// ---- The attach path against a fake API server that speaks v5.channel.k8s.io ----
+
+mod attach {
+    use super::*;
+    use futures::SinkExt;
+    use std::sync::Mutex;
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
+
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    /// An API server on a loopback port that knows one pod, `pdm-r`: the policies exist,
+    /// the pod is created, reported Running, attached (a WebSocket playing the kubelet's
+    /// part, [`kubelet`]), and deleted. Everything it sees goes to the log, in order.
+    async fn fake_api_server() -> (String, Log) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let log: Log = Default::default();
+        let served = log.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let log = served.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let log = log.clone();
+                        async move { Ok::<_, std::convert::Infallible>(answer(req, log)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        (url, log)
+    }
+
+    fn answer(mut req: hyper::Request<hyper::body::Incoming>, log: Log) -> hyper::Response<String> {
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or_default().to_string();
+        log.lock().unwrap().push(format!("{} {path}", req.method()));
+        let reply = |code: u16, body: Value| {
+            hyper::Response::builder()
+                .status(code)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .unwrap()
+        };
+        let pod = format!("{PODS}/pdm-r");
+        match (req.method().as_str(), path.as_str()) {
+            ("GET", p) if p == policy_path(DENY_POLICY) => reply(200, policy_json(0)),
+            ("GET", p) if p == policy_path(EGRESS_POLICY) => reply(200, policy_json(1)),
+            ("POST", PODS) => reply(201, json!({"metadata": {"name": "pdm-r"}})),
+            ("GET", p) if p == pod => reply(
+                200,
+                json!({"metadata": {"name": "pdm-r"}, "status": {"phase": "Running",
+                    "containerStatuses": [{"name": "sandbox", "image": "i", "imageID": "",
+                        "ready": true, "restartCount": 0, "state": {"running": {}}}]}}),
+            ),
+            ("DELETE", p) if p == pod => reply(200, json!({"metadata": {"name": "pdm-r"}})),
+            ("GET", p) if p == format!("{pod}/attach") => {
+                log.lock().unwrap().push(format!("attach ?{query}"));
+                let key = req.headers()["sec-websocket-key"].as_bytes().to_vec();
+                let upgrade = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(upgrade.await.unwrap());
+                    let ws =
+                        tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None)
+                            .await;
+                    kubelet(ws, log).await;
+                });
+                hyper::Response::builder()
+                    .status(101)
+                    .header("connection", "Upgrade")
+                    .header("upgrade", "websocket")
+                    .header("sec-websocket-accept", derive_accept_key(&key))
+                    .header("sec-websocket-protocol", "v5.channel.k8s.io")
+                    .body(String::new())
+                    .unwrap()
+            }
+            _ => reply(404, status(404, "NotFound", "not here")),
+        }
+    }
+
+    /// The container's side of the attach: nothing is written until stdin has brought
+    /// the gate's byte and one line after it (the WebSocket may carry them in one frame or
+    /// two); then a line on stdout and one on stderr, the line answered on stdout, and the
+    /// container exits (status, then close).
+    async fn kubelet<S>(mut ws: tokio_tungstenite::WebSocketStream<S>, log: Log)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut stdin = String::new();
+        while stdin.matches('\n').count() < 2 {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) if b.first() == Some(&0) => {
+                    stdin.push_str(&String::from_utf8_lossy(&b[1..]))
+                }
+                Some(Ok(_)) => continue,
+                _ => return,
+            }
+        }
+        log.lock().unwrap().push(format!("stdin {stdin:?}"));
+        let frame =
+            |channel: u8, text: &str| Message::binary([&[channel], text.as_bytes()].concat());
+        let line = stdin.trim_start_matches('\n');
+        ws.send(frame(1, "ready\n")).await.unwrap();
+        ws.send(frame(2, "warming up\n")).await.unwrap();
+        ws.send(frame(1, &format!("pong {line}"))).await.unwrap();
+        ws.send(frame(3, r#"{"metadata":{},"status":"Success"}"#))
+            .await
+            .unwrap();
+        let _ = ws.close(None).await;
+    }
+
+    #[tokio::test]
+    async fn the_helper_starts_only_once_attached_and_its_streams_come_through() {
+        let (url, log) = fake_api_server().await;
+        install_tls_provider();
+        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        let mut config = Config::defaults();
+        config.kubernetes.namespace = Some("ns".into());
+        let k = Kubernetes::with_client(client, &config, None);
+        let spec = repl_spec(&config, &fixed_owner(), "pdm-r".into(), "a", "b");
+
+        let run = async {
+            let mut attached = k.start_attached(&spec).await.expect("attached");
+            assert_eq!(attached.id, "pdm-r");
+            attached.input.write_all(b"ping\n").await.unwrap();
+            attached.input.flush().await.unwrap();
+            let (mut stdout, mut stderr) = (String::new(), String::new());
+            while let Some(chunk) = attached.output.next().await {
+                match chunk {
+                    Output::Stdout(b) => stdout.push_str(&String::from_utf8_lossy(&b)),
+                    Output::Stderr(b) => stderr.push_str(&String::from_utf8_lossy(&b)),
+                }
+            }
+            assert_eq!(stdout, "ready\npong ping\n");
+            assert_eq!(stderr, "warming up\n");
+            k.remove(&attached.id).await;
+        };
+        // A hang is a failure, not a stuck test run.
+        tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the attach flow finished");
+
+        let log = log.lock().unwrap().clone();
+        let p = |s: &str| s.replace("{pods}", PODS).replace("{policies}", POLICIES);
+        assert_eq!(
+            log,
+            [
+                p("GET {policies}/python-docker-mcp-deny-all"),
+                p("GET {policies}/python-docker-mcp-outbound"),
+                p("POST {pods}"),
+                p("GET {pods}/pdm-r"),
+                p("GET {pods}/pdm-r/attach"),
+                "attach ?&stdin=true&stdout=true&stderr=true&container=sandbox".into(),
+                // The gate's byte comes first, before what the caller writes.
+                "stdin \"\\nping\\n\"".into(),
+                p("DELETE {pods}/pdm-r"),
+            ]
+        );
+    }
+}
