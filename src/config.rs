@@ -103,8 +103,20 @@ const NO_MAX: u64 = u64::MAX;
 
 /// Every setting the daemon knows. `config.example.yaml` mirrors this table.
 const KEYS: &[Key] = &[
-    Key { path: "runtime.backend", env: "BACKEND", kind: Kind::Choice(&["docker"]), default: "docker",
-          doc: "What runs the sandboxes: docker is the Docker Engine API at DOCKER_HOST, served by Docker or by Podman (`podman system service`)" },
+    Key { path: "runtime.backend", env: "BACKEND", kind: Kind::Choice(&["docker", "kubernetes"]), default: "docker",
+          doc: "What runs the sandboxes: docker is the Docker Engine API at DOCKER_HOST, served by Docker or by Podman (`podman system service`); kubernetes (experimental) runs each sandbox as a Pod in the cluster KUBECONFIG names (or the one the daemon runs in)" },
+    Key { path: "kubernetes.namespace", env: "K8S_NAMESPACE", kind: Kind::OptStr, default: "null",
+          doc: "Namespace the sandbox pods, their volumes and network policies live in; null means the kubeconfig context's namespace, the daemon's own namespace in a cluster, or default" },
+    Key { path: "kubernetes.runtime_class", env: "K8S_RUNTIME_CLASS", kind: Kind::OptStr, default: "null",
+          doc: "RuntimeClass the sandbox pods run with (e.g. gvisor), the Kubernetes counterpart of docker.runtime; installer pods use the cluster's default. null means the cluster's default" },
+    Key { path: "kubernetes.ephemeral_storage", env: "K8S_EPHEMERAL_STORAGE", kind: Kind::Bytes { min: MIB, max: NO_MAX }, default: "1g",
+          doc: "Node disk each pod may use besides its volumes (container writes, logs), requested and limited" },
+    Key { path: "kubernetes.volume_size", env: "K8S_VOLUME_SIZE", kind: Kind::Bytes { min: MIB, max: NO_MAX }, default: "1g",
+          doc: "Storage requested by each package volume (PersistentVolumeClaim)" },
+    Key { path: "kubernetes.storage_class", env: "K8S_STORAGE_CLASS", kind: Kind::OptStr, default: "null",
+          doc: "StorageClass of the package volumes; null means the cluster's default class" },
+    Key { path: "kubernetes.volume_access", env: "K8S_VOLUME_ACCESS", kind: Kind::Choice(&["ReadWriteOnce", "ReadWriteMany"]), default: "ReadWriteOnce",
+          doc: "Access mode of the package volumes: ReadWriteOnce suits a single-node cluster; with several nodes, pods that share a volume may land on different nodes, which needs ReadWriteMany (and a storage class that offers it)" },
     Key { path: "docker.image", env: "IMAGE", kind: Kind::Str, default: "python-docker-mcp:latest",
           doc: "Image the sandboxes run; any image with python3 on its PATH works" },
     Key { path: "docker.working_dir", env: "WORKING_DIR", kind: Kind::Str, default: "/app",
@@ -328,17 +340,37 @@ pub struct RuntimeConfig {
     pub backend: BackendKind,
 }
 
+/// `kubernetes.*`: settings of the Kubernetes backend (read only when it is chosen).
+#[derive(Debug, Clone)]
+pub struct KubernetesConfig {
+    /// `None`: the kubeconfig context's namespace, or the service account's in a cluster.
+    pub namespace: Option<String>,
+    /// The RuntimeClass of sandbox pods; `None`: the cluster's default.
+    pub runtime_class: Option<String>,
+    /// Bytes of node disk per pod, requested and limited.
+    pub ephemeral_storage: u64,
+    /// Bytes requested by each package volume.
+    pub volume_size: u64,
+    /// StorageClass of the package volumes; `None`: the cluster's default.
+    pub storage_class: Option<String>,
+    /// `ReadWriteOnce` or `ReadWriteMany`.
+    pub volume_access: String,
+}
+
 /// The engines a sandbox can run on (`runtime.backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
     /// The Docker Engine API: Docker, or Podman's Docker-compatible service.
     Docker,
+    /// A Kubernetes cluster: one Pod per sandbox (experimental).
+    Kubernetes,
 }
 
 /// The effective configuration, loaded once at start-up.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub runtime: RuntimeConfig,
+    pub kubernetes: KubernetesConfig,
     pub docker: DockerConfig,
     pub session: SessionConfig,
     pub package: PackageConfig,
@@ -451,8 +483,17 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
     let runtime = RuntimeConfig {
         backend: match p.string("runtime.backend")?.as_str() {
             "docker" => BackendKind::Docker,
-            _ => return Err(p.invalid("runtime.backend", "docker")),
+            "kubernetes" => BackendKind::Kubernetes,
+            _ => return Err(p.invalid("runtime.backend", "docker or kubernetes")),
         },
+    };
+    let kubernetes = KubernetesConfig {
+        namespace: p.opt_string("kubernetes.namespace")?,
+        runtime_class: p.opt_string("kubernetes.runtime_class")?,
+        ephemeral_storage: p.bytes("kubernetes.ephemeral_storage")?,
+        volume_size: p.bytes("kubernetes.volume_size")?,
+        storage_class: p.opt_string("kubernetes.storage_class")?,
+        volume_access: p.string("kubernetes.volume_access")?,
     };
     let docker = DockerConfig {
         image: p.string("docker.image")?,
@@ -514,6 +555,34 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
             ));
         }
     }
+    // Names the API server would refuse, refused here with the key named instead.
+    for (path, value, what) in [
+        (
+            "kubernetes.namespace",
+            &kubernetes.namespace,
+            "a namespace name: lowercase letters, digits and `-`, at most 63, starting and \
+             ending with a letter or digit (or null for the context's namespace)",
+        ),
+        (
+            "kubernetes.runtime_class",
+            &kubernetes.runtime_class,
+            "the name of a RuntimeClass in the cluster: lowercase letters, digits, `-` and \
+             `.` (or null for the cluster's default)",
+        ),
+        (
+            "kubernetes.storage_class",
+            &kubernetes.storage_class,
+            "the name of a StorageClass in the cluster: lowercase letters, digits, `-` and \
+             `.` (or null for the cluster's default)",
+        ),
+    ] {
+        let label_only = path == "kubernetes.namespace";
+        if let Some(name) = value {
+            if !is_dns_name(name, label_only) {
+                return Err(p.invalid(path, what));
+            }
+        }
+    }
     if docker.timeout.is_zero() {
         return Err(p.invalid("docker.timeout", "a duration greater than zero"));
     }
@@ -535,6 +604,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
 
     Ok(Config {
         runtime,
+        kubernetes,
         docker,
         session,
         package,
@@ -578,6 +648,24 @@ impl UserIds {
 impl fmt::Display for UserIds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
+
+/// A Kubernetes object name: a DNS-1123 label (`label_only`: namespaces, at most 63
+/// characters, no dots) or subdomain (at most 253, dot-separated labels).
+fn is_dns_name(name: &str, label_only: bool) -> bool {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if label_only {
+        label(name)
+    } else {
+        name.len() <= 253 && name.split('.').all(label)
     }
 }
 
@@ -910,7 +998,7 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
 /// `268435456` as `"256m"`.
 pub fn human_bytes(n: u64) -> String {
     for (unit, size) in [("g", 1u64 << 30), ("m", 1 << 20), ("k", 1 << 10)] {
-        if n >= size && n % size == 0 {
+        if n >= size && n.is_multiple_of(size) {
             return format!("{}{unit}", n / size);
         }
     }

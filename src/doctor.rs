@@ -67,14 +67,19 @@ pub async fn run(config: Config) -> Vec<String> {
     let backend = engine.backend();
     let image = &config.docker.image;
 
+    // The first check is named after the backend; Docker's line is unchanged.
+    let (engine_check, address) = match config.runtime.backend {
+        crate::config::BackendKind::Docker => ("Docker", crate::runtime::docker::host()),
+        crate::config::BackendKind::Kubernetes => (
+            "Kubernetes",
+            "the cluster KUBECONFIG (or the pod's service account) names".to_string(),
+        ),
+    };
     let ready = match backend.engine().await {
         Ok(engine) => {
             report(
-                "Docker",
-                Verdict::Ok(format!(
-                    "engine {engine} answers at {}",
-                    crate::runtime::docker::host()
-                )),
+                engine_check,
+                Verdict::Ok(format!("engine {engine} answers at {address}")),
             );
             if let Some(runtime) = &config.docker.runtime {
                 println!("      OCI runtime of sandboxes (docker.runtime): {runtime}");
@@ -111,7 +116,7 @@ pub async fn run(config: Config) -> Vec<String> {
         }
         Err(e) => {
             report(
-                "Docker",
+                engine_check,
                 Verdict::Fail {
                     what: "the engine does not answer".into(),
                     fix: e.to_string(),

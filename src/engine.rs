@@ -783,6 +783,12 @@ impl Engine {
             }
         };
         let id = uuid::Uuid::new_v4().to_string();
+        // Off the reply path, and no `.await` here: a call cancelled between the pool's
+        // hand-over and the insert below would otherwise leak the sandbox and the slot.
+        let (backend, container, claimed) =
+            (s.backend.clone(), sandbox.repl.id.clone(), id.clone());
+        s.tasks
+            .spawn(async move { backend.claim(&container, &claimed).await });
         tracing::info!(session_id = %id, %client, container = %sandbox.repl.name, python = %sandbox.repl.python, "session started");
         let session = Arc::new(Session::new(
             id,

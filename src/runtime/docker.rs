@@ -74,7 +74,7 @@ pub fn tmpfs_options(kind: EngineKind, scratch: &Scratch, user: UserIds) -> Stri
         scratch.size_bytes, scratch.mode
     );
     match kind {
-        EngineKind::Docker => {
+        EngineKind::Docker | EngineKind::Kubernetes => {
             if scratch.owned_by_user {
                 options.push_str(&format!(",uid={},gid={}", user.uid, user.gid));
             }
@@ -96,7 +96,7 @@ pub fn tmpfs_options(kind: EngineKind, scratch: &Scratch, user: UserIds) -> Stri
 /// same: it never changes a volume's owner once one is given.
 fn volume_options(kind: EngineKind) -> Option<HashMap<String, String>> {
     match kind {
-        EngineKind::Docker => None,
+        EngineKind::Docker | EngineKind::Kubernetes => None,
         EngineKind::Podman => Some(HashMap::from([("o".into(), "uid=0,gid=0".into())])),
     }
 }
@@ -960,7 +960,7 @@ impl Docker {
 }
 /// Whether an object labelled by some daemon belongs to one that is gone: same host,
 /// another process, and that process no longer runs python-docker-mcp.
-fn is_orphan(
+pub(super) fn is_orphan(
     labels: &std::collections::HashMap<String, String>,
     me: &Owner,
     alive: impl Fn(u32) -> bool,
@@ -981,7 +981,7 @@ fn is_orphan(
 }
 
 /// Whether a python-docker-mcp process runs with this pid (on this host).
-fn daemon_alive(pid: u32) -> bool {
+pub(super) fn daemon_alive(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| String::from_utf8_lossy(&c).contains("python-docker-mcp"))
         .unwrap_or(false)

@@ -5,6 +5,9 @@
 //!
 //! - [`docker::Docker`]: the Docker Engine API, spoken to Docker or to Podman's
 //!   Docker-compatible service (`docker.rs`, the only module that uses bollard).
+//! - [`kubernetes::Kubernetes`] (experimental): one Pod per sandbox in a Kubernetes cluster,
+//!   the helper spoken to over `pods/attach` (`kubernetes.rs`, the only module that uses
+//!   kube and k8s-openapi).
 //!
 //! An enum rather than boxed async trait objects: there are few backends, each is known at
 //! compile time, and `match` keeps every call a plain `async fn` with no allocation. A new
@@ -16,9 +19,11 @@
 //! dead daemon's leftovers found ([`Swept`]). Which backend serves is chosen once, from
 //! `runtime.backend`, by [`Backend::from_config`]. The orphan policy (which leftovers
 //! belong to a daemon that is gone) is each backend's own: on Docker, the host and pid
-//! labels (`docker::Docker::sweep_orphans`).
+//! labels (`docker::Docker::sweep_orphans`); on Kubernetes, owner references to the
+//! daemon's own Pod, else the same labels (`kubernetes::Kubernetes::sweep_orphans`).
 
 pub mod docker;
+pub mod kubernetes;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
@@ -31,6 +36,7 @@ use tokio::io::AsyncWrite;
 use crate::config::{BackendKind, Config};
 use crate::sandbox::{Owner, SandboxSpec};
 use docker::Docker;
+use kubernetes::Kubernetes;
 
 /// What failed when talking to the engine that runs the sandboxes.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +92,52 @@ pub enum RuntimeError {
     /// A container did not finish in time.
     #[error("container did not finish within {0:?}")]
     Timeout(Duration),
+    /// No Kubernetes API server could be reached, or no client configuration was found.
+    #[error(
+        "the Kubernetes API server is not reachable: {reason}. Point KUBECONFIG at a \
+         kubeconfig for the cluster (or run the daemon in a pod with a service account), \
+         and check that `kubectl get pods` answers with it"
+    )]
+    KubeUnreachable { reason: String },
+    /// The cluster's RBAC refused the daemon's identity an operation.
+    #[error(
+        "Kubernetes refused to {op} in namespace `{namespace}`: {message}. Grant the \
+         daemon's identity a Role in `{namespace}` with these verbs: pods: create, get, list, \
+         patch, delete; pods/attach: create, get; persistentvolumeclaims: create, get, list, \
+         delete; networkpolicies (networking.k8s.io): create, get, update (README, \
+         \"Kubernetes (experimental)\", has the manifest)"
+    )]
+    Forbidden {
+        op: &'static str,
+        namespace: String,
+        message: String,
+    },
+    /// The namespace the backend works in does not exist.
+    #[error(
+        "Kubernetes has no namespace `{namespace}`: create it (`kubectl create namespace \
+         {namespace}`) or set kubernetes.namespace / PYTHON_DOCKER_MCP_K8S_NAMESPACE to one \
+         that exists"
+    )]
+    NoNamespace { namespace: String },
+    /// The cluster's nodes could not get the sandbox image.
+    #[error(
+        "the cluster could not pull the sandbox image `{image}` ({reason}: {message}). No \
+         registry? Load the image into the nodes (kind: `kind load docker-image {image}`; \
+         minikube: `minikube image load {image}`), or push it to a registry the nodes can \
+         pull from and set docker.image / PYTHON_DOCKER_MCP_IMAGE to that name"
+    )]
+    ImageUnavailable {
+        image: String,
+        reason: String,
+        message: String,
+    },
+    /// A pod did not reach Running: unschedulable, a volume that never bound, a
+    /// RuntimeClass the cluster does not have, or it ended before it could be attached.
+    #[error(
+        "the sandbox pod `{pod}` did not start: {why}. `kubectl describe pod {pod}` shows \
+         the cluster's events"
+    )]
+    PodNotRunning { pod: String, why: String },
 }
 
 /// Which engine runs the sandboxes.
@@ -94,6 +146,8 @@ pub enum EngineKind {
     Docker,
     /// Podman's Docker-compatible service (`podman system service`).
     Podman,
+    /// A Kubernetes API server.
+    Kubernetes,
 }
 
 impl EngineKind {
@@ -102,6 +156,7 @@ impl EngineKind {
         match self {
             EngineKind::Docker => "Docker",
             EngineKind::Podman => "Podman",
+            EngineKind::Kubernetes => "Kubernetes",
         }
     }
 }
@@ -219,6 +274,8 @@ pub struct Swept {
 pub enum Backend {
     /// Docker, or Podman through its Docker-compatible service, at `DOCKER_HOST`.
     Docker(Docker),
+    /// A Kubernetes cluster (experimental).
+    Kubernetes(Kubernetes),
 }
 
 /// Run `$body` with `$b` bound to the backend inside whichever variant `$self` is.
@@ -226,6 +283,7 @@ macro_rules! each {
     ($self:expr, $b:ident => $body:expr) => {
         match $self {
             Backend::Docker($b) => $body,
+            Backend::Kubernetes($b) => $body,
         }
     };
 }
@@ -236,6 +294,7 @@ impl Backend {
     pub fn from_config(config: &Config) -> Backend {
         match config.runtime.backend {
             BackendKind::Docker => Backend::Docker(Docker::new()),
+            BackendKind::Kubernetes => Backend::Kubernetes(Kubernetes::new(config)),
         }
     }
 
@@ -243,6 +302,7 @@ impl Backend {
     pub fn as_docker(&self) -> Option<&Docker> {
         match self {
             Backend::Docker(d) => Some(d),
+            Backend::Kubernetes(_) => None,
         }
     }
 
@@ -265,6 +325,17 @@ impl Backend {
     /// nothing it writes is lost.
     pub async fn start_attached(&self, spec: &SandboxSpec) -> Result<Attached, RuntimeError> {
         each!(self, b => b.start_attached(spec).await)
+    }
+
+    /// Mark a warm sandbox as taken by `session`, so any replica of the daemon can find the
+    /// session's sandbox by label. Kubernetes relabels the pod; Docker cannot change a
+    /// container's labels and has only one daemon per sandbox, so it does nothing there.
+    /// Failures are logged: the session works without the label.
+    pub async fn claim(&self, id: &str, session: &str) {
+        match self {
+            Backend::Docker(_) => {}
+            Backend::Kubernetes(k) => k.claim(id, session).await,
+        }
     }
 
     /// Remove a sandbox, running or not; already gone is fine. Failures are logged.
