@@ -8,8 +8,9 @@
 //!   pool makes, no later than a cold start on demand would.
 //! - The refill keeps `pool_size` sandboxes ready, **one creation at a time**, and only
 //!   while no other background engine work runs (removing used sandboxes takes the same
-//!   single turn, [`Limits::background`]). While calls keep taking sandboxes and some
-//!   remain, it waits until they pause for `REFILL_SETTLE` (at most `REFILL_DEFER_MAX`).
+//!   single turn, [`Limits::background`]). While calls keep taking sandboxes (from the
+//!   ready queue or as they are made), it waits until they pause for `REFILL_SETTLE` (at
+//!   most `REFILL_DEFER_MAX`), so the sandbox just handed out runs its call on an idle CPU.
 //!   Background work thus takes at most about one core from the calls in flight.
 //! - A semaphore bounds all creations, `max_concurrent_creations`, across every pool of
 //!   the daemon. With `pool_enabled: false` the target is zero: creation on demand.
@@ -64,8 +65,8 @@ use crate::sandbox::{self, Owner, Role};
 
 /// How long a health ping may take before the sandbox is discarded.
 const PING_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long after the latest checkout a refill waits, while the pool still has sandboxes:
-/// a burst of calls runs on an idle CPU.
+/// How long after the latest checkout a refill waits: a burst of calls, or the call just
+/// handed a sandbox, runs on an idle CPU.
 const REFILL_SETTLE: Duration = Duration::from_millis(250);
 /// The longest a refill waits for calls to stop coming.
 const REFILL_DEFER_MAX: Duration = Duration::from_secs(2);
@@ -239,13 +240,15 @@ impl State {
         self.last_checkout = Some(Instant::now());
     }
 
-    /// While calls keep taking sandboxes and some remain, when a refill may start (at
-    /// most `REFILL_DEFER_MAX` after it first waited); `None`: now.
+    /// While calls keep taking sandboxes, when a refill may start (at most
+    /// `REFILL_DEFER_MAX` after it first waited); `None`: now. Also when none remains:
+    /// a call that finds none gets a creation of its own at once, no later than a cold
+    /// start, while a refill started now would slow the call just handed a sandbox.
     fn refill_after(&mut self) -> Option<Instant> {
         let now = Instant::now();
         let quiet = self.last_checkout.map(|t| t + REFILL_SETTLE)?;
         let since = *self.deferring_since.get_or_insert(now);
-        if quiet <= now || self.ready.is_empty() || now - since >= REFILL_DEFER_MAX {
+        if quiet <= now || now - since >= REFILL_DEFER_MAX {
             self.deferring_since = None;
             return None;
         }
@@ -547,7 +550,12 @@ impl Pool {
         }
         while let Some(waiter) = st.waiters.next() {
             match waiter.send(Ok(sandbox)) {
-                Ok(()) => return,
+                Ok(()) => {
+                    // The call runs on it from now: a refill started at this moment would
+                    // compete with it (the refill waits for calls to pause, see below).
+                    st.last_checkout = Some(Instant::now());
+                    return;
+                }
                 Err(Ok(back)) => sandbox = back,
                 Err(Err(_)) => unreachable!("we sent Ok"),
             }
