@@ -5,6 +5,8 @@
 //!
 //! - [`docker::Docker`]: the Docker Engine API, spoken to Docker or to Podman's
 //!   Docker-compatible service (`docker.rs`, the only module that uses bollard).
+//! - `fake::Fake` (tests only): host subprocesses over pipes, for fast deterministic unit
+//!   tests of the pool and engine logic (`fake.rs`); never a substitute for the real engine.
 //!
 //! An enum rather than boxed async trait objects: there are few backends, each is known at
 //! compile time, and `match` keeps every call a plain `async fn` with no allocation. A new
@@ -19,6 +21,8 @@
 //! labels (`docker::Docker::sweep_orphans`).
 
 pub mod docker;
+#[cfg(test)]
+pub mod fake;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
@@ -219,6 +223,9 @@ pub struct Swept {
 pub enum Backend {
     /// Docker, or Podman through its Docker-compatible service, at `DOCKER_HOST`.
     Docker(Docker),
+    /// Host subprocesses standing in for sandboxes, for unit tests (`fake.rs`).
+    #[cfg(test)]
+    Fake(fake::Fake),
 }
 
 /// Run `$body` with `$b` bound to the backend inside whichever variant `$self` is.
@@ -226,6 +233,8 @@ macro_rules! each {
     ($self:expr, $b:ident => $body:expr) => {
         match $self {
             Backend::Docker($b) => $body,
+            #[cfg(test)]
+            Backend::Fake($b) => $body,
         }
     };
 }
@@ -243,6 +252,8 @@ impl Backend {
     pub fn as_docker(&self) -> Option<&Docker> {
         match self {
             Backend::Docker(d) => Some(d),
+            #[cfg(test)]
+            Backend::Fake(_) => None,
         }
     }
 
