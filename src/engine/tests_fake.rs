@@ -153,7 +153,11 @@ async fn a_timed_out_run_is_interrupted_in_band_and_the_session_keeps_its_variab
     assert_eq!(r.value.as_deref(), Some("42"), "{r:?}");
     let sandbox = fake.names(What::Start, "sandbox");
     assert_eq!(sandbox.len(), 1);
-    assert_eq!(fake.containers(), sandbox, "the same sandbox, never replaced");
+    assert_eq!(
+        fake.containers(),
+        sandbox,
+        "the same sandbox, never replaced"
+    );
     assert_eq!(fake.names(What::Remove, "sandbox"), Vec::<String>::new());
     shut_down(&engine, &fake).await;
 }
@@ -166,7 +170,13 @@ async fn a_helper_that_dies_mid_call_ends_its_session_clearly_and_others_go_on()
     let other = new_session(&engine, "other = 'fine'", &client).await;
     let id = new_session(&engine, "x = 1", &client).await;
     let r = engine
-        .execute_persistent("import os\nos._exit(3)", Some(&id), &[], &client, &call(None))
+        .execute_persistent(
+            "import os\nos._exit(3)",
+            Some(&id),
+            &[],
+            &client,
+            &call(None),
+        )
         .await
         .expect("the call returns");
     assert!(r.sandbox_lost, "{r:?}");

@@ -154,7 +154,11 @@ impl Fake {
     fn build(gate: Option<Arc<Semaphore>>) -> Fake {
         let root = std::env::temp_dir().join(format!(
             "pdm-fake-{}",
-            uuid::Uuid::new_v4().simple().to_string().get(..12).unwrap_or("x")
+            uuid::Uuid::new_v4()
+                .simple()
+                .to_string()
+                .get(..12)
+                .unwrap_or("x")
         ));
         std::fs::create_dir_all(&root).expect("create the fake's temporary directory");
         Fake {
@@ -272,11 +276,7 @@ impl Fake {
 
     pub fn close(&self) {}
 
-    pub async fn sweep_orphans(
-        &self,
-        _me: &Owner,
-        _dry_run: bool,
-    ) -> Result<Swept, RuntimeError> {
+    pub async fn sweep_orphans(&self, _me: &Owner, _dry_run: bool) -> Result<Swept, RuntimeError> {
         Ok(Swept::default())
     }
 
@@ -455,8 +455,7 @@ impl Fake {
                 }
             });
         }
-        let input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> = match child.stdin.take()
-        {
+        let input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> = match child.stdin.take() {
             Some(stdin) => Box::pin(stdin),
             None => Box::pin(tokio::io::sink()),
         };
@@ -487,9 +486,8 @@ impl Fake {
             }
             let _ = exit_tx.send(Some(code));
         });
-        let output = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|o| (o, rx))
-        });
+        let output =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|o| (o, rx)) });
         Ok((
             Attached {
                 id,
@@ -517,11 +515,8 @@ impl Fake {
         if let Some(pgid) = c.pgid {
             kill_group(pgid);
         }
-        let _ = tokio::time::timeout(
-            Duration::from_secs(10),
-            c.exited.wait_for(Option::is_some),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), c.exited.wait_for(Option::is_some)).await;
         let _ = std::fs::remove_dir_all(&c.dir);
     }
 
