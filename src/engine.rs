@@ -32,6 +32,8 @@ use tokio_util::task::TaskTracker;
 
 mod files;
 pub use files::FileList;
+#[cfg(test)]
+mod tests_fake;
 
 use crate::calls::{CallGuard, Calls, Running, ShuttingDown};
 use crate::client::Client;

@@ -878,3 +878,7 @@ mod tests {
         assert!(w.is_empty());
     }
 }
+
+#[cfg(test)]
+#[path = "pool/tests_fake.rs"]
+pub(crate) mod tests_fake;

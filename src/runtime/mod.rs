@@ -8,6 +8,8 @@
 //! - [`kubernetes::Kubernetes`] (experimental): one Pod per sandbox in a Kubernetes cluster,
 //!   the helper spoken to over `pods/attach` (`kubernetes.rs`, the only module that uses
 //!   kube and k8s-openapi).
+//! - `fake::Fake` (tests only): host subprocesses over pipes, for fast deterministic unit
+//!   tests of the pool and engine logic (`fake.rs`); never a substitute for the real engine.
 //!
 //! An enum rather than boxed async trait objects: there are few backends, each is known at
 //! compile time, and `match` keeps every call a plain `async fn` with no allocation. A new
@@ -23,6 +25,8 @@
 //! daemon's own Pod, else the same labels (`kubernetes::Kubernetes::sweep_orphans`).
 
 pub mod docker;
+#[cfg(test)]
+pub mod fake;
 pub mod kubernetes;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -276,6 +280,9 @@ pub enum Backend {
     Docker(Docker),
     /// A Kubernetes cluster (experimental).
     Kubernetes(Kubernetes),
+    /// Host subprocesses standing in for sandboxes, for unit tests (`fake.rs`).
+    #[cfg(test)]
+    Fake(fake::Fake),
 }
 
 /// Run `$body` with `$b` bound to the backend inside whichever variant `$self` is.
@@ -284,6 +291,8 @@ macro_rules! each {
         match $self {
             Backend::Docker($b) => $body,
             Backend::Kubernetes($b) => $body,
+            #[cfg(test)]
+            Backend::Fake($b) => $body,
         }
     };
 }
@@ -303,6 +312,8 @@ impl Backend {
         match self {
             Backend::Docker(d) => Some(d),
             Backend::Kubernetes(_) => None,
+            #[cfg(test)]
+            Backend::Fake(_) => None,
         }
     }
 
@@ -335,6 +346,8 @@ impl Backend {
         match self {
             Backend::Docker(_) => {}
             Backend::Kubernetes(k) => k.claim(id, session).await,
+            #[cfg(test)]
+            Backend::Fake(_) => {}
         }
     }
 
