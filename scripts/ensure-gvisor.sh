@@ -39,8 +39,13 @@ if ! command -v runsc >/dev/null 2>&1; then
   [ "$(id -u)" = 0 ] || fail "runsc is missing and this is not root; install Debian's runsc package (or gVisor's release binary)"
   say "installing Debian's runsc"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq runsc >/dev/null
+  export NEEDRESTART_SUSPEND=1
+  apt_log=$(mktemp)
+  if ! { apt-get update -qq && apt-get install -y -qq runsc; } >"$apt_log" 2>&1; then
+    cat "$apt_log" >&2
+    fail "apt-get could not install runsc (output above); install Debian's runsc package by hand"
+  fi
+  rm -f "$apt_log"
 fi
 runsc_path=$(command -v runsc)
 
@@ -60,7 +65,7 @@ if ! registered; then
   config=${config:-/etc/docker/daemon.json}
   say "registering $runsc_path as runtime '$runtime' in $config"
   mkdir -p "$(dirname "$config")"
-  python3 - "$config" "$runtime" "$runsc_path" <<'EOF' || fail "could not merge runsc into $1; fix the file's JSON and run again"
+  python3 - "$config" "$runtime" "$runsc_path" <<'EOF' || fail "could not merge runsc into $config; fix the file's JSON and run again"
 import json, os, sys
 path, name, binary = sys.argv[1:]
 try:
