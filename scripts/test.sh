@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite. On a fresh Debian machine (as root) it first installs what is
 # missing: a Rust toolchain, the Docker engine, the sandbox image, Podman (with the image
-# loaded, for tests/podman.rs). Then: formatting, lints,
-# unit tests and the end-to-end tests that drive the real binary through a real MCP client
-# against the real engine. Nothing is skipped for want of Docker.
+# loaded, for tests/podman.rs), gVisor's runsc registered with Docker (for
+# tests/gvisor.rs). Then: formatting, lints, unit tests and the end-to-end tests that
+# drive the real binary through a real MCP client against the real engine. Nothing is
+# skipped for want of Docker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/prepare.sh
 # Podman serving the Docker API, with the image loaded, for tests/podman.rs.
 scripts/ensure-podman.sh
+# gVisor's runsc registered with Docker as `runsc`, for tests/gvisor.rs.
+scripts/ensure-gvisor.sh
 
 # Volumes named like ours but without our labels: Docker makes one when a container mounts
 # a volume name that does not exist. Those present now are not this run's.

@@ -70,7 +70,7 @@ pub enum RuntimeError {
         "{engine} has no OCI runtime named `{runtime}` (set by docker.runtime / \
          PYTHON_DOCKER_MCP_RUNTIME): {message}. Register the runtime with the engine (for \
          gVisor: install runsc and add it under \"runtimes\" in /etc/docker/daemon.json, then \
-         restart dockerd), or unset docker.runtime to use the engine's default"
+         reload dockerd with SIGHUP), or unset docker.runtime to use the engine's default"
     )]
     UnknownRuntime {
         engine: &'static str,
