@@ -719,21 +719,10 @@ impl Docker {
         }
     }
 
-    /// Run a container to completion, collecting its output; removed afterwards. Each
-    /// stream keeps its first [`RUN_HEAD`] and last [`RUN_TAIL`] bytes, with a line saying
-    /// how many bytes between them were left out.
-    pub async fn run_to_completion(
-        &self,
-        spec: &SandboxSpec,
-        timeout: Duration,
-    ) -> Result<Finished, RuntimeError> {
-        let (finished, id) = self.run_until_exit(spec, timeout).await?;
-        self.remove(&id).await;
-        Ok(finished)
-    }
-
-    /// [`Docker::run_to_completion`], except that a container that exited is left for the
-    /// caller to remove (its id comes back), so the removal can happen off the reply path.
+    /// Runs a container to completion, collecting its output (each stream keeps its first
+    /// [`RUN_HEAD`] and last [`RUN_TAIL`] bytes, with a line saying how many bytes between
+    /// them were left out). A container that exited is left for the caller to remove (its
+    /// id comes back), so the removal can happen off the reply path.
     /// On a time-out or an error the container is removed here, before returning: nothing
     /// it does happens after the caller is told.
     pub async fn run_until_exit(

@@ -520,16 +520,6 @@ impl Fake {
         let _ = std::fs::remove_dir_all(&c.dir);
     }
 
-    pub async fn run_to_completion(
-        &self,
-        spec: &SandboxSpec,
-        timeout: Duration,
-    ) -> Result<Finished, RuntimeError> {
-        let (finished, id) = self.run_until_exit(spec, timeout).await?;
-        self.remove(&id).await;
-        Ok(finished)
-    }
-
     pub async fn run_until_exit(
         &self,
         spec: &SandboxSpec,

@@ -839,20 +839,9 @@ impl Kubernetes {
         }
     }
 
-    /// Run a pod to completion, collecting its output (each stream kept to its head and
-    /// tail), and delete it.
-    pub async fn run_to_completion(
-        &self,
-        spec: &SandboxSpec,
-        timeout: Duration,
-    ) -> Result<Finished, RuntimeError> {
-        let (finished, id) = self.run_until_exit(spec, timeout).await?;
-        self.remove(&id).await;
-        Ok(finished)
-    }
-
-    /// [`Kubernetes::run_to_completion`], except that a pod that exited is left for the
-    /// caller to delete (its name comes back). On a time-out or an error it is deleted here.
+    /// Runs a pod to completion, collecting its output (each stream kept to its head and
+    /// tail). A pod that exited is left for the caller to delete (its name comes back). On
+    /// a time-out or an error it is deleted here.
     pub async fn run_until_exit(
         &self,
         spec: &SandboxSpec,

@@ -362,7 +362,9 @@ impl Backend {
         spec: &SandboxSpec,
         timeout: Duration,
     ) -> Result<Finished, RuntimeError> {
-        each!(self, b => b.run_to_completion(spec, timeout).await)
+        let (finished, id) = self.run_until_exit(spec, timeout).await?;
+        self.remove(&id).await;
+        Ok(finished)
     }
 
     /// [`Backend::run_to_completion`], except that a sandbox that exited is left for the
