@@ -35,10 +35,7 @@ use futures::StreamExt;
 use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Attached, EngineInfo, EngineKind, Finished, HeadTail, Output, RuntimeError, Swept, RUN_HEAD,
-    RUN_TAIL,
-};
+use super::{Attached, EngineInfo, EngineKind, Finished, Output, RuntimeError, Swept};
 use crate::config::Config;
 use crate::sandbox::{self, labels, Network, Owner, Role, SandboxSpec, Scratch, UserIds};
 
@@ -735,14 +732,7 @@ impl Docker {
         let mut attached = self.start_attached(spec).await?;
         let id = attached.id.clone();
         let collect = async {
-            let mut stdout = HeadTail::new(RUN_HEAD, RUN_TAIL);
-            let mut stderr = HeadTail::new(RUN_HEAD, RUN_TAIL);
-            while let Some(chunk) = attached.output.next().await {
-                match chunk {
-                    Output::Stdout(b) => stdout.push(&b),
-                    Output::Stderr(b) => stderr.push(&b),
-                }
-            }
+            let (stdout, stderr) = super::read_bounded(&mut attached.output).await;
             let mut wait = docker.wait_container(&id, None::<WaitContainerOptions>);
             let exit_code = match wait.next().await {
                 Some(Ok(r)) => r.status_code,
@@ -752,8 +742,8 @@ impl Docker {
             };
             Ok(Finished {
                 exit_code,
-                stdout: stdout.finish(),
-                stderr: stderr.finish(),
+                stdout,
+                stderr,
             })
         };
         let result = tokio::time::timeout(timeout, collect).await;
@@ -980,6 +970,7 @@ pub(super) fn daemon_alive(pid: u32) -> bool {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::runtime::{HeadTail, RUN_HEAD, RUN_TAIL};
     use crate::sandbox::{installer_spec, repl_spec, Owner};
 
     fn kept(head: usize, tail: usize, chunks: &[&[u8]]) -> String {

@@ -25,12 +25,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::{Attached, EngineInfo, EngineKind, Finished, HeadTail, Output, RuntimeError, Swept};
-use super::{RUN_HEAD, RUN_TAIL};
+use super::{Attached, EngineInfo, EngineKind, Finished, Output, RuntimeError, Swept};
 use crate::sandbox::{labels, Owner, Role, SandboxSpec};
 
 /// What happened, in order. `name` is the container's or volume's name, `role` its role
@@ -528,22 +526,15 @@ impl Fake {
         let (mut attached, mut exited) = self.start(spec).await?;
         let id = attached.id.clone();
         let collect = async {
-            let mut stdout = HeadTail::new(RUN_HEAD, RUN_TAIL);
-            let mut stderr = HeadTail::new(RUN_HEAD, RUN_TAIL);
-            while let Some(chunk) = attached.output.next().await {
-                match chunk {
-                    Output::Stdout(b) => stdout.push(&b),
-                    Output::Stderr(b) => stderr.push(&b),
-                }
-            }
+            let (stdout, stderr) = super::read_bounded(&mut attached.output).await;
             let code = match exited.wait_for(Option::is_some).await {
                 Ok(code) => code.unwrap_or(-1),
                 Err(_) => -1,
             };
             Finished {
                 exit_code: code,
-                stdout: stdout.finish(),
-                stderr: stderr.finish(),
+                stdout,
+                stderr,
             }
         };
         match tokio::time::timeout(timeout, collect).await {

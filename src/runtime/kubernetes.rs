@@ -53,8 +53,7 @@ use kube::api::{Api, AttachParams, DeleteParams, ListParams, Patch, PatchParams,
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 
-use super::{Attached, EngineInfo, EngineKind, Finished, HeadTail, Output, RuntimeError, Swept};
-use super::{RUN_HEAD, RUN_TAIL};
+use super::{Attached, EngineInfo, EngineKind, Finished, Output, RuntimeError, Swept};
 use crate::config::Config;
 use crate::sandbox::{labels, Network, Owner, Role, SandboxSpec};
 
@@ -851,14 +850,7 @@ impl Kubernetes {
             let mut attached = self.start_attached(spec).await?;
             let id = attached.id.clone();
             let collect = async {
-                let mut stdout = HeadTail::new(RUN_HEAD, RUN_TAIL);
-                let mut stderr = HeadTail::new(RUN_HEAD, RUN_TAIL);
-                while let Some(chunk) = attached.output.next().await {
-                    match chunk {
-                        Output::Stdout(b) => stdout.push(&b),
-                        Output::Stderr(b) => stderr.push(&b),
-                    }
-                }
+                let (stdout, stderr) = super::read_bounded(&mut attached.output).await;
                 let exit_code = loop {
                     match self.look(&id).await?.as_ref().map(progress) {
                         Some(Progress::Exited { exit_code, .. }) => break i64::from(exit_code),
@@ -868,8 +860,8 @@ impl Kubernetes {
                 };
                 Ok(Finished {
                     exit_code,
-                    stdout: stdout.finish(),
-                    stderr: stderr.finish(),
+                    stdout,
+                    stderr,
                 })
             };
             let result: Result<Finished, RuntimeError> = collect.await;

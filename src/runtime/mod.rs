@@ -266,6 +266,24 @@ impl HeadTail {
     }
 }
 
+/// Read a finished run's output to its end, keeping each stream's first [`RUN_HEAD`] and
+/// last [`RUN_TAIL`] bytes (see [`HeadTail`]): (stdout, stderr). Memory stays bounded
+/// whatever the sandbox writes.
+pub(crate) async fn read_bounded(
+    output: &mut Pin<Box<dyn Stream<Item = Output> + Send>>,
+) -> (String, String) {
+    use futures::StreamExt;
+    let mut stdout = HeadTail::new(RUN_HEAD, RUN_TAIL);
+    let mut stderr = HeadTail::new(RUN_HEAD, RUN_TAIL);
+    while let Some(chunk) = output.next().await {
+        match chunk {
+            Output::Stdout(b) => stdout.push(&b),
+            Output::Stderr(b) => stderr.push(&b),
+        }
+    }
+    (stdout.finish(), stderr.finish())
+}
+
 /// What [`Backend::sweep_orphans`] found (and removed, unless it was a dry run).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Swept {
