@@ -163,6 +163,12 @@ const KEYS: &[Key] = &[
           doc: "Live sessions at most; creating one more is refused with a clear message" },
     Key { path: "session.max_sessions_per_client", env: "MAX_SESSIONS_PER_CLIENT", kind: Kind::OptInt { min: 1, max: 10_000 }, default: "null",
           doc: "Live sessions one client may hold at most; null means a quarter of session.max_sessions (at least 1) when a tokens file names several clients, else all of session.max_sessions" },
+    Key { path: "session.durable", env: "SESSION_DURABLE", kind: Kind::Bool, default: "true",
+          doc: "Sessions outlive the daemon: left running at exit (and after a crash), adopted by the next daemon of the same owner when a call names them; false removes them at exit" },
+    Key { path: "session.scope", env: "SESSION_SCOPE", kind: Kind::Str, default: "default",
+          doc: "Part of a session's owner with the OS user (and, over HTTP, the client): a daemon adopts only sessions of its own scope" },
+    Key { path: "session.max_lifetime", env: "SESSION_MAX_LIFETIME", kind: Kind::Duration, default: "24h",
+          doc: "A session is removed this long after it started, however busy (the engine-side backstop enforces it even when the sandbox's own timer was tampered with)" },
     Key { path: "package.installer", env: "INSTALLER", kind: Kind::Choice(&["pip", "uv"]), default: "uv",
           doc: "Installer run in the installer container: uv when the image has it, pip otherwise (the result says which ran)" },
     Key { path: "package.index_url", env: "INDEX_URL", kind: Kind::OptStr, default: "null",
@@ -282,6 +288,12 @@ pub struct SessionConfig {
     pub max_sessions: u64,
     /// `None`: the default, see [`SessionConfig::per_client_limit`].
     pub max_sessions_per_client: Option<u64>,
+    /// Sessions outlive the daemon and are adopted by the next one (see `durable.rs`).
+    pub durable: bool,
+    /// With the OS user and the client, who owns a session across daemons.
+    pub scope: String,
+    /// The hard end of a session, however busy.
+    pub max_lifetime: Duration,
 }
 
 impl SessionConfig {
@@ -521,6 +533,9 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         idle_timeout: p.duration("session.idle_timeout")?,
         max_sessions: p.int("session.max_sessions")?,
         max_sessions_per_client: p.opt_int("session.max_sessions_per_client")?,
+        durable: p.bool("session.durable")?,
+        scope: p.string("session.scope")?,
+        max_lifetime: p.duration("session.max_lifetime")?,
     };
     let package = PackageConfig {
         installer: p.string("package.installer")?,

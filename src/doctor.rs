@@ -239,7 +239,10 @@ async fn sandbox_checks(backend: &Backend, config: &Config) -> [Verdict; 4] {
             }
         },
     };
-    if let Err(e) = backend.remove_instance(&owner.instance).await {
+    if let Err(e) = backend
+        .remove_instance(&owner.instance, &Default::default())
+        .await
+    {
         eprintln!("python-docker-mcp: could not remove the doctor's sandbox: {e}");
     }
     verdicts
@@ -273,6 +276,7 @@ print(json.dumps({{"uid": os.getuid(), "gid": os.getgid(), "interfaces": interfa
         max_figures: 0,
         max_figure_bytes: 0,
         track_files: false,
+        lease: None,
     };
     let outcome = repl
         .execute(&code, None, false, &limits, &CancellationToken::new(), None)

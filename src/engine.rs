@@ -38,6 +38,7 @@ mod tests_fake;
 use crate::calls::{CallGuard, Calls, Running, ShuttingDown};
 use crate::client::Client;
 use crate::config::{human_bytes, Config};
+use crate::durable::{self, Holder, OwnerKey, SessionName};
 use crate::files::{FileChange, FileData, FileError};
 use crate::install::{self, Requirement, RequirementError};
 use crate::pool::{AcquireError, Pool, PoolStats};
@@ -45,7 +46,7 @@ use crate::repl::{
     ExecLimits, Interrupt, Outcome, OutputChunk, Package, PeakScope, PyError, Repl, ReplError,
     Reply, Variable,
 };
-use crate::runtime::{Backend, RuntimeError, Swept};
+use crate::runtime::{Backend, RuntimeError, Sweep, Swept};
 use crate::sandbox::{self, Owner};
 use crate::session::{Registry, Session, SessionGuard, SlotRefusal, Slots, State};
 use crate::text::clip;
@@ -121,6 +122,11 @@ pub struct ExecResult {
     /// A note for the caller about what happened to the sandbox, if anything did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
+    /// The first call on a session adopted after a server restart: what became of the
+    /// call that was in flight when the previous server went away (its result, or that it
+    /// was cut off, and when).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_call: Option<String>,
     /// The figures, base64 PNG; sent as image content, not in the structured result.
     #[serde(skip)]
     pub images: Vec<String>,
@@ -164,6 +170,7 @@ impl ExecResult {
             figures_dropped: reply.images_dropped,
             packages_installed: Vec::new(),
             notice: None,
+            previous_call: None,
             images: reply.images,
             files_changed: reply.files_changed,
             files_changed_truncated: reply.files_changed_truncated,
@@ -221,8 +228,12 @@ pub struct InstallResult {
 pub enum ExecError {
     #[error("could not get a sandbox: {0}")]
     Sandbox(#[from] AcquireError),
-    #[error("no such session `{0}`: it was never created here (sessions do not survive a restart). Call execute-persistent without session_id to start a new one")]
+    #[error("no such session `{0}`: no session of yours has this id (it never existed, it ended, or it expired). Call list-sessions to see yours, or execute-persistent without session_id to start a new one")]
     NoSuchSession(String),
+    #[error("session `{id}` is held by another python-docker-mcp that is still running ({holder}): one server at a time uses a session. Use that server, or stop it: its sessions are then adopted by the next server that names them")]
+    Held { id: String, holder: String },
+    #[error("session `{id}` could not be adopted from the server that ran it before: {why}")]
+    Adoption { id: String, why: String },
     #[error("session `{id}` has ended: {why}. Call execute-persistent without session_id to start a new one")]
     Ended { id: String, why: String },
     #[error("could not install the requested packages: {0}")]
@@ -316,6 +327,9 @@ pub enum CleanupError {
     NoSuchSession(String),
     #[error("session `{id}` had already ended: {why}")]
     AlreadyEnded { id: String, why: String },
+    /// A durable session of an earlier server could not be taken over to be ended.
+    #[error(transparent)]
+    Adoption(Box<ExecError>),
     #[error(transparent)]
     ShuttingDown(#[from] ShuttingDown),
 }
@@ -355,6 +369,14 @@ struct Shared {
     stop: CancellationToken,
     /// The tool calls in flight; closed to new ones when shutdown begins.
     calls: Arc<Calls>,
+    /// Sessions outlive this daemon (`session.durable`, on a backend that can).
+    durable: bool,
+    /// This daemon as the holder of durable sessions.
+    holder: Holder,
+    /// The OS user: with the scope and the client, a session's owner (see `durable`).
+    uid: u32,
+    /// One adoption at a time: two calls naming the same unknown id must not race for it.
+    adopting: Mutex<()>,
 }
 
 impl Engine {
@@ -371,7 +393,14 @@ impl Engine {
     }
 
     /// [`Engine::for_clients`] on a given backend.
-    pub fn with_backend(config: Config, several: bool, backend: Backend) -> Engine {
+    pub fn with_backend(mut config: Config, several: bool, backend: Backend) -> Engine {
+        if config.session.durable {
+            if let Err(e) = backend.durable() {
+                tracing::warn!("{e}; sessions end with this daemon");
+                config.session.durable = false;
+            }
+        }
+        let durable = config.session.durable;
         let owner = Owner::new();
         let tasks = TaskTracker::new();
         let pool = Pool::new(
@@ -400,6 +429,10 @@ impl Engine {
                 arrivals: Default::default(),
                 stop: CancellationToken::new(),
                 calls: Arc::default(),
+                durable,
+                holder: Holder::me(),
+                uid: durable::uid(),
+                adopting: Mutex::new(()),
             }),
         }
     }
@@ -530,6 +563,7 @@ impl Engine {
             max_figures: MAX_FIGURES,
             max_figure_bytes: MAX_FIGURE_BYTES,
             track_files: true,
+            lease: None,
         })
     }
 
@@ -654,10 +688,15 @@ impl Engine {
         let requirements = run_requirements(packages)?;
         let limits = self.limits(call)?;
         let session = match session_id {
-            Some(id) => self.session(id, client)?,
+            Some(id) => self.session(id, client).await?,
             None => self.new_session(client).await?,
         };
         admitted.set_session(&session.id);
+        let mut limits = limits;
+        if session_id.is_none() {
+            // A durable sandbox ends itself as a session would (the helper's timer).
+            limits.lease = self.lease_of(&session);
+        }
         // A new session kept a warm sandbox; replace it once this first call is done.
         let _replenish = session_id
             .is_none()
@@ -677,6 +716,22 @@ impl Engine {
             outcome = repl.execute(code, None, false, &limits, &call.cancel, call.progress.as_ref()) => Some(outcome),
             // Cleanup or shutdown: the sandbox goes now, the call reports why.
             _ = session.ending() => None,
+            // Shutdown of a durable session's daemon: the code goes on in the sandbox.
+            _ = session.detached() => {
+                return Ok(ExecResult {
+                    session_id: Some(session.id.clone()),
+                    cancelled: true,
+                    duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    notice: Some(format!(
+                        "The server shut down while this code ran. The session lives on (the \
+                         code too, until it ends or times out): call execute-persistent with \
+                         session_id {} on the next server to get this call's result and \
+                         continue with every variable.",
+                        session.id
+                    )),
+                    ..ExecResult::default()
+                });
+            }
         };
         let survived = " The session is still alive with every variable defined before.";
         let mut result = match outcome {
@@ -703,13 +758,16 @@ impl Engine {
         }
         result.session_id = Some(session.id.clone());
         result.packages_installed = installed;
+        result.previous_call = session.take_notice();
+        drop(guard);
+        self.restamp(&session);
         Ok(result)
     }
 
     /// Forget a session's variables and imports; its sandbox, files and packages stay.
     pub async fn reset_session(&self, id: &str, client: &Client) -> Result<(), ExecError> {
         let _call = self.admit("reset-session", Some(id), client)?;
-        let session = self.session(id, client)?;
+        let session = self.session(id, client).await?;
         let mut guard = session.lock().await;
         let repl = self.live(&session, &mut guard)?;
         repl.reset(CONTROL_TIMEOUT)
@@ -724,7 +782,7 @@ impl Engine {
         client: &Client,
     ) -> Result<Vec<Variable>, ExecError> {
         let _call = self.admit("list-variables", Some(id), client)?;
-        let session = self.session(id, client)?;
+        let session = self.session(id, client).await?;
         let mut guard = session.lock().await;
         let repl = self.live(&session, &mut guard)?;
         repl.variables(CONTROL_TIMEOUT)
@@ -733,12 +791,291 @@ impl Engine {
     }
 
     /// `client`'s session `id`. Another client's session is unknown, like one that never
-    /// existed: the same error, the same text.
-    fn session(&self, id: &str, client: &Client) -> Result<Arc<Session>, ExecError> {
+    /// existed: the same error, the same text. A durable session this daemon does not hold
+    /// is adopted (see [`Engine::adopt`]).
+    async fn session(&self, id: &str, client: &Client) -> Result<Arc<Session>, ExecError> {
+        let s = &self.shared;
+        if let Some(session) = s.sessions.get(id, client) {
+            return Ok(session);
+        }
+        if !s.durable
+            || !durable::is_session_id(id)
+            || s.sessions.ended_because(id, client).is_some()
+        {
+            return Err(self.ended(id, client));
+        }
+        let _one = s.adopting.lock().await;
+        if let Some(session) = s.sessions.get(id, client) {
+            return Ok(session);
+        }
+        self.adopt(id, client).await
+    }
+
+    /// Whose sessions `client`'s are, across daemons: the scope, the OS user, the client.
+    fn owner_key(&self, client: &Client) -> OwnerKey {
+        OwnerKey::new(&self.shared.config.session.scope, self.shared.uid, client)
+    }
+
+    /// How a durable session's sandbox ends itself: `session.idle_timeout` after its last
+    /// request, and at its hard end.
+    fn lease_of(&self, session: &Session) -> Option<crate::repl::Lease> {
+        let c = &self.shared.config.session;
+        session.durable.as_ref().map(|_| crate::repl::Lease {
+            idle: c.idle_timeout,
+            until: session.started_at.saturating_add(c.max_lifetime.as_secs()),
+        })
+    }
+
+    /// Take over `client`'s durable session `id` from the daemon that held it before (it
+    /// exited or died): find its container by name, check the owner (another owner's is
+    /// unknown, exactly like an id that never existed) and that no live daemon holds it,
+    /// claim it by renaming it (atomic: of two daemons, one wins), attach, and hear from
+    /// the helper what the previous daemon missed.
+    async fn adopt(&self, id: &str, client: &Client) -> Result<Arc<Session>, ExecError> {
+        let s = &self.shared;
+        let unknown = || ExecError::NoSuchSession(clip(id).into());
+        let adoption = |why: String| ExecError::Adoption {
+            id: clip(id).into(),
+            why,
+        };
+        let key = self.owner_key(client);
+        let found = s
+            .backend
+            .named(&format!("{}{id}.", durable::PREFIX))
+            .await
+            .map_err(|e| adoption(e.to_string()))?;
+        let Some((container, name)) = found.into_iter().filter(|c| c.running).find_map(|c| {
+            let n = SessionName::parse(&c.name)?;
+            (n.session == id && n.owner == key.as_str()).then_some((c, n))
+        }) else {
+            return Err(unknown());
+        };
+        if let Some(h) = name
+            .holder
+            .as_ref()
+            .filter(|h| **h != s.holder && h.alive(&s.holder))
+        {
+            return Err(ExecError::Held {
+                id: clip(id).into(),
+                holder: h.to_string(),
+            });
+        }
+        self.reserve_slot(client)?;
+        let taken = self.take_over(id, client, &container, &name).await;
+        if taken.is_err() {
+            s.slots.release(client);
+        }
+        taken
+    }
+
+    async fn take_over(
+        &self,
+        id: &str,
+        client: &Client,
+        container: &crate::runtime::Named,
+        name: &SessionName,
+    ) -> Result<Arc<Session>, ExecError> {
+        let s = &self.shared;
+        let c = &s.config.session;
+        let started = Instant::now();
+        let adoption = |why: String| ExecError::Adoption {
+            id: clip(id).into(),
+            why,
+        };
+        let now = durable::now();
+        let claimed = SessionName {
+            holder: Some(s.holder.clone()),
+            until: durable::until(now, c.idle_timeout, container.created, c.max_lifetime),
+            ..name.clone()
+        }
+        .render();
+        match s.backend.rename(&container.name, &claimed).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(ExecError::Held {
+                    id: clip(id).into(),
+                    holder: "another server, which adopted it a moment ago".into(),
+                })
+            }
+            Err(e) => return Err(adoption(e.to_string())),
+        }
+        let hard_end = container.created.saturating_add(c.max_lifetime.as_secs());
+        let resumed = async {
+            let attached = s.backend.attach(&container.id, &claimed).await?;
+            Repl::resume(&s.backend, attached, CONTROL_TIMEOUT).await
+        }
+        .await;
+        let (mut repl, resumed) = match resumed {
+            Ok(r) => r,
+            Err(e) => {
+                // Not ours to keep: give it back as it was, free.
+                let free = name.held_by(None).render();
+                let _ = s.backend.rename(&claimed, &free).await;
+                return Err(adoption(e.to_string()));
+            }
+        };
+        // The call cut off first: until it stops, the helper runs nothing else.
+        let lease = crate::repl::Lease {
+            idle: c.idle_timeout,
+            until: hard_end,
+        };
+        let recovered = match recover_cut_off(&mut repl, resumed).await {
+            Ok(notice) => repl.lease(&lease, CONTROL_TIMEOUT).await.map(|()| notice),
+            Err(e) => Err(e),
+        };
+        let notice = match recovered {
+            Ok(notice) => notice,
+            Err(e) => {
+                repl.kill().await;
+                return Err(adoption(format!(
+                    "its sandbox was lost while the call cut off by the restart was stopped: {}",
+                    self.lost_reason(&e)
+                )));
+            }
+        };
+        let volume = match s
+            .backend
+            .volume_at(&container.id, sandbox::SESSION_PACKAGES)
+            .await
+        {
+            Ok(v) => v.unwrap_or_default(),
+            Err(e) => {
+                // Ours now, but unusable for installs: give it back.
+                let free = name.held_by(None).render();
+                let _ = s.backend.rename(&claimed, &free).await;
+                return Err(adoption(e.to_string()));
+            }
+        };
+        tracing::info!(session_id = %id, %client, container = %claimed,
+            adopt_ms = started.elapsed().as_millis() as u64, "session adopted from an earlier server");
+        let session = Arc::new(
+            Session::new(
+                id.into(),
+                client.clone(),
+                container.id.clone(),
+                volume,
+                repl,
+            )
+            .durable(claimed, now)
+            .adopted(container.created, notice),
+        );
+        s.sessions.insert(session.clone());
+        Ok(session)
+    }
+
+    /// Rename a durable session's container: held by this daemon (`held`) or by none, its
+    /// deadline stamped from its last use. False when the engine refused or it is gone.
+    async fn rename_session(&self, session: &Session, held: bool) -> bool {
+        let s = &self.shared;
+        let Some(d) = &session.durable else {
+            return false;
+        };
+        let c = &s.config.session;
+        let mut name = d.name.lock().await;
+        let last_use = durable::now().saturating_sub(session.idle_secs() as u64);
+        let to = SessionName {
+            session: session.id.clone(),
+            owner: self.owner_key(&session.owner).as_str().into(),
+            holder: held.then(|| s.holder.clone()),
+            until: durable::until(last_use, c.idle_timeout, session.started_at, c.max_lifetime),
+        }
+        .render();
+        match s.backend.rename(&name, &to).await {
+            Ok(true) => {
+                *name = to;
+                d.stamped
+                    .store(last_use.max(1), std::sync::atomic::Ordering::Relaxed);
+                true
+            }
+            Ok(false) => {
+                tracing::warn!(session_id = %session.id, container = %name, "the session's container is gone");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(session_id = %session.id, error = %e, "could not rename the session's container");
+                false
+            }
+        }
+    }
+
+    /// Renew a durable session's deadline in its name when it is a quarter of
+    /// `idle_timeout` old: off the reply path, one rename at most every so often.
+    fn restamp(&self, session: &Arc<Session>) {
+        let Some(d) = &session.durable else {
+            return;
+        };
+        let now = durable::now();
+        let stamped = d.stamped.load(std::sync::atomic::Ordering::Relaxed);
+        // 0: not claimed yet (the claim stamps it).
+        if stamped == 0 || !durable::stale(stamped, now, self.shared.config.session.idle_timeout) {
+            return;
+        }
+        d.stamped.store(now, std::sync::atomic::Ordering::Relaxed);
+        let (engine, session) = (self.clone(), session.clone());
         self.shared
-            .sessions
-            .get(id, client)
-            .ok_or_else(|| self.ended(id, client))
+            .tasks
+            .spawn(async move { engine.rename_session(&session, true).await });
+    }
+
+    /// `client`'s sessions: those this daemon holds, and durable ones no live daemon
+    /// holds (adopted at their next call), or another live daemon holds.
+    pub async fn list_sessions(&self, client: &Client) -> Result<Vec<SessionInfo>, ExecError> {
+        let _call = self.admit("list-sessions", None, client)?;
+        let s = &self.shared;
+        let now = durable::now();
+        let mut out = Vec::new();
+        for session in s.sessions.all().into_iter().filter(|x| &x.owner == client) {
+            let variables = match session.try_lock() {
+                Some(mut guard) => match guard.repl() {
+                    Ok(repl) => repl
+                        .variables(Duration::from_secs(2))
+                        .await
+                        .ok()
+                        .map(|v| v.len()),
+                    Err(_) => continue,
+                },
+                None => None,
+            };
+            out.push(SessionInfo {
+                session_id: session.id.clone(),
+                age_seconds: now.saturating_sub(session.started_at),
+                idle_seconds: Some((session.idle_secs() * 10.0).round() / 10.0),
+                variables,
+                adopted: session.adopted,
+                held_by: "this server".into(),
+            });
+        }
+        if s.durable {
+            let key = self.owner_key(client);
+            let found = s
+                .backend
+                .named(durable::PREFIX)
+                .await
+                .map_err(|e| ExecError::Sandbox(e.into()))?;
+            for (c, n) in found
+                .into_iter()
+                .filter(|c| c.running)
+                .filter_map(|c| SessionName::parse(&c.name).map(|n| (c, n)))
+            {
+                if n.owner != key.as_str() || out.iter().any(|i| i.session_id == n.session) {
+                    continue;
+                }
+                let held_by = match &n.holder {
+                    Some(h) if h.alive(&s.holder) => format!("another running server ({h})"),
+                    _ => "no server: adopted by the next call that names it".into(),
+                };
+                out.push(SessionInfo {
+                    session_id: n.session,
+                    age_seconds: now.saturating_sub(c.created),
+                    idle_seconds: None,
+                    variables: None,
+                    adopted: false,
+                    held_by,
+                });
+            }
+        }
+        out.sort_by_key(|i| std::cmp::Reverse(i.age_seconds));
+        Ok(out)
     }
 
     fn ended(&self, id: &str, client: &Client) -> ExecError {
@@ -767,16 +1104,24 @@ impl Engine {
         })
     }
 
+    /// Reserve a session slot for `client` (a new or an adopted session).
+    fn reserve_slot(&self, client: &Client) -> Result<(), ExecError> {
+        self.shared
+            .slots
+            .reserve(client)
+            .map_err(|refused| match refused {
+                SlotRefusal::Total(max) => ExecError::TooManySessions(max),
+                SlotRefusal::PerClient(max) => ExecError::TooManySessionsForClient {
+                    client: client.clone(),
+                    max,
+                },
+            })
+    }
+
     async fn new_session(&self, client: &Client) -> Result<Arc<Session>, ExecError> {
         let s = &self.shared;
         // Reserve a slot first so concurrent creations cannot overshoot either limit.
-        s.slots.reserve(client).map_err(|refused| match refused {
-            SlotRefusal::Total(max) => ExecError::TooManySessions(max),
-            SlotRefusal::PerClient(max) => ExecError::TooManySessionsForClient {
-                client: client.clone(),
-                max,
-            },
-        })?;
+        self.reserve_slot(client)?;
         let sandbox = match self.pool_for(client).acquire(client).await {
             Ok(sandbox) => sandbox,
             Err(e) => {
@@ -792,14 +1137,25 @@ impl Engine {
         s.tasks
             .spawn(async move { backend.claim(&container, &claimed).await });
         tracing::info!(session_id = %id, %client, container = %sandbox.repl.name, python = %sandbox.repl.python, "session started");
-        let session = Arc::new(Session::new(
+        let warm_name = sandbox.repl.name.clone();
+        let mut session = Session::new(
             id,
             client.clone(),
             sandbox.repl.id.clone(),
             sandbox.volume,
             sandbox.repl,
-        ));
+        );
+        if s.durable {
+            session = session.durable(warm_name, 0);
+        }
+        let session = Arc::new(session);
         s.sessions.insert(session.clone());
+        if s.durable {
+            // The claim: the warm sandbox's name becomes the session's (off the reply path).
+            let (engine, claimed) = (self.clone(), session.clone());
+            s.tasks
+                .spawn(async move { engine.rename_session(&claimed, true).await });
+        }
         Ok(session)
     }
 
@@ -828,9 +1184,16 @@ impl Engine {
         // Close the connection first: a reader that stopped reading (its caller went
         // away) would otherwise keep the engine from finishing the container.
         drop(repl);
+        // An adopted session mounted its first daemon's shared volume: once the session is
+        // gone, nothing may use it any more, and the sweep takes it (and anything else a
+        // dead daemon left) now rather than at the next periodic sweep.
+        let sweep = session.adopted.then(|| self.clone());
         Some(self.shared.tasks.spawn(async move {
             backend.remove(&container).await;
             backend.remove_volume(&volume).await;
+            if let Some(engine) = sweep {
+                let _ = engine.sweep(false, false).await;
+            }
         }))
     }
 
@@ -838,10 +1201,24 @@ impl Engine {
     async fn expire_idle_sessions(self) {
         let limit = self.shared.config.session.idle_timeout;
         let every = (limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        // The backstop sweep (durable sessions past their expiry, whoever made them).
+        let sweep_every = (limit / 2).clamp(Duration::from_secs(2), Duration::from_secs(60));
+        let mut swept = Instant::now();
         loop {
             tokio::select! {
                 _ = self.shared.stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
+            }
+            if self.shared.durable && swept.elapsed() >= sweep_every {
+                swept = Instant::now();
+                match self.sweep(false, false).await {
+                    Ok(found) if found.containers + found.volumes > 0 => tracing::info!(
+                        containers = found.containers, volumes = found.volumes, names = ?found.removed,
+                        "removed expired sessions and what dead daemons left"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "the backstop sweep could not list"),
+                }
             }
             for session in self.shared.sessions.all() {
                 if session.idle_for() <= limit {
@@ -863,14 +1240,19 @@ impl Engine {
     /// call running in it is stopped at once; an install into it is waited for.
     pub async fn cleanup_session(&self, id: &str, client: &Client) -> Result<(), CleanupError> {
         let _call = self.admit("cleanup-session", Some(id), client)?;
-        let Some(session) = self.shared.sessions.get(id, client) else {
-            return Err(match self.shared.sessions.ended_because(id, client) {
-                Some(why) => CleanupError::AlreadyEnded {
+        // A durable session this daemon does not hold is adopted first, then ended.
+        let session = match self.session(id, client).await {
+            Ok(session) => session,
+            Err(ExecError::Ended { why, .. }) => {
+                return Err(CleanupError::AlreadyEnded {
                     id: clip(id).into(),
                     why,
-                },
-                None => CleanupError::NoSuchSession(clip(id).into()),
-            });
+                })
+            }
+            Err(ExecError::NoSuchSession(_)) => {
+                return Err(CleanupError::NoSuchSession(clip(id).into()))
+            }
+            Err(e) => return Err(CleanupError::Adoption(Box::new(e))),
         };
         session.request_end("it was cleaned up with cleanup-session");
         let mut guard = session.lock().await;
@@ -895,7 +1277,7 @@ impl Engine {
         let requirements = parse_requirements(packages)?;
         match session_id {
             Some(id) => {
-                let session = self.session(id, client)?;
+                let session = self.session(id, client).await?;
                 // Holding the session's lock: no code runs in it while packages change, and
                 // an ended session's volume is never touched again.
                 let mut guard = session.lock().await;
@@ -924,7 +1306,7 @@ impl Engine {
         let _call = self.admit("list-packages", session_id, client)?;
         match session_id {
             Some(id) => {
-                let session = self.session(id, client)?;
+                let session = self.session(id, client).await?;
                 let mut guard = session.lock().await;
                 let repl = self.live(&session, &mut guard)?;
                 repl.packages(CONTROL_TIMEOUT)
@@ -1046,8 +1428,69 @@ impl Engine {
     /// Find the containers and volumes of daemons that are gone (by the backend's orphan
     /// policy), and remove them unless `dry_run` (`python-docker-mcp cleanup`).
     pub async fn sweep_orphans(&self, dry_run: bool) -> Result<Swept, RuntimeError> {
+        self.sweep(dry_run, false).await
+    }
+
+    /// One line per container any daemon left on this engine: its name, role, who owns
+    /// or holds it, and when it ends (for `cleanup`).
+    pub async fn inventory(&self) -> Result<Vec<String>, RuntimeError> {
         let s = &self.shared;
-        s.backend.sweep_orphans(&s.owner, dry_run).await
+        let now = durable::now();
+        let c = &s.config;
+        let mut lines = Vec::new();
+        for item in s.backend.named("").await? {
+            let role = item
+                .labels
+                .get(sandbox::labels::ROLE)
+                .map_or("?", String::as_str);
+            let line = match SessionName::parse(&item.name) {
+                Some(n) => {
+                    let held = match &n.holder {
+                        Some(h) if h.alive(&s.holder) => format!("held by {h}"),
+                        Some(_) => "held by a server that is gone".to_string(),
+                        None => "free".to_string(),
+                    };
+                    let end = n.until.min(
+                        item.created
+                            .saturating_add(c.session.max_lifetime.as_secs()),
+                    );
+                    format!(
+                        "session  {}  owner {}  {held}  expires in {}",
+                        n.session,
+                        n.owner,
+                        seconds(end.saturating_sub(now))
+                    )
+                }
+                None => {
+                    let pid = item
+                        .labels
+                        .get(sandbox::labels::PID)
+                        .map_or("?", String::as_str);
+                    let end =
+                        item.created + (c.docker.pool_max_age + sandbox::WARM_EXIT_SLACK).as_secs();
+                    format!(
+                        "{role:<8} {}  made by pid {pid}  ends by itself within {}",
+                        item.name,
+                        seconds(end.saturating_sub(now))
+                    )
+                }
+            };
+            lines.push(line);
+        }
+        Ok(lines)
+    }
+
+    /// The sweep: orphans of dead daemons, and durable sessions past their expiry that no
+    /// live daemon holds (the backstop); with `all`, everything of this host.
+    pub async fn sweep(&self, dry_run: bool, all: bool) -> Result<Swept, RuntimeError> {
+        let s = &self.shared;
+        let sweep = Sweep {
+            holder: &s.holder,
+            max_lifetime: s.config.session.max_lifetime,
+            dry_run,
+            all,
+        };
+        s.backend.sweep_orphans(&s.owner, &sweep).await
     }
 
     /// A one-line summary of the limits sandboxes run under, for logs and docs.
@@ -1127,14 +1570,45 @@ impl Engine {
             pool.close();
         }
         let sessions = s.sessions.all();
-        for session in &sessions {
-            session.request_end("the server shut down");
+        // Durable sessions stay, released (their names say no daemon holds them), with
+        // their volumes and the shared ones they mount; everything else goes.
+        let mut keep = std::collections::HashSet::new();
+        if s.durable {
+            for session in &sessions {
+                keep.insert(session.container.clone());
+                keep.insert(session.volume.clone());
+            }
+            if !sessions.is_empty() {
+                keep.extend(pools.iter().map(|p| p.volume_name().to_string()));
+            }
+        } else {
+            for session in &sessions {
+                session.request_end("the server shut down");
+            }
+        }
+        if s.durable {
+            for session in &sessions {
+                session.detach();
+            }
         }
         let work = async {
+            if s.durable {
+                let released = futures::future::join_all(
+                    sessions.iter().map(|x| self.rename_session(x, false)),
+                )
+                .await;
+                let kept = released.iter().filter(|r| **r).count();
+                if kept > 0 {
+                    tracing::info!(
+                        sessions = kept,
+                        "left the sessions running for the next server to adopt (session.durable)"
+                    );
+                }
+            }
             // Only talk to Docker if this daemon ever did. Removing the containers first
             // also stops installs, so no session's lock is held for long.
             if pools.iter().any(Pool::used_docker) {
-                match s.backend.remove_instance(&s.owner.instance).await {
+                match s.backend.remove_instance(&s.owner.instance, &keep).await {
                     Ok(n) => tracing::info!(containers = n, "removed this instance's containers"),
                     Err(e) => {
                         tracing::warn!(error = %e, "could not list containers to remove at shutdown")
@@ -1142,16 +1616,18 @@ impl Engine {
                 }
             }
             // Running calls stop at the request; each session is then ended by its owner.
-            for session in &sessions {
-                let mut guard = session.lock().await;
-                self.end_session(session, &mut guard, "the server shut down".into());
+            if !s.durable {
+                for session in &sessions {
+                    let mut guard = session.lock().await;
+                    self.end_session(session, &mut guard, "the server shut down".into());
+                }
             }
             s.tasks.close();
             s.tasks.wait().await;
             // A creation that was under way when the instance's volumes were removed may
             // have mounted a shared volume by name after it went, and Docker then makes
             // one, unlabelled. Every task is done now: remove them by name once more.
-            if pools.iter().any(Pool::used_docker) {
+            if pools.iter().any(Pool::used_docker) && (keep.is_empty() || sessions.is_empty()) {
                 for pool in &pools {
                     s.backend.remove_volume(pool.volume_name()).await;
                 }
@@ -1161,6 +1637,82 @@ impl Engine {
             tracing::warn!(?grace, "shutdown cleanup did not finish in time; some containers may remain (they exit on their own when their stdin closes)");
         }
     }
+}
+
+/// One of a client's sessions (`list-sessions`).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SessionInfo {
+    pub session_id: String,
+    /// Seconds since the session started.
+    pub age_seconds: u64,
+    /// Seconds since its last call ended (0 while one runs); null when this server does
+    /// not hold it.
+    pub idle_seconds: Option<f64>,
+    /// How many variables it holds; null when it is busy or held elsewhere.
+    pub variables: Option<usize>,
+    /// This server took it over from an earlier one (a restart).
+    pub adopted: bool,
+    /// `this server`; no server (the next call that names it adopts it); or another
+    /// running server, named.
+    pub held_by: String,
+}
+
+/// What became of the call a previous daemon had in flight, as a line for the next
+/// result: its kept result, or what it had produced when it was stopped now.
+async fn recover_cut_off(
+    repl: &mut Repl,
+    resumed: crate::repl::Resumed,
+) -> Result<Option<String>, ReplError> {
+    let (at, running) = match (resumed.running, resumed.kept) {
+        (Some(r), _) => (r.at, true),
+        (None, Some(k)) => (k.at, false),
+        (None, None) => return Ok(None),
+    };
+    let when = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_secs_f64(at.max(0.0)),
+    );
+    Ok(Some(match repl.recover(resumed).await? {
+        Some(reply) if running => format!(
+            "The call that was running when the previous server stopped (it started at {when}) \
+             was cut off by the restart and has been interrupted. What it produced:\n{}",
+            summary(&ExecResult::from_reply(reply))
+        ),
+        Some(reply) => format!(
+            "The previous server stopped before it returned its last call's result (the call \
+             finished at {when}). That result:\n{}",
+            summary(&ExecResult::from_reply(reply))
+        ),
+        None => format!(
+            "A call in flight when the previous server stopped ({when}) was cut off by the \
+             restart; its result was not kept."
+        ),
+    }))
+}
+
+/// A duration in whole seconds, for people.
+fn seconds(secs: u64) -> String {
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+/// A short account of a result: its output's last 4000 characters, value and error.
+fn summary(r: &ExecResult) -> String {
+    let mut parts = Vec::new();
+    let out = r.stdout.trim_end();
+    if !out.is_empty() {
+        let skip = out.chars().count().saturating_sub(4000);
+        let tail: String = out.chars().skip(skip).collect();
+        parts.push(format!("stdout:\n{tail}"));
+    }
+    if let Some(v) = &r.value {
+        parts.push(format!("Result: {v}"));
+    }
+    if let Some(e) = &r.error {
+        parts.push(format!("Error: {}: {}", e.kind, e.message));
+    }
+    if parts.is_empty() {
+        parts.push("(no output)".into());
+    }
+    parts.join("\n")
 }
 
 /// Refills the pool when dropped, after the call that took a sandbox has finished.

@@ -26,6 +26,8 @@
 //!   trusts nothing the sandbox sends (capped frames, strict ids, bounded queues).
 //! - [`pool`]: warm sandboxes, the creation semaphore, max age, single-use checkout.
 //! - [`session`]: the registry of persistent sessions; a session is `Live` or `Ended`.
+//! - [`durable`]: sessions that outlive their daemon: the container name that says who owns
+//!   and who holds a session and until when it may live, and the holder's liveness.
 //! - [`install`]: requirement validation and the installer command.
 //! - [`engine`]: the operations behind the tools, and shutdown.
 //! - [`files`]: files in and out of a sandbox (`upload-file`, `download-file`, `list-files`,
@@ -52,6 +54,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod doctor;
+pub mod durable;
 pub mod engine;
 pub mod files;
 pub mod http;

@@ -71,12 +71,16 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         http: Option<String>,
     },
-    /// Remove the containers and volumes of python-docker-mcp daemons on this host that
-    /// are no longer running (after a SIGKILL or a crash), and print how many.
+    /// List what python-docker-mcp left running on this engine (durable sessions, warm
+    /// sandboxes) with owner, role and expiry; then remove what daemons that are gone
+    /// left behind and sessions past their expiry, and print how many.
     Cleanup {
         /// Count them without removing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Remove everything any daemon of this host made, now: durable sessions too.
+        #[arg(long)]
+        all: bool,
     },
     /// Start this server as a child, drive it with a real MCP client, print what happens.
     /// Builds the sandbox image first if it is missing.
@@ -165,7 +169,7 @@ fn main() -> ExitCode {
                     failed.join("\n")
                 )),
             },
-            Command::Cleanup { dry_run } => cleanup(config, dry_run).await,
+            Command::Cleanup { dry_run, all } => cleanup(config, dry_run, all).await,
             Command::Demo { base } => demo::run(&config, &base, demo_args).await,
             Command::Image {
                 action: ImageAction::Build { base, tag },
@@ -419,10 +423,23 @@ impl Signals {
     }
 }
 
-/// `cleanup [--dry-run]`: the orphans of daemons on this host that are gone.
-async fn cleanup(config: Config, dry_run: bool) -> anyhow::Result<()> {
+/// `cleanup [--dry-run] [--all]`: what is left, then the orphans of daemons on this host
+/// that are gone and sessions past their expiry (with `--all`, everything of this host).
+async fn cleanup(config: Config, dry_run: bool, all: bool) -> anyhow::Result<()> {
     let engine = Engine::new(config);
-    let swept = engine.sweep_orphans(dry_run).await;
+    let listed = engine.inventory().await;
+    let swept = match listed {
+        Ok(left) => {
+            if left.is_empty() {
+                println!("nothing of python-docker-mcp is running on this engine");
+            }
+            for line in left {
+                println!("{line}");
+            }
+            engine.sweep(dry_run, all).await
+        }
+        Err(e) => Err(e),
+    };
     engine.backend().close();
     let swept = swept?;
     let counts = format!("{} containers, {} volumes", swept.containers, swept.volumes);

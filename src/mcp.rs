@@ -403,6 +403,9 @@ pub fn render_exec(r: &ExecResult) -> String {
     if let Some(id) = &r.session_id {
         parts.push(format!("Session ID: {id}"));
     }
+    if let Some(previous) = &r.previous_call {
+        parts.push(previous.clone());
+    }
     let mut stdout = match r.stdout.trim_end() {
         "" => "Execution Result: (no output)".to_string(),
         out => format!("Execution Result:\n\n{out}"),
@@ -534,6 +537,13 @@ fn file_error(e: FileError) -> CallToolResult {
 pub struct SessionArgs {
     /// The session, as returned by execute-persistent.
     pub session_id: String,
+}
+
+/// The structured result of `list-sessions`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SessionList {
+    /// The caller's sessions, oldest first.
+    pub sessions: Vec<crate::engine::SessionInfo>,
 }
 
 /// The structured result of `reset-session`.
@@ -995,6 +1005,58 @@ in bytes and modification times.",
     }
 
     #[tool(
+        name = "list-sessions",
+        description = "List your persistent sessions: id, age, idle time, how many variables, and whether \
+it was adopted after a server restart. Sessions outlive a server restart: after one, or when you \
+lost track of a session_id, call this and pass the id to execute-persistent to continue with \
+its variables, imports and files.",
+        output_schema = schema_for_output::<SessionList>()
+    )]
+    async fn list_sessions(
+        &self,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let client = client_of(&ctx)?;
+        Ok(
+            match self
+                .engine
+                .list_sessions(&client)
+                .timed("list-sessions")
+                .await
+            {
+                Ok(sessions) => {
+                    let text = if sessions.is_empty() {
+                        "You have no sessions. execute-persistent without session_id starts one."
+                            .to_string()
+                    } else {
+                        let lines: Vec<String> = sessions
+                            .iter()
+                            .map(|i| {
+                                let vars = i.variables.map_or("?".into(), |n| n.to_string());
+                                let idle = i
+                                    .idle_seconds
+                                    .map_or(String::new(), |s| format!(", idle {s:.0} s"));
+                                let adopted = if i.adopted {
+                                    ", adopted after a restart"
+                                } else {
+                                    ""
+                                };
+                                format!(
+                                    "{}: age {} s{idle}, {vars} variables{adopted}; held by {}",
+                                    i.session_id, i.age_seconds, i.held_by
+                                )
+                            })
+                            .collect();
+                        format!("Your sessions:\n{}", lines.join("\n"))
+                    };
+                    structured(text, &SessionList { sessions })
+                }
+                Err(e) => tool_error(e),
+            },
+        )
+    }
+
+    #[tool(
         name = "cleanup-session",
         description = "End a persistent session: its container, variables, files and session-only packages \
 are removed. Later calls with that session_id are refused.",
@@ -1072,7 +1134,9 @@ impl ServerHandler for Server {
                  (omit session_id to start one; pass the session_id it returns). install-package: add one \
                  requirement or a list to a session or to the shared environment. list-packages: what is \
                  installed. list-variables: a session's variables. reset-session: forget a session's \
-                 variables and keep its files and packages. cleanup-session: end a session. A run \
+                 variables and keep its files and packages. cleanup-session: end a session. Sessions \
+                 survive a server restart: list-sessions lists yours, and a call that names one \
+                 picks it up with its variables and files. A run \
                  that needs more than the default time-out: pass `timeout` (seconds) to \
                  execute-transient or execute-persistent. Clients that declare the MCP tasks \
                  extension get a task for a run or install that takes longer than a few \

@@ -717,6 +717,29 @@ impl Pool {
         // The shared volume first: a failure there must not strand this sandbox's volume.
         let shared = self.shared_volume().await?;
         let name = i.owner.name(Role::Sandbox);
+        if i.config.session.durable && i.backend.durable().is_ok() {
+            // A durable sandbox may end itself with no daemon around: its own volume is
+            // one the engine makes for it and removes with it.
+            let spec = sandbox::repl_spec(&i.config, &i.owner, name, shared, "");
+            let repl = Repl::start(&i.backend, &spec).await?;
+            let volume = match i
+                .backend
+                .volume_at(&repl.id, sandbox::SESSION_PACKAGES)
+                .await
+            {
+                Ok(Some(volume)) => volume,
+                Ok(None) => String::new(),
+                Err(e) => {
+                    i.backend.remove(&repl.id).await;
+                    return Err(e.into());
+                }
+            };
+            return Ok(Sandbox {
+                repl,
+                volume,
+                created: Instant::now(),
+            });
+        }
         let volume = format!("{name}-packages");
         i.backend
             .create_volume(&volume, &i.owner.labels(Role::Sandbox, None))

@@ -62,6 +62,8 @@ const OUTPUT_BURST: f64 = 32.0;
 const OUTPUT_RATE: f64 = 16.0;
 /// Frames queued between the reader and the caller.
 const QUEUE: usize = 4;
+/// How long a replayed result may take to arrive, beyond the interrupt's grace.
+const CONTROL_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait for the engine's OOM report after a helper died.
 const OOM_REPORT_WAIT: Duration = Duration::from_secs(1);
 
@@ -80,6 +82,12 @@ enum Request<'a> {
         max_figures: u64,
         max_figure_bytes: u64,
         track_files: bool,
+        /// Seconds after which the helper interrupts the run itself, should no daemon do
+        /// it (its daemon went away mid-call): the time-out plus a margin.
+        stop_after: f64,
+        /// Set once, with a session's first execution: how the sandbox ends itself.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        lease: Option<WireLease>,
     },
     /// Write a chunk of a file (the first truncates, the rest append).
     Put {
@@ -119,6 +127,57 @@ enum Request<'a> {
     Packages {
         id: u64,
     },
+    /// A daemon attached to a running helper (adoption): answered at once, busy or not,
+    /// with a `ready` frame carrying this id (see [`Resumed`]).
+    Hello {
+        id: u64,
+    },
+    /// How long the sandbox lives by itself (see [`Lease`]).
+    Lease {
+        id: u64,
+        #[serde(flatten)]
+        lease: WireLease,
+    },
+    /// Send the kept result of execution `id` again (it was lost in a restart).
+    Replay {
+        id: u64,
+    },
+    /// Only the envelope's `ack`: sent right after an execution's result arrived, so the
+    /// helper keeps a result only while its daemon may not have it (no reply).
+    Ack,
+}
+
+/// How long a durable sandbox lives by itself: it exits `idle` after its last request,
+/// and at the epoch second `until` however busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub idle: Duration,
+    pub until: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+struct WireLease {
+    idle: f64,
+    until: f64,
+}
+
+impl From<&Lease> for WireLease {
+    fn from(l: &Lease) -> WireLease {
+        WireLease {
+            idle: l.idle.as_secs_f64(),
+            until: l.until as f64,
+        }
+    }
+}
+
+/// Every request goes out with `ack`: the id of the latest final frame this daemon
+/// received, so the helper can forget the result it keeps for a daemon that dies before
+/// reading it.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    #[serde(flatten)]
+    request: &'a Request<'a>,
+    ack: u64,
 }
 
 /// A message from the helper.
@@ -126,9 +185,16 @@ enum Request<'a> {
 #[serde(tag = "op", rename_all = "lowercase")]
 enum Frame {
     Ready {
+        /// The `hello` this answers (none: the helper's first word at start).
+        #[serde(default)]
+        id: Option<u64>,
         python: String,
         #[serde(default)]
         preload_failed: BTreeMap<String, String>,
+        #[serde(default)]
+        running: Option<InFlight>,
+        #[serde(default)]
+        kept: Option<InFlight>,
     },
     Result(Box<Reply>),
     Pong {
@@ -140,6 +206,32 @@ enum Frame {
         #[serde(default)]
         data: serde_json::Value,
     },
+}
+
+/// An execution a previous daemon started: still running, or finished with a result that
+/// daemon never acknowledged.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct InFlight {
+    pub id: u64,
+    /// Epoch seconds it started (running) or finished (kept).
+    #[serde(alias = "started", alias = "finished")]
+    pub at: f64,
+}
+
+/// What a helper said when a daemon attached to it again.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Resumed {
+    /// An execution is still running (its daemon went away mid-call).
+    pub running: Option<InFlight>,
+    /// The last execution finished but its result was never acknowledged.
+    pub kept: Option<InFlight>,
+}
+
+/// The helper's first words: at start, or in answer to a `hello`.
+struct Hello {
+    python: String,
+    preload_failed: BTreeMap<String, String>,
+    resumed: Resumed,
 }
 
 /// Output an execution produced so far (sent while it runs, when streaming).
@@ -168,6 +260,8 @@ pub struct ExecLimits {
     pub max_figure_bytes: u64,
     /// List the working directory's files the run created or modified.
     pub track_files: bool,
+    /// A session's first execution: the sandbox's lease (durable sessions).
+    pub lease: Option<Lease>,
 }
 
 /// Why running code was interrupted.
@@ -177,6 +271,8 @@ pub enum Interrupt {
     Timeout(Duration),
     /// The client cancelled the call.
     Cancelled,
+    /// The daemon that started it went away; the one that adopted the session stopped it.
+    Restart,
 }
 
 impl std::fmt::Display for Interrupt {
@@ -188,6 +284,7 @@ impl std::fmt::Display for Interrupt {
                 humantime::format_duration(*t)
             ),
             Interrupt::Cancelled => write!(f, "was cancelled by the client"),
+            Interrupt::Restart => write!(f, "was cut off by a server restart"),
         }
     }
 }
@@ -402,6 +499,15 @@ impl FrameDecoder {
     }
 }
 
+/// The first request id of a REPL made now (see [`Repl::next_id`]).
+fn id_base() -> u64 {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    ms << 10
+}
+
 /// What the caller waits for; shared by a [`Repl`] and its reader task. A std mutex: it is
 /// held for a few instructions, never across an `.await`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -434,7 +540,12 @@ pub struct Repl {
     broken: Arc<Mutex<Option<String>>>,
     /// The last few KB the container wrote to stderr outside executions (crash reports).
     stderr_tail: Arc<Mutex<String>>,
+    /// Request ids start at this daemon's start time in milliseconds times 1024, so a
+    /// daemon that adopts a sandbox never reuses an id an earlier daemon sent (the helper
+    /// remembers the last interrupt it was asked for by id).
     next_id: u64,
+    /// The id of the latest final frame received, sent with every request (`ack`).
+    acked: u64,
     /// The reader task; aborted with the REPL.
     reader: tokio::task::JoinHandle<()>,
 }
@@ -449,6 +560,73 @@ impl Repl {
     /// Start a container from `spec` and wait until its helper is ready.
     pub async fn start(backend: &Backend, spec: &SandboxSpec) -> Result<Repl, ReplError> {
         let attached = backend.start_attached(spec).await?;
+        let (mut repl, ready_rx) = Repl::over(backend, attached);
+        match tokio::time::timeout(READY_TIMEOUT, ready_rx).await {
+            Ok(Ok(hello)) => {
+                for (module, error) in hello.preload_failed {
+                    tracing::warn!(%module, %error, "warm import failed (docker.warm_imports)");
+                }
+                repl.python = hello.python;
+                Ok(repl)
+            }
+            Ok(Err(_)) => {
+                let why = match repl.broken() {
+                    Some(broken) => format!("The sandbox {broken}. "),
+                    None => repl.crash_report(),
+                };
+                repl.kill().await;
+                Err(ReplError::NoStart(format!(
+                    "the container exited before the helper was ready. {why}Check that the image has \
+                     `python3` on its PATH and that docker.user may run it"
+                )))
+            }
+            Err(_) => {
+                repl.kill().await;
+                Err(ReplError::NoStart(format!(
+                    "the helper was not ready within {READY_TIMEOUT:?}"
+                )))
+            }
+        }
+    }
+
+    /// Attach again to the helper of a running durable sandbox (adoption): say `hello`,
+    /// and learn what the previous daemon may have missed. The container is left as it
+    /// is when this fails.
+    pub async fn resume(
+        backend: &Backend,
+        attached: crate::runtime::Attached,
+        within: Duration,
+    ) -> Result<(Repl, Resumed), ReplError> {
+        let (mut repl, ready_rx) = Repl::over(backend, attached);
+        let id = repl.next_id();
+        repl.expect(id, false);
+        if let Err(e) = repl.send(&Request::Hello { id }).await {
+            return Err(ReplError::NoStart(format!(
+                "could not write to the sandbox's helper ({e})"
+            )));
+        }
+        match tokio::time::timeout(within, ready_rx).await {
+            Ok(Ok(hello)) => {
+                repl.expect(0, false);
+                repl.acked = id;
+                repl.python = hello.python;
+                Ok((repl, hello.resumed))
+            }
+            Ok(Err(_)) => Err(ReplError::NoStart(format!(
+                "the sandbox's helper went away while it was adopted. {}",
+                repl.crash_report()
+            ))),
+            Err(_) => Err(ReplError::NoStart(format!(
+                "the sandbox's helper did not answer within {within:?}"
+            ))),
+        }
+    }
+
+    /// A REPL over `attached`, its reader started, and where the helper's `ready` arrives.
+    fn over(
+        backend: &Backend,
+        attached: crate::runtime::Attached,
+    ) -> (Repl, tokio::sync::oneshot::Receiver<Hello>) {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (reply_tx, replies) = mpsc::channel(QUEUE);
         let stderr_tail = Arc::new(Mutex::new(String::new()));
@@ -472,7 +650,7 @@ impl Repl {
             }
             .run(attached.output),
         );
-        let mut repl = Repl {
+        let repl = Repl {
             backend: backend.clone(),
             id: attached.id,
             name: attached.name,
@@ -482,40 +660,76 @@ impl Repl {
             expect,
             broken,
             stderr_tail,
-            next_id: 0,
+            next_id: id_base(),
+            acked: 0,
             reader,
         };
-        match tokio::time::timeout(READY_TIMEOUT, ready_rx).await {
-            Ok(Ok((python, preload_failed))) => {
-                for (module, error) in preload_failed {
-                    tracing::warn!(%module, %error, "warm import failed (docker.warm_imports)");
+        (repl, ready_rx)
+    }
+
+    /// Let the sandbox end itself `idle` after its last request, and at `until` (epoch
+    /// seconds) however busy; zero is no limit.
+    pub async fn lease(&mut self, lease: &Lease, within: Duration) -> Result<(), ReplError> {
+        let id = self.next_id();
+        let request = Request::Lease {
+            id,
+            lease: lease.into(),
+        };
+        self.control(request, id, within).await.map(|_| ())
+    }
+
+    /// The result of an execution a previous daemon started and never heard the end of:
+    /// a running one is interrupted now (the restart cut it off), a finished one is sent
+    /// again. `None` when the helper no longer has it.
+    pub async fn recover(&mut self, resumed: Resumed) -> Result<Option<Reply>, ReplError> {
+        let started = Instant::now();
+        let (id, request) = match (resumed.running, resumed.kept) {
+            (Some(running), _) => (running.id, Request::Interrupt { id: running.id }),
+            (None, Some(kept)) => (kept.id, Request::Replay { id: kept.id }),
+            (None, None) => return Ok(None),
+        };
+        self.expect(id, false);
+        let sent = self.send(&request).await;
+        if let Err(e) = sent {
+            self.expect(0, false);
+            return Err(self
+                .lost(&format!("could not reach the sandbox ({e})"), started)
+                .await);
+        }
+        let answer = async {
+            loop {
+                match self.replies.recv().await {
+                    Some(Incoming::Reply(reply)) => return Some(Some(*reply)),
+                    Some(Incoming::Done(..)) => return Some(None),
+                    Some(_) => continue,
+                    None => return None,
                 }
-                repl.python = python;
-                Ok(repl)
             }
-            Ok(Err(_)) => {
-                let why = match repl.broken() {
-                    Some(broken) => format!("The sandbox {broken}. "),
-                    None => repl.crash_report(),
-                };
-                repl.kill().await;
-                Err(ReplError::NoStart(format!(
-                    "the container exited before the helper was ready. {why}Check that the image has \
-                     `python3` on its PATH and that docker.user may run it"
-                )))
+        };
+        let got = tokio::time::timeout(INTERRUPT_GRACE + CONTROL_GRACE, answer).await;
+        self.expect(0, false);
+        match got {
+            Ok(Some(reply)) => {
+                self.acked = id;
+                Ok(reply)
             }
+            Ok(None) => Err(self
+                .lost("the sandbox's Python process exited", started)
+                .await),
             Err(_) => {
-                repl.kill().await;
-                Err(ReplError::NoStart(format!(
-                    "the helper was not ready within {READY_TIMEOUT:?}"
-                )))
+                self.kill().await;
+                Err(ReplError::Killed(Interrupt::Restart))
             }
         }
     }
 
     /// Send one request line; an error means the helper is gone.
     async fn send(&mut self, request: &Request<'_>) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(request).expect("requests serialise");
+        let envelope = Envelope {
+            request,
+            ack: self.acked,
+        };
+        let mut line = serde_json::to_vec(&envelope).expect("requests serialise");
         line.push(b'\n');
         self.input.write_all(&line).await?;
         self.input.flush().await
@@ -566,12 +780,18 @@ impl Repl {
             max_figures: limits.max_figures,
             max_figure_bytes: limits.max_figure_bytes,
             track_files: limits.track_files,
+            stop_after: (limits.timeout + INTERRUPT_GRACE * 2).as_secs_f64(),
+            lease: limits.lease.as_ref().map(WireLease::from),
         };
         self.expect(id, progress.is_some());
         let outcome = self
             .run(id, &request, started, limits, cancel, progress)
             .await;
         self.expect(0, false);
+        if outcome.is_ok() {
+            // Received: the helper need not keep it for a restart. One short line, no reply.
+            let _ = self.send(&Request::Ack).await;
+        }
         outcome
     }
 
@@ -631,7 +851,10 @@ impl Repl {
     ) -> Option<Reply> {
         loop {
             match self.replies.recv().await? {
-                Incoming::Reply(reply) if reply.id == Some(id) => return Some(*reply),
+                Incoming::Reply(reply) if reply.id == Some(id) => {
+                    self.acked = id;
+                    return Some(*reply);
+                }
                 Incoming::Output(chunk) if chunk.id == id => {
                     if let Some(tx) = progress {
                         let _ = tx.try_send(chunk);
@@ -776,7 +999,10 @@ impl Repl {
         let done = async {
             loop {
                 match self.replies.recv().await {
-                    Some(Incoming::Done(d, data)) if d == id => return Some(data),
+                    Some(Incoming::Done(d, data)) if d == id => {
+                        self.acked = id;
+                        return Some(data);
+                    }
                     Some(_) => continue,
                     None => return None,
                 }
@@ -868,7 +1094,7 @@ struct Reader {
     backend: Backend,
     container: String,
     name: String,
-    ready: Option<tokio::sync::oneshot::Sender<(String, BTreeMap<String, String>)>>,
+    ready: Option<tokio::sync::oneshot::Sender<Hello>>,
     replies: mpsc::Sender<Incoming>,
     expect: Arc<Mutex<Expect>>,
     broken: Arc<Mutex<Option<String>>>,
@@ -886,7 +1112,7 @@ struct Reader {
 /// What to do with one frame.
 enum Verdict {
     Pass(Incoming),
-    Ready(String, BTreeMap<String, String>),
+    Ready(Hello),
     Stray,
 }
 
@@ -959,9 +1185,9 @@ impl Reader {
                         return None; // the REPL is gone; the stream ends with it
                     }
                 }
-                Verdict::Ready(python, failed) => {
+                Verdict::Ready(hello) => {
                     if let Some(tx) = self.ready.take() {
-                        let _ = tx.send((python, failed));
+                        let _ = tx.send(hello);
                     }
                 }
                 Verdict::Stray => {
@@ -988,10 +1214,18 @@ impl Reader {
         let mut expect = self.expect.lock().expect("expect lock");
         let awaited = |id: u64| expect.id != 0 && id == expect.id && !expect.answered;
         match frame {
+            // The first `ready` at start; after a `hello`, only the one answering it.
             Frame::Ready {
+                id,
                 python,
                 preload_failed,
-            } if self.ready.is_some() => Verdict::Ready(python, preload_failed),
+                running,
+                kept,
+            } if self.ready.is_some() && id.is_none_or(awaited) => Verdict::Ready(Hello {
+                python,
+                preload_failed,
+                resumed: Resumed { running, kept },
+            }),
             Frame::Ready { .. } => Verdict::Stray,
             Frame::Output(chunk) if awaited(chunk.id) && expect.stream => {
                 Verdict::Pass(Incoming::Output(chunk))
@@ -1160,8 +1394,22 @@ mod tests {
         let line = serde_json::to_string(&Request::Interrupt { id: 12 }).unwrap();
         assert_eq!(line, r#"{"op":"interrupt","id":12}"#);
         // The helper's reader only parses lines this short (INTERRUPT_LINE_MAX).
-        let longest = serde_json::to_string(&Request::Interrupt { id: u64::MAX }).unwrap();
-        assert!(longest.len() < 256, "{longest}");
+        for request in [
+            Request::Interrupt { id: u64::MAX },
+            Request::Hello { id: u64::MAX },
+            Request::Ack,
+        ] {
+            let longest = serde_json::to_string(&Envelope {
+                request: &request,
+                ack: u64::MAX,
+            })
+            .unwrap();
+            assert!(longest.len() < 256, "{longest}");
+            assert!(
+                longest.contains(r#""ack":18446744073709551615"#),
+                "{longest}"
+            );
+        }
     }
 
     #[test]
@@ -1177,9 +1425,18 @@ mod tests {
             max_figures: 4,
             max_figure_bytes: 1,
             track_files: true,
+            stop_after: 34.0,
+            lease: Some(WireLease {
+                idle: 1.5,
+                until: 2e9,
+            }),
         })
         .unwrap();
         assert!(!line.contains('\n'));
+        assert!(
+            line.contains(r#""lease":{"idle":1.5,"until":2000000000.0}"#),
+            "{line}"
+        );
         assert!(line.contains(r#""op":"exec""#));
     }
 }

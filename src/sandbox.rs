@@ -30,6 +30,10 @@ pub mod labels {
     pub const CLIENT: &str = "python-docker-mcp.client";
 }
 
+/// How long a warm sandbox outlives `pool_max_age` before it ends itself: the pool's own
+/// reaper retires it first while its daemon runs.
+pub const WARM_EXIT_SLACK: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The download cache every installer shares. It belongs to no daemon instance (no
 /// instance, pid or host label), so it survives restarts on purpose: a repeated install
 /// is quick. `docker volume rm python-docker-mcp-cache` clears it.
@@ -69,6 +73,9 @@ impl Role {
 /// A volume mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeMount {
+    /// The volume's name; empty for one the engine makes for this container (with the
+    /// container's labels) and removes with it, so a sandbox that ends itself leaves no
+    /// volume behind (durable sandboxes' own package volumes).
     pub volume: String,
     pub target: String,
     pub read_only: bool,
@@ -93,6 +100,12 @@ pub struct SandboxSpec {
     pub volumes: Vec<VolumeMount>,
     /// Keep stdin open and attached; the helper speaks over it.
     pub interactive: bool,
+    /// Stdin stays open when the daemon's attach goes away, so the sandbox outlives its
+    /// daemon (a durable session, `session.durable`) and a later daemon can attach again.
+    /// It then ends itself (the helper's timer) or is removed by a sweep. Otherwise the
+    /// engine closes stdin with the attach and the helper exits: it never outlives the
+    /// daemon, even one killed with SIGKILL.
+    pub detachable: bool,
     /// The engine removes the sandbox as soon as it exits (sandboxes); otherwise the
     /// daemon removes it after reading its exit code (installers).
     pub remove_on_exit: bool,
@@ -255,7 +268,7 @@ impl Default for Owner {
     }
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
@@ -282,7 +295,10 @@ pub fn repl_spec(
         VolumeMount {
             volume: own_volume.into(),
             target: SESSION_PACKAGES.into(),
-            read_only: true,
+            // An unnamed volume (durable sandboxes) cannot be mounted read-only (the
+            // engine refuses); its root belongs to root and the code runs as
+            // `docker.user` with no capability, so the code cannot write there either.
+            read_only: !own_volume.is_empty(),
         },
     ];
     // Session packages come first on the path so they win over shared ones.
@@ -326,7 +342,16 @@ pub fn repl_spec(
             format!("MKL_NUM_THREADS={}", threads(d.cpu_limit)),
             format!("PDM_ALLOWED_MODULES={}", config.allowed_modules.join(",")),
             format!("PDM_BLOCKED_MODULES={}", config.blocked_modules.join(",")),
-        ],
+        ]
+        .into_iter()
+        // A durable sandbox nobody uses ends itself (a session's lease replaces this).
+        .chain(config.session.durable.then(|| {
+            format!(
+                "PDM_IDLE_EXIT={}",
+                (d.pool_max_age + WARM_EXIT_SLACK).as_secs()
+            )
+        }))
+        .collect(),
         user: d.user,
         working_dir: d.working_dir.clone(),
         labels: owner.labels(Role::Sandbox, None),
@@ -344,6 +369,7 @@ pub fn repl_spec(
         scratch,
         volumes,
         interactive: true,
+        detachable: config.session.durable,
         remove_on_exit: true,
         keep_logs: false,
         runtime: d.runtime.clone(),
@@ -404,6 +430,7 @@ pub fn installer_spec(
             },
         ],
         interactive: false,
+        detachable: false,
         // Removed by the daemon after its exit code is read.
         remove_on_exit: false,
         keep_logs: false,

@@ -57,6 +57,29 @@ pub struct Session {
     end_requested: std::sync::Mutex<Option<String>>,
     /// Fired with `end_requested`: stops the call that holds the lock.
     ending: CancellationToken,
+    /// Fired when this daemon leaves a durable session to the next one (shutdown): the
+    /// call that holds the lock answers at once, and the code goes on in the sandbox.
+    detaching: CancellationToken,
+    /// When the session started (its sandbox was created, for an adopted one), epoch
+    /// seconds: its age, and its hard end (`session.max_lifetime`).
+    pub started_at: u64,
+    /// A later daemon took it over from the one that started it.
+    pub adopted: bool,
+    /// The engine's record of a durable session (`None`: it ends with this daemon).
+    pub durable: Option<Durable>,
+    /// Said once, with the next result: what happened to the call that was in flight when
+    /// the previous daemon went away. A std mutex: never held across an `.await`.
+    notice: std::sync::Mutex<Option<String>>,
+}
+
+/// What the engine records about a durable session: its container's current name, which
+/// says who owns and holds it and until when it may live (see [`crate::durable`]).
+pub struct Durable {
+    /// The container's name now. A tokio mutex: a rename holds it across the engine call,
+    /// so renames of one session (claim, restamp, release) never race.
+    pub name: tokio::sync::Mutex<String>,
+    /// When the name's deadline was last stamped, epoch seconds (0: not yet).
+    pub stamped: std::sync::atomic::AtomicU64,
 }
 
 impl Session {
@@ -76,7 +99,40 @@ impl Session {
             state: tokio::sync::Mutex::new(State::Live(repl)),
             end_requested: std::sync::Mutex::new(None),
             ending: CancellationToken::new(),
+            detaching: CancellationToken::new(),
+            started_at: crate::durable::now(),
+            adopted: false,
+            durable: None,
+            notice: std::sync::Mutex::new(None),
         }
+    }
+
+    /// This session is durable: its container is called `name` (renamed later).
+    pub fn durable(mut self, name: String, stamped: u64) -> Session {
+        self.durable = Some(Durable {
+            name: tokio::sync::Mutex::new(name),
+            stamped: std::sync::atomic::AtomicU64::new(stamped),
+        });
+        self
+    }
+
+    /// This session was adopted from an earlier daemon: it started at `started_at`, and
+    /// `notice` (if any) goes out with the next result.
+    pub fn adopted(mut self, started_at: u64, notice: Option<String>) -> Session {
+        self.started_at = started_at;
+        self.adopted = true;
+        self.notice = std::sync::Mutex::new(notice);
+        self
+    }
+
+    /// The notice for the next result, once.
+    pub fn take_notice(&self) -> Option<String> {
+        self.notice.lock().expect("notice lock").take()
+    }
+
+    /// Seconds since a call last finished (zero while one runs).
+    pub fn idle_secs(&self) -> f64 {
+        self.idle_for().as_secs_f64()
     }
 
     /// Wait for this session's turn (calls are served in arrival order). The session counts
@@ -109,6 +165,16 @@ impl Session {
     /// Why the session was asked to end, if it was.
     pub fn end_requested(&self) -> Option<String> {
         self.end_requested.lock().expect("end lock").clone()
+    }
+
+    /// This daemon leaves the session to the next one: a running call answers now.
+    pub fn detach(&self) {
+        self.detaching.cancel();
+    }
+
+    /// Completes when the daemon leaves the session to the next one.
+    pub async fn detached(&self) {
+        self.detaching.cancelled().await
     }
 
     /// Completes when someone asks the session to end.

@@ -173,6 +173,7 @@ fn under_host(host: &str, home: &Path, args: &[&str]) -> tokio::process::Command
     cmd.env("HOME", home)
         .env("PYTHON_DOCKER_MCP_LOG", "info")
         .env("PYTHON_DOCKER_MCP_POOL_ENABLED", "false")
+        .env("PYTHON_DOCKER_MCP_SESSION_DURABLE", "false")
         .args([
             "--uts",
             "sh",

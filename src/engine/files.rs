@@ -39,7 +39,7 @@ impl Engine {
             .map_err(ExecError::from)?;
         let full = files::resolve(&self.shared.config.docker.working_dir, path)?;
         self.check_size(path, bytes.len() as u64)?;
-        let session = self.session(id, client)?;
+        let session = self.session(id, client).await?;
         let mut guard = session.lock().await;
         let repl = self.live(&session, &mut guard)?;
         let size = write_file(repl, &full, bytes, self.file_limit())
@@ -59,7 +59,7 @@ impl Engine {
             .admit("download-file", Some(id), client)
             .map_err(ExecError::from)?;
         let full = files::resolve(&self.shared.config.docker.working_dir, path)?;
-        let session = self.session(id, client)?;
+        let session = self.session(id, client).await?;
         let mut guard = session.lock().await;
         let repl = self.live(&session, &mut guard)?;
         let bytes = read_file(repl, &full, self.file_limit())
@@ -82,7 +82,7 @@ impl Engine {
             .admit("list-files", Some(id), client)
             .map_err(ExecError::from)?;
         let full = files::resolve(&self.shared.config.docker.working_dir, path.unwrap_or("."))?;
-        let session = self.session(id, client)?;
+        let session = self.session(id, client).await?;
         let mut guard = session.lock().await;
         let repl = self.live(&session, &mut guard)?;
         match repl.list_files(&full, CONTROL_TIMEOUT).await {

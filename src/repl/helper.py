@@ -50,7 +50,20 @@
 # Package directories (PDM_PACKAGE_DIRS, read-only volumes an installer container fills)
 # are rescanned before each execution when they changed, so an install is importable at once.
 # When stdin closes (the daemon went away) the helper exits at once, so a sandbox never
-# outlives its daemon.
+# outlives its daemon -- unless it is durable (the engine keeps stdin open across attaches):
+# then a later daemon attaches again and says {"op": "hello", "id": N}. The reader thread
+# answers it at once, busy or not, with a "ready" frame carrying the same id, "running"
+# ({id, started} of an execution still under way, or null) and "kept" ({id, finished} of
+# the last result nobody acknowledged, or null). Every request may carry "ack": the id of
+# the latest reply the daemon received; the last execution's result frame is kept until it
+# is acknowledged, so {"op": "replay", "id": K} can send it again, unchanged (id K), to a
+# daemon that lost it in a restart.
+# Every exec carries "stop_after" (seconds): a run its daemon did not stop by then (the
+# daemon went away mid-call) is interrupted by the helper itself, as a time-out would be.
+# A durable sandbox ends itself: PDM_IDLE_EXIT (seconds) after the last request finished,
+# and at PDM_EXIT_AT (epoch seconds) however busy; {"op": "lease", "id": N, "idle": s,
+# "until": epoch} sets both when a session takes the sandbox. User code could defeat
+# this timer (it runs in this process); the daemon's sweep is the backstop that cannot be.
 # Interrupts come in-band, so they need no signal API from the engine (Kubernetes has
 # none): the thread that reads stdin takes "interrupt" itself and, if it names the
 # execution running now, sends SIGINT to the main thread (pthread_kill: a signal to that
@@ -135,17 +148,26 @@ INTERRUPT_LINE_MAX = 256
 
 
 def _reader():
+    global _last_activity
     while True:
         line = _proto_in.readline()
         if not line:
             os._exit(0)
-        if len(line) <= INTERRUPT_LINE_MAX and b'"interrupt"' in line:
+        _last_activity = time.monotonic()
+        if len(line) <= INTERRUPT_LINE_MAX and (
+                b'"interrupt"' in line or b'"hello"' in line or b'"ack"' in line):
             try:
                 req = json.loads(line)
             except ValueError:
                 req = None
             if isinstance(req, dict) and req.get("op") == "interrupt":
                 interrupt(req.get("id"))
+                continue
+            if isinstance(req, dict) and req.get("op") == "hello":
+                hello(req.get("id"))
+                continue
+            if isinstance(req, dict) and req.get("op") == "ack":
+                acknowledge(req.get("ack"))
                 continue
         with _requests_cv:
             _requests.append(line)
@@ -189,6 +211,53 @@ def interrupt(run_id):
 
 
 signal.signal(signal.SIGINT, _on_sigint)
+
+# Durable sandboxes (see the header). Plain assignments: the GIL makes each one atomic.
+_idle_exit = float(os.environ.get("PDM_IDLE_EXIT") or 0)
+_exit_at = float(os.environ.get("PDM_EXIT_AT") or 0)
+_last_activity = time.monotonic()
+_busy = False
+_run_started = None
+# (id, frame bytes, finished epoch) of the last execution's result, until acknowledged.
+_kept = None
+
+
+def acknowledge(ack):
+    """The daemon has every result up to `ack`: forget the kept one."""
+    global _kept
+    kept = _kept
+    if kept is not None and isinstance(ack, int) and ack >= kept[0]:
+        _kept = None
+
+
+def hello(req_id):
+    """A daemon (re)attached: say who we are and what it may have missed (reader thread)."""
+    running = _running
+    kept = _kept
+    send({"op": "ready", "id": req_id, "python": sys.version.split()[0], "preload_failed": {},
+          "running": None if running is None else {"id": running, "started": _run_started},
+          "kept": None if kept is None else {"id": kept[0], "finished": kept[2]}})
+
+
+# When the running execution is interrupted by the helper itself: its daemon went away
+# mid-call and nobody else will (the request's "stop_after", beyond the daemon's time-out).
+_stop_at = None
+
+
+def _expiry():
+    while True:
+        time.sleep(0.5)
+        now = time.monotonic()
+        running = _running
+        if running is not None and _stop_at is not None and now >= _stop_at:
+            diag("interrupting execution %s: past its time-out and no daemon stopped it" % (running,))
+            interrupt(running)
+        if _exit_at and time.time() >= _exit_at:
+            diag("exiting: the sandbox's lifetime is over")
+            os._exit(0)
+        if _idle_exit and not _busy and now - _last_activity >= _idle_exit:
+            diag("exiting: idle for %.0f s" % _idle_exit)
+            os._exit(0)
 
 # The module policy (allowed_modules / blocked_modules): checked when the user's own code
 # imports, not when a library it uses does. It is a policy, not a security boundary; the
@@ -732,7 +801,10 @@ def reopen_std_streams():
 
 
 def execute(req):
-    global _in_user_code, _running
+    global _in_user_code, _running, _run_started, _stop_at
+    _run_started = time.time()
+    stop_after = req.get("stop_after")
+    _stop_at = time.monotonic() + float(stop_after) if stop_after else None
     _running = req.get("id")
     ns = namespace
     if req.get("state") is not None or req.get("want_state"):
@@ -821,19 +893,40 @@ def main():
             importlib.import_module(module)  # in sys.modules, not in the user's namespace
         except BaseException as e:
             preload_failed[module] = "%s: %s" % (type(e).__name__, e)
+    global _busy, _kept, _idle_exit, _exit_at, _last_activity
     threading.Thread(target=_reader, daemon=True).start()
+    threading.Thread(target=_expiry, daemon=True).start()
     send({"op": "ready", "python": sys.version.split()[0], "preload_failed": preload_failed})
     # Between executions fd 1 is /dev/null and fd 2 the container's stderr (the daemon logs it).
     while True:
+        _busy = False
+        _last_activity = time.monotonic()
         line = next_request()
+        _busy = True
         try:
             req = json.loads(line)
         except ValueError as e:
             diag("bad request: %s" % e)
             continue
+        if not isinstance(req, dict):
+            diag("bad request: not an object")
+            continue
         op = req.get("op")
+        acknowledge(req.get("ack"))
+        lease = req if op == "lease" else req.get("lease")
+        if isinstance(lease, dict):
+            _idle_exit = float(lease.get("idle") or 0)
+            _exit_at = float(lease.get("until") or 0)
         try:
-            if op == "exec":
+            if op == "lease":
+                send({"op": "done", "id": req.get("id"), "data": None})
+            elif op == "replay":
+                kept = _kept
+                if kept is not None and kept[0] == req.get("id"):
+                    write_frame(kept[1])
+                else:
+                    send({"op": "done", "id": req.get("id"), "data": None})
+            elif op == "exec":
                 result = execute(req)
                 try:
                     frame = fit(result, int(req.get("max_frame") or 16 << 20))
@@ -844,6 +937,7 @@ def main():
                                         "traceback": "MemoryError: the result did not fit in memory"},
                               "interrupted": False, "duration_ms": 0.0}
                     frame = encode(result)
+                _kept = (req.get("id"), frame, time.time())
                 write_frame(frame)
             elif op == "ping":
                 send({"op": "pong", "id": req.get("id")})

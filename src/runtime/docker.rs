@@ -23,20 +23,24 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, VolumeCreateRequest,
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, MountVolumeOptions,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     AttachContainerOptions, BuildImageOptions, CreateContainerOptions, EventsOptions,
     ListContainersOptions, ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
-    WaitContainerOptions,
+    RenameContainerOptions, WaitContainerOptions,
 };
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
-use super::{Attached, EngineInfo, EngineKind, Finished, Output, RuntimeError, Swept};
+use super::{
+    Attached, EngineInfo, EngineKind, Finished, Named, Output, RuntimeError, Sweep, Swept,
+};
 use crate::config::Config;
+use crate::durable::{self, SessionName};
 use crate::sandbox::{self, labels, Network, Owner, Role, SandboxSpec, Scratch, UserIds};
 
 impl EngineInfo {
@@ -399,9 +403,15 @@ fn container_body(spec: &SandboxSpec, kind: EngineKind) -> ContainerCreateBody {
         .iter()
         .map(|v| Mount {
             target: Some(v.target.clone()),
-            source: Some(v.volume.clone()),
+            // No name: the engine makes the volume for this container, labelled like it,
+            // and removes it with the container (auto-remove included).
+            source: (!v.volume.is_empty()).then(|| v.volume.clone()),
             typ: Some(MountType::VOLUME),
             read_only: Some(v.read_only),
+            volume_options: v.volume.is_empty().then(|| MountVolumeOptions {
+                labels: Some(spec.labels.clone().into_iter().collect()),
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .collect();
@@ -465,7 +475,8 @@ fn container_body(spec: &SandboxSpec, kind: EngineKind) -> ContainerCreateBody {
         open_stdin: Some(spec.interactive),
         // Docker closes the helper's stdin when our attach connection goes away, and the
         // helper exits on EOF: a sandbox never outlives its daemon, even after SIGKILL.
-        stdin_once: Some(spec.interactive),
+        // A detachable one (a durable session) keeps stdin open for the next attach.
+        stdin_once: Some(spec.interactive && !spec.detachable),
         tty: Some(false),
         host_config: Some(host_config),
         ..Default::default()
@@ -616,11 +627,40 @@ impl Docker {
         let docker = &conn.api;
         self.watch_ooms();
         let id = self.create(spec).await?;
-        let attached = docker
+        let attached = match self.attach_streams(&id, &spec.name, spec.interactive).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.remove(&id).await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = docker.start_container(&id, None).await {
+            self.remove(&id).await;
+            return Err(conn.refused("start the container")(e));
+        }
+        Ok(attached)
+    }
+
+    /// Attach to a running container again (a durable session being adopted): its stdin
+    /// and what it writes from now on.
+    pub async fn attach(&self, id: &str, name: &str) -> Result<Attached, RuntimeError> {
+        self.watch_ooms();
+        self.attach_streams(id, name, true).await
+    }
+
+    async fn attach_streams(
+        &self,
+        id: &str,
+        name: &str,
+        stdin: bool,
+    ) -> Result<Attached, RuntimeError> {
+        let conn = self.connection().await?;
+        let attached = conn
+            .api
             .attach_container(
-                &id,
+                id,
                 Some(AttachContainerOptions {
-                    stdin: spec.interactive,
+                    stdin,
                     stdout: true,
                     stderr: true,
                     stream: true,
@@ -628,18 +668,8 @@ impl Docker {
                     detach_keys: None,
                 }),
             )
-            .await;
-        let attached = match attached {
-            Ok(a) => a,
-            Err(e) => {
-                self.remove(&id).await;
-                return Err(conn.refused("attach to the container")(e));
-            }
-        };
-        if let Err(e) = docker.start_container(&id, None).await {
-            self.remove(&id).await;
-            return Err(conn.refused("start the container")(e));
-        }
+            .await
+            .map_err(conn.refused("attach to the container"))?;
         let output = attached.output.filter_map(|item| async move {
             match item {
                 Ok(bollard::container::LogOutput::StdOut { message })
@@ -657,11 +687,76 @@ impl Docker {
             }
         });
         Ok(Attached {
-            id,
-            name: spec.name.clone(),
+            id: id.to_string(),
+            name: name.to_string(),
             input: attached.input,
             output: Box::pin(output),
         })
+    }
+
+    /// The name of the volume mounted at `target` in container `id` (an unnamed one the
+    /// engine made, say).
+    pub async fn volume_at(&self, id: &str, target: &str) -> Result<Option<String>, RuntimeError> {
+        let conn = self.connection().await?;
+        let info = conn
+            .api
+            .inspect_container(id, None)
+            .await
+            .map_err(conn.refused("inspect a container"))?;
+        Ok(info
+            .mounts
+            .unwrap_or_default()
+            .into_iter()
+            .find(|m| m.destination.as_deref() == Some(target))
+            .and_then(|m| m.name))
+    }
+
+    /// Rename the container now called `from` to `to`: the claim primitive (of two
+    /// daemons renaming the same name, exactly one succeeds). `Ok(false)`: no container is
+    /// called `from` any more (another daemon won, or it is gone).
+    pub async fn rename(&self, from: &str, to: &str) -> Result<bool, RuntimeError> {
+        let conn = self.connection().await?;
+        let options = RenameContainerOptions { name: to.into() };
+        match conn.api.rename_container(from, options).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(conn.refused("rename a container")(e)),
+        }
+    }
+
+    /// Running or not, the containers whose name contains `part`, with their labels.
+    pub async fn named(&self, part: &str) -> Result<Vec<Named>, RuntimeError> {
+        let filters = HashMap::from([
+            ("name".to_string(), vec![part.to_string()]),
+            (
+                "label".to_string(),
+                vec![format!("{}=true", labels::MANAGED)],
+            ),
+        ]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let conn = self.connection().await?;
+        let list = conn
+            .api
+            .list_containers(Some(options))
+            .await
+            .map_err(conn.refused("list containers"))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let name = c.names?.into_iter().next()?;
+                Some(Named {
+                    id: c.id?,
+                    name: name.trim_start_matches('/').to_string(),
+                    created: c.created.unwrap_or(0).max(0) as u64,
+                    running: c.state.is_some_and(|s| s.to_string() == "running"),
+                    labels: c.labels.unwrap_or_default(),
+                })
+            })
+            .collect())
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<String, RuntimeError> {
@@ -833,59 +928,18 @@ impl Docker {
         Ok(list.into_iter().filter_map(|c| c.id).collect())
     }
 
-    /// Every container and volume carrying the `managed` label, with their labels.
-    async fn managed(&self) -> Result<Vec<Labelled>, RuntimeError> {
-        let conn = self.connection().await?;
-        let docker = &conn.api;
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{}=true", labels::MANAGED)],
-        )]);
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(filters.clone()),
-            ..Default::default()
-        };
-        let containers = docker
-            .list_containers(Some(options))
-            .await
-            .map_err(conn.refused("list containers"))?;
-        let volumes = docker
-            .list_volumes(Some(ListVolumesOptions {
-                filters: Some(filters),
-            }))
-            .await
-            .map_err(conn.refused("list volumes"))?;
-        let mut out: Vec<Labelled> = containers
-            .into_iter()
-            .filter_map(|c| {
-                Some(Labelled {
-                    id: c.id?,
-                    volume: false,
-                    labels: c.labels.unwrap_or_default(),
-                })
-            })
-            .collect();
-        out.extend(
-            volumes
-                .volumes
-                .unwrap_or_default()
-                .into_iter()
-                .map(|v| Labelled {
-                    id: v.name,
-                    volume: true,
-                    labels: v.labels,
-                }),
-        );
-        Ok(out)
-    }
-
     /// Remove every container and volume of one daemon instance. Returns how many
     /// containers were removed.
-    pub async fn remove_instance(&self, instance: &str) -> Result<usize, RuntimeError> {
-        let ids = self
+    /// Containers (by id) and volumes (by name) in `keep` stay.
+    pub async fn remove_instance(
+        &self,
+        instance: &str,
+        keep: &std::collections::HashSet<String>,
+    ) -> Result<usize, RuntimeError> {
+        let mut ids = self
             .containers_labelled(&[(labels::INSTANCE, instance)])
             .await?;
+        ids.retain(|id| !keep.contains(id));
         futures::future::join_all(ids.iter().map(|id| self.remove(id))).await;
         let filters = HashMap::from([(
             "label".to_string(),
@@ -904,37 +958,96 @@ impl Docker {
             .unwrap_or_default()
             .into_iter()
             .map(|v| v.name)
+            .filter(|n| !keep.contains(n))
             .collect();
         futures::future::join_all(names.iter().map(|n| self.remove_volume(n))).await;
         Ok(ids.len())
     }
 
-    /// Find the containers and volumes of daemons that are gone, and remove them unless
-    /// `dry_run`. The orphan policy of this backend: an object belongs to a dead daemon when
-    /// its host label is this host, its pid label names another process, and no
-    /// python-docker-mcp runs with that pid ([`is_orphan`]).
-    pub async fn sweep_orphans(&self, me: &Owner, dry_run: bool) -> Result<Swept, RuntimeError> {
-        let orphans: Vec<_> = self
-            .managed()
+    /// Find what no live daemon will remove, and remove it unless `sweep.dry_run`. The
+    /// policy of this backend, for containers:
+    /// - a durable session (its name parses as a [`SessionName`]) goes when it has expired
+    ///   ([`SessionName::expired`]: past its deadline or its lifetime, and no live daemon
+    ///   holds it), whoever made it: the backstop that user code cannot touch;
+    /// - anything else goes when its host label is this host, its pid label names another
+    ///   process, and no python-docker-mcp runs with that pid ([`is_orphan`]): warm and
+    ///   transient sandboxes and installers of a dead daemon;
+    /// - with `sweep.all`, everything labelled by a daemon of this host (`cleanup --all`).
+    ///
+    /// Volumes go only when no container mounts them any more (the engine's `dangling`),
+    /// and by the same labels: a durable session's package volume stays as long as it does.
+    pub async fn sweep_orphans(
+        &self,
+        me: &Owner,
+        sweep: &Sweep<'_>,
+    ) -> Result<Swept, RuntimeError> {
+        let now = durable::now();
+        let doomed = |c: &Named| match SessionName::parse(&c.name) {
+            _ if sweep.all => c.labels.get(labels::HOST) == Some(&me.host),
+            Some(n) => n.expired(c.created, sweep.max_lifetime, now, sweep.holder),
+            None => is_orphan(&c.labels, me, daemon_alive),
+        };
+        let containers: Vec<Named> = self
+            .named("")
             .await?
             .into_iter()
-            .filter(|o| is_orphan(&o.labels, me, daemon_alive))
+            .filter(|c| doomed(c))
             .collect();
-        let swept = Swept {
-            containers: orphans.iter().filter(|o| !o.volume).count(),
-            volumes: orphans.iter().filter(|o| o.volume).count(),
+        let volume_doomed = |labels: &HashMap<String, String>| {
+            (sweep.all && labels.get(labels::HOST) == Some(&me.host))
+                || is_orphan(labels, me, daemon_alive)
         };
-        if dry_run {
-            return Ok(swept);
+        if sweep.dry_run {
+            let volumes = self.volumes(true).await?;
+            return Ok(Swept {
+                containers: containers.len(),
+                volumes: volumes.iter().filter(|v| volume_doomed(&v.labels)).count(),
+                removed: containers.into_iter().map(|c| c.name).collect(),
+            });
         }
         // Containers first: a volume cannot go while a container still mounts it.
-        for o in orphans.iter().filter(|o| !o.volume) {
-            self.remove(&o.id).await;
+        futures::future::join_all(containers.iter().map(|c| self.remove(&c.id))).await;
+        let volumes: Vec<Labelled> = self
+            .volumes(true)
+            .await?
+            .into_iter()
+            .filter(|v| volume_doomed(&v.labels))
+            .collect();
+        futures::future::join_all(volumes.iter().map(|v| self.remove_volume(&v.id))).await;
+        Ok(Swept {
+            containers: containers.len(),
+            volumes: volumes.len(),
+            removed: containers.into_iter().map(|c| c.name).collect(),
+        })
+    }
+
+    /// Managed volumes, only those no container mounts when `dangling`.
+    async fn volumes(&self, dangling: bool) -> Result<Vec<Labelled>, RuntimeError> {
+        let conn = self.connection().await?;
+        let mut filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{}=true", labels::MANAGED)],
+        )]);
+        if dangling {
+            filters.insert("dangling".into(), vec!["true".into()]);
         }
-        for o in orphans.iter().filter(|o| o.volume) {
-            self.remove_volume(&o.id).await;
-        }
-        Ok(swept)
+        let volumes = conn
+            .api
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map_err(conn.refused("list volumes"))?;
+        Ok(volumes
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| Labelled {
+                id: v.name,
+                volume: true,
+                labels: v.labels,
+            })
+            .collect())
     }
 }
 /// Whether an object labelled by some daemon belongs to one that is gone: same host,
@@ -1245,9 +1358,39 @@ mod tests {
         }"#;
 
     #[test]
+    fn a_durable_sandbox_keeps_stdin_open_ends_itself_and_owns_an_unnamed_volume() {
+        let config = Config::defaults();
+        assert!(config.session.durable);
+        let owner = fixed_owner();
+        let spec = repl_spec(&config, &owner, "pdm-r".into(), "shared", "");
+        let body = rendered(&spec, EngineKind::Docker);
+        assert_eq!(body["StdinOnce"], false, "the next daemon attaches again");
+        assert_eq!(body["OpenStdin"], true);
+        assert_eq!(body["HostConfig"]["AutoRemove"], true);
+        let env = body["Env"].as_array().unwrap();
+        assert!(
+            env.contains(&serde_json::json!("PDM_IDLE_EXIT=330")),
+            "{env:?}"
+        );
+        let own = &body["HostConfig"]["Mounts"][1];
+        assert_eq!(own["Target"], "/opt/python-docker-mcp/session");
+        assert!(
+            own.get("Source").is_none(),
+            "unnamed: removed with the container"
+        );
+        assert_eq!(
+            own["VolumeOptions"]["Labels"]["python-docker-mcp.role"],
+            "sandbox"
+        );
+        assert_eq!(body["HostConfig"]["Mounts"][0]["Source"], "shared");
+    }
+
+    #[test]
     fn the_repl_and_installer_specs_render_the_same_request_as_before() {
         let mut config = Config::defaults();
         config.docker.runtime = Some("runsc".into());
+        // Sessions that end with their daemon, as before durable sessions.
+        config.session.durable = false;
         let owner = fixed_owner();
         let repl = repl_spec(&config, &owner, "pdm-r".into(), "shared", "own");
         let mut installer =

@@ -1008,6 +1008,7 @@ impl Kubernetes {
         let swept = Swept {
             containers: pods.len(),
             volumes: claims.len(),
+            removed: pods.clone(),
         };
         if !dry_run {
             futures::future::join_all(pods.iter().map(|n| self.remove(n))).await;

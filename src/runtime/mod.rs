@@ -285,10 +285,44 @@ pub(crate) async fn read_bounded(
 }
 
 /// What [`Backend::sweep_orphans`] found (and removed, unless it was a dry run).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Swept {
     pub containers: usize,
     pub volumes: usize,
+    /// The containers' names (where the backend reports them).
+    pub removed: Vec<String>,
+}
+
+/// What a sweep removes besides the orphans of dead daemons.
+#[derive(Debug, Clone)]
+pub struct Sweep<'a> {
+    /// The daemon sweeping: sessions it holds are never expired by the sweep.
+    pub holder: &'a crate::durable::Holder,
+    /// `session.max_lifetime`: a durable session older than this goes, whoever holds it
+    /// not alive.
+    pub max_lifetime: Duration,
+    /// Count, remove nothing.
+    pub dry_run: bool,
+    /// Everything any daemon of this host made, live or not (`cleanup --all`).
+    pub all: bool,
+}
+
+/// A container found by name, with what the engine records of it.
+#[derive(Debug, Clone)]
+pub struct Named {
+    pub id: String,
+    pub name: String,
+    /// Epoch seconds it was created.
+    pub created: u64,
+    pub running: bool,
+    pub labels: std::collections::HashMap<String, String>,
+}
+
+/// Why a backend cannot do what durable sessions need.
+#[derive(Debug, thiserror::Error)]
+#[error("durable sessions are not implemented on {engine} yet (set session.durable: false)")]
+pub struct NotDurable {
+    pub engine: &'static str,
 }
 
 /// The engine that runs this daemon's sandboxes. Cheap to clone: every variant is a handle.
@@ -322,16 +356,6 @@ impl Backend {
         match config.runtime.backend {
             BackendKind::Docker => Backend::Docker(Docker::new()),
             BackendKind::Kubernetes => Backend::Kubernetes(Kubernetes::new(config)),
-        }
-    }
-
-    /// The Docker handle, for what only a Docker API engine does (building an image).
-    pub fn as_docker(&self) -> Option<&Docker> {
-        match self {
-            Backend::Docker(d) => Some(d),
-            Backend::Kubernetes(_) => None,
-            #[cfg(test)]
-            Backend::Fake(_) => None,
         }
     }
 
@@ -417,14 +441,90 @@ impl Backend {
     }
 
     /// Remove every sandbox and volume of one daemon instance; returns how many sandboxes.
-    pub async fn remove_instance(&self, instance: &str) -> Result<usize, RuntimeError> {
-        each!(self, b => b.remove_instance(instance).await)
+    /// `keep`: containers (by id) and volumes (by name) that stay: durable sessions.
+    pub async fn remove_instance(
+        &self,
+        instance: &str,
+        keep: &std::collections::HashSet<String>,
+    ) -> Result<usize, RuntimeError> {
+        match self {
+            Backend::Docker(d) => d.remove_instance(instance, keep).await,
+            Backend::Kubernetes(k) => k.remove_instance(instance).await,
+            #[cfg(test)]
+            Backend::Fake(f) => f.remove_instance(instance).await,
+        }
     }
 
     /// Find the leftovers of daemons that are gone, by this backend's orphan policy, and
     /// remove them unless `dry_run`.
-    pub async fn sweep_orphans(&self, me: &Owner, dry_run: bool) -> Result<Swept, RuntimeError> {
-        each!(self, b => b.sweep_orphans(me, dry_run).await)
+    pub async fn sweep_orphans(
+        &self,
+        me: &Owner,
+        sweep: &Sweep<'_>,
+    ) -> Result<Swept, RuntimeError> {
+        match self {
+            Backend::Docker(d) => d.sweep_orphans(me, sweep).await,
+            Backend::Kubernetes(k) => k.sweep_orphans(me, sweep.dry_run).await,
+            #[cfg(test)]
+            Backend::Fake(f) => f.sweep_orphans(me, sweep.dry_run).await,
+        }
+    }
+
+    /// Whether sandboxes on this backend can outlive the daemon and be adopted (the
+    /// methods below): Docker and Podman. Kubernetes: not yet (SCALING.md).
+    pub fn durable(&self) -> Result<(), NotDurable> {
+        match self {
+            Backend::Docker(_) => Ok(()),
+            Backend::Kubernetes(_) => Err(NotDurable {
+                engine: "Kubernetes",
+            }),
+            #[cfg(test)]
+            Backend::Fake(_) => Err(NotDurable {
+                engine: "the fake backend",
+            }),
+        }
+    }
+
+    /// Attach again to a running durable sandbox.
+    pub async fn attach(&self, id: &str, name: &str) -> Result<Attached, RuntimeError> {
+        match self {
+            Backend::Docker(d) => d.attach(id, name).await,
+            _ => Err(self.not_durable()),
+        }
+    }
+
+    /// Rename the container called `from` to `to`, atomically: the claim. `Ok(false)`:
+    /// nothing is called `from` any more (another daemon claimed it, or it is gone).
+    pub async fn rename(&self, from: &str, to: &str) -> Result<bool, RuntimeError> {
+        match self {
+            Backend::Docker(d) => d.rename(from, to).await,
+            _ => Err(self.not_durable()),
+        }
+    }
+
+    /// The volume mounted at `target` in container `id`, by name.
+    pub async fn volume_at(&self, id: &str, target: &str) -> Result<Option<String>, RuntimeError> {
+        match self {
+            Backend::Docker(d) => d.volume_at(id, target).await,
+            _ => Ok(None),
+        }
+    }
+
+    /// Managed containers whose name contains `part`.
+    pub async fn named(&self, part: &str) -> Result<Vec<Named>, RuntimeError> {
+        match self {
+            Backend::Docker(d) => d.named(part).await,
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn not_durable(&self) -> RuntimeError {
+        let e = self.durable().expect_err("only called off Docker");
+        RuntimeError::Api {
+            engine: e.engine,
+            op: "adopt a durable session",
+            message: e.to_string(),
+        }
     }
 
     /// Stop background work (watchers). Dropping the last handle does the same.

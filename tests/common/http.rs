@@ -52,7 +52,8 @@ pub fn command(home: &Path, args: &[&str], env: &[(&str, &str)]) -> tokio::proce
     }
     cmd.env("HOME", home)
         .env("PYTHON_DOCKER_MCP_LOG", "info")
-        .env("PYTHON_DOCKER_MCP_POOL_ENABLED", "false");
+        .env("PYTHON_DOCKER_MCP_POOL_ENABLED", "false")
+        .env("PYTHON_DOCKER_MCP_SESSION_DURABLE", "false");
     for (k, v) in env {
         cmd.env(k, v);
     }

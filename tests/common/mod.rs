@@ -84,7 +84,11 @@ pub fn fresh_dir(tag: &str) -> PathBuf {
 /// `PYTHON_DOCKER_MCP_*` settings, quiet logs; then the test's own variables.
 fn isolate(cmd: &mut tokio::process::Command, home: &PathBuf, env: &[(&str, &str)]) {
     // The pool is off unless a test turns it on: container counts then mean what they say.
-    let cmd = clean_env(cmd.as_std_mut(), home).env("PYTHON_DOCKER_MCP_POOL_ENABLED", "false");
+    // Sessions end with their daemon unless a test turns durability on (tests/durable.rs):
+    // every other test checks that its daemon left nothing behind.
+    let cmd = clean_env(cmd.as_std_mut(), home)
+        .env("PYTHON_DOCKER_MCP_POOL_ENABLED", "false")
+        .env("PYTHON_DOCKER_MCP_SESSION_DURABLE", "false");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -1,0 +1,339 @@
+//! Durable sessions: what the engine records about a session that outlives its daemon.
+//!
+//! A session's sandbox keeps running when its daemon exits or dies, and a later daemon of
+//! the same owner adopts it when a call names its id. Labels cannot change after a
+//! container is created, so what must change (who holds the session, until when it may
+//! live) is carried by the container's **name**, which the engine renames atomically: of
+//! two daemons renaming the same old name, exactly one succeeds. That rename is the claim.
+//!
+//! ```text
+//! pdm-s.<session id>.<owner>.<holder>.<until>
+//!   owner   16 hex digits of SHA-256(scope, OS uid, client): who may adopt it
+//!   holder  <host>x<pid>x<start> of the daemon holding it now, or `free`
+//!   until   epoch second after which the backstop sweep may remove it
+//! ```
+//!
+//! Everything here is pure (names in, names out) but for reading `/proc` to tell a live
+//! holder from a dead one.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+use crate::client::Client;
+
+/// Every durable session's container name starts with this.
+pub const PREFIX: &str = "pdm-s.";
+/// The holder part of a session no daemon holds (its daemon exited cleanly).
+const FREE: &str = "free";
+/// Added to a session's idle deadline before the backstop may remove it: the name is
+/// restamped at most every quarter of `idle_timeout`, so the stamp lags the last use.
+const BACKSTOP_SLACK: Duration = Duration::from_secs(60);
+
+/// Who may adopt a session: a digest of the scope, the OS user and the client's name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OwnerKey(String);
+
+impl OwnerKey {
+    pub fn new(scope: &str, uid: u32, client: &Client) -> OwnerKey {
+        let mut h = Sha256::new();
+        for part in [scope, &uid.to_string(), client.name()] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        let digest = h.finalize();
+        OwnerKey(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A daemon process, as a session's holder: the host it runs on (a digest), its pid, and
+/// its start time in clock ticks since boot (so a reused pid is not taken for it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub host: String,
+    pub pid: u32,
+    pub start: u64,
+}
+
+impl Holder {
+    /// This process.
+    pub fn me() -> Holder {
+        let pid = std::process::id();
+        Holder {
+            host: host_tag(&crate::sandbox::hostname()),
+            pid,
+            start: start_time(pid).unwrap_or(0),
+        }
+    }
+
+    fn render(&self) -> String {
+        format!("{}x{}x{}", self.host, self.pid, self.start)
+    }
+
+    fn parse(s: &str) -> Option<Holder> {
+        let mut it = s.split('x');
+        let (host, pid, start) = (it.next()?, it.next()?, it.next()?);
+        if it.next().is_some() || host.len() != 6 || !host.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(Holder {
+            host: host.into(),
+            pid: pid.parse().ok()?,
+            start: start.parse().ok()?,
+        })
+    }
+
+    /// Whether this holder still runs, as far as `me` can tell: on this host, the same
+    /// process (pid and start time) running python-docker-mcp; on another host it cannot
+    /// be checked, so it counts as alive (until the session's own expiry).
+    pub fn alive(&self, me: &Holder) -> bool {
+        if self.host != me.host {
+            return true;
+        }
+        if self == me {
+            return true;
+        }
+        start_time(self.pid) == Some(self.start)
+            && std::fs::read(format!("/proc/{}/cmdline", self.pid))
+                .map(|c| String::from_utf8_lossy(&c).contains("python-docker-mcp"))
+                .unwrap_or(false)
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "process {} ({})", self.pid, self.host)
+    }
+}
+
+/// What a durable session's container name says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionName {
+    pub session: String,
+    pub owner: String,
+    /// `None`: free (its last daemon exited cleanly).
+    pub holder: Option<Holder>,
+    /// Epoch seconds after which the backstop may remove it.
+    pub until: u64,
+}
+
+impl SessionName {
+    pub fn render(&self) -> String {
+        let holder = self
+            .holder
+            .as_ref()
+            .map_or_else(|| FREE.to_string(), Holder::render);
+        format!(
+            "{PREFIX}{}.{}.{holder}.{}",
+            self.session, self.owner, self.until
+        )
+    }
+
+    /// A container name, if it is a durable session's (Docker lists names with a `/`).
+    pub fn parse(name: &str) -> Option<SessionName> {
+        let rest = name.trim_start_matches('/').strip_prefix(PREFIX)?;
+        let mut it = rest.split('.');
+        let (session, owner, holder, until) = (it.next()?, it.next()?, it.next()?, it.next()?);
+        if it.next().is_some() || !is_session_id(session) || owner.len() != 16 {
+            return None;
+        }
+        Some(SessionName {
+            session: session.into(),
+            owner: owner.into(),
+            holder: match holder {
+                FREE => None,
+                h => Some(Holder::parse(h)?),
+            },
+            until: until.parse().ok()?,
+        })
+    }
+
+    /// The same session held by `holder` (None: released).
+    pub fn held_by(&self, holder: Option<Holder>) -> SessionName {
+        SessionName {
+            holder,
+            ..self.clone()
+        }
+    }
+
+    /// Whether the backstop may remove it now: past its deadline, or older than the
+    /// hard lifetime, and not held by a live daemon (a live holder ends its own).
+    pub fn expired(&self, created: u64, max_lifetime: Duration, now: u64, me: &Holder) -> bool {
+        if self.holder.as_ref().is_some_and(|h| h.alive(me)) {
+            return false;
+        }
+        now > self.until || now > created.saturating_add(max_lifetime.as_secs())
+    }
+}
+
+/// The backstop deadline of a session last stamped at `now`: its idle deadline plus the
+/// stamp's lag, never past its hard end (`created` + `max_lifetime`).
+pub fn until(now: u64, idle: Duration, created: u64, max_lifetime: Duration) -> u64 {
+    let idle_end = now + idle.as_secs() + idle.as_secs() / 4 + BACKSTOP_SLACK.as_secs();
+    idle_end.min(created.saturating_add(max_lifetime.as_secs()))
+}
+
+/// Whether a stamp made at `stamped` (epoch seconds) should be renewed at `now`.
+pub fn stale(stamped: u64, now: u64, idle: Duration) -> bool {
+    now.saturating_sub(stamped) >= (idle.as_secs() / 4).max(1)
+}
+
+/// A session id as this daemon makes them: a hyphenated uuid.
+pub fn is_session_id(s: &str) -> bool {
+    uuid::Uuid::try_parse(s).is_ok_and(|u| u.hyphenated().to_string() == s)
+}
+
+/// Now, in epoch seconds.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Six hex digits standing for a host name in a container name.
+fn host_tag(host: &str) -> String {
+    let digest = Sha256::digest(host.as_bytes());
+    digest[..3].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A process's start time in clock ticks since boot (`/proc/PID/stat`, field 22).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last `)`.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// This process's OS user id (`/proc/self/status`), part of a session's owner on stdio.
+pub fn uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0f0e0d0c-0b0a-4999-8888-777766665555";
+
+    fn name(holder: Option<Holder>) -> SessionName {
+        SessionName {
+            session: ID.into(),
+            owner: OwnerKey::new("default", 1000, &Client::new("local"))
+                .as_str()
+                .into(),
+            holder,
+            until: 1_900_000_000,
+        }
+    }
+
+    #[test]
+    fn a_session_name_round_trips_and_is_a_valid_container_name() {
+        let me = Holder::me();
+        for n in [name(None), name(Some(me))] {
+            let text = n.render();
+            assert!(text.len() < 128, "{text}");
+            assert!(text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)));
+            assert_eq!(SessionName::parse(&text), Some(n.clone()));
+            assert_eq!(SessionName::parse(&format!("/{text}")), Some(n));
+        }
+        for bad in [
+            "pdm-abc-sandbox-123",
+            "pdm-s.not-a-uuid.0123456789abcdef.free.1",
+            "pdm-s.0f0e0d0c-0b0a-4999-8888-777766665555.short.free.1",
+            "pdm-s.0f0e0d0c-0b0a-4999-8888-777766665555.0123456789abcdef.free.x",
+            "pdm-s.0f0e0d0c-0b0a-4999-8888-777766665555.0123456789abcdef.zz.1",
+        ] {
+            assert_eq!(SessionName::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn owners_differ_by_scope_user_and_client() {
+        let local = Client::new("local");
+        let a = OwnerKey::new("default", 1000, &local);
+        assert_eq!(a, OwnerKey::new("default", 1000, &local));
+        assert_ne!(a, OwnerKey::new("other", 1000, &local));
+        assert_ne!(a, OwnerKey::new("default", 0, &local));
+        assert_ne!(a, OwnerKey::new("default", 1000, &Client::new("alice")));
+        // No concatenation collisions: the parts are separated.
+        assert_ne!(
+            OwnerKey::new("ab", 1, &Client::new("c")),
+            OwnerKey::new("a", 1, &Client::new("bc"))
+        );
+        assert_eq!(a.as_str().len(), 16);
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_dead_or_reused_pid_is_not() {
+        let me = Holder::me();
+        assert!(me.start > 0);
+        assert!(me.alive(&me));
+        let reused = Holder {
+            start: me.start + 1,
+            ..me.clone()
+        };
+        assert!(!reused.alive(&me), "same pid, another start time");
+        let gone = Holder {
+            pid: u32::MAX - 1,
+            ..me.clone()
+        };
+        assert!(!gone.alive(&me));
+        let elsewhere = Holder {
+            host: "abcdef".into(),
+            ..gone
+        };
+        assert!(
+            elsewhere.alive(&me),
+            "another host's holder cannot be checked"
+        );
+    }
+
+    #[test]
+    fn the_backstop_removes_only_expired_sessions_nobody_live_holds() {
+        let me = Holder::me();
+        let day = Duration::from_secs(86_400);
+        let n = name(None);
+        assert!(!n.expired(n.until - 100, day, n.until, &me));
+        assert!(n.expired(n.until - 100, day, n.until + 1, &me));
+        // The hard lifetime, however recent the stamp.
+        assert!(n.expired(n.until - day.as_secs() - 10, day, n.until - 5, &me));
+        // Held by a live daemon (this one): never.
+        let held = name(Some(me.clone()));
+        assert!(!held.expired(0, day, u64::MAX / 2, &me));
+        let dead = name(Some(Holder {
+            pid: u32::MAX - 1,
+            ..me.clone()
+        }));
+        assert!(dead.expired(0, day, dead.until + 1, &me));
+    }
+
+    #[test]
+    fn the_deadline_covers_the_stamps_lag_and_stops_at_the_lifetime() {
+        let idle = Duration::from_secs(1800);
+        let day = Duration::from_secs(86_400);
+        let stamped = 1_000_000;
+        let u = until(stamped, idle, stamped, day);
+        // The last use may be up to a quarter of idle after the stamp.
+        assert!(u >= stamped + idle.as_secs() + idle.as_secs() / 4);
+        assert_eq!(
+            until(stamped, idle, stamped - day.as_secs() + 10, day),
+            stamped + 10
+        );
+        assert!(!stale(stamped, stamped + 449, idle));
+        assert!(stale(stamped, stamped + 450, idle));
+        assert!(stale(5, 6, Duration::from_secs(2)));
+    }
+}
