@@ -14,10 +14,16 @@ use std::time::{Duration, Instant};
 
 /// What the servers run: the sandbox image has python3, and no image can be pulled here.
 pub const HOST_IMAGE: &str = "python-docker-mcp:latest";
-/// The label on every network and server a test makes (`docker network ls --filter
-/// label=python-docker-mcp-test` finds strays of a killed run). Not the daemon's own
-/// `python-docker-mcp.*` labels: the daemon must never count or reap these.
-pub const TEST_LABEL: &str = "python-docker-mcp-test";
+/// The label on every network and server a test makes; its value is the test process's
+/// pid, so `scripts/test.sh` tells strays of a finished run from those of a suite still
+/// running. Not the daemon's own `python-docker-mcp.*` labels: the daemon must never count
+/// or reap these.
+pub const TEST_LABEL: &str = "python-docker-mcp-test.pid";
+
+/// `--label` and its value for what this test process makes.
+fn label() -> String {
+    format!("{TEST_LABEL}={}", std::process::id())
+}
 /// The port every server listens on (each has an address of its own).
 pub const PORT: u16 = 8080;
 /// How long a server may take to start listening: a cold container start takes about
@@ -58,7 +64,7 @@ impl TestNet {
             "create",
             "--internal",
             "--label",
-            &format!("{TEST_LABEL}=true"),
+            &label(),
             &name,
         ]);
         TestNet {
@@ -83,7 +89,7 @@ impl TestNet {
             "--network-alias",
             alias,
             "--label",
-            &format!("{TEST_LABEL}=true"),
+            &label(),
             "--cap-drop",
             "ALL",
             "--memory",
@@ -158,7 +164,7 @@ impl TestNet {
             "--network",
             &self.name,
             "--label",
-            &format!("{TEST_LABEL}=true"),
+            &label(),
             "--cap-drop",
             "ALL",
             HOST_IMAGE,
