@@ -58,6 +58,16 @@ for name in $(podman volume ls -q --filter label=python-docker-mcp.host="$host")
   pid=$(podman volume inspect -f '{{index .Labels "python-docker-mcp.pid"}}' "$name" 2>/dev/null || true)
   owner_alive "$pid" || left_volumes="$left_volumes podman:$name"
 done
+# Nor any network or server a test made for itself (tests/common/net.rs) whose test
+# process has exited.
+for id in $(docker ps -aq --filter label=python-docker-mcp-test.pid); do
+  pid=$(docker inspect -f '{{index .Config.Labels "python-docker-mcp-test.pid"}}' "$id" 2>/dev/null || true)
+  owner_alive "$pid" || left_containers="$left_containers $id"
+done
+for id in $(docker network ls -q --filter label=python-docker-mcp-test.pid); do
+  pid=$(docker network inspect -f '{{index .Labels "python-docker-mcp-test.pid"}}' "$id" 2>/dev/null || true)
+  owner_alive "$pid" || left_containers="$left_containers network:$id"
+done
 if [ -n "$left_containers$left_volumes" ]; then
   [ -z "$left_containers" ] || echo "test.sh: containers left behind by exited daemons:$left_containers" >&2
   [ -z "$left_volumes" ] || echo "test.sh: volumes left behind by exited daemons:$left_volumes" >&2

@@ -181,6 +181,8 @@ const KEYS: &[Key] = &[
           doc: "How long one install may take" },
     Key { path: "package.only_binary", env: "ONLY_BINARY", kind: Kind::Bool, default: "true",
           doc: "Install wheels only; building from source runs the package's code at install time" },
+    Key { path: "network.egress_network", env: "EGRESS_NETWORK", kind: Kind::OptStr, default: "null",
+          doc: "Engine network that outbound traffic uses: installers, and sandboxes when docker.network_disabled is off. null means the engine's default bridge. Docker and Podman only: on Kubernetes, outbound traffic uses the pod network" },
     Key { path: "server.http", env: "HTTP", kind: Kind::OptAddr, default: "null",
           doc: "Serve MCP over streamable HTTP at this address (path /mcp) instead of stdio, e.g. 127.0.0.1:8002; same as `serve --http ADDR`" },
     Key { path: "server.tokens_file", env: "TOKENS_FILE", kind: Kind::OptStr, default: "null",
@@ -346,6 +348,15 @@ pub struct PackageConfig {
     pub only_binary: bool,
 }
 
+/// `network.*`: where outbound traffic goes.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkConfig {
+    /// The engine network installers (and sandboxes with network) join; `None`: the
+    /// engine's default bridge. Tests point it at a network they create, so an installer
+    /// reaches only the hosts the test started.
+    pub egress_network: Option<String>,
+}
+
 /// `runtime.*`: what runs the sandboxes.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -386,6 +397,7 @@ pub struct Config {
     pub docker: DockerConfig,
     pub session: SessionConfig,
     pub package: PackageConfig,
+    pub network: NetworkConfig,
     pub server: ServerConfig,
     pub allowed_modules: Vec<String>,
     pub blocked_modules: Vec<String>,
@@ -545,6 +557,9 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         timeout: p.duration("package.timeout")?,
         only_binary: p.bool("package.only_binary")?,
     };
+    let network = NetworkConfig {
+        egress_network: p.opt_string("network.egress_network")?,
+    };
     let server = ServerConfig {
         http: p.opt_addr("server.http")?,
         tokens_file: p.opt_string("server.tokens_file")?.map(PathBuf::from),
@@ -567,6 +582,21 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
                 "docker.runtime",
                 "the name of an OCI runtime registered with the engine, such as runsc \
                  (letters, digits, `.`, `_`, `-`), or null for the engine's default",
+            ));
+        }
+    }
+    if let Some(name) = &network.egress_network {
+        let name_char = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+        let engine_mode = ["host", "none"].contains(&name.as_str());
+        if !name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            || !name.chars().all(name_char)
+            || engine_mode
+        {
+            return Err(p.invalid(
+                "network.egress_network",
+                "the name of a network on the engine, such as one `docker network create` \
+                 made (letters, digits, `.`, `_`, `-`; not host or none), or null for the \
+                 engine's default bridge",
             ));
         }
     }
@@ -623,6 +653,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         docker,
         session,
         package,
+        network,
         server,
         allowed_modules,
         blocked_modules,
@@ -1347,6 +1378,38 @@ mod tests {
             .to_string();
             assert!(
                 e.contains("docker.runtime") && e.contains("OCI runtime"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn egress_network_names_an_engine_network_or_the_default() {
+        assert_eq!(Config::defaults().network.egress_network, None);
+        let c = resolve(&Layers {
+            file: file("network:\n  egress_network: pdm-test-1a2b\n"),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.network.egress_network.as_deref(), Some("pdm-test-1a2b"));
+        let c = resolve(&Layers {
+            env: env(&[("PYTHON_DOCKER_MCP_EGRESS_NETWORK", "my_net.v2")]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.network.egress_network.as_deref(), Some("my_net.v2"));
+        // Not a network: the host's own stack, no network, another container's, a typo.
+        for bad in ["host", "none", "container:abc", "-net", "a net"] {
+            let e = resolve(&Layers {
+                env: env(&[("PYTHON_DOCKER_MCP_EGRESS_NETWORK", bad)]),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("network.egress_network")
+                    && e.contains("PYTHON_DOCKER_MCP_EGRESS_NETWORK")
+                    && e.contains("engine's default bridge"),
                 "{e}"
             );
         }

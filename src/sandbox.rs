@@ -131,14 +131,26 @@ pub struct Limits {
 }
 
 /// What the sandbox can reach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Network {
     /// Nothing: no interface but loopback.
     None,
-    /// Outbound connections through the engine's default network (Docker's `bridge`, the
-    /// pod network on Kubernetes). Installers get it to download packages; sandboxes only
-    /// when `docker.network_disabled` is off.
-    Outbound,
+    /// Outbound connections. Installers get it to download packages; sandboxes only when
+    /// `docker.network_disabled` is off.
+    Outbound {
+        /// The engine network they go through (`network.egress_network`); `None`: the
+        /// engine's default (Docker's `bridge`). Kubernetes has only the pod network.
+        via: Option<String>,
+    },
+}
+
+impl Network {
+    /// Outbound through the configured egress network.
+    fn outbound(config: &Config) -> Network {
+        Network::Outbound {
+            via: config.network.egress_network.clone(),
+        }
+    }
 }
 
 /// Privilege settings.
@@ -358,7 +370,7 @@ pub fn repl_spec(
         network: if d.network_disabled {
             Network::None
         } else {
-            Network::Outbound
+            Network::outbound(config)
         },
         limits: Limits {
             memory_bytes: d.memory_limit,
@@ -404,7 +416,7 @@ pub fn installer_spec(
         user: UserIds::ROOT,
         working_dir: "/tmp".into(),
         labels: owner.labels(Role::Installer, session),
-        network: Network::Outbound,
+        network: Network::outbound(config),
         limits: Limits {
             memory_bytes: d.memory_limit.max(512 * 1024 * 1024),
             cpus: d.cpu_limit.max(1.0),
@@ -540,7 +552,24 @@ mod tests {
         config.docker.network_disabled = false;
         let owner = Owner::new();
         let s = repl_spec(&config, &owner, owner.name(Role::Sandbox), "shared", "own");
-        assert_eq!(s.network, Network::Outbound);
+        assert_eq!(s.network, Network::Outbound { via: None });
+    }
+
+    #[test]
+    fn outbound_traffic_uses_the_egress_network_when_one_is_named() {
+        let mut config = Config::defaults();
+        config.network.egress_network = Some("pdm-test-net".into());
+        let owner = Owner::new();
+        let via = Network::Outbound {
+            via: Some("pdm-test-net".into()),
+        };
+        let i = installer_spec(&config, &owner, None, "target", vec!["true".into()]);
+        assert_eq!(i.network, via);
+        let s = repl_spec(&config, &owner, owner.name(Role::Sandbox), "shared", "own");
+        assert_eq!(s.network, Network::None, "no network stays no network");
+        config.docker.network_disabled = false;
+        let s = repl_spec(&config, &owner, owner.name(Role::Sandbox), "shared", "own");
+        assert_eq!(s.network, via);
     }
 
     #[test]

@@ -92,8 +92,10 @@ async fn image_build_makes_an_image_a_daemon_runs_code_in() {
 async fn a_base_that_cannot_be_pulled_says_to_pass_base() {
     let tag = throwaway_tag("nobase");
     let _guard = RemoveTag(tag.clone());
-    let base = throwaway_tag("no-such-base");
-    let (ok, stderr) = image_build(&["--base", &base, "--tag", &tag]).await;
+    // A reference on a loopback registry port where nothing listens: the engine's pull is
+    // refused at once, on this machine.
+    let base = "127.0.0.1:1/none:latest";
+    let (ok, stderr) = image_build(&["--base", base, "--tag", &tag]).await;
     assert!(
         !ok,
         "a build on a base that does not exist fails:\n{stderr}"

@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::net::TestNet;
 use common::*;
 use serde_json::json;
 
@@ -165,7 +166,8 @@ async fn the_sandbox_stays_offline_after_an_install() {
     assert_ok(&d.install(A.0, Some(&id)).await);
     let r = d
         .persistent(
-            "socket.create_connection(('1.1.1.1', 53), timeout=3)",
+            // TEST-NET-2: an address reserved for documentation, never routed anywhere.
+            "socket.create_connection(('198.51.100.1', 53), timeout=3)",
             Some(&id),
         )
         .await;
@@ -235,39 +237,17 @@ async fn blocked_modules_raise_import_error_and_nothing_else_is_refused() {
     d.finish().await;
 }
 
-/// The host as containers on the default bridge network see it: their default gateway.
-fn bridge_gateway() -> String {
-    let code = "import socket, struct\nfor l in open('/proc/net/route'):\n    f = l.split()\n    if f[1] == '00000000':\n        print(socket.inet_ntoa(struct.pack('<L', int(f[2], 16))))";
-    let out = std::process::Command::new("docker")
-        .args([
-            "run",
-            "--rm",
-            "--network",
-            "bridge",
-            "python-docker-mcp:latest",
-            "python3",
-            "-c",
-            code,
-        ])
-        .output()
-        .expect("docker run");
-    let gateway = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        !gateway.is_empty(),
-        "no default gateway: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    gateway
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_install_that_times_out_changes_nothing() {
-    // The installer hangs on the silent index until the install time-out stops it.
-    let (index, gateway) = silent_index();
+    // The installer hangs on the silent index (on the test's own network, where installs
+    // go out) until the install time-out stops it. Declared first, removed last.
+    let mut net = TestNet::create();
+    let (index, index_host) = net.silent_index();
     let mut d = Daemon::start_with(&[
         ("PYTHON_DOCKER_MCP_INSTALL_TIMEOUT", "4s"),
         ("PYTHON_DOCKER_MCP_INDEX_URL", &index),
-        ("PYTHON_DOCKER_MCP_TRUSTED_HOSTS", &gateway),
+        ("PYTHON_DOCKER_MCP_TRUSTED_HOSTS", &index_host),
+        ("PYTHON_DOCKER_MCP_EGRESS_NETWORK", &net.name),
     ])
     .await;
     let id = d.new_session("x = 1").await;
@@ -290,6 +270,7 @@ async fn an_install_that_times_out_changes_nothing() {
         "the timed-out installer is removed"
     );
     d.finish().await;
+    net.remove();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -299,12 +280,15 @@ async fn a_cached_package_installs_without_asking_the_index() {
     let id = d.new_session("1").await;
     assert_ok(&d.install(A.0, Some(&id)).await);
     d.finish().await;
-    // ...then install again from a daemon whose index never answers.
-    let (index, gateway) = silent_index();
+    // ...then install again from a daemon whose index never answers, on a network that
+    // reaches nothing else.
+    let mut net = TestNet::create();
+    let (index, index_host) = net.silent_index();
     let mut d = Daemon::start_with(&[
         ("PYTHON_DOCKER_MCP_INSTALL_TIMEOUT", "30s"),
         ("PYTHON_DOCKER_MCP_INDEX_URL", &index),
-        ("PYTHON_DOCKER_MCP_TRUSTED_HOSTS", &gateway),
+        ("PYTHON_DOCKER_MCP_TRUSTED_HOSTS", &index_host),
+        ("PYTHON_DOCKER_MCP_EGRESS_NETWORK", &net.name),
     ])
     .await;
     let id = d.new_session("1").await;
@@ -318,21 +302,7 @@ async fn a_cached_package_installs_without_asking_the_index() {
     let r = d.persistent_ok(&format!("import {}\n'ok'", A.1), &id).await;
     assert_eq!(value(&r).as_deref(), Some("'ok'"));
     d.finish().await;
-}
-
-/// A package index that accepts connections and never answers, reachable from the
-/// installer container. Returns its URL and its host (to pass as a trusted host).
-fn silent_index() -> (String, String) {
-    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in listener.incoming().flatten() {
-            held.push(stream);
-        }
-    });
-    let gateway = bridge_gateway();
-    (format!("http://{gateway}:{port}/simple"), gateway)
+    net.remove();
 }
 
 /// The sandbox image plus uv, built on first use (the build reaches the package index).

@@ -9,6 +9,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::net::TestNet;
 use common::*;
 use serde_json::{json, Value};
 
@@ -22,31 +23,6 @@ async fn close_clean(mut d: Daemon) {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
-/// An index that accepts connections and never answers: an install waits on it.
-fn silent_index() -> (String, String) {
-    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in listener.incoming().flatten() {
-            held.push(stream);
-        }
-    });
-    let out = std::process::Command::new("docker")
-        .args([
-            "network",
-            "inspect",
-            "bridge",
-            "-f",
-            "{{(index .IPAM.Config 0).Gateway}}",
-        ])
-        .output()
-        .expect("docker network inspect");
-    let gateway = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(!gateway.is_empty(), "the bridge network's gateway");
-    (format!("http://{gateway}:{port}/simple"), gateway)
-}
-
 fn inspect(container: &str) -> Value {
     let out = std::process::Command::new("docker")
         .args(["inspect", container])
@@ -58,11 +34,15 @@ fn inspect(container: &str) -> Value {
 
 #[tokio::test]
 async fn the_installer_runs_without_capabilities_on_a_read_only_root_and_never_sees_user_code() {
-    let (index, gateway) = silent_index();
+    // An index on the test's own network, where the installer goes out: an install waits
+    // on it. Declared first, removed last: after the daemon and its installer are gone.
+    let mut net = TestNet::create();
+    let (index, index_host) = net.silent_index();
     let d = Daemon::start_with(&[
         ("PYTHON_DOCKER_MCP_INSTALL_TIMEOUT", "20s"),
         ("PYTHON_DOCKER_MCP_INDEX_URL", &index),
-        ("PYTHON_DOCKER_MCP_TRUSTED_HOSTS", &gateway),
+        ("PYTHON_DOCKER_MCP_TRUSTED_HOSTS", &index_host),
+        ("PYTHON_DOCKER_MCP_EGRESS_NETWORK", &net.name),
     ])
     .await;
     let pid = d.pid;
@@ -86,6 +66,11 @@ async fn the_installer_runs_without_capabilities_on_a_read_only_root_and_never_s
     let (r, info) = tokio::join!(call, watch);
     assert!(is_error(&r), "the silent index makes the install fail");
     let host = &info["HostConfig"];
+    assert_eq!(
+        host["NetworkMode"],
+        json!(net.name),
+        "the installer goes out through network.egress_network"
+    );
     assert_eq!(host["CapDrop"], json!(["ALL"]), "{host}");
     assert_eq!(host["ReadonlyRootfs"], json!(true));
     assert!(
@@ -107,6 +92,7 @@ async fn the_installer_runs_without_capabilities_on_a_read_only_root_and_never_s
         "no engine socket in the installer"
     );
     close_clean(d).await;
+    net.remove();
 }
 
 #[tokio::test]

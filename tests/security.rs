@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::net::{TestNet, PORT};
 use common::*;
 use serde_json::{json, Value};
 
@@ -103,35 +104,43 @@ tmp_opts = mounts.get('/tmp', [])",
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sandbox_has_no_network() {
+    // A host the test starts itself (a stand-in for the engine's TCP API port), alive for
+    // a container on its network: the sandbox must reach it neither by address nor by
+    // name. Declared first, removed last.
+    let mut net = TestNet::create();
+    net.silent_server("api.test");
+    let api = net.address("api.test");
+    assert_eq!(
+        net.connect_from_inside(&api, PORT),
+        "connected",
+        "the test host answers on its own network"
+    );
     let mut d = Daemon::start().await;
-    let s = probe(
-        &d,
-        "\
-import socket
+    let code = "\
+import errno, socket, time
 def connect(addr):
     try:
         socket.create_connection(addr, timeout=3).close()
         return 'connected'
     except OSError as e:
-        return type(e).__name__
-ip = connect(('1.1.1.1', 53))
-gateway = connect(('172.17.0.1', 2375))
-import errno, time
+        return errno.errorcode.get(e.errno, type(e).__name__)
+def resolve(name):
+    try:
+        socket.getaddrinfo(name, 443)
+        return 'resolved'
+    except socket.gaierror as e:
+        return {socket.EAI_AGAIN: 'EAI_AGAIN', socket.EAI_NONAME: 'EAI_NONAME'}.get(e.errno, str(e.errno))
+ip = connect(('198.51.100.1', 53))
+api = connect(('API_ADDRESS', API_PORT))
 started = time.monotonic()
-try:
-    socket.create_connection(('192.0.2.1', 443), timeout=3).close()
-    test_net = 'connected'
-except OSError as e:
-    test_net = errno.errorcode.get(e.errno, type(e).__name__)
+test_net = connect(('192.0.2.1', 443))
 test_net_seconds = time.monotonic() - started
-try:
-    socket.getaddrinfo('example.com', 443)
-    dns = 'resolved'
-except OSError as e:
-    dns = type(e).__name__
-interfaces = sorted(line.split(':')[0].strip() for line in open('/proc/net/dev').read().splitlines()[2:])",
-    )
-    .await;
+dns = resolve('pdm-probe.invalid')
+dns_test_host = resolve('api.test')
+interfaces = sorted(line.split(':')[0].strip() for line in open('/proc/net/dev').read().splitlines()[2:])"
+        .replace("API_ADDRESS", &api)
+        .replace("API_PORT", &PORT.to_string());
+    let s = probe(&d, &code).await;
     // No route at all, not a firewall that drops packets: the connect to TEST-NET-1 fails
     // at once with ENETUNREACH instead of running into its 3 s time-out.
     assert_eq!(s["test_net"], json!("ENETUNREACH"), "{s:?}");
@@ -139,11 +148,16 @@ interfaces = sorted(line.split(':')[0].strip() for line in open('/proc/net/dev')
         s["test_net_seconds"].as_f64().unwrap() < 1.0,
         "the refusal is immediate: {s:?}"
     );
-    assert_ne!(s["ip"], json!("connected"), "{s:?}");
-    assert_ne!(s["gateway"], json!("connected"), "{s:?}");
-    assert_ne!(s["dns"], json!("resolved"), "{s:?}");
+    // TEST-NET-2 and the live test host fail the same way.
+    assert_eq!(s["ip"], json!("ENETUNREACH"), "{s:?}");
+    assert_eq!(s["api"], json!("ENETUNREACH"), "{s:?}");
+    // No resolver can be asked (one that answered would say EAI_NONAME for `.invalid`),
+    // and the engine's DNS, which names the test host on its network, is not there.
+    assert_eq!(s["dns"], json!("EAI_AGAIN"), "{s:?}");
+    assert_eq!(s["dns_test_host"], json!("EAI_AGAIN"), "{s:?}");
     assert_eq!(s["interfaces"], json!(["lo"]), "only loopback: {s:?}");
     d.finish().await;
+    net.remove();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -343,7 +343,8 @@ async fn watch_ooms(client: Arc<OnceCell<Connection>>, log: Arc<OomLog>, stop: C
 const CAP_DROP_ALL: &str = "ALL";
 /// The security option behind [`Security::no_new_privileges`](crate::sandbox::Security).
 const NO_NEW_PRIVILEGES: &str = "no-new-privileges";
-/// The network a spec's [`Network::Outbound`] joins, and the mode for [`Network::None`].
+/// The network a spec's [`Network::Outbound`] joins when it names none (the engine's
+/// default), and the mode for [`Network::None`].
 const NETWORK_OUTBOUND: &str = "bridge";
 const NETWORK_NONE: &str = "none";
 /// The log driver of a spec that keeps no logs: nothing is written to the host's disk.
@@ -438,9 +439,9 @@ fn container_body(spec: &SandboxSpec, kind: EngineKind) -> ContainerCreateBody {
         ),
         readonly_rootfs: Some(security.read_only_root),
         network_mode: Some(
-            match spec.network {
+            match &spec.network {
                 Network::None => NETWORK_NONE,
-                Network::Outbound => NETWORK_OUTBOUND,
+                Network::Outbound { via } => via.as_deref().unwrap_or(NETWORK_OUTBOUND),
             }
             .into(),
         ),
@@ -1458,6 +1459,17 @@ mod tests {
         assert_eq!(h.nano_cpus, Some(1_000_000_000));
         assert_eq!(h.memory, Some(512 * 1024 * 1024));
         assert_eq!(body.user.as_deref(), Some("0:0"));
+    }
+
+    #[test]
+    fn outbound_traffic_joins_the_egress_network_when_one_is_named() {
+        let mut config = Config::defaults();
+        config.network.egress_network = Some("pdm-test-net".into());
+        let installer = installer_spec(&config, &fixed_owner(), None, "t", vec!["true".into()]);
+        let body = container_body(&installer, EngineKind::Docker);
+        assert_eq!(body.network_disabled, Some(false));
+        let mode = body.host_config.and_then(|h| h.network_mode);
+        assert_eq!(mode.as_deref(), Some("pdm-test-net"));
     }
 
     #[test]

@@ -163,7 +163,8 @@ fn cpu_quantity(cpus: f64) -> Quantity {
 /// restarted, the pause container as PID 1, the image used as the node has it.
 pub fn pod(spec: &SandboxSpec, settings: &Settings) -> Pod {
     let mut labels = labels_of(&spec.labels);
-    let outbound = spec.network == Network::Outbound;
+    // The pod network is the only one: `network.egress_network` is the Docker engine's.
+    let outbound = matches!(spec.network, Network::Outbound { .. });
     labels.insert(
         NETWORK_LABEL.into(),
         if outbound { "outbound" } else { "none" }.into(),

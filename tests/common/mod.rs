@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod net;
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
