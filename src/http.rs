@@ -15,9 +15,10 @@
 //! [`Serving::drain`] turns new clients away (`/ready` answers 503; an `initialize` or a
 //! stateless `server/discover` gets 503 with `Retry-After`) while the listener stays open
 //! for the MCP sessions already there: their new connections, stream reconnects and
-//! requests are served as before. [`Serving::close`] then closes the listener, lets the
-//! answers of finished calls reach their clients (every POST to `/mcp` is counted until
-//! its response body ends), and ends the MCP sessions.
+//! requests are served as before. [`Serving::close`] then lets the answers of finished
+//! calls reach their clients (every POST to `/mcp` is counted until its response body
+//! ends) and waits for `/mcp` to go quiet, before it closes the listener and ends the MCP
+//! sessions.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -321,7 +322,7 @@ impl Serving {
             .await
             .is_err()
         {
-            tracing::warn!(grace = ?CLOSE_GRACE, open = self.posts.open.len(), "answers still being sent after the grace period; closing them");
+            tracing::warn!(grace = ?CLOSE_GRACE, open = self.posts.open.len(), "answers still being sent, or requests still coming, after the grace period; closing them");
         }
         self.accept.cancel();
         self.sessions.cancel();

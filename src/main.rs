@@ -1,7 +1,7 @@
 //! The `python-docker-mcp` binary: CLI, tracing to stderr, config, serve until shutdown.
 //!
 //! Shutdown, in both transports: the first SIGTERM or SIGINT stops accepting (HTTP: new
-//! MCP sessions get 503, existing ones are still served) and drains the engine (no new calls; running ones may finish within
+//! MCP sessions get 503) and drains the engine (no new calls; running ones may finish within
 //! `server.drain_timeout`; a second signal, or over stdio the client leaving, cuts it
 //! short). Then the engine shuts down (interrupting what is left, removing every container
 //! and volume), and last the transport closes once the answers have gone out. A client

@@ -2,8 +2,9 @@
 //!
 //! Security: bearer tokens (401 and nothing else), no open port off loopback, a malformed
 //! tokens file, one client never reaching another's session. Functional: the per-client
-//! session limit, `/health` and `/ready`, and a round trip through the official MCP Python
-//! SDK in both protocol generations.
+//! session limit, `/health` and `/ready`, a round trip through the official MCP Python
+//! SDK in both protocol generations, and the drain at SIGTERM with that SDK: calls in
+//! flight finish, new MCP sessions get 503 with `Retry-After`.
 
 mod common;
 
