@@ -12,12 +12,17 @@
 //! any other client presenting that id is answered as for an id that never existed.
 //!
 //! [`start`] hands back a [`Serving`] that `main` stops in steps around the engine's drain:
-//! [`Serving::stop_accepting`] closes the listener while open requests go on, and
-//! [`Serving::close`] lets the answers of finished calls reach their clients (every POST
-//! to `/mcp` is counted until its response body ends) before it ends the MCP sessions.
+//! [`Serving::drain`] turns new clients away (`/ready` answers 503; an `initialize` or a
+//! stateless `server/discover` gets 503 with `Retry-After`) while the listener stays open
+//! for the MCP sessions already there: their new connections, stream reconnects and
+//! requests are served as before. [`Serving::close`] then lets the answers of finished
+//! calls reach their clients (every POST to `/mcp` is counted until its response body
+//! ends) and waits for `/mcp` to go quiet, before it closes the listener and ends the MCP
+//! sessions.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,9 +47,17 @@ use crate::{Engine, Server};
 
 /// How long `/ready` waits for Docker to answer.
 const READY_PROBE: Duration = Duration::from_secs(2);
-/// How long, once the engine has shut down, answers still being sent get to reach their
-/// clients, and then open connections get to close.
+/// The `Retry-After` of a new MCP session refused during the drain, in seconds: soon
+/// enough to reach a replica that is up, or this daemon's successor once it has started.
+const RETRY_AFTER: u64 = 5;
+/// How long, once the engine has shut down, answers still being sent (and the requests
+/// that follow them) get to reach their clients, and then open connections get to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long `/mcp` must have had no POST, once the engine has shut down, before the
+/// listener closes. A client that just got its answer may still ask something about it:
+/// the official Python SDK lists the tools to check a result against the tool's output
+/// schema, over a new connection if need be.
+const QUIET: Duration = Duration::from_secs(1);
 
 /// Who may call an HTTP daemon.
 #[derive(Debug, Clone)]
@@ -179,12 +192,14 @@ impl Gate {
 
 /// The whole HTTP application: `/mcp` behind the auth layer, `/health` and `/ready` open,
 /// `/metrics` behind the auth layer unless `server.metrics_public`. `stop` ends the MCP
-/// sessions; `posts` counts the POSTs to `/mcp` whose answer is not yet sent.
+/// sessions; `posts` counts the POSTs to `/mcp` (see [`Posts`]); once
+/// `draining` fires, `/ready` answers 503 and new MCP sessions are refused.
 pub fn router(
     engine: Engine,
     plan: &Plan,
     stop: &CancellationToken,
-    posts: &TaskTracker,
+    posts: &Posts,
+    draining: &CancellationToken,
 ) -> Router {
     let server = Server::new(engine.clone());
     // The factory runs once per MCP session (and per stateless request): a clone of
@@ -201,8 +216,14 @@ pub fn router(
         owners: Default::default(),
     };
     let auth = middleware::from_fn_with_state(gate, authenticate);
+    let newcomers = Newcomers {
+        draining: draining.clone(),
+        max_message: usize::try_from(crate::files::message_limit(engine.config()))
+            .unwrap_or(usize::MAX),
+    };
     let mcp = Router::new()
         .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(newcomers, refuse_newcomers))
         .layer(middleware::map_response_with_state(
             crate::files::message_limit(engine.config()),
             name_the_limit,
@@ -217,7 +238,7 @@ pub fn router(
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .with_state(engine)
+        .with_state((engine, draining.clone()))
         .merge(mcp)
         .merge(metrics)
 }
@@ -235,10 +256,12 @@ pub struct Serving {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     /// Fired to stop accepting: the listener closes, open connections finish their requests.
     accept: CancellationToken,
+    /// Fired when the drain begins: `/ready` and new MCP sessions get 503.
+    draining: CancellationToken,
     /// rmcp's token: cancelling it ends every MCP session and its streams.
     sessions: CancellationToken,
-    /// POSTs to `/mcp` whose response body is not finished (a call's answer travels in it).
-    posts: TaskTracker,
+    /// POSTs to `/mcp`: the open ones (a call's answer travels in one), and how many came.
+    posts: Posts,
 }
 
 /// Start serving on `listener` (bound by [`bind`]) in the background.
@@ -255,8 +278,9 @@ pub async fn start(
     tracing::info!(url = %format!("http://{local}/mcp"), ?clients, "serving MCP over streamable HTTP");
     let accept = CancellationToken::new();
     let sessions = CancellationToken::new();
-    let posts = TaskTracker::new();
-    let app = router(engine, &plan, &sessions, &posts);
+    let posts = Posts::default();
+    let draining = CancellationToken::new();
+    let app = router(engine, &plan, &sessions, &posts, &draining);
     let server = axum::serve(listener, app).with_graceful_shutdown({
         let accept = accept.clone();
         async move { accept.cancelled().await }
@@ -264,6 +288,7 @@ pub async fn start(
     Ok(Serving {
         server: tokio::spawn(async move { server.await }),
         accept,
+        draining,
         sessions,
         posts,
     })
@@ -277,25 +302,29 @@ impl Serving {
             .context("the HTTP server task failed")??)
     }
 
-    /// Close the listener (new connections are refused) and let open connections finish
-    /// the requests they carry, then close. MCP sessions stay up: calls running in them
-    /// still answer.
-    pub fn stop_accepting(&self) {
-        self.accept.cancel();
+    /// Begin the drain: `/ready` answers 503, and new MCP sessions are refused with 503
+    /// and `Retry-After` (see [`refuse_newcomers`]). The listener stays open: a client
+    /// of an existing session opens new connections (a stream's reconnect, a POST while
+    /// another one streams), and refusing those would lose the answers the drain waits
+    /// for.
+    pub fn drain(&self) {
+        self.draining.cancel();
     }
 
-    /// After the engine has drained and shut down: give the answers still being sent
-    /// [`CLOSE_GRACE`] to reach their clients, end the MCP sessions, and give the
-    /// connections [`CLOSE_GRACE`] to close.
+    /// After the engine has drained and shut down: wait (up to [`CLOSE_GRACE`]) until the
+    /// answers still being sent have reached their clients and `/mcp` has had no POST for
+    /// [`QUIET`], then close the listener, end the MCP sessions, and give the connections
+    /// [`CLOSE_GRACE`] to close.
     pub async fn close(mut self) {
-        self.accept.cancel();
-        self.posts.close();
-        if tokio::time::timeout(CLOSE_GRACE, self.posts.wait())
+        self.draining.cancel();
+        self.posts.open.close();
+        if tokio::time::timeout(CLOSE_GRACE, self.posts.quiet())
             .await
             .is_err()
         {
-            tracing::warn!(grace = ?CLOSE_GRACE, open = self.posts.len(), "answers still being sent after the grace period; closing them");
+            tracing::warn!(grace = ?CLOSE_GRACE, open = self.posts.open.len(), "answers still being sent, or requests still coming, after the grace period; closing them");
         }
+        self.accept.cancel();
         self.sessions.cancel();
         if tokio::time::timeout(CLOSE_GRACE, &mut self.server)
             .await
@@ -307,14 +336,104 @@ impl Serving {
     }
 }
 
+/// The drain layer's state.
+#[derive(Clone)]
+struct Newcomers {
+    /// Fired when the drain begins.
+    draining: CancellationToken,
+    /// `server.max_message`: the most of a body read to see its method (rmcp reads as much).
+    max_message: usize,
+}
+
+/// During the drain, refuse what opens a new MCP session with 503 and `Retry-After`:
+/// an `initialize` POST without `Mcp-Session-Id`, and the stateless `server/discover`
+/// (2026-07-28 has no sessions; discover is how a new client begins). Everything else is
+/// served: the requests and streams of existing MCP sessions, and stateless requests
+/// other than discover, which belong to clients already here (`tasks/get` of a task the
+/// drain waits for); a new tool call among them gets the engine's answer, "the server is
+/// shutting down", in both generations. Only a POST without a session id is read ahead,
+/// and only while draining.
+async fn refuse_newcomers(State(gate): State<Newcomers>, req: Request, next: Next) -> Response {
+    if !gate.draining.is_cancelled()
+        || req.method() != Method::POST
+        || req.headers().contains_key(HEADER_SESSION_ID)
+    {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, gate.max_message).await {
+        Ok(bytes) => bytes,
+        // Over the limit, as rmcp would say (`name_the_limit` names it); a body cut off
+        // midway gets the same, and its client is gone.
+        Err(_) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
+    };
+    if opens_a_session(&bytes) {
+        tracing::info!("refused a new MCP session: draining");
+        return draining_refusal();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// Whether a POST body without a session id asks for a new MCP session. Anything that is
+/// not a JSON-RPC request rmcp answers as it always does.
+fn opens_a_session(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        method: Option<String>,
+    }
+    serde_json::from_slice::<Probe>(body)
+        .ok()
+        .and_then(|p| p.method)
+        .is_some_and(|m| m == "initialize" || m == "server/discover")
+}
+
+fn draining_refusal() -> Response {
+    let text = format!(
+        "Service Unavailable: the server is draining for a shutdown or restart and opens no \
+         new MCP sessions; running calls may finish. Retry in {RETRY_AFTER} s\n"
+    );
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, RETRY_AFTER.to_string())],
+        text,
+    )
+        .into_response()
+}
+
+/// The POSTs to `/mcp`, counted by [`count_posts`] for [`Serving::close`].
+#[derive(Clone, Default)]
+pub struct Posts {
+    /// One token per POST from its arrival until its response body has been sent or
+    /// dropped.
+    open: TaskTracker,
+    /// How many have arrived, so a wait for quiet sees one that came and went.
+    arrived: Arc<AtomicU64>,
+}
+
+impl Posts {
+    /// Returns once no POST is open and none has arrived for [`QUIET`] (`open` closed).
+    async fn quiet(&self) {
+        loop {
+            self.open.wait().await;
+            let seen = self.arrived.load(Ordering::SeqCst);
+            tokio::time::sleep(QUIET).await;
+            if self.arrived.load(Ordering::SeqCst) == seen && self.open.is_empty() {
+                return;
+            }
+        }
+    }
+}
+
 /// Count a POST from its arrival until its response body has been sent or dropped: a
 /// tool call's answer travels in that body (an SSE stream or JSON), so shutdown waits for
 /// these before it ends the MCP sessions, whose streams would stop mid-answer.
-async fn count_posts(State(posts): State<TaskTracker>, req: Request, next: Next) -> Response {
+async fn count_posts(State(posts): State<Posts>, req: Request, next: Next) -> Response {
     if req.method() != Method::POST {
         return next.run(req).await;
     }
-    let open = posts.token();
+    posts.arrived.fetch_add(1, Ordering::SeqCst);
+    let open = posts.open.token();
     let (parts, body) = next.run(req).await.into_parts();
     let body = body.into_data_stream().map(move |chunk| {
         let _counted = &open;
@@ -405,12 +524,19 @@ async fn health() -> &'static str {
 }
 
 /// 200 when Docker answers and a warm sandbox is ready (or the pool is off); 503 with a
-/// JSON reason otherwise.
-async fn ready(State(engine): State<Engine>) -> Response {
+/// JSON reason otherwise, and at once from the start of the drain.
+async fn ready(State((engine, draining)): State<(Engine, CancellationToken)>) -> Response {
     let not_ready = |reason: String| {
         let body = serde_json::json!({ "ready": false, "reason": reason });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     };
+    if draining.is_cancelled() {
+        return not_ready(
+            "draining: the server is shutting down; existing MCP sessions are served until \
+             their running calls finish, new ones are refused"
+                .into(),
+        );
+    }
     let version = match tokio::time::timeout(READY_PROBE, engine.backend().ping()).await {
         Err(_) => return not_ready(format!("Docker did not answer within {READY_PROBE:?}")),
         Ok(Err(e)) => return not_ready(e.to_string()),
@@ -470,6 +596,35 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn only_initialize_and_discover_open_a_session() {
+        let opens = |body: serde_json::Value| opens_a_session(body.to_string().as_bytes());
+        assert!(opens(
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize"})
+        ));
+        assert!(opens(
+            serde_json::json!({"jsonrpc": "2.0", "id": "a", "method": "server/discover", "params": {}})
+        ));
+        for other in [
+            "tools/call",
+            "tools/list",
+            "tasks/get",
+            "notifications/cancelled",
+        ] {
+            assert!(
+                !opens(serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": other})),
+                "{other}"
+            );
+        }
+        assert!(!opens(
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {}})
+        ));
+        assert!(!opens_a_session(b"not json"));
+        assert!(!opens_a_session(
+            br#"[{"jsonrpc": "2.0", "id": 1, "method": "initialize"}]"#
+        ));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The `python-docker-mcp` binary: CLI, tracing to stderr, config, serve until shutdown.
 //!
-//! Shutdown, in both transports: the first SIGTERM or SIGINT stops accepting (HTTP: the
-//! listener closes) and drains the engine (no new calls; running ones may finish within
+//! Shutdown, in both transports: the first SIGTERM or SIGINT stops accepting (HTTP: new
+//! MCP sessions get 503) and drains the engine (no new calls; running ones may finish within
 //! `server.drain_timeout`; a second signal, or over stdio the client leaving, cuts it
 //! short). Then the engine shuts down (interrupting what is left, removing every container
 //! and volume), and last the transport closes once the answers have gone out. A client
@@ -328,9 +328,11 @@ async fn serve_http(
             engine.shutdown(SHUTDOWN_GRACE).await;
             return failed;
         }
-        signal = signals.next() => tracing::info!(%signal, "shutting down: no new connections"),
+        signal = signals.next() => {
+            serving.drain();
+            tracing::info!(%signal, "shutting down: draining (existing MCP sessions are served, new ones get 503)");
+        }
     }
-    serving.stop_accepting();
     engine
         .drain(drain_timeout, async {
             format!("a second signal ({}) arrived", signals.next().await)

@@ -2,8 +2,9 @@
 //!
 //! Security: bearer tokens (401 and nothing else), no open port off loopback, a malformed
 //! tokens file, one client never reaching another's session. Functional: the per-client
-//! session limit, `/health` and `/ready`, and a round trip through the official MCP Python
-//! SDK in both protocol generations.
+//! session limit, `/health` and `/ready`, a round trip through the official MCP Python
+//! SDK in both protocol generations, and the drain at SIGTERM with that SDK: calls in
+//! flight finish, new MCP sessions get 503 with `Retry-After`.
 
 mod common;
 
@@ -605,4 +606,301 @@ async fn the_official_python_sdk_lists_tools_and_runs_code_in_both_protocol_gene
     .expect("a refused SDK client gives up")
     .expect("run the SDK client");
     assert!(!out.status.success(), "a wrong token must not get through");
+}
+
+// ----- the drain, with real clients -----
+
+/// One run of `tests/python/drain_client.py`: its JSON lines as they come, its stderr.
+struct SdkRun {
+    child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    stderr: Arc<Mutex<String>>,
+    mode: &'static str,
+}
+
+impl SdkRun {
+    fn start(python: &Path, url: &str, token: &str, mode: &'static str, code: &str) -> SdkRun {
+        use tokio::io::AsyncBufReadExt;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/drain_client.py");
+        let mut child = tokio::process::Command::new(python)
+            .arg(&script)
+            .args([url, token, mode, code])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run the SDK client");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = out.next_line().await {
+                let parsed = serde_json::from_str(&line).unwrap_or(json!({ "raw": line }));
+                if tx.send(parsed).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let kept = stderr.clone();
+        let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = err.next_line().await {
+                let mut kept = kept.lock().unwrap();
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+        });
+        SdkRun {
+            child,
+            lines,
+            stderr,
+            mode,
+        }
+    }
+
+    /// The next line it prints (within `limit`).
+    async fn next(&mut self, limit: Duration) -> Value {
+        match tokio::time::timeout(limit, self.lines.recv()).await {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!(
+                "{}: the SDK client exited early:\n{}",
+                self.mode,
+                self.stderr.lock().unwrap()
+            ),
+            Err(_) => panic!(
+                "{}: no line from the SDK client within {limit:?}:\n{}",
+                self.mode,
+                self.stderr.lock().unwrap()
+            ),
+        }
+    }
+}
+
+/// A POST to `/mcp` as a client without an MCP session would send it.
+fn post(http: &reqwest::Client, url: &str, token: &str, body: &Value) -> reqwest::RequestBuilder {
+    http.post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_string())
+}
+
+/// The `_meta` a 2026-07-28 request carries in place of a handshake.
+fn stateless_meta() -> Value {
+    json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"}
+    })
+}
+
+/// A stateless 2026-07-28 request: the version and capabilities in `_meta`, the method
+/// (and a tool's name) in the SEP-2243 headers.
+fn stateless(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    method: &str,
+    mut params: Value,
+) -> reqwest::RequestBuilder {
+    params["_meta"] = stateless_meta();
+    let name = params["name"].as_str().map(str::to_owned);
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+    let request = post(http, url, token, &body)
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method);
+    match name {
+        Some(name) => request.header("mcp-name", name),
+        None => request,
+    }
+}
+
+#[tokio::test]
+async fn calls_in_flight_at_sigterm_finish_for_the_official_sdk_while_new_sessions_get_503() {
+    let python = tokio::task::spawn_blocking(python_sdk).await.unwrap();
+    let tokens = tokens_file();
+    let mut daemon =
+        HttpDaemon::start(&[("PYTHON_DOCKER_MCP_TOKENS_FILE", tokens.to_str().unwrap())]).await;
+    let http = http();
+    let url = daemon.mcp_url();
+    let ready_url = format!("{}/ready", daemon.base);
+    let r = http.get(&ready_url).send().await.expect("ready");
+    assert_eq!(r.status(), 200, "ready before the signal (the pool is off)");
+
+    // Existing MCP sessions of another client, opened before the signal: one through
+    // rmcp's client, one by hand (to reopen its event stream as a reconnecting SDK does).
+    let existing = daemon.connect(Some(BOB)).await;
+    let opened = post(&http, &url, BOB, &initialize())
+        .send()
+        .await
+        .expect("initialize");
+    assert_eq!(opened.status(), 200);
+    let by_hand = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let r = post(&http, &url, BOB, &initialized)
+        .header("mcp-session-id", &by_hand)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .expect("initialized");
+    assert_eq!(r.status(), 202);
+    let code = "import time; time.sleep(3); print('done')";
+    // The official SDK in both generations, each with a 3 s call in flight.
+    let mut runs = [
+        SdkRun::start(&python, &url, ALICE, "legacy", code),
+        SdkRun::start(&python, &url, ALICE, "2026-07-28", code),
+    ];
+    for run in &mut runs {
+        let line = run.next(Duration::from_secs(60)).await;
+        assert_eq!(line["event"], "calling", "{}: {line}", run.mode);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    signal(daemon.pid, "TERM");
+    let signalled = Instant::now();
+    let deadline = signalled + Duration::from_secs(5);
+    while !daemon.log().contains("draining") {
+        assert!(Instant::now() < deadline, "no drain:\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // `/ready` says so at once, so a balancer stops sending new clients.
+    let r = http
+        .get(&ready_url)
+        .send()
+        .await
+        .expect("ready while draining");
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.expect("/ready answers JSON");
+    assert_eq!(body["ready"], false, "{body}");
+    assert!(
+        body["reason"].as_str().unwrap_or("").contains("draining"),
+        "{body}"
+    );
+
+    // A new MCP session, in either generation, is refused with 503 and Retry-After. Every
+    // request from here on comes over new connections.
+    let http = self::http();
+    let refusals = [
+        ("initialize", post(&http, &url, ALICE, &initialize())),
+        (
+            "server/discover",
+            stateless(&http, &url, ALICE, "server/discover", json!({})),
+        ),
+    ];
+    for (what, request) in refusals {
+        let r = request.send().await.expect("send");
+        assert_eq!(r.status(), 503, "{what} while draining");
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        assert!(retry.is_some_and(|s| s > 0), "{what}: {:?}", r.headers());
+        assert!(r.headers().get("mcp-session-id").is_none(), "{what}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains("draining"), "{what}: {text}");
+    }
+    // Authentication still comes first: no token is still 401.
+    let r = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(initialize().to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 401);
+
+    // Requests of an existing session are served, over new connections too: its event
+    // stream reopens, its requests are answered, and a new call gets the engine's answer.
+    let stream = http
+        .get(&url)
+        .bearer_auth(BOB)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &by_hand)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .expect("reopen the event stream");
+    assert_eq!(
+        stream.status(),
+        200,
+        "the event stream reopens while draining"
+    );
+    assert!(
+        stream.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"),
+        "{:?}",
+        stream.headers()
+    );
+    drop(stream);
+    let listed = tokio::time::timeout(Duration::from_secs(10), existing.list_all_tools())
+        .await
+        .expect("tools/list answered while draining")
+        .expect("tools/list");
+    assert!(listed.iter().any(|t| t.name == "execute-transient"));
+    let refused = call(&existing, "execute-transient", json!({"code": "print(1)"})).await;
+    assert!(is_error(&refused), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("shutting down"),
+        "{}",
+        text(&refused)
+    );
+    // A stateless call gets the same answer: it is served, and the engine refuses it.
+    let r = stateless(
+        &http,
+        &url,
+        ALICE,
+        "tools/call",
+        json!({"name": "execute-transient", "arguments": {"code": "print(1)"}}),
+    )
+    .send()
+    .await
+    .expect("send");
+    assert_eq!(r.status(), 200, "a stateless call while draining");
+    let body = r.text().await.unwrap();
+    assert!(body.contains("shutting down"), "{body}");
+
+    // Both calls in flight finish with their output.
+    for run in &mut runs {
+        let line = run.next(Duration::from_secs(30)).await;
+        assert_eq!(
+            line["event"],
+            "result",
+            "{}: {line}\n{}\n{}",
+            run.mode,
+            run.stderr.lock().unwrap(),
+            daemon.log()
+        );
+        assert_eq!(line["is_error"], false, "{}: {line}", run.mode);
+        assert!(
+            line["text"].to_string().contains("done"),
+            "{}: {line}",
+            run.mode
+        );
+    }
+    // Then the daemon exits by itself, cleanly, and leaves nothing.
+    let status = tokio::time::timeout(Duration::from_secs(40), daemon.child.wait())
+        .await
+        .expect("the daemon exits after the drain")
+        .expect("wait");
+    assert!(status.success(), "{status:?}\n{}", daemon.log());
+    let log = daemon.log();
+    assert!(
+        log.contains("drained: every running call finished"),
+        "{log}"
+    );
+    assert!(!log.contains("cut short"), "{log}");
+    let left = common::leftovers(daemon.pid);
+    assert!(left.is_empty(), "left behind: {left:?}");
+    for mut run in runs {
+        let _ = tokio::time::timeout(Duration::from_secs(20), run.child.wait()).await;
+    }
+    let _ = existing.cancel().await;
 }

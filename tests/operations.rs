@@ -42,12 +42,12 @@ async fn sigterm_over_http_lets_a_running_call_finish_then_removes_everything() 
         signal(d.pid, "TERM");
         let draining = eventually(Duration::from_secs(10), || d.log().contains("draining")).await;
         assert!(draining, "the daemon drains one running call:\n{}", d.log());
-        // No new connections while it drains.
+        // The listener stays open while it drains (its clients' new connections are
+        // served), but it is not ready for new ones (tests/http.rs has the rest).
         let health = http().get(format!("{}/health", d.base)).send().await;
-        assert!(
-            health.is_err(),
-            "the listener is closed during the drain: {health:?}"
-        );
+        assert_eq!(health.expect("/health while draining").status(), 200);
+        let ready = http().get(format!("{}/ready", d.base)).send().await;
+        assert_eq!(ready.expect("/ready while draining").status(), 503);
     });
     assert_ok(&result);
     assert_eq!(
