@@ -28,6 +28,9 @@ echo "== cargo test"
 # Each end-to-end test starts its own daemon and containers; the machines have 2 cores.
 cargo test --all-targets --locked --no-fail-fast -- --test-threads "${PDM_TEST_THREADS:-4}"
 
+echo "== cleanup --all (alone: it removes every sandbox of this host)"
+cargo test --locked --test durable -- --ignored --test-threads 1
+
 echo "== engine restart (alone: it stops and restarts the Docker engine)"
 cargo test --locked --test engine_restart -- --ignored --test-threads 1
 

@@ -1,7 +1,9 @@
-//! The core: the four operations behind the tools, and the daemon's lifetime.
+//! The core: the operations behind the tools, and the daemon's lifetime.
 //!
-//! [`Engine`] is a cheap-to-clone handle over shared state: the configuration, the Docker
-//! seam, the session registry and the owner identity every container is labelled with.
+//! [`Engine`] is a cheap-to-clone handle over shared state: the configuration, the runtime
+//! seam ([`Backend`]), the session registry and the owner identity every container is
+//! labelled with. A durable session that another daemon left is adopted here when a call
+//! names it ([`Engine::adopt`], see [`crate::durable`]).
 //! Each operation returns a typed result or an operation-specific error whose message says
 //! what failed and what to do. [`Engine::shutdown`] removes everything this daemon created.
 //!
@@ -17,7 +19,8 @@
 //! Every operation is admitted through [`Calls`] and counted while it runs. A shutdown
 //! first [`Engine::drain`]s: no call is admitted any more, the running ones may finish
 //! within `server.drain_timeout`, and those still running are named in the log. Then
-//! [`Engine::shutdown`] interrupts them and removes everything.
+//! [`Engine::shutdown`] interrupts them and removes everything but durable sessions, which
+//! it leaves, released, for the next daemon.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;

@@ -1,11 +1,11 @@
 //! python-docker-mcp: an MCP server that gives AI agents a Python sandbox in Docker.
 //!
-//! Ten tools run Python, and move its files, in locked-down containers: no network, non-root, no
-//! capabilities, memory/CPU/pids limits, read-only root. The original's four
+//! Eleven tools run Python, and move its files, in locked-down containers: no network,
+//! non-root, no capabilities, memory/CPU/pids limits, read-only root. The original's four
 //! (`execute-transient`, `execute-persistent`, `install-package`, `cleanup-session`) keep
-//! their names and arguments; `reset-session`, `list-variables` and `list-packages` are
-//! additions, as are `upload-file`, `download-file` and `list-files` (files in and out, see
-//! [`files`]). A small Python helper inside each container speaks JSON lines over the
+//! their names and arguments; `reset-session`, `list-variables`, `list-packages` and
+//! `list-sessions` (sessions survive a restart, see [`durable`]) are additions, as are
+//! `upload-file`, `download-file` and `list-files` (files in and out, see [`files`]). A small Python helper inside each container speaks JSON lines over the
 //! container's attached stdin/stdout.
 //!
 //! A tool that ran and failed (a Python exception, a time-out, a lost sandbox, Docker
@@ -20,8 +20,9 @@
 //! - [`sandbox`]: the security profile every container gets, as a runtime-neutral
 //!   `SandboxSpec`; the one place isolation lives.
 //! - [`runtime`]: the runtime seam. A `Backend` enum takes a `SandboxSpec` and runs it;
-//!   its variants are the engines (`runtime::docker`: the Docker API, served by Docker or
-//!   Podman, and the only module that uses bollard). Nothing else talks to an engine.
+//!   its variants are the engines: `runtime::docker` (the Docker API, served by Docker or
+//!   Podman, and the only module that uses bollard) and `runtime::kubernetes`
+//!   (experimental; the only module that uses kube). Nothing else talks to an engine.
 //! - [`repl`]: the wire protocol with the helper (`repl/helper.py`) and one live REPL; it
 //!   trusts nothing the sandbox sends (capped frames, strict ids, bounded queues).
 //! - [`pool`]: warm sandboxes, the creation semaphore, max age, single-use checkout.

@@ -110,7 +110,7 @@ pub enum AcquireError {
     Closed,
 }
 
-/// The pool's counters, for logs and (later) health and metrics endpoints.
+/// The pool's counters, for logs, `/ready` and `/metrics`.
 #[derive(Debug, Clone, Default, Serialize, JsonSchema, PartialEq, Eq)]
 pub struct PoolStats {
     /// Ready sandboxes waiting to be handed out.

@@ -322,14 +322,22 @@ async fn the_backstop_removes_a_session_whose_code_killed_its_own_timer() {
     );
     // Past its deadline (idle + a quarter + 2 s) and nobody live holds it: `cleanup` (and
     // every daemon's sweep) removes it, from what the engine records.
+    let mut said = String::new();
     assert!(
         eventually(Duration::from_secs(20), || {
             let out = run_cli(&["cleanup"], &[DURABLE]);
             assert!(out.status.success(), "{out:?}");
+            said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
             named(&format!("pdm-s.{id}.")).is_empty()
         })
         .await,
-        "the backstop removed it"
+        "the backstop removed it; now {:?}, names {:?}, cleanup said:\n{said}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH),
+        named(&format!("pdm-s.{id}."))
     );
     let _ = container;
     assert!(
@@ -400,4 +408,60 @@ async fn with_durable_off_a_session_ends_with_its_daemon() {
     let id = d.new_session("x = 1").await;
     assert!(named(&format!("pdm-s.{id}.")).is_empty(), "never renamed");
     d.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_restart_keeps_each_clients_sessions_for_that_client_only() {
+    use common::http::{call, HttpDaemon, ALICE, BOB};
+    let tokens = common::http::tokens_file();
+    let env = [
+        DURABLE,
+        ("PYTHON_DOCKER_MCP_TOKENS_FILE", tokens.to_str().unwrap()),
+    ];
+    let mut first = HttpDaemon::start(&env).await;
+    let alice = first.connect(Some(ALICE)).await;
+    let r = call(&alice, "execute-persistent", json!({"code": "x = 'alice'"})).await;
+    assert_ok(&r);
+    let id = session_id(&r);
+    claimed(&id).await;
+    drop(alice);
+    let status = first.stop().await.expect("exits on SIGTERM");
+    assert!(status.success(), "{status}");
+    assert_eq!(named(&format!("pdm-s.{id}.")).len(), 1, "the session stays");
+
+    // The upgraded server: alice finds her variables, bob finds nothing.
+    let second = HttpDaemon::start(&env).await;
+    let bob = second.connect(Some(BOB)).await;
+    let r = call(
+        &bob,
+        "execute-persistent",
+        json!({"code": "x", "session_id": id}),
+    )
+    .await;
+    assert!(
+        is_error(&r) && text(&r).contains("no such session"),
+        "{}",
+        describe(&r)
+    );
+    let listed = call(&bob, "list-sessions", json!({})).await;
+    assert!(sessions(&listed).is_empty(), "{}", describe(&listed));
+    let alice = second.connect(Some(ALICE)).await;
+    let r = call(
+        &alice,
+        "execute-persistent",
+        json!({"code": "x", "session_id": id}),
+    )
+    .await;
+    assert_eq!(value(&r).as_deref(), Some("'alice'"), "{}", describe(&r));
+    let r = call(&alice, "cleanup-session", json!({"session_id": id})).await;
+    assert_ok(&r);
+    let first_pid = first.pid;
+    assert!(
+        eventually(Duration::from_secs(15), || leftovers(first_pid).is_empty()).await,
+        "{:?}",
+        leftovers(first_pid)
+    );
+    drop((alice, bob));
+    drop(second);
+    drop(first);
 }

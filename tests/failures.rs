@@ -14,9 +14,9 @@ async fn without_docker_the_server_starts_and_explains() {
     let tools = d.client().list_all_tools().await.expect("tools/list");
     assert_eq!(
         tools.len(),
-        10,
+        11,
         "the four original tools plus reset-session, list-variables, list-packages, \
-         upload-file, download-file and list-files"
+         list-sessions, upload-file, download-file and list-files"
     );
 
     let r = d.transient("1 + 1").await;

@@ -30,7 +30,7 @@ const NODE_AT_LEAST: (u32, u32) = (22, 19);
 /// How long one Inspector run may take (it connects, calls, exits).
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
-const TOOLS: [&str; 10] = [
+const TOOLS: [&str; 11] = [
     "cleanup-session",
     "download-file",
     "execute-persistent",
@@ -38,6 +38,7 @@ const TOOLS: [&str; 10] = [
     "install-package",
     "list-files",
     "list-packages",
+    "list-sessions",
     "list-variables",
     "reset-session",
     "upload-file",

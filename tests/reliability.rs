@@ -589,7 +589,7 @@ async fn invalid_json_and_misshapen_messages_do_not_stop_the_daemon() {
     let r = raw.response(9, Duration::from_secs(10)).await;
     assert_eq!(
         r["result"]["tools"].as_array().map(Vec::len),
-        Some(10),
+        Some(11),
         "{r}"
     );
     let r = raw

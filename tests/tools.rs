@@ -25,6 +25,7 @@ async fn tools_list_has_the_originals_four_tools_the_session_and_file_tools_with
             "install-package",
             "list-files",
             "list-packages",
+            "list-sessions",
             "list-variables",
             "reset-session",
             "upload-file"
