@@ -26,9 +26,9 @@ use crate::client::Client;
 pub const PREFIX: &str = "pdm-s.";
 /// The holder part of a session no daemon holds (its daemon exited cleanly).
 const FREE: &str = "free";
-/// Added to a session's idle deadline before the backstop may remove it: the name is
-/// restamped at most every quarter of `idle_timeout`, so the stamp lags the last use.
-const BACKSTOP_SLACK: Duration = Duration::from_secs(60);
+/// Added to a session's idle deadline (beyond the quarter of `idle_timeout` a stamp may
+/// lag the last use) before the backstop may remove it: stamps are whole seconds.
+const BACKSTOP_SLACK: Duration = Duration::from_secs(2);
 
 /// Who may adopt a session: a digest of the scope, the OS user and the client's name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -799,6 +799,8 @@ impl Engine {
     async fn session(&self, id: &str, client: &Client) -> Result<Arc<Session>, ExecError> {
         let s = &self.shared;
         if let Some(session) = s.sessions.get(id, client) {
+            // Every call is a use: the name's deadline follows (at most every so often).
+            self.restamp(&session);
             return Ok(session);
         }
         if !s.durable
