@@ -51,7 +51,7 @@ use crate::repl::{
 };
 use crate::runtime::{Backend, RuntimeError, Sweep, Swept};
 use crate::sandbox::{self, Owner};
-use crate::session::{Registry, Session, SessionGuard, SlotRefusal, Slots, State};
+use crate::session::{EndReason, Registry, Session, SessionGuard, SlotRefusal, Slots, State};
 use crate::text::clip;
 
 /// How many figures one call returns, and how large each may be.
@@ -238,7 +238,7 @@ pub enum ExecError {
     #[error("session `{id}` could not be adopted from the server that ran it before: {why}")]
     Adoption { id: String, why: String },
     #[error("session `{id}` has ended: {why}. Call execute-persistent without session_id to start a new one")]
-    Ended { id: String, why: String },
+    Ended { id: String, why: EndReason },
     #[error("could not install the requested packages: {0}")]
     Packages(Box<InstallError>),
     #[error("session `{0}` did not answer: {1}")]
@@ -329,7 +329,7 @@ pub enum CleanupError {
     #[error("no such session `{0}`: nothing to clean up")]
     NoSuchSession(String),
     #[error("session `{id}` had already ended: {why}")]
-    AlreadyEnded { id: String, why: String },
+    AlreadyEnded { id: String, why: EndReason },
     /// A durable session of an earlier server could not be taken over to be ended.
     #[error(transparent)]
     Adoption(Box<ExecError>),
@@ -744,9 +744,9 @@ impl Engine {
                     Some(Err(e)) => e,
                     _ => ReplError::Died("the session was asked to end".into()),
                 };
-                let why = session.end_requested().unwrap_or_else(|| {
-                    format!("its sandbox was lost: {}", self.lost_reason(&error))
-                });
+                let why = session
+                    .end_requested()
+                    .unwrap_or_else(|| EndReason::Lost(self.lost_reason(&error)));
                 self.end_session(&session, &mut guard, why.clone());
                 ExecResult::lost(
                     format!("Session {} is gone: {why}. Variables are lost; call execute-persistent without session_id to start a new session.", session.id),
@@ -1172,7 +1172,7 @@ impl Engine {
         &self,
         session: &Session,
         guard: &mut SessionGuard<'_>,
-        why: String,
+        why: EndReason,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let state = guard.state_mut();
         if matches!(state, State::Ended(_)) {
@@ -1231,11 +1231,7 @@ impl Engine {
                 }
                 // Idle means nobody holds it; if someone just took it, it is not idle.
                 if let Some(mut guard) = session.try_lock() {
-                    let why = format!(
-                        "it was idle for more than {} (session.idle_timeout)",
-                        humantime::format_duration(limit)
-                    );
-                    self.end_session(&session, &mut guard, why);
+                    self.end_session(&session, &mut guard, EndReason::Idle(limit));
                 }
             }
         }
@@ -1259,7 +1255,7 @@ impl Engine {
             }
             Err(e) => return Err(CleanupError::Adoption(Box::new(e))),
         };
-        session.request_end("it was cleaned up with cleanup-session");
+        session.request_end(EndReason::CleanedUp);
         let mut guard = session.lock().await;
         let why = session.end_requested().expect("requested above");
         // None: a call that held the lock ended it first, for this same request.
@@ -1588,7 +1584,7 @@ impl Engine {
             }
         } else {
             for session in &sessions {
-                session.request_end("the server shut down");
+                session.request_end(EndReason::ShutDown);
             }
         }
         if s.durable {
@@ -1624,7 +1620,7 @@ impl Engine {
             if !s.durable {
                 for session in &sessions {
                     let mut guard = session.lock().await;
-                    self.end_session(session, &mut guard, "the server shut down".into());
+                    self.end_session(session, &mut guard, EndReason::ShutDown);
                 }
             }
             s.tasks.close();

@@ -33,8 +33,37 @@ const TOMBSTONES: usize = 10_000;
 pub enum State {
     /// It has a sandbox and takes calls.
     Live(Repl),
-    /// It is over; the text says why (for the caller's error).
-    Ended(String),
+    /// It is over, and why (for the caller's error).
+    Ended(EndReason),
+}
+
+/// Why a session ended. Its `Display` is the clause a caller reads ("session `ID` has
+/// ended: ...").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// `cleanup-session` ended it.
+    CleanedUp,
+    /// Nobody used it for `session.idle_timeout`.
+    Idle(Duration),
+    /// The daemon shut down (sessions that are not durable).
+    ShutDown,
+    /// Its sandbox died or broke the protocol; the words say how (see `Engine::lost_reason`).
+    Lost(String),
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndReason::CleanedUp => write!(f, "it was cleaned up with cleanup-session"),
+            EndReason::Idle(limit) => write!(
+                f,
+                "it was idle for more than {} (session.idle_timeout)",
+                humantime::format_duration(*limit)
+            ),
+            EndReason::ShutDown => write!(f, "the server shut down"),
+            EndReason::Lost(how) => write!(f, "its sandbox was lost: {how}"),
+        }
+    }
 }
 
 /// One persistent session.
@@ -54,7 +83,7 @@ pub struct Session {
     state: tokio::sync::Mutex<State>,
     /// Why someone asked this session to end, set once (first reason wins). A std mutex:
     /// never held across an `.await`.
-    end_requested: std::sync::Mutex<Option<String>>,
+    end_requested: std::sync::Mutex<Option<EndReason>>,
     /// Fired with `end_requested`: stops the call that holds the lock.
     ending: CancellationToken,
     /// Fired when this daemon leaves a durable session to the next one (shutdown): the
@@ -154,16 +183,16 @@ impl Session {
 
     /// Ask the session to end because of `why`: the call holding it is stopped, and the
     /// next holder of the lock ends it. The first reason wins.
-    pub fn request_end(&self, why: impl Into<String>) {
+    pub fn request_end(&self, why: EndReason) {
         let mut requested = self.end_requested.lock().expect("end lock");
         if requested.is_none() {
-            *requested = Some(why.into());
+            *requested = Some(why);
         }
         self.ending.cancel();
     }
 
     /// Why the session was asked to end, if it was.
-    pub fn end_requested(&self) -> Option<String> {
+    pub fn end_requested(&self) -> Option<EndReason> {
         self.end_requested.lock().expect("end lock").clone()
     }
 
@@ -204,7 +233,7 @@ impl SessionGuard<'_> {
     }
 
     /// The live REPL, or why the session ended.
-    pub fn repl(&mut self) -> Result<&mut Repl, String> {
+    pub fn repl(&mut self) -> Result<&mut Repl, EndReason> {
         match &mut *self.state {
             State::Live(repl) => Ok(repl),
             State::Ended(why) => Err(why.clone()),
@@ -224,7 +253,7 @@ pub struct Registry {
     /// Never hold a guard of this map across an `.await`: clone the `Arc` out first.
     live: DashMap<String, Arc<Session>>,
     /// Keyed by owner and id: only the owner is told that an id existed.
-    ended: DashMap<(Client, String), String>,
+    ended: DashMap<(Client, String), EndReason>,
 }
 
 impl Registry {
@@ -243,17 +272,17 @@ impl Registry {
 
     /// Move a session from the live map to the remembered ended ones. Only
     /// `Engine::end_session` calls this, under the session's lock.
-    pub(crate) fn forget(&self, session: &Session, why: &str) {
+    pub(crate) fn forget(&self, session: &Session, why: &EndReason) {
         self.live.remove(&session.id);
         if self.ended.len() >= TOMBSTONES {
             self.ended.clear();
         }
         self.ended
-            .insert((session.owner.clone(), session.id.clone()), why.to_string());
+            .insert((session.owner.clone(), session.id.clone()), why.clone());
     }
 
     /// Why `owner`'s session `id`, no longer live, has ended, if it ever existed.
-    pub fn ended_because(&self, id: &str, owner: &Client) -> Option<String> {
+    pub fn ended_because(&self, id: &str, owner: &Client) -> Option<EndReason> {
         self.ended
             .get(&(owner.clone(), id.to_string()))
             .map(|w| w.value().clone())

@@ -105,7 +105,7 @@ async fn an_install_waiting_for_a_session_that_ends_runs_nothing_and_makes_no_vo
     cleaned.expect("cleanup");
     match installed {
         Err(InstallError::Session(ExecError::Ended { why, .. })) => {
-            assert!(why.contains("cleanup-session"), "{why}")
+            assert_eq!(why, crate::session::EndReason::CleanedUp, "{why}")
         }
         other => panic!("the install should find the session ended: {other:?}"),
     }
