@@ -99,7 +99,8 @@ async fn spawn(transport: Transport, home: &std::path::Path) -> anyhow::Result<D
         }
         Transport::Http => {
             let mut cmd = command(home, &["serve", "--http", "127.0.0.1:0"]);
-            cmd.stderr(Stdio::piped());
+            // The address it bound is logged at info.
+            cmd.env("PYTHON_DOCKER_MCP_LOG", "info").stderr(Stdio::piped());
             let mut child = cmd.spawn()?;
             let mut lines =
                 tokio::io::BufReader::new(child.stderr.take().context("stderr")?).lines();
@@ -181,7 +182,10 @@ async fn case(transport: Transport, signal: Signal, rounds: usize) -> anyhow::Re
             .status()?;
         let _ = tokio::time::timeout(Duration::from_secs(40), old.child.wait()).await;
         drop(old);
-        let new = spawn(transport, &home).await?;
+        eprintln!("  round {round}: restarting");
+        let new = tokio::time::timeout(Duration::from_secs(30), spawn(transport, &home))
+            .await
+            .context("the new daemon did not start within 30 s")??;
         let t = Instant::now();
         let r = call(&new.client, "i += 1\ni", Some(&id)).await?;
         first.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -196,7 +200,7 @@ async fn case(transport: Transport, signal: Signal, rounds: usize) -> anyhow::Re
                 .unwrap_or_default(),
         );
         new.client.call_tool(params).await?;
-        let _ = new.client.cancel().await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), new.client.cancel()).await;
         let _ = std::fs::remove_dir_all(&home);
     }
     let max = first.iter().cloned().fold(0.0, f64::max);
@@ -224,16 +228,21 @@ async fn main() -> anyhow::Result<()> {
     if !binary().exists() {
         bail!("build the release binary first: cargo build --release");
     }
-    let mut rows = vec![
-        "| transport | signal | rounds | normal call p50 ms | first call after restart p50 ms | max ms | extra p50 ms |".to_string(),
-        "|---|---|---|---|---|---|---|".to_string(),
-    ];
+    println!("| transport | signal | rounds | normal call p50 ms | first call after restart p50 ms | max ms | extra p50 ms |");
+    println!("|---|---|---|---|---|---|---|");
     for transport in [Transport::Stdio, Transport::Http] {
         for signal in [Signal::Term, Signal::Kill] {
             eprintln!("{transport:?} SIG{}...", signal.name());
-            rows.push(case(transport, signal, rounds).await?);
+            let limit = Duration::from_secs(30 * rounds as u64 + 60);
+            match tokio::time::timeout(limit, case(transport, signal, rounds)).await {
+                Ok(Ok(row)) => println!("{row}"),
+                Ok(Err(e)) => println!("| {transport:?} | SIG{} | failed: {e:#} |", signal.name()),
+                Err(_) => println!(
+                    "| {transport:?} | SIG{} | did not finish within {limit:?} |",
+                    signal.name()
+                ),
+            }
         }
     }
-    println!("{}", rows.join("\n"));
     Ok(())
 }
