@@ -100,7 +100,8 @@ async fn spawn(transport: Transport, home: &std::path::Path) -> anyhow::Result<D
         Transport::Http => {
             let mut cmd = command(home, &["serve", "--http", "127.0.0.1:0"]);
             // The address it bound is logged at info.
-            cmd.env("PYTHON_DOCKER_MCP_LOG", "info").stderr(Stdio::piped());
+            cmd.env("PYTHON_DOCKER_MCP_LOG", "info")
+                .stderr(Stdio::piped());
             let mut child = cmd.spawn()?;
             let mut lines =
                 tokio::io::BufReader::new(child.stderr.take().context("stderr")?).lines();
