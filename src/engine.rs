@@ -1030,7 +1030,7 @@ impl Engine {
         let now = durable::now();
         let mut out = Vec::new();
         for session in s.sessions.all().into_iter().filter(|x| &x.owner == client) {
-            let variables = match session.try_lock() {
+            let variables = match session.try_peek() {
                 Some(mut guard) => match guard.repl() {
                     Ok(repl) => repl
                         .variables(Duration::from_secs(2))

@@ -600,7 +600,13 @@ impl Repl {
         let (mut repl, ready_rx) = Repl::over(backend, attached);
         let id = repl.next_id();
         repl.expect(id, false);
-        if let Err(e) = repl.send(&Request::Hello { id }).await {
+        // A daemon killed while writing a request left half a line in the helper's stdin:
+        // end it (the helper drops it as malformed) so the hello is a line of its own.
+        let started = async {
+            repl.input.write_all(b"\n").await?;
+            repl.send(&Request::Hello { id }).await
+        };
+        if let Err(e) = started.await {
             return Err(ReplError::NoStart(format!(
                 "could not write to the sandbox's helper ({e})"
             )));

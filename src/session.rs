@@ -170,6 +170,7 @@ impl Session {
         SessionGuard {
             state: self.state.lock().await,
             session: self,
+            used: true,
         }
     }
 
@@ -178,6 +179,16 @@ impl Session {
         self.state.try_lock().ok().map(|state| SessionGuard {
             state,
             session: self,
+            used: true,
+        })
+    }
+
+    /// The lock, if nobody holds it now, for a look that is not a use: the session's idle
+    /// time goes on (`list-sessions` must not keep every session alive).
+    pub fn try_peek(&self) -> Option<SessionGuard<'_>> {
+        self.try_lock().map(|mut guard| {
+            guard.used = false;
+            guard
         })
     }
 
@@ -224,6 +235,8 @@ impl Session {
 pub struct SessionGuard<'a> {
     state: tokio::sync::MutexGuard<'a, State>,
     session: &'a Session,
+    /// Dropping it marks the session used (false for a peek).
+    used: bool,
 }
 
 impl SessionGuard<'_> {
@@ -243,7 +256,9 @@ impl SessionGuard<'_> {
 
 impl Drop for SessionGuard<'_> {
     fn drop(&mut self) {
-        *self.session.last_used.lock().expect("last_used lock") = Instant::now();
+        if self.used {
+            *self.session.last_used.lock().expect("last_used lock") = Instant::now();
+        }
     }
 }
 

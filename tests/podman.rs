@@ -255,6 +255,70 @@ async fn a_daemon_on_podman_sweeps_what_a_killed_one_left_there() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn on_podman_a_session_survives_sigkill_and_is_adopted_with_its_package() {
+    let host = podman_host();
+    let env = [
+        ("DOCKER_HOST", host.as_str()),
+        ("PYTHON_DOCKER_MCP_SESSION_DURABLE", "true"),
+    ];
+    let mut first = Daemon::start_with(&env).await;
+    let mut guard = PodmanLeftovers(vec![first.pid]);
+    let id = first
+        .new_session("x = 41\nopen('kept.txt', 'w').write('kept')")
+        .await;
+    assert_ok(&first.install(PACKAGE.0, Some(&id)).await);
+    let part = format!("pdm-s.{id}.");
+    assert!(
+        eventually(Duration::from_secs(10), || podman_lines(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("name={part}")
+        ])
+        .len()
+            == 1)
+        .await,
+        "claimed: renamed to the session's name in Podman"
+    );
+    first.signal("KILL");
+    first
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("killed");
+
+    let mut second = Daemon::start_with(&env).await;
+    guard.0.push(second.pid);
+    let r = second
+        .persistent_ok(
+            &format!("import {}\n(x + 1, open('kept.txt').read())", PACKAGE.1),
+            &id,
+        )
+        .await;
+    assert_eq!(
+        value(&r).as_deref(),
+        Some("(42, 'kept')"),
+        "{}",
+        describe(&r)
+    );
+    assert_ok(&second.cleanup(&id).await);
+    let first_pid = first.pid;
+    assert!(
+        eventually(Duration::from_secs(20), || podman_containers(
+            first_pid, None
+        )
+        .is_empty()
+            && podman_volumes(first_pid).is_empty())
+        .await,
+        "left in Podman: containers {:?}, volumes {:?}",
+        podman_containers(first_pid, None),
+        podman_volumes(first_pid)
+    );
+    let pid = second.pid;
+    second.finish().await;
+    assert_nothing_left(pid);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn errors_and_the_doctor_name_podman() {
     let host = podman_host();
     let out = run_cli(&["doctor"], &[("DOCKER_HOST", host.as_str())]);

@@ -154,6 +154,8 @@ def _reader():
         if not line:
             os._exit(0)
         _last_activity = time.monotonic()
+        if not line.strip():
+            continue  # a new daemon ends a line a dead one may have left half-written
         if len(line) <= INTERRUPT_LINE_MAX and (
                 b'"interrupt"' in line or b'"hello"' in line or b'"ack"' in line):
             try:
