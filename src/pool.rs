@@ -717,7 +717,7 @@ impl Pool {
         // The shared volume first: a failure there must not strand this sandbox's volume.
         let shared = self.shared_volume().await?;
         let name = i.owner.name(Role::Sandbox);
-        if i.config.session.durable && i.backend.durable().is_ok() {
+        if i.config.session.durable && i.backend.unnamed_volumes().await {
             // A durable sandbox may end itself with no daemon around: its own volume is
             // one the engine makes for it and removes with it.
             let spec = sandbox::repl_spec(&i.config, &i.owner, name, shared, "");

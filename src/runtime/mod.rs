@@ -485,6 +485,17 @@ impl Backend {
         }
     }
 
+    /// Whether a volume the engine makes for a container (unnamed) starts owned by root
+    /// and goes with the container: Docker. Podman gives an empty volume to the first
+    /// container's user and ignores the owner a mount asks for, so a durable sandbox gets
+    /// a named volume there (removed by its session's end or a sweep, not by itself).
+    pub async fn unnamed_volumes(&self) -> bool {
+        match self {
+            Backend::Docker(d) => d.engine().await.is_ok_and(|e| e.kind == EngineKind::Docker),
+            _ => false,
+        }
+    }
+
     /// Attach again to a running durable sandbox.
     pub async fn attach(&self, id: &str, name: &str) -> Result<Attached, RuntimeError> {
         match self {
