@@ -910,14 +910,15 @@ impl Engine {
             Repl::resume(&s.backend, attached, CONTROL_TIMEOUT).await
         }
         .await;
+        // Claimed but not usable: give it back as it was, free, and say why.
+        let give_back = |why: String| async {
+            let free = name.held_by(None).render();
+            let _ = s.backend.rename(&claimed, &free).await;
+            adoption(why)
+        };
         let (mut repl, resumed) = match resumed {
             Ok(r) => r,
-            Err(e) => {
-                // Not ours to keep: give it back as it was, free.
-                let free = name.held_by(None).render();
-                let _ = s.backend.rename(&claimed, &free).await;
-                return Err(adoption(e.to_string()));
-            }
+            Err(e) => return Err(give_back(e.to_string()).await),
         };
         // The call cut off first: until it stops, the helper runs nothing else.
         let lease = crate::repl::Lease {
@@ -944,12 +945,7 @@ impl Engine {
             .await
         {
             Ok(v) => v.unwrap_or_default(),
-            Err(e) => {
-                // Ours now, but unusable for installs: give it back.
-                let free = name.held_by(None).render();
-                let _ = s.backend.rename(&claimed, &free).await;
-                return Err(adoption(e.to_string()));
-            }
+            Err(e) => return Err(give_back(e.to_string()).await),
         };
         tracing::info!(session_id = %id, %client, container = %claimed,
             adopt_ms = started.elapsed().as_millis() as u64, "session adopted from an earlier server");

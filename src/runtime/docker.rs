@@ -727,25 +727,16 @@ impl Docker {
 
     /// Running or not, the containers whose name contains `part`, with their labels.
     pub async fn named(&self, part: &str) -> Result<Vec<Named>, RuntimeError> {
-        let filters = HashMap::from([
-            ("name".to_string(), vec![part.to_string()]),
-            (
-                "label".to_string(),
-                vec![format!("{}=true", labels::MANAGED)],
-            ),
-        ]);
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        };
-        let conn = self.connection().await?;
-        let list = conn
-            .api
-            .list_containers(Some(options))
-            .await
-            .map_err(conn.refused("list containers"))?;
-        Ok(list
+        let mut filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{}=true", labels::MANAGED)],
+        )]);
+        if !part.is_empty() {
+            filters.insert("name".into(), vec![part.to_string()]);
+        }
+        Ok(self
+            .list_containers(filters)
+            .await?
             .into_iter()
             .filter_map(|c| {
                 let name = c.names?.into_iter().next()?;
@@ -915,18 +906,25 @@ impl Docker {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>(),
         )]);
+        let list = self.list_containers(filters).await?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    /// Containers matching `filters`, running or not.
+    async fn list_containers(
+        &self,
+        filters: HashMap<String, Vec<String>>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, RuntimeError> {
         let options = ListContainersOptions {
             all: true,
             filters: Some(filters),
             ..Default::default()
         };
         let conn = self.connection().await?;
-        let list = conn
-            .api
+        conn.api
             .list_containers(Some(options))
             .await
-            .map_err(conn.refused("list containers"))?;
-        Ok(list.into_iter().filter_map(|c| c.id).collect())
+            .map_err(conn.refused("list containers"))
     }
 
     /// Remove every container and volume of one daemon instance. Returns how many
