@@ -11,6 +11,14 @@
 //!   owner   16 hex digits of SHA-256(scope, OS uid, client): who may adopt it
 //!   holder  <host>x<pid>x<start> of the daemon holding it now, or `free`
 //!   until   epoch second after which the backstop sweep may remove it
+//! pdm-w.<fingerprint>.<slot>
+//!   a warm sandbox of the host pool, no daemon's: any daemon whose sandboxes have the
+//!   same fingerprint (16 hex digits) may claim it. Slots run from 0 to pool_size - 1, so
+//!   the engine's refusal of a second container by the same name bounds the pool.
+//!   Expires `pool_max_age` (plus slack) after the engine created it.
+//! pdm-t.<holder>.<nonce>
+//!   a sandbox claimed from the pool for one transient run (or on its way to becoming a
+//!   session): an orphan as soon as its holder is gone.
 //! ```
 //!
 //! Everything here is pure (names in, names out) but for reading `/proc` to tell a live
@@ -24,6 +32,10 @@ use crate::client::Client;
 
 /// Every durable session's container name starts with this.
 pub const PREFIX: &str = "pdm-s.";
+/// Every warm sandbox of the host pool.
+pub const WARM_PREFIX: &str = "pdm-w.";
+/// Every sandbox claimed from the host pool that is not (yet) a session.
+pub const CLAIMED_PREFIX: &str = "pdm-t.";
 /// The holder part of a session no daemon holds (its daemon exited cleanly).
 const FREE: &str = "free";
 /// Added to a session's idle deadline (beyond the quarter of `idle_timeout` a stamp may
@@ -170,6 +182,85 @@ impl SessionName {
     }
 }
 
+/// A warm sandbox of the host pool, by name: its fingerprint and slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmName {
+    /// 16 hex digits: what makes two sandboxes interchangeable ([`fingerprint`]).
+    pub fingerprint: String,
+    pub slot: u32,
+}
+
+impl WarmName {
+    pub fn render(&self) -> String {
+        format!("{WARM_PREFIX}{}.{}", self.fingerprint, self.slot)
+    }
+
+    pub fn parse(name: &str) -> Option<WarmName> {
+        let rest = name.trim_start_matches('/').strip_prefix(WARM_PREFIX)?;
+        let (fingerprint, slot) = rest.split_once('.')?;
+        if fingerprint.len() != 16 || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(WarmName {
+            fingerprint: fingerprint.into(),
+            slot: slot.parse().ok()?,
+        })
+    }
+
+    /// Whether the backstop may remove it: older than `max_age` (the pool's age limit
+    /// plus the slack its own timer has), whoever made it.
+    pub fn expired(created: u64, max_age: Duration, now: u64) -> bool {
+        now > created.saturating_add(max_age.as_secs())
+    }
+}
+
+/// A sandbox claimed from the host pool by `holder`, not a session (yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedName {
+    pub holder: Holder,
+    pub nonce: String,
+}
+
+impl ClaimedName {
+    /// A new, unique name for a sandbox `holder` claims.
+    pub fn new(holder: &Holder) -> ClaimedName {
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        ClaimedName {
+            holder: holder.clone(),
+            nonce: nonce[..12].into(),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        format!("{CLAIMED_PREFIX}{}.{}", self.holder.render(), self.nonce)
+    }
+
+    pub fn parse(name: &str) -> Option<ClaimedName> {
+        let rest = name.trim_start_matches('/').strip_prefix(CLAIMED_PREFIX)?;
+        let (holder, nonce) = rest.split_once('.')?;
+        if nonce.is_empty() || !nonce.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        Some(ClaimedName {
+            holder: Holder::parse(holder)?,
+            nonce: nonce.into(),
+        })
+    }
+}
+
+/// 16 hex digits of SHA-256 over `parts`, each ended by a NUL so no two lists collide.
+pub fn fingerprint<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The backstop deadline of a session last stamped at `now`: its idle deadline plus the
 /// stamp's lag, never past its hard end (`created` + `max_lifetime`).
 pub fn until(now: u64, idle: Duration, created: u64, max_lifetime: Duration) -> u64 {
@@ -258,6 +349,34 @@ mod tests {
         ] {
             assert_eq!(SessionName::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn warm_and_claimed_names_round_trip() {
+        let w = WarmName {
+            fingerprint: fingerprint(["image", "limits"]),
+            slot: 31,
+        };
+        assert_eq!(
+            WarmName::parse(&format!("/{}", w.render())),
+            Some(w.clone())
+        );
+        assert_ne!(w.fingerprint, fingerprint(["imagel", "imits"]));
+        for bad in [
+            "pdm-w.abc.1",
+            "pdm-w.0123456789abcdef.x",
+            "pdm-w.0123456789abcdef",
+        ] {
+            assert_eq!(WarmName::parse(bad), None, "{bad}");
+        }
+        let c = ClaimedName::new(&Holder::me());
+        let text = c.render();
+        assert!(text.len() < 64, "{text}");
+        assert_eq!(ClaimedName::parse(&text), Some(c.clone()));
+        assert_ne!(ClaimedName::new(&Holder::me()), c);
+        assert_eq!(ClaimedName::parse("pdm-t.zz.abc"), None);
+        assert!(!WarmName::expired(100, Duration::from_secs(60), 160));
+        assert!(WarmName::expired(100, Duration::from_secs(60), 161));
     }
 
     #[test]

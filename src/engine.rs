@@ -1484,6 +1484,7 @@ impl Engine {
         let sweep = Sweep {
             holder: &s.holder,
             max_lifetime: s.config.session.max_lifetime,
+            warm_max_age: s.config.docker.pool_max_age + sandbox::WARM_EXIT_SLACK * 2,
             dry_run,
             all,
         };

@@ -301,6 +301,9 @@ pub struct Sweep<'a> {
     /// `session.max_lifetime`: a durable session older than this goes, whoever holds it
     /// not alive.
     pub max_lifetime: Duration,
+    /// A warm sandbox of the host pool (`pdm-w.`) older than this goes: `pool_max_age`
+    /// plus the slack of its own timer.
+    pub warm_max_age: Duration,
     /// Count, remove nothing.
     pub dry_run: bool,
     /// Everything any daemon of this host made, live or not (`cleanup --all`).
