@@ -248,6 +248,16 @@ impl ClaimedName {
     }
 }
 
+/// Whether a container called `name` belongs to no daemon or to another than `me`: a
+/// warm sandbox of the host pool, a durable session, or a sandbox another daemon claimed.
+/// Such a container stays when the daemon that made it exits.
+pub fn claimed_by_other(name: &str, me: &Holder) -> bool {
+    if WarmName::parse(name).is_some() || SessionName::parse(name).is_some() {
+        return true;
+    }
+    ClaimedName::parse(name).is_some_and(|c| c.holder != *me)
+}
+
 /// 16 hex digits of SHA-256 over `parts`, each ended by a NUL so no two lists collide.
 pub fn fingerprint<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
     let mut h = Sha256::new();

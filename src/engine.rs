@@ -1576,7 +1576,8 @@ impl Engine {
                 keep.insert(session.container.clone());
                 keep.insert(session.volume.clone());
             }
-            if !sessions.is_empty() {
+            // Sessions and the host pool's warm sandboxes mount the shared volumes.
+            if !sessions.is_empty() || pools.iter().any(Pool::shared_by_host) {
                 keep.extend(pools.iter().map(|p| p.volume_name().to_string()));
             }
         } else {
@@ -1626,7 +1627,7 @@ impl Engine {
             // have mounted a shared volume by name after it went, and Docker then makes
             // one, unlabelled. Every task is done now: remove them by name once more.
             if pools.iter().any(Pool::used_docker) && (keep.is_empty() || sessions.is_empty()) {
-                for pool in &pools {
+                for pool in pools.iter().filter(|p| !p.shared_by_host()) {
                     s.backend.remove_volume(pool.volume_name()).await;
                 }
             }

@@ -43,6 +43,14 @@
 //! ([`Pool::for_client`]) whose sandboxes mount that client's volume, so no client sees or
 //! changes another's imports. Such a pool keeps at most one sandbox warm.
 //!
+//! **The host pool.** With `session.durable` on Docker, warm sandboxes live on the
+//! engine and belong to no daemon: every daemon of the host with the same fingerprint
+//! shares them, and together they keep at most `pool_size` ([`host`]). Then the `ready`
+//! queue stays empty: a request claims a warm sandbox from the engine first and waits
+//! (as above) only when there is none, and a new sandbox nobody waits for is parked on
+//! the engine instead. Their shared package volume is the owner's (`pdm-env.`), mounted
+//! only once something was installed into it.
+//!
 //! **No volume left behind.** A sandbox owns a package volume, so it is never just dropped:
 //! a sandbox on its way to a caller that went away (time-out, cancelled call, pool closed)
 //! is discarded, which removes the container and the volume.
@@ -59,9 +67,17 @@ use tokio_util::task::TaskTracker;
 
 use crate::client::Client;
 use crate::config::Config;
+use crate::durable::{self, ClaimedName, Holder};
 use crate::repl::{Repl, ReplError};
 use crate::runtime::{Backend, RuntimeError};
 use crate::sandbox::{self, Owner, Role};
+
+#[path = "pool/host.rs"]
+pub mod host;
+use host::HostPool;
+
+/// How often a pool of the host pool looks at the engine for slots that others freed.
+const HOST_POLL: Duration = Duration::from_secs(2);
 
 /// How long a health ping may take before the sandbox is discarded.
 const PING_TIMEOUT: Duration = Duration::from_millis(500);
@@ -207,6 +223,10 @@ struct State {
     /// exhausted pool.
     last_error: Option<Arc<str>>,
     closed: bool,
+    /// Host pool: warm sandboxes of this fingerprint on the engine, and free slots, at
+    /// the last look.
+    host_warm: usize,
+    host_free: usize,
 }
 
 impl State {
@@ -257,7 +277,7 @@ impl State {
 
     fn snapshot(&self) -> PoolStats {
         PoolStats {
-            warm: self.ready.len(),
+            warm: self.ready.len() + self.host_warm,
             creating: self.creating,
             waiting: self.waiters.len(),
             ..self.stats.clone()
@@ -297,6 +317,18 @@ struct Inner {
     stop: CancellationToken,
     /// Creation and removal tasks; shutdown waits for them.
     tasks: TaskTracker,
+    /// Durable mode on Docker: warm sandboxes are the host's (module doc).
+    host: Option<HostMode>,
+}
+
+/// What a pool of the host pool knows.
+struct HostMode {
+    holder: Holder,
+    /// The pool's fingerprint, once the image's id is known; dropped when the shared
+    /// volume appears (the sandboxes mount it from then on).
+    pool: Mutex<Option<HostPool>>,
+    /// Whether the shared package volume exists (then sandboxes mount it).
+    env: std::sync::atomic::AtomicBool,
 }
 
 /// A handle on the pool; clone it freely.
@@ -316,7 +348,15 @@ impl Pool {
         } else {
             0
         };
-        let environment = (owner.shared_volume(), None);
+        let host_env = durable::fingerprint([
+            config.session.scope.as_str(),
+            &durable::uid().to_string(),
+            "",
+        ]);
+        let environment = match config.session.durable {
+            true => (format!("pdm-env.{host_env}"), None),
+            false => (owner.shared_volume(), None),
+        };
         Pool::build(
             config,
             backend,
@@ -335,6 +375,17 @@ impl Pool {
     /// creation limit as this one, at most one sandbox warm.
     pub fn for_client(&self, client: &Client, volume: String) -> Pool {
         let i = &self.inner;
+        let volume = match i.config.session.durable {
+            true => format!(
+                "pdm-env.{}",
+                durable::fingerprint([
+                    i.config.session.scope.as_str(),
+                    &durable::uid().to_string(),
+                    client.name(),
+                ])
+            ),
+            false => volume,
+        };
         Pool::build(
             i.config.clone(),
             i.backend.clone(),
@@ -355,8 +406,14 @@ impl Pool {
         target: usize,
         limits: Arc<Limits>,
     ) -> Pool {
+        let host = config.session.durable.then(|| HostMode {
+            holder: Holder::me(),
+            pool: Mutex::new(None),
+            env: Default::default(),
+        });
         Pool {
             inner: Arc::new(Inner {
+                host,
                 config,
                 backend,
                 owner,
@@ -399,10 +456,93 @@ impl Pool {
                     labels.insert(sandbox::labels::CLIENT.into(), client.name().into());
                 }
                 i.backend.create_volume(name, &labels).await?;
+                if let Some(h) = &i.host {
+                    // New sandboxes mount it: another fingerprint.
+                    h.env.store(true, std::sync::atomic::Ordering::Relaxed);
+                    *h.pool.lock().expect("host pool lock") = None;
+                }
                 Ok::<_, RuntimeError>(name.clone())
             })
             .await
             .map(String::as_str)
+    }
+
+    /// Whether this pool's warm sandboxes are the host's (they and its shared volume stay
+    /// when the daemon exits).
+    pub fn shared_by_host(&self) -> bool {
+        self.inner.host.is_some()
+    }
+
+    /// The host pool this pool draws from, its fingerprint computed on first use; `None`
+    /// off durable mode or on an engine without it (Podman, whose sandboxes need named
+    /// volumes: they keep a pool of their own).
+    async fn host_pool(&self) -> Result<Option<HostPool>, RuntimeError> {
+        let i = &self.inner;
+        let Some(h) = &i.host else {
+            return Ok(None);
+        };
+        if let Some(p) = h.pool.lock().expect("host pool lock").clone() {
+            return Ok(Some(p));
+        }
+        if !i.backend.unnamed_volumes().await {
+            return Ok(None);
+        }
+        let volume = &i.environment.0;
+        if !h.env.load(std::sync::atomic::Ordering::Relaxed)
+            && i.backend.volume_exists(volume).await?
+        {
+            h.env.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let image = i.backend.image_id(&i.config.docker.image).await?;
+        let mut spec = self.spec(String::new());
+        spec.labels.clear();
+        let p = HostPool {
+            fingerprint: durable::fingerprint([
+                image.as_str(),
+                i.config.session.scope.as_str(),
+                &durable::uid().to_string(),
+                &format!("{spec:?}"),
+            ]),
+            slots: self.target() as u32,
+            max_age: i.config.docker.pool_max_age,
+        };
+        tracing::debug!(fingerprint = %p.fingerprint, slots = p.slots, "host pool");
+        *h.pool.lock().expect("host pool lock") = Some(p.clone());
+        Ok(Some(p))
+    }
+
+    /// The spec of this pool's sandboxes, named `name`: in durable mode their own
+    /// package volume is one the engine makes, and the shared one is mounted once it
+    /// exists.
+    fn spec(&self, name: String) -> sandbox::SandboxSpec {
+        let i = &self.inner;
+        let shared = match &i.host {
+            Some(h) if !h.env.load(std::sync::atomic::Ordering::Relaxed) => "",
+            _ => i.environment.0.as_str(),
+        };
+        sandbox::repl_spec(&i.config, &i.owner, name, shared, "")
+    }
+
+    /// Claim a warm sandbox of the host pool, if there is one.
+    async fn claim_from_host(&self) -> Option<Sandbox> {
+        let i = &self.inner;
+        let host = self.host_pool().await.ok()??;
+        let census = host.census(&i.backend).await.ok()?;
+        let holder = &i.host.as_ref()?.holder;
+        let (repl, volume, created) = host
+            .claim(&i.backend, holder, &census.warm, sandbox::SESSION_PACKAGES)
+            .await?;
+        {
+            let mut st = i.state.lock().expect("pool lock");
+            st.host_warm = st.host_warm.saturating_sub(1);
+            st.checked_out();
+        }
+        i.refill.notify_one();
+        Some(Sandbox {
+            repl,
+            volume,
+            created,
+        })
     }
 
     /// The name of this pool's shared package volume (made or not).
@@ -423,6 +563,14 @@ impl Pool {
     /// last failure.
     pub async fn acquire(&self, client: &Client) -> Result<Sandbox, AcquireError> {
         self.start();
+        if self.inner.host.is_some() {
+            if self.inner.state.lock().expect("pool lock").closed {
+                return Err(AcquireError::Closed);
+            }
+            if let Some(sandbox) = self.claim_from_host().await {
+                return Ok(sandbox);
+            }
+        }
         let wait = self.inner.config.docker.pool_wait_timeout;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -540,13 +688,56 @@ impl Pool {
         self.inner.refill.notify_one();
     }
 
-    /// Hand a new sandbox to the first live waiter, or keep it warm.
-    fn deliver(&self, mut sandbox: Sandbox) {
+    /// Hand a new sandbox to the first live waiter, or keep it warm (in the host pool:
+    /// park it on the engine).
+    async fn deliver(&self, mut sandbox: Sandbox) {
+        let host = match &self.inner.host {
+            Some(_) => self.host_pool().await.ok().flatten(),
+            None => None,
+        };
+        let Some(host) = host else {
+            if let Some(back) = self.hand_over(sandbox) {
+                self.inner
+                    .state
+                    .lock()
+                    .expect("pool lock")
+                    .ready
+                    .push_back(back);
+            }
+            return;
+        };
+        let waiting = !self
+            .inner
+            .state
+            .lock()
+            .expect("pool lock")
+            .waiters
+            .is_empty();
+        if waiting {
+            // Taken from its slot (the claim), so it is no longer the host's.
+            if host.filling_slot(&sandbox.repl.name).is_some() {
+                let to = ClaimedName::new(&self.inner.host.as_ref().expect("host").holder).render();
+                match self.inner.backend.rename(&sandbox.repl.name, &to).await {
+                    Ok(true) => sandbox.repl.name = to,
+                    _ => return self.discard(sandbox),
+                }
+            }
+            match self.hand_over(sandbox) {
+                None => return,
+                Some(back) => sandbox = back,
+            }
+        }
+        self.park(sandbox, &host).await;
+    }
+
+    /// Give a sandbox to the first live waiter; back when none waits (discarded when
+    /// the pool is closed).
+    fn hand_over(&self, mut sandbox: Sandbox) -> Option<Sandbox> {
         let mut st = self.inner.state.lock().expect("pool lock");
         if st.closed {
             drop(st);
             self.discard(sandbox);
-            return;
+            return None;
         }
         while let Some(waiter) = st.waiters.next() {
             match waiter.send(Ok(sandbox)) {
@@ -554,23 +745,62 @@ impl Pool {
                     // The call runs on it from now: a refill started at this moment would
                     // compete with it (the refill waits for calls to pause, see below).
                     st.last_checkout = Some(Instant::now());
-                    return;
+                    return None;
                 }
                 Err(Ok(back)) => sandbox = back,
                 Err(Err(_)) => unreachable!("we sent Ok"),
             }
         }
-        st.ready.push_back(sandbox);
+        Some(sandbox)
+    }
+
+    /// Leave a ready sandbox warm on the engine for any daemon: let go of the attach and
+    /// name it for its slot. Removed when no slot is free.
+    async fn park(&self, sandbox: Sandbox, host: &HostPool) {
+        let i = &self.inner;
+        let slot = match host.filling_slot(&sandbox.repl.name) {
+            Some(slot) => Some(slot),
+            None => host
+                .census(&i.backend)
+                .await
+                .ok()
+                .and_then(|c| c.free.first().copied()),
+        };
+        let Some(slot) = slot else {
+            return self.discard(sandbox);
+        };
+        let (id, from) = (sandbox.repl.id.clone(), sandbox.repl.name.clone());
+        // The attach goes first: no daemon may claim it while this one still listens.
+        drop(sandbox);
+        match i.backend.rename(&from, &host.warm_name(slot)).await {
+            Ok(true) => {
+                i.state.lock().expect("pool lock").host_warm += 1;
+            }
+            _ => i.backend.remove(&id).await,
+        }
     }
 
     async fn refill_loop(&self) {
         let mut last = PoolStats::default();
         loop {
+            let host = match &self.inner.host {
+                Some(_) => self.host_pool().await.ok().flatten(),
+                None => None,
+            };
+            if let Some(host) = &host {
+                if let Ok(c) = host.census(&self.inner.backend).await {
+                    let mut st = self.inner.state.lock().expect("pool lock");
+                    st.host_warm = c.warm.len();
+                    st.host_free = c.free.len();
+                }
+            }
             let (spawn, wake_at, mut background) = {
                 let mut st = self.inner.state.lock().expect("pool lock");
                 st.waiters.retain_live();
                 let want = self.target() + st.waiters.len();
-                let have = st.ready.len() + st.creating;
+                let have = st.ready.len() + st.host_warm + st.creating;
+                // In the host pool, a refill needs a free slot (others fill too).
+                let room = host.is_none() || st.host_free > st.creating;
                 let mut wake_at = None;
                 let mut spawn = 0;
                 let mut background = None;
@@ -595,7 +825,7 @@ impl Pool {
                 } else if st.waiters.len() > st.creating {
                     // Demand first: a waiter no creation in flight will serve gets one now.
                     spawn = st.waiters.len() - st.creating;
-                } else if want > have && st.creating == 0 {
+                } else if want > have && st.creating == 0 && room {
                     // Refill: one creation at a time, and only when the engine does no
                     // other background work (removals wake this loop when done). While
                     // sandboxes are still ready, let a burst of calls finish first.
@@ -636,6 +866,11 @@ impl Pool {
                     .tasks
                     .spawn(async move { p.create_one(permit).await });
             }
+            // The host pool changes without this daemon: look again now and then.
+            let wake_at = match (&host, wake_at) {
+                (Some(_), None) => Some(Instant::now() + HOST_POLL),
+                (_, at) => at,
+            };
             let backoff = async {
                 match wake_at {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -667,7 +902,18 @@ impl Pool {
             _ => (false, 0), // closing
         };
         let started = Instant::now();
-        let result = if go { Some(self.create().await) } else { None };
+        let background = _background.is_some();
+        let result = if go {
+            Some(self.create(background).await)
+        } else {
+            None
+        };
+        // A refill that found every slot of the host pool taken (others filled it first):
+        // no failure, nothing made.
+        let result = match result {
+            Some(Err(ReplError::Runtime(RuntimeError::NameInUse { .. }))) => None,
+            r => r,
+        };
         drop(permit);
         let closing = self.inner.stop.is_cancelled();
         if let Some(r) = result.as_ref().filter(|_| !closing) {
@@ -703,7 +949,7 @@ impl Pool {
             }
         }
         match result {
-            Some(Ok(sandbox)) => self.deliver(sandbox),
+            Some(Ok(sandbox)) => self.deliver(sandbox).await,
             Some(Err(e)) if !closing => {
                 tracing::warn!(error = %e, "could not create a sandbox");
             }
@@ -712,33 +958,31 @@ impl Pool {
         self.inner.refill.notify_one();
     }
 
-    async fn create(&self) -> Result<Sandbox, ReplError> {
+    /// `background`: a refill, which takes a free slot of the host pool (in durable mode);
+    /// a creation for a waiter is claimed from the start.
+    async fn create(&self, background: bool) -> Result<Sandbox, ReplError> {
         let i = &self.inner;
+        if let Some(host) = self.host_pool().await? {
+            let name = match (background, &i.host) {
+                (true, _) => match host.census(&i.backend).await?.free.first() {
+                    Some(slot) => host.filling_name(*slot),
+                    None => {
+                        return Err(ReplError::Runtime(RuntimeError::NameInUse {
+                            name: host.warm_name(0),
+                        }))
+                    }
+                },
+                (false, Some(h)) => ClaimedName::new(&h.holder).render(),
+                (false, None) => unreachable!("host pools have a holder"),
+            };
+            return self.create_durable(self.spec(name)).await;
+        }
         // The shared volume first: a failure there must not strand this sandbox's volume.
         let shared = self.shared_volume().await?;
         let name = i.owner.name(Role::Sandbox);
         if i.config.session.durable && i.backend.unnamed_volumes().await {
-            // A durable sandbox may end itself with no daemon around: its own volume is
-            // one the engine makes for it and removes with it.
             let spec = sandbox::repl_spec(&i.config, &i.owner, name, shared, "");
-            let repl = Repl::start(&i.backend, &spec).await?;
-            let volume = match i
-                .backend
-                .volume_at(&repl.id, sandbox::SESSION_PACKAGES)
-                .await
-            {
-                Ok(Some(volume)) => volume,
-                Ok(None) => String::new(),
-                Err(e) => {
-                    i.backend.remove(&repl.id).await;
-                    return Err(e.into());
-                }
-            };
-            return Ok(Sandbox {
-                repl,
-                volume,
-                created: Instant::now(),
-            });
+            return self.create_durable(spec).await;
         }
         let volume = format!("{name}-packages");
         i.backend
@@ -756,6 +1000,30 @@ impl Pool {
                 Err(e)
             }
         }
+    }
+
+    /// A durable sandbox may end itself with no daemon around: its own volume is one the
+    /// engine makes for it and removes with it.
+    async fn create_durable(&self, spec: sandbox::SandboxSpec) -> Result<Sandbox, ReplError> {
+        let i = &self.inner;
+        let repl = Repl::start(&i.backend, &spec).await?;
+        let volume = match i
+            .backend
+            .volume_at(&repl.id, sandbox::SESSION_PACKAGES)
+            .await
+        {
+            Ok(Some(volume)) => volume,
+            Ok(None) => String::new(),
+            Err(e) => {
+                i.backend.remove(&repl.id).await;
+                return Err(e.into());
+            }
+        };
+        Ok(Sandbox {
+            repl,
+            volume,
+            created: Instant::now(),
+        })
     }
 
     async fn reap_loop(&self) {

@@ -30,9 +30,10 @@ pub mod labels {
     pub const CLIENT: &str = "python-docker-mcp.client";
 }
 
-/// How long a warm sandbox outlives `pool_max_age` before it ends itself: the pool's own
-/// reaper retires it first while its daemon runs.
-pub const WARM_EXIT_SLACK: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a warm sandbox outlives `pool_max_age` before it ends itself (a private
+/// pool's own reaper retires it first while its daemon runs; a host pool's warm sandboxes
+/// end by this timer alone).
+pub const WARM_EXIT_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The download cache every installer shares. It belongs to no daemon instance (no
 /// instance, pid or host label), so it survives restarts on purpose: a repeated install
@@ -298,21 +299,23 @@ pub fn repl_spec(
     own_volume: &str,
 ) -> SandboxSpec {
     let d = &config.docker;
-    let volumes = vec![
-        VolumeMount {
-            volume: shared_volume.into(),
-            target: SHARED_PACKAGES.into(),
-            read_only: true,
-        },
-        VolumeMount {
+    // No shared volume (durable mode, before anything was installed into it): no mount.
+    let shared = (!shared_volume.is_empty()).then(|| VolumeMount {
+        volume: shared_volume.into(),
+        target: SHARED_PACKAGES.into(),
+        read_only: true,
+    });
+    let volumes = shared
+        .into_iter()
+        .chain([VolumeMount {
             volume: own_volume.into(),
             target: SESSION_PACKAGES.into(),
             // An unnamed volume (durable sandboxes) cannot be mounted read-only (the
             // engine refuses); its root belongs to root and the code runs as
             // `docker.user` with no capability, so the code cannot write there either.
             read_only: !own_volume.is_empty(),
-        },
-    ];
+        }])
+        .collect();
     // Session packages come first on the path so they win over shared ones.
     let package_dirs = [SESSION_PACKAGES, SHARED_PACKAGES];
     let scratch = if d.read_only {

@@ -563,6 +563,17 @@ impl Docker {
     }
 
     /// Check that an image is present.
+    pub async fn image_id(&self, image: &str) -> Result<String, RuntimeError> {
+        let conn = self.connection().await?;
+        match conn.api.inspect_image(image).await {
+            Ok(i) => Ok(i.id.unwrap_or_else(|| image.to_string())),
+            Err(e) if is_not_found(&e) => Err(RuntimeError::ImageMissing {
+                image: image.to_string(),
+            }),
+            Err(e) => Err(conn.refused("inspect the image")(e)),
+        }
+    }
+
     pub async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
         let conn = self.connection().await?;
         match conn.api.inspect_image(image).await {
@@ -721,6 +732,9 @@ impl Docker {
         match conn.api.rename_container(from, options).await {
             Ok(()) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Err(RuntimeError::NameInUse { name: to.into() }),
             Err(e) => Err(conn.refused("rename a container")(e)),
         }
     }
@@ -767,6 +781,11 @@ impl Docker {
         };
         match docker.create_container(Some(options), body).await {
             Ok(r) => Ok(r.id),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Err(RuntimeError::NameInUse {
+                name: spec.name.clone(),
+            }),
             Err(e) if is_not_found(&e) => Err(RuntimeError::ImageMissing {
                 image: spec.image.clone(),
             }),
@@ -867,6 +886,15 @@ impl Docker {
         Ok(())
     }
 
+    pub async fn volume_exists(&self, name: &str) -> Result<bool, RuntimeError> {
+        let conn = self.connection().await?;
+        match conn.api.inspect_volume(name).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(conn.refused("inspect a volume")(e)),
+        }
+    }
+
     /// Remove a volume; already gone is fine. A container that was just force-removed
     /// may still hold it for a moment (its removal races Docker's own auto-remove), so
     /// "in use" is retried for a few seconds before giving up.
@@ -935,10 +963,22 @@ impl Docker {
         instance: &str,
         keep: &std::collections::HashSet<String>,
     ) -> Result<usize, RuntimeError> {
-        let mut ids = self
-            .containers_labelled(&[(labels::INSTANCE, instance)])
-            .await?;
-        ids.retain(|id| !keep.contains(id));
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{}={instance}", labels::INSTANCE)],
+        )]);
+        let me = durable::Holder::me();
+        let ids: Vec<String> = self
+            .list_containers(filters)
+            .await?
+            .into_iter()
+            .filter(|c| {
+                let name = c.names.as_ref().and_then(|n| n.first());
+                !name.is_some_and(|n| durable::claimed_by_other(n, &me))
+            })
+            .filter_map(|c| c.id)
+            .filter(|id| !keep.contains(id))
+            .collect();
         futures::future::join_all(ids.iter().map(|id| self.remove(id))).await;
         let filters = HashMap::from([(
             "label".to_string(),
@@ -968,6 +1008,9 @@ impl Docker {
     /// - a durable session (its name parses as a [`SessionName`]) goes when it has expired
     ///   ([`SessionName::expired`]: past its deadline or its lifetime, and no live daemon
     ///   holds it), whoever made it: the backstop that user code cannot touch;
+    /// - a warm sandbox of the host pool (`pdm-w.`) goes when the engine created it more
+    ///   than `sweep.warm_max_age` ago, whoever made it;
+    /// - a claimed sandbox (`pdm-t.`) goes when its holder is gone;
     /// - anything else goes when its host label is this host, its pid label names another
     ///   process, and no python-docker-mcp runs with that pid ([`is_orphan`]): warm and
     ///   transient sandboxes and installers of a dead daemon;
@@ -981,10 +1024,20 @@ impl Docker {
         sweep: &Sweep<'_>,
     ) -> Result<Swept, RuntimeError> {
         let now = durable::now();
-        let doomed = |c: &Named| match SessionName::parse(&c.name) {
-            _ if sweep.all => c.labels.get(labels::HOST) == Some(&me.host),
-            Some(n) => n.expired(c.created, sweep.max_lifetime, now, sweep.holder),
-            None => is_orphan(&c.labels, me, daemon_alive),
+        let doomed = |c: &Named| {
+            if sweep.all {
+                return c.labels.get(labels::HOST) == Some(&me.host);
+            }
+            if let Some(n) = SessionName::parse(&c.name) {
+                return n.expired(c.created, sweep.max_lifetime, now, sweep.holder);
+            }
+            if durable::WarmName::parse(&c.name).is_some() {
+                return durable::WarmName::expired(c.created, sweep.warm_max_age, now);
+            }
+            if let Some(n) = durable::ClaimedName::parse(&c.name) {
+                return !n.holder.alive(sweep.holder);
+            }
+            is_orphan(&c.labels, me, daemon_alive)
         };
         let containers: Vec<Named> = self
             .named("")
@@ -1368,7 +1421,7 @@ mod tests {
         assert_eq!(body["HostConfig"]["AutoRemove"], true);
         let env = body["Env"].as_array().unwrap();
         assert!(
-            env.contains(&serde_json::json!("PDM_IDLE_EXIT=330")),
+            env.contains(&serde_json::json!("PDM_IDLE_EXIT=305")),
             "{env:?}"
         );
         let own = &body["HostConfig"]["Mounts"][1];

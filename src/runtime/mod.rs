@@ -93,6 +93,10 @@ pub enum RuntimeError {
         op: &'static str,
         message: String,
     },
+    /// Another container already has this name: a slot of the host pool that another
+    /// daemon filled first. Not a failure of the engine.
+    #[error("a container called `{name}` exists already")]
+    NameInUse { name: String },
     /// A container did not finish in time.
     #[error("container did not finish within {0:?}")]
     Timeout(Duration),
@@ -372,6 +376,16 @@ impl Backend {
         each!(self, b => b.ping().await)
     }
 
+    /// The id of an image the engine has (part of the host pool's fingerprint: a tag
+    /// moved to a new image makes new sandboxes). The name itself where the backend
+    /// cannot tell.
+    pub async fn image_id(&self, image: &str) -> Result<String, RuntimeError> {
+        match self {
+            Backend::Docker(d) => d.image_id(image).await,
+            _ => Ok(image.to_string()),
+        }
+    }
+
     /// Whether the engine has this image.
     pub async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
         each!(self, b => b.image_present(image).await)
@@ -432,6 +446,14 @@ impl Backend {
         each!(self, b => b.create_volume(name, labels).await)
     }
 
+    /// Whether a volume by this name exists.
+    pub async fn volume_exists(&self, name: &str) -> Result<bool, RuntimeError> {
+        match self {
+            Backend::Docker(d) => d.volume_exists(name).await,
+            _ => Ok(false),
+        }
+    }
+
     /// Remove a volume; already gone is fine.
     pub async fn remove_volume(&self, name: &str) {
         each!(self, b => b.remove_volume(name).await)
@@ -444,7 +466,10 @@ impl Backend {
     }
 
     /// Remove every sandbox and volume of one daemon instance; returns how many sandboxes.
-    /// `keep`: containers (by id) and volumes (by name) that stay: durable sessions.
+    /// `keep`: containers (by id) and volumes (by name) that stay: durable sessions. A
+    /// container the instance made that now belongs to no daemon or to another (a warm
+    /// sandbox of the host pool, a session, a sandbox another daemon claimed; see
+    /// [`crate::durable::claimed_by_other`]) stays too.
     pub async fn remove_instance(
         &self,
         instance: &str,
@@ -509,6 +534,7 @@ impl Backend {
 
     /// Rename the container called `from` to `to`, atomically: the claim. `Ok(false)`:
     /// nothing is called `from` any more (another daemon claimed it, or it is gone).
+    /// [`RuntimeError::NameInUse`]: something is called `to` already.
     pub async fn rename(&self, from: &str, to: &str) -> Result<bool, RuntimeError> {
         match self {
             Backend::Docker(d) => d.rename(from, to).await,

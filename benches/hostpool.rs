@@ -1,0 +1,410 @@
+//! The host pool (issue 20, "Measured"): what a daemon that starts with the host's pool
+//! already warm gets, what several daemons together keep, and what a full pool costs at
+//! rest. Stdio daemons of this crate's release binary, each with a fresh `HOME` and no
+//! inherited `PYTHON_DOCKER_MCP_*`, in a scope of this run's own.
+//!
+//! ```text
+//! cargo build --release && cargo bench --bench hostpool
+//! cargo bench --bench hostpool -- --spawns 5 --pool 8 --idle 60
+//! ```
+//!
+//! 1. **Second daemon's first result.** A first daemon fills the host pool (`--pool`) and
+//!    exits (SIGTERM). Then `--spawns` times: spawn a daemon (pool on, the same
+//!    settings), initialise it, time its first `execute-transient` `1`; the time counts
+//!    from the spawn. Beside it, the same with `session.durable: false` (a private pool,
+//!    today's cold start) and pool off, and `docker run --rm IMAGE python3 -c 'print(1)'`.
+//! 2. **Four daemons.** Four daemons at once with `pool_size` `--pool`, durable (one host
+//!    pool) and not (four private pools): the most warm sandboxes on the host, and the
+//!    host memory they take (`MemAvailable` before and once full).
+//! 3. **Idle CPU.** The four durable daemons with a full pool, over `--idle` seconds: the
+//!    CPU time of the daemons, of dockerd and of the warm containers (cgroup `cpuacct`),
+//!    as a share of one core.
+//! 4. **Steady state.** 30 transient runs in a row once the pool is full, p50, host pool
+//!    against a private pool: what a claim (rename, attach, hello) adds.
+//!
+//! Runs only with `--bench` (which `cargo bench` passes): under `cargo test --all-targets`
+//! it prints a note and passes.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::RunningService;
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::json;
+
+type Client = RunningService<RoleClient, ()>;
+
+struct Daemon {
+    child: tokio::process::Child,
+    client: Client,
+    home: PathBuf,
+}
+
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/python-docker-mcp")
+}
+
+fn arg(args: &[String], name: &str, default: u64) -> u64 {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn spawn(env: &[(&str, String)]) -> anyhow::Result<Daemon> {
+    let home = std::env::temp_dir().join(format!(
+        "pdm-bench-hostpool-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&home)?;
+    let mut cmd = tokio::process::Command::new(binary());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PYTHON_DOCKER_MCP_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env("HOME", &home)
+        .env("PYTHON_DOCKER_MCP_LOG", "warn")
+        .args(["serve"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let stdin = child.stdin.take().context("stdin")?;
+    let client = ().serve((stdout, stdin)).await?;
+    Ok(Daemon {
+        child,
+        client,
+        home,
+    })
+}
+
+impl Daemon {
+    async fn transient(&self, code: &str) -> anyhow::Result<()> {
+        let params = CallToolRequestParams::new("execute-transient")
+            .with_arguments(json!({ "code": code }).as_object().cloned().unwrap());
+        let r = tokio::time::timeout(Duration::from_secs(60), self.client.call_tool(params))
+            .await
+            .context("a call took over 60 s")??;
+        if r.is_error == Some(true) {
+            bail!("the call failed: {:?}", r.content);
+        }
+        Ok(())
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(40), self.child.wait()).await;
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+fn settings(scope: &str, durable: bool, pool: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("PYTHON_DOCKER_MCP_SESSION_SCOPE", scope.to_string()),
+        ("PYTHON_DOCKER_MCP_SESSION_DURABLE", durable.to_string()),
+        ("PYTHON_DOCKER_MCP_POOL_ENABLED", (pool > 0).to_string()),
+        ("PYTHON_DOCKER_MCP_POOL_SIZE", pool.max(1).to_string()),
+    ]
+}
+
+fn docker(args: &[&str]) -> Vec<String> {
+    let out = std::process::Command::new("docker").args(args).output();
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Running sandboxes of these daemons whose name starts with `prefix` (`""`: all).
+fn warm_of(pids: &[u32], prefix: &str) -> Vec<String> {
+    pids.iter()
+        .flat_map(|pid| {
+            docker(&[
+                "ps",
+                "--filter",
+                &format!("label=python-docker-mcp.pid={pid}"),
+                "--format",
+                "{{.ID}} {{.Names}}",
+            ])
+        })
+        .filter(|l| l.split(' ').nth(1).is_some_and(|n| n.starts_with(prefix)))
+        .collect()
+}
+
+fn remove_all_of(pids: &[u32]) {
+    for pid in pids {
+        let ids = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=python-docker-mcp.pid={pid}"),
+        ]);
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", "-v"])
+                .args(&ids)
+                .output();
+        }
+    }
+}
+
+async fn wait_warm(pids: &[u32], prefix: &str, n: usize, within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    let mut most = 0;
+    loop {
+        let have = warm_of(pids, prefix).len();
+        most = most.max(have);
+        if have >= n || Instant::now() > deadline {
+            return most;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn mem_available() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// CPU ticks (user + system) of a process.
+fn ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let after = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+}
+
+/// CPU nanoseconds a container used (cgroup v1 `cpuacct.usage`; v2 `cpu.stat`).
+fn container_ns(id: &str) -> u64 {
+    let full = docker(&["inspect", "-f", "{{.Id}}", id]);
+    let Some(full) = full.first() else { return 0 };
+    for path in [
+        format!("/sys/fs/cgroup/cpuacct/docker/{full}/cpuacct.usage"),
+        format!("/sys/fs/cgroup/cpu,cpuacct/docker/{full}/cpuacct.usage"),
+    ] {
+        if let Ok(v) = std::fs::read_to_string(&path) {
+            return v.trim().parse().unwrap_or(0);
+        }
+    }
+    if let Ok(s) = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/system.slice/docker-{full}.scope/cpu.stat"
+    )) {
+        if let Some(us) = s.lines().find_map(|l| l.strip_prefix("usage_usec ")) {
+            return us.trim().parse::<u64>().unwrap_or(0) * 1000;
+        }
+    }
+    0
+}
+
+fn dockerd_pid() -> u32 {
+    std::process::Command::new("pidof")
+        .arg("dockerd")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn p(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * q).round() as usize]
+}
+
+async fn first_result(env: &[(&str, String)], spawns: u64) -> anyhow::Result<Vec<f64>> {
+    let mut times = Vec::new();
+    for _ in 0..spawns {
+        let t = Instant::now();
+        let d = spawn(env).await?;
+        d.transient("1").await?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        let pid = d.pid();
+        d.stop().await;
+        // A private pool leaves nothing; the host pool keeps its warm sandboxes.
+        let _ = pid;
+    }
+    Ok(times)
+}
+
+async fn steady(d: &Daemon) -> anyhow::Result<f64> {
+    let mut v = Vec::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        d.transient("1").await?;
+        v.push(t.elapsed().as_secs_f64() * 1000.0);
+        // Between calls, as an agent leaves them: the refill may run.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Ok(p(&mut v, 0.5))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!("hostpool bench: run it with `cargo bench --bench hostpool`");
+        return Ok(());
+    }
+    if !binary().exists() {
+        bail!("build the release binary first: cargo build --release");
+    }
+    let spawns = arg(&args, "--spawns", 5);
+    let pool = arg(&args, "--pool", 8);
+    let idle = arg(&args, "--idle", 60);
+    let scope = format!("bench-{}", std::process::id());
+    let mut all_pids = Vec::new();
+
+    // 1. The second daemon's first result.
+    let host = settings(&scope, true, pool);
+    let first = spawn(&host).await?;
+    all_pids.push(first.pid());
+    wait_warm(
+        &[first.pid()],
+        "pdm-w.",
+        pool as usize,
+        Duration::from_secs(120),
+    )
+    .await;
+    first.stop().await;
+    let mut warm_first = first_result(&host, spawns).await?;
+    let mut private_first = first_result(&settings(&scope, false, pool), spawns).await?;
+    let mut off_first = first_result(&settings(&scope, false, 0), spawns).await?;
+    let mut docker_run = Vec::new();
+    for _ in 0..spawns {
+        let t = Instant::now();
+        std::process::Command::new("docker")
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "python-docker-mcp:latest",
+            ])
+            .args(["python3", "-c", "print(1)"])
+            .output()?;
+        docker_run.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!("## First result after spawn (p50 of {spawns}, ms, from spawn)\n");
+    println!("| host pool warm | private pool (durable off) | pool off | `docker run --rm` |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {:.0} | {:.0} | {:.0} | {:.0} |\n",
+        p(&mut warm_first, 0.5),
+        p(&mut private_first, 0.5),
+        p(&mut off_first, 0.5),
+        p(&mut docker_run, 0.5)
+    );
+    // What the first spawns left in the host pool goes before the next part.
+    remove_all_of(&all_pids);
+
+    // 2. Four daemons; 3. idle CPU; 4. steady state.
+    println!("## Four daemons, pool_size {pool}\n");
+    println!("| mode | most sandboxes on the host | host memory, MB | steady transient p50 ms |");
+    println!("|---|---|---|---|");
+    let mut idle_row = String::new();
+    for durable in [true, false] {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let before = mem_available();
+        let env = settings(&scope, durable, pool);
+        let (a, b, c, d) = tokio::join!(spawn(&env), spawn(&env), spawn(&env), spawn(&env));
+        let daemons = [a?, b?, c?, d?];
+        let pids: Vec<u32> = daemons.iter().map(Daemon::pid).collect();
+        all_pids.extend(&pids);
+        let want = if durable { pool } else { 4 * pool } as usize;
+        let prefix = if durable { "pdm-w." } else { "" };
+        let mut most = wait_warm(&pids, prefix, want, Duration::from_secs(240)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        most = most.max(warm_of(&pids, "").len());
+        let used = before.saturating_sub(mem_available()) / 1_000_000;
+        if durable {
+            let hz = 100.0;
+            let warm: Vec<String> = warm_of(&pids, "pdm-w.")
+                .iter()
+                .filter_map(|l| l.split(' ').next().map(str::to_string))
+                .collect();
+            let dockerd = dockerd_pid();
+            let t0: u64 = pids.iter().map(|p| ticks(*p)).sum();
+            let d0 = ticks(dockerd);
+            let c0: u64 = warm.iter().map(|w| container_ns(w)).sum();
+            tokio::time::sleep(Duration::from_secs(idle)).await;
+            let t1: u64 = pids.iter().map(|p| ticks(*p)).sum();
+            let d1 = ticks(dockerd);
+            let c1: u64 = warm.iter().map(|w| container_ns(w)).sum();
+            let share = |secs: f64| 100.0 * secs / idle as f64;
+            let left = warm_of(&pids, "pdm-w.").len();
+            idle_row = format!(
+                "| {idle} s | {:.2} % | {:.2} % | {:.2} % | {} of {} |",
+                share((t1 - t0) as f64 / hz),
+                share((d1 - d0) as f64 / hz),
+                share((c1.saturating_sub(c0)) as f64 / 1e9),
+                warm.iter()
+                    .filter(|w| left > 0
+                        && warm_of(&pids, "pdm-w.")
+                            .iter()
+                            .any(|l| l.starts_with(w.as_str())))
+                    .count(),
+                warm.len()
+            );
+        }
+        let p50 = steady(&daemons[0]).await?;
+        println!(
+            "| {} | {most} | {used} | {p50:.1} |",
+            if durable {
+                "durable: one host pool"
+            } else {
+                "durable off: four private pools"
+            }
+        );
+        for d in daemons {
+            d.stop().await;
+        }
+        remove_all_of(&all_pids);
+    }
+    println!("\n## A full host pool at rest (four daemons), share of one core\n");
+    println!(
+        "| over | daemons | dockerd | warm containers | warm sandboxes still the same at the end |"
+    );
+    println!("|---|---|---|---|---|");
+    println!("{idle_row}");
+    remove_all_of(&all_pids);
+    Ok(())
+}
