@@ -10,8 +10,8 @@
 //!
 //! 1. **Second daemon's first result.** A first daemon fills the host pool (`--pool`) and
 //!    exits (SIGTERM). Then `--spawns` times: spawn a daemon (pool on, the same
-//!    settings), initialise it, time its first `execute-transient` `1`; the time counts
-//!    from the spawn. Beside it, the same with `session.durable: false` (a private pool,
+//!    settings), initialise it (timed from the spawn), then time its first
+//!    `execute-transient` `1`. Beside it, the same with `session.durable: false` (a private pool,
 //!    today's cold start) and pool off, and `docker run --rm IMAGE python3 -c 'print(1)'`.
 //! 2. **Four daemons.** Four daemons at once with `pool_size` `--pool`, durable (one host
 //!    pool) and not (four private pools): the most warm sandboxes on the host, and the
@@ -21,6 +21,9 @@
 //!    as a share of one core.
 //! 4. **Steady state.** 30 transient runs in a row once the pool is full, p50, host pool
 //!    against a private pool: what a claim (rename, attach, hello) adds.
+//! 5. **Refills, from spawn.** A daemon with the host pool empty: `i += 1` in a session
+//!    while the pool fills against once it is full (p90), and 30 transient runs back to
+//!    back (p90) against `docker run --rm` / 10.
 //!
 //! Runs only with `--bench` (which `cargo bench` passes): under `cargo test --all-targets`
 //! it prints a note and passes.
@@ -149,7 +152,13 @@ fn warm_of(pids: &[u32], prefix: &str) -> Vec<String> {
                 "{{.ID}} {{.Names}}",
             ])
         })
-        .filter(|l| l.split(' ').nth(1).is_some_and(|n| n.starts_with(prefix)))
+        .filter(|l| {
+            l.split(' ').nth(1).is_some_and(|n| match prefix {
+                // The host pool's: anyone's, or held ready by a daemon.
+                "warm" => n.starts_with("pdm-w.") || n.starts_with("pdm-h."),
+                _ => n.starts_with(prefix),
+            })
+        })
         .collect()
 }
 
@@ -250,19 +259,76 @@ fn p(v: &mut [f64], q: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * q).round() as usize]
 }
 
-async fn first_result(env: &[(&str, String)], spawns: u64) -> anyhow::Result<Vec<f64>> {
-    let mut times = Vec::new();
+/// Per spawn: (spawn to initialised, the first call alone), in ms.
+async fn first_result(
+    env: &[(&str, String)],
+    spawns: u64,
+    pids: &mut Vec<u32>,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let (mut start, mut call) = (Vec::new(), Vec::new());
     for _ in 0..spawns {
         let t = Instant::now();
         let d = spawn(env).await?;
+        start.push(t.elapsed().as_secs_f64() * 1000.0);
+        pids.push(d.pid());
+        let t = Instant::now();
         d.transient("1").await?;
-        times.push(t.elapsed().as_secs_f64() * 1000.0);
-        let pid = d.pid();
+        call.push(t.elapsed().as_secs_f64() * 1000.0);
         d.stop().await;
-        // A private pool leaves nothing; the host pool keeps its warm sandboxes.
-        let _ = pid;
     }
-    Ok(times)
+    Ok((start, call))
+}
+
+/// From spawn, with the host pool empty, as an agent meets it: `i += 1` in a session
+/// 30 times while the pool fills, then 30 times once it is full (p90 each), then 30
+/// transient runs back to back (p90).
+async fn refills(env: &[(&str, String)], pool: u64) -> anyhow::Result<(f64, f64, f64)> {
+    let d = spawn(env).await?;
+    let params = CallToolRequestParams::new("execute-persistent")
+        .with_arguments(json!({ "code": "i = 0" }).as_object().cloned().unwrap());
+    let r = d.client.call_tool(params).await?;
+    let id = r
+        .structured_content
+        .as_ref()
+        .and_then(|s| s.get("session_id")?.as_str().map(str::to_string))
+        .context("session_id")?;
+    let step = || {
+        CallToolRequestParams::new("execute-persistent").with_arguments(
+            json!({ "code": "i += 1", "session_id": id })
+                .as_object()
+                .cloned()
+                .unwrap(),
+        )
+    };
+    let mut filling = Vec::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        d.client.call_tool(step()).await?;
+        filling.push(t.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut transient = Vec::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        d.transient("1").await?;
+        transient.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    wait_warm(&[d.pid()], "warm", pool as usize, Duration::from_secs(120)).await;
+    let mut quiet = Vec::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        d.client.call_tool(step()).await?;
+        quiet.push(t.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = d.pid();
+    d.stop().await;
+    remove_all_of(&[pid]);
+    Ok((
+        p(&mut filling, 0.9),
+        p(&mut quiet, 0.9),
+        p(&mut transient, 0.9),
+    ))
 }
 
 async fn steady(d: &Daemon) -> anyhow::Result<f64> {
@@ -299,15 +365,17 @@ async fn main() -> anyhow::Result<()> {
     all_pids.push(first.pid());
     wait_warm(
         &[first.pid()],
-        "pdm-w.",
+        "warm",
         pool as usize,
         Duration::from_secs(120),
     )
     .await;
     first.stop().await;
-    let mut warm_first = first_result(&host, spawns).await?;
-    let mut private_first = first_result(&settings(&scope, false, pool), spawns).await?;
-    let mut off_first = first_result(&settings(&scope, false, 0), spawns).await?;
+    let (mut warm_start, mut warm_first) = first_result(&host, spawns, &mut all_pids).await?;
+    let (_, mut private_first) =
+        first_result(&settings(&scope, false, pool), spawns, &mut all_pids).await?;
+    let (_, mut off_first) =
+        first_result(&settings(&scope, false, 0), spawns, &mut all_pids).await?;
     let mut docker_run = Vec::new();
     for _ in 0..spawns {
         let t = Instant::now();
@@ -323,15 +391,17 @@ async fn main() -> anyhow::Result<()> {
             .output()?;
         docker_run.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    println!("## First result after spawn (p50 of {spawns}, ms, from spawn)\n");
-    println!("| host pool warm | private pool (durable off) | pool off | `docker run --rm` |");
-    println!("|---|---|---|---|");
+    let docker_p50 = p(&mut docker_run, 0.5);
+    println!("## First transient result after spawn (p50 of {spawns}, ms)\n");
+    println!("| spawn to initialised | first call: host pool warm | private pool (durable off) | pool off | `docker run --rm` |");
+    println!("|---|---|---|---|---|");
     println!(
-        "| {:.0} | {:.0} | {:.0} | {:.0} |\n",
+        "| {:.0} | {:.1} | {:.0} | {:.0} | {:.0} |\n",
+        p(&mut warm_start, 0.5),
         p(&mut warm_first, 0.5),
         p(&mut private_first, 0.5),
         p(&mut off_first, 0.5),
-        p(&mut docker_run, 0.5)
+        docker_p50
     );
     // What the first spawns left in the host pool goes before the next part.
     remove_all_of(&all_pids);
@@ -350,14 +420,14 @@ async fn main() -> anyhow::Result<()> {
         let pids: Vec<u32> = daemons.iter().map(Daemon::pid).collect();
         all_pids.extend(&pids);
         let want = if durable { pool } else { 4 * pool } as usize;
-        let prefix = if durable { "pdm-w." } else { "" };
+        let prefix = if durable { "warm" } else { "" };
         let mut most = wait_warm(&pids, prefix, want, Duration::from_secs(240)).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         most = most.max(warm_of(&pids, "").len());
         let used = before.saturating_sub(mem_available()) / 1_000_000;
         if durable {
             let hz = 100.0;
-            let warm: Vec<String> = warm_of(&pids, "pdm-w.")
+            let warm: Vec<String> = warm_of(&pids, "warm")
                 .iter()
                 .filter_map(|l| l.split(' ').next().map(str::to_string))
                 .collect();
@@ -370,7 +440,7 @@ async fn main() -> anyhow::Result<()> {
             let d1 = ticks(dockerd);
             let c1: u64 = warm.iter().map(|w| container_ns(w)).sum();
             let share = |secs: f64| 100.0 * secs / idle as f64;
-            let left = warm_of(&pids, "pdm-w.").len();
+            let left = warm_of(&pids, "warm").len();
             idle_row = format!(
                 "| {idle} s | {:.2} % | {:.2} % | {:.2} % | {} of {} |",
                 share((t1 - t0) as f64 / hz),
@@ -378,7 +448,7 @@ async fn main() -> anyhow::Result<()> {
                 share((c1.saturating_sub(c0)) as f64 / 1e9),
                 warm.iter()
                     .filter(|w| left > 0
-                        && warm_of(&pids, "pdm-w.")
+                        && warm_of(&pids, "warm")
                             .iter()
                             .any(|l| l.starts_with(w.as_str())))
                     .count(),
@@ -399,6 +469,16 @@ async fn main() -> anyhow::Result<()> {
         }
         remove_all_of(&all_pids);
     }
+    let (filling, quiet, transient) =
+        refills(&settings(&format!("{scope}-r"), true, pool), pool).await?;
+    println!("\n## From spawn, the host pool empty (pool_size {pool}), ms\n");
+    println!("| `i += 1` p90 while it fills | `i += 1` p90 once full | ratio | 30 transient runs back to back p90 | `docker run --rm` / 10 |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {filling:.1} | {quiet:.1} | {:.1}x | {transient:.1} | {:.1} |",
+        filling / quiet,
+        docker_p50 / 10.0
+    );
     println!("\n## A full host pool at rest (four daemons), share of one core\n");
     println!(
         "| over | daemons | dockerd | warm containers | warm sandboxes still the same at the end |"

@@ -16,6 +16,9 @@
 //!   same fingerprint (16 hex digits) may claim it. Slots run from 0 to pool_size - 1, so
 //!   the engine's refusal of a second container by the same name bounds the pool.
 //!   Expires `pool_max_age` (plus slack) after the engine created it.
+//! pdm-h.<fingerprint>.<slot>.<holder>
+//!   a warm sandbox one daemon holds ready, attached, in its slot: claimable by others
+//!   (like `pdm-w.`) once that daemon is gone; the same expiry.
 //! pdm-t.<holder>.<nonce>
 //!   a sandbox claimed from the pool for one transient run (or on its way to becoming a
 //!   session): an orphan as soon as its holder is gone.
@@ -34,6 +37,9 @@ use crate::client::Client;
 pub const PREFIX: &str = "pdm-s.";
 /// Every warm sandbox of the host pool.
 pub const WARM_PREFIX: &str = "pdm-w.";
+/// A warm sandbox of the host pool that one daemon holds ready (attached): still in its
+/// slot, claimable by others only once that daemon is gone.
+pub const HELD_PREFIX: &str = "pdm-h.";
 /// Every sandbox claimed from the host pool that is not (yet) a session.
 pub const CLAIMED_PREFIX: &str = "pdm-t.";
 /// The holder part of a session no daemon holds (its daemon exited cleanly).
@@ -82,11 +88,11 @@ impl Holder {
         }
     }
 
-    fn render(&self) -> String {
+    pub fn render(&self) -> String {
         format!("{}x{}x{}", self.host, self.pid, self.start)
     }
 
-    fn parse(s: &str) -> Option<Holder> {
+    pub fn parse(s: &str) -> Option<Holder> {
         let mut it = s.split('x');
         let (host, pid, start) = (it.next()?, it.next()?, it.next()?);
         if it.next().is_some() || host.len() != 6 || !host.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -214,6 +220,39 @@ impl WarmName {
     }
 }
 
+/// A warm sandbox of the host pool held ready by one daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldName {
+    pub fingerprint: String,
+    pub slot: u32,
+    pub holder: Holder,
+}
+
+impl HeldName {
+    pub fn render(&self) -> String {
+        format!(
+            "{HELD_PREFIX}{}.{}.{}",
+            self.fingerprint,
+            self.slot,
+            self.holder.render()
+        )
+    }
+
+    pub fn parse(name: &str) -> Option<HeldName> {
+        let rest = name.trim_start_matches('/').strip_prefix(HELD_PREFIX)?;
+        let mut it = rest.split('.');
+        let (fingerprint, slot, holder) = (it.next()?, it.next()?, it.next()?);
+        if it.next().is_some() || fingerprint.len() != 16 {
+            return None;
+        }
+        Some(HeldName {
+            fingerprint: fingerprint.into(),
+            slot: slot.parse().ok()?,
+            holder: Holder::parse(holder)?,
+        })
+    }
+}
+
 /// A sandbox claimed from the host pool by `holder`, not a session (yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedName {
@@ -252,7 +291,10 @@ impl ClaimedName {
 /// warm sandbox of the host pool, a durable session, or a sandbox another daemon claimed.
 /// Such a container stays when the daemon that made it exits.
 pub fn claimed_by_other(name: &str, me: &Holder) -> bool {
-    if WarmName::parse(name).is_some() || SessionName::parse(name).is_some() {
+    if WarmName::parse(name).is_some()
+        || HeldName::parse(name).is_some()
+        || SessionName::parse(name).is_some()
+    {
         return true;
     }
     ClaimedName::parse(name).is_some_and(|c| c.holder != *me)
@@ -385,6 +427,18 @@ mod tests {
         assert_eq!(ClaimedName::parse(&text), Some(c.clone()));
         assert_ne!(ClaimedName::new(&Holder::me()), c);
         assert_eq!(ClaimedName::parse("pdm-t.zz.abc"), None);
+        let h = HeldName {
+            fingerprint: w.fingerprint.clone(),
+            slot: 3,
+            holder: Holder::me(),
+        };
+        assert_eq!(HeldName::parse(&h.render()), Some(h.clone()));
+        assert!(
+            claimed_by_other(&h.render(), &Holder::me()),
+            "the host pool's"
+        );
+        assert!(claimed_by_other(&w.render(), &Holder::me()));
+        assert!(!claimed_by_other(&c.render(), &Holder::me()), "mine");
         assert!(!WarmName::expired(100, Duration::from_secs(60), 160));
         assert!(WarmName::expired(100, Duration::from_secs(60), 161));
     }

@@ -1458,6 +1458,15 @@ impl Engine {
                         seconds(end.saturating_sub(now))
                     )
                 }
+                None if durable::WarmName::parse(&item.name).is_some() => {
+                    let end =
+                        item.created + (c.docker.pool_max_age + sandbox::WARM_EXIT_SLACK).as_secs();
+                    format!(
+                        "warm     {}  the host's pool, no server's  ends by itself within {}",
+                        item.name,
+                        seconds(end.saturating_sub(now))
+                    )
+                }
                 None => {
                     let pid = item
                         .labels

@@ -25,7 +25,8 @@
 //!   (experimental; the only module that uses kube). Nothing else talks to an engine.
 //! - [`repl`]: the wire protocol with the helper (`repl/helper.py`) and one live REPL; it
 //!   trusts nothing the sandbox sends (capped frames, strict ids, bounded queues).
-//! - [`pool`]: warm sandboxes, the creation semaphore, max age, single-use checkout.
+//! - [`pool`]: warm sandboxes, the creation semaphore, max age, single-use checkout; in
+//!   durable mode the host pool ([`pool::host`]) that every daemon of the host shares.
 //! - [`session`]: the registry of persistent sessions; a session is `Live` or `Ended`.
 //! - [`durable`]: sessions that outlive their daemon: the container name that says who owns
 //!   and who holds a session and until when it may live, and the holder's liveness.

@@ -526,12 +526,20 @@ impl Pool {
     /// Claim a warm sandbox of the host pool, if there is one.
     async fn claim_from_host(&self) -> Option<Sandbox> {
         let i = &self.inner;
+        let started = Instant::now();
         let host = self.host_pool().await.ok()??;
-        let census = host.census(&i.backend).await.ok()?;
         let holder = &i.host.as_ref()?.holder;
+        let census = host.census(&i.backend, holder).await.ok()?;
+        let listed = started.elapsed();
         let (repl, volume, created) = host
             .claim(&i.backend, holder, &census.warm, sandbox::SESSION_PACKAGES)
             .await?;
+        tracing::debug!(
+            list_ms = listed.as_secs_f64() * 1e3,
+            claim_ms = (started.elapsed() - listed).as_secs_f64() * 1e3,
+            container = %repl.name,
+            "claimed a warm sandbox of the host pool"
+        );
         {
             let mut st = i.state.lock().expect("pool lock");
             st.host_warm = st.host_warm.saturating_sub(1);
@@ -632,7 +640,28 @@ impl Pool {
                 return Err(AcquireError::Closed);
             }
             let sandbox = hand.sandbox.as_mut().expect("in hand");
-            if sandbox.repl.ping(PING_TIMEOUT).await {
+            // Held ready in the host pool: mark it used (a claimed name) as it is pinged.
+            let used = match &self.inner.host {
+                Some(h) if durable::HeldName::parse(&sandbox.repl.name).is_some() => {
+                    Some(ClaimedName::new(&h.holder).render())
+                }
+                _ => None,
+            };
+            let (answered, renamed) = match &used {
+                Some(to) => {
+                    let from = sandbox.repl.name.clone();
+                    let (a, r) = tokio::join!(
+                        sandbox.repl.ping(PING_TIMEOUT),
+                        self.inner.backend.rename(&from, to)
+                    );
+                    (a, matches!(r, Ok(true)))
+                }
+                None => (sandbox.repl.ping(PING_TIMEOUT).await, true),
+            };
+            if let (Some(to), true) = (used, renamed) {
+                sandbox.repl.name = to;
+            }
+            if answered && renamed {
                 self.inner.state.lock().expect("pool lock").checked_out();
                 return Ok(hand.sandbox.take().expect("in hand"));
             }
@@ -727,7 +756,36 @@ impl Pool {
                 Some(back) => sandbox = back,
             }
         }
+        let (held, closed) = {
+            let st = self.inner.state.lock().expect("pool lock");
+            (st.ready.len(), st.closed)
+        };
+        let slot = host.filling_slot(&sandbox.repl.name);
+        if let (Some(slot), false, true) = (slot, closed, held < self.hold()) {
+            // Held ready here: the next call gets it at once.
+            let me = &self.inner.host.as_ref().expect("host").holder;
+            let to = host.held_name(slot, me);
+            match self.inner.backend.rename(&sandbox.repl.name, &to).await {
+                Ok(true) => {
+                    sandbox.repl.name = to;
+                    self.inner
+                        .state
+                        .lock()
+                        .expect("pool lock")
+                        .ready
+                        .push_back(sandbox);
+                }
+                _ => self.discard(sandbox),
+            }
+            return;
+        }
         self.park(sandbox, &host).await;
+    }
+
+    /// How many ready sandboxes a pool of the host pool holds attached (the rest are
+    /// anyone's): half the pool, at least one.
+    fn hold(&self) -> usize {
+        (self.target() / 2).max(1)
     }
 
     /// Give a sandbox to the first live waiter; back when none waits (discarded when
@@ -758,10 +816,11 @@ impl Pool {
     /// name it for its slot. Removed when no slot is free.
     async fn park(&self, sandbox: Sandbox, host: &HostPool) {
         let i = &self.inner;
-        let slot = match host.filling_slot(&sandbox.repl.name) {
+        let me = &i.host.as_ref().expect("a host pool").holder;
+        let slot = match host.slot_of(&sandbox.repl.name) {
             Some(slot) => Some(slot),
             None => host
-                .census(&i.backend)
+                .census(&i.backend, me)
                 .await
                 .ok()
                 .and_then(|c| c.free.first().copied()),
@@ -787,8 +846,8 @@ impl Pool {
                 Some(_) => self.host_pool().await.ok().flatten(),
                 None => None,
             };
-            if let Some(host) = &host {
-                if let Ok(c) = host.census(&self.inner.backend).await {
+            if let (Some(host), Some(h)) = (&host, &self.inner.host) {
+                if let Ok(c) = host.census(&self.inner.backend, &h.holder).await {
                     let mut st = self.inner.state.lock().expect("pool lock");
                     st.host_warm = c.warm.len();
                     st.host_free = c.free.len();
@@ -964,7 +1023,7 @@ impl Pool {
         let i = &self.inner;
         if let Some(host) = self.host_pool().await? {
             let name = match (background, &i.host) {
-                (true, _) => match host.census(&i.backend).await?.free.first() {
+                (true, Some(h)) => match host.census(&i.backend, &h.holder).await?.free.first() {
                     Some(slot) => host.filling_name(*slot),
                     None => {
                         return Err(ReplError::Runtime(RuntimeError::NameInUse {
@@ -973,7 +1032,7 @@ impl Pool {
                     }
                 },
                 (false, Some(h)) => ClaimedName::new(&h.holder).render(),
-                (false, None) => unreachable!("host pools have a holder"),
+                (_, None) => unreachable!("host pools have a holder"),
             };
             return self.create_durable(self.spec(name)).await;
         }
@@ -1068,8 +1127,22 @@ impl Pool {
             }
             st.ready.drain(..).collect()
         };
+        let host = self
+            .inner
+            .host
+            .as_ref()
+            .and_then(|h| h.pool.lock().expect("host pool lock").clone());
         for sandbox in ready {
-            self.discard(sandbox);
+            match &host {
+                // Held ready: left warm for the next daemon.
+                Some(host) if host.slot_of(&sandbox.repl.name).is_some() => {
+                    let (pool, host) = (self.clone(), host.clone());
+                    self.inner
+                        .tasks
+                        .spawn(async move { pool.park(sandbox, &host).await });
+                }
+                _ => self.discard(sandbox),
+            }
         }
     }
 }

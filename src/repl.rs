@@ -131,6 +131,11 @@ enum Request<'a> {
     /// with a `ready` frame carrying this id (see [`Resumed`]).
     Hello {
         id: u64,
+        /// Claim a warm sandbox of the host pool: the helper takes the first claim it
+        /// hears and names it in every later `ready` (the engine's rename cannot decide
+        /// a race: it renames whatever name the container has by then).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        claim: Option<String>,
     },
     /// How long the sandbox lives by itself (see [`Lease`]).
     Lease {
@@ -195,6 +200,9 @@ enum Frame {
         running: Option<InFlight>,
         #[serde(default)]
         kept: Option<InFlight>,
+        /// The claim the helper took (see [`Request::Hello`]).
+        #[serde(default)]
+        claimed_by: Option<String>,
     },
     Result(Box<Reply>),
     Pong {
@@ -232,6 +240,7 @@ struct Hello {
     python: String,
     preload_failed: BTreeMap<String, String>,
     resumed: Resumed,
+    claimed_by: Option<String>,
 }
 
 /// Output an execution produced so far (sent while it runs, when streaming).
@@ -450,6 +459,9 @@ pub enum ReplError {
          stuck in native code), so its sandbox was killed"
     )]
     Killed(Interrupt),
+    /// Another daemon claimed this warm sandbox first.
+    #[error("another server claimed this sandbox first")]
+    Claimed,
 }
 
 /// A line longer than [`MAX_FRAME`] (or the decoder's own cap).
@@ -597,6 +609,29 @@ impl Repl {
         attached: crate::runtime::Attached,
         within: Duration,
     ) -> Result<(Repl, Resumed), ReplError> {
+        Repl::hello(backend, attached, within, None).await
+    }
+
+    /// Claim a warm sandbox of the host pool as `claim` (unique per attempt): attach and
+    /// say `hello` with it. [`ReplError::Claimed`]: another claim came first; this one
+    /// wrote nothing but the hello, and the sandbox is the winner's.
+    pub async fn claim(
+        backend: &Backend,
+        attached: crate::runtime::Attached,
+        within: Duration,
+        claim: &str,
+    ) -> Result<Repl, ReplError> {
+        Repl::hello(backend, attached, within, Some(claim))
+            .await
+            .map(|(repl, _)| repl)
+    }
+
+    async fn hello(
+        backend: &Backend,
+        attached: crate::runtime::Attached,
+        within: Duration,
+        claim: Option<&str>,
+    ) -> Result<(Repl, Resumed), ReplError> {
         let (mut repl, ready_rx) = Repl::over(backend, attached);
         let id = repl.next_id();
         repl.expect(id, false);
@@ -604,7 +639,11 @@ impl Repl {
         // end it (the helper drops it as malformed) so the hello is a line of its own.
         let started = async {
             repl.input.write_all(b"\n").await?;
-            repl.send(&Request::Hello { id }).await
+            repl.send(&Request::Hello {
+                id,
+                claim: claim.map(str::to_string),
+            })
+            .await
         };
         if let Err(e) = started.await {
             return Err(ReplError::NoStart(format!(
@@ -612,6 +651,9 @@ impl Repl {
             )));
         }
         match tokio::time::timeout(within, ready_rx).await {
+            Ok(Ok(hello)) if claim.is_some() && hello.claimed_by.as_deref() != claim => {
+                Err(ReplError::Claimed)
+            }
             Ok(Ok(hello)) => {
                 repl.expect(0, false);
                 repl.acked = id;
@@ -1227,10 +1269,12 @@ impl Reader {
                 preload_failed,
                 running,
                 kept,
+                claimed_by,
             } if self.ready.is_some() && id.is_none_or(awaited) => Verdict::Ready(Hello {
                 python,
                 preload_failed,
                 resumed: Resumed { running, kept },
+                claimed_by,
             }),
             Frame::Ready { .. } => Verdict::Stray,
             Frame::Output(chunk) if awaited(chunk.id) && expect.stream => {
@@ -1402,7 +1446,10 @@ mod tests {
         // The helper's reader only parses lines this short (INTERRUPT_LINE_MAX).
         for request in [
             Request::Interrupt { id: u64::MAX },
-            Request::Hello { id: u64::MAX },
+            Request::Hello {
+                id: u64::MAX,
+                claim: None,
+            },
             Request::Ack,
         ] {
             let longest = serde_json::to_string(&Envelope {

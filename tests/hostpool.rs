@@ -28,7 +28,8 @@ fn docker_lines(args: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// (short id, name) of the containers any of `pids` made whose name starts with `prefix`.
+/// (short id, name) of the containers any of `pids` made whose name starts with `prefix`
+/// (`warm`: the host pool's, `pdm-w.` or `pdm-h.`).
 fn made_by(pids: &[u32], prefix: &str) -> Vec<(String, String)> {
     pids.iter()
         .flat_map(|pid| {
@@ -42,8 +43,10 @@ fn made_by(pids: &[u32], prefix: &str) -> Vec<(String, String)> {
         })
         .filter_map(|l| {
             let (id, name) = l.split_once(' ')?;
-            name.starts_with(prefix)
-                .then(|| (id[..12].to_string(), name.to_string()))
+            // "warm": anyone's (`pdm-w.`) or held ready by a daemon (`pdm-h.`).
+            let warm =
+                prefix == "warm" && (name.starts_with("pdm-w.") || name.starts_with("pdm-h."));
+            (warm || name.starts_with(prefix)).then(|| (id[..12].to_string(), name.to_string()))
         })
         .collect()
 }
@@ -68,7 +71,7 @@ async fn clear(pids: &[u32]) {
 async fn warm_by(pids: &[u32], n: usize, within: Duration) -> Vec<(String, String)> {
     let mut warm = Vec::new();
     let filled = eventually(within, || {
-        warm = made_by(pids, "pdm-w.");
+        warm = made_by(pids, "warm");
         warm.len() == n
     })
     .await;
@@ -91,7 +94,11 @@ async fn the_last_daemons_warm_pool_serves_the_next_one_and_then_ends_itself() {
     let warm = warm_by(&[first.pid], 2, Duration::from_secs(60)).await;
     let status = first.close(Duration::from_secs(30)).await.expect("exits");
     assert!(status.success(), "{status}");
-    assert_eq!(made_by(&[first.pid], "pdm-w.").len(), 2, "the pool stays");
+    assert_eq!(
+        made_by(&[first.pid], "pdm-w.").len(),
+        2,
+        "the pool stays, all anyone's"
+    );
 
     // The next daemon (pool off: it only claims; the same pool_max_age, which is part of
     // the fingerprint) runs its first call in a warm one.
@@ -144,14 +151,14 @@ async fn three_daemons_started_at_once_fill_one_pool_of_pool_size() {
     // Never more than pool_size warm or filling, while they fill and once full.
     let mut most = 0;
     let full = eventually(Duration::from_secs(90), || {
-        let warm = made_by(&pids, "pdm-w.").len();
+        let warm = made_by(&pids, "warm").len();
         most = most.max(warm + made_by(&pids, "pdm-f.").len());
         warm == 4
     })
     .await;
     assert!(full, "the fill stalled at {:?}", made_by(&pids, "pdm-"));
     for _ in 0..10 {
-        most = most.max(made_by(&pids, "pdm-w.").len() + made_by(&pids, "pdm-f.").len());
+        most = most.max(made_by(&pids, "warm").len() + made_by(&pids, "pdm-f.").len());
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert!(most <= 4, "{most} warm or filling for pool_size 4");
@@ -179,7 +186,11 @@ async fn one_warm_sandbox_goes_to_exactly_one_of_two_racing_daemons_and_never_to
     let mut filler = Daemon::start_with(&[base[0], base[1], pool[0], pool[1]]).await;
     let warm = warm_by(&[filler.pid], 1, Duration::from_secs(60)).await;
     filler.close(Duration::from_secs(30)).await.expect("exits");
-    let (warm_id, warm_name) = warm[0].clone();
+    let warm_id = warm[0].0.clone();
+    // Held ready by the filler while it ran, anyone's once it exited.
+    let left = made_by(&[filler.pid], "pdm-w.");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].0, warm_id);
 
     // Another memory limit is another fingerprint: never claimed.
     let mut other =
@@ -187,7 +198,7 @@ async fn one_warm_sandbox_goes_to_exactly_one_of_two_racing_daemons_and_never_to
     let r = other.transient(HOSTNAME).await;
     assert_ok(&r);
     assert_ne!(value(&r).unwrap_or_default().trim_matches('\''), warm_id);
-    assert_eq!(made_by(&[filler.pid], "pdm-w.")[0].1, warm_name);
+    assert_eq!(made_by(&[filler.pid], "pdm-w.")[0].0, warm_id);
 
     // Two daemons of the same fingerprint, one call each, at once.
     let (b, c) = tokio::join!(Daemon::start_with(&base), Daemon::start_with(&base));

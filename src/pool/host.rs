@@ -11,8 +11,16 @@
 //!   together keep at most `pool_size` warm or warming;
 //! - once its helper is ready, the daemon lets go of its attach and renames it
 //!   `pdm-w.<fingerprint>.<slot>`: warm, anyone's;
-//! - a daemon that needs a sandbox renames a warm one to `pdm-t.<holder>.<nonce>`
-//!   (the claim: of two daemons, one wins), attaches, and says `hello`.
+//! - or, while it holds fewer than half the pool ready, it keeps the attach and names it
+//!   `pdm-h.<fingerprint>.<slot>.<holder>`: held ready, its next call's at once (a rename
+//!   to `pdm-t.` marks it used); others claim it only once its holder is gone, and at
+//!   exit the holder parks it as `pdm-w.`;
+//! - a daemon that needs a sandbox attaches to a warm one and says `hello` with a claim
+//!   (the name it will give it); the helper takes the first claim it hears and names the
+//!   winner in every answer, so of racing daemons exactly one wins. The winner renames it
+//!   `pdm-t.<holder>.<nonce>`. (The engine's rename alone cannot decide: Docker renames
+//!   whatever name the container has once it gets the container's lock, so two racing
+//!   renames of one old name both succeed.)
 //!
 //! A warm sandbox nobody claims ends itself (the helper's idle timer, `pool_max_age`
 //! plus [`crate::sandbox::WARM_EXIT_SLACK`]), and the sweep of any daemon removes one
@@ -20,7 +28,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::durable::{self, ClaimedName, Holder, WarmName};
+use crate::durable::{self, ClaimedName, HeldName, Holder, WarmName};
 use crate::repl::{Repl, ReplError};
 use crate::runtime::{Backend, Named, RuntimeError};
 
@@ -59,6 +67,24 @@ impl HostPool {
         .render()
     }
 
+    pub fn held_name(&self, slot: u32, holder: &Holder) -> String {
+        HeldName {
+            fingerprint: self.fingerprint.clone(),
+            slot,
+            holder: holder.clone(),
+        }
+        .render()
+    }
+
+    /// The slot a filling or held container's name keeps, if it is one of this pool's.
+    pub fn slot_of(&self, name: &str) -> Option<u32> {
+        match HeldName::parse(name) {
+            Some(h) if h.fingerprint == self.fingerprint => Some(h.slot),
+            Some(_) => None,
+            None => self.filling_slot(name),
+        }
+    }
+
     pub fn filling_name(&self, slot: u32) -> String {
         format!("{FILLING_PREFIX}{}.{slot}", self.fingerprint)
     }
@@ -71,17 +97,25 @@ impl HostPool {
     }
 
     /// The warm and free slots of this fingerprint on the engine.
-    pub async fn census(&self, backend: &Backend) -> Result<Census, RuntimeError> {
+    pub async fn census(&self, backend: &Backend, me: &Holder) -> Result<Census, RuntimeError> {
         let now = durable::now();
+        let margin = CLAIM_MARGIN.min(self.max_age / 4);
+        let young = |c: &Named| c.created + self.max_age.saturating_sub(margin).as_secs() > now;
         let mut taken = vec![false; self.slots as usize];
         let mut warm = Vec::new();
         for c in backend.named(&format!(".{}.", self.fingerprint)).await? {
             if let Some(w) = WarmName::parse(&c.name).filter(|w| w.fingerprint == self.fingerprint)
             {
                 mark(&mut taken, w.slot);
-                let margin = CLAIM_MARGIN.min(self.max_age / 4);
-                let young = c.created + self.max_age.saturating_sub(margin).as_secs() > now;
-                if c.running && young {
+                if c.running && young(&c) {
+                    warm.push(c);
+                }
+            } else if let Some(h) =
+                HeldName::parse(&c.name).filter(|h| h.fingerprint == self.fingerprint)
+            {
+                mark(&mut taken, h.slot);
+                // Its holder is gone: warm, anyone's.
+                if c.running && young(&c) && !h.holder.alive(me) {
                     warm.push(c);
                 }
             } else if let Some(slot) = self.filling_slot(&c.name) {
@@ -94,9 +128,9 @@ impl HostPool {
         Ok(Census { warm, free })
     }
 
-    /// Claim one of `warm` for `holder`: rename it (the claim), attach and say `hello`
-    /// (at once, so the claim costs one engine round trip), and find its package volume.
-    /// `None` when every one was taken by someone else first or would not answer.
+    /// Claim one of `warm` for `holder`: attach (and find its package volume at the same
+    /// time), claim it in the `hello`, and, won, rename it. `None` when every one was
+    /// taken by someone else first or would not answer.
     pub async fn claim(
         &self,
         backend: &Backend,
@@ -106,28 +140,26 @@ impl HostPool {
     ) -> Option<(Repl, String, Instant)> {
         for c in warm {
             let to = ClaimedName::new(holder).render();
-            let (renamed, attached, volume) = tokio::join!(
-                backend.rename(&c.name, &to),
-                backend.attach(&c.id, &to),
-                backend.volume_at(&c.id, target),
-            );
-            if !matches!(renamed, Ok(true)) {
-                continue; // another daemon was first; our attach goes unused
-            }
-            let started = async {
-                let (repl, _) = Repl::resume(backend, attached?, HELLO_TIMEOUT).await?;
-                Ok::<_, ReplError>(repl)
-            };
-            match started.await {
+            let (attached, volume) =
+                tokio::join!(backend.attach(&c.id, &to), backend.volume_at(&c.id, target));
+            let Ok(attached) = attached else { continue };
+            match Repl::claim(backend, attached, HELLO_TIMEOUT, &to).await {
                 Ok(repl) => {
+                    // Won: the name says so, for the sweep and the other daemons.
+                    if !matches!(backend.rename(&c.name, &to).await, Ok(true)) {
+                        backend.remove(&c.id).await;
+                        continue;
+                    }
                     let age = durable::now().saturating_sub(c.created);
                     let created = Instant::now()
                         .checked_sub(Duration::from_secs(age))
                         .unwrap_or_else(Instant::now);
                     return Some((repl, volume.ok().flatten().unwrap_or_default(), created));
                 }
+                // Another daemon's now: its attach goes unused, and it stays.
+                Err(ReplError::Claimed) => continue,
                 Err(e) => {
-                    tracing::warn!(container = %to, error = %e, "a claimed warm sandbox did not answer; removing it");
+                    tracing::warn!(container = %c.name, error = %e, "a claimed warm sandbox did not answer; removing it");
                     backend.remove(&c.id).await;
                 }
             }

@@ -166,7 +166,7 @@ def _reader():
                 interrupt(req.get("id"))
                 continue
             if isinstance(req, dict) and req.get("op") == "hello":
-                hello(req.get("id"))
+                hello(req.get("id"), req.get("claim"))
                 continue
             if isinstance(req, dict) and req.get("op") == "ack":
                 acknowledge(req.get("ack"))
@@ -232,13 +232,22 @@ def acknowledge(ack):
         _kept = None
 
 
-def hello(req_id):
+# The first claim of a warm sandbox a daemon made (its hello's "claim"): the helper's one
+# reader thread decides which of several racing daemons got it; later claims hear its name.
+_claim = None
+
+
+def hello(req_id, claim=None):
     """A daemon (re)attached: say who we are and what it may have missed (reader thread)."""
+    global _claim
+    if claim is not None and _claim is None:
+        _claim = str(claim)
     running = _running
     kept = _kept
     send({"op": "ready", "id": req_id, "python": sys.version.split()[0], "preload_failed": {},
           "running": None if running is None else {"id": running, "started": _run_started},
-          "kept": None if kept is None else {"id": kept[0], "finished": kept[2]}})
+          "kept": None if kept is None else {"id": kept[0], "finished": kept[2]},
+          "claimed_by": _claim})
 
 
 # When the running execution is interrupted by the helper itself: its daemon went away

@@ -1008,8 +1008,8 @@ impl Docker {
     /// - a durable session (its name parses as a [`SessionName`]) goes when it has expired
     ///   ([`SessionName::expired`]: past its deadline or its lifetime, and no live daemon
     ///   holds it), whoever made it: the backstop that user code cannot touch;
-    /// - a warm sandbox of the host pool (`pdm-w.`) goes when the engine created it more
-    ///   than `sweep.warm_max_age` ago, whoever made it;
+    /// - a warm sandbox of the host pool (`pdm-w.`, or held ready `pdm-h.`) goes when the
+    ///   engine created it more than `sweep.warm_max_age` ago, whoever made it;
     /// - a claimed sandbox (`pdm-t.`) goes when its holder is gone;
     /// - anything else goes when its host label is this host, its pid label names another
     ///   process, and no python-docker-mcp runs with that pid ([`is_orphan`]): warm and
@@ -1031,7 +1031,9 @@ impl Docker {
             if let Some(n) = SessionName::parse(&c.name) {
                 return n.expired(c.created, sweep.max_lifetime, now, sweep.holder);
             }
-            if durable::WarmName::parse(&c.name).is_some() {
+            if durable::WarmName::parse(&c.name).is_some()
+                || durable::HeldName::parse(&c.name).is_some()
+            {
                 return durable::WarmName::expired(c.created, sweep.warm_max_age, now);
             }
             if let Some(n) = durable::ClaimedName::parse(&c.name) {
