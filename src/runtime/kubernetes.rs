@@ -30,6 +30,18 @@
 //! Objects with no owner reference (a daemon run outside the cluster) follow the Docker
 //! rule: same host label, a pid label naming no running daemon.
 //!
+//! Pods that may outlive the daemon (`session.durable`) get no owner reference.
+//!
+//! **Durable records.** What a container's name carries on Docker (`crate::durable`: a
+//! session `pdm-s.`, a warm sandbox `pdm-w.`, a claimed one `pdm-t.`) is a pod's
+//! [`NAME_ANNOTATION`] here, since pod names cannot change; a pod without it is named by
+//! its pod name. The claim ([`Kubernetes::rename`]) is a merge patch of that annotation
+//! with the `resourceVersion` the claimer read as its precondition ([`rename_patch`]): the
+//! API server answers 409 Conflict to the loser of a race. The sweep goes by the record as
+//! Docker's goes by the name. A warm pod's slot is its pod name, so a slot is free again
+//! only once the pod claimed from it ends (SCALING.md says why). All of this is tested
+//! against a mocked API only.
+//!
 //! **Warm pool.** Sandbox pods start labelled `python-docker-mcp.state=warm`; a session that
 //! takes one relabels it `claimed` with the session's id ([`Kubernetes::claim`]), so any
 //! replica can find a session's pod by label.
