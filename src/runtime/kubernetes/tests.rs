@@ -931,6 +931,42 @@ fn the_claim_is_a_merge_patch_of_the_record_with_the_version_read_as_preconditio
     );
 }
 
+/// What the API server accepts as a pod name: a DNS-1123 subdomain (at most 253
+/// characters; dot-separated labels of lowercase letters, digits and `-`, each starting and
+/// ending with a letter or digit).
+fn is_pod_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+#[test]
+fn records_that_become_pod_names_are_valid_pod_names() {
+    // A warm pod is created by its slot's record, so the name alone bounds the slot.
+    let fp = crate::durable::fingerprint(["image", "limits"]);
+    for slot in [0, 31, 4096] {
+        let name = WarmName {
+            fingerprint: fp.clone(),
+            slot,
+        }
+        .render();
+        assert!(is_pod_name(&name), "{name}");
+    }
+    for name in [
+        session_record(Some(Holder::me()), 1_900_000_000),
+        session_record(None, 1_900_000_000),
+        ClaimedName::new(&Holder::me()).render(),
+    ] {
+        assert!(is_pod_name(&name), "{name}");
+    }
+    assert!(!is_pod_name("pdm-w.ABC.1") && !is_pod_name("pdm-.x"));
+}
+
 #[tokio::test]
 async fn of_two_racing_claims_of_one_warm_pod_exactly_one_wins() {
     let (k, mut handle) = mocked();
