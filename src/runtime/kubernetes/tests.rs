@@ -1284,6 +1284,19 @@ mod attach {
             ("GET", p) if p == policy_path(DENY_POLICY) => reply(200, policy_json(0)),
             ("GET", p) if p == policy_path(EGRESS_POLICY) => reply(200, policy_json(1)),
             ("POST", PODS) => reply(201, json!({"metadata": {"name": "pdm-r"}})),
+            // As a durable session left by an earlier daemon: its record names no holder.
+            ("GET", PODS) => reply(
+                200,
+                pod_list(vec![record_pod(
+                    "pdm-r",
+                    &session_record(None, 4_000_000_000),
+                    "3",
+                    "2026-12-03T12:00:00Z",
+                )]),
+            ),
+            ("PATCH", p) if p == pod => {
+                reply(200, record_pod("pdm-r", "x", "4", "2026-12-03T12:00:00Z"))
+            }
             ("GET", p) if p == pod => reply(
                 200,
                 json!({"metadata": {"name": "pdm-r"}, "status": {"phase": "Running",
@@ -1391,6 +1404,67 @@ mod attach {
                 // The gate's byte comes first, before what the caller writes.
                 "stdin \"\\nping\\n\"".into(),
                 p("DELETE {pods}/pdm-r"),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_left_session_is_found_claimed_and_attached_again() {
+        let (url, log) = fake_api_server().await;
+        install_tls_provider();
+        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        let mut config = Config::defaults();
+        config.kubernetes.namespace = Some("ns".into());
+        let backend =
+            crate::runtime::Backend::Kubernetes(Kubernetes::with_client(client, &config, None));
+        // The engine keeps durable sessions on for Kubernetes now.
+        assert!(backend.durable().is_ok());
+
+        let run = async {
+            // What `Engine::adopt` does: find by record, claim, attach again.
+            let found = backend
+                .named(&format!("{}{SESSION}.", durable::PREFIX))
+                .await
+                .unwrap();
+            assert_eq!(found.len(), 1);
+            let c = &found[0];
+            assert!(c.running);
+            let name = SessionName::parse(&c.name).expect("a session record");
+            let claimed = name.held_by(Some(Holder::me())).render();
+            assert!(backend.rename(&c.name, &claimed).await.unwrap());
+            let mut attached = backend.attach(&c.id, &claimed).await.expect("attached");
+            assert_eq!(
+                (attached.id.as_str(), attached.name.as_str()),
+                ("pdm-r", claimed.as_str())
+            );
+            attached.input.write_all(b"ping\n").await.unwrap();
+            attached.input.flush().await.unwrap();
+            let mut stdout = String::new();
+            while let Some(chunk) = attached.output.next().await {
+                if let Output::Stdout(b) = chunk {
+                    stdout.push_str(&String::from_utf8_lossy(&b));
+                }
+            }
+            assert_eq!(stdout, "ready\npong ping\n");
+        };
+        tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the adoption flow finished");
+
+        let log = log.lock().unwrap().clone();
+        let p = |s: &str| s.replace("{pods}", PODS);
+        assert_eq!(
+            log,
+            [
+                p("GET {pods}"),
+                p("GET {pods}"),
+                p("PATCH {pods}/pdm-r"),
+                p("GET {pods}/pdm-r"),
+                p("GET {pods}/pdm-r/attach"),
+                "attach ?&stdin=true&stdout=true&stderr=true&container=sandbox".into(),
+                // Attached again: the gate's byte reaches the helper as a blank line,
+                // which it skips.
+                "stdin \"\\nping\\n\"".into(),
             ]
         );
     }
