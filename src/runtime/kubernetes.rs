@@ -552,6 +552,19 @@ pub fn rename_patch(
     serde_json::json!({ "metadata": metadata })
 }
 
+/// Whether the pod called `pod` may carry the record `to`. A warm record
+/// (`pdm-w.<fingerprint>.<slot>`) only on the pod named for that slot
+/// (`<prefix>.<fingerprint>.<slot>`, as the record itself or a filling name), so the API
+/// server's refusal of a second pod by one name keeps a slot to one pod; any other record
+/// on any pod.
+fn slot_of_pod(pod: &str, to: &str) -> bool {
+    let Some(w) = WarmName::parse(to) else {
+        return true;
+    };
+    pod.split_once('.')
+        .is_some_and(|(_, rest)| rest == format!("{}.{}", w.fingerprint, w.slot))
+}
+
 /// Whether a pod with this record belongs to no daemon or to another daemon than `me`: it
 /// stays when the instance that made it is removed.
 fn held_elsewhere(record: &str, me: &Holder) -> bool {
@@ -956,6 +969,16 @@ impl Kubernetes {
         else {
             return Ok(false);
         };
+        if !slot_of_pod(name, to) {
+            return Err(RuntimeError::Api {
+                engine: EngineKind::Kubernetes.name(),
+                op: "move a warm record",
+                message: format!(
+                    "the pod `{name}` is not the one for `{to}`: a warm record names its \
+                     slot, and only the pod named for that slot may carry it"
+                ),
+            });
+        }
         let conn = self.conn().await?;
         let patch = rename_patch(to, version, self.inner.settings.owner.as_ref());
         match conn

@@ -1028,6 +1028,20 @@ async fn of_two_racing_claims_of_one_warm_pod_exactly_one_wins() {
     }
 }
 
+#[test]
+fn a_warm_record_sits_only_on_the_pod_named_for_its_slot() {
+    assert!(slot_of_pod(&warm(3), &warm(3)));
+    assert!(slot_of_pod(&format!("pdm-f.{FP}.3"), &warm(3)));
+    assert!(!slot_of_pod(&warm(4), &warm(3)));
+    assert!(!slot_of_pod("pdm-abc-sandbox-1", &warm(3)));
+    // Other records may move onto any pod.
+    assert!(slot_of_pod(
+        &warm(4),
+        &ClaimedName::new(&Holder::me()).render()
+    ));
+    assert!(slot_of_pod("pdm-abc-sandbox-1", &session_record(None, 1)));
+}
+
 #[tokio::test]
 async fn a_claim_of_a_record_that_moved_on_is_refused_without_a_patch() {
     let (k, handle) = mocked();
