@@ -30,6 +30,18 @@
 //! Objects with no owner reference (a daemon run outside the cluster) follow the Docker
 //! rule: same host label, a pid label naming no running daemon.
 //!
+//! Pods that may outlive the daemon (`session.durable`) get no owner reference.
+//!
+//! **Durable records.** What a container's name carries on Docker (`crate::durable`: a
+//! session `pdm-s.`, a warm sandbox `pdm-w.`, a claimed one `pdm-t.`) is a pod's
+//! [`NAME_ANNOTATION`] here, since pod names cannot change; a pod without it is named by
+//! its pod name. The claim ([`Kubernetes::rename`]) is a merge patch of that annotation
+//! with the `resourceVersion` the claimer read as its precondition ([`rename_patch`]): the
+//! API server answers 409 Conflict to the loser of a race. The sweep goes by the record as
+//! Docker's goes by the name. A warm pod's slot is its pod name, so a slot is free again
+//! only once the pod claimed from it ends (SCALING.md says why). All of this is tested
+//! against a mocked API only.
+//!
 //! **Warm pool.** Sandbox pods start labelled `python-docker-mcp.state=warm`; a session that
 //! takes one relabels it `claimed` with the session's id ([`Kubernetes::claim`]), so any
 //! replica can find a session's pod by label.
@@ -53,8 +65,11 @@ use kube::api::{Api, AttachParams, DeleteParams, ListParams, Patch, PatchParams,
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 
-use super::{Attached, EngineInfo, EngineKind, Finished, Output, RuntimeError, Swept};
+use super::{
+    Attached, EngineInfo, EngineKind, Finished, Named, Output, RuntimeError, Sweep, Swept,
+};
 use crate::config::Config;
+use crate::durable::{self, ClaimedName, Holder, SessionName, WarmName};
 use crate::sandbox::{labels, Network, Owner, Role, SandboxSpec};
 
 /// The name of the one container in every pod.
@@ -64,6 +79,10 @@ pub const CONTAINER: &str = "sandbox";
 pub const NETWORK_LABEL: &str = "python-docker-mcp.network";
 /// Label of a sandbox pod's place in the warm pool: `warm`, then `claimed`.
 pub const STATE_LABEL: &str = "python-docker-mcp.state";
+/// Annotation carrying a pod's record in the grammar of [`crate::durable`] (`pdm-s.`,
+/// `pdm-w.`, `pdm-t.` names): what a container's name carries on Docker. Pod names cannot
+/// change, so the record moves here; a pod without it is named by its pod name.
+pub const NAME_ANNOTATION: &str = "python-docker-mcp.name";
 /// The policy that denies every pod of ours all ingress and egress.
 pub const DENY_POLICY: &str = "python-docker-mcp-deny-all";
 /// The policy that gives outbound pods (installers) egress.
@@ -264,7 +283,13 @@ pub fn pod(spec: &SandboxSpec, settings: &Settings) -> Pod {
         metadata: ObjectMeta {
             name: Some(spec.name.clone()),
             labels: Some(labels),
-            owner_references: settings.owner.clone().map(|o| vec![o]),
+            // A durable sandbox outlives the daemon's Pod: the garbage collector must not
+            // take it with that Pod (its own timer and every replica's sweep end it).
+            owner_references: settings
+                .owner
+                .clone()
+                .filter(|_| !spec.detachable)
+                .map(|o| vec![o]),
             ..Default::default()
         },
         spec: Some(PodSpec {
@@ -450,6 +475,102 @@ fn progress(pod: &Pod) -> Progress {
             })
         }
     }
+}
+
+/// A pod's record: its [`NAME_ANNOTATION`], else its pod name.
+pub fn record(meta: &ObjectMeta) -> String {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(NAME_ANNOTATION))
+        .or(meta.name.as_ref())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A pod as [`Named`]: id is the pod name, name its record.
+fn named_of(pod: &Pod) -> Option<Named> {
+    let meta = &pod.metadata;
+    Some(Named {
+        id: meta.name.clone()?,
+        name: record(meta),
+        created: meta
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second().max(0) as u64),
+        running: pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"),
+        labels: meta
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+    })
+}
+
+/// The claim mounted at `target` in the pod's sandbox container.
+fn claim_at(pod: &Pod, target: &str) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let mount = spec
+        .containers
+        .iter()
+        .find(|c| c.name == CONTAINER)?
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == target)?;
+    spec.volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)?
+        .persistent_volume_claim
+        .as_ref()
+        .map(|c| c.claim_name.clone())
+}
+
+/// The merge patch that moves a pod's record to `to`, the claim: `resourceVersion` is the
+/// version the claimer read, and the API server applies the patch only if the pod is still
+/// at it (else 409 Conflict), so of two claimers of one read exactly one wins. The owner
+/// reference follows the record: a pod claimed for a transient run (`pdm-t.`) is owned by
+/// the claiming daemon's Pod (the garbage collector ends it if that Pod goes); a session or
+/// warm pod is owned by no one (it outlives daemons).
+pub fn rename_patch(
+    to: &str,
+    resource_version: &str,
+    owner: Option<&OwnerReference>,
+) -> serde_json::Value {
+    let mut metadata = serde_json::json!({
+        "resourceVersion": resource_version,
+        "annotations": {NAME_ANNOTATION: to},
+    });
+    if ClaimedName::parse(to).is_some() {
+        if let Some(o) = owner {
+            metadata["ownerReferences"] = serde_json::json!([o]);
+        }
+    } else if SessionName::parse(to).is_some() || WarmName::parse(to).is_some() {
+        metadata["ownerReferences"] = serde_json::Value::Null;
+    }
+    serde_json::json!({ "metadata": metadata })
+}
+
+/// Whether the pod called `pod` may carry the record `to`. A warm record
+/// (`pdm-w.<fingerprint>.<slot>`) only on the pod named for that slot
+/// (`<prefix>.<fingerprint>.<slot>`, as the record itself or a filling name), so the API
+/// server's refusal of a second pod by one name keeps a slot to one pod; any other record
+/// on any pod.
+fn slot_of_pod(pod: &str, to: &str) -> bool {
+    let Some(w) = WarmName::parse(to) else {
+        return true;
+    };
+    pod.split_once('.')
+        .is_some_and(|(_, rest)| rest == format!("{}.{}", w.fingerprint, w.slot))
+}
+
+/// Whether a pod with this record belongs to no daemon or to another daemon than `me`: it
+/// stays when the instance that made it is removed.
+fn held_elsewhere(record: &str, me: &Holder) -> bool {
+    SessionName::parse(record).is_some()
+        || WarmName::parse(record).is_some()
+        || ClaimedName::parse(record).is_some_and(|c| c.holder != *me)
 }
 
 fn is_status(e: &kube::Error, code: u16) -> bool {
@@ -741,7 +862,7 @@ impl Kubernetes {
     /// is lost. On any failure the pod is deleted before the error returns.
     pub async fn start_attached(&self, spec: &SandboxSpec) -> Result<Attached, RuntimeError> {
         let name = self.create_pod(spec).await?;
-        match self.attach(&name, &spec.image).await {
+        match self.attach_pod(&name, &spec.image).await {
             Ok(attached) => Ok(attached),
             Err(e) => {
                 self.remove(&name).await;
@@ -750,7 +871,16 @@ impl Kubernetes {
         }
     }
 
-    async fn attach(&self, name: &str, image: &str) -> Result<Attached, RuntimeError> {
+    /// Attach again to a running durable sandbox's helper (adoption, or a warm pod of the
+    /// host pool just claimed). The gate's byte goes to the helper this time, which skips
+    /// a blank line.
+    pub async fn attach(&self, id: &str, name: &str) -> Result<Attached, RuntimeError> {
+        let mut attached = self.attach_pod(id, "the sandbox image").await?;
+        attached.name = name.into();
+        Ok(attached)
+    }
+
+    async fn attach_pod(&self, name: &str, image: &str) -> Result<Attached, RuntimeError> {
         self.wait_running(name, image).await?;
         let conn = self.conn().await?;
         let params = AttachParams {
@@ -803,6 +933,72 @@ impl Kubernetes {
             input: Box::pin(input),
             output: Box::pin(output),
         })
+    }
+
+    /// Managed pods, running or not, whose record contains `part` (see [`NAME_ANNOTATION`]).
+    pub async fn named(&self, part: &str) -> Result<Vec<Named>, RuntimeError> {
+        Ok(self
+            .managed_pods()
+            .await?
+            .iter()
+            .filter_map(named_of)
+            .filter(|n| n.name.contains(part))
+            .collect())
+    }
+
+    async fn managed_pods(&self) -> Result<Vec<Pod>, RuntimeError> {
+        let conn = self.conn().await?;
+        let selector = ListParams::default().labels(&format!("{}=true", labels::MANAGED));
+        Ok(conn
+            .pods()
+            .list(&selector)
+            .await
+            .map_err(conn.refused("list pods"))?
+            .items)
+    }
+
+    /// Move the record of the pod whose record is `from` to `to`: the claim, a merge patch
+    /// with the `resourceVersion` read as its precondition ([`rename_patch`]). `Ok(false)`:
+    /// no pod's record is `from` any more, or another daemon changed the pod first (409).
+    pub async fn rename(&self, from: &str, to: &str) -> Result<bool, RuntimeError> {
+        let pods = self.managed_pods().await?;
+        let Some(pod) = pods.iter().find(|p| record(&p.metadata) == from) else {
+            return Ok(false);
+        };
+        let (Some(name), Some(version)) = (&pod.metadata.name, &pod.metadata.resource_version)
+        else {
+            return Ok(false);
+        };
+        if !slot_of_pod(name, to) {
+            return Err(RuntimeError::Api {
+                engine: EngineKind::Kubernetes.name(),
+                op: "move a warm record",
+                message: format!(
+                    "the pod `{name}` is not the one for `{to}`: a warm record names its \
+                     slot, and only the pod named for that slot may carry it"
+                ),
+            });
+        }
+        let conn = self.conn().await?;
+        let patch = rename_patch(to, version, self.inner.settings.owner.as_ref());
+        match conn
+            .pods()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, 409) || is_status(&e, 404) => Ok(false),
+            Err(e) => Err(conn.refused("patch a pod's record")(e)),
+        }
+    }
+
+    /// The PersistentVolumeClaim mounted at `target` in pod `id`; `None` for an `emptyDir`
+    /// or nothing there.
+    pub async fn volume_at(&self, id: &str, target: &str) -> Result<Option<String>, RuntimeError> {
+        let Some(pod) = self.look(id).await? else {
+            return Ok(None);
+        };
+        Ok(claim_at(&pod, target))
     }
 
     /// Label a warm sandbox pod as taken by `session`. Failures are logged.
@@ -941,8 +1137,16 @@ impl Kubernetes {
         }
     }
 
-    /// Delete every pod and claim of one daemon instance; returns how many pods.
-    pub async fn remove_instance(&self, instance: &str) -> Result<usize, RuntimeError> {
+    /// Delete every pod and claim of one daemon instance; returns how many pods. Pods (by
+    /// name) and claims in `keep` stay, and so does a pod whose record says it is no
+    /// daemon's or another's (a durable session, a warm pod of the host pool, a pod another
+    /// daemon claimed).
+    pub async fn remove_instance(
+        &self,
+        instance: &str,
+        keep: &std::collections::HashSet<String>,
+    ) -> Result<usize, RuntimeError> {
+        let me = Holder::me();
         let conn = self.conn().await?;
         let selector = ListParams::default().labels(&format!("{}={instance}", labels::INSTANCE));
         let pods = conn
@@ -953,7 +1157,9 @@ impl Kubernetes {
         let names: Vec<String> = pods
             .items
             .into_iter()
+            .filter(|p| !held_elsewhere(&record(&p.metadata), &me))
             .filter_map(|p| p.metadata.name)
+            .filter(|n| !keep.contains(n))
             .collect();
         futures::future::join_all(names.iter().map(|n| self.remove(n))).await;
         let claims = conn
@@ -965,17 +1171,34 @@ impl Kubernetes {
             .items
             .into_iter()
             .filter_map(|c| c.metadata.name)
+            .filter(|n| !keep.contains(n))
             .collect();
         futures::future::join_all(claims.iter().map(|n| self.remove_volume(n))).await;
         Ok(names.len())
     }
 
-    /// Find the pods and claims of daemons that are gone, and delete them unless `dry_run`.
-    /// Objects with an owner reference are the garbage collector's (see the module doc);
-    /// the others follow the Docker rule (host and pid labels).
-    pub async fn sweep_orphans(&self, me: &Owner, dry_run: bool) -> Result<Swept, RuntimeError> {
+    /// Find what the sweep removes, and delete it unless `sweep.dry_run`. By a pod's record
+    /// ([`NAME_ANNOTATION`]), as Docker's sweep goes by a container's name:
+    /// - a durable session (`pdm-s.`) when [`SessionName::expired`]: past its deadline or
+    ///   its lifetime, and no live daemon holds it;
+    /// - a warm pod of the host pool (`pdm-w.`) when the API server created it more than
+    ///   `sweep.warm_max_age` ago;
+    /// - a claimed pod (`pdm-t.`) when its holder is gone (a holder on another host, as
+    ///   another replica is, counts as alive: its owner reference covers it);
+    /// - anything else as before: objects with an owner reference are the garbage
+    ///   collector's (see the module doc), the others follow the Docker rule (host and pid
+    ///   labels).
+    ///
+    /// With `sweep.all`, every pod and claim labelled with this host.
+    pub async fn sweep_orphans(
+        &self,
+        me: &Owner,
+        sweep: &Sweep<'_>,
+    ) -> Result<Swept, RuntimeError> {
         let conn = self.conn().await?;
         let selector = ListParams::default().labels(&format!("{}=true", labels::MANAGED));
+        let now = durable::now();
+        let host = label_value(&me.host);
         let orphan = |meta: &ObjectMeta| {
             let labels: HashMap<String, String> = meta
                 .labels
@@ -983,8 +1206,29 @@ impl Kubernetes {
                 .unwrap_or_default()
                 .into_iter()
                 .collect();
+            if sweep.all {
+                return labels.get(labels::HOST) == Some(&host);
+            }
             meta.owner_references.as_ref().is_none_or(Vec::is_empty)
                 && super::docker::is_orphan(&labels, me, super::docker::daemon_alive)
+        };
+        let doomed = |pod: &Pod| {
+            let Some(n) = named_of(pod) else {
+                return false;
+            };
+            if sweep.all {
+                return orphan(&pod.metadata);
+            }
+            if let Some(s) = SessionName::parse(&n.name) {
+                return s.expired(n.created, sweep.max_lifetime, now, sweep.holder);
+            }
+            if WarmName::parse(&n.name).is_some() {
+                return WarmName::expired(n.created, sweep.warm_max_age, now);
+            }
+            if let Some(c) = ClaimedName::parse(&n.name) {
+                return !c.holder.alive(sweep.holder);
+            }
+            orphan(&pod.metadata)
         };
         let pods: Vec<String> = conn
             .pods()
@@ -993,7 +1237,7 @@ impl Kubernetes {
             .map_err(conn.refused("list pods"))?
             .items
             .into_iter()
-            .filter(|p| orphan(&p.metadata))
+            .filter(doomed)
             .filter_map(|p| p.metadata.name)
             .collect();
         let claims: Vec<String> = conn
@@ -1011,7 +1255,7 @@ impl Kubernetes {
             volumes: claims.len(),
             removed: pods.clone(),
         };
-        if !dry_run {
+        if !sweep.dry_run {
             futures::future::join_all(pods.iter().map(|n| self.remove(n))).await;
             futures::future::join_all(claims.iter().map(|n| self.remove_volume(n))).await;
         }

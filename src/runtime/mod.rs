@@ -477,7 +477,7 @@ impl Backend {
     ) -> Result<usize, RuntimeError> {
         match self {
             Backend::Docker(d) => d.remove_instance(instance, keep).await,
-            Backend::Kubernetes(k) => k.remove_instance(instance).await,
+            Backend::Kubernetes(k) => k.remove_instance(instance, keep).await,
             #[cfg(test)]
             Backend::Fake(f) => f.remove_instance(instance).await,
         }
@@ -492,20 +492,19 @@ impl Backend {
     ) -> Result<Swept, RuntimeError> {
         match self {
             Backend::Docker(d) => d.sweep_orphans(me, sweep).await,
-            Backend::Kubernetes(k) => k.sweep_orphans(me, sweep.dry_run).await,
+            Backend::Kubernetes(k) => k.sweep_orphans(me, sweep).await,
             #[cfg(test)]
             Backend::Fake(f) => f.sweep_orphans(me, sweep.dry_run).await,
         }
     }
 
     /// Whether sandboxes on this backend can outlive the daemon and be adopted (the
-    /// methods below): Docker and Podman. Kubernetes: not yet (SCALING.md).
+    /// methods below): Docker and Podman (the container's name is the record, renamed
+    /// atomically), and Kubernetes (an annotation is the record, patched with a
+    /// `resourceVersion` precondition; tested against a mocked API only, SCALING.md).
     pub fn durable(&self) -> Result<(), NotDurable> {
         match self {
-            Backend::Docker(_) => Ok(()),
-            Backend::Kubernetes(_) => Err(NotDurable {
-                engine: "Kubernetes",
-            }),
+            Backend::Docker(_) | Backend::Kubernetes(_) => Ok(()),
             #[cfg(test)]
             Backend::Fake(_) => Err(NotDurable {
                 engine: "the fake backend",
@@ -528,38 +527,53 @@ impl Backend {
     pub async fn attach(&self, id: &str, name: &str) -> Result<Attached, RuntimeError> {
         match self {
             Backend::Docker(d) => d.attach(id, name).await,
-            _ => Err(self.not_durable()),
+            Backend::Kubernetes(k) => k.attach(id, name).await,
+            #[cfg(test)]
+            Backend::Fake(_) => Err(self.not_durable()),
         }
     }
 
     /// Rename the container called `from` to `to`, atomically: the claim. `Ok(false)`:
     /// nothing is called `from` any more (another daemon claimed it, or it is gone).
-    /// [`RuntimeError::NameInUse`]: something is called `to` already.
+    /// [`RuntimeError::NameInUse`]: something is called `to` already. On Kubernetes the
+    /// "name" is the pod's record annotation, patched with a `resourceVersion`
+    /// precondition (`kubernetes::rename_patch`). Docker's rename alone does not decide a
+    /// race for a warm sandbox (see `pool::host`).
     pub async fn rename(&self, from: &str, to: &str) -> Result<bool, RuntimeError> {
         match self {
             Backend::Docker(d) => d.rename(from, to).await,
-            _ => Err(self.not_durable()),
+            Backend::Kubernetes(k) => k.rename(from, to).await,
+            #[cfg(test)]
+            Backend::Fake(_) => Err(self.not_durable()),
         }
     }
 
-    /// The volume mounted at `target` in container `id`, by name.
+    /// The volume mounted at `target` in container `id`, by name (on Kubernetes: the
+    /// PersistentVolumeClaim; `None` for an `emptyDir`).
     pub async fn volume_at(&self, id: &str, target: &str) -> Result<Option<String>, RuntimeError> {
         match self {
             Backend::Docker(d) => d.volume_at(id, target).await,
-            _ => Ok(None),
+            Backend::Kubernetes(k) => k.volume_at(id, target).await,
+            #[cfg(test)]
+            Backend::Fake(_) => Ok(None),
         }
     }
 
-    /// Managed containers whose name contains `part`.
+    /// Managed containers whose name (on Kubernetes: record) contains `part`.
     pub async fn named(&self, part: &str) -> Result<Vec<Named>, RuntimeError> {
         match self {
             Backend::Docker(d) => d.named(part).await,
-            _ => Ok(Vec::new()),
+            Backend::Kubernetes(k) => k.named(part).await,
+            #[cfg(test)]
+            Backend::Fake(_) => Ok(Vec::new()),
         }
     }
 
+    #[cfg(test)]
     fn not_durable(&self) -> RuntimeError {
-        let e = self.durable().expect_err("only called off Docker");
+        let e = self
+            .durable()
+            .expect_err("only called where durable() errs");
         RuntimeError::Api {
             engine: e.engine,
             op: "adopt a durable session",

@@ -37,7 +37,8 @@ fn env(pairs: &[(&str, &str)]) -> Value {
 
 #[test]
 fn a_repl_sandbox_becomes_exactly_this_pod() {
-    // The engine turns durable sessions off on Kubernetes (not built there yet).
+    // A sandbox of a daemon that keeps nothing past its exit (`session.durable: false`);
+    // the durable one differs in its idle timer, its detachable stdin and its owner.
     let mut config = Config::defaults();
     config.session.durable = false;
     let spec = repl_spec(&config, &fixed_owner(), "pdm-r".into(), "shared", "own");
@@ -214,6 +215,12 @@ fn the_runtime_class_and_owner_go_where_they_belong() {
     let o = fixed_owner();
     let repl = rendered(&repl_spec(&config, &o, "pdm-r".into(), "a", "b"), &s);
     assert_eq!(repl["spec"]["runtimeClassName"], "gvisor");
+    // A durable sandbox outlives the daemon's Pod: the garbage collector must not take it.
+    assert!(config.session.durable);
+    assert_eq!(repl["metadata"].get("ownerReferences"), None);
+    let mut once = config.clone();
+    once.session.durable = false;
+    let repl = rendered(&repl_spec(&once, &o, "pdm-r".into(), "a", "b"), &s);
     let want_owner = json!([{"apiVersion": "v1", "kind": "Pod", "name": "daemon-0", "uid": "u-1"}]);
     assert_eq!(repl["metadata"]["ownerReferences"], want_owner);
     let installer = rendered(
@@ -738,7 +745,10 @@ async fn an_instance_is_removed_by_its_label() {
         ),
     ];
     let server = tokio::spawn(async move { serve(handle, script).await });
-    assert_eq!(k.remove_instance("abc").await.unwrap(), 1);
+    assert_eq!(
+        k.remove_instance("abc", &Default::default()).await.unwrap(),
+        1
+    );
     let seen = server.await.unwrap();
     assert!(
         seen[0]
@@ -800,8 +810,15 @@ async fn orphans_are_what_no_owner_reference_covers_and_no_daemon_here_owns() {
     ];
     let server = tokio::spawn(async move { serve(handle, script).await });
     let counts = |s: Swept| (s.containers, s.volumes);
-    assert_eq!(counts(k.sweep_orphans(&me, true).await.unwrap()), (1, 1));
-    assert_eq!(counts(k.sweep_orphans(&me, false).await.unwrap()), (1, 1));
+    let holder = Holder::me();
+    assert_eq!(
+        counts(k.sweep_orphans(&me, &sweep(&holder, true)).await.unwrap()),
+        (1, 1)
+    );
+    assert_eq!(
+        counts(k.sweep_orphans(&me, &sweep(&holder, false)).await.unwrap()),
+        (1, 1)
+    );
     let seen = server.await.unwrap();
     assert!(
         seen[0]
@@ -810,6 +827,421 @@ async fn orphans_are_what_no_owner_reference_covers_and_no_daemon_here_owns() {
         "{}",
         seen[0].1
     );
+}
+
+fn sweep(holder: &Holder, dry_run: bool) -> Sweep<'_> {
+    Sweep {
+        holder,
+        max_lifetime: Duration::from_secs(86_400),
+        warm_max_age: Duration::from_secs(330),
+        dry_run,
+        all: false,
+    }
+}
+
+// ---- Durable records: the claim, named(), the sweep by record ----
+
+const SESSION: &str = "0f0e0d0c-0b0a-4999-8888-777766665555";
+const OWNER_KEY: &str = "0123456789abcdef";
+const FP: &str = "00112233445566aa";
+
+/// A managed pod called `name` with `record` in its annotation (none when equal), at
+/// `version`, created at `created` (RFC 3339), Running.
+fn record_pod(name: &str, record: &str, version: &str, created: &str) -> Value {
+    let mut meta = json!({"name": name, "resourceVersion": version,
+        "creationTimestamp": created,
+        "labels": {"python-docker-mcp.managed": "true", "python-docker-mcp.host": "h",
+                   "python-docker-mcp.pid": "42"}});
+    if record != name {
+        meta["annotations"] = json!({ NAME_ANNOTATION: record });
+    }
+    json!({"metadata": meta, "status": {"phase": "Running"}})
+}
+
+fn pod_list(items: Vec<Value>) -> Value {
+    json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
+}
+
+fn session_record(holder: Option<Holder>, until: u64) -> String {
+    SessionName {
+        session: SESSION.into(),
+        owner: OWNER_KEY.into(),
+        holder,
+        until,
+    }
+    .render()
+}
+
+fn warm(slot: u32) -> String {
+    WarmName {
+        fingerprint: FP.into(),
+        slot,
+    }
+    .render()
+}
+
+/// A holder on this host that no process is.
+fn dead_holder() -> Holder {
+    Holder {
+        pid: u32::MAX - 1,
+        ..Holder::me()
+    }
+}
+
+#[test]
+fn the_claim_is_a_merge_patch_of_the_record_with_the_version_read_as_precondition() {
+    let owner = OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: "daemon-0".into(),
+        uid: "u-1".into(),
+        ..Default::default()
+    };
+    let claimed = ClaimedName {
+        holder: Holder {
+            host: "abcdef".into(),
+            pid: 7,
+            start: 99,
+        },
+        nonce: "0123456789ab".into(),
+    }
+    .render();
+    assert_eq!(
+        rename_patch(&claimed, "4711", Some(&owner)),
+        json!({"metadata": {
+            "resourceVersion": "4711",
+            "annotations": {"python-docker-mcp.name": "pdm-t.abcdefx7x99.0123456789ab"},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "daemon-0", "uid": "u-1"}]
+        }})
+    );
+    // A session outlives daemons: no owner (null removes it in a merge patch).
+    let session = session_record(None, 1_900_000_000);
+    assert_eq!(
+        rename_patch(&session, "4712", Some(&owner)),
+        json!({"metadata": {
+            "resourceVersion": "4712",
+            "annotations": {"python-docker-mcp.name": session},
+            "ownerReferences": null
+        }})
+    );
+    // Outside a cluster (no owner) a claimed pod's owners are left as they are.
+    assert_eq!(
+        rename_patch(&claimed, "1", None)["metadata"].get("ownerReferences"),
+        None
+    );
+}
+
+/// What the API server accepts as a pod name: a DNS-1123 subdomain (at most 253
+/// characters; dot-separated labels of lowercase letters, digits and `-`, each starting and
+/// ending with a letter or digit).
+fn is_pod_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+#[test]
+fn records_that_become_pod_names_are_valid_pod_names() {
+    // A warm pod is created by its slot's record, so the name alone bounds the slot.
+    let fp = crate::durable::fingerprint(["image", "limits"]);
+    for slot in [0, 31, 4096] {
+        let name = WarmName {
+            fingerprint: fp.clone(),
+            slot,
+        }
+        .render();
+        assert!(is_pod_name(&name), "{name}");
+    }
+    for name in [
+        session_record(Some(Holder::me()), 1_900_000_000),
+        session_record(None, 1_900_000_000),
+        ClaimedName::new(&Holder::me()).render(),
+    ] {
+        assert!(is_pod_name(&name), "{name}");
+    }
+    assert!(!is_pod_name("pdm-w.ABC.1") && !is_pod_name("pdm-.x"));
+}
+
+#[tokio::test]
+async fn of_two_racing_claims_of_one_warm_pod_exactly_one_wins() {
+    let (k, mut handle) = mocked();
+    let from = warm(3);
+    let listed = pod_list(vec![record_pod(&from, &from, "10", "2026-12-03T12:00:00Z")]);
+    // Both claimers read version 10; the API server takes the first patch (the pod is at
+    // version 11 then) and answers the second 409 Conflict, whichever comes first.
+    let server = tokio::spawn(async move {
+        let mut patches = Vec::new();
+        for _ in 0..4 {
+            let (req, send) = handle.next_request().await.expect("a request");
+            let method = req.method().as_str().to_string();
+            assert_eq!(
+                req.uri().path(),
+                if method == "GET" {
+                    PODS.to_string()
+                } else {
+                    format!("{PODS}/{}", warm(3))
+                }
+            );
+            let content_type = req.headers().get("content-type").cloned();
+            let bytes = req.into_body().collect_bytes().await.unwrap();
+            let (code, reply) = match method.as_str() {
+                "GET" => (200, listed.clone()),
+                "PATCH" => {
+                    assert_eq!(content_type.unwrap(), "application/merge-patch+json");
+                    patches.push(serde_json::from_slice::<Value>(&bytes).unwrap());
+                    if patches.len() == 1 {
+                        (200, record_pod(&warm(3), "x", "11", "2026-12-03T12:00:00Z"))
+                    } else {
+                        (409, status(409, "Conflict", "the object has been modified; please apply your changes to the latest version and try again"))
+                    }
+                }
+                m => panic!("unexpected {m}"),
+            };
+            send.send_response(
+                http::Response::builder()
+                    .status(code)
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&reply).unwrap(),
+                    ))
+                    .unwrap(),
+            );
+        }
+        patches
+    });
+    let a = ClaimedName::new(&Holder::me()).render();
+    let b = ClaimedName::new(&Holder::me()).render();
+    let (ra, rb) = tokio::join!(k.rename(&from, &a), k.rename(&from, &b));
+    let patches = server.await.unwrap();
+    assert_eq!(
+        [ra.unwrap(), rb.unwrap()].iter().filter(|w| **w).count(),
+        1,
+        "exactly one claim wins"
+    );
+    assert_eq!(patches.len(), 2);
+    for p in &patches {
+        assert_eq!(p["metadata"]["resourceVersion"], "10", "{p}");
+    }
+}
+
+#[test]
+fn a_warm_record_sits_only_on_the_pod_named_for_its_slot() {
+    assert!(slot_of_pod(&warm(3), &warm(3)));
+    assert!(slot_of_pod(&format!("pdm-f.{FP}.3"), &warm(3)));
+    assert!(!slot_of_pod(&warm(4), &warm(3)));
+    assert!(!slot_of_pod("pdm-abc-sandbox-1", &warm(3)));
+    // Other records may move onto any pod.
+    assert!(slot_of_pod(
+        &warm(4),
+        &ClaimedName::new(&Holder::me()).render()
+    ));
+    assert!(slot_of_pod("pdm-abc-sandbox-1", &session_record(None, 1)));
+}
+
+#[tokio::test]
+async fn a_claim_of_a_record_that_moved_on_is_refused_without_a_patch() {
+    let (k, handle) = mocked();
+    let from = warm(1);
+    // The pod named for slot 1 was claimed already: its record is someone's `pdm-t.`.
+    let taken = ClaimedName::new(&dead_holder()).render();
+    let script = vec![(
+        "GET",
+        PODS.into(),
+        200,
+        pod_list(vec![record_pod(
+            &from,
+            &taken,
+            "12",
+            "2026-12-03T12:00:00Z",
+        )]),
+    )];
+    let server = tokio::spawn(async move { serve(handle, script).await });
+    let to = ClaimedName::new(&Holder::me()).render();
+    assert!(!k.rename(&from, &to).await.unwrap());
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn named_reads_records_and_falls_back_to_pod_names() {
+    let (k, handle) = mocked();
+    let session = session_record(None, 1_900_000_000);
+    let mut stopped = record_pod("pdm-abc", &session, "5", "2026-12-03T12:00:00Z");
+    stopped["status"]["phase"] = json!("Succeeded");
+    let script = vec![(
+        "GET",
+        PODS.into(),
+        200,
+        pod_list(vec![
+            stopped,
+            record_pod(&warm(0), &warm(0), "6", "2026-12-03T12:00:01Z"),
+        ]),
+    )];
+    let server = tokio::spawn(async move { serve(handle, script).await });
+    let found = k.named(SESSION).await.unwrap();
+    let seen = server.await.unwrap();
+    assert!(
+        seen[0]
+            .1
+            .contains("labelSelector=python-docker-mcp.managed%3Dtrue"),
+        "{}",
+        seen[0].1
+    );
+    assert_eq!(found.len(), 1);
+    let n = &found[0];
+    assert_eq!(
+        (n.id.as_str(), n.name.as_str()),
+        ("pdm-abc", session.as_str())
+    );
+    assert_eq!(n.created, 1_796_299_200);
+    assert!(!n.running);
+    assert_eq!(n.labels["python-docker-mcp.pid"], "42");
+    assert!(SessionName::parse(&n.name).is_some());
+}
+
+#[tokio::test]
+async fn the_sweep_goes_by_record_expired_sessions_and_old_warm_pods_go() {
+    let (k, handle) = mocked();
+    let me = fixed_owner();
+    let holder = Holder::me();
+    let now = durable::now();
+    let old = "2020-01-01T00:00:00Z";
+    let future = "2099-01-01T00:00:00Z";
+    let pods = pod_list(vec![
+        // Past its deadline, no daemon holds it: goes.
+        record_pod("s-expired", &session_record(None, now - 10), "1", old),
+        // Its deadline is ahead and its lifetime too: stays.
+        record_pod("s-live", &session_record(None, now + 3600), "2", future),
+        // Held by this very daemon, however late: stays.
+        record_pod(
+            "s-held",
+            &session_record(Some(holder.clone()), now - 10),
+            "3",
+            old,
+        ),
+        // A warm pod older than warm_max_age: goes; a young one stays.
+        record_pod(&warm(0), &warm(0), "4", old),
+        record_pod(&warm(1), &warm(1), "5", future),
+        // Claimed by a daemon that is gone: goes; claimed by this one: stays.
+        record_pod(
+            &warm(2),
+            &ClaimedName::new(&dead_holder()).render(),
+            "6",
+            future,
+        ),
+        record_pod(&warm(3), &ClaimedName::new(&holder).render(), "7", future),
+    ]);
+    let claims = json!({"kind": "PersistentVolumeClaimList", "apiVersion": "v1", "metadata": {},
+        "items": []});
+    let mut script = vec![
+        ("GET", PODS.into(), 200, pods.clone()),
+        ("GET", CLAIMS.into(), 200, claims.clone()),
+        ("GET", PODS.into(), 200, pods),
+        ("GET", CLAIMS.into(), 200, claims),
+    ];
+    for name in ["s-expired".to_string(), warm(0), warm(2)] {
+        script.push((
+            "DELETE",
+            format!("{PODS}/{name}"),
+            200,
+            json!({"metadata": {"name": name}}),
+        ));
+    }
+    let server = tokio::spawn(async move { serve(handle, script).await });
+    let dry = k.sweep_orphans(&me, &sweep(&holder, true)).await.unwrap();
+    assert_eq!(dry.removed, ["s-expired".to_string(), warm(0), warm(2)]);
+    let done = k.sweep_orphans(&me, &sweep(&holder, false)).await.unwrap();
+    assert_eq!(done, dry);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_instance_leaves_its_durable_pods_and_what_it_keeps() {
+    let (k, handle) = mocked();
+    let session = session_record(None, 1_900_000_000);
+    let pods = pod_list(vec![
+        record_pod(
+            "pdm-a-sandbox-1",
+            "pdm-a-sandbox-1",
+            "1",
+            "2026-12-03T12:00:00Z",
+        ),
+        record_pod("pdm-a-sandbox-2", &session, "2", "2026-12-03T12:00:00Z"),
+        record_pod(&warm(0), &warm(0), "3", "2026-12-03T12:00:00Z"),
+        record_pod(
+            "pdm-a-sandbox-3",
+            "pdm-a-sandbox-3",
+            "4",
+            "2026-12-03T12:00:00Z",
+        ),
+    ]);
+    let script = vec![
+        ("GET", PODS.into(), 200, pods),
+        (
+            "DELETE",
+            format!("{PODS}/pdm-a-sandbox-1"),
+            200,
+            json!({"metadata": {"name": "pdm-a-sandbox-1"}}),
+        ),
+        (
+            "GET",
+            CLAIMS.into(),
+            200,
+            json!({"kind": "PersistentVolumeClaimList", "apiVersion": "v1", "metadata": {}, "items": []}),
+        ),
+    ];
+    let server = tokio::spawn(async move { serve(handle, script).await });
+    let keep = std::collections::HashSet::from(["pdm-a-sandbox-3".to_string()]);
+    assert_eq!(k.remove_instance("a", &keep).await.unwrap(), 1);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_volume_at_a_path_is_the_claim_mounted_there() {
+    let (k, handle) = mocked();
+    let mut spec = repl_spec(
+        &Config::defaults(),
+        &fixed_owner(),
+        "pdm-r".into(),
+        "shared",
+        "own",
+    );
+    spec.name = "pdm-r".into();
+    let mut body = serde_json::to_value(pod(&spec, &settings())).unwrap();
+    body["status"] = json!({"phase": "Running"});
+    let mounts: Vec<(String, Option<String>)> = body["spec"]["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let name = m["name"].as_str().unwrap();
+            let vol = body["spec"]["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == name)
+                .unwrap();
+            (
+                m["mountPath"].as_str().unwrap().to_string(),
+                vol["persistentVolumeClaim"]["claimName"]
+                    .as_str()
+                    .map(String::from),
+            )
+        })
+        .collect();
+    let (pvc_path, pvc_name) = mounts.iter().find(|(_, c)| c.is_some()).cloned().unwrap();
+    let (tmp_path, _) = mounts.iter().find(|(_, c)| c.is_none()).cloned().unwrap();
+    let script = vec![
+        ("GET", format!("{PODS}/pdm-r"), 200, body.clone()),
+        ("GET", format!("{PODS}/pdm-r"), 200, body),
+    ];
+    let server = tokio::spawn(async move { serve(handle, script).await });
+    assert_eq!(k.volume_at("pdm-r", &pvc_path).await.unwrap(), pvc_name);
+    assert_eq!(k.volume_at("pdm-r", &tmp_path).await.unwrap(), None);
+    server.await.unwrap();
 }
 
 // ---- The attach path against a fake API server that speaks v5.channel.k8s.io ----
@@ -866,6 +1298,19 @@ mod attach {
             ("GET", p) if p == policy_path(DENY_POLICY) => reply(200, policy_json(0)),
             ("GET", p) if p == policy_path(EGRESS_POLICY) => reply(200, policy_json(1)),
             ("POST", PODS) => reply(201, json!({"metadata": {"name": "pdm-r"}})),
+            // As a durable session left by an earlier daemon: its record names no holder.
+            ("GET", PODS) => reply(
+                200,
+                pod_list(vec![record_pod(
+                    "pdm-r",
+                    &session_record(None, 4_000_000_000),
+                    "3",
+                    "2026-12-03T12:00:00Z",
+                )]),
+            ),
+            ("PATCH", p) if p == pod => {
+                reply(200, record_pod("pdm-r", "x", "4", "2026-12-03T12:00:00Z"))
+            }
             ("GET", p) if p == pod => reply(
                 200,
                 json!({"metadata": {"name": "pdm-r"}, "status": {"phase": "Running",
@@ -973,6 +1418,67 @@ mod attach {
                 // The gate's byte comes first, before what the caller writes.
                 "stdin \"\\nping\\n\"".into(),
                 p("DELETE {pods}/pdm-r"),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_left_session_is_found_claimed_and_attached_again() {
+        let (url, log) = fake_api_server().await;
+        install_tls_provider();
+        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        let mut config = Config::defaults();
+        config.kubernetes.namespace = Some("ns".into());
+        let backend =
+            crate::runtime::Backend::Kubernetes(Kubernetes::with_client(client, &config, None));
+        // The engine keeps durable sessions on for Kubernetes now.
+        assert!(backend.durable().is_ok());
+
+        let run = async {
+            // What `Engine::adopt` does: find by record, claim, attach again.
+            let found = backend
+                .named(&format!("{}{SESSION}.", durable::PREFIX))
+                .await
+                .unwrap();
+            assert_eq!(found.len(), 1);
+            let c = &found[0];
+            assert!(c.running);
+            let name = SessionName::parse(&c.name).expect("a session record");
+            let claimed = name.held_by(Some(Holder::me())).render();
+            assert!(backend.rename(&c.name, &claimed).await.unwrap());
+            let mut attached = backend.attach(&c.id, &claimed).await.expect("attached");
+            assert_eq!(
+                (attached.id.as_str(), attached.name.as_str()),
+                ("pdm-r", claimed.as_str())
+            );
+            attached.input.write_all(b"ping\n").await.unwrap();
+            attached.input.flush().await.unwrap();
+            let mut stdout = String::new();
+            while let Some(chunk) = attached.output.next().await {
+                if let Output::Stdout(b) = chunk {
+                    stdout.push_str(&String::from_utf8_lossy(&b));
+                }
+            }
+            assert_eq!(stdout, "ready\npong ping\n");
+        };
+        tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the adoption flow finished");
+
+        let log = log.lock().unwrap().clone();
+        let p = |s: &str| s.replace("{pods}", PODS);
+        assert_eq!(
+            log,
+            [
+                p("GET {pods}"),
+                p("GET {pods}"),
+                p("PATCH {pods}/pdm-r"),
+                p("GET {pods}/pdm-r"),
+                p("GET {pods}/pdm-r/attach"),
+                "attach ?&stdin=true&stdout=true&stderr=true&container=sandbox".into(),
+                // Attached again: the gate's byte reaches the helper as a blank line,
+                // which it skips.
+                "stdin \"\\nping\\n\"".into(),
             ]
         );
     }
