@@ -6,6 +6,7 @@
 //! ```text
 //! cargo build --release && cargo bench --bench hostpool
 //! cargo bench --bench hostpool -- --spawns 5 --pool 8 --idle 60
+//! cargo bench --bench hostpool -- --skip-first     # parts 2 to 5 only
 //! ```
 //!
 //! 1. **Second daemon's first result.** A first daemon fills the host pool (`--pool`) and
@@ -254,6 +255,26 @@ fn dockerd_pid() -> u32 {
         .unwrap_or(0)
 }
 
+fn docker_run_p50(spawns: u64) -> f64 {
+    let mut v: Vec<f64> = (0..spawns)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = std::process::Command::new("docker")
+                .args([
+                    "run",
+                    "--rm",
+                    "--network",
+                    "none",
+                    "python-docker-mcp:latest",
+                ])
+                .args(["python3", "-c", "print(1)"])
+                .output();
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    p(&mut v, 0.5)
+}
+
 fn p(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() as f64 - 1.0) * q).round() as usize]
@@ -361,50 +382,55 @@ async fn main() -> anyhow::Result<()> {
 
     // 1. The second daemon's first result.
     let host = settings(&scope, true, pool);
-    let first = spawn(&host).await?;
-    all_pids.push(first.pid());
-    wait_warm(
-        &[first.pid()],
-        "warm",
-        pool as usize,
-        Duration::from_secs(120),
-    )
-    .await;
-    first.stop().await;
-    let (mut warm_start, mut warm_first) = first_result(&host, spawns, &mut all_pids).await?;
-    let (_, mut private_first) =
-        first_result(&settings(&scope, false, pool), spawns, &mut all_pids).await?;
-    let (_, mut off_first) =
-        first_result(&settings(&scope, false, 0), spawns, &mut all_pids).await?;
-    let mut docker_run = Vec::new();
-    for _ in 0..spawns {
-        let t = Instant::now();
-        std::process::Command::new("docker")
-            .args([
-                "run",
-                "--rm",
-                "--network",
-                "none",
-                "python-docker-mcp:latest",
-            ])
-            .args(["python3", "-c", "print(1)"])
-            .output()?;
-        docker_run.push(t.elapsed().as_secs_f64() * 1000.0);
+    let skip_first = args.iter().any(|a| a == "--skip-first");
+    if !skip_first {
+        let first = spawn(&host).await?;
+        all_pids.push(first.pid());
+        wait_warm(
+            &[first.pid()],
+            "warm",
+            pool as usize,
+            Duration::from_secs(120),
+        )
+        .await;
+        first.stop().await;
+        let (mut warm_start, mut warm_first) = first_result(&host, spawns, &mut all_pids).await?;
+        let (_, mut private_first) =
+            first_result(&settings(&scope, false, pool), spawns, &mut all_pids).await?;
+        let (_, mut off_first) =
+            first_result(&settings(&scope, false, 0), spawns, &mut all_pids).await?;
+        let mut docker_run = Vec::new();
+        for _ in 0..spawns {
+            let t = Instant::now();
+            std::process::Command::new("docker")
+                .args([
+                    "run",
+                    "--rm",
+                    "--network",
+                    "none",
+                    "python-docker-mcp:latest",
+                ])
+                .args(["python3", "-c", "print(1)"])
+                .output()?;
+            docker_run.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let docker_p50 = p(&mut docker_run, 0.5);
+        let _ = docker_p50;
+        println!("## First transient result after spawn (p50 of {spawns}, ms)\n");
+        println!("| spawn to initialised | first call: host pool warm | private pool (durable off) | pool off | `docker run --rm` |");
+        println!("|---|---|---|---|---|");
+        println!(
+            "| {:.0} | {:.1} | {:.0} | {:.0} | {:.0} |\n",
+            p(&mut warm_start, 0.5),
+            p(&mut warm_first, 0.5),
+            p(&mut private_first, 0.5),
+            p(&mut off_first, 0.5),
+            docker_p50
+        );
+        // What the first spawns left in the host pool goes before the next part.
+        remove_all_of(&all_pids);
     }
-    let docker_p50 = p(&mut docker_run, 0.5);
-    println!("## First transient result after spawn (p50 of {spawns}, ms)\n");
-    println!("| spawn to initialised | first call: host pool warm | private pool (durable off) | pool off | `docker run --rm` |");
-    println!("|---|---|---|---|---|");
-    println!(
-        "| {:.0} | {:.1} | {:.0} | {:.0} | {:.0} |\n",
-        p(&mut warm_start, 0.5),
-        p(&mut warm_first, 0.5),
-        p(&mut private_first, 0.5),
-        p(&mut off_first, 0.5),
-        docker_p50
-    );
-    // What the first spawns left in the host pool goes before the next part.
-    remove_all_of(&all_pids);
+    let docker_p50 = docker_run_p50(spawns);
 
     // 2. Four daemons; 3. idle CPU; 4. steady state.
     println!("## Four daemons, pool_size {pool}\n");

@@ -76,8 +76,10 @@ use crate::sandbox::{self, Owner, Role};
 pub mod host;
 use host::HostPool;
 
+/// How many ready sandboxes a pool of the host pool holds attached (`Pool::hold`).
+const HOLD: usize = 1;
 /// How often a pool of the host pool looks at the engine for slots that others freed.
-const HOST_POLL: Duration = Duration::from_secs(2);
+const HOST_POLL: Duration = Duration::from_secs(10);
 
 /// How long a health ping may take before the sandbox is discarded.
 const PING_TIMEOUT: Duration = Duration::from_millis(500);
@@ -782,10 +784,11 @@ impl Pool {
         self.park(sandbox, &host).await;
     }
 
-    /// How many ready sandboxes a pool of the host pool holds attached (the rest are
-    /// anyone's): half the pool, at least one.
+    /// How many ready sandboxes a pool of the host pool holds attached: one. The rest
+    /// are anyone's: a daemon holding more would starve the others (they cannot claim
+    /// what a live daemon holds, and its slots are not free to refill).
     fn hold(&self) -> usize {
-        (self.target() / 2).max(1)
+        HOLD
     }
 
     /// Give a sandbox to the first live waiter; back when none waits (discarded when

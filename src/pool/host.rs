@@ -11,7 +11,7 @@
 //!   together keep at most `pool_size` warm or warming;
 //! - once its helper is ready, the daemon lets go of its attach and renames it
 //!   `pdm-w.<fingerprint>.<slot>`: warm, anyone's;
-//! - or, while it holds fewer than half the pool ready, it keeps the attach and names it
+//! - or, while it holds none ready, it keeps the attach and names it
 //!   `pdm-h.<fingerprint>.<slot>.<holder>`: held ready, its next call's at once (a rename
 //!   to `pdm-t.` marks it used); others claim it only once its holder is gone, and at
 //!   exit the holder parks it as `pdm-w.`;
