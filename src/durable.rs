@@ -3,8 +3,9 @@
 //! A session's sandbox keeps running when its daemon exits or dies, and a later daemon of
 //! the same owner adopts it when a call names its id. Labels cannot change after a
 //! container is created, so what must change (who holds the session, until when it may
-//! live) is carried by the container's **name**, which the engine renames atomically: of
-//! two daemons renaming the same old name, exactly one succeeds. That rename is the claim.
+//! live) is carried by the container's **name**. The name is not the claim: two concurrent
+//! renames of one old name both succeed on Docker. The sandbox's helper decides who
+//! claimed it (see `Repl::take`), and the winner's rename then says so to everyone.
 //!
 //! ```text
 //! pdm-s.<session id>.<owner>.<holder>.<until>
@@ -285,6 +286,13 @@ impl ClaimedName {
             nonce: nonce.into(),
         })
     }
+}
+
+/// Whether a helper's claim `by` (a [`ClaimedName`]) is of a daemon that no longer runs,
+/// as far as `me` can tell; `mine` too counts as gone (an attempt of this daemon's that it
+/// gave up). A claim that names no daemon counts as gone.
+pub fn claim_gone(by: &str, me: &Holder, mine: bool) -> bool {
+    ClaimedName::parse(by).is_none_or(|c| (mine && c.holder == *me) || !c.holder.alive(me))
 }
 
 /// Whether a container called `name` belongs to no daemon or to another than `me`: a

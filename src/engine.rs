@@ -834,8 +834,8 @@ impl Engine {
     /// Take over `client`'s durable session `id` from the daemon that held it before (it
     /// exited or died): find its container by name, check the owner (another owner's is
     /// unknown, exactly like an id that never existed) and that no live daemon holds it,
-    /// claim it by renaming it (atomic: of two daemons, one wins), attach, and hear from
-    /// the helper what the previous daemon missed.
+    /// claim it in the helper's `hello` (of two daemons, one wins; see [`Repl::take`]),
+    /// rename it, and hear from the helper what the previous daemon missed.
     async fn adopt(&self, id: &str, client: &Client) -> Result<Arc<Session>, ExecError> {
         let s = &self.shared;
         let unknown = || ExecError::NoSuchSession(clip(id).into());
@@ -894,32 +894,55 @@ impl Engine {
             ..name.clone()
         }
         .render();
-        match s.backend.rename(&container.name, &claimed).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(ExecError::Held {
-                    id: clip(id).into(),
-                    holder: "another server, which adopted it a moment ago".into(),
-                })
+        // The helper decides which of two adopting daemons wins; the name follows.
+        let token = durable::ClaimedName::new(&s.holder).render();
+        let (mut repl, resumed) =
+            match Repl::take(&s.backend, &container.id, &token, CONTROL_TIMEOUT, |by| {
+                // Adoptions are one at a time here: a claim of this daemon's was given up.
+                durable::claim_gone(by, &s.holder, true)
+            })
+            .await
+            {
+                Ok(taken) => taken,
+                Err(ReplError::Claimed(by)) => {
+                    let holder = by
+                        .as_deref()
+                        .and_then(durable::ClaimedName::parse)
+                        .map(|c| c.holder.to_string())
+                        .unwrap_or_else(|| "another server, which adopted it a moment ago".into());
+                    return Err(ExecError::Held {
+                        id: clip(id).into(),
+                        holder,
+                    });
+                }
+                Err(e) => return Err(adoption(e.to_string())),
+            };
+        // Won: the name says so (for the sweep and for `cleanup`), and the package
+        // volume is found, while the helper is asked about the call cut off.
+        let (renamed, volume) = tokio::join!(
+            s.backend.rename(&container.name, &claimed),
+            s.backend
+                .volume_at(&container.id, sandbox::SESSION_PACKAGES)
+        );
+        let claimed = match renamed {
+            Ok(true) => claimed,
+            Ok(false) => return Err(adoption("its container went away".into())),
+            // The helper's claim is what holds it; the name is only late.
+            Err(e) => {
+                tracing::warn!(session_id = %id, error = %e, "could not rename an adopted session's container");
+                container.name.clone()
             }
-            Err(e) => return Err(adoption(e.to_string())),
-        }
+        };
+        let volume = match volume {
+            Ok(v) => v.unwrap_or_default(),
+            // Left held by this daemon: its next attempt, or anyone's once it is gone, takes it.
+            Err(e) => {
+                return Err(adoption(format!(
+                    "its package volume could not be found: {e}"
+                )))
+            }
+        };
         let hard_end = container.created.saturating_add(c.max_lifetime.as_secs());
-        let resumed = async {
-            let attached = s.backend.attach(&container.id, &claimed).await?;
-            Repl::resume(&s.backend, attached, CONTROL_TIMEOUT).await
-        }
-        .await;
-        // Claimed but not usable: give it back as it was, free, and say why.
-        let give_back = |why: String| async {
-            let free = name.held_by(None).render();
-            let _ = s.backend.rename(&claimed, &free).await;
-            adoption(why)
-        };
-        let (mut repl, resumed) = match resumed {
-            Ok(r) => r,
-            Err(e) => return Err(give_back(e.to_string()).await),
-        };
         // The call cut off first: until it stops, the helper runs nothing else.
         let lease = crate::repl::Lease {
             idle: c.idle_timeout,
@@ -938,14 +961,6 @@ impl Engine {
                     self.lost_reason(&e)
                 )));
             }
-        };
-        let volume = match s
-            .backend
-            .volume_at(&container.id, sandbox::SESSION_PACKAGES)
-            .await
-        {
-            Ok(v) => v.unwrap_or_default(),
-            Err(e) => return Err(give_back(e.to_string()).await),
         };
         tracing::info!(session_id = %id, %client, container = %claimed,
             adopt_ms = started.elapsed().as_millis() as u64, "session adopted from an earlier server");

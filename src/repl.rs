@@ -131,11 +131,13 @@ enum Request<'a> {
     /// with a `ready` frame carrying this id (see [`Resumed`]).
     Hello {
         id: u64,
-        /// Claim a warm sandbox of the host pool: the helper takes the first claim it
-        /// hears and names it in every later `ready` (the engine's rename cannot decide
-        /// a race: it renames whatever name the container has by then).
+        /// Claim the sandbox (see [`Repl::take`]): the helper takes a claim when nobody
+        /// holds it or when it names (`over`) the holder's claim, and names the holder in
+        /// every `ready`.
         #[serde(skip_serializing_if = "Option::is_none")]
         claim: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        over: Option<String>,
     },
     /// How long the sandbox lives by itself (see [`Lease`]).
     Lease {
@@ -459,9 +461,9 @@ pub enum ReplError {
          stuck in native code), so its sandbox was killed"
     )]
     Killed(Interrupt),
-    /// Another daemon claimed this warm sandbox first.
+    /// Another daemon claimed this sandbox first: its claim, as the helper heard it.
     #[error("another server claimed this sandbox first")]
-    Claimed,
+    Claimed(Option<String>),
 }
 
 /// A line longer than [`MAX_FRAME`] (or the decoder's own cap).
@@ -601,36 +603,43 @@ impl Repl {
         }
     }
 
-    /// Attach again to the helper of a running durable sandbox (adoption): say `hello`,
-    /// and learn what the previous daemon may have missed. The container is left as it
-    /// is when this fails.
-    pub async fn resume(
+    /// Take the running sandbox `id` for `me` (adoption of a durable session, or a warm
+    /// sandbox of the host pool): attach, and claim it in the `hello` as `token` (unique
+    /// per attempt). The helper decides a race, because the engine's rename cannot: it
+    /// renames whatever name the container has by then, so two renames of one old name
+    /// both succeed. A sandbox still claimed by someone `stale` says is gone is claimed
+    /// over that claim; [`ReplError::Claimed`] names one that holds it. The container is
+    /// left as it is when this fails.
+    pub async fn take(
         backend: &Backend,
-        attached: crate::runtime::Attached,
+        id: &str,
+        token: &str,
         within: Duration,
+        stale: impl Fn(&str) -> bool,
     ) -> Result<(Repl, Resumed), ReplError> {
-        Repl::hello(backend, attached, within, None).await
+        let mut over = None;
+        // Each turn either wins or learns a newer claim; two turns over dead holders are
+        // already a rare race, a third one is given up as held.
+        for _ in 0..3 {
+            let attached = backend
+                .attach(id, token)
+                .await
+                .map_err(|e| ReplError::NoStart(format!("could not attach to it ({e})")))?;
+            match Repl::hello(backend, attached, within, Some((token, over.as_deref()))).await {
+                Err(ReplError::Claimed(Some(by))) if stale(&by) => over = Some(by),
+                done => return done,
+            }
+        }
+        Err(ReplError::Claimed(over))
     }
 
-    /// Claim a warm sandbox of the host pool as `claim` (unique per attempt): attach and
-    /// say `hello` with it. [`ReplError::Claimed`]: another claim came first; this one
-    /// wrote nothing but the hello, and the sandbox is the winner's.
-    pub async fn claim(
-        backend: &Backend,
-        attached: crate::runtime::Attached,
-        within: Duration,
-        claim: &str,
-    ) -> Result<Repl, ReplError> {
-        Repl::hello(backend, attached, within, Some(claim))
-            .await
-            .map(|(repl, _)| repl)
-    }
-
+    /// Say `hello` over `attached`, claiming the sandbox (`claim`, over the claim it
+    /// found, if any) or not.
     async fn hello(
         backend: &Backend,
         attached: crate::runtime::Attached,
         within: Duration,
-        claim: Option<&str>,
+        claim: Option<(&str, Option<&str>)>,
     ) -> Result<(Repl, Resumed), ReplError> {
         let (mut repl, ready_rx) = Repl::over(backend, attached);
         let id = repl.next_id();
@@ -641,7 +650,8 @@ impl Repl {
             repl.input.write_all(b"\n").await?;
             repl.send(&Request::Hello {
                 id,
-                claim: claim.map(str::to_string),
+                claim: claim.map(|(c, _)| c.to_string()),
+                over: claim.and_then(|(_, o)| o.map(str::to_string)),
             })
             .await
         };
@@ -651,8 +661,8 @@ impl Repl {
             )));
         }
         match tokio::time::timeout(within, ready_rx).await {
-            Ok(Ok(hello)) if claim.is_some() && hello.claimed_by.as_deref() != claim => {
-                Err(ReplError::Claimed)
+            Ok(Ok(hello)) if claim.is_some_and(|(c, _)| hello.claimed_by.as_deref() != Some(c)) => {
+                Err(ReplError::Claimed(hello.claimed_by))
             }
             Ok(Ok(hello)) => {
                 repl.expect(0, false);
@@ -1444,11 +1454,18 @@ mod tests {
         let line = serde_json::to_string(&Request::Interrupt { id: 12 }).unwrap();
         assert_eq!(line, r#"{"op":"interrupt","id":12}"#);
         // The helper's reader only parses lines this short (INTERRUPT_LINE_MAX).
+        let longest_claim = crate::durable::ClaimedName::new(&crate::durable::Holder {
+            host: "ffffff".into(),
+            pid: u32::MAX,
+            start: u64::MAX,
+        })
+        .render();
         for request in [
             Request::Interrupt { id: u64::MAX },
             Request::Hello {
                 id: u64::MAX,
-                claim: None,
+                claim: Some(longest_claim.clone()),
+                over: Some(longest_claim.clone()),
             },
             Request::Ack,
         ] {

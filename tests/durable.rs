@@ -266,6 +266,49 @@ async fn another_scope_never_sees_a_session_and_a_live_holder_is_never_robbed() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn two_daemons_adopting_one_orphaned_session_at_once_one_wins_and_runs() {
+    let mut first = Daemon::start_with(&[DURABLE]).await;
+    let id = first.new_session("x = 0").await;
+    claimed(&id).await;
+    let dead = first.pid;
+    first.signal("KILL");
+    first
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("killed");
+    // Both see the session free (its holder is dead) and both try to take it at once.
+    let (mut b, mut c) = tokio::join!(
+        Daemon::start_with(&[DURABLE]),
+        Daemon::start_with(&[DURABLE])
+    );
+    let code = "x += 1\nx";
+    let (rb, rc) = tokio::join!(b.persistent(code, Some(&id)), c.persistent(code, Some(&id)));
+    let (winner, loser, lost) = match (is_error(&rb), is_error(&rc)) {
+        (false, true) => (&b, &c, &rc),
+        (true, false) => (&c, &b, &rb),
+        _ => panic!(
+            "exactly one adopts:\n{}\n---\n{}",
+            describe(&rb),
+            describe(&rc)
+        ),
+    };
+    let said = text(lost);
+    assert!(
+        said.contains("still running") && said.contains(&format!("process {}", winner.pid)),
+        "the loser names the winner: {said}"
+    );
+    // Only the winner's code ran, once; the loser keeps being refused.
+    let won = if is_error(&rb) { &rc } else { &rb };
+    assert_eq!(value(won).as_deref(), Some("1"), "{}", describe(won));
+    assert!(is_error(&loser.persistent("x", Some(&id)).await));
+    let again = winner.persistent_ok("x", &id).await;
+    assert_eq!(value(&again).as_deref(), Some("1"));
+    end_and_check(winner, &id, &[dead]).await;
+    b.finish().await;
+    c.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_session_nobody_uses_ends_itself_with_its_volume_when_no_daemon_runs() {
     let mut d =
         Daemon::start_with(&[DURABLE, ("PYTHON_DOCKER_MCP_SESSION_IDLE_TIMEOUT", "3s")]).await;

@@ -140,11 +140,14 @@ impl HostPool {
     ) -> Option<(Repl, String, Instant)> {
         for c in warm {
             let to = ClaimedName::new(holder).render();
-            let (attached, volume) =
-                tokio::join!(backend.attach(&c.id, &to), backend.volume_at(&c.id, target));
-            let Ok(attached) = attached else { continue };
-            match Repl::claim(backend, attached, HELLO_TIMEOUT, &to).await {
-                Ok(repl) => {
+            let (taken, volume) = tokio::join!(
+                Repl::take(backend, &c.id, &to, HELLO_TIMEOUT, |by| {
+                    durable::claim_gone(by, holder, false)
+                }),
+                backend.volume_at(&c.id, target)
+            );
+            match taken {
+                Ok((repl, _)) => {
                     // Won: the name says so, for the sweep and the other daemons.
                     if !matches!(backend.rename(&c.name, &to).await, Ok(true)) {
                         backend.remove(&c.id).await;
@@ -157,7 +160,7 @@ impl HostPool {
                     return Some((repl, volume.ok().flatten().unwrap_or_default(), created));
                 }
                 // Another daemon's now: its attach goes unused, and it stays.
-                Err(ReplError::Claimed) => continue,
+                Err(ReplError::Claimed(_)) => continue,
                 Err(e) => {
                     tracing::warn!(container = %c.name, error = %e, "a claimed warm sandbox did not answer; removing it");
                     backend.remove(&c.id).await;

@@ -166,7 +166,7 @@ def _reader():
                 interrupt(req.get("id"))
                 continue
             if isinstance(req, dict) and req.get("op") == "hello":
-                hello(req.get("id"), req.get("claim"))
+                hello(req.get("id"), req.get("claim"), req.get("over"))
                 continue
             if isinstance(req, dict) and req.get("op") == "ack":
                 acknowledge(req.get("ack"))
@@ -232,15 +232,17 @@ def acknowledge(ack):
         _kept = None
 
 
-# The first claim of a warm sandbox a daemon made (its hello's "claim"): the helper's one
-# reader thread decides which of several racing daemons got it; later claims hear its name.
+# The daemon that holds this sandbox, as its last winning hello "claim" named it. The one
+# reader thread decides a race: a claim wins when nobody holds the sandbox yet, or when it
+# names ("over") the claim it found, so of several daemons taking over from one that died,
+# exactly one wins; the others hear the winner's name.
 _claim = None
 
 
-def hello(req_id, claim=None):
+def hello(req_id, claim=None, over=None):
     """A daemon (re)attached: say who we are and what it may have missed (reader thread)."""
     global _claim
-    if claim is not None and _claim is None:
+    if claim is not None and (_claim is None or _claim == over):
         _claim = str(claim)
     running = _running
     kept = _kept
