@@ -6,13 +6,15 @@ Usage: sse_client.py URL TOKEN STEP [ARG], where URL is the daemon's `/sse` and 
   second call; prints the protocol version, the tool names, both results, the session id.
 - `steal ID`: use the session ID (another client's) and list this client's sessions.
 - `stream`: a run that prints for a few seconds, with a progress callback; prints the
-  progress messages as they came and the result.
+  progress messages with when each came (seconds from the call), when the call ended, and
+  the result.
 Each step prints one JSON line. A connection that fails prints `{"error": ...}`.
 """
 
 import asyncio
 import json
 import sys
+import time
 
 from mcp.client.client import Client
 from mcp.client.sse import sse_client
@@ -52,15 +54,16 @@ async def steal(client, sid):
 
 async def stream(client, _arg):
     progress = []
+    start = time.monotonic()
 
     async def on_progress(value, total, message):
-        progress.append(message or "")
+        progress.append({"at": time.monotonic() - start, "message": message or ""})
 
     code = "import time\nfor i in range(6):\n    print('tick', i, flush=True)\n    time.sleep(0.5)"
     result = await client.call_tool(
         "execute-transient", {"code": code}, progress_callback=on_progress
     )
-    return {"progress": progress, "result": outcome(result)}
+    return {"progress": progress, "ended_at": time.monotonic() - start, "result": outcome(result)}
 
 
 STEPS = {"session": session, "steal": steal, "stream": stream}
