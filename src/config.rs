@@ -1508,6 +1508,27 @@ mod tests {
     }
 
     #[test]
+    fn legacy_sse_is_on_unless_turned_off() {
+        assert!(Config::defaults().server.legacy_sse);
+        let c = resolve(&Layers {
+            file: file("server:\n  legacy_sse: false\n"),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!c.server.legacy_sse);
+        let e = resolve(&Layers {
+            env: env(&[("PYTHON_DOCKER_MCP_LEGACY_SSE", "sometimes")]),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("server.legacy_sse") && e.contains("PYTHON_DOCKER_MCP_LEGACY_SSE"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn metrics_public_is_off_unless_set() {
         assert!(!Config::defaults().server.metrics_public);
         let c = resolve(&Layers {
