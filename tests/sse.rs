@@ -7,7 +7,8 @@
 //! that does not exist, and another client's sandbox session is an unknown id; a body over
 //! `server.max_message` gets 413 naming it; `server.legacy_sse: false` turns the routes
 //! off. Functional: a session keeps its variables across calls, and a long run streams its
-//! output as progress while it runs.
+//! output as progress while it runs. The drain: a call in flight at SIGTERM finishes and
+//! its answer arrives on the stream, while a new stream gets 503.
 
 mod common;
 
@@ -29,28 +30,40 @@ fn sse_url(daemon: &HttpDaemon) -> String {
     format!("{}/sse", daemon.base)
 }
 
-/// One step of `tests/python/sse_client.py`: its JSON line.
-async fn sdk(python: &Path, daemon: &HttpDaemon, token: &str, step: &[&str]) -> Value {
+/// One step of `tests/python/sse_client.py`, to spawn.
+fn sdk_command(
+    python: &Path,
+    daemon: &HttpDaemon,
+    token: &str,
+    step: &[&str],
+) -> tokio::process::Command {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/sse_client.py");
-    let out = tokio::time::timeout(
-        RUN_LIMIT,
-        tokio::process::Command::new(python)
-            .arg(&script)
-            .arg(sse_url(daemon))
-            .arg(token)
-            .args(step)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("the SDK's SSE client did not finish within {RUN_LIMIT:?}"))
-    .expect("run the SDK's SSE client");
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(&script)
+        .arg(sse_url(daemon))
+        .arg(token)
+        .args(step)
+        .kill_on_drop(true);
+    cmd
+}
+
+/// The JSON line of a finished step.
+fn sdk_line(step: &[&str], out: std::process::Output) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{step:?}: {stdout}\n{stderr}");
     let line = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(line)
         .unwrap_or_else(|e| panic!("{step:?}: not JSON ({e}): {stdout}\n{stderr}"))
+}
+
+/// One step of `tests/python/sse_client.py`: its JSON line.
+async fn sdk(python: &Path, daemon: &HttpDaemon, token: &str, step: &[&str]) -> Value {
+    let out = tokio::time::timeout(RUN_LIMIT, sdk_command(python, daemon, token, step).output())
+        .await
+        .unwrap_or_else(|_| panic!("the SDK's SSE client did not finish within {RUN_LIMIT:?}"))
+        .expect("run the SDK's SSE client");
+    sdk_line(step, out)
 }
 
 async fn python() -> PathBuf {
@@ -286,4 +299,60 @@ async fn a_long_run_streams_its_output_while_it_runs() {
         joined, got["result"]["structured"]["stdout"],
         "the progress messages carry the output, in order: {got}"
     );
+}
+
+// ----- the drain -----
+
+/// At SIGTERM a call in flight over SSE finishes and its answer reaches the client on its
+/// stream, while a new stream is refused with 503 and `Retry-After`; then the daemon exits
+/// cleanly (the `HttpDaemon` drop checks nothing is left behind).
+#[tokio::test]
+async fn a_call_in_flight_at_sigterm_finishes_over_sse_while_new_streams_get_503() {
+    let mut daemon = tokened().await;
+    let python = python().await;
+    let step = ["stream"];
+    let run = sdk_command(&python, &daemon, ALICE, &step)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the SDK's SSE client");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !daemon.log().contains("legacy SSE stream opened") {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The 3 s run is under way.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    signal(daemon.pid, "TERM");
+    while !daemon.log().contains("draining") {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = http()
+        .get(sse_url(&daemon))
+        .bearer_auth(BOB)
+        .send()
+        .await
+        .expect("GET /sse while draining");
+    assert_eq!(r.status(), 503);
+    assert!(
+        r.headers().get("retry-after").is_some(),
+        "{:?}",
+        r.headers()
+    );
+    let out = tokio::time::timeout(RUN_LIMIT, run.wait_with_output())
+        .await
+        .expect("the SDK's SSE client finished")
+        .expect("wait for the SDK's SSE client");
+    let got = sdk_line(&step, out);
+    assert_eq!(got["result"]["is_error"], false, "{got}");
+    assert_eq!(
+        got["result"]["structured"]["stdout"], "tick 0\ntick 1\ntick 2\ntick 3\ntick 4\ntick 5\n",
+        "the whole run's answer arrived: {got}"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(40), daemon.child.wait())
+        .await
+        .expect("the daemon exits after the drain")
+        .expect("wait");
+    assert!(status.success(), "{status:?}\n{}", daemon.log());
 }
