@@ -17,8 +17,13 @@ use std::time::Duration;
 use common::http::HttpDaemon;
 use common::node::{node, npm_install};
 
-/// The suite's version: 0.1.16 covers protocols 2025-06-18 and 2025-11-25 (the 0.2.0
-/// releases are pre-releases so far).
+/// The suite's version: 0.1.16, the latest release, covers protocols 2025-06-18 and
+/// 2025-11-25. The 0.2.0 pre-releases add 2026-07-28 scenarios; tried by hand with
+/// 0.2.0-alpha.12: `server-session-lifecycle`, `caching`, `http-header-validation` and
+/// `sep-2164-resource-not-found` pass, `server-stateless` fails 5 of its 25 checks (among
+/// them: prompts answered but not declared in the `server/discover` result), and the
+/// `tasks-*` and custom-header scenarios need the suite's own reference tools. Moving the
+/// pin means deciding those first.
 const SUITE: &str = "@modelcontextprotocol/conformance@0.1.16";
 /// The oldest Node.js the suite runs on.
 const NODE_AT_LEAST: (u32, u32) = (22, 0);
