@@ -3,7 +3,8 @@
 //! (`mcp.client.sse.sse_client`, driven by `tests/python/sse_client.py`).
 //!
 //! The same checks as `tests/http.rs` makes of `/mcp`. Security: no token or a wrong one
-//! gets 401 on both routes and the SDK gets nothing; another client's stream is a stream
+//! gets 401 on both routes and the SDK gets nothing; without tokens a foreign `Host` gets
+//! 403 (DNS rebinding); another client's stream is a stream
 //! that does not exist, and another client's sandbox session is an unknown id; a body over
 //! `server.max_message` gets 413 naming it; `server.legacy_sse: false` turns the routes
 //! off. Functional: a session keeps its variables across calls, and a long run streams its
@@ -226,6 +227,38 @@ async fn a_body_over_max_message_gets_413_naming_the_limit() {
         text.contains("server.max_message") && text.contains("6.0 MiB"),
         "{text}"
     );
+}
+
+/// On loopback without tokens, a `Host` that is not a loopback name is refused, as on
+/// `/mcp` (DNS rebinding); a body that is not a JSON-RPC message gets 400.
+#[tokio::test]
+async fn without_tokens_a_foreign_host_is_forbidden_and_a_bad_body_is_400() {
+    let daemon = HttpDaemon::start(&[]).await;
+    let r = http()
+        .get(sse_url(&daemon))
+        .header("host", "rebound.example:8002")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 403);
+    let (endpoint, _keep) = open_stream(&daemon, "unused").await;
+    let r = http()
+        .post(&endpoint)
+        .header("host", "rebound.example:8002")
+        .body(initialize().to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 403);
+    let r = http()
+        .post(&endpoint)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("JSON-RPC"));
 }
 
 #[tokio::test]
