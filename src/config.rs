@@ -189,6 +189,8 @@ const KEYS: &[Key] = &[
           doc: "File of HTTP clients, one `NAME TOKEN` per line (`#` comments); every request then needs `Authorization: Bearer TOKEN`. Required off loopback" },
     Key { path: "server.metrics_public", env: "METRICS_PUBLIC", kind: Kind::Bool, default: "false",
           doc: "Serve GET /metrics (Prometheus text) without a bearer token, for a scraper on a trusted network; otherwise it needs a token like /mcp" },
+    Key { path: "server.legacy_sse", env: "LEGACY_SSE", kind: Kind::Bool, default: "true",
+          doc: "With server.http, also serve MCP's older HTTP+SSE transport (protocol 2024-11-05: GET /sse, then POST /messages?sessionId=...) for clients that speak only that; the same tokens, ownership and limits as /mcp" },
     Key { path: "server.drain_timeout", env: "DRAIN_TIMEOUT", kind: Kind::Duration, default: "30s",
           doc: "On SIGTERM or SIGINT, how long running executions and installs may go on finishing before they are interrupted (a second signal interrupts them at once); 0 interrupts at once" },
     Key { path: "server.max_message", env: "MAX_MESSAGE", kind: Kind::Bytes { min: MIB, max: 1024 * MIB }, default: "32m",
@@ -321,6 +323,8 @@ pub struct ServerConfig {
     pub tokens_file: Option<PathBuf>,
     /// `GET /metrics` needs no token.
     pub metrics_public: bool,
+    /// Also serve the 2024-11-05 HTTP+SSE transport at `/sse` and `/messages`.
+    pub legacy_sse: bool,
     /// How long a shutdown lets running calls finish before it interrupts them.
     pub drain_timeout: Duration,
     /// The largest message a client may send (stdio line, HTTP request body).
@@ -564,6 +568,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         http: p.opt_addr("server.http")?,
         tokens_file: p.opt_string("server.tokens_file")?.map(PathBuf::from),
         metrics_public: p.bool("server.metrics_public")?,
+        legacy_sse: p.bool("server.legacy_sse")?,
         drain_timeout: p.duration("server.drain_timeout")?,
         max_message: p.bytes("server.max_message")?,
         task_after: p.duration("server.task_after")?,
@@ -1500,6 +1505,27 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn legacy_sse_is_on_unless_turned_off() {
+        assert!(Config::defaults().server.legacy_sse);
+        let c = resolve(&Layers {
+            file: file("server:\n  legacy_sse: false\n"),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!c.server.legacy_sse);
+        let e = resolve(&Layers {
+            env: env(&[("PYTHON_DOCKER_MCP_LEGACY_SSE", "sometimes")]),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("server.legacy_sse") && e.contains("PYTHON_DOCKER_MCP_LEGACY_SSE"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -110,15 +110,24 @@ fn transport_config(
     let config = StreamableHttpServerConfig::default()
         .with_cancellation_token(stop.child_token())
         .with_max_request_body_bytes(usize::try_from(max_message).unwrap_or(usize::MAX));
+    match allowed_hosts(plan) {
+        Some(hosts) => config.with_allowed_hosts(hosts),
+        None => config.disable_allowed_hosts(),
+    }
+}
+
+/// The `Host` names accepted on loopback without tokens (see [`transport_config`]); `None`
+/// with tokens: any name.
+fn allowed_hosts(plan: &Plan) -> Option<Vec<String>> {
     match &plan.access {
         Access::Local => {
             let mut hosts = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
             if let IpAddr::V4(ip) = plan.addr.ip() {
                 hosts.push(ip.to_string());
             }
-            config.with_allowed_hosts(hosts)
+            Some(hosts)
         }
-        Access::Tokens(_) => config.disable_allowed_hosts(),
+        Access::Tokens(_) => None,
     }
 }
 
@@ -206,7 +215,10 @@ pub fn router(
     // `Arc`s, so every session shares the one engine, pool and registry.
     let manager = Arc::new(LocalSessionManager::default());
     let mcp = StreamableHttpService::new(
-        move || Ok(server.clone()),
+        {
+            let server = server.clone();
+            move || Ok(server.clone())
+        },
         manager.clone(),
         transport_config(plan, stop, crate::files::message_limit(engine.config())),
     );
@@ -221,8 +233,19 @@ pub fn router(
         max_message: usize::try_from(crate::files::message_limit(engine.config()))
             .unwrap_or(usize::MAX),
     };
-    let mcp = Router::new()
-        .nest_service("/mcp", mcp)
+    let mut mcp = Router::new().nest_service("/mcp", mcp);
+    if engine.config().server.legacy_sse {
+        let legacy = crate::sse::Legacy::new(
+            server,
+            stop,
+            draining,
+            allowed_hosts(plan),
+            crate::files::message_limit(engine.config()),
+            engine.arrivals(),
+        );
+        mcp = mcp.merge(legacy.router());
+    }
+    let mcp = mcp
         .layer(middleware::from_fn_with_state(newcomers, refuse_newcomers))
         .layer(middleware::map_response_with_state(
             crate::files::message_limit(engine.config()),
@@ -276,6 +299,9 @@ pub async fn start(
         Access::Tokens(tokens) => tokens.names(),
     };
     tracing::info!(url = %format!("http://{local}/mcp"), ?clients, "serving MCP over streamable HTTP");
+    if engine.config().server.legacy_sse {
+        tracing::info!(sse = %format!("http://{local}/sse"), "also serving MCP's legacy HTTP+SSE transport (2024-11-05; server.legacy_sse)");
+    }
     let accept = CancellationToken::new();
     let sessions = CancellationToken::new();
     let posts = Posts::default();
@@ -388,7 +414,8 @@ fn opens_a_session(body: &[u8]) -> bool {
         .is_some_and(|m| m == "initialize" || m == "server/discover")
 }
 
-fn draining_refusal() -> Response {
+/// 503 with `Retry-After`: what a new MCP session gets during the drain, on every transport.
+pub(crate) fn draining_refusal() -> Response {
     let text = format!(
         "Service Unavailable: the server is draining for a shutdown or restart and opens no \
          new MCP sessions; running calls may finish. Retry in {RETRY_AFTER} s\n"

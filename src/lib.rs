@@ -38,8 +38,10 @@
 //! - [`calls`]: the tool calls in flight, admission, and the drain that waits for them.
 //! - [`client`]: who is calling: the `Client` every operation acts for, and the tokens file.
 //! - [`mcp`]: the thin MCP tool layer (rmcp).
-//! - [`order`]: arrival order of calls to one session (turns handed out by the stdio transport).
+//! - [`order`]: arrival order of calls to one session (turns handed out by the stdio and legacy SSE transports).
 //! - [`stdio`]: the stdio transport, whose size limit answers instead of dropping.
+//! - [`sse`]: MCP's older HTTP+SSE transport (2024-11-05) at `/sse` and `/messages`, a thin
+//!   adapter over the same tool layer, behind the same layers as `/mcp`.
 //! - [`tasks`]: long runs as MCP tasks (`tasks/get`, `tasks/cancel`): owners, output so far,
 //!   results kept `server.task_ttl`.
 //! - [`http`]: streamable HTTP at `/mcp` behind bearer tokens, `/health` and `/ready`.
@@ -70,6 +72,7 @@ pub mod repl;
 pub mod runtime;
 pub mod sandbox;
 pub mod session;
+pub mod sse;
 pub mod stdio;
 pub mod tasks;
 pub mod text;

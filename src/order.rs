@@ -9,13 +9,17 @@
 //! request is dropped (answered, refused by rmcp, or cancelled), so no path can leave a
 //! session waiting. `cleanup-session` takes no turn: it ends a busy session at once.
 //!
-//! Over HTTP, concurrent requests have no order to keep; each still runs one at a time.
+//! The legacy SSE transport ([`crate::sse`]) stamps each stream's POSTs the same way: a
+//! stream is one ordered channel, like a pipe. Over streamable HTTP, concurrent requests
+//! have no order to keep; each still runs one at a time.
 //! Memory is bounded by the calls in flight: a session's queue goes when its last turn
 //! does.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
+use rmcp::model::{ClientRequest, JsonRpcMessage};
+use rmcp::service::{RoleServer, RxJsonRpcMessage};
 use tokio::sync::Notify;
 
 /// Session ids longer than this are not real ones (they are uuids): no turn for them.
@@ -66,6 +70,30 @@ impl Arrivals {
     /// Sessions with calls in line (for tests).
     pub fn queued(&self) -> usize {
         self.inner.lock().expect("arrivals lock").len()
+    }
+}
+
+/// Give a `tools/call` that names a session its place in that session's line, in the order
+/// the transport read it (stdio, and each legacy SSE stream). `cleanup-session` takes no
+/// turn: it ends a busy session at once.
+pub fn stamp(arrivals: &Arrivals, message: &mut RxJsonRpcMessage<RoleServer>) {
+    let JsonRpcMessage::Request(request) = message else {
+        return;
+    };
+    let ClientRequest::CallToolRequest(call) = &mut request.request else {
+        return;
+    };
+    if call.params.name == "cleanup-session" {
+        return;
+    }
+    let session = call
+        .params
+        .arguments
+        .as_ref()
+        .and_then(|a| a.get("session_id"))
+        .and_then(|v| v.as_str());
+    if let Some(turn) = session.and_then(|id| arrivals.enter(id)) {
+        call.extensions.insert::<Turn>(turn);
     }
 }
 

@@ -18,13 +18,13 @@
 
 use std::sync::Arc;
 
-use rmcp::model::{ClientRequest, ErrorCode, ErrorData, JsonRpcMessage, NumberOrString, RequestId};
+use rmcp::model::{ErrorCode, ErrorData, NumberOrString, RequestId};
 use rmcp::service::{RoleServer, RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Stdin, Stdout};
 use tokio::sync::Mutex;
 
-use crate::order::{Arrivals, Turn};
+use crate::order::Arrivals;
 use crate::text::size;
 
 /// How much of an oversized line's start and end is kept to find its id.
@@ -106,28 +106,6 @@ impl Stdio {
         }
     }
 
-    /// Give a call that names a session its place in that session's line.
-    fn stamp(&self, message: &mut RxJsonRpcMessage<RoleServer>) {
-        let JsonRpcMessage::Request(request) = message else {
-            return;
-        };
-        let ClientRequest::CallToolRequest(call) = &mut request.request else {
-            return;
-        };
-        if call.params.name == "cleanup-session" {
-            return;
-        }
-        let session = call
-            .params
-            .arguments
-            .as_ref()
-            .and_then(|a| a.get("session_id"))
-            .and_then(|v| v.as_str());
-        if let Some(turn) = session.and_then(|id| self.arrivals.enter(id)) {
-            call.extensions.insert::<Turn>(turn);
-        }
-    }
-
     async fn answer(&self, message: TxJsonRpcMessage<RoleServer>) -> std::io::Result<()> {
         write_message(&self.write, &message).await
     }
@@ -204,7 +182,7 @@ impl Transport<RoleServer> for Stdio {
                     }
                     match serde_json::from_slice::<RxJsonRpcMessage<RoleServer>>(text) {
                         Ok(mut message) => {
-                            self.stamp(&mut message);
+                            crate::order::stamp(&self.arrivals, &mut message);
                             return Some(message);
                         }
                         Err(e) if e.is_syntax() || e.is_eof() => {

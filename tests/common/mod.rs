@@ -15,6 +15,7 @@
 
 pub mod http;
 pub mod net;
+pub mod node;
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
