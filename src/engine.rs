@@ -1154,6 +1154,7 @@ impl Engine {
             .spawn(async move { backend.claim(&container, &claimed).await });
         tracing::info!(session_id = %id, %client, container = %sandbox.repl.name, python = %sandbox.repl.python, "session started");
         let warm_name = sandbox.repl.name.clone();
+        let renamed = sandbox.renamed;
         let mut session = Session::new(
             id,
             client.clone(),
@@ -1167,10 +1168,15 @@ impl Engine {
         let session = Arc::new(session);
         s.sessions.insert(session.clone());
         if s.durable {
-            // The claim: the warm sandbox's name becomes the session's (off the reply path).
+            // The claim: the warm sandbox's name becomes the session's (off the reply path),
+            // once the pool's own rename of it is done.
             let (engine, claimed) = (self.clone(), session.clone());
-            s.tasks
-                .spawn(async move { engine.rename_session(&claimed, true).await });
+            s.tasks.spawn(async move {
+                if let Some(renamed) = renamed {
+                    let _ = renamed.await;
+                }
+                engine.rename_session(&claimed, true).await
+            });
         }
         Ok(session)
     }

@@ -69,7 +69,7 @@ use crate::client::Client;
 use crate::config::Config;
 use crate::durable::{self, ClaimedName, Holder};
 use crate::repl::{Repl, ReplError};
-use crate::runtime::{Backend, RuntimeError};
+use crate::runtime::{Backend, Named, RuntimeError};
 use crate::sandbox::{self, Owner, Role};
 
 #[path = "pool/host.rs"]
@@ -103,6 +103,10 @@ pub struct Sandbox {
     /// This sandbox's own package volume (a session installs into it).
     pub volume: String,
     pub created: Instant,
+    /// A claimed sandbox of the host pool is renamed to `repl.name` off the reply path
+    /// (the name only tells the sweep and other daemons; the helper decided the claim):
+    /// whoever renames it again waits for this first.
+    pub renamed: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Why no sandbox could be had.
@@ -331,6 +335,14 @@ struct HostMode {
     pool: Mutex<Option<HostPool>>,
     /// Whether the shared package volume exists (then sandboxes mount it).
     env: std::sync::atomic::AtomicBool,
+    /// Sandboxes this daemon claimed whose rename is still under way: the engine still
+    /// lists them as warm, and a claim skips them. A sync lock, never held across an
+    /// `.await`.
+    renaming: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The warm sandboxes the last census saw and no claim of this daemon tried yet: a
+    /// claim tries them first and lists the engine again only when none was had (a list
+    /// costs dockerd more than a lost claim). A sync lock, never held across an `.await`.
+    seen: std::sync::Mutex<Vec<Named>>,
 }
 
 /// A handle on the pool; clone it freely.
@@ -412,6 +424,8 @@ impl Pool {
             holder: Holder::me(),
             pool: Mutex::new(None),
             env: Default::default(),
+            renaming: Default::default(),
+            seen: Default::default(),
         });
         Pool {
             inner: Arc::new(Inner {
@@ -531,11 +545,30 @@ impl Pool {
         let started = Instant::now();
         let host = self.host_pool().await.ok()??;
         let holder = &i.host.as_ref()?.holder;
-        let census = host.census(&i.backend, holder).await.ok()?;
-        let listed = started.elapsed();
-        let (repl, volume, created) = host
-            .claim(&i.backend, holder, &census.warm, sandbox::SESSION_PACKAGES)
-            .await?;
+        let mode = i.host.as_ref()?;
+        let unclaimed = |warm: &mut Vec<Named>| {
+            let renaming = mode.renaming.lock().expect("renaming lock");
+            warm.retain(|c| !renaming.contains(&c.id));
+        };
+        // What the last census saw first; then the engine, listed again.
+        let mut listed = Duration::ZERO;
+        let mut warm = std::mem::take(&mut *mode.seen.lock().expect("seen lock"));
+        unclaimed(&mut warm);
+        let mut claimed = host
+            .claim(&i.backend, holder, &mut warm, sandbox::SESSION_PACKAGES)
+            .await;
+        if claimed.is_none() {
+            let census = host.census(&i.backend, holder).await.ok()?;
+            listed = started.elapsed();
+            warm = census.warm;
+            unclaimed(&mut warm);
+            claimed = host
+                .claim(&i.backend, holder, &mut warm, sandbox::SESSION_PACKAGES)
+                .await;
+        }
+        // What was not tried is left for the next claim.
+        mode.seen.lock().expect("seen lock").extend(warm);
+        let (repl, volume, created, from) = claimed?;
         tracing::debug!(
             list_ms = listed.as_secs_f64() * 1e3,
             claim_ms = (started.elapsed() - listed).as_secs_f64() * 1e3,
@@ -548,11 +581,34 @@ impl Pool {
             st.checked_out();
         }
         i.refill.notify_one();
-        Some(Sandbox {
+        let mut sandbox = Sandbox {
             repl,
             volume,
             created,
-        })
+            renamed: None,
+        };
+        self.rename_later(&mut sandbox, from);
+        Some(sandbox)
+    }
+
+    /// Rename a sandbox this daemon claimed from `from` to its `repl.name`, off the reply
+    /// path (a rename costs dockerd 5 to 50 ms; see [`Sandbox::renamed`]).
+    fn rename_later(&self, sandbox: &mut Sandbox, from: String) {
+        let pool = self.clone();
+        let (id, to) = (sandbox.repl.id.clone(), sandbox.repl.name.clone());
+        if let Some(h) = &self.inner.host {
+            h.renaming.lock().expect("renaming lock").insert(id.clone());
+        }
+        sandbox.renamed = Some(self.inner.tasks.spawn(async move {
+            match pool.inner.backend.rename(&from, &to).await {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!(container = %to, "a claimed sandbox went before it was renamed"),
+                Err(e) => tracing::warn!(container = %from, error = %e, "could not rename a claimed sandbox"),
+            }
+            if let Some(h) = &pool.inner.host {
+                h.renaming.lock().expect("renaming lock").remove(&id);
+            }
+        }));
     }
 
     /// The name of this pool's shared package volume (made or not).
@@ -649,21 +705,11 @@ impl Pool {
                 }
                 _ => None,
             };
-            let (answered, renamed) = match &used {
-                Some(to) => {
-                    let from = sandbox.repl.name.clone();
-                    let (a, r) = tokio::join!(
-                        sandbox.repl.ping(PING_TIMEOUT),
-                        self.inner.backend.rename(&from, to)
-                    );
-                    (a, matches!(r, Ok(true)))
+            if sandbox.repl.ping(PING_TIMEOUT).await {
+                if let Some(to) = used {
+                    let from = std::mem::replace(&mut sandbox.repl.name, to);
+                    self.rename_later(sandbox, from);
                 }
-                None => (sandbox.repl.ping(PING_TIMEOUT).await, true),
-            };
-            if let (Some(to), true) = (used, renamed) {
-                sandbox.repl.name = to;
-            }
-            if answered && renamed {
                 self.inner.state.lock().expect("pool lock").checked_out();
                 return Ok(hand.sandbox.take().expect("in hand"));
             }
@@ -854,6 +900,7 @@ impl Pool {
                     let mut st = self.inner.state.lock().expect("pool lock");
                     st.host_warm = c.warm.len();
                     st.host_free = c.free.len();
+                    *h.seen.lock().expect("seen lock") = c.warm;
                 }
             }
             let (spawn, wake_at, mut background) = {
@@ -1056,6 +1103,7 @@ impl Pool {
                 repl,
                 volume,
                 created: Instant::now(),
+                renamed: None,
             }),
             Err(e) => {
                 i.backend.remove_volume(&volume).await;
@@ -1085,6 +1133,7 @@ impl Pool {
             repl,
             volume,
             created: Instant::now(),
+            renamed: None,
         })
     }
 

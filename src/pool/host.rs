@@ -96,11 +96,16 @@ impl HostPool {
         (fp == self.fingerprint).then(|| slot.parse().ok())?
     }
 
+    /// Whether a warm sandbox is young enough to claim: it would not end itself (or be
+    /// swept) in the claimer's hands.
+    fn claimable(&self, c: &Named) -> bool {
+        let margin = CLAIM_MARGIN.min(self.max_age / 4);
+        c.created + self.max_age.saturating_sub(margin).as_secs() > durable::now()
+    }
+
     /// The warm and free slots of this fingerprint on the engine.
     pub async fn census(&self, backend: &Backend, me: &Holder) -> Result<Census, RuntimeError> {
-        let now = durable::now();
-        let margin = CLAIM_MARGIN.min(self.max_age / 4);
-        let young = |c: &Named| c.created + self.max_age.saturating_sub(margin).as_secs() > now;
+        let young = |c: &Named| self.claimable(c);
         let mut taken = vec![false; self.slots as usize];
         let mut warm = Vec::new();
         for c in backend.named(&format!(".{}.", self.fingerprint)).await? {
@@ -129,35 +134,36 @@ impl HostPool {
     }
 
     /// Claim one of `warm` for `holder`: attach (and find its package volume at the same
-    /// time), claim it in the `hello`, and, won, rename it. `None` when every one was
+    /// time) and claim it in the `hello`; won, it comes with its old name (the caller
+    /// renames it `pdm-t.`, off the reply path). `None` when every one was
     /// taken by someone else first or would not answer.
     pub async fn claim(
         &self,
         backend: &Backend,
         holder: &Holder,
-        warm: &[Named],
+        warm: &mut Vec<Named>,
         target: &str,
-    ) -> Option<(Repl, String, Instant)> {
-        for c in warm {
+    ) -> Option<(Repl, String, Instant, String)> {
+        while let Some(c) = warm.pop() {
+            if !self.claimable(&c) {
+                continue;
+            }
             let to = ClaimedName::new(holder).render();
             let (taken, volume) = tokio::join!(
-                Repl::take(backend, &c.id, &to, HELLO_TIMEOUT, |by| {
-                    durable::claim_gone(by, holder, false)
-                }),
+                // A warm sandbox claimed by a daemon that is gone may have run its code
+                // (its rename is off the reply path): never claimed over.
+                Repl::take(backend, &c.id, &to, HELLO_TIMEOUT, |_| false),
                 backend.volume_at(&c.id, target)
             );
             match taken {
+                // Won: the caller renames it `to` (for the sweep and the other daemons).
                 Ok((repl, _)) => {
-                    // Won: the name says so, for the sweep and the other daemons.
-                    if !matches!(backend.rename(&c.name, &to).await, Ok(true)) {
-                        backend.remove(&c.id).await;
-                        continue;
-                    }
                     let age = durable::now().saturating_sub(c.created);
                     let created = Instant::now()
                         .checked_sub(Duration::from_secs(age))
                         .unwrap_or_else(Instant::now);
-                    return Some((repl, volume.ok().flatten().unwrap_or_default(), created));
+                    let volume = volume.ok().flatten().unwrap_or_default();
+                    return Some((repl, volume, created, c.name.clone()));
                 }
                 // Another daemon's now: its attach goes unused, and it stays.
                 Err(ReplError::Claimed(_)) => continue,
