@@ -288,11 +288,12 @@ impl ClaimedName {
     }
 }
 
-/// Whether a helper's claim `by` (a [`ClaimedName`]) is of a daemon that no longer runs,
-/// as far as `me` can tell; `mine` too counts as gone (an attempt of this daemon's that it
-/// gave up). A claim that names no daemon counts as gone.
-pub fn claim_gone(by: &str, me: &Holder, mine: bool) -> bool {
-    ClaimedName::parse(by).is_none_or(|c| (mine && c.holder == *me) || !c.holder.alive(me))
+/// Whether a helper's claim `by` (a [`ClaimedName`]) on a session may be claimed over by
+/// `me`: its daemon no longer runs, as far as `me` can tell, or it is `me`'s own (a daemon
+/// adopts one session at a time, so its own claim is an attempt it gave up). A claim that
+/// names no daemon counts as gone.
+pub fn claim_gone(by: &str, me: &Holder) -> bool {
+    ClaimedName::parse(by).is_none_or(|c| c.holder == *me || !c.holder.alive(me))
 }
 
 /// Whether a container called `name` belongs to no daemon or to another than `me`: a

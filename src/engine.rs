@@ -898,8 +898,7 @@ impl Engine {
         let token = durable::ClaimedName::new(&s.holder).render();
         let (mut repl, resumed) =
             match Repl::take(&s.backend, &container.id, &token, CONTROL_TIMEOUT, |by| {
-                // Adoptions are one at a time here: a claim of this daemon's was given up.
-                durable::claim_gone(by, &s.holder, true)
+                durable::claim_gone(by, &s.holder)
             })
             .await
             {

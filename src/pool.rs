@@ -566,13 +566,18 @@ impl Pool {
                 .claim(&i.backend, holder, &mut warm, sandbox::SESSION_PACKAGES)
                 .await;
         }
-        // What was not tried is left for the next claim.
-        mode.seen.lock().expect("seen lock").extend(warm);
-        let (repl, volume, created, from) = claimed?;
+        // What was not tried is left for the next claim (once: a census may have
+        // listed it again meanwhile).
+        {
+            let mut seen = mode.seen.lock().expect("seen lock");
+            warm.retain(|c| !seen.iter().any(|s| s.id == c.id));
+            seen.extend(warm);
+        }
+        let (mut sandbox, from) = claimed?;
         tracing::debug!(
             list_ms = listed.as_secs_f64() * 1e3,
             claim_ms = (started.elapsed() - listed).as_secs_f64() * 1e3,
-            container = %repl.name,
+            container = %sandbox.repl.name,
             "claimed a warm sandbox of the host pool"
         );
         {
@@ -581,12 +586,6 @@ impl Pool {
             st.checked_out();
         }
         i.refill.notify_one();
-        let mut sandbox = Sandbox {
-            repl,
-            volume,
-            created,
-            renamed: None,
-        };
         self.rename_later(&mut sandbox, from);
         Some(sandbox)
     }

@@ -134,7 +134,7 @@ impl HostPool {
     }
 
     /// Claim one of `warm` for `holder`: attach (and find its package volume at the same
-    /// time) and claim it in the `hello`; won, it comes with its old name (the caller
+    /// time) and claim it in the `hello`; won, it comes with its old name (the pool
     /// renames it `pdm-t.`, off the reply path). `None` when every one was
     /// taken by someone else first or would not answer.
     pub async fn claim(
@@ -143,7 +143,7 @@ impl HostPool {
         holder: &Holder,
         warm: &mut Vec<Named>,
         target: &str,
-    ) -> Option<(Repl, String, Instant, String)> {
+    ) -> Option<(super::Sandbox, String)> {
         while let Some(c) = warm.pop() {
             if !self.claimable(&c) {
                 continue;
@@ -162,8 +162,13 @@ impl HostPool {
                     let created = Instant::now()
                         .checked_sub(Duration::from_secs(age))
                         .unwrap_or_else(Instant::now);
-                    let volume = volume.ok().flatten().unwrap_or_default();
-                    return Some((repl, volume, created, c.name.clone()));
+                    let sandbox = super::Sandbox {
+                        repl,
+                        volume: volume.ok().flatten().unwrap_or_default(),
+                        created,
+                        renamed: None,
+                    };
+                    return Some((sandbox, c.name));
                 }
                 // Another daemon's now: its attach goes unused, and it stays.
                 Err(ReplError::Claimed(_)) => continue,
