@@ -17,115 +17,12 @@
 //! Runs only with `--bench` (which `cargo bench` passes): under `cargo test --all-targets`
 //! it prints a note and passes.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use base64::Engine as _;
-use serde_json::{json, Value};
+use serde_json::json;
 
-struct Rpc {
-    child: Child,
-    /// Taken (closed) on drop: EOF makes the daemon clean up and exit.
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-    next: u64,
-}
-
-impl Rpc {
-    fn start(bin: &str) -> Rpc {
-        let home = std::env::temp_dir().join(format!("pdm-bench-files-{}", std::process::id()));
-        std::fs::create_dir_all(&home).expect("home");
-        let mut cmd = Command::new(bin);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("PYTHON_DOCKER_MCP_") {
-                cmd.env_remove(&k);
-            }
-        }
-        let mut child = cmd
-            .env("HOME", &home)
-            .env("PYTHON_DOCKER_MCP_POOL_SIZE", "2")
-            .env("PYTHON_DOCKER_MCP_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn python-docker-mcp");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut rpc = Rpc {
-            child,
-            stdin: Some(stdin),
-            stdout,
-            next: 0,
-        };
-        rpc.request(
-            "initialize",
-            json!({"protocolVersion": "2025-11-25", "capabilities": {},
-                   "clientInfo": {"name": "bench-files", "version": "0"}}),
-        );
-        rpc.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
-        rpc
-    }
-
-    fn send(&mut self, message: &Value) {
-        let mut line = serde_json::to_vec(message).unwrap();
-        line.push(b'\n');
-        let stdin = self.stdin.as_mut().expect("open");
-        stdin.write_all(&line).unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// One request; its response and the round trip.
-    fn request(&mut self, method: &str, params: Value) -> (Value, Duration) {
-        self.next += 1;
-        let id = self.next;
-        let started = Instant::now();
-        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
-        loop {
-            let mut line = String::new();
-            if self.stdout.read_line(&mut line).unwrap() == 0 {
-                panic!("the daemon closed stdout");
-            }
-            let message: Value = serde_json::from_str(&line).expect("a JSON line");
-            if message["id"] == id {
-                return (message, started.elapsed());
-            }
-        }
-    }
-
-    fn tool(&mut self, name: &str, arguments: Value) -> (Value, Duration) {
-        let (response, took) =
-            self.request("tools/call", json!({"name": name, "arguments": arguments}));
-        let result = response["result"].clone();
-        assert!(
-            result.is_object() && result["isError"] != true,
-            "{name} failed: {}",
-            &response.to_string()[..response.to_string().len().min(600)]
-        );
-        (result, took)
-    }
-}
-
-impl Drop for Rpc {
-    fn drop(&mut self) {
-        // EOF on stdin: the daemon removes its sandboxes and exits.
-        drop(self.stdin.take());
-        close(&mut self.child);
-    }
-}
-
-/// Wait (bounded) for the daemon to exit after its stdin closed, then kill it.
-fn close(child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-}
+#[path = "common/rpc.rs"]
+mod rpc;
+use rpc::Rpc;
 
 /// Deterministic noise (xorshift), so the bytes do not compress or look like text.
 fn noise(n: usize, mut seed: u64) -> Vec<u8> {
@@ -158,7 +55,11 @@ fn main() {
     });
     let b64 = base64::engine::general_purpose::STANDARD;
 
-    let mut rpc = Rpc::start(&bin);
+    let mut rpc = Rpc::start(
+        &bin,
+        "files",
+        &[("PYTHON_DOCKER_MCP_POOL_SIZE", "2".into())],
+    );
     let (result, _) = rpc.tool("execute-persistent", json!({"code": "1"}));
     let session = result["structuredContent"]["session_id"]
         .as_str()

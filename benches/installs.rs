@@ -23,13 +23,16 @@
 //! Runs only with `--bench` (which `cargo bench` passes): under `cargo test --all-targets`
 //! it prints a note and passes.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use python_docker_mcp::sandbox::CACHE_VOLUME;
-use serde_json::{json, Value};
+use serde_json::json;
+
+#[path = "common/rpc.rs"]
+mod rpc;
+use rpc::Rpc;
 
 /// A small pure-Python wheel installed in every cached round.
 const CACHED: &str = "six";
@@ -70,125 +73,18 @@ struct Args {
     rest: Vec<String>,
 }
 
-struct Rpc {
-    child: Child,
-    /// Taken (closed) on drop: EOF makes the daemon clean up and exit.
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-    next: u64,
-}
-
-impl Rpc {
-    fn start(bin: &str, image: &str, installer: &str) -> Rpc {
-        let home = std::env::temp_dir().join(format!("pdm-bench-installs-{}", std::process::id()));
-        std::fs::create_dir_all(&home).expect("home");
-        let mut cmd = Command::new(bin);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("PYTHON_DOCKER_MCP_") {
-                cmd.env_remove(&k);
-            }
-        }
-        let mut child = cmd
-            .env("HOME", &home)
-            .env("PYTHON_DOCKER_MCP_IMAGE", image)
-            .env("PYTHON_DOCKER_MCP_INSTALLER", installer)
-            .env("PYTHON_DOCKER_MCP_POOL_SIZE", "2")
-            .env("PYTHON_DOCKER_MCP_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn python-docker-mcp");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut rpc = Rpc {
-            child,
-            stdin: Some(stdin),
-            stdout,
-            next: 0,
-        };
-        rpc.request(
-            "initialize",
-            json!({"protocolVersion": "2025-11-25", "capabilities": {},
-                   "clientInfo": {"name": "bench-installs", "version": "0"}}),
-        );
-        rpc.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
-        rpc
+/// One install; its round trip and the installer that ran.
+fn install(rpc: &mut Rpc, package: &str, session: Option<&str>) -> (Duration, String) {
+    let mut args = json!({"package_name": package});
+    if let Some(id) = session {
+        args["session_id"] = json!(id);
     }
-
-    fn send(&mut self, message: &Value) {
-        let mut line = serde_json::to_vec(message).unwrap();
-        line.push(b'\n');
-        let stdin = self.stdin.as_mut().expect("open");
-        stdin.write_all(&line).unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// One request; its response and the round trip.
-    fn request(&mut self, method: &str, params: Value) -> (Value, Duration) {
-        self.next += 1;
-        let id = self.next;
-        let started = Instant::now();
-        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
-        loop {
-            let mut line = String::new();
-            if self.stdout.read_line(&mut line).unwrap() == 0 {
-                panic!("the daemon closed stdout");
-            }
-            let message: Value = serde_json::from_str(&line).expect("a JSON line");
-            if message["id"] == id {
-                return (message, started.elapsed());
-            }
-        }
-    }
-
-    fn tool(&mut self, name: &str, arguments: Value) -> (Value, Duration) {
-        let (response, took) =
-            self.request("tools/call", json!({"name": name, "arguments": arguments}));
-        let result = response["result"].clone();
-        assert!(
-            result.is_object() && result["isError"] != true,
-            "{name} failed: {}",
-            &response.to_string()[..response.to_string().len().min(800)]
-        );
-        (result, took)
-    }
-
-    fn new_session(&mut self) -> String {
-        let (result, _) = self.tool("execute-persistent", json!({"code": "1"}));
-        result["structuredContent"]["session_id"]
-            .as_str()
-            .expect("a session id")
-            .to_string()
-    }
-
-    /// One install; its round trip and the installer that ran.
-    fn install(&mut self, package: &str, session: Option<&str>) -> (Duration, String) {
-        let mut args = json!({"package_name": package});
-        if let Some(id) = session {
-            args["session_id"] = json!(id);
-        }
-        let (result, took) = self.tool("install-package", args);
-        let installer = result["structuredContent"]["installer"]
-            .as_str()
-            .unwrap_or("?")
-            .to_string();
-        (took, installer)
-    }
-}
-
-impl Drop for Rpc {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-    }
+    let (result, took) = rpc.tool("install-package", args);
+    let installer = result["structuredContent"]["installer"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
+    (took, installer)
 }
 
 /// Remove `packages` from the download cache: their wheels in the wheelhouse and their
@@ -251,33 +147,41 @@ fn main() {
         format!("{target}/release/python-docker-mcp")
     });
     let image = &args.image;
-    let mut rpc = Rpc::start(&bin, image, &args.installer);
+    let mut rpc = Rpc::start(
+        &bin,
+        "installs",
+        &[
+            ("PYTHON_DOCKER_MCP_IMAGE", image.to_string()),
+            ("PYTHON_DOCKER_MCP_INSTALLER", args.installer.clone()),
+            ("PYTHON_DOCKER_MCP_POOL_SIZE", "2".into()),
+        ],
+    );
 
     // The cached package, into the download cache (not timed).
-    let warm = rpc.new_session();
-    rpc.install(CACHED, Some(&warm));
-    rpc.install(CACHED, None);
+    let warm = rpc.new_session("1");
+    install(&mut rpc, CACHED, Some(&warm));
+    install(&mut rpc, CACHED, None);
 
     let (mut session_cached, mut installer) = (Vec::new(), String::new());
     for _ in 0..args.rounds {
-        let id = rpc.new_session();
-        let (took, used) = rpc.install(CACHED, Some(&id));
+        let id = rpc.new_session("1");
+        let (took, used) = install(&mut rpc, CACHED, Some(&id));
         session_cached.push(took);
         installer = used;
     }
     forget(image, FRESH_SESSION);
-    let id = rpc.new_session();
+    let id = rpc.new_session("1");
     let session_fresh: Vec<Duration> = FRESH_SESSION
         .iter()
-        .map(|p| rpc.install(p, Some(&id)).0)
+        .map(|p| install(&mut rpc, p, Some(&id)).0)
         .collect();
     let shared_cached: Vec<Duration> = (0..args.rounds)
-        .map(|_| rpc.install(CACHED, None).0)
+        .map(|_| install(&mut rpc, CACHED, None).0)
         .collect();
     forget(image, FRESH_SHARED);
     let shared_fresh: Vec<Duration> = FRESH_SHARED
         .iter()
-        .map(|p| rpc.install(p, None).0)
+        .map(|p| install(&mut rpc, p, None).0)
         .collect();
     drop(rpc);
     let reference: Vec<Duration> = (0..args.rounds).map(|_| docker_run_pass(image)).collect();

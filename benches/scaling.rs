@@ -31,11 +31,14 @@
 //! it prints a note and passes.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
+
+#[path = "common/rpc.rs"]
+mod rpc;
+use rpc::Rpc;
 
 /// The label every object the daemon makes carries (`sandbox::labels::MANAGED`).
 const MANAGED: &str = python_docker_mcp::sandbox::labels::MANAGED;
@@ -43,123 +46,6 @@ const PID_LABEL: &str = python_docker_mcp::sandbox::labels::PID;
 const ROLE_LABEL: &str = python_docker_mcp::sandbox::labels::ROLE;
 
 const MIB: f64 = 1024.0 * 1024.0;
-
-struct Rpc {
-    child: Child,
-    /// Taken (closed) on drop: EOF makes the daemon clean up and exit.
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-    next: u64,
-}
-
-impl Rpc {
-    fn start(bin: &str, env: &[(&str, String)]) -> Rpc {
-        let home = std::env::temp_dir().join(format!("pdm-bench-scaling-{}", std::process::id()));
-        std::fs::create_dir_all(&home).expect("home");
-        let mut cmd = Command::new(bin);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("PYTHON_DOCKER_MCP_") {
-                cmd.env_remove(&k);
-            }
-        }
-        cmd.env("HOME", &home).env("PYTHON_DOCKER_MCP_LOG", "warn");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn python-docker-mcp");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut rpc = Rpc {
-            child,
-            stdin: Some(stdin),
-            stdout,
-            next: 0,
-        };
-        rpc.request(
-            "initialize",
-            json!({"protocolVersion": "2025-11-25", "capabilities": {},
-                   "clientInfo": {"name": "bench-scaling", "version": "0"}}),
-        );
-        rpc.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
-        rpc
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn send(&mut self, message: &Value) {
-        let mut line = serde_json::to_vec(message).unwrap();
-        line.push(b'\n');
-        let stdin = self.stdin.as_mut().expect("open");
-        stdin.write_all(&line).unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn request(&mut self, method: &str, params: Value) -> Value {
-        self.next += 1;
-        let id = self.next;
-        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
-        loop {
-            let mut line = String::new();
-            if self.stdout.read_line(&mut line).unwrap() == 0 {
-                panic!("the daemon closed stdout");
-            }
-            let message: Value = serde_json::from_str(&line).expect("a JSON line");
-            if message["id"] == id {
-                return message;
-            }
-        }
-    }
-
-    fn tool(&mut self, name: &str, arguments: Value) -> Value {
-        let response = self.request("tools/call", json!({"name": name, "arguments": arguments}));
-        let result = response["result"].clone();
-        assert!(
-            result.is_object() && result["isError"] != true,
-            "{name} failed: {}",
-            &response.to_string()[..response.to_string().len().min(600)]
-        );
-        result
-    }
-
-    /// A new session holding `x`; its id.
-    fn new_session(&mut self, i: usize) -> String {
-        let result = self.tool("execute-persistent", json!({"code": format!("x = {i}")}));
-        result["structuredContent"]["session_id"]
-            .as_str()
-            .expect("a session id")
-            .to_string()
-    }
-
-    /// Close stdin and wait (bounded) for the daemon's shutdown to finish.
-    fn close(mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-    }
-}
-
-impl Drop for Rpc {
-    fn drop(&mut self) {
-        if self.stdin.is_some() {
-            drop(self.stdin.take());
-            std::thread::sleep(Duration::from_secs(5));
-            let _ = self.child.kill();
-        }
-    }
-}
 
 // ---------------------------------------------------------------- reading the host
 
@@ -365,7 +251,11 @@ fn pool_part(bin: &str, size: usize, pids: &mut Vec<u32>) -> Pool {
         fds(dockerd),
         rss(containerd),
     );
-    let rpc = Rpc::start(bin, &[("PYTHON_DOCKER_MCP_POOL_SIZE", size.to_string())]);
+    let rpc = Rpc::start(
+        bin,
+        "scaling",
+        &[("PYTHON_DOCKER_MCP_POOL_SIZE", size.to_string())],
+    );
     pids.push(rpc.pid());
     let fill = wait_for_sandboxes(rpc.pid(), size);
     std::thread::sleep(Duration::from_secs(5)); // let the helpers settle
@@ -500,6 +390,7 @@ fn main() {
     let pool_size = 4;
     let mut rpc = Rpc::start(
         &bin,
+        "scaling",
         &[
             ("PYTHON_DOCKER_MCP_POOL_SIZE", pool_size.to_string()),
             (
@@ -520,7 +411,7 @@ fn main() {
     for target in steps {
         while sessions.len() < target {
             let i = sessions.len();
-            sessions.push(rpc.new_session(i));
+            sessions.push(rpc.new_session(&format!("x = {}", i)));
         }
         wait_for_sandboxes(rpc.pid(), target + pool_size);
         std::thread::sleep(Duration::from_secs(2));
@@ -545,7 +436,7 @@ fn main() {
     let session = sessions
         .first()
         .cloned()
-        .unwrap_or_else(|| rpc.new_session(0));
+        .unwrap_or_else(|| rpc.new_session("x = 0"));
     let persistent = measure_cpu(&mut rpc, calls, |rpc| {
         rpc.tool(
             "execute-persistent",

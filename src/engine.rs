@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod files;
-pub use files::FileList;
+pub use files::{FileList, FileOpError};
 #[cfg(test)]
 mod tests_fake;
 
@@ -143,6 +143,28 @@ pub struct ExecResult {
     /// A transient run's changed files, sent as embedded resources.
     #[serde(skip)]
     pub files: Vec<FileData>,
+}
+
+impl crate::metrics::RunReport for ExecResult {
+    /// The time-out wins over a cancel, a cancel over a lost sandbox, that over an exception.
+    fn outcome(&self) -> crate::metrics::Outcome {
+        use crate::metrics::Outcome;
+        if self.timed_out {
+            Outcome::Timeout
+        } else if self.cancelled {
+            Outcome::Cancelled
+        } else if self.sandbox_lost {
+            Outcome::SandboxLost
+        } else if self.error.is_some() {
+            Outcome::Error
+        } else {
+            Outcome::Ok
+        }
+    }
+
+    fn output_bytes(&self) -> (usize, usize) {
+        (self.stdout.len(), self.stderr.len())
+    }
 }
 
 impl ExecResult {
@@ -633,7 +655,10 @@ impl Engine {
         };
         if let Err(e) = self.write_inputs(&mut sandbox.repl, &inputs).await {
             pool.discard(sandbox);
-            return Err(ExecError::Files(Box::new(e)));
+            return Err(match e {
+                FileOpError::File(e) => ExecError::Files(Box::new(e)),
+                FileOpError::Session(e) => e,
+            });
         }
         let outcome = sandbox
             .repl
@@ -1773,6 +1798,23 @@ fn parse_requirements(packages: &[String]) -> Result<Vec<Requirement>, Requireme
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_execution_has_one_outcome_and_the_time_out_wins() {
+        use crate::metrics::{Outcome, RunReport as _};
+        let mut r = super::ExecResult::default();
+        assert_eq!(r.outcome(), Outcome::Ok);
+        r.error = Some(crate::repl::PyError {
+            kind: "ZeroDivisionError".into(),
+            message: "division by zero".into(),
+            traceback: String::new(),
+        });
+        assert_eq!(r.outcome(), Outcome::Error);
+        r.sandbox_lost = true;
+        assert_eq!(r.outcome(), Outcome::SandboxLost);
+        r.timed_out = true;
+        assert_eq!(r.outcome(), Outcome::Timeout);
+    }
+
     use super::*;
 
     #[test]

@@ -42,9 +42,6 @@ pub enum FileError {
     /// Base64 content that does not decode.
     #[error("`content` is not valid base64 ({0}); send text with encoding \"text\", or encode the bytes as standard base64")]
     Base64(String),
-    /// The session is unknown, ended, or broken.
-    #[error(transparent)]
-    Session(#[from] crate::engine::ExecError),
     /// A resource URI this server did not make.
     #[error("`{0}` is not a file of a session: expected sandbox://sessions/SESSION_ID/files/PATH")]
     BadUri(String),

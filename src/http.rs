@@ -238,7 +238,6 @@ pub fn router(
         let legacy = crate::sse::Legacy::new(
             server,
             stop,
-            draining,
             allowed_hosts(plan),
             crate::files::message_limit(engine.config()),
             engine.arrivals(),
@@ -253,7 +252,7 @@ pub fn router(
         ))
         .layer(auth.clone())
         .layer(middleware::from_fn_with_state(posts.clone(), count_posts));
-    let metrics = crate::metrics::router(engine.clone(), plan.clients());
+    let metrics = metrics_router(engine.clone(), plan.clients());
     let metrics = match engine.config().server.metrics_public {
         true => metrics,
         false => metrics.layer(auth),
@@ -372,7 +371,8 @@ struct Newcomers {
 }
 
 /// During the drain, refuse what opens a new MCP session with 503 and `Retry-After`:
-/// an `initialize` POST without `Mcp-Session-Id`, and the stateless `server/discover`
+/// a `GET /sse` (a new legacy SSE stream), an `initialize` POST without `Mcp-Session-Id`,
+/// and the stateless `server/discover`
 /// (2026-07-28 has no sessions; discover is how a new client begins). Everything else is
 /// served: the requests and streams of existing MCP sessions, and stateless requests
 /// other than discover, which belong to clients already here (`tasks/get` of a task the
@@ -380,6 +380,10 @@ struct Newcomers {
 /// shutting down", in both generations. Only a POST without a session id is read ahead,
 /// and only while draining.
 async fn refuse_newcomers(State(gate): State<Newcomers>, req: Request, next: Next) -> Response {
+    if gate.draining.is_cancelled() && req.method() == Method::GET && req.uri().path() == "/sse" {
+        tracing::info!("refused a new legacy SSE stream: draining");
+        return draining_refusal();
+    }
     if !gate.draining.is_cancelled()
         || req.method() != Method::POST
         || req.headers().contains_key(HEADER_SESSION_ID)
@@ -414,8 +418,41 @@ fn opens_a_session(body: &[u8]) -> bool {
         .is_some_and(|m| m == "initialize" || m == "server/discover")
 }
 
+/// `GET /metrics`, with the recorder installed. The caller decides whether it needs a
+/// token (`server.metrics_public`). Every client that may call gets a `pdm_sessions`
+/// series, 0 when it has no session.
+fn metrics_router(engine: Engine, clients: Vec<Client>) -> Router {
+    crate::metrics::install();
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state((engine, Arc::new(clients)))
+}
+
+/// Read the state gauges from the engine, then render every metric.
+async fn scrape(State((engine, clients)): State<(Engine, Arc<Vec<Client>>)>) -> Response {
+    let stats = engine.pool_stats();
+    let mut sessions = engine.sessions_per_client();
+    for client in clients.iter() {
+        sessions.entry(client.clone()).or_insert(0);
+    }
+    let gauges = crate::metrics::Gauges {
+        warm: stats.warm,
+        creating: stats.creating,
+        waiting: stats.waiting,
+        sessions: sessions
+            .into_iter()
+            .map(|(client, n)| (client.name().to_string(), n))
+            .collect(),
+    };
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::render(gauges),
+    )
+        .into_response()
+}
+
 /// 503 with `Retry-After`: what a new MCP session gets during the drain, on every transport.
-pub(crate) fn draining_refusal() -> Response {
+fn draining_refusal() -> Response {
     let text = format!(
         "Service Unavailable: the server is draining for a shutdown or restart and opens no \
          new MCP sessions; running calls may finish. Retry in {RETRY_AFTER} s\n"

@@ -44,8 +44,10 @@
 //!   adapter over the same tool layer, behind the same layers as `/mcp`.
 //! - [`tasks`]: long runs as MCP tasks (`tasks/get`, `tasks/cancel`): owners, output so far,
 //!   results kept `server.task_ttl`.
-//! - [`http`]: streamable HTTP at `/mcp` behind bearer tokens, `/health` and `/ready`.
-//! - [`metrics`]: Prometheus metrics (names, recording helpers) and `GET /metrics`.
+//! - [`http`]: streamable HTTP at `/mcp` behind bearer tokens, `/health`, `/ready` and
+//!   `/metrics` (which reads the engine's gauges at scrape time).
+//! - [`metrics`]: Prometheus metrics: names, recording helpers, rendering; it knows nothing
+//!   above it (the engine's results report through its `RunReport` trait).
 //! - [`text`]: user input echoed in messages, clipped.
 //! - [`demo`]: a real MCP client session against this binary, for the README's first command.
 //! - [`doctor`]: `python-docker-mcp doctor`, the host's checks with verdicts and fixes.

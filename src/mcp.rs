@@ -43,7 +43,9 @@ use rmcp::RoleServer;
 use tokio::sync::mpsc;
 
 use crate::client::Client;
-use crate::engine::{CallContext, Engine, ExecError, ExecResult, FileList, InstallResult};
+use crate::engine::{
+    CallContext, Engine, ExecError, ExecResult, FileList, FileOpError, InstallResult,
+};
 use crate::files::{self, FileData, FileEntry, FileError, FileInput};
 use crate::metrics::{Timed as _, TimedRun as _};
 use crate::order::Turn;
@@ -528,8 +530,8 @@ fn resource_contents(uri: String, data: FileData) -> ResourceContents {
 
 /// The answer to a file operation that failed: an unknown session reads exactly as for any
 /// other tool.
-fn file_error(e: FileError) -> CallToolResult {
-    tool_error(e)
+fn file_error(e: impl Into<FileOpError>) -> CallToolResult {
+    tool_error(e.into())
 }
 
 /// Arguments of the tools that act on one session.
@@ -1189,8 +1191,10 @@ impl ServerHandler for Server {
             .timed("resources/read")
             .await
             .map_err(|e| match e {
-                FileError::Path(_) => ErrorData::invalid_params(e.to_string(), None),
-                FileError::Session(ExecError::ShuttingDown(_)) => {
+                FileOpError::File(FileError::Path(_)) => {
+                    ErrorData::invalid_params(e.to_string(), None)
+                }
+                FileOpError::Session(ExecError::ShuttingDown(_)) => {
                     ErrorData::internal_error(e.to_string(), None)
                 }
                 _ => ErrorData::resource_not_found(e.to_string(), None),

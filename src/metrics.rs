@@ -1,8 +1,10 @@
-//! Prometheus metrics: every metric's name, the helpers that record them, and `GET /metrics`.
+//! Prometheus metrics: every metric's name, the helpers that record them, and the rendering
+//! that `GET /metrics` serves.
 //!
 //! The `metrics` facade records; `metrics-exporter-prometheus` (without its own HTTP listener
 //! or push gateway) keeps the values and renders the Prometheus text format, which the HTTP
-//! service serves at `/metrics` ([`router`]). Nothing here formats the text by hand.
+//! service serves at `/metrics` (its route lives in `http.rs`, which reads the engine; this
+//! module knows nothing above it). Nothing here formats the text by hand.
 //!
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
@@ -20,31 +22,23 @@
 //! session id.
 //!
 //! **State gauges are read, not tracked.** `pdm_pool_sandboxes`, `pdm_pool_waiting` and
-//! `pdm_sessions` are set from the engine's own counters ([`Engine::pool_stats`],
-//! [`Engine::sessions_per_client`]) when `/metrics` is scraped, so they cannot drift from
-//! the truth. Every client of the tokens file is listed, with 0 when it has no session.
+//! `pdm_sessions` are set from the engine's own counters (`Engine::pool_stats`,
+//! `Engine::sessions_per_client`) when `/metrics` is scraped ([`render`]), so they cannot
+//! drift from the truth. Every client of the tokens file is listed, with 0 when it has no
+//! session.
 //!
-//! **One recorder per process.** [`router`] installs it the first time (the HTTP service
+//! **One recorder per process.** [`install`], called when the HTTP router is built, installs it the first time (the HTTP service
 //! is the only way to read it). A stdio daemon never installs one: the recording helpers
 //! then go to the facade's no-op recorder and cost next to nothing. Histogram samples are
 //! folded into their buckets as they are recorded (the exporter's upkeep), so memory stays
 //! bounded however long nobody scrapes, with no background task to own.
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::client::Client;
-use crate::engine::ExecResult;
-use crate::Engine;
 
 pub const POOL_SANDBOXES: &str = "pdm_pool_sandboxes";
 pub const POOL_WAITING: &str = "pdm_pool_waiting";
@@ -65,7 +59,7 @@ const EXECUTION_BUCKETS: &[f64] = &[
 ];
 
 /// The Prometheus text format's content type.
-const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The process's recorder, installed by the first [`install`].
 static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -99,21 +93,15 @@ impl Outcome {
             Outcome::Failed => "failed",
         }
     }
+}
 
-    /// The outcome of an execution that ran.
-    pub fn of(r: &ExecResult) -> Outcome {
-        if r.timed_out {
-            Outcome::Timeout
-        } else if r.cancelled {
-            Outcome::Cancelled
-        } else if r.sandbox_lost {
-            Outcome::SandboxLost
-        } else if r.error.is_some() {
-            Outcome::Error
-        } else {
-            Outcome::Ok
-        }
-    }
+/// What an execute tool's result tells the metrics: how it ended and how much output it
+/// returned. The engine's result implements it, so this module need not know the engine.
+pub trait RunReport {
+    /// How the run ended.
+    fn outcome(&self) -> Outcome;
+    /// Bytes of stdout and of stderr returned to the client.
+    fn output_bytes(&self) -> (usize, usize);
 }
 
 /// Install the process's recorder (the first call does it) and return its handle.
@@ -224,17 +212,18 @@ impl<T, E, F: Future<Output = Result<T, E>>> Timed<T, E> for F {}
 
 /// Record an execute tool's engine call when it finishes:
 /// `engine.execute_x(..).run_timed("tool").await`.
-pub trait TimedRun<E>: Future<Output = Result<ExecResult, E>> + Sized {
+pub trait TimedRun<R: RunReport, E>: Future<Output = Result<R, E>> + Sized {
     /// Record the call, with the run's [`Outcome`] and its output bytes.
-    fn run_timed(self, tool: &'static str) -> impl Future<Output = Result<ExecResult, E>> {
+    fn run_timed(self, tool: &'static str) -> impl Future<Output = Result<R, E>> {
         async move {
             let started = Instant::now();
             let result = self.await;
             let outcome = match &result {
                 Ok(r) => {
-                    counter!(OUTPUT_BYTES, "stream" => "stdout").increment(r.stdout.len() as u64);
-                    counter!(OUTPUT_BYTES, "stream" => "stderr").increment(r.stderr.len() as u64);
-                    Outcome::of(r)
+                    let (stdout, stderr) = r.output_bytes();
+                    counter!(OUTPUT_BYTES, "stream" => "stdout").increment(stdout as u64);
+                    counter!(OUTPUT_BYTES, "stream" => "stderr").increment(stderr as u64);
+                    r.outcome()
                 }
                 Err(_) => Outcome::Failed,
             };
@@ -244,66 +233,28 @@ pub trait TimedRun<E>: Future<Output = Result<ExecResult, E>> + Sized {
     }
 }
 
-impl<E, F: Future<Output = Result<ExecResult, E>>> TimedRun<E> for F {}
+impl<R: RunReport, E, F: Future<Output = Result<R, E>>> TimedRun<R, E> for F {}
 
-/// What `/metrics` reads at scrape time.
-struct Scrape {
-    engine: Engine,
-    /// Every client that may call (tokens file names, or `local`): each gets a
-    /// `pdm_sessions` series, 0 when it has no session.
-    clients: Vec<Client>,
+/// The state gauges at scrape time, read from the engine by the caller.
+pub struct Gauges {
+    /// Sandboxes ready to hand out.
+    pub warm: usize,
+    /// Sandboxes being created now.
+    pub creating: usize,
+    /// Calls waiting for a sandbox.
+    pub waiting: usize,
+    /// Live sessions per client name; every client that may call, 0 when it has none.
+    pub sessions: Vec<(String, usize)>,
 }
 
-/// `GET /metrics`, with the recorder installed. The caller decides whether it needs a
-/// token (`server.metrics_public`).
-pub fn router(engine: Engine, clients: Vec<Client>) -> Router {
-    install();
-    Router::new()
-        .route("/metrics", get(scrape))
-        .with_state(Arc::new(Scrape { engine, clients }))
-}
-
-/// Set the state gauges from the engine, then render every metric.
-fn render(engine: &Engine, clients: &[Client]) -> String {
+/// Set the state gauges, then render every metric (installing the recorder if needed).
+pub fn render(gauges: Gauges) -> String {
     let handle = install();
-    let stats = engine.pool_stats();
-    gauge!(POOL_SANDBOXES, "state" => "warm").set(stats.warm as f64);
-    gauge!(POOL_SANDBOXES, "state" => "creating").set(stats.creating as f64);
-    gauge!(POOL_WAITING).set(stats.waiting as f64);
-    let mut sessions = engine.sessions_per_client();
-    for client in clients {
-        sessions.entry(client.clone()).or_insert(0);
-    }
-    for (client, n) in sessions {
-        gauge!(SESSIONS, "client" => client.name().to_string()).set(n as f64);
+    gauge!(POOL_SANDBOXES, "state" => "warm").set(gauges.warm as f64);
+    gauge!(POOL_SANDBOXES, "state" => "creating").set(gauges.creating as f64);
+    gauge!(POOL_WAITING).set(gauges.waiting as f64);
+    for (client, n) in gauges.sessions {
+        gauge!(SESSIONS, "client" => client).set(n as f64);
     }
     handle.render()
-}
-
-async fn scrape(State(s): State<Arc<Scrape>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        render(&s.engine, &s.clients),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_execution_has_one_outcome_and_the_time_out_wins() {
-        let mut r = ExecResult::default();
-        assert_eq!(Outcome::of(&r), Outcome::Ok);
-        r.error = Some(crate::repl::PyError {
-            kind: "ZeroDivisionError".into(),
-            message: "division by zero".into(),
-            traceback: String::new(),
-        });
-        assert_eq!(Outcome::of(&r), Outcome::Error);
-        r.sandbox_lost = true;
-        assert_eq!(Outcome::of(&r), Outcome::SandboxLost);
-        r.timed_out = true;
-        assert_eq!(Outcome::of(&r), Outcome::Timeout);
-    }
 }

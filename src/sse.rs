@@ -70,8 +70,6 @@ struct Shared {
     streams: Mutex<HashMap<String, Stream>>,
     /// rmcp's sessions token of the HTTP service: cancelling it ends every stream too.
     stop: CancellationToken,
-    /// Fired when the drain begins: no new stream is opened.
-    draining: CancellationToken,
     /// The `Host` names accepted, or `None` for any (with tokens; see `crate::http`).
     allowed_hosts: Option<Vec<String>>,
     /// `server.max_message`: the largest POST body read.
@@ -90,7 +88,6 @@ impl Legacy {
     pub fn new(
         server: Server,
         stop: &CancellationToken,
-        draining: &CancellationToken,
         allowed_hosts: Option<Vec<String>>,
         max_message: u64,
         arrivals: Arrivals,
@@ -100,7 +97,6 @@ impl Legacy {
                 server,
                 streams: Mutex::default(),
                 stop: stop.clone(),
-                draining: draining.clone(),
                 allowed_hosts,
                 max_message: usize::try_from(max_message).unwrap_or(usize::MAX),
                 arrivals,
@@ -140,10 +136,6 @@ async fn open(State(legacy): State<Legacy>, req: Request) -> Response {
     let shared = &legacy.shared;
     if let Some(refused) = check_host(shared.allowed_hosts.as_deref(), req.headers()) {
         return refused;
-    }
-    if shared.draining.is_cancelled() {
-        tracing::info!("refused a new legacy SSE stream: draining");
-        return crate::http::draining_refusal();
     }
     let Some(client) = req.extensions().get::<Client>().cloned() else {
         return no_client();

@@ -7,10 +7,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::phases::PRINT_1;
 use crate::references::{docker_run_once, PROFILE_FLAGS};
 use crate::samples::{ms_since, Series};
-use crate::servers::{call, server_containers, spawn, sweep, transient, Target};
+use crate::servers::{call, server_containers, spawn, sweep, transient, Target, PRINT_1};
 
 #[derive(Default)]
 pub struct AfterSpawn {

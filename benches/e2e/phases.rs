@@ -15,12 +15,9 @@ use crate::refill::Refill;
 use crate::samples::{ms_since, throughput, timed, Parallel, Rate, Series};
 use crate::servers::{
     call, server_containers, session_id, settle, spawn, sweep, transient, wait_warm, Client, Kind,
-    Target,
+    Target, PRINT_1,
 };
 use crate::{IN_FLIGHT, SPACING};
-
-/// What a transient `print(1)` answers.
-pub const PRINT_1: &str = "Execution Result:\n\n1";
 
 #[derive(Default)]
 pub struct ServerResults {

@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::phases::PRINT_1;
 use crate::plan::Plan;
 use crate::samples::{ms_since, timed, Series};
-use crate::servers::{call, container_states, session_id, transient, Client, Target};
+use crate::servers::{call, container_states, session_id, transient, Client, Target, PRINT_1};
 
 /// How often the sampler asks the engine.
 const SAMPLE_EVERY: Duration = Duration::from_millis(400);

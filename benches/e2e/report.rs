@@ -244,7 +244,7 @@ pub fn report(run: &Run<'_>) -> String {
         }
     }
 
-    out.push_str(&issue_11_tables(d, after_spawn, servers));
+    out.push_str(&pool_targets_tables(d, after_spawn, servers));
 
     out.push_str(
         "\n<details><summary>All series (ms): min, p50, p90, max, mean, N, failures</summary>\n\n",
@@ -436,9 +436,10 @@ fn opt_ms(v: Option<f64>) -> String {
     v.map(fmt_ms).unwrap_or_else(|| "—".into())
 }
 
-/// The phases of issue 11 and its targets, each figure next to the reference measured in
+/// The pool's targets (first call after spawn, calls while it refills, back-to-back
+/// transient runs), each figure next to the reference measured in
 /// the same run.
-fn issue_11_tables(
+fn pool_targets_tables(
     d: Option<&DockerResults>,
     after_spawn: Option<&AfterSpawn>,
     servers: &[(String, Result<ServerResults, String>)],

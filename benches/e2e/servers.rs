@@ -118,6 +118,9 @@ pub fn session_id(text: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// What a transient `print(1)` answers.
+pub const PRINT_1: &str = "Execution Result:\n\n1";
+
 pub fn transient(code: &str) -> serde_json::Value {
     json!({ "code": code })
 }

@@ -7,12 +7,30 @@ use std::collections::BTreeMap;
 
 use super::{Engine, ExecError, ExecResult, CONTROL_TIMEOUT};
 use crate::client::Client;
-use crate::files::{self, FileData, FileEntry, FileError};
+use crate::files::{self, FileData, FileEntry, FileError, PathError};
 use crate::repl::{FileRefusal, Repl, ReplError};
 use crate::text::clip;
 
 /// A transient run's input file: the path as given, the path resolved, the bytes.
 pub(super) type Input<'f> = (String, String, &'f [u8]);
+
+/// Why a file operation on a session failed: the file itself, or the session it names.
+/// (`files.rs` stays pure: its [`FileError`] knows nothing of sessions.)
+#[derive(Debug, thiserror::Error)]
+pub enum FileOpError {
+    /// The path, the size, the helper's refusal, bad base64.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The session is unknown, ended, or broken; or the server is shutting down.
+    #[error(transparent)]
+    Session(#[from] ExecError),
+}
+
+impl From<PathError> for FileOpError {
+    fn from(e: PathError) -> FileOpError {
+        FileOpError::File(e.into())
+    }
+}
 
 /// A directory listing of a session.
 #[derive(Debug, Clone)]
@@ -33,7 +51,7 @@ impl Engine {
         path: &str,
         bytes: &[u8],
         client: &Client,
-    ) -> Result<(String, u64), FileError> {
+    ) -> Result<(String, u64), FileOpError> {
         let _call = self
             .admit("upload-file", Some(id), client)
             .map_err(ExecError::from)?;
@@ -54,7 +72,7 @@ impl Engine {
         id: &str,
         path: &str,
         client: &Client,
-    ) -> Result<FileData, FileError> {
+    ) -> Result<FileData, FileOpError> {
         let _call = self
             .admit("download-file", Some(id), client)
             .map_err(ExecError::from)?;
@@ -77,7 +95,7 @@ impl Engine {
         id: &str,
         path: Option<&str>,
         client: &Client,
-    ) -> Result<FileList, FileError> {
+    ) -> Result<FileList, FileOpError> {
         let _call = self
             .admit("list-files", Some(id), client)
             .map_err(ExecError::from)?;
@@ -91,7 +109,9 @@ impl Engine {
                 entries: listing.entries,
                 truncated: listing.truncated,
             }),
-            Ok(Err(refusal)) => Err(refused(refusal, path.unwrap_or("."), self.file_limit())),
+            Ok(Err(refusal)) => {
+                Err(refused(refusal, path.unwrap_or("."), self.file_limit()).into())
+            }
             Err(e) => Err(ExecError::Broken(clip(id).into(), e.to_string()).into()),
         }
     }
@@ -118,7 +138,7 @@ impl Engine {
         &self,
         repl: &mut Repl,
         inputs: &[Input<'_>],
-    ) -> Result<(), FileError> {
+    ) -> Result<(), FileOpError> {
         for (path, full, bytes) in inputs {
             write_file(repl, full, bytes, self.file_limit())
                 .await
@@ -184,9 +204,9 @@ enum Moved {
     Repl(ReplError),
 }
 
-fn broken(e: Moved, id: &str, path: &str, limit: u64) -> FileError {
+fn broken(e: Moved, id: &str, path: &str, limit: u64) -> FileOpError {
     match e {
-        Moved::Refused(r) => refused(r, path, limit),
+        Moved::Refused(r) => refused(r, path, limit).into(),
         Moved::Repl(e) => ExecError::Broken(clip(id).into(), e.to_string()).into(),
     }
 }
