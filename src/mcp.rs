@@ -276,12 +276,14 @@ impl Server {
     /// Run an execution or install. A client that declares the tasks extension gets a task
     /// when the run has not finished within `server.task_after` (unless it already holds
     /// [`crate::tasks::MAX_TASKS_PER_CLIENT`]); any other call blocks until the result, with
-    /// progress, as before. `work` gets the call's context; `timeout` is the call's own.
+    /// progress, as before. `work` gets the call's context; `timeout` is the call's own;
+    /// `interruptible` is false for a run `tasks/cancel` must leave going (an install).
     async fn run<W, F>(
         &self,
         ctx: &RequestContext<RoleServer>,
         client: &Client,
         timeout: Option<f64>,
+        interruptible: bool,
         work: W,
     ) -> Result<CallToolResponse, ErrorData>
     where
@@ -358,6 +360,7 @@ impl Server {
                 .map_err(|e| ErrorData::internal_error(format!("the call failed: {e}"), None));
         }
         open.store(false, Ordering::Relaxed);
+        let cancel = interruptible.then_some(cancel);
         let task = self.tasks.adopt(client, run, cancel, tail, started);
         Ok(CallToolResponse::Task(CreateTaskResult::new(task)))
     }
@@ -679,7 +682,7 @@ value and any exception with its traceback.",
         }
         let engine = self.engine.clone();
         let who = client.clone();
-        self.run(&ctx, &client, args.timeout, move |call| async move {
+        self.run(&ctx, &client, args.timeout, true, move |call| async move {
             let result = engine
                 .execute_transient(
                     &args.code,
@@ -718,7 +721,7 @@ cleanup-session when you are done.",
         in_turn(&ctx).await;
         let engine = self.engine.clone();
         let who = client.clone();
-        self.run(&ctx, &client, args.timeout, move |call| async move {
+        self.run(&ctx, &client, args.timeout, true, move |call| async move {
             let session = args.session_id.as_deref().filter(|s| !s.is_empty());
             let result = engine
                 .execute_persistent(&args.code, session, &args.packages, &who, &call)
@@ -832,7 +835,7 @@ no network.",
         let engine = self.engine.clone();
         let who = client.clone();
         // An install cannot be interrupted: the call context only carries progress.
-        self.run(&ctx, &client, None, move |_call| async move {
+        self.run(&ctx, &client, None, false, move |_call| async move {
             let session = args.session_id.as_deref().filter(|s| !s.is_empty());
             let packages = args.package_name.into_vec();
             match engine
