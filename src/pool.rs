@@ -92,6 +92,9 @@ const REFILL_DEFER_MAX: Duration = Duration::from_secs(2);
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 /// Longest pause between creations while they keep failing.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long a claim waits for the refill task's first census before it lists the engine
+/// itself: a listing takes 5 to 60 ms, so this only bounds a census stuck on a slow engine.
+const FIRST_CENSUS_WAIT: Duration = Duration::from_secs(2);
 /// A request finding the pool broken may ask for a probe creation once the last failure
 /// is this old (or older than the back-off, if that is shorter): the bound on how long a
 /// fixed engine or image goes unnoticed while calls keep coming.
@@ -343,6 +346,11 @@ struct HostMode {
     /// claim tries them first and lists the engine again only when none was had (a list
     /// costs dockerd more than a lost claim). A sync lock, never held across an `.await`.
     seen: std::sync::Mutex<Vec<Named>>,
+    /// True once the refill task's first census has ended (well or not). A claim made
+    /// before that waits for it, at most [`FIRST_CENSUS_WAIT`], instead of listing the
+    /// engine a second time at once: a daemon's first call comes a few milliseconds after
+    /// its spawn, while that census is under way, and two listings at once slow both.
+    censused: tokio::sync::watch::Sender<bool>,
 }
 
 /// A handle on the pool; clone it freely.
@@ -426,6 +434,7 @@ impl Pool {
             env: Default::default(),
             renaming: Default::default(),
             seen: Default::default(),
+            censused: tokio::sync::watch::Sender::new(false),
         });
         Pool {
             inner: Arc::new(Inner {
@@ -550,6 +559,9 @@ impl Pool {
             let renaming = mode.renaming.lock().expect("renaming lock");
             warm.retain(|c| !renaming.contains(&c.id));
         };
+        // The first census of the refill task, if it is still under way.
+        let mut first = mode.censused.subscribe();
+        let _ = tokio::time::timeout(FIRST_CENSUS_WAIT, first.wait_for(|done| *done)).await;
         // What the last census saw first; then the engine, listed again.
         let mut listed = Duration::ZERO;
         let mut warm = std::mem::take(&mut *mode.seen.lock().expect("seen lock"));
@@ -901,6 +913,9 @@ impl Pool {
                     st.host_free = c.free.len();
                     *h.seen.lock().expect("seen lock") = c.warm;
                 }
+            }
+            if let Some(h) = &self.inner.host {
+                h.censused.send_replace(true);
             }
             let (spawn, wake_at, mut background) = {
                 let mut st = self.inner.state.lock().expect("pool lock");
