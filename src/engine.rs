@@ -42,6 +42,8 @@ use crate::calls::{CallGuard, Calls, Running, ShuttingDown};
 use crate::client::Client;
 use crate::config::{human_bytes, Config};
 use crate::durable::{self, Holder, OwnerKey, SessionName};
+use crate::egress::daemon::{AskUser, Egress, EgressError, NetworkReport};
+use crate::egress::policy::List;
 use crate::files::{FileChange, FileData, FileError};
 use crate::install::{self, Requirement, RequirementError};
 use crate::pool::{AcquireError, Pool, PoolStats};
@@ -71,6 +73,12 @@ pub struct CallContext {
     /// The call's own time-out in seconds, as the client asked (`timeout`); checked
     /// against `docker.max_timeout`. None: `docker.timeout`.
     pub timeout: Option<f64>,
+    /// Asks the call's user a yes/no question (`network.ask`), when the client declared
+    /// MCP elicitation.
+    pub ask: Option<AskUser>,
+    /// The call's `network` list, as the client wrote it (`None`: no network; a session
+    /// keeps its list).
+    pub network: Option<Vec<String>>,
 }
 
 /// The structured result of an execution (`execute-transient`, `execute-persistent`).
@@ -143,6 +151,10 @@ pub struct ExecResult {
     /// A transient run's changed files, sent as embedded resources.
     #[serde(skip)]
     pub files: Vec<FileData>,
+    /// Runs with a `network` list: what the egress proxy let through and refused, by
+    /// `host:port` (each refusal is also a `blocked: HOST:PORT (REASON)` line in the text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkReport>,
 }
 
 impl ExecResult {
@@ -178,6 +190,7 @@ impl ExecResult {
             files_changed: reply.files_changed,
             files_changed_truncated: reply.files_changed_truncated,
             files: Vec::new(),
+            network: None,
         }
     }
 
@@ -254,6 +267,15 @@ pub enum ExecError {
     /// A transient run's `files` could not be written.
     #[error("could not write the run's files: {0}")]
     Files(Box<FileError>),
+    /// The call's `network` list is refused, or the egress proxy cannot serve it.
+    #[error(transparent)]
+    Network(Box<EgressError>),
+}
+
+impl From<EgressError> for ExecError {
+    fn from(e: EgressError) -> Self {
+        ExecError::Network(Box::new(e))
+    }
 }
 
 /// A per-call `timeout` the server will not use.
@@ -380,6 +402,8 @@ struct Shared {
     uid: u32,
     /// One adoption at a time: two calls naming the same unknown id must not race for it.
     adopting: Mutex<()>,
+    /// The egress proxy and the grants, when the operator set a ceiling (`network.allow`).
+    egress: Option<Egress>,
 }
 
 impl Engine {
@@ -416,6 +440,7 @@ impl Engine {
             config.session.max_sessions as usize,
             config.session.per_client_limit(several) as usize,
         );
+        let egress = Egress::new(&config, backend.clone(), owner.clone());
         Engine {
             shared: Arc::new(Shared {
                 config,
@@ -436,6 +461,7 @@ impl Engine {
                 holder: Holder::me(),
                 uid: durable::uid(),
                 adopting: Mutex::new(()),
+                egress,
             }),
         }
     }
@@ -444,6 +470,15 @@ impl Engine {
     pub fn start(&self) {
         let engine = self.clone();
         self.shared.tasks.spawn(engine.expire_idle_sessions());
+        if let Some(egress) = self.shared.egress.clone() {
+            // The proxy starts now, off any call's path; a call that finds it dead (or
+            // never started) starts it again.
+            self.shared.tasks.spawn(async move {
+                if let Err(e) = egress.warm().await {
+                    tracing::warn!("{e}");
+                }
+            });
+        }
         let d = &self.shared.config.docker;
         if d.pool_enabled {
             tracing::info!(
@@ -614,6 +649,7 @@ impl Engine {
         let _call = self.admit("execute-transient", None, client)?;
         let requirements = run_requirements(packages)?;
         let limits = self.limits(call)?;
+        let list = self.admit_network(call.network.as_deref())?;
         let inputs = self
             .transient_inputs(files)
             .map_err(|e| ExecError::Files(Box::new(e)))?;
@@ -634,6 +670,20 @@ impl Engine {
         if let Err(e) = self.write_inputs(&mut sandbox.repl, &inputs).await {
             pool.discard(sandbox);
             return Err(ExecError::Files(Box::new(e)));
+        }
+        // A run with a list: a grant of its own, revoked when the run is done.
+        let key = uuid::Uuid::new_v4().to_string();
+        if let Some(list) = list.clone() {
+            if let Err(e) = self
+                .open_network(&mut sandbox.repl, &key, list, client)
+                .await
+            {
+                pool.discard(sandbox);
+                return Err(e.into());
+            }
+            if let Some(egress) = &self.shared.egress {
+                egress.attend(&key, call.ask.clone());
+            }
         }
         let outcome = sandbox
             .repl
@@ -656,9 +706,52 @@ impl Engine {
         }
         // Single use: whatever happened, this sandbox is never used again.
         pool.discard(sandbox);
+        if let (Some(egress), Some(_)) = (&self.shared.egress, &list) {
+            result.network = Some(egress.report(&key).await);
+            egress.revoke(&key);
+        }
         self.explain_memory_error(&mut result, "");
         result.packages_installed = installed;
         Ok(result)
+    }
+
+    /// A call's `network` list held to the operator's ceiling; `None` (or an empty list):
+    /// no network. Without a ceiling every pattern is refused, naming `network.allow`.
+    fn admit_network(&self, network: Option<&[String]>) -> Result<Option<List>, EgressError> {
+        let Some(asked) = network.filter(|n| !n.is_empty()) else {
+            return Ok(None);
+        };
+        match &self.shared.egress {
+            Some(egress) => egress.admit(asked).map(Some),
+            None => Ok(Some(List::admit(&List::default(), List::parse(asked)?)?)),
+        }
+    }
+
+    /// Grant `key` its list and start the sandbox's forwarder with the grant's secret.
+    async fn open_network(
+        &self,
+        repl: &mut Repl,
+        key: &str,
+        list: List,
+        client: &Client,
+    ) -> Result<(), EgressError> {
+        let egress = self
+            .shared
+            .egress
+            .as_ref()
+            .expect("a list is only admitted with a ceiling");
+        let secret = egress.grant(key, list, client).await?;
+        let socket = egress.socket_in_sandbox();
+        match repl
+            .network(Some((&socket, key, &secret)), CONTROL_TIMEOUT)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                egress.revoke(key);
+                Err(EgressError::Forwarder(e.to_string()))
+            }
+        }
     }
 
     /// Install a run's `packages` into `volume`; nothing to do without any.
@@ -690,6 +783,12 @@ impl Engine {
         let admitted = self.admit("execute-persistent", session_id, client)?;
         let requirements = run_requirements(packages)?;
         let limits = self.limits(call)?;
+        // A new session's list is held to the ceiling before anything is made.
+        let network = call.network.as_deref();
+        let first = match session_id {
+            None => self.admit_network(network)?,
+            Some(_) => None,
+        };
         let session = match session_id {
             Some(id) => self.session(id, client).await?,
             None => self.new_session(client).await?,
@@ -714,6 +813,41 @@ impl Engine {
             .install_for_run(&requirements, &session.volume, Some(&session.id), &target)
             .await
             .map_err(|e| ExecError::Packages(Box::new(e)))?;
+        // The session's list: set by its first call, narrowed by a later one, kept by a
+        // call without `network`.
+        let asked = network.filter(|n| !n.is_empty());
+        let granted = match (first, asked, session_id) {
+            (Some(list), _, None) => {
+                let repl = self.live(&session, &mut guard)?;
+                self.open_network(repl, &session.id, list, client)
+                    .await
+                    .map(|_| ())
+            }
+            (_, Some(asked), Some(_)) => match &self.shared.egress {
+                Some(egress) => match egress.narrow(&session.id, asked) {
+                    Ok(list) => egress.grant(&session.id, list, client).await.map(|_| ()),
+                    Err(e) => Err(e),
+                },
+                None => self.admit_network(Some(asked)).map(|_| ()),
+            },
+            // A session with a list: its proxy must run (a dead one starts again, and gets
+            // every grant).
+            _ => match &self.shared.egress {
+                Some(egress) if egress.has_grant(&session.id) => egress.warm().await,
+                _ => Ok(()),
+            },
+        };
+        if let Err(e) = granted {
+            if session_id.is_none() {
+                // Nobody has this session's id yet: it goes with the error.
+                let why = EndReason::Lost(format!("its network could not be set up: {e}"));
+                self.end_session(&session, &mut guard, why);
+            }
+            return Err(e.into());
+        }
+        if let Some(egress) = &self.shared.egress {
+            egress.attend(&session.id, call.ask.clone());
+        }
         let repl = self.live(&session, &mut guard)?;
         let outcome = tokio::select! {
             outcome = repl.execute(code, None, false, &limits, &call.cancel, call.progress.as_ref()) => Some(outcome),
@@ -737,6 +871,10 @@ impl Engine {
             }
         };
         let survived = " The session is still alive with every variable defined before.";
+        let network = match &self.shared.egress {
+            Some(egress) if egress.has_grant(&session.id) => Some(egress.report(&session.id).await),
+            _ => None,
+        };
         let mut result = match outcome {
             Some(Ok(outcome)) => ExecResult::from_outcome(outcome, survived),
             failed => {
@@ -762,6 +900,7 @@ impl Engine {
         result.session_id = Some(session.id.clone());
         result.packages_installed = installed;
         result.previous_call = session.take_notice();
+        result.network = network;
         drop(guard);
         self.restamp(&session);
         Ok(result)
@@ -1199,6 +1338,9 @@ impl Engine {
         };
         self.shared.sessions.forget(session, &why);
         self.shared.slots.release(&session.owner);
+        if let Some(egress) = &self.shared.egress {
+            egress.revoke(&session.id);
+        }
         tracing::info!(session_id = %session.id, client = %session.owner, %why, "session ended");
         let backend = self.shared.backend.clone();
         let (container, volume) = (session.container.clone(), session.volume.clone());
@@ -1620,6 +1762,9 @@ impl Engine {
             }
         }
         let work = async {
+            if let Some(egress) = &s.egress {
+                egress.shutdown().await;
+            }
             if s.durable {
                 let released = futures::future::join_all(
                     sessions.iter().map(|x| self.rename_session(x, false)),

@@ -10,7 +10,9 @@
 //! - names are resolved by the proxy, and private addresses are refused unless allowed;
 //! - the daemon drives the proxy over JSON lines on its stdio ([`proxy::Op`], [`proxy::Event`]).
 //!
-//! [`policy`] is pure (patterns, lists, coverage, address classes); [`proxy`] is the server.
+//! [`policy`] is pure (patterns, lists, coverage, address classes); [`proxy`] is the server;
+//! [`daemon`] is the daemon's side (the proxy container, the grants, each run's report).
 
+pub mod daemon;
 pub mod policy;
 pub mod proxy;
