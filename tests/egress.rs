@@ -358,7 +358,8 @@ async fn runs_without_a_list_have_no_network_and_lists_are_held_apart() {
          out = {{'vars': sorted(k for k in os.environ if 'proxy' in k.lower())}}\n\
          try:\n    socket.create_connection(({ip:?}, {PORT}), timeout=10).close(); out['raw'] = 'connected'\n\
          except OSError as e:\n    out['raw'] = errname(e)\n\
-         socks = glob.glob('/run/pdm-egress/*.sock')\n\
+         import time\n\
+         for i in range(150):\n    socks = glob.glob('/run/pdm-egress/*.sock')\n    if socks:\n        break\n    time.sleep(0.2)\n\
          s = socket.socket(socket.AF_UNIX)\n\
          s.settimeout(10)\n\
          s.connect(socks[0])\n\
@@ -390,12 +391,14 @@ async fn runs_without_a_list_have_no_network_and_lists_are_held_apart() {
     assert_eq!(entries(&r, "denied"), [("denied.test".into(), 8080, 1)]);
 
     // pip goes through the proxy variables too: a download from the test's own index.
-    let pip = "import subprocess, sys
-        p = subprocess.run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-cache-dir',
-            '--index-url', 'http://index.test:8080/simple', '--trusted-host', 'index.test',
-            '-d', '/tmp/dl', 'pdm-demo'], capture_output=True, text=True, timeout=120)
-        print(p.stdout[-2000:], p.stderr[-2000:])
-        p.returncode, sorted(os.listdir('/tmp/dl')) if os.path.isdir('/tmp/dl') else []";
+    let pip = r#"
+import subprocess, sys
+p = subprocess.run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-cache-dir',
+    '--index-url', 'http://index.test:8080/simple', '--trusted-host', 'index.test',
+    '-d', '/tmp/dl', 'pdm-demo'], capture_output=True, text=True, timeout=120)
+print(p.stdout[-2000:], p.stderr[-2000:])
+p.returncode, sorted(os.listdir('/tmp/dl')) if os.path.isdir('/tmp/dl') else []
+"#;
     let r = transient(&d, pip, Some(&["index.test:8080"])).await;
     assert_eq!(
         value(&r).as_deref(),
