@@ -502,6 +502,32 @@ async fn an_approved_ask_adds_exactly_that_host_and_port_and_a_no_denies() {
 }
 
 #[tokio::test]
+async fn a_refused_upstream_is_502_and_counted_as_allowed() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut h = Harness::loopback().await;
+    let target = format!("127.0.0.1:{port}");
+    let secret = h.grant("s1", &[&target], &[]).await;
+    let (mut s, head) = h.connect("s1", &secret, &target).await;
+    assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{head}");
+    let body = read_rest(&mut s).await;
+    assert!(body.starts_with(&format!("upstream {target}: ")), "{body}");
+    assert_eq!(h.flush().await, [allowed("s1", "127.0.0.1", port)]);
+}
+
+#[tokio::test]
+async fn a_handshake_that_never_completes_is_closed() {
+    let mut h = Harness::start(json!({"idle_secs": 1})).await;
+    let secret = h.grant("s1", &["x.invalid"], &[]).await;
+    let mut s = h.open("s1", &secret).await;
+    s.write_all(b"CONNECT x.invalid:443 HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_rest(&mut s).await, "", "closed without an answer");
+}
+
+#[tokio::test]
 async fn bad_control_lines_are_skipped_and_the_channel_goes_on() {
     let mut h = Harness::loopback().await;
     let mut long = vec![b'x'; LINE_MAX + 10];
