@@ -645,7 +645,8 @@ async fn handle(shared: &Arc<Shared>, mut client: UnixStream) {
         },
     };
     if started.is_ok() {
-        relay(&mut client, &mut upstream, idle).await;
+        let one_response = matches!(request, Request::Http { .. });
+        relay(&mut client, &mut upstream, idle, one_response).await;
     }
     drop(slot);
 }
@@ -816,16 +817,26 @@ fn is_token(s: &str) -> bool {
 }
 
 /// Copy both ways through fixed buffers until both sides end, or nothing moved for `idle`.
-async fn relay(client: &mut UnixStream, upstream: &mut TcpStream, idle: Duration) {
+/// With `one_response` (plain HTTP), the end of the upstream's response ends it all: the
+/// client has nothing more to say to that upstream.
+async fn relay(
+    client: &mut UnixStream,
+    upstream: &mut TcpStream,
+    idle: Duration,
+    one_response: bool,
+) {
     let activity = Activity::new();
     let (mut client_in, mut client_out) = client.split();
     let (mut up_in, mut up_out) = upstream.split();
-    let both = async {
-        tokio::try_join!(
-            pump(&mut client_in, &mut up_out, &activity),
-            pump(&mut up_in, &mut client_out, &activity)
-        )
+    let down = async {
+        pump(&mut up_in, &mut client_out, &activity).await?;
+        match one_response {
+            // An error only to end the join below at once.
+            true => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            false => Ok(()),
+        }
     };
+    let both = async { tokio::try_join!(pump(&mut client_in, &mut up_out, &activity), down) };
     tokio::select! {
         _ = both => {}
         () = activity.idle_for(idle) => tracing::debug!("egress: idle tunnel closed"),
