@@ -55,6 +55,10 @@ const EVENT_QUEUE: usize = 1024;
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 64 * 1024;
 
+/// The most threads the proxy's runtime uses for name resolution (and stdin): with its 2
+/// workers and the main thread, a pids limit of 64 leaves room.
+pub const BLOCKING_THREADS: usize = 32;
+
 /// Defaults of the `config` message, in force until it arrives.
 pub const DEFAULT_MAX_PER_GRANT: usize = 64;
 pub const DEFAULT_MAX_TOTAL: usize = 1024;
