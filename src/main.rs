@@ -209,7 +209,14 @@ fn main() -> ExitCode {
 /// the socket.
 fn egress_proxy(socket: &std::path::Path) -> ExitCode {
     use python_docker_mcp::egress::proxy;
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    // Few threads, whatever the host's core count: the container has a small pids limit.
+    // Name resolution runs on the blocking pool (its time-out includes the wait for one).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(proxy::BLOCKING_THREADS)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = runtime.block_on(async {
         let listener = proxy::bind(socket)?;
         tracing::info!(socket = %socket.display(), "egress proxy listening");

@@ -426,6 +426,11 @@ impl List {
         &self.patterns
     }
 
+    /// The patterns in their written form (what a `grant` control message carries).
+    pub fn to_strings(&self) -> Vec<String> {
+        self.patterns.iter().map(Pattern::to_string).collect()
+    }
+
     /// Whether the list has no pattern (no network).
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
@@ -806,6 +811,7 @@ mod tests {
 
         let narrower = List::narrow(&first, list(&["x.b.example.com"])).expect("narrower");
         assert_eq!(narrower.to_string(), "x.b.example.com");
+        assert_eq!(first.to_strings(), ["a.example.com", "*.b.example.com"]);
         let e = List::narrow(&first, list(&["c.example.com"])).unwrap_err();
         assert_eq!(
             e,

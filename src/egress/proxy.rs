@@ -8,8 +8,10 @@
 //! must match the grant's `allow` list (or be approved through an `ask`), resolve, and
 //! resolve to no private address outside the configured `private` CIDRs; every decision
 //! is an event, written before the client hears of it. Bounds: tunnels per grant and in
-//! all, connections in all (twice the tunnel limit, so handshakes cannot starve tunnels of
-//! memory), fixed relay buffers, an idle time-out, and bounded control lines and queues.
+//! all, connections in all (twice the tunnel limit), a handshake (preamble and head) within
+//! `idle_secs` of the connection, fixed relay buffers, an idle time-out on tunnels, and
+//! bounded control lines and queues. Worst case, memory is about 2 × `max_total` head
+//! buffers (16.25 KiB) plus `max_total` tunnels of 2 × 16 KiB: some 65 MiB at the defaults.
 
 use std::collections::HashMap;
 use std::io;
@@ -52,6 +54,10 @@ const EVENT_QUEUE: usize = 1024;
 /// input is drained so that closing does not reset the answer away.
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 64 * 1024;
+
+/// The most threads the proxy's runtime uses for name resolution (and stdin): with its 2
+/// workers and the main thread, a pids limit of 64 leaves room.
+pub const BLOCKING_THREADS: usize = 32;
 
 /// Defaults of the `config` message, in force until it arrives.
 pub const DEFAULT_MAX_PER_GRANT: usize = 64;
@@ -371,12 +377,13 @@ impl Shared {
         Some(ConnectionGuard(self.clone()))
     }
 
-    /// Decide a connection of grant `key` to `target`. `Ok(None)`: the grant is gone.
+    /// Decide a connection of grant `key` to `target`: a tunnel slot and the addresses to
+    /// try in order (none of them refused), or why not. `Ok(None)`: the grant is gone.
     async fn decide(
         self: &Arc<Self>,
         key: &str,
         target: &Target,
-    ) -> Result<Option<(TunnelSlot, SocketAddr)>, Denial> {
+    ) -> Result<Option<(TunnelSlot, Vec<SocketAddr>)>, Denial> {
         let (slot, ask) = {
             let mut state = self.lock();
             let Some(grant) = state.grants.get(key) else {
@@ -432,10 +439,11 @@ impl Shared {
         if let Some(refused) = first_refused(&addrs, &private) {
             return Err(Denial::Private(refused));
         }
-        Ok(Some((
-            slot,
-            SocketAddr::new(addrs[0].to_canonical(), target.port()),
-        )))
+        let addrs = addrs
+            .into_iter()
+            .map(|a| SocketAddr::new(a.to_canonical(), target.port()))
+            .collect();
+        Ok(Some((slot, addrs)))
     }
 }
 
@@ -534,6 +542,9 @@ enum Request {
 /// One connection, from its preamble to the end of its tunnel.
 async fn handle(shared: &Arc<Shared>, mut client: UnixStream) {
     let idle = shared.lock().settings.idle;
+    // The whole handshake, not each read, is bounded: a dribbling client cannot hold a
+    // connection (and its head buffer) for long.
+    let deadline = tokio::time::Instant::now() + idle;
     let mut buf = vec![0u8; PREAMBLE_MAX + HEAD_MAX];
     let mut filled = 0;
     let Ok(preamble_end) = read_until(
@@ -542,7 +553,7 @@ async fn handle(shared: &Arc<Shared>, mut client: UnixStream) {
         &mut filled,
         0,
         PREAMBLE_MAX,
-        idle,
+        deadline,
         b"\n",
     )
     .await
@@ -562,7 +573,7 @@ async fn handle(shared: &Arc<Shared>, mut client: UnixStream) {
         &mut filled,
         preamble_end,
         HEAD_MAX,
-        idle,
+        deadline,
         b"\r\n\r\n",
     )
     .await
@@ -600,7 +611,7 @@ async fn handle(shared: &Arc<Shared>, mut client: UnixStream) {
         allowed,
         reason,
     };
-    let (slot, addr) = match shared.decide(&key, &target).await {
+    let (slot, addrs) = match shared.decide(&key, &target).await {
         Ok(Some(admitted)) => admitted,
         Ok(None) => return finish(&mut client, &refused_credentials()).await,
         Err(denial) => {
@@ -613,10 +624,13 @@ async fn handle(shared: &Arc<Shared>, mut client: UnixStream) {
         }
     };
     shared.emit(conn_event(true, None)).await;
-    let mut upstream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+    let mut upstream = match timeout(CONNECT_TIMEOUT, connect_any(&addrs)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return upstream_failed(&mut client, &target, &e.to_string()).await,
-        Err(_) => return upstream_failed(&mut client, &target, "timed out after 10 s").await,
+        Err(_) => {
+            let error = format!("no connection within {} s", CONNECT_TIMEOUT.as_secs());
+            return upstream_failed(&mut client, &target, &error).await;
+        }
     };
     let _ = upstream.set_nodelay(true);
     let started = match &request {
@@ -635,9 +649,22 @@ async fn handle(shared: &Arc<Shared>, mut client: UnixStream) {
         },
     };
     if started.is_ok() {
-        relay(&mut client, &mut upstream, idle).await;
+        let one_response = matches!(request, Request::Http { .. });
+        relay(&mut client, &mut upstream, idle, one_response).await;
     }
     drop(slot);
+}
+
+/// The first of `addrs` that accepts a connection, tried in order; else the last error.
+async fn connect_any(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 async fn upstream_failed(client: &mut UnixStream, target: &Target, error: &str) {
@@ -683,7 +710,7 @@ async fn finish(client: &mut UnixStream, answer: &[u8]) {
 enum Short {
     /// `limit` bytes without the terminator.
     TooLong,
-    /// End of input, an error or the idle time-out.
+    /// End of input, an error, or the handshake's deadline.
     Closed,
 }
 
@@ -695,7 +722,7 @@ async fn read_until(
     filled: &mut usize,
     from: usize,
     limit: usize,
-    idle: Duration,
+    deadline: tokio::time::Instant,
     end: &[u8],
 ) -> Result<usize, Short> {
     let mut scanned = from;
@@ -709,7 +736,7 @@ async fn read_until(
         if *filled - from >= limit {
             return Err(Short::TooLong);
         }
-        match timeout(idle, client.read(&mut buf[*filled..])).await {
+        match tokio::time::timeout_at(deadline, client.read(&mut buf[*filled..])).await {
             Ok(Ok(n)) if n > 0 => *filled += n,
             _ => return Err(Short::Closed),
         }
@@ -794,16 +821,26 @@ fn is_token(s: &str) -> bool {
 }
 
 /// Copy both ways through fixed buffers until both sides end, or nothing moved for `idle`.
-async fn relay(client: &mut UnixStream, upstream: &mut TcpStream, idle: Duration) {
+/// With `one_response` (plain HTTP), the end of the upstream's response ends it all: the
+/// client has nothing more to say to that upstream.
+async fn relay(
+    client: &mut UnixStream,
+    upstream: &mut TcpStream,
+    idle: Duration,
+    one_response: bool,
+) {
     let activity = Activity::new();
     let (mut client_in, mut client_out) = client.split();
     let (mut up_in, mut up_out) = upstream.split();
-    let both = async {
-        tokio::try_join!(
-            pump(&mut client_in, &mut up_out, &activity),
-            pump(&mut up_in, &mut client_out, &activity)
-        )
+    let down = async {
+        pump(&mut up_in, &mut client_out, &activity).await?;
+        match one_response {
+            // An error only to end the join below at once.
+            true => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            false => Ok(()),
+        }
     };
+    let both = async { tokio::try_join!(pump(&mut client_in, &mut up_out, &activity), down) };
     tokio::select! {
         _ = both => {}
         () = activity.idle_for(idle) => tracing::debug!("egress: idle tunnel closed"),

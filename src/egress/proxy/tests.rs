@@ -213,23 +213,37 @@ async fn connect_to_a_listed_host_relays_both_ways() {
     assert_eq!(h.flush().await, [allowed("s1", "127.0.0.1", port)]);
 }
 
-#[tokio::test]
-async fn plain_http_goes_upstream_in_origin_form_without_hop_headers() {
+/// An HTTP upstream on 127.0.0.1: answers every request `ok` and passes on each head it
+/// received.
+async fn http_upstream() -> (u16, mpsc::Receiver<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let upstream = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut seen = Vec::new();
-        let mut byte = [0u8; 1];
-        while !seen.ends_with(b"\r\n\r\n") {
-            assert_eq!(s.read(&mut byte).await.unwrap(), 1);
-            seen.push(byte[0]);
+    let (heads, seen) = mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let heads = heads.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                let _ = heads.send(String::from_utf8(head).unwrap()).await;
+            });
         }
-        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            .await
-            .unwrap();
-        String::from_utf8(seen).unwrap()
     });
+    (port, seen)
+}
+
+#[tokio::test]
+async fn plain_http_goes_upstream_in_origin_form_without_hop_headers() {
+    let (port, mut seen) = http_upstream().await;
     let mut h = Harness::loopback().await;
     let secret = h.grant("s1", &[&format!("127.0.0.1:{port}")], &[]).await;
     let mut s = h.open("s1", &secret).await;
@@ -241,7 +255,7 @@ async fn plain_http_goes_upstream_in_origin_form_without_hop_headers() {
     s.write_all(request.as_bytes()).await.unwrap();
     let (status, body) = answer(&mut s).await;
     assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok"));
-    let seen = timeout(HANG, upstream).await.unwrap().unwrap();
+    let seen = timeout(HANG, seen.recv()).await.unwrap().unwrap();
     assert_eq!(
         seen,
         format!(
@@ -250,6 +264,32 @@ async fn plain_http_goes_upstream_in_origin_form_without_hop_headers() {
         )
     );
     assert_eq!(h.flush().await, [allowed("s1", "127.0.0.1", port)]);
+}
+
+#[tokio::test]
+async fn a_plain_request_gives_its_slot_back_when_the_response_ends() {
+    let (port, _seen) = http_upstream().await;
+    let mut h = Harness::start(json!({"private": ["127.0.0.0/8"], "max_per_grant": 1})).await;
+    let secret = h.grant("s1", &[&format!("127.0.0.1:{port}")], &[]).await;
+    let request = format!("GET http://127.0.0.1:{port}/ HTTP/1.1\r\n\r\n");
+    let mut first = h.open("s1", &secret).await;
+    first.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(answer(&mut first).await.1, "ok");
+    // `first` stays open (its write side too); the second request still gets through.
+    let second = timeout(HANG, async {
+        loop {
+            let mut s = h.open("s1", &secret).await;
+            s.write_all(request.as_bytes()).await.unwrap();
+            let (status, body) = answer(&mut s).await;
+            if status == "HTTP/1.1 200 OK" {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(second.as_deref(), Ok("ok"));
+    drop(first);
 }
 
 #[tokio::test]
@@ -499,6 +539,32 @@ async fn an_approved_ask_adds_exactly_that_host_and_port_and_a_no_denies() {
         h.flush().await,
         [denial("s1", "127.0.0.2", port, "not approved by the user")]
     );
+}
+
+#[tokio::test]
+async fn a_refused_upstream_is_502_and_counted_as_allowed() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut h = Harness::loopback().await;
+    let target = format!("127.0.0.1:{port}");
+    let secret = h.grant("s1", &[&target], &[]).await;
+    let (mut s, head) = h.connect("s1", &secret, &target).await;
+    assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{head}");
+    let body = read_rest(&mut s).await;
+    assert!(body.starts_with(&format!("upstream {target}: ")), "{body}");
+    assert_eq!(h.flush().await, [allowed("s1", "127.0.0.1", port)]);
+}
+
+#[tokio::test]
+async fn a_handshake_that_never_completes_is_closed() {
+    let mut h = Harness::start(json!({"idle_secs": 1})).await;
+    let secret = h.grant("s1", &["x.invalid"], &[]).await;
+    let mut s = h.open("s1", &secret).await;
+    s.write_all(b"CONNECT x.invalid:443 HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_rest(&mut s).await, "", "closed without an answer");
 }
 
 #[tokio::test]
