@@ -61,6 +61,9 @@ const MAX_FIGURES: u64 = 4;
 const MAX_FIGURE_BYTES: u64 = 2 * 1024 * 1024;
 /// How long a reset or a variable listing may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an adopted session's helper may take to stop its egress forwarder (a helper
+/// older than egress never answers; its session has no grant anyway).
+const ADOPTED_NETWORK_OFF: Duration = Duration::from_secs(2);
 
 /// What the tool layer passes with each call: the client's cancellation, and where to
 /// send output while the code runs (when the client asked for progress).
@@ -1100,6 +1103,13 @@ impl Engine {
                 )));
             }
         };
+        // Its grant was the earlier server's: an adopted session keeps no network (fail
+        // closed). The forwarder goes, and with it the proxy variables.
+        if s.egress.is_some() {
+            if let Err(e) = repl.network(None, ADOPTED_NETWORK_OFF).await {
+                tracing::debug!(session_id = %id, error = %e, "could not stop an adopted session's forwarder");
+            }
+        }
         tracing::info!(session_id = %id, %client, container = %claimed,
             adopt_ms = started.elapsed().as_millis() as u64, "session adopted from an earlier server");
         let session = Arc::new(

@@ -562,6 +562,27 @@ async fn the_user_approves_or_refuses_a_host_through_elicitation() {
             }
         }
     }
+    // /metrics counts the proxy's decisions per client: the runs above had both.
+    let metrics = common::http::http()
+        .get(daemon.mcp_url().replace("/mcp", "/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the metrics text");
+    for verdict in ["allowed", "denied"] {
+        let series =
+            format!("pdm_egress_connections_total{{client=\"local\",verdict=\"{verdict}\"}} ");
+        let count: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+            .trim()
+            .parse()
+            .expect("a number");
+        assert!(count >= 2.0, "{series}{count}");
+    }
     let status = daemon.stop().await.expect("the daemon exits");
     assert!(status.success(), "{}", daemon.log());
     assert!(common::leftovers(daemon.pid).is_empty(), "nothing left");

@@ -674,13 +674,11 @@ fn op_line(op: &Op) -> String {
 
 /// The `grant` line for `key`.
 fn grant_line(key: &str, g: &Grant) -> String {
-    let patterns =
-        |l: &List| -> Vec<String> { l.patterns().iter().map(|p| p.to_string()).collect() };
     op_line(&Op::Grant {
         key: key.into(),
         secret: g.secret.clone(),
-        allow: patterns(&g.allow),
-        ask: patterns(&g.ask),
+        allow: g.allow.to_strings(),
+        ask: g.ask.to_strings(),
     })
 }
 

@@ -850,8 +850,7 @@ class Forwarder:
             except OSError as e:
                 upstream.close()
                 self._refuse(client, "502 Bad Gateway",
-                             "blocked: the egress proxy is not reachable (%s); try again, the "
-                             "server restarts it" % (e.strerror or e,))
+                             "blocked: the egress proxy is not reachable (%s)" % (e.strerror or e,))
                 continue
             client.setblocking(False)
             relay = _Relay(client, upstream, self.preamble)
