@@ -605,3 +605,52 @@ async fn the_user_approves_or_refuses_a_host_through_elicitation() {
     d.finish().await;
     world.net.remove();
 }
+
+/// A durable session adopted by a later server keeps no network (fail closed): the grant
+/// was the earlier server's. Its forwarder and proxy variables are gone, and a later
+/// `network` cannot give it one back.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_adopted_durable_session_keeps_no_network() {
+    let world = World::new();
+    let scope = format!("egress-{}", std::process::id());
+    let env = world.env(&[
+        ("PYTHON_DOCKER_MCP_SESSION_DURABLE", "true"),
+        ("PYTHON_DOCKER_MCP_SESSION_SCOPE", scope.as_str()),
+    ]);
+    let mut first = Daemon::start_with(&env).await;
+    let r = run(
+        &first,
+        "get('http://allowed.test:8080/1')[0]",
+        None,
+        Some(&["allowed.test:8080"]),
+    )
+    .await;
+    assert_eq!(value(&r).as_deref(), Some("200"), "{}", describe(&r));
+    let id = session_id(&r);
+    first.signal("KILL");
+    first
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("killed");
+
+    let mut second = Daemon::start_with(&env).await;
+    let r = run(
+        &second,
+        "sorted(k for k in os.environ if 'proxy' in k.lower()), get('http://allowed.test:8080/2')[0]",
+        Some(&id),
+        None,
+    )
+    .await;
+    assert_eq!(value(&r).as_deref(), Some("([], None)"), "{}", describe(&r));
+    let r = run(&second, "1", Some(&id), Some(&["allowed.test:8080"])).await;
+    assert_tool_error(&r, "allowed.test:8080");
+    assert_ok(&second.cleanup(&id).await);
+    // The first server's proxy and sandbox are gone too (the sweep, the cleanup).
+    assert!(
+        eventually(Duration::from_secs(30), || leftovers(first.pid).is_empty()).await,
+        "the killed server left {:?}",
+        leftovers(first.pid)
+    );
+    second.finish().await;
+    world.net.remove();
+}
