@@ -1639,6 +1639,16 @@ impl Engine {
                         seconds(end.saturating_sub(now))
                     )
                 }
+                None if role == sandbox::Role::Egress.as_str() => {
+                    let pid = item
+                        .labels
+                        .get(sandbox::labels::PID)
+                        .map_or("?", String::as_str);
+                    format!(
+                        "{role:<8} {}  made by pid {pid}  ends with its server (its stdin closes), else by the sweep",
+                        item.name
+                    )
+                }
                 None => {
                     let pid = item
                         .labels
