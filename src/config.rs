@@ -183,6 +183,14 @@ const KEYS: &[Key] = &[
           doc: "Install wheels only; building from source runs the package's code at install time" },
     Key { path: "network.egress_network", env: "EGRESS_NETWORK", kind: Kind::OptStr, default: "null",
           doc: "Engine network that outbound traffic uses: installers, and sandboxes when docker.network_disabled is off. null means the engine's default bridge. Docker and Podman only: on Kubernetes, outbound traffic uses the pod network" },
+    Key { path: "network.allow", env: "NETWORK_ALLOW", kind: Kind::List, default: "[]",
+          doc: "The operator's ceiling for per-run egress allow-lists: host patterns (example.com, *.example.com for subdomains only, host:port; no port means 80 and 443; IP addresses and CIDRs only when written out). A call's `network` list must stay within it. Empty: sandboxes have no network, as without this key. Non-empty: an egress proxy container runs on network.egress_network and every sandbox mounts its socket directory. Docker and Podman only" },
+    Key { path: "network.allow_private", env: "NETWORK_ALLOW_PRIVATE", kind: Kind::List, default: "[]",
+          doc: "CIDRs the egress proxy may connect to although they are private, loopback or link-local (e.g. a test network's subnet); otherwise a name that resolves into such a range is refused" },
+    Key { path: "network.ask", env: "NETWORK_ASK", kind: Kind::Bool, default: "false",
+          doc: "A host outside a session's list but matching network.askable may be approved by the user: the server asks the calling client through MCP elicitation (30 s; no answer or a client without elicitation: denied)" },
+    Key { path: "network.askable", env: "NETWORK_ASKABLE", kind: Kind::List, default: "[]",
+          doc: "Host patterns (same forms as network.allow, and each within it) the user may approve with network.ask" },
     Key { path: "server.http", env: "HTTP", kind: Kind::OptAddr, default: "null",
           doc: "Serve MCP over streamable HTTP at this address (path /mcp) instead of stdio, e.g. 127.0.0.1:8002; same as `serve --http ADDR`" },
     Key { path: "server.tokens_file", env: "TOKENS_FILE", kind: Kind::OptStr, default: "null",
@@ -359,6 +367,19 @@ pub struct NetworkConfig {
     /// engine's default bridge. Tests point it at a network they create, so an installer
     /// reaches only the hosts the test started.
     pub egress_network: Option<String>,
+    /// The operator's ceiling for egress allow-lists (`network.allow`), as written; each
+    /// one parses as a pattern (checked at load). Empty: no sandbox gets a network.
+    pub allow: Vec<String>,
+    /// CIDRs the proxy may reach although private (`network.allow_private`), as written;
+    /// each one parses (checked at load).
+    pub allow_private: Vec<String>,
+    /// Hosts outside a list may be approved by the user (`network.ask`).
+    pub ask: bool,
+    /// What the user may approve (`network.askable`), each pattern within the ceiling.
+    pub askable: Vec<String>,
+    /// The host directory of the egress proxy's Unix socket (`~/.python-docker-mcp/egress`,
+    /// from `HOME`; not a setting): sandboxes mount it read-only when `allow` is set.
+    pub egress_dir: PathBuf,
 }
 
 /// `runtime.*`: what runs the sandboxes.
@@ -563,6 +584,13 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
     };
     let network = NetworkConfig {
         egress_network: p.opt_string("network.egress_network")?,
+        allow: p.list("network.allow")?,
+        allow_private: p.list("network.allow_private")?,
+        ask: p.bool("network.ask")?,
+        askable: p.list("network.askable")?,
+        egress_dir: PathBuf::from(layers.env.get("HOME").map_or("/tmp", String::as_str))
+            .join(".python-docker-mcp")
+            .join("egress"),
     };
     let server = ServerConfig {
         http: p.opt_addr("server.http")?,
@@ -603,6 +631,31 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
                  made (letters, digits, `.`, `_`, `-`; not host or none), or null for the \
                  engine's default bridge",
             ));
+        }
+    }
+    // Egress: every pattern and CIDR parses, and what users may approve is within the
+    // ceiling; the error names the key (and the pattern).
+    {
+        use crate::egress::policy::{Cidr, List};
+        const PATTERNS: &str = "host patterns: example.com, *.example.com (subdomains only), \
+             an IP address or a CIDR, each optionally with :port";
+        let ceiling = List::parse(&network.allow)
+            .map_err(|e| p.invalid("network.allow", &format!("{PATTERNS} ({e})")))?;
+        let askable = List::parse(&network.askable)
+            .map_err(|e| p.invalid("network.askable", &format!("{PATTERNS} ({e})")))?;
+        List::admit(&ceiling, askable).map_err(|e| {
+            p.invalid(
+                "network.askable",
+                &format!("patterns within network.allow ({e})"),
+            )
+        })?;
+        for cidr in &network.allow_private {
+            Cidr::parse(cidr).map_err(|e| {
+                p.invalid(
+                    "network.allow_private",
+                    &format!("CIDRs such as 172.18.0.0/16 or fd00::/8 ({e})"),
+                )
+            })?;
         }
     }
     // Names the API server would refuse, refused here with the key named instead.
@@ -1417,6 +1470,62 @@ mod tests {
                     && e.contains("engine's default bridge"),
                 "{e}"
             );
+        }
+    }
+
+    #[test]
+    fn the_egress_keys_are_lists_checked_at_load_naming_the_key() {
+        let c = Config::defaults();
+        assert!(c.network.allow.is_empty() && c.network.allow_private.is_empty());
+        assert!(!c.network.ask && c.network.askable.is_empty());
+        let c = resolve(&Layers {
+            env: env(&[
+                (
+                    "PYTHON_DOCKER_MCP_NETWORK_ALLOW",
+                    "allowed.test, *.example.com:8443",
+                ),
+                ("PYTHON_DOCKER_MCP_NETWORK_ALLOW_PRIVATE", "172.30.0.0/16"),
+                ("PYTHON_DOCKER_MCP_NETWORK_ASK", "true"),
+                ("PYTHON_DOCKER_MCP_NETWORK_ASKABLE", "a.example.com:8443"),
+                ("HOME", "/home/u"),
+            ]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.network.allow, ["allowed.test", "*.example.com:8443"]);
+        assert_eq!(c.network.allow_private, ["172.30.0.0/16"]);
+        assert!(c.network.ask);
+        assert_eq!(
+            c.network.egress_dir,
+            PathBuf::from("/home/u/.python-docker-mcp/egress")
+        );
+        for (key, var, bad) in [
+            ("network.allow", "NETWORK_ALLOW", "exa mple.com"),
+            ("network.allow", "NETWORK_ALLOW", "a.test:99999"),
+            (
+                "network.allow_private",
+                "NETWORK_ALLOW_PRIVATE",
+                "10.0.0.0/33",
+            ),
+            (
+                "network.allow_private",
+                "NETWORK_ALLOW_PRIVATE",
+                "example.com",
+            ),
+            ("network.askable", "NETWORK_ASKABLE", "*.*"),
+            // Outside the ceiling (allowed.test alone).
+            ("network.askable", "NETWORK_ASKABLE", "other.test"),
+        ] {
+            let e = resolve(&Layers {
+                env: env(&[
+                    ("PYTHON_DOCKER_MCP_NETWORK_ALLOW", "allowed.test"),
+                    (&format!("PYTHON_DOCKER_MCP_{var}"), bad),
+                ]),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(key) && e.contains(var), "{bad}: {e}");
         }
     }
 

@@ -42,6 +42,8 @@ use crate::calls::{CallGuard, Calls, Running, ShuttingDown};
 use crate::client::Client;
 use crate::config::{human_bytes, Config};
 use crate::durable::{self, Holder, OwnerKey, SessionName};
+use crate::egress::daemon::{AskUser, Egress, EgressError, NetworkReport};
+use crate::egress::policy::List;
 use crate::files::{FileChange, FileData, FileError};
 use crate::install::{self, Requirement, RequirementError};
 use crate::pool::{AcquireError, Pool, PoolStats};
@@ -59,6 +61,9 @@ const MAX_FIGURES: u64 = 4;
 const MAX_FIGURE_BYTES: u64 = 2 * 1024 * 1024;
 /// How long a reset or a variable listing may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an adopted session's helper may take to stop its egress forwarder (a helper
+/// older than egress never answers; its session has no grant anyway).
+const ADOPTED_NETWORK_OFF: Duration = Duration::from_secs(2);
 
 /// What the tool layer passes with each call: the client's cancellation, and where to
 /// send output while the code runs (when the client asked for progress).
@@ -71,6 +76,12 @@ pub struct CallContext {
     /// The call's own time-out in seconds, as the client asked (`timeout`); checked
     /// against `docker.max_timeout`. None: `docker.timeout`.
     pub timeout: Option<f64>,
+    /// Asks the call's user a yes/no question (`network.ask`), when the client declared
+    /// MCP elicitation.
+    pub ask: Option<AskUser>,
+    /// The call's `network` list, as the client wrote it (`None`: no network; a session
+    /// keeps its list).
+    pub network: Option<Vec<String>>,
 }
 
 /// The structured result of an execution (`execute-transient`, `execute-persistent`).
@@ -143,6 +154,10 @@ pub struct ExecResult {
     /// A transient run's changed files, sent as embedded resources.
     #[serde(skip)]
     pub files: Vec<FileData>,
+    /// Runs with a `network` list: what the egress proxy let through and refused, by
+    /// `host:port` (each refusal is also a `blocked: HOST:PORT (REASON)` line in the text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkReport>,
 }
 
 impl crate::metrics::RunReport for ExecResult {
@@ -200,6 +215,7 @@ impl ExecResult {
             files_changed: reply.files_changed,
             files_changed_truncated: reply.files_changed_truncated,
             files: Vec::new(),
+            network: None,
         }
     }
 
@@ -276,6 +292,15 @@ pub enum ExecError {
     /// A transient run's `files` could not be written.
     #[error("could not write the run's files: {0}")]
     Files(Box<FileError>),
+    /// The call's `network` list is refused, or the egress proxy cannot serve it.
+    #[error(transparent)]
+    Network(Box<EgressError>),
+}
+
+impl From<EgressError> for ExecError {
+    fn from(e: EgressError) -> Self {
+        ExecError::Network(Box::new(e))
+    }
 }
 
 /// A per-call `timeout` the server will not use.
@@ -402,6 +427,8 @@ struct Shared {
     uid: u32,
     /// One adoption at a time: two calls naming the same unknown id must not race for it.
     adopting: Mutex<()>,
+    /// The egress proxy and the grants, when the operator set a ceiling (`network.allow`).
+    egress: Option<Egress>,
 }
 
 impl Engine {
@@ -438,6 +465,7 @@ impl Engine {
             config.session.max_sessions as usize,
             config.session.per_client_limit(several) as usize,
         );
+        let egress = Egress::new(&config, backend.clone(), owner.clone());
         Engine {
             shared: Arc::new(Shared {
                 config,
@@ -458,6 +486,7 @@ impl Engine {
                 holder: Holder::me(),
                 uid: durable::uid(),
                 adopting: Mutex::new(()),
+                egress,
             }),
         }
     }
@@ -466,6 +495,15 @@ impl Engine {
     pub fn start(&self) {
         let engine = self.clone();
         self.shared.tasks.spawn(engine.expire_idle_sessions());
+        if let Some(egress) = self.shared.egress.clone() {
+            // The proxy starts now, off any call's path; a call that finds it dead (or
+            // never started) starts it again.
+            self.shared.tasks.spawn(async move {
+                if let Err(e) = egress.warm().await {
+                    tracing::warn!("{e}");
+                }
+            });
+        }
         let d = &self.shared.config.docker;
         if d.pool_enabled {
             tracing::info!(
@@ -636,6 +674,7 @@ impl Engine {
         let _call = self.admit("execute-transient", None, client)?;
         let requirements = run_requirements(packages)?;
         let limits = self.limits(call)?;
+        let list = self.admit_network(call.network.as_deref())?;
         let inputs = self
             .transient_inputs(files)
             .map_err(|e| ExecError::Files(Box::new(e)))?;
@@ -660,6 +699,20 @@ impl Engine {
                 FileOpError::Session(e) => e,
             });
         }
+        // A run with a list: a grant of its own, revoked when the run is done.
+        let key = uuid::Uuid::new_v4().to_string();
+        if let Some(list) = list.clone() {
+            if let Err(e) = self
+                .open_network(&mut sandbox.repl, &key, list, client)
+                .await
+            {
+                pool.discard(sandbox);
+                return Err(e.into());
+            }
+            if let Some(egress) = &self.shared.egress {
+                egress.attend(&key, call.ask.clone());
+            }
+        }
         let outcome = sandbox
             .repl
             .execute(
@@ -681,9 +734,52 @@ impl Engine {
         }
         // Single use: whatever happened, this sandbox is never used again.
         pool.discard(sandbox);
+        if let (Some(egress), Some(_)) = (&self.shared.egress, &list) {
+            result.network = Some(egress.report(&key).await);
+            egress.revoke(&key);
+        }
         self.explain_memory_error(&mut result, "");
         result.packages_installed = installed;
         Ok(result)
+    }
+
+    /// A call's `network` list held to the operator's ceiling; `None` (or an empty list):
+    /// no network. Without a ceiling every pattern is refused, naming `network.allow`.
+    fn admit_network(&self, network: Option<&[String]>) -> Result<Option<List>, EgressError> {
+        let Some(asked) = network.filter(|n| !n.is_empty()) else {
+            return Ok(None);
+        };
+        match &self.shared.egress {
+            Some(egress) => egress.admit(asked).map(Some),
+            None => Ok(Some(List::admit(&List::default(), List::parse(asked)?)?)),
+        }
+    }
+
+    /// Grant `key` its list and start the sandbox's forwarder with the grant's secret.
+    async fn open_network(
+        &self,
+        repl: &mut Repl,
+        key: &str,
+        list: List,
+        client: &Client,
+    ) -> Result<(), EgressError> {
+        let egress = self
+            .shared
+            .egress
+            .as_ref()
+            .expect("a list is only admitted with a ceiling");
+        let secret = egress.grant(key, list, client).await?;
+        let socket = egress.socket_in_sandbox();
+        match repl
+            .network(Some((&socket, key, &secret)), CONTROL_TIMEOUT)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                egress.revoke(key);
+                Err(EgressError::Forwarder(e.to_string()))
+            }
+        }
     }
 
     /// Install a run's `packages` into `volume`; nothing to do without any.
@@ -715,6 +811,12 @@ impl Engine {
         let admitted = self.admit("execute-persistent", session_id, client)?;
         let requirements = run_requirements(packages)?;
         let limits = self.limits(call)?;
+        // A new session's list is held to the ceiling before anything is made.
+        let network = call.network.as_deref();
+        let first = match session_id {
+            None => self.admit_network(network)?,
+            Some(_) => None,
+        };
         let session = match session_id {
             Some(id) => self.session(id, client).await?,
             None => self.new_session(client).await?,
@@ -739,6 +841,41 @@ impl Engine {
             .install_for_run(&requirements, &session.volume, Some(&session.id), &target)
             .await
             .map_err(|e| ExecError::Packages(Box::new(e)))?;
+        // The session's list: set by its first call, narrowed by a later one, kept by a
+        // call without `network`.
+        let asked = network.filter(|n| !n.is_empty());
+        let granted = match (first, asked, session_id) {
+            (Some(list), _, None) => {
+                let repl = self.live(&session, &mut guard)?;
+                self.open_network(repl, &session.id, list, client)
+                    .await
+                    .map(|_| ())
+            }
+            (_, Some(asked), Some(_)) => match &self.shared.egress {
+                Some(egress) => match egress.narrow(&session.id, asked) {
+                    Ok(list) => egress.grant(&session.id, list, client).await.map(|_| ()),
+                    Err(e) => Err(e),
+                },
+                None => self.admit_network(Some(asked)).map(|_| ()),
+            },
+            // A session with a list: its proxy must run (a dead one starts again, and gets
+            // every grant).
+            _ => match &self.shared.egress {
+                Some(egress) if egress.has_grant(&session.id) => egress.warm().await,
+                _ => Ok(()),
+            },
+        };
+        if let Err(e) = granted {
+            if session_id.is_none() {
+                // Nobody has this session's id yet: it goes with the error.
+                let why = EndReason::Lost(format!("its network could not be set up: {e}"));
+                self.end_session(&session, &mut guard, why);
+            }
+            return Err(e.into());
+        }
+        if let Some(egress) = &self.shared.egress {
+            egress.attend(&session.id, call.ask.clone());
+        }
         let repl = self.live(&session, &mut guard)?;
         let outcome = tokio::select! {
             outcome = repl.execute(code, None, false, &limits, &call.cancel, call.progress.as_ref()) => Some(outcome),
@@ -762,6 +899,10 @@ impl Engine {
             }
         };
         let survived = " The session is still alive with every variable defined before.";
+        let network = match &self.shared.egress {
+            Some(egress) if egress.has_grant(&session.id) => Some(egress.report(&session.id).await),
+            _ => None,
+        };
         let mut result = match outcome {
             Some(Ok(outcome)) => ExecResult::from_outcome(outcome, survived),
             failed => {
@@ -787,6 +928,7 @@ impl Engine {
         result.session_id = Some(session.id.clone());
         result.packages_installed = installed;
         result.previous_call = session.take_notice();
+        result.network = network;
         drop(guard);
         self.restamp(&session);
         Ok(result)
@@ -986,6 +1128,13 @@ impl Engine {
                 )));
             }
         };
+        // Its grant was the earlier server's: an adopted session keeps no network (fail
+        // closed). The forwarder goes, and with it the proxy variables.
+        if s.egress.is_some() {
+            if let Err(e) = repl.network(None, ADOPTED_NETWORK_OFF).await {
+                tracing::debug!(session_id = %id, error = %e, "could not stop an adopted session's forwarder");
+            }
+        }
         tracing::info!(session_id = %id, %client, container = %claimed,
             adopt_ms = started.elapsed().as_millis() as u64, "session adopted from an earlier server");
         let session = Arc::new(
@@ -1224,6 +1373,9 @@ impl Engine {
         };
         self.shared.sessions.forget(session, &why);
         self.shared.slots.release(&session.owner);
+        if let Some(egress) = &self.shared.egress {
+            egress.revoke(&session.id);
+        }
         tracing::info!(session_id = %session.id, client = %session.owner, %why, "session ended");
         let backend = self.shared.backend.clone();
         let (container, volume) = (session.container.clone(), session.volume.clone());
@@ -1512,6 +1664,16 @@ impl Engine {
                         seconds(end.saturating_sub(now))
                     )
                 }
+                None if role == sandbox::Role::Egress.as_str() => {
+                    let pid = item
+                        .labels
+                        .get(sandbox::labels::PID)
+                        .map_or("?", String::as_str);
+                    format!(
+                        "{role:<8} {}  made by pid {pid}  ends with its server (its stdin closes), else by the sweep",
+                        item.name
+                    )
+                }
                 None => {
                     let pid = item
                         .labels
@@ -1645,6 +1807,9 @@ impl Engine {
             }
         }
         let work = async {
+            if let Some(egress) = &s.egress {
+                egress.shutdown().await;
+            }
             if s.durable {
                 let released = futures::future::join_all(
                     sessions.iter().map(|x| self.rename_session(x, false)),

@@ -30,6 +30,9 @@
 //! - [`session`]: the registry of persistent sessions; a session is `Live` or `Ended`.
 //! - [`durable`]: sessions that outlive their daemon: the container name that says who owns
 //!   and who holds a session and until when it may live, and the holder's liveness.
+//! - [`egress`]: egress allow-lists: host patterns and lists, pure ([`egress::policy`]), and
+//!   the filtering proxy the `egress-proxy` subcommand runs in the proxy container
+//!   ([`egress::proxy`]).
 //! - [`install`]: requirement validation and the installer command.
 //! - [`engine`]: the operations behind the tools, and shutdown.
 //! - [`files`]: files in and out of a sandbox (`upload-file`, `download-file`, `list-files`,
@@ -61,6 +64,7 @@ pub mod config;
 pub mod demo;
 pub mod doctor;
 pub mod durable;
+pub mod egress;
 pub mod engine;
 pub mod files;
 pub mod http;

@@ -95,6 +95,15 @@ enum Command {
         #[command(subcommand)]
         action: ImageAction,
     },
+    /// The egress proxy, run by the daemon inside its proxy container: serves sandboxes on
+    /// the Unix socket PATH, takes control messages on stdin, writes events to stdout, and
+    /// ends when stdin closes.
+    #[command(hide = true)]
+    EgressProxy {
+        /// The Unix socket to listen on (a stale file there is replaced).
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -129,6 +138,10 @@ fn main() -> ExitCode {
         )
         .init();
 
+    // The proxy container has no config file and needs none.
+    if let Some(Command::EgressProxy { socket }) = &cli.command {
+        return egress_proxy(socket);
+    }
     if let Some(Command::Config { example: true }) = cli.command {
         print!("{}", Config::example_yaml());
         return ExitCode::SUCCESS;
@@ -177,6 +190,7 @@ fn main() -> ExitCode {
                 let tag = tag.unwrap_or_else(|| config.docker.image.clone());
                 build_image(&base, &tag).await
             }
+            Command::EgressProxy { .. } => unreachable!("handled before the config is loaded"),
         }
     });
     // stdin is read on a blocking thread that cannot be cancelled; after a signal it may
@@ -186,6 +200,49 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("python-docker-mcp: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `egress-proxy --socket PATH`: serve until stdin closes or a signal arrives, then remove
+/// the socket.
+fn egress_proxy(socket: &std::path::Path) -> ExitCode {
+    use python_docker_mcp::egress::proxy;
+    // Few threads, whatever the host's core count: the container has a small pids limit.
+    // Name resolution runs on the blocking pool (its time-out includes the wait for one).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(proxy::BLOCKING_THREADS)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        let listener = proxy::bind(socket)?;
+        tracing::info!(socket = %socket.display(), "egress proxy listening");
+        // As PID 1 of its container, SIGTERM would otherwise be ignored.
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        match Signals::new() {
+            Ok(mut signals) => {
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    let signal = signals.next().await;
+                    tracing::info!(%signal, "egress proxy stopping");
+                    stop.cancel();
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "egress proxy: signals are not caught"),
+        }
+        let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+        proxy::serve(listener, stdin, tokio::io::stdout(), shutdown).await
+    });
+    let _ = std::fs::remove_file(socket);
+    // stdin is read on a blocking thread that a signal does not end.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("python-docker-mcp egress-proxy: {e}");
             ExitCode::FAILURE
         }
     }

@@ -43,6 +43,7 @@ use rmcp::RoleServer;
 use tokio::sync::mpsc;
 
 use crate::client::Client;
+use crate::egress::daemon::{AskUser, ASK_WITHIN};
 use crate::engine::{
     CallContext, Engine, ExecError, ExecResult, FileList, FileOpError, InstallResult,
 };
@@ -75,6 +76,15 @@ pub struct TransientArgs {
     /// changes come back embedded in the result.
     #[serde(default)]
     pub files: Option<BTreeMap<String, FileInput>>,
+    /// Hosts this run may reach over HTTP(S), e.g. `["api.example.com", "*.example.org:8443"]`.
+    /// A pattern is a host name (that name exactly), `*.name` (its subdomains, not the name
+    /// itself), an IP address or a CIDR, optionally with `:port` (no port means 80 and
+    /// 443). Every pattern must be within the operator's allow-list (`network.allow`), or the
+    /// call is refused naming it. Clients that honour HTTP_PROXY/HTTPS_PROXY (urllib,
+    /// requests, httpx, pip, git) go through the server's filtering proxy; raw sockets and
+    /// DNS reach nothing. Refused connections are listed in the result. Omit it for no network.
+    #[serde(default)]
+    pub network: Option<Vec<String>>,
 }
 
 /// Arguments of `execute-persistent`.
@@ -94,6 +104,16 @@ pub struct PersistentArgs {
     /// the server's cap (usually 30 minutes; a larger value is refused with the cap named).
     #[serde(default)]
     pub timeout: Option<f64>,
+    /// Hosts this session may reach over HTTP(S), e.g. `["api.example.com"]`: host names,
+    /// `*.name` (subdomains only), IP addresses or CIDRs, optionally with `:port` (no port
+    /// means 80 and 443), each within the operator's allow-list (`network.allow`). The
+    /// session's first call sets its list; a later call may narrow it (each pattern within
+    /// the session's list), never widen it; a later call without `network` keeps it. A
+    /// session started without `network` has no network. Clients that honour
+    /// HTTP_PROXY/HTTPS_PROXY (urllib, requests, pip, git) go through the server's filtering
+    /// proxy; refused connections are listed in the result.
+    #[serde(default)]
+    pub network: Option<Vec<String>>,
 }
 
 /// One requirement or several.
@@ -315,6 +335,8 @@ impl Server {
             cancel: tokio_util::sync::CancellationToken::new(),
             progress: Some(tx),
             timeout,
+            ask: ask_user(ctx),
+            network: None,
         };
         let cancel = call.cancel.clone();
         let progress = ctx
@@ -442,6 +464,12 @@ pub fn render_exec(r: &ExecResult) -> String {
     }
     if let Some(notice) = &r.notice {
         parts.push(notice.clone());
+    }
+    if let Some(network) = &r.network {
+        let blocked = network.blocked_lines();
+        if !blocked.is_empty() {
+            parts.push(blocked.join("\n"));
+        }
     }
     if !r.packages_installed.is_empty() {
         parts.push(format!(
@@ -576,6 +604,8 @@ fn call_context(
         cancel: ctx.ct.clone(),
         progress: None,
         timeout: None,
+        ask: ask_user(ctx),
+        network: None,
     };
     let Some(token) = ctx.meta.get_progress_token() else {
         return (call, None);
@@ -595,6 +625,46 @@ fn call_context(
         }
     });
     (call, Some(relay))
+}
+
+/// The answer to an egress approval question (`network.ask`).
+#[derive(Debug, Deserialize, JsonSchema)]
+struct Approval {
+    /// true to allow the connection for the rest of the session.
+    allow: bool,
+}
+
+rmcp::elicit_safe!(Approval);
+
+/// How a call asks its user a yes/no question: MCP elicitation (a form with one boolean),
+/// when the client declared it; `None` otherwise (the question is then answered no).
+/// Declining, cancelling, or no answer within 30 s is no.
+fn ask_user(ctx: &RequestContext<RoleServer>) -> Option<AskUser> {
+    use rmcp::service::ElicitationMode;
+    if !ctx
+        .peer
+        .supported_elicitation_modes()
+        .contains(&ElicitationMode::Form)
+    {
+        return None;
+    }
+    let peer = ctx.peer.clone();
+    Some(AskUser(Arc::new(move |question: String| {
+        let peer = peer.clone();
+        Box::pin(async move {
+            match peer
+                .elicit_with_timeout::<Approval>(question, Some(ASK_WITHIN))
+                .await
+            {
+                Ok(Some(answer)) => answer.allow,
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::debug!(error = %e, "an egress approval was not given");
+                    false
+                }
+            }
+        })
+    })))
 }
 
 /// A successful result: `text` for the model, `data` as structured content.
@@ -663,7 +733,8 @@ impl Server {
         description = "Run Python code in a fresh, single-use sandbox container that is removed afterwards. \
 Nothing survives between calls except what you pass in `state` (a JSON object of variables) and read back \
 from the result's `state`. Use it for one-off computations; use execute-persistent when you want variables, \
-imports and files to persist. The sandbox has no network. Returns stdout, stderr, the last expression's \
+imports and files to persist. The sandbox has no network unless you pass `network` (hosts within the \
+operator's allow-list, reached through a filtering proxy). Returns stdout, stderr, the last expression's \
 value and any exception with its traceback.",
         output_schema = schema_for_output::<ExecResult>()
     )]
@@ -682,23 +753,30 @@ value and any exception with its traceback.",
         }
         let engine = self.engine.clone();
         let who = client.clone();
-        self.run(&ctx, &client, args.timeout, true, move |call| async move {
-            let result = engine
-                .execute_transient(
-                    &args.code,
-                    args.state.as_ref(),
-                    &args.packages,
-                    &inputs,
-                    &who,
-                    &call,
-                )
-                .run_timed("execute-transient")
-                .await;
-            match result {
-                Ok(r) => exec_result(r),
-                Err(e) => tool_error(e),
-            }
-        })
+        self.run(
+            &ctx,
+            &client,
+            args.timeout,
+            true,
+            move |mut call| async move {
+                call.network = args.network.clone();
+                let result = engine
+                    .execute_transient(
+                        &args.code,
+                        args.state.as_ref(),
+                        &args.packages,
+                        &inputs,
+                        &who,
+                        &call,
+                    )
+                    .run_timed("execute-transient")
+                    .await;
+                match result {
+                    Ok(r) => exec_result(r),
+                    Err(e) => tool_error(e),
+                }
+            },
+        )
         .await
     }
 
@@ -721,17 +799,24 @@ cleanup-session when you are done.",
         in_turn(&ctx).await;
         let engine = self.engine.clone();
         let who = client.clone();
-        self.run(&ctx, &client, args.timeout, true, move |call| async move {
-            let session = args.session_id.as_deref().filter(|s| !s.is_empty());
-            let result = engine
-                .execute_persistent(&args.code, session, &args.packages, &who, &call)
-                .run_timed("execute-persistent")
-                .await;
-            match result {
-                Ok(r) => exec_result(r),
-                Err(e) => tool_error(e),
-            }
-        })
+        self.run(
+            &ctx,
+            &client,
+            args.timeout,
+            true,
+            move |mut call| async move {
+                call.network = args.network.clone();
+                let session = args.session_id.as_deref().filter(|s| !s.is_empty());
+                let result = engine
+                    .execute_persistent(&args.code, session, &args.packages, &who, &call)
+                    .run_timed("execute-persistent")
+                    .await;
+                match result {
+                    Ok(r) => exec_result(r),
+                    Err(e) => tool_error(e),
+                }
+            },
+        )
         .await
     }
 

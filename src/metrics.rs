@@ -16,6 +16,7 @@
 //! | `pdm_executions_total` | counter | `tool`, `outcome` | tool calls that reached the engine, when they finish (see [`Outcome`]) |
 //! | `pdm_execution_seconds` | histogram | `tool` | how long a tool call took, end to end (waiting for a sandbox included) |
 //! | `pdm_output_bytes_total` | counter | `stream`: `stdout`, `stderr` | bytes of the code's output returned to clients by the execute tools |
+//! | `pdm_egress_connections_total` | counter | `client`, `verdict`: `allowed`, `denied` | connections the egress proxy decided for runs with a `network` list (`network.allow`) |
 //!
 //! **Bounded labels.** `tool` is one of the tool names (or `resources/read`), `outcome` one of [`Outcome`]'s
 //! words, `client` a name from the tokens file (or `local`): never a token, never a
@@ -40,6 +41,8 @@ use std::time::{Duration, Instant};
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::client::Client;
+
 pub const POOL_SANDBOXES: &str = "pdm_pool_sandboxes";
 pub const POOL_WAITING: &str = "pdm_pool_waiting";
 pub const SANDBOX_CREATIONS: &str = "pdm_sandbox_creations_total";
@@ -48,6 +51,7 @@ pub const SESSIONS: &str = "pdm_sessions";
 pub const EXECUTIONS: &str = "pdm_executions_total";
 pub const EXECUTION_SECONDS: &str = "pdm_execution_seconds";
 pub const OUTPUT_BYTES: &str = "pdm_output_bytes_total";
+pub const EGRESS_CONNECTIONS: &str = "pdm_egress_connections_total";
 
 /// Upper bounds of `pdm_sandbox_creation_seconds`' buckets: a start takes about 0.3 s on
 /// an idle host, several seconds on a loaded one or with heavy `warm_imports`.
@@ -163,6 +167,10 @@ fn describe() {
         "Duration of tool calls by tool, waiting for a sandbox included"
     );
     describe_counter!(
+        EGRESS_CONNECTIONS,
+        "Connections the egress proxy decided, by client and verdict (allowed, denied)"
+    );
+    describe_counter!(
         OUTPUT_BYTES,
         metrics::Unit::Bytes,
         "Bytes of the code's output (stdout, stderr) returned to clients"
@@ -189,6 +197,13 @@ pub fn tool_call(tool: &'static str, outcome: Outcome, took: Duration) {
     counter!(EXECUTIONS, "tool" => tool, "outcome" => outcome.label()).increment(1);
     histogram!(EXECUTION_SECONDS, "tool" => tool).record(took.as_secs_f64());
     upkeep();
+}
+
+/// The egress proxy decided a connection of `client`'s run.
+pub fn egress_connection(client: &Client, allowed: bool) {
+    let verdict = if allowed { "allowed" } else { "denied" };
+    counter!(EGRESS_CONNECTIONS, "client" => client.name().to_string(), "verdict" => verdict)
+        .increment(1);
 }
 
 /// Record a tool's engine call when it finishes: `engine.op(..).timed("tool").await`.

@@ -519,15 +519,8 @@ impl Pool {
             h.env.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let image = i.backend.image_id(&i.config.docker.image).await?;
-        let mut spec = self.spec(String::new());
-        spec.labels.clear();
         let p = HostPool {
-            fingerprint: durable::fingerprint([
-                image.as_str(),
-                i.config.session.scope.as_str(),
-                &durable::uid().to_string(),
-                &format!("{spec:?}"),
-            ]),
+            fingerprint: host_fingerprint(&image, &i.config, self.spec(String::new())),
             slots: self.target() as u32,
             max_age: i.config.docker.pool_max_age,
         };
@@ -1250,9 +1243,44 @@ impl From<RuntimeError> for AcquireError {
     }
 }
 
+/// What makes two warm sandboxes of the host pool interchangeable: the image's id, the
+/// scope, the OS user and the whole spec but its labels (which name the daemon that made
+/// it). The egress mount is part of the spec, so sandboxes of a daemon with a ceiling
+/// (`network.allow`) and of one without never mix.
+fn host_fingerprint(image: &str, config: &Config, mut spec: sandbox::SandboxSpec) -> String {
+    spec.labels.clear();
+    durable::fingerprint([
+        image,
+        config.session.scope.as_str(),
+        &durable::uid().to_string(),
+        &format!("{spec:?}"),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_pools_fingerprint_changes_with_the_egress_ceiling() {
+        let mut config = Config::defaults();
+        let owner = Owner::new();
+        let spec = |c: &Config| sandbox::repl_spec(c, &owner, "n".into(), "", "");
+        let without = host_fingerprint("sha256:1", &config, spec(&config));
+        assert_eq!(
+            without,
+            host_fingerprint("sha256:1", &config, spec(&config))
+        );
+        config.network.allow = vec!["allowed.test".into()];
+        let with = host_fingerprint("sha256:1", &config, spec(&config));
+        assert_ne!(
+            with, without,
+            "sandboxes with and without the mount never mix"
+        );
+        // A narrower or wider ceiling mounts the same directory: the same pool.
+        config.network.allow.push("*.example.com".into());
+        assert_eq!(with, host_fingerprint("sha256:1", &config, spec(&config)));
+    }
 
     fn waiter(w: &mut Waiters, name: &str) -> oneshot::Receiver<Delivery> {
         let (tx, rx) = oneshot::channel();

@@ -110,6 +110,17 @@ enum Request<'a> {
         id: u64,
         path: &'a str,
     },
+    /// Start the egress forwarder for a run with an allow-list (`socket` given: the proxy's
+    /// socket as the sandbox sees it, with the grant's key and secret), or stop it (none).
+    Network {
+        id: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        socket: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        secret: Option<&'a str>,
+    },
     Ping {
         id: u64,
     },
@@ -947,6 +958,43 @@ impl Repl {
         serde_json::from_value(data).map_err(|e| {
             ReplError::Died(format!("the helper sent an unreadable package list: {e}"))
         })
+    }
+
+    /// Give the sandbox a way out through the egress proxy: the helper starts its forwarder
+    /// (connections to it go to `socket` after a `PDM1 key secret` line) and points the
+    /// proxy variables at it; `None` stops it and removes the variables. Returns the
+    /// forwarder's port (0 when stopped).
+    pub async fn network(
+        &mut self,
+        grant: Option<(&str, &str, &str)>,
+        within: Duration,
+    ) -> Result<u16, ReplError> {
+        let id = self.next_id();
+        let (socket, key, secret) = match grant {
+            Some((socket, key, secret)) => (Some(socket), Some(key), Some(secret)),
+            None => (None, None, None),
+        };
+        let request = Request::Network {
+            id,
+            socket,
+            key,
+            secret,
+        };
+        let data = self.control(request, id, within).await?;
+        #[derive(Deserialize)]
+        struct Answer {
+            port: Option<u16>,
+            message: Option<String>,
+        }
+        let answer: Answer = serde_json::from_value(data).map_err(|e| {
+            ReplError::Died(format!("the helper sent an unreadable network answer: {e}"))
+        })?;
+        match (answer.port, answer.message) {
+            (_, Some(message)) => Err(ReplError::Died(format!(
+                "the sandbox could not start its egress forwarder: {message}"
+            ))),
+            (port, None) => Ok(port.unwrap_or(0)),
+        }
     }
 
     /// Write `data` (base64, at most [`crate::files::CHUNK`] bytes decoded) to `path`,

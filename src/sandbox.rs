@@ -58,6 +58,8 @@ pub enum Role {
     Packages,
     /// The download cache shared by installers (see [`CACHE_VOLUME`]).
     Cache,
+    /// The daemon's egress proxy (`network.allow`; see `crate::egress`).
+    Egress,
 }
 
 impl Role {
@@ -67,6 +69,7 @@ impl Role {
             Role::Installer => "installer",
             Role::Packages => "packages",
             Role::Cache => "cache",
+            Role::Egress => "egress",
         }
     }
 }
@@ -81,6 +84,24 @@ pub struct VolumeMount {
     pub target: String,
     pub read_only: bool,
 }
+
+/// A host path mounted into the container (the egress socket directory, the proxy's
+/// binary). Only the Docker backend renders it: Kubernetes refuses a spec with one (a pod
+/// cannot share a host directory with the daemon), naming `network.allow`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// The path on the engine's host (the daemon's host: Docker and Podman run there).
+    pub source: std::path::PathBuf,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// Where every sandbox sees the egress socket directory when `network.allow` is set,
+/// read-only (a socket on a read-only mount can still be connected to), and where the
+/// proxy container has it read-write.
+pub const EGRESS_MOUNT: &str = "/run/pdm-egress";
+/// Where the proxy container sees this daemon's own binary (read-only).
+pub const PROXY_BINARY: &str = "/opt/python-docker-mcp/bin/python-docker-mcp";
 
 /// Everything needed to create one sandbox (or installer), in runtime-neutral terms.
 #[derive(Debug, Clone)]
@@ -99,6 +120,8 @@ pub struct SandboxSpec {
     /// Writable in-memory mounts (a read-only root needs somewhere to write).
     pub scratch: Vec<Scratch>,
     pub volumes: Vec<VolumeMount>,
+    /// Host paths mounted in (see [`BindMount`]); empty unless `network.allow` is set.
+    pub binds: Vec<BindMount>,
     /// Keep stdin open and attached; the helper speaks over it.
     pub interactive: bool,
     /// Stdin stays open when the daemon's attach goes away, so the sandbox outlives its
@@ -383,6 +406,7 @@ pub fn repl_spec(
         security: locked_down(d.read_only),
         scratch,
         volumes,
+        binds: egress_binds(config),
         interactive: true,
         detachable: config.session.durable,
         remove_on_exit: true,
@@ -444,6 +468,8 @@ pub fn installer_spec(
                 read_only: false,
             },
         ],
+        // Installs keep their own path: no egress socket.
+        binds: Vec::new(),
         interactive: false,
         detachable: false,
         // Removed by the daemon after its exit code is read.
@@ -453,6 +479,83 @@ pub fn installer_spec(
         runtime: None,
     }
 }
+
+/// The egress socket directory, read-only at [`EGRESS_MOUNT`], for every sandbox of a
+/// daemon with a non-empty ceiling (`network.allow`); nothing otherwise. Pooled sandboxes
+/// have it whether or not a run asks for a network: a run's list is given to its sandbox at
+/// claim time (the helper's `network` request), never by re-creating it. The mount is part
+/// of the spec, so the host pool's fingerprint differs with and without it.
+fn egress_binds(config: &Config) -> Vec<BindMount> {
+    if config.network.allow.is_empty() {
+        return Vec::new();
+    }
+    vec![BindMount {
+        source: config.network.egress_dir.clone(),
+        target: EGRESS_MOUNT.into(),
+        read_only: true,
+    }]
+}
+
+/// The daemon's egress proxy: this daemon's own binary (`binary`, mounted read-only) run as
+/// `egress-proxy --socket /run/pdm-egress/<socket>` in a container of the sandbox image (for
+/// its C library), with the socket directory read-write, on `network.egress_network`,
+/// as the sandbox user, every capability dropped, no new privileges, a read-only root, and
+/// small limits. Its stdin and stdout are the control channel (`crate::egress`): stdin closes
+/// with the daemon's attach, and the proxy exits, so it never outlives its daemon; a dead
+/// daemon's proxy is an orphan for the sweep (its labels).
+pub fn proxy_spec(
+    config: &Config,
+    owner: &Owner,
+    binary: &std::path::Path,
+    socket: &str,
+) -> SandboxSpec {
+    SandboxSpec {
+        name: owner.name(Role::Egress),
+        image: config.docker.image.clone(),
+        command: vec![
+            PROXY_BINARY.into(),
+            "egress-proxy".into(),
+            "--socket".into(),
+            format!("{EGRESS_MOUNT}/{socket}"),
+        ],
+        env: vec!["PYTHON_DOCKER_MCP_LOG=info".into()],
+        user: config.docker.user,
+        working_dir: "/".into(),
+        labels: owner.labels(Role::Egress, None),
+        network: Network::outbound(config),
+        limits: Limits {
+            memory_bytes: PROXY_MEMORY,
+            cpus: 1.0,
+            pids: PROXY_PIDS,
+        },
+        security: locked_down(true),
+        scratch: Vec::new(),
+        volumes: Vec::new(),
+        binds: vec![
+            BindMount {
+                source: binary.to_path_buf(),
+                target: PROXY_BINARY.into(),
+                read_only: true,
+            },
+            BindMount {
+                source: config.network.egress_dir.clone(),
+                target: EGRESS_MOUNT.into(),
+                read_only: false,
+            },
+        ],
+        interactive: true,
+        detachable: false,
+        remove_on_exit: true,
+        keep_logs: false,
+        // The engine's default runtime: docker.runtime is for the code sandboxes.
+        runtime: None,
+    }
+}
+
+/// The proxy's memory: its relay buffers are fixed per tunnel, and tunnels are capped.
+const PROXY_MEMORY: u64 = 256 * 1024 * 1024;
+/// The proxy's threads at most (tokio's workers and blocking pool for name lookups).
+const PROXY_PIDS: u64 = 256;
 
 #[cfg(test)]
 mod tests {
@@ -573,6 +676,62 @@ mod tests {
         config.docker.network_disabled = false;
         let s = repl_spec(&config, &owner, owner.name(Role::Sandbox), "shared", "own");
         assert_eq!(s.network, via);
+    }
+
+    #[test]
+    fn every_sandbox_mounts_the_egress_directory_read_only_when_a_ceiling_is_set() {
+        let mut config = Config::defaults();
+        let owner = Owner::new();
+        let s = repl_spec(&config, &owner, owner.name(Role::Sandbox), "shared", "own");
+        assert!(s.binds.is_empty(), "no ceiling, no mount: {:?}", s.binds);
+        config.network.allow = vec!["allowed.test".into()];
+        let s = repl_spec(&config, &owner, owner.name(Role::Sandbox), "shared", "own");
+        assert_eq!(
+            s.binds,
+            [BindMount {
+                source: config.network.egress_dir.clone(),
+                target: EGRESS_MOUNT.into(),
+                read_only: true,
+            }]
+        );
+        assert_eq!(s.network, Network::None, "the socket is the only way out");
+        let i = installer_spec(&config, &owner, None, "target", vec!["true".into()]);
+        assert!(i.binds.is_empty(), "installs keep their own path");
+    }
+
+    #[test]
+    fn the_proxy_runs_our_binary_locked_down_on_the_egress_network() {
+        let mut config = Config::defaults();
+        config.network.allow = vec!["allowed.test".into()];
+        config.network.egress_network = Some("pdm-test-net".into());
+        let owner = Owner::new();
+        let bin = std::path::Path::new("/usr/bin/python-docker-mcp");
+        let p = proxy_spec(&config, &owner, bin, "abc.sock");
+        assert_eq!(
+            p.command,
+            [
+                PROXY_BINARY,
+                "egress-proxy",
+                "--socket",
+                "/run/pdm-egress/abc.sock"
+            ]
+        );
+        assert_eq!(p.labels[labels::ROLE], "egress");
+        assert_eq!(
+            p.network,
+            Network::Outbound {
+                via: Some("pdm-test-net".into())
+            }
+        );
+        assert_eq!(p.user, config.docker.user);
+        assert!(p.security.drop_all_capabilities && p.security.no_new_privileges);
+        assert!(p.security.read_only_root);
+        assert!(p.interactive && !p.detachable && p.remove_on_exit && !p.keep_logs);
+        assert_eq!(p.binds[0].source, bin);
+        assert!(p.binds[0].read_only, "the binary is read-only");
+        assert_eq!(p.binds[1].target, EGRESS_MOUNT);
+        assert!(!p.binds[1].read_only, "the proxy makes its socket there");
+        assert!(p.limits.memory_bytes <= 256 * 1024 * 1024);
     }
 
     #[test]

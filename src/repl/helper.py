@@ -21,6 +21,9 @@
 #            {"op": "put", "id": N, "path": str, "data": base64, "append": bool, "limit": int}
 #            {"op": "get", "id": N, "path": str, "offset": int, "length": int, "limit": int}
 #            {"op": "ls", "id": N, "path": str}
+#            {"op": "network", "id": N, "socket": str, "key": str, "secret": str} starts the
+#            egress forwarder (see "Egress" below) and sets the proxy variables; without
+#            "socket" it stops it and unsets them. Answer: done with {"port": P} or {}.
 #            Files move in chunks (the daemon sends and asks for at most 3 MiB of bytes each).
 #            Paths are refused unless their real path (symlinks followed) is inside the
 #            working directory or /tmp; the daemon checks the same rule lexically first.
@@ -736,6 +739,225 @@ def list_packages():
     return out[:LIST_CAP]
 
 
+# Egress (network.allow). A run with an allow-list gets a forwarder: one thread, listening on
+# 127.0.0.1:<ephemeral port>, that relays each accepted connection to the daemon's egress
+# proxy over the Unix socket the daemon names (the only way out: the sandbox has no network
+# interface but lo), after a first line "PDM1 <key> <secret>" that tells the proxy whose
+# grant it is. The proxy variables point every usual client (urllib, requests, pip, git)
+# at it; credentials never go in the URL (the forwarder authenticates). One selector loop
+# serves every connection, so the connections cost no threads (the sandbox's pids limit
+# counts threads); at most FORWARD_MAX at once (past it, a 503 naming the limit), and each
+# direction holds at most one FORWARD_CHUNK in memory (a side is read only when the other
+# has taken what was read before).
+FORWARD_MAX = 256
+FORWARD_CHUNK = 64 * 1024
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+NO_PROXY_VARS = ("NO_PROXY", "no_proxy")
+NO_PROXY = "localhost,127.0.0.1,::1"
+
+
+def _refusal(status, text):
+    body = (text + "\n").encode()
+    return (("HTTP/1.1 %s\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+             "Content-Length: %d\r\n\r\n") % (status, len(body))).encode() + body
+
+
+class _Relay:
+    """One client connection and its connection to the proxy."""
+
+    def __init__(self, client, upstream, preamble):
+        self.ends = [client, upstream]
+        # Bytes read from one end, waiting to be written to the other: pending[i] goes to
+        # ends[i]. The preamble goes first to the proxy.
+        self.pending = [b"", preamble]
+        self.eof = [False, False]
+        # What each end is registered for with the selector (0: not registered).
+        self.events = [0, 0]
+
+
+class Forwarder:
+    def __init__(self, path, preamble):
+        import selectors
+        import socket
+        self._socket = socket
+        self.path = path
+        self.preamble = preamble
+        self.sel = selectors.DefaultSelector()
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(128)
+        self.listener.setblocking(False)
+        self.port = self.listener.getsockname()[1]
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        self.sel.register(self.listener, selectors.EVENT_READ, "accept")
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "stop")
+        self.relays = set()
+        self.thread = threading.Thread(target=self._loop, name="pdm-egress", daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        try:
+            os.write(self.wake_w, b"x")
+        except OSError:
+            pass
+        self.thread.join(2)
+
+    def _loop(self):
+        try:
+            while True:
+                for key, _ in self.sel.select():
+                    if key.data == "stop":
+                        return
+                    if key.data == "accept":
+                        self._accept()
+                    else:
+                        self._step(key.data, key.fileobj)
+        except Exception as e:
+            diag("egress forwarder stopped: %r" % (e,))
+        finally:
+            for r in list(self.relays):
+                self._close(r)
+            for f in (self.listener,):
+                try:
+                    self.sel.unregister(f)
+                except (KeyError, ValueError):
+                    pass
+                f.close()
+            self.sel.close()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+
+    def _accept(self):
+        socket = self._socket
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                diag("egress accept failed: %r" % (e,))
+                return
+            if len(self.relays) >= FORWARD_MAX:
+                self._refuse(client, "503 Service Unavailable",
+                             "blocked: too many connections from this sandbox (limit %d)" % FORWARD_MAX)
+                continue
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                upstream.setblocking(False)
+                upstream.connect(self.path)
+            except OSError as e:
+                upstream.close()
+                self._refuse(client, "502 Bad Gateway",
+                             "blocked: the egress proxy is not reachable (%s)" % (e.strerror or e,))
+                continue
+            client.setblocking(False)
+            relay = _Relay(client, upstream, self.preamble)
+            self.relays.add(relay)
+            self._watch(relay)
+
+    def _refuse(self, client, status, text):
+        try:
+            client.setblocking(True)
+            client.settimeout(1)
+            client.sendall(_refusal(status, text))
+        except OSError:
+            pass
+        client.close()
+
+    def _watch(self, r):
+        """Register each end for what it can do now: read while the other end's queue is
+        empty, write while its own is not; close the pair once both ends are done."""
+        import selectors
+        for i in (0, 1):
+            events = 0
+            if not r.eof[i] and not r.pending[1 - i]:
+                events |= selectors.EVENT_READ
+            if r.pending[i]:
+                events |= selectors.EVENT_WRITE
+            if events == r.events[i]:
+                continue
+            try:
+                if r.events[i] == 0:
+                    self.sel.register(r.ends[i], events, r)
+                elif events == 0:
+                    self.sel.unregister(r.ends[i])
+                else:
+                    self.sel.modify(r.ends[i], events, r)
+            except (KeyError, ValueError, OSError):
+                self._close(r)
+                return
+            r.events[i] = events
+        if all(r.eof) and not any(r.pending):
+            self._close(r)
+
+    def _step(self, r, end):
+        if r not in self.relays:
+            return
+        i = r.ends.index(end)
+        other = 1 - i
+        try:
+            if r.pending[i]:
+                n = end.send(r.pending[i])
+                r.pending[i] = r.pending[i][n:]
+                if not r.pending[i] and r.eof[other]:
+                    end.shutdown(self._socket.SHUT_WR)
+            if not r.eof[i] and not r.pending[other]:
+                try:
+                    data = end.recv(FORWARD_CHUNK)
+                except (BlockingIOError, InterruptedError):
+                    data = None
+                if data == b"":
+                    r.eof[i] = True
+                    if not r.pending[other]:
+                        r.ends[other].shutdown(self._socket.SHUT_WR)
+                elif data:
+                    r.pending[other] = data
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._close(r)
+            return
+        self._watch(r)
+
+    def _close(self, r):
+        if r not in self.relays:
+            return
+        self.relays.discard(r)
+        for i, end in enumerate(r.ends):
+            if r.events[i]:
+                try:
+                    self.sel.unregister(end)
+                except (KeyError, ValueError):
+                    pass
+            end.close()
+
+
+_forwarder = None
+
+
+def network(req):
+    """Start (a "socket" given) or stop the egress forwarder; answers {"port": P} or {}."""
+    global _forwarder
+    if _forwarder is not None:
+        _forwarder.stop()
+        _forwarder = None
+    for name in PROXY_VARS + NO_PROXY_VARS:
+        os.environ.pop(name, None)
+    path = req.get("socket")
+    if not path:
+        return {}
+    preamble = ("PDM1 %s %s\n" % (req.get("key"), req.get("secret"))).encode()
+    _forwarder = Forwarder(str(path), preamble)
+    url = "http://127.0.0.1:%d" % _forwarder.port
+    for name in PROXY_VARS:
+        os.environ[name] = url
+    for name in NO_PROXY_VARS:
+        os.environ[name] = NO_PROXY
+    return {"port": _forwarder.port}
+
+
 def compile_cell(code):
     """Compile a cell; if it ends with an expression, compile that separately for its value."""
     global _cell
@@ -963,13 +1185,15 @@ def main():
                 send({"op": "done", "id": req.get("id"), "data": list_packages()})
             elif op in ("put", "get", "ls"):
                 send({"op": "done", "id": req.get("id"), "data": file_op(req)})
+            elif op == "network":
+                send({"op": "done", "id": req.get("id"), "data": network(req)})
             else:
                 diag("unknown op %r" % (op,))
         except Exception as e:  # MemoryError in a listing, say: answer, never exit
             diag("%s failed: %r" % (op, e))
             if op in ("reset", "vars", "packages"):
                 send({"op": "done", "id": req.get("id"), "data": [] if op != "reset" else None})
-            elif op in ("put", "get", "ls"):
+            elif op in ("put", "get", "ls", "network"):
                 send({"op": "done", "id": req.get("id"), "data": {"error": "failed", "message": repr(e)[:500]}})
         except KeyboardInterrupt:
             # An interrupt that landed between executions; nothing to stop.

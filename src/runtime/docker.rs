@@ -415,6 +415,13 @@ fn container_body(spec: &SandboxSpec, kind: EngineKind) -> ContainerCreateBody {
             }),
             ..Default::default()
         })
+        .chain(spec.binds.iter().map(|b| Mount {
+            target: Some(b.target.clone()),
+            source: Some(b.source.to_string_lossy().into_owned()),
+            typ: Some(MountType::BIND),
+            read_only: Some(b.read_only),
+            ..Default::default()
+        }))
         .collect();
     let limits = &spec.limits;
     let security = &spec.security;
@@ -1523,6 +1530,27 @@ mod tests {
         assert_eq!(body.network_disabled, Some(false));
         let mode = body.host_config.and_then(|h| h.network_mode);
         assert_eq!(mode.as_deref(), Some("pdm-test-net"));
+    }
+
+    #[test]
+    fn the_egress_directory_is_a_read_only_bind_mount_in_a_sandbox_without_network() {
+        let mut config = Config::defaults();
+        config.network.allow = vec!["allowed.test".into()];
+        config.network.egress_dir = "/home/u/.python-docker-mcp/egress".into();
+        let repl = repl_spec(&config, &fixed_owner(), "pdm-r".into(), "shared", "own");
+        let body = rendered(&repl, EngineKind::Docker);
+        let mounts = body["HostConfig"]["Mounts"].as_array().unwrap();
+        assert_eq!(
+            mounts.last().unwrap(),
+            &serde_json::json!({
+                "Target": "/run/pdm-egress",
+                "Source": "/home/u/.python-docker-mcp/egress",
+                "Type": "bind",
+                "ReadOnly": true,
+            })
+        );
+        assert_eq!(body["HostConfig"]["NetworkMode"], "none");
+        assert_eq!(body["NetworkDisabled"], true);
     }
 
     #[test]

@@ -802,6 +802,9 @@ impl Kubernetes {
 
     /// Create the pod for `spec` (after the NetworkPolicies are in place).
     async fn create_pod(&self, spec: &SandboxSpec) -> Result<String, RuntimeError> {
+        if !spec.binds.is_empty() {
+            return Err(RuntimeError::EgressUnsupported);
+        }
         self.ensure_policies().await?;
         let conn = self.conn().await?;
         let pod = pod(spec, &self.inner.settings);

@@ -139,6 +139,15 @@ pub enum RuntimeError {
         reason: String,
         message: String,
     },
+    /// Egress allow-lists need a host directory shared by the proxy and every sandbox,
+    /// which a pod cannot mount.
+    #[error(
+        "egress allow-lists (network.allow / PYTHON_DOCKER_MCP_NETWORK_ALLOW) are not \
+         available on the Kubernetes backend yet: sandboxes there cannot share the egress \
+         proxy's socket. Empty network.allow to run sandboxes without a network, or use the \
+         docker backend (Docker or Podman)"
+    )]
+    EgressUnsupported,
     /// A pod did not reach Running: unschedulable, a volume that never bound, a
     /// RuntimeClass the cluster does not have, or it ended before it could be attached.
     #[error(

@@ -44,6 +44,29 @@ while True:
     held.append(s.accept()[0])
 ";
 
+/// A small HTTP server: `GET` answers 200 with `hello from NAME PATH`, where NAME is the
+/// server's alias (the test passes `NAME = ...` ahead of it, see [`TestNet::http_server`]).
+const HTTP: &str = "\
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def do_GET(self):
+        body = ('hello from %s %s' % (NAME, self.path)).encode()
+        self.send_response(200)
+        self.send_header('Content-Type', 'text/plain')
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512
+s = S(('0.0.0.0', PORT), H)
+print('listening', flush=True)
+s.serve_forever()
+";
+
 /// A network of the test's own and the servers on it.
 pub struct TestNet {
     /// The network's name, unique per test: the value for `network.egress_network`.
@@ -126,6 +149,26 @@ impl TestNet {
         let host = "index.test";
         self.serve(host, SILENT);
         (format!("http://{host}:{PORT}/simple"), host.to_string())
+    }
+
+    /// An HTTP server at `alias` answering every GET with `hello from ALIAS PATH`.
+    pub fn http_server(&mut self, alias: &str) {
+        self.serve(alias, &format!("NAME = {alias:?}\n{HTTP}"));
+    }
+
+    /// The network's subnet as the engine reports it (its IPAM config: the network was
+    /// created here, so it has one), e.g. `172.19.0.0/16`.
+    pub fn subnet(&self) -> String {
+        let subnet = docker(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
+            &self.name,
+        ]);
+        let first = subnet.split_whitespace().next().unwrap_or_default();
+        assert!(!first.is_empty(), "{} reports no subnet", self.name);
+        first.to_string()
     }
 
     /// A server that accepts connections and never answers, at `alias`.

@@ -1483,3 +1483,31 @@ mod attach {
         );
     }
 }
+
+#[tokio::test]
+async fn a_sandbox_with_the_egress_mount_is_refused_naming_network_allow() {
+    let (k, handle) = mocked();
+    let mut config = Config::defaults();
+    config.network.allow = vec!["allowed.test".into()];
+    let owner = fixed_owner();
+    let spec = crate::sandbox::repl_spec(&config, &owner, "pdm-r".into(), "shared", "own");
+    let e = k
+        .start_attached(&spec)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("network.allow") && e.contains("Kubernetes"),
+        "{e}"
+    );
+    // Refused before the API server was asked anything.
+    drop(k);
+    let mut handle = handle;
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(100), handle.next_request())
+            .await
+            .map_or(true, |r| r.is_none()),
+        "no request reached the API server"
+    );
+}
