@@ -27,6 +27,8 @@
 //!   trusts nothing the sandbox sends (capped frames, strict ids, bounded queues).
 //! - [`pool`]: warm sandboxes, the creation semaphore, max age, single-use checkout; in
 //!   durable mode the host pool ([`pool::host`]) that every daemon of the host shares.
+//! - [`profile`]: sandbox profiles (`profiles` in the config): a name per call resolves to
+//!   the settings its sandboxes run with; one warm pool per profile.
 //! - [`session`]: the registry of persistent sessions; a session is `Live` or `Ended`.
 //! - [`durable`]: sessions that outlive their daemon: the container name that says who owns
 //!   and who holds a session and until when it may live, and the holder's liveness.
@@ -70,6 +72,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod order;
 pub mod pool;
+pub mod profile;
 pub mod repl;
 pub mod runtime;
 pub mod sandbox;

@@ -75,6 +75,11 @@ pub struct TransientArgs {
     /// changes come back embedded in the result.
     #[serde(default)]
     pub files: Option<BTreeMap<String, FileInput>>,
+    /// The sandbox profile to run under, e.g. `browser` for a sandbox with Chromium and
+    /// Playwright when the server has one. Omit it for `default`. An unknown name is
+    /// refused with the list of the server's profiles.
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 /// Arguments of `execute-persistent`.
@@ -94,6 +99,12 @@ pub struct PersistentArgs {
     /// the server's cap (usually 30 minutes; a larger value is refused with the cap named).
     #[serde(default)]
     pub timeout: Option<f64>,
+    /// The sandbox profile to run under, e.g. `browser` for a sandbox with Chromium and
+    /// Playwright when the server has one. Omit it for `default`. A session keeps the profile of
+    /// its first call; later calls may omit it. An unknown name is
+    /// refused with the list of the server's profiles.
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 /// One requirement or several.
@@ -264,6 +275,7 @@ impl Server {
             tool.input_schema = standard_formats_only(&tool.input_schema);
             tool.output_schema = tool.output_schema.as_ref().map(standard_formats_only);
         }
+        name_the_profiles(&mut tool_router, &engine.config().profile_names());
         let server = &engine.config().server;
         let tasks = Tasks::new(server.task_after, server.task_ttl, engine.stopping());
         Server {
@@ -313,6 +325,7 @@ impl Server {
             cancel: tokio_util::sync::CancellationToken::new(),
             progress: Some(tx),
             timeout,
+            profile: None,
         };
         let cancel = call.cancel.clone();
         let progress = ctx
@@ -396,6 +409,26 @@ fn standard_formats_only(schema: &Arc<JsonObject>) -> Arc<JsonObject> {
     match schema.to_value() {
         serde_json::Value::Object(object) => Arc::new(object),
         _ => unreachable!("a schema built from an object stays an object"),
+    }
+}
+
+/// The `profile` argument's description names this server's profiles, so the model reads
+/// which exist (the derived schema can only say that an error lists them).
+fn name_the_profiles(router: &mut ToolRouter<Server>, names: &[String]) {
+    for tool in ["execute-transient", "execute-persistent"] {
+        let Some(route) = router.map.get_mut(tool) else {
+            continue;
+        };
+        let mut schema = route.attr.input_schema.as_ref().clone();
+        let description = schema
+            .get_mut("properties")
+            .and_then(|p| p.get_mut("profile"))
+            .and_then(|p| p.as_object_mut())
+            .and_then(|p| p.get_mut("description"));
+        if let Some(serde_json::Value::String(text)) = description {
+            text.push_str(&format!(" This server's profiles: {}.", names.join(", ")));
+        }
+        route.attr.input_schema = Arc::new(schema);
     }
 }
 
@@ -573,6 +606,7 @@ fn call_context(
         cancel: ctx.ct.clone(),
         progress: None,
         timeout: None,
+        profile: None,
     };
     let Some(token) = ctx.meta.get_progress_token() else {
         return (call, None);
@@ -626,7 +660,7 @@ fn exec_result(r: ExecResult) -> CallToolResult {
     content.extend(
         r.images
             .iter()
-            .map(|png| Content::image(png.clone(), "image/png")),
+            .map(|image| Content::image(image.clone(), image_mime(image))),
     );
     for f in &r.files_changed {
         if let (Some(uri), Some(_)) = (&f.uri, &r.session_id) {
@@ -647,6 +681,15 @@ fn exec_result(r: ExecResult) -> CallToolResult {
             .push(Content::resource(resource_contents(uri, data)));
     }
     result
+}
+
+/// An image's type from its base64 text: JPEG's signature (`ff d8 ff`) encodes as `/9j/`;
+/// everything else the helper sends is PNG (figures, PNG values, PIL images).
+fn image_mime(base64: &str) -> &'static str {
+    match base64.starts_with("/9j/") {
+        true => "image/jpeg",
+        false => "image/png",
+    }
 }
 
 fn tool_error(message: impl std::fmt::Display) -> CallToolResult {
@@ -679,7 +722,8 @@ value and any exception with its traceback.",
         }
         let engine = self.engine.clone();
         let who = client.clone();
-        self.run(&ctx, &client, args.timeout, move |call| async move {
+        self.run(&ctx, &client, args.timeout, move |mut call| async move {
+            call.profile = args.profile.filter(|p| !p.is_empty());
             let result = engine
                 .execute_transient(
                     &args.code,
@@ -718,7 +762,8 @@ cleanup-session when you are done.",
         in_turn(&ctx).await;
         let engine = self.engine.clone();
         let who = client.clone();
-        self.run(&ctx, &client, args.timeout, move |call| async move {
+        self.run(&ctx, &client, args.timeout, move |mut call| async move {
+            call.profile = args.profile.filter(|p| !p.is_empty());
             let session = args.session_id.as_deref().filter(|s| !s.is_empty());
             let result = engine
                 .execute_persistent(&args.code, session, &args.packages, &who, &call)
