@@ -973,6 +973,11 @@ impl Pool {
                             .try_acquire_owned()
                             .ok();
                         spawn = usize::from(background.is_some());
+                        // Another pool (a profile's, a client's) holds the turn, and its
+                        // release wakes only that pool: look again shortly.
+                        if background.is_none() {
+                            wake_at = Some(Instant::now() + REFILL_SETTLE);
+                        }
                     }
                 }
                 st.creating += spawn;
