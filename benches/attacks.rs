@@ -216,6 +216,15 @@ fn cases(quick: bool) -> Vec<Case> {
             ),
             pause: Duration::ZERO,
         },
+        // How long a fork bomb takes to be answered at the pids limit: the speed side of
+        // tests/reliability.rs's fork-bomb case, which asserts only what happens.
+        Case {
+            key: "7",
+            title: "fork bomb up to the pids limit",
+            code: "import os, time\nwhile True:\n    if os.fork() == 0:\n        time.sleep(600)\n        os._exit(0)\n"
+                .into(),
+            pause: Duration::ZERO,
+        },
     ]
 }
 

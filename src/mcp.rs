@@ -288,12 +288,14 @@ impl Server {
     /// Run an execution or install. A client that declares the tasks extension gets a task
     /// when the run has not finished within `server.task_after` (unless it already holds
     /// [`crate::tasks::MAX_TASKS_PER_CLIENT`]); any other call blocks until the result, with
-    /// progress, as before. `work` gets the call's context; `timeout` is the call's own.
+    /// progress, as before. `work` gets the call's context; `timeout` is the call's own;
+    /// `interruptible` is false for a run `tasks/cancel` must leave going (an install).
     async fn run<W, F>(
         &self,
         ctx: &RequestContext<RoleServer>,
         client: &Client,
         timeout: Option<f64>,
+        interruptible: bool,
         work: W,
     ) -> Result<CallToolResponse, ErrorData>
     where
@@ -371,6 +373,7 @@ impl Server {
                 .map_err(|e| ErrorData::internal_error(format!("the call failed: {e}"), None));
         }
         open.store(false, Ordering::Relaxed);
+        let cancel = interruptible.then_some(cancel);
         let task = self.tasks.adopt(client, run, cancel, tail, started);
         Ok(CallToolResponse::Task(CreateTaskResult::new(task)))
     }
@@ -722,24 +725,30 @@ value and any exception with its traceback.",
         }
         let engine = self.engine.clone();
         let who = client.clone();
-        self.run(&ctx, &client, args.timeout, move |mut call| async move {
-            call.profile = args.profile.filter(|p| !p.is_empty());
-            let result = engine
-                .execute_transient(
-                    &args.code,
-                    args.state.as_ref(),
-                    &args.packages,
-                    &inputs,
-                    &who,
-                    &call,
-                )
-                .run_timed("execute-transient")
-                .await;
-            match result {
-                Ok(r) => exec_result(r),
-                Err(e) => tool_error(e),
-            }
-        })
+        self.run(
+            &ctx,
+            &client,
+            args.timeout,
+            true,
+            move |mut call| async move {
+                call.profile = args.profile.filter(|p| !p.is_empty());
+                let result = engine
+                    .execute_transient(
+                        &args.code,
+                        args.state.as_ref(),
+                        &args.packages,
+                        &inputs,
+                        &who,
+                        &call,
+                    )
+                    .run_timed("execute-transient")
+                    .await;
+                match result {
+                    Ok(r) => exec_result(r),
+                    Err(e) => tool_error(e),
+                }
+            },
+        )
         .await
     }
 
@@ -762,18 +771,24 @@ cleanup-session when you are done.",
         in_turn(&ctx).await;
         let engine = self.engine.clone();
         let who = client.clone();
-        self.run(&ctx, &client, args.timeout, move |mut call| async move {
-            call.profile = args.profile.filter(|p| !p.is_empty());
-            let session = args.session_id.as_deref().filter(|s| !s.is_empty());
-            let result = engine
-                .execute_persistent(&args.code, session, &args.packages, &who, &call)
-                .run_timed("execute-persistent")
-                .await;
-            match result {
-                Ok(r) => exec_result(r),
-                Err(e) => tool_error(e),
-            }
-        })
+        self.run(
+            &ctx,
+            &client,
+            args.timeout,
+            true,
+            move |mut call| async move {
+                call.profile = args.profile.filter(|p| !p.is_empty());
+                let session = args.session_id.as_deref().filter(|s| !s.is_empty());
+                let result = engine
+                    .execute_persistent(&args.code, session, &args.packages, &who, &call)
+                    .run_timed("execute-persistent")
+                    .await;
+                match result {
+                    Ok(r) => exec_result(r),
+                    Err(e) => tool_error(e),
+                }
+            },
+        )
         .await
     }
 
@@ -877,7 +892,7 @@ no network.",
         let engine = self.engine.clone();
         let who = client.clone();
         // An install cannot be interrupted: the call context only carries progress.
-        self.run(&ctx, &client, None, move |_call| async move {
+        self.run(&ctx, &client, None, false, move |_call| async move {
             let session = args.session_id.as_deref().filter(|s| !s.is_empty());
             let packages = args.package_name.into_vec();
             match engine

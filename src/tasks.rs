@@ -75,8 +75,10 @@ struct Entry {
     /// The wire view; its status and message are filled in when it is read.
     task: Task,
     created: Instant,
-    /// The run's cancellation: the engine interrupts the code when it fires.
-    cancel: CancellationToken,
+    /// The run's cancellation: the engine interrupts the code when it fires. `None` for a
+    /// run that cannot be interrupted (an install): `tasks/cancel` leaves it running, and
+    /// its task completes with its result.
+    cancel: Option<CancellationToken>,
     cancel_requested: bool,
     /// The run's latest output, for `statusMessage` while it works.
     tail: Arc<Tail>,
@@ -118,13 +120,14 @@ impl Tasks {
     }
 
     /// Make a task of a run still going: `run` yields the call's result, `cancel`
-    /// interrupts it, `tail` holds its latest output, `started` is when the call began.
+    /// interrupts it (`None`: it cannot be interrupted), `tail` holds its latest output,
+    /// `started` is when the call began.
     /// Returns the task's first state, for the call's answer.
     pub fn adopt(
         &self,
         client: &Client,
         run: JoinHandle<CallToolResult>,
-        cancel: CancellationToken,
+        cancel: Option<CancellationToken>,
         tail: Arc<Tail>,
         started: Instant,
     ) -> Task {
@@ -174,10 +177,17 @@ impl Tasks {
         let mut tasks = self.shared.tasks.lock().expect("tasks lock");
         match tasks.get_mut(id) {
             Some(entry) if &entry.owner == client => {
-                if entry.done.is_none() {
-                    tracing::info!(task_id = %id, %client, "task cancelled by its client");
-                    entry.cancel_requested = true;
-                    entry.cancel.cancel();
+                match (&entry.cancel, &entry.done) {
+                    (Some(cancel), None) => {
+                        tracing::info!(task_id = %id, %client, "task cancelled by its client");
+                        entry.cancel_requested = true;
+                        cancel.cancel();
+                    }
+                    (None, None) => {
+                        tracing::info!(task_id = %id, %client,
+                            "tasks/cancel of a run that cannot be interrupted: it goes on");
+                    }
+                    (_, Some(_)) => {}
                 }
                 Ok(())
             }
@@ -383,7 +393,13 @@ mod tests {
             let _ = wait.await;
             ok("all done")
         });
-        let task = tasks.adopt(&me, run, CancellationToken::new(), tail, Instant::now());
+        let task = tasks.adopt(
+            &me,
+            run,
+            Some(CancellationToken::new()),
+            tail,
+            Instant::now(),
+        );
         let id = task.task_id.clone();
         assert_eq!(task.status, TaskStatus::Working);
         let working = tasks.get(&me, &id).unwrap();
@@ -423,13 +439,36 @@ mod tests {
             ok("printed before\ninterrupted")
         });
         let id = tasks
-            .adopt(&me, run, cancel, Arc::default(), Instant::now())
+            .adopt(&me, run, Some(cancel), Arc::default(), Instant::now())
             .task_id;
         tasks.cancel(&me, &id).unwrap();
         let done = settled(&tasks, &me, &id).await;
         assert_eq!(done.status(), TaskStatus::Cancelled);
         let message = done.task.status_message.unwrap();
         assert!(message.contains("printed before"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_run_that_cannot_be_interrupted_completes_after_a_cancel() {
+        let tasks = Tasks::new(
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            CancellationToken::new(),
+        );
+        let me = Client::local();
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(async move {
+            let _ = wait.await;
+            ok("installed")
+        });
+        let id = tasks
+            .adopt(&me, run, None, Arc::default(), Instant::now())
+            .task_id;
+        tasks.cancel(&me, &id).unwrap();
+        assert_eq!(tasks.get(&me, &id).unwrap().status(), TaskStatus::Working);
+        go.send(()).unwrap();
+        let done = settled(&tasks, &me, &id).await;
+        assert_eq!(done.status(), TaskStatus::Completed);
     }
 
     #[test]

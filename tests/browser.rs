@@ -506,10 +506,7 @@ async fn the_host_pool_keeps_profiles_apart_by_fingerprint() {
         assert!(v.starts_with(&format!("('{profile}'")), "{id} ran {v}");
     }
     d.finish().await;
+    // The filler's warm sandboxes were the host's on purpose; both were taken above.
     remove_leftovers(filler.pid);
-    assert!(
-        eventually(Duration::from_secs(10), || leftovers(filler.pid).is_empty()).await,
-        "{:?}",
-        leftovers(filler.pid)
-    );
+    filler.finish().await;
 }

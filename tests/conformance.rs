@@ -153,7 +153,7 @@ async fn every_applicable_server_scenario_of_the_official_suite_passes() {
 
     // Loopback without tokens: the DNS-rebinding check (Host names) is on, as a local
     // user runs it.
-    let daemon = HttpDaemon::start(&[]).await;
+    let mut daemon = HttpDaemon::start(&[]).await;
     let url = daemon.mcp_url();
     let mut failed = Vec::new();
     for name in &run {
@@ -170,6 +170,7 @@ async fn every_applicable_server_scenario_of_the_official_suite_passes() {
         failed.join("\n"),
         daemon.log()
     );
+    daemon.finish().await;
 }
 
 #[test]

@@ -167,6 +167,7 @@ async fn a_session_survives_sigkill_and_the_next_daemon_adopts_it_intact() {
     assert!(me["variables"].as_u64().unwrap_or(0) >= 2, "{me}");
     end_and_check(&second, &id, &[first.pid]).await;
     second.finish().await;
+    first.finish_as(Exit::Signal(9)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -218,6 +219,7 @@ async fn after_sigterm_the_call_cut_off_by_the_restart_is_reported_on_the_next_c
     assert!(field(&again, "previous_call").is_null());
     end_and_check(&second, &id, &[first.pid]).await;
     second.finish().await;
+    first.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -306,6 +308,7 @@ async fn two_daemons_adopting_one_orphaned_session_at_once_one_wins_and_runs() {
     end_and_check(winner, &id, &[dead]).await;
     b.finish().await;
     c.finish().await;
+    first.finish_as(Exit::Signal(9)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -334,6 +337,7 @@ async fn a_session_nobody_uses_ends_itself_with_its_volume_when_no_daemon_runs()
         "{:?}",
         leftovers(pid)
     );
+    d.finish_as(Exit::Signal(9)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -384,6 +388,7 @@ async fn the_backstop_removes_a_session_whose_code_killed_its_own_timer() {
         "{:?}",
         leftovers(pid)
     );
+    d.finish_as(Exit::Signal(9)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -417,6 +422,7 @@ async fn cleanup_lists_a_session_left_at_exit_with_its_owner_and_expiry() {
     let mut next = Daemon::start_with(&[DURABLE]).await;
     end_and_check(&next, &id, &[pid]).await;
     next.finish().await;
+    d.finish().await;
 }
 
 /// `cleanup --all` removes everything of this host, other tests' sandboxes included: it
@@ -439,6 +445,7 @@ async fn cleanup_all_removes_everything_now() {
         leftovers(pid)
     );
     assert!(named(&format!("pdm-s.{id}.")).is_empty());
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -469,7 +476,7 @@ async fn an_http_restart_keeps_each_clients_sessions_for_that_client_only() {
     assert_eq!(named(&format!("pdm-s.{id}.")).len(), 1, "the session stays");
 
     // The upgraded server: alice finds her variables, bob finds nothing.
-    let second = HttpDaemon::start(&env).await;
+    let mut second = HttpDaemon::start(&env).await;
     let bob = second.connect(Some(BOB)).await;
     let r = call(
         &bob,
@@ -501,6 +508,6 @@ async fn an_http_restart_keeps_each_clients_sessions_for_that_client_only() {
         leftovers(first_pid)
     );
     drop((alice, bob));
-    drop(second);
-    drop(first);
+    second.finish().await;
+    first.finish().await;
 }

@@ -5,6 +5,10 @@
 //! it is `#[ignore]`d: `scripts/test.sh` runs it alone after the rest of the suite with
 //! `cargo test --test engine_restart -- --ignored --test-threads 1`. The engine is started
 //! again with `scripts/ensure-docker.sh`, which is also how test.sh starts it.
+//!
+//! **Changes the host:** it stops the machine's Docker engine. It puts it back even when
+//! the test fails: a guard (`EngineBack`) starts the engine again from `Drop` if it does
+//! not answer, before the daemon's own clean-up runs.
 
 mod common;
 
@@ -65,12 +69,17 @@ impl Drop for EngineBack {
     }
 }
 
-/// The call answered within `limit` with an error whose text names Docker.
+/// How long a call may take while the engine is down before the test calls it a hang: a
+/// call is expected to fail at once (the engine refuses the connection, or the pool's last
+/// failure is fresh), at worst after one probe that fails at once too.
+const HANG: Duration = Duration::from_secs(30);
+
+/// The call answered, within [`HANG`], with an error whose text names Docker.
 #[track_caller]
 fn assert_names_docker(r: &rmcp::model::CallToolResult, took: Duration, what: &str) {
     assert!(
-        took < Duration::from_secs(15),
-        "{what}: answered promptly, not after {took:?}"
+        took < HANG,
+        "{what}: expected at once, still unanswered after {took:?}"
     );
     assert!(is_error(r), "{what}: {}", describe(r));
     assert!(
@@ -105,8 +114,8 @@ async fn the_same_daemon_serves_again_after_the_engine_restarts() {
     let started = Instant::now();
     let r = d.persistent("x", Some(&old)).await;
     assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "the old session answers promptly: {:?}",
+        started.elapsed() < HANG,
+        "the old session answers (expected at once): {:?}",
         started.elapsed()
     );
     assert!(
@@ -156,4 +165,5 @@ async fn the_same_daemon_serves_again_after_the_engine_restarts() {
     let pid = d.pid;
     let clean = eventually(Duration::from_secs(15), || leftovers(pid).is_empty()).await;
     assert!(clean, "nothing left after exit: {:?}", leftovers(pid));
+    d.finish().await;
 }

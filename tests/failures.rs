@@ -39,6 +39,7 @@ async fn without_docker_the_server_starts_and_explains() {
         status.is_some_and(|s| s.success()),
         "the daemon exits cleanly on EOF even without Docker: {status:?}"
     );
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -63,6 +64,7 @@ async fn a_missing_image_says_how_to_build_it() {
     let status = d.close(Duration::from_secs(30)).await;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     assert!(leftovers(d.pid).is_empty(), "{:?}", leftovers(d.pid));
+    d.finish().await;
 }
 
 #[test]
@@ -173,7 +175,7 @@ async fn settings_from_the_environment_reach_the_sandbox() {
     assert_eq!(value(&r).as_deref(), Some("'/work'"), "{}", describe(&r));
     assert_eq!(stdout(&r).len(), 2048);
     assert_eq!(field(&r, "stdout_dropped"), &json!(10001 - 2048));
-    d.close(Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 /// A message over `server.max_message` is answered with an error that names the limit,
@@ -223,4 +225,5 @@ async fn an_oversized_message_over_stdio_is_answered_naming_the_limit() {
         )
         .await;
     assert!(r.to_string().contains("900000"), "{r}");
+    d.finish().await;
 }

@@ -105,7 +105,7 @@ len(rows)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_csv_goes_in_a_png_and_a_csv_come_out_and_both_reads_agree() {
-    let d = Daemon::start().await;
+    let mut d = Daemon::start().await;
     let session = d.new_session(SETUP).await;
     let csv = "x,y\n1,2\n2,4\n3,9\n";
     let up = d
@@ -214,11 +214,12 @@ async fn a_csv_goes_in_a_png_and_a_csv_come_out_and_both_reads_agree() {
         vec![("out/summary.csv".to_string(), "modified".to_string())]
     );
     d.cleanup(&session).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn escapes_are_refused_dotdot_absolute_and_symlinks() {
-    let d = Daemon::start().await;
+    let mut d = Daemon::start().await;
     let session = d
         .new_session(
             "import os\nos.symlink('/etc', 'etc_link')\nos.symlink('/etc/passwd', 'pw')\n\
@@ -304,11 +305,12 @@ async fn escapes_are_refused_dotdot_absolute_and_symlinks() {
     assert_ok(&r);
     assert_eq!(contents_bytes(&embedded(&r)[0].1), b"tmp is fine");
     d.cleanup(&session).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn files_over_the_limit_are_refused_naming_it() {
-    let d = Daemon::start_with(&[("PYTHON_DOCKER_MCP_FILE_LIMIT", "64k")]).await;
+    let mut d = Daemon::start_with(&[("PYTHON_DOCKER_MCP_FILE_LIMIT", "64k")]).await;
     let session = d
         .new_session("open('big.bin', 'wb').write(b'x' * 100_000)")
         .await;
@@ -346,11 +348,12 @@ async fn files_over_the_limit_are_refused_naming_it() {
         .await;
     assert_eq!(contents_bytes(&embedded(&r)[0].1), [0, 1, 2, 255]);
     d.cleanup(&session).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transient_run_takes_files_and_returns_what_it_changed_embedded() {
-    let d = Daemon::start().await;
+    let mut d = Daemon::start().await;
     let png_like = [0x89u8, b'P', b'N', b'G', 0, 1, 2, 3];
     let r = d
         .call(
@@ -404,12 +407,102 @@ async fn a_transient_run_takes_files_and_returns_what_it_changed_embedded() {
         )
         .await;
     assert_tool_error(&r, "outside the sandbox's files");
+    d.finish().await;
+}
+
+/// The caps on what a run reports and returns (src/repl/helper.py `LIST_CAP`, and the
+/// budget in src/engine/files.rs `collect_outputs`): hidden directories are not compared,
+/// the comparison stops at 2000 files and says so, and a transient run's changed files
+/// come back embedded up to `docker.file_limit` in all, a file left out said so.
+#[tokio::test(flavor = "multi_thread")]
+async fn files_changed_skips_hidden_directories_stops_at_2000_and_embeds_up_to_the_limit() {
+    let mut d = Daemon::start_with(&[("PYTHON_DOCKER_MCP_FILE_LIMIT", "64k")]).await;
+    let session = d.new_session("import os").await;
+    // Hidden directories (where libraries keep caches) are skipped; the rest is listed.
+    let r = d
+        .persistent_ok(
+            "os.makedirs('.cache/deep')\nopen('.cache/deep/x.txt', 'w').write('x')\n\
+             os.makedirs('.config')\nopen('.config/y.txt', 'w').write('y')\n\
+             open('seen.txt', 'w').write('z')",
+            &session,
+        )
+        .await;
+    assert_eq!(
+        changed(&r),
+        vec![("seen.txt".to_string(), "created".to_string())],
+        "{}",
+        describe(&r)
+    );
+    assert_ne!(
+        structured(&r)["files_changed_truncated"],
+        json!(true),
+        "{}",
+        describe(&r)
+    );
+    // 2100 more files: the comparison covers the first 2000 files of the working
+    // directory (seen.txt, then 1999 of these), and says it stopped.
+    let r = d
+        .persistent_ok(
+            "os.makedirs('many')\nfor i in range(2100):\n    open(f'many/{i:04}.txt', 'w').close()",
+            &session,
+        )
+        .await;
+    let seen = changed(&r);
+    assert_eq!(seen.len(), 1999, "2000 files compared, seen.txt unchanged");
+    assert_eq!(seen[0].0, "many/0000.txt");
+    assert_eq!(seen[1998].0, "many/1998.txt");
+    assert_eq!(
+        structured(&r)["files_changed_truncated"],
+        json!(true),
+        "{}",
+        clip(&text(&r))
+    );
+    assert!(
+        text(&r).contains("more than 2000 files"),
+        "{}",
+        clip(&text(&r))
+    );
+    d.cleanup(&session).await;
+
+    // A transient run's changed files come back up to file_limit (64 KiB) in all, in
+    // path order: a (40 KB) fits, b (40 KB) no longer does, c (10 KB) still does.
+    let r = d
+        .transient(
+            "open('a.bin', 'wb').write(b'a' * 40000)\n\
+             open('b.bin', 'wb').write(b'b' * 40000)\n\
+             open('c.bin', 'wb').write(b'c' * 10000)",
+        )
+        .await;
+    assert_ok(&r);
+    let mut got: Vec<(String, usize)> = embedded(&r)
+        .iter()
+        .map(|(uri, c)| {
+            (
+                uri.rsplit('/').next().unwrap().to_string(),
+                contents_bytes(c).len(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![("a.bin".to_string(), 40000), ("c.bin".to_string(), 10000)],
+        "{}",
+        describe(&r)
+    );
+    assert!(
+        text(&r)
+            .contains("b.bin (created, 40000 bytes, not returned (over docker.file_limit in all))"),
+        "the file left out is said so: {}",
+        describe(&r)
+    );
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn another_clients_session_files_are_an_unknown_session() {
     let tokens = tokens_file();
-    let daemon =
+    let mut daemon =
         HttpDaemon::start(&[("PYTHON_DOCKER_MCP_TOKENS_FILE", tokens.to_str().unwrap())]).await;
     let alice = daemon.connect(Some(ALICE)).await;
     let bob = daemon.connect(Some(BOB)).await;
@@ -496,13 +589,14 @@ async fn another_clients_session_files_are_an_unknown_session() {
         "unchanged"
     );
     drop((alice, bob));
+    daemon.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_sdk_sees_resource_links() {
     let python = python_sdk();
     let tokens = tokens_file();
-    let daemon =
+    let mut daemon =
         HttpDaemon::start(&[("PYTHON_DOCKER_MCP_TOKENS_FILE", tokens.to_str().unwrap())]).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/files_client.py");
     let out = tokio::time::timeout(
@@ -531,4 +625,5 @@ async fn the_python_sdk_sees_resource_links() {
     assert_eq!(links[0]["mimeType"], "text/plain");
     assert_eq!(got["read"], "hi from the sandbox", "{got}");
     assert_eq!(got["resources_capability"], true, "{got}");
+    daemon.finish().await;
 }

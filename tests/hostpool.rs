@@ -129,6 +129,7 @@ async fn the_last_daemons_warm_pool_serves_the_next_one_and_then_ends_itself() {
         "{:?}",
         leftovers(first.pid)
     );
+    first.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -172,6 +173,9 @@ async fn three_daemons_started_at_once_fill_one_pool_of_pool_size() {
     }
     assert_eq!(made_by(&pids, "pdm-").len(), 4, "only the warm pool stays");
     clear(&pids).await;
+    for d in &mut daemons {
+        d.finish().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -220,4 +224,5 @@ async fn one_warm_sandbox_goes_to_exactly_one_of_two_racing_daemons_and_never_to
         d.finish().await;
     }
     clear(&[filler.pid]).await;
+    filler.finish().await;
 }

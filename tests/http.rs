@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn a_missing_or_wrong_token_gets_401_with_www_authenticate_and_nothing_else() {
     let tokens = tokens_file();
-    let daemon =
+    let mut daemon =
         HttpDaemon::start(&[("PYTHON_DOCKER_MCP_TOKENS_FILE", tokens.to_str().unwrap())]).await;
     let http = http();
     let url = daemon.mcp_url();
@@ -70,6 +70,7 @@ async fn a_missing_or_wrong_token_gets_401_with_www_authenticate_and_nothing_els
         assert!(!log.contains(secret), "a token leaked into the log:\n{log}");
     }
     assert!(log.contains("alice") && log.contains("bob"), "{log}");
+    daemon.finish().await;
 }
 
 #[tokio::test]
@@ -122,7 +123,7 @@ fn normalised(r: &CallToolResult, id: &str) -> String {
 #[tokio::test]
 async fn another_clients_session_is_exactly_an_unknown_id_for_every_tool() {
     let tokens = tokens_file();
-    let daemon =
+    let mut daemon =
         HttpDaemon::start(&[("PYTHON_DOCKER_MCP_TOKENS_FILE", tokens.to_str().unwrap())]).await;
     let alice = daemon.connect(Some(ALICE)).await;
     let bob = daemon.connect(Some(BOB)).await;
@@ -192,12 +193,13 @@ async fn another_clients_session_is_exactly_an_unknown_id_for_every_tool() {
 
     let _ = alice.cancel().await;
     let _ = bob.cancel().await;
+    daemon.finish().await;
 }
 
 #[tokio::test]
 async fn an_mcp_session_id_answers_only_the_client_that_opened_it() {
     let tokens = tokens_file();
-    let daemon =
+    let mut daemon =
         HttpDaemon::start(&[("PYTHON_DOCKER_MCP_TOKENS_FILE", tokens.to_str().unwrap())]).await;
     let http = http();
     let url = daemon.mcp_url();
@@ -265,6 +267,7 @@ async fn an_mcp_session_id_answers_only_the_client_that_opened_it() {
         .expect("send");
     assert_eq!(still.status(), 200);
     assert!(still.text().await.unwrap().contains("execute-transient"));
+    daemon.finish().await;
 }
 
 // ----- quotas and fairness -----
@@ -273,7 +276,7 @@ async fn an_mcp_session_id_answers_only_the_client_that_opened_it() {
 async fn each_client_gets_its_share_of_the_sessions() {
     let tokens = tokens_file();
     // 4 sessions in all; unset, each of the two clients may hold a quarter: 1.
-    let daemon = HttpDaemon::start(&[
+    let mut daemon = HttpDaemon::start(&[
         ("PYTHON_DOCKER_MCP_TOKENS_FILE", tokens.to_str().unwrap()),
         ("PYTHON_DOCKER_MCP_MAX_SESSIONS", "4"),
     ])
@@ -308,17 +311,23 @@ async fn each_client_gets_its_share_of_the_sessions() {
     assert_ok(&call(&alice, "execute-persistent", new_session).await);
     let _ = alice.cancel().await;
     let _ = bob.cancel().await;
+    daemon.finish().await;
 }
 
 #[tokio::test]
 async fn each_client_has_a_shared_environment_of_its_own() {
     let tokens = tokens_file();
-    let daemon =
+    let mut daemon =
         HttpDaemon::start(&[("PYTHON_DOCKER_MCP_TOKENS_FILE", tokens.to_str().unwrap())]).await;
     let alice = daemon.connect(Some(ALICE)).await;
     let bob = daemon.connect(Some(BOB)).await;
     let probe =
         json!({"code": "import tomli_w; print('tomli_w', tomli_w.dumps({'a': 1}).strip())"});
+    // A session alice starts before her first shared install keeps the environment it
+    // started with (README: "Each client's shared environment is its own").
+    let early = call(&alice, "execute-persistent", json!({"code": "early = 1"})).await;
+    assert_ok(&early);
+    let early = session_id(&early);
 
     let installed = call(
         &alice,
@@ -339,6 +348,25 @@ async fn each_client_has_a_shared_environment_of_its_own() {
     assert!(text(&r).contains("tomli_w a = 1"), "{}", text(&r));
     let r = call(&alice, "execute-persistent", probe.clone()).await;
     assert_ok(&r);
+    // Her earlier session does not: it keeps its old shared environment...
+    let in_early = json!({"code": probe["code"], "session_id": early});
+    let r = call(&alice, "execute-persistent", in_early.clone()).await;
+    assert!(
+        is_error(&r) && text(&r).contains("ModuleNotFoundError"),
+        "the earlier session kept its old shared environment: {}",
+        text(&r)
+    );
+    // ...and an install into it by its id is how it gets the package.
+    let r = call(
+        &alice,
+        "install-package",
+        json!({"package_name": "tomli-w", "session_id": early}),
+    )
+    .await;
+    assert_ok(&r);
+    let r = call(&alice, "execute-persistent", in_early).await;
+    assert_ok(&r);
+    assert!(text(&r).contains("tomli_w a = 1"), "{}", text(&r));
     // Bob's do not, and his listing does not show it.
     for tool in ["execute-transient", "execute-persistent"] {
         let r = call(&bob, tool, probe.clone()).await;
@@ -387,13 +415,14 @@ async fn each_client_has_a_shared_environment_of_its_own() {
     );
     let _ = alice.cancel().await;
     let _ = bob.cancel().await;
+    daemon.finish().await;
 }
 
 #[tokio::test]
 async fn when_the_pool_is_dry_clients_are_served_in_turn() {
     let tokens = tokens_file();
     // Pool off, one creation at a time: every call waits for a sandbox of its own.
-    let daemon = HttpDaemon::start(&[
+    let mut daemon = HttpDaemon::start(&[
         ("PYTHON_DOCKER_MCP_TOKENS_FILE", tokens.to_str().unwrap()),
         ("PYTHON_DOCKER_MCP_MAX_CONCURRENT_CREATIONS", "1"),
         ("PYTHON_DOCKER_MCP_POOL_WAIT_TIMEOUT", "300s"),
@@ -437,11 +466,12 @@ async fn when_the_pool_is_dry_clients_are_served_in_turn() {
     }
     let _ = alice.cancel().await;
     let _ = bob.cancel().await;
+    daemon.finish().await;
 }
 
 #[tokio::test]
 async fn a_request_over_max_message_gets_413_naming_the_limit_and_a_large_one_under_it_runs() {
-    let daemon = HttpDaemon::start(&[
+    let mut daemon = HttpDaemon::start(&[
         ("PYTHON_DOCKER_MCP_MAX_MESSAGE", "6m"),
         ("PYTHON_DOCKER_MCP_FILE_LIMIT", "1m"),
     ])
@@ -474,6 +504,62 @@ async fn a_request_over_max_message_gets_413_naming_the_limit_and_a_large_one_un
     // Still serving.
     assert_ok(&call(&client, "execute-transient", json!({"code": "print(2)"})).await);
     let _ = client.cancel().await;
+    daemon.finish().await;
+}
+
+/// The `Host` header guard against DNS rebinding: a page from a name its attacker points
+/// at 127.0.0.1 sends requests with that name as `Host`. On loopback without tokens only
+/// loopback names (and the bound address) are served; with tokens the check is off by
+/// design (src/http.rs, `transport_config`), because every request must carry a secret
+/// such a page cannot know: the token decides.
+#[tokio::test]
+async fn a_foreign_host_is_refused_without_tokens_and_the_token_decides_with_them() {
+    fn port(daemon: &HttpDaemon) -> String {
+        daemon.base.rsplit(':').next().expect("a port").to_string()
+    }
+    let post = |url: &str, host: &str| {
+        http()
+            .post(url)
+            .header("host", host)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(initialize().to_string())
+    };
+
+    let mut open = HttpDaemon::start(&[]).await;
+    let (url, p) = (open.mcp_url(), port(&open));
+    for host in [
+        format!("rebound.invalid:{p}"),
+        "rebound.invalid".to_string(),
+        format!("192.0.2.1:{p}"),
+        format!("localhost.rebound.invalid:{p}"),
+    ] {
+        let r = post(&url, &host).send().await.expect("send");
+        assert_eq!(r.status(), 403, "Host {host} without tokens");
+        assert!(r.headers().get("mcp-session-id").is_none(), "{host}");
+    }
+    for host in [format!("localhost:{p}"), format!("127.0.0.1:{p}")] {
+        let r = post(&url, &host).send().await.expect("send");
+        assert_eq!(r.status(), 200, "Host {host} without tokens");
+        assert!(r.headers().get("mcp-session-id").is_some(), "{host}");
+    }
+    open.finish().await;
+
+    let tokens = tokens_file();
+    let mut guarded =
+        HttpDaemon::start(&[("PYTHON_DOCKER_MCP_TOKENS_FILE", tokens.to_str().unwrap())]).await;
+    let (url, p) = (guarded.mcp_url(), port(&guarded));
+    let foreign = format!("rebound.invalid:{p}");
+    let r = post(&url, &foreign).send().await.expect("send");
+    assert_eq!(r.status(), 401, "a foreign Host without a token");
+    let r = post(&url, &foreign)
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200, "a foreign Host with a token");
+    assert!(r.headers().get("mcp-session-id").is_some());
+    guarded.finish().await;
 }
 
 // ----- health -----
@@ -535,6 +621,36 @@ async fn health_is_open_and_ready_waits_for_a_warm_sandbox() {
     assert!(status.success(), "{status:?}\n{}", daemon.log());
     let left = common::leftovers(daemon.pid);
     assert!(left.is_empty(), "left behind: {left:?}");
+    daemon.finish().await;
+}
+
+/// `/ready` answers 503 naming the cause when the engine does not answer (here an address
+/// where nothing listens; the real engine is never stopped for this), while `/health`
+/// still answers 200: the process is up, it cannot serve.
+#[tokio::test]
+async fn ready_is_503_when_the_engine_does_not_answer_and_health_stays_200() {
+    let mut daemon = HttpDaemon::start(&[("DOCKER_HOST", "unix:///nonexistent.sock")]).await;
+    let http = http();
+    let health = http
+        .get(format!("{}/health", daemon.base))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200);
+    let r = http
+        .get(format!("{}/ready", daemon.base))
+        .send()
+        .await
+        .expect("ready");
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.expect("/ready answers JSON");
+    assert_eq!(body["ready"], false, "{body}");
+    let reason = body["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("/nonexistent.sock") || reason.contains("Docker"),
+        "the reason names the engine that did not answer: {body}"
+    );
+    daemon.finish().await;
 }
 
 // ----- a real client nobody here wrote -----
@@ -543,7 +659,7 @@ async fn health_is_open_and_ready_waits_for_a_warm_sandbox() {
 async fn the_official_python_sdk_lists_tools_and_runs_code_in_both_protocol_generations() {
     let python = tokio::task::spawn_blocking(python_sdk).await.unwrap();
     let tokens = tokens_file();
-    let daemon =
+    let mut daemon =
         HttpDaemon::start(&[("PYTHON_DOCKER_MCP_TOKENS_FILE", tokens.to_str().unwrap())]).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/sdk_client.py");
     // `legacy`: the 2025-11-25 initialize handshake, with Mcp-Session-Id; `2026-07-28`:
@@ -606,6 +722,7 @@ async fn the_official_python_sdk_lists_tools_and_runs_code_in_both_protocol_gene
     .expect("a refused SDK client gives up")
     .expect("run the SDK client");
     assert!(!out.status.success(), "a wrong token must not get through");
+    daemon.finish().await;
 }
 
 // ----- the drain, with real clients -----
@@ -903,4 +1020,5 @@ async fn calls_in_flight_at_sigterm_finish_for_the_official_sdk_while_new_sessio
         let _ = tokio::time::timeout(Duration::from_secs(20), run.child.wait()).await;
     }
     let _ = existing.cancel().await;
+    daemon.finish().await;
 }

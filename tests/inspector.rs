@@ -49,7 +49,7 @@ const TOOLS: [&str; 11] = [
 
 #[tokio::test]
 async fn tools_list_shows_every_tool() {
-    let daemon = daemon().await;
+    let mut daemon = daemon().await;
     let run = inspect(&daemon, Some(ALICE), &["--method", "tools/list"]).await;
     let result = run.result();
     let mut names: Vec<&str> = result["tools"]
@@ -64,11 +64,12 @@ async fn tools_list_shows_every_tool() {
     for tool in result["tools"].as_array().unwrap() {
         assert_eq!(tool["outputSchema"]["type"], "object", "{tool}");
     }
+    daemon.finish().await;
 }
 
 #[tokio::test]
 async fn tools_call_runs_code_in_both_protocol_generations() {
-    let daemon = daemon().await;
+    let mut daemon = daemon().await;
     for era in ["legacy", "modern"] {
         let run = inspect(
             &daemon,
@@ -125,6 +126,7 @@ async fn tools_call_runs_code_in_both_protocol_generations() {
             "no {version} session in the log:\n{log}"
         );
     }
+    daemon.finish().await;
 }
 
 #[tokio::test]
@@ -228,13 +230,14 @@ async fn a_session_outlives_one_inspector_run_and_stays_its_clients_own() {
     assert!(status.success(), "{status:?}");
     let left = common::leftovers(daemon.pid);
     assert!(left.is_empty(), "left behind: {left:?}");
+    daemon.finish().await;
 }
 
 // ----- security -----
 
 #[tokio::test]
 async fn without_a_token_or_with_a_wrong_one_the_inspector_gets_nothing() {
-    let daemon = daemon().await;
+    let mut daemon = daemon().await;
     let wrong = format!("{ALICE}x");
     for (what, token) in [("no token", None), ("a wrong token", Some(wrong.as_str()))] {
         for method in [
@@ -266,6 +269,7 @@ async fn without_a_token_or_with_a_wrong_one_the_inspector_gets_nothing() {
     let log = daemon.log();
     assert!(!log.contains("create new session"), "{log}");
     assert!(!log.contains(&wrong), "a token leaked into the log");
+    daemon.finish().await;
 }
 
 // ----- the Inspector -----

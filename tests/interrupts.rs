@@ -109,7 +109,7 @@ async fn timed_out_code_is_interrupted_without_any_signal_from_the_engine() {
 /// The sandbox of code that swallows the interrupt is killed (the last resort), with no
 /// SIGINT through the engine before it; the daemon and other sessions carry on.
 async fn killed_after_the_interrupt(code: &str) {
-    let d = Daemon::start_with(&[TIMEOUT]).await;
+    let mut d = Daemon::start_with(&[TIMEOUT]).await;
     let base = d.baseline().await;
     let other = d.new_session("other = 'fine'").await;
     let id = d.new_session("import time\nx = 1").await;
@@ -142,6 +142,7 @@ async fn killed_after_the_interrupt(code: &str) {
     let r = d.persistent_ok("other", &other).await;
     assert_eq!(value(&r).as_deref(), Some("'fine'"));
     d.assert_recovered(&base, 1).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

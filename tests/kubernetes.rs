@@ -2,14 +2,14 @@
 //!
 //! - Always: with `runtime.backend: kubernetes` and no cluster to reach, the daemon starts,
 //!   answers, and a call fails with a message naming the fix (KUBECONFIG).
-//! - With a cluster (`KUBECONFIG` names a kubeconfig file): a persistent session keeps its
+//! - With a cluster (`KUBECONFIG` names a kubeconfig file; `#[ignore]`d, run it with
+//!   `KUBECONFIG=... cargo test --test kubernetes -- --ignored`): a persistent session keeps its
 //!   variables, a transient run answers, an install into the session is importable, cleanup
 //!   ends the session, and once the daemon exits no pod and no claim of it is left in the
 //!   namespace. The sandbox image must be on the nodes (for kind: `kind load docker-image
 //!   python-docker-mcp:latest`); `PDM_TEST_K8S_NAMESPACE` and `PDM_TEST_K8S_IMAGE` choose
-//!   the namespace and image. Without a cluster this suite prints one line saying it did
-//!   not run, and why, and passes: no cluster can run on the build machines (no registry,
-//!   no kubelet).
+//!   the namespace and image. No cluster can run on the build machines (no registry, no
+//!   kubelet), so CI skips it by name; asked for without a cluster, it fails.
 
 mod common;
 
@@ -50,15 +50,14 @@ fn cluster() -> Result<String, String> {
     Ok(path)
 }
 
+/// Runs only when asked for (no cluster can run on the CI machines), as the README's test
+/// section says: `KUBECONFIG=... cargo test --test kubernetes -- --ignored`. Asked for
+/// without a cluster, it fails rather than pass having run nothing.
 #[tokio::test]
+#[ignore = "needs KUBECONFIG"]
 async fn on_a_real_cluster_sessions_runs_and_installs_work_and_nothing_is_left() {
-    let kubeconfig = match cluster() {
-        Ok(k) => k,
-        Err(why) => {
-            println!("tests/kubernetes.rs real-cluster suite did not run: {why}");
-            return;
-        }
-    };
+    let kubeconfig =
+        cluster().unwrap_or_else(|why| panic!("the real-cluster test cannot run: {why}"));
     let namespace = std::env::var("PDM_TEST_K8S_NAMESPACE").unwrap_or_else(|_| "default".into());
     let image =
         std::env::var("PDM_TEST_K8S_IMAGE").unwrap_or_else(|_| "python-docker-mcp:latest".into());

@@ -87,7 +87,7 @@ async fn containers_and_volumes_carry_the_owner_labels() {
         );
         assert_eq!(vl["python-docker-mcp.managed"], json!("true"), "{v}: {vl}");
     }
-    d.close(Duration::from_secs(30)).await;
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -96,14 +96,10 @@ async fn closing_the_client_stops_the_daemon_and_removes_everything() {
     let mut d = Daemon::start().await;
     make_work(&d).await;
     // EOF on stdin, and nothing else: the test owns the process and sends no signal.
-    let status = d.close(Duration::from_secs(10)).await;
-    let status = status.expect("the daemon exits within 10 s of stdin EOF");
-    assert!(status.success(), "clean exit: {status:?}");
-    let left = d.leftovers();
-    assert!(
-        left.is_empty(),
-        "the daemon removed its containers and volumes before exiting: {left:?}"
-    );
+    // `finish` closes the client, waits for the exit (expected within a few seconds: it
+    // removes one container and two volumes; 30 s is the hang bound), and checks the
+    // status and that the daemon removed its containers and volumes before exiting.
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -156,6 +152,7 @@ async fn sigterm_stops_the_daemon_and_removes_everything_even_mid_call() {
         status.unwrap().success(),
         "clean exit after SIGTERM: {status:?}"
     );
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -210,7 +207,23 @@ async fn after_sigkill_the_containers_remove_themselves() {
             "{id} was killed by someone rather than exiting on its own: {events:?}"
         );
     }
-    // Session and shared volumes stay (no one is left to remove them); Drop cleans up.
+    // Session and shared volumes stay (no one is left to remove them): the shared volume
+    // and package volumes of sandboxes, nothing else. The test removes them, then checks
+    // that nothing else is left.
+    let volumes = volumes_of(pid);
+    let (shared, own) = (
+        volumes_with_role(pid, "packages"),
+        volumes_with_role(pid, "sandbox"),
+    );
+    assert_eq!(shared.len(), 1, "the shared volume stays: {volumes:?}");
+    assert!(!own.is_empty(), "the session's volume stays: {volumes:?}");
+    assert_eq!(
+        volumes.len(),
+        shared.len() + own.len(),
+        "no other volume: {volumes:?}"
+    );
+    remove_leftovers(pid);
+    d.finish_as(Exit::Signal(9)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -242,7 +255,9 @@ async fn a_new_daemon_removes_what_a_killed_one_left_behind() {
     );
     let r = d.persistent_ok("kept", &id).await;
     assert_eq!(value(&r).as_deref(), Some("1"));
-    d.close(Duration::from_secs(30)).await;
+    d.finish().await;
+    // The killed daemon's objects went to the sweep of the new one.
+    dead.finish_as(Exit::Signal(9)).await;
 }
 
 /// Every volume on the engine, labelled or not (a volume re-created by a late install
@@ -312,12 +327,16 @@ async fn nothing_touches_a_session_after_it_ended_not_even_a_call_already_waitin
     tokio::time::sleep(Duration::from_secs(1)).await;
     let now = all_volumes();
     assert!(own.iter().all(|v| !now.contains(v)), "and stays gone");
+    let mut d = std::sync::Arc::try_unwrap(d)
+        .ok()
+        .expect("every call holding the daemon has ended");
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_way_a_session_ends_frees_its_slot() {
     let _shared = ALONE.read().await;
-    let d = Daemon::start_with(&[
+    let mut d = Daemon::start_with(&[
         ("PYTHON_DOCKER_MCP_MAX_SESSIONS", "1"),
         ("PYTHON_DOCKER_MCP_SESSION_IDLE_TIMEOUT", "2s"),
     ])
@@ -348,4 +367,5 @@ async fn every_way_a_session_ends_frees_its_slot() {
     assert_tool_error(&d.persistent("1", Some(&c)).await, "idle");
     // And the slot is free again after all three.
     d.new_session("1").await;
+    d.finish().await;
 }

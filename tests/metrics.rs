@@ -191,7 +191,7 @@ async fn metrics_need_a_bearer_token_unless_public_and_loopback_without_tokens_i
         ("PYTHON_DOCKER_MCP_TOKENS_FILE", tokens),
         ("PYTHON_DOCKER_MCP_METRICS_PUBLIC", "true"),
     ];
-    let (guarded, public, local) = tokio::join!(
+    let (mut guarded, mut public, mut local) = tokio::join!(
         HttpDaemon::start(&guarded_env),
         HttpDaemon::start(&public_env),
         HttpDaemon::start(&[]),
@@ -257,6 +257,9 @@ async fn metrics_need_a_bearer_token_unless_public_and_loopback_without_tokens_i
     // Loopback without tokens: open, like /mcp, and the one client is `local`.
     let s = scrape(&local, None).await;
     assert!(s.has("pdm_sessions", &[("client", "local")]), "{}", s.body);
+    local.finish().await;
+    public.finish().await;
+    guarded.finish().await;
 }
 
 /// Bytes of stdout and of stderr an execution returned.
@@ -267,7 +270,7 @@ fn output_bytes(r: &CallToolResult) -> (f64, f64) {
 #[tokio::test]
 async fn counters_gauges_and_histograms_move_with_calls_by_tool_outcome_and_client() {
     let tokens = tokens_file();
-    let daemon = HttpDaemon::start(&[
+    let mut daemon = HttpDaemon::start(&[
         ("PYTHON_DOCKER_MCP_TOKENS_FILE", tokens.to_str().unwrap()),
         ("PYTHON_DOCKER_MCP_TIMEOUT", "2s"),
     ])
@@ -427,4 +430,5 @@ async fn counters_gauges_and_histograms_move_with_calls_by_tool_outcome_and_clie
     }
     let _ = alice.cancel().await;
     let _ = bob.cancel().await;
+    daemon.finish().await;
 }

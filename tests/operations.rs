@@ -1,5 +1,11 @@
 //! Operations: the graceful drain on SIGTERM (over HTTP and stdio), `cleanup [--dry-run]`
 //! of what dead daemons left, and `doctor`'s checks.
+//!
+//! **Needs root and `unshare` (util-linux), changes nothing on the host:** the cleanup test
+//! runs the daemon under a host name of its own in a private UTS namespace (the machine's
+//! host name is untouched), so other tests' sweeps never see its orphans; a guard
+//! (`Orphans`) removes what carries that name even when the test fails. It runs with the
+//! rest of the suite.
 
 mod common;
 
@@ -69,6 +75,7 @@ async fn sigterm_over_http_lets_a_running_call_finish_then_removes_everything() 
         "nothing is left: {:?}",
         leftovers(d.pid)
     );
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -109,6 +116,7 @@ async fn a_call_longer_than_the_drain_timeout_is_cut_short_and_named() {
         "nothing is left: {:?}",
         leftovers(d.pid)
     );
+    d.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -153,6 +161,98 @@ async fn over_stdio_new_calls_are_refused_while_draining_and_a_second_signal_cut
         "nothing is left: {:?}",
         d.leftovers()
     );
+    d.finish().await;
+}
+
+/// The drain waits for an install too (calls in flight are executions, installs, any
+/// tool). The index is a server on the test's own network that never answers, so the
+/// install ends at its own 6 s time-out, well inside the 30 s drain: its answer is the
+/// install's own error, not a shutdown, and the drain ends because every call finished.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_lets_an_install_in_flight_run_to_its_end() {
+    let mut net = common::net::TestNet::create();
+    let (index, index_host) = net.silent_index();
+    let mut d = Daemon::start_logged(&[
+        ("PYTHON_DOCKER_MCP_LOG", "info"),
+        ("PYTHON_DOCKER_MCP_INSTALL_TIMEOUT", "6s"),
+        ("PYTHON_DOCKER_MCP_INDEX_URL", &index),
+        ("PYTHON_DOCKER_MCP_TRUSTED_HOSTS", &index_host),
+        ("PYTHON_DOCKER_MCP_EGRESS_NETWORK", &net.name),
+    ])
+    .await;
+    let pid = d.pid;
+    let (result, ()) = tokio::join!(d.install("pdm-never-cached-probe", None), async {
+        assert!(
+            eventually(Duration::from_secs(20), || !containers_with_role(
+                pid,
+                "installer"
+            )
+            .is_empty())
+            .await,
+            "an installer runs"
+        );
+        d.signal("TERM");
+        let draining = eventually(Duration::from_secs(10), || {
+            d.log_text().contains("draining")
+        })
+        .await;
+        assert!(draining, "the daemon drains:\n{}", d.log_text());
+    });
+    assert_tool_error(&result, "took longer than the install time-out");
+    assert!(
+        !text(&result).contains("shut down"),
+        "the install was not cut short: {}",
+        describe(&result)
+    );
+    let status = d.wait_exit(Duration::from_secs(30)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}:\n{}",
+        d.log_text()
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("drained: every running call finished") && !log.contains("cut short"),
+        "{log}"
+    );
+    d.finish().await;
+    net.remove();
+}
+
+/// A client that closes stdin while a call runs is gone: the daemon shuts down at once,
+/// without a drain and without waiting for the call (its code wants 100 s; the exit is
+/// bounded by `finish`'s 30 s), and removes everything.
+#[tokio::test(flavor = "multi_thread")]
+async fn stdin_closing_while_a_call_runs_shuts_down_at_once_without_a_drain() {
+    let mut d = Daemon::start_logged(&[
+        ("PYTHON_DOCKER_MCP_LOG", "info"),
+        ("PYTHON_DOCKER_MCP_TIMEOUT", "120s"),
+    ])
+    .await;
+    let id = d.new_session("import time").await;
+    let peer = d.client().peer().clone();
+    let in_flight = tokio::spawn(async move {
+        let params = rmcp::model::CallToolRequestParams::new("execute-persistent").with_arguments(
+            json!({"code": "time.sleep(100)", "session_id": id})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        peer.call_tool(params).await
+    });
+    // The session exists, so the call is in the engine within milliseconds.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!in_flight.is_finished(), "the call is still running");
+    // Closing the client closes the daemon's stdin; finish() then bounds the exit.
+    d.finish().await;
+    let log = d.log_text();
+    // Not the drain of a signal (rmcp's own "draining in-flight responses" line is not it).
+    assert!(
+        !log.contains("shutting down: draining")
+            && !log.contains("waiting for the running ones to finish"),
+        "no drain on EOF:\n{log}"
+    );
+    in_flight.abort();
 }
 
 // ----- cleanup -----

@@ -2,6 +2,12 @@
 //! lists of requirements, per-run packages, list-packages, the download cache, a sandbox
 //! that stays offline after installs, the module policy, and an install time-out that
 //! changes nothing.
+//!
+//! **Touches the host's cgroups:** `an_install_killed_while_writing_files_changes_nothing`
+//! freezes its own daemon's installer container through the host's cgroup v1 freezer
+//! (`/sys/fs/cgroup/freezer/docker/ID`, as `docker pause` does) and kills it while frozen.
+//! Nothing else is frozen, so it runs with the rest of the suite; a guard thaws the
+//! container from `Drop` if the test fails while it is frozen, so the engine can remove it.
 
 mod common;
 
@@ -389,8 +395,12 @@ fn docker_out(args: &[&str]) -> String {
 
 /// Freeze every process of a container at once (the cgroup v1 freezer the engine's
 /// `docker pause` uses), take a look, then kill them all while frozen: no instruction of
-/// the installer runs after the look.
-struct Freezer(std::path::PathBuf);
+/// the installer runs after the look. Dropped while frozen (a failing test), it thaws the
+/// container, so the engine can remove it.
+struct Freezer {
+    dir: std::path::PathBuf,
+    frozen: std::cell::Cell<bool>,
+}
 
 impl Freezer {
     /// The container's freezer, or `None` once the container is gone.
@@ -401,12 +411,16 @@ impl Freezer {
             .expect("docker CLI");
         let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let dir = std::path::PathBuf::from(format!("/sys/fs/cgroup/freezer/docker/{id}"));
-        (out.status.success() && dir.is_dir()).then_some(Freezer(dir))
+        (out.status.success() && dir.is_dir()).then_some(Freezer {
+            dir,
+            frozen: std::cell::Cell::new(false),
+        })
     }
 
     fn freeze(&self) {
-        std::fs::write(self.0.join("freezer.state"), "FROZEN").expect("freeze the installer");
-        while std::fs::read_to_string(self.0.join("freezer.state"))
+        self.frozen.set(true);
+        std::fs::write(self.dir.join("freezer.state"), "FROZEN").expect("freeze the installer");
+        while std::fs::read_to_string(self.dir.join("freezer.state"))
             .unwrap_or_default()
             .trim()
             == "FREEZING"
@@ -416,13 +430,22 @@ impl Freezer {
     }
 
     fn kill_and_thaw(&self) {
-        let procs = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
+        let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
         for pid in procs.split_whitespace() {
             let _ = std::process::Command::new("kill")
                 .args(["-KILL", pid])
                 .status();
         }
-        std::fs::write(self.0.join("freezer.state"), "THAWED").expect("thaw the installer");
+        std::fs::write(self.dir.join("freezer.state"), "THAWED").expect("thaw the installer");
+        self.frozen.set(false);
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        if self.frozen.get() {
+            let _ = std::fs::write(self.dir.join("freezer.state"), "THAWED");
+        }
     }
 }
 

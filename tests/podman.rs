@@ -252,6 +252,8 @@ async fn a_daemon_on_podman_sweeps_what_a_killed_one_left_there() {
     let pid = d.pid;
     d.finish().await;
     assert_nothing_left(pid);
+    dead.finish_as(Exit::Signal(9)).await;
+    assert_nothing_left(dead_pid);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -368,12 +368,19 @@ async fn a_broken_image_fails_calls_at_once_backs_off_and_recovers_when_fixed() 
         a + b,
         slow_a.max(slow_b)
     );
+    // A call is expected to fail at once with the last failure, at worst after one probe
+    // creation of the broken image (about a second); 30 s only catches a call that waits.
     assert!(
-        slow_a.max(slow_b) < Duration::from_secs(5),
-        "every call is answered quickly with the reason; the slowest took {:?}",
+        slow_a.max(slow_b) < Duration::from_secs(30),
+        "every call is answered with the reason; the slowest took {:?}",
         slow_a.max(slow_b)
     );
-    assert!(a + b >= 20, "the calls kept coming: {}", a + b);
+    // Calls do not each wait for a creation of their own: more calls than creations.
+    assert!(
+        a + b > created,
+        "{} calls and {created} creations: calls waited for creations",
+        a + b
+    );
     assert!(
         created <= 15,
         "creations back off instead of running back to back: {created} in {drive:?}"
@@ -381,9 +388,11 @@ async fn a_broken_image_fails_calls_at_once_backs_off_and_recovers_when_fixed() 
 
     // Fix the image under the same tag: a call a few seconds later succeeds, no restart.
     docker(&["tag", IMAGE, &tag]);
+    // Expected within about 3 s (a call probes once the last failure is 3 s old, and the
+    // back-off retries within 10 s anyway); 60 s only catches a pool that never recovers.
     let fixed = Instant::now();
     let mut last = None;
-    while fixed.elapsed() < Duration::from_secs(20) {
+    while fixed.elapsed() < Duration::from_secs(60) {
         let r = d.transient("6 * 7").await;
         if !is_error(&r) {
             last = Some(r);
@@ -399,11 +408,6 @@ async fn a_broken_image_fails_calls_at_once_backs_off_and_recovers_when_fixed() 
     );
     assert_ok(&r);
     assert_eq!(value(&r).as_deref(), Some("42"));
-    assert!(
-        fixed.elapsed() < Duration::from_secs(8),
-        "the pool noticed the fixed image within a few seconds, not {:?}",
-        fixed.elapsed()
-    );
     d.finish().await;
     // Only a tag now: the good image keeps its own.
     docker(&["rmi", &tag]);
@@ -418,10 +422,35 @@ async fn doctor_starts_a_sandbox_and_names_why_it_fails() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The driver the doctor names is the one sandboxes really get: a sandbox of a daemon,
+    // inspected, has it, and the engine keeps no log of it.
+    let named = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("log driver of every container: "))
+        .unwrap_or_else(|| panic!("the doctor names the log driver: {stdout}"))
+        .trim()
+        .to_string();
+    assert_eq!(named, "none", "{stdout}");
+    let mut d = Daemon::start().await;
+    d.new_session("x = 1").await;
+    let sandbox = containers_with_role(d.pid, "sandbox");
+    assert_eq!(sandbox.len(), 1, "{sandbox:?}");
+    let driver = docker(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.LogConfig.Type}}",
+        &sandbox[0],
+    ]);
+    assert_eq!(driver.trim(), named, "the sandbox's log driver");
+    let logs = Command::new("docker")
+        .args(["logs", &sandbox[0]])
+        .output()
+        .expect("docker logs");
     assert!(
-        stdout.contains("log driver of every container: none"),
-        "{stdout}"
+        !logs.status.success(),
+        "the engine has no log to show for a sandbox: {logs:?}"
     );
+    d.finish().await;
     assert!(
         stdout.contains("a sandbox starts and answers in "),
         "{stdout}"

@@ -13,14 +13,9 @@ use common::net::TestNet;
 use common::*;
 use serde_json::{json, Value};
 
-/// Close the daemon and check it left nothing behind.
+/// Close the daemon and check that it exited with success and left nothing behind.
 async fn close_clean(mut d: Daemon) {
-    let pid = d.pid;
-    d.close(Duration::from_secs(30))
-        .await
-        .expect("the daemon exits when the client leaves");
-    let left = leftovers(pid);
-    assert!(left.is_empty(), "left behind: {left:?}");
+    d.finish().await;
 }
 
 fn inspect(container: &str) -> Value {
@@ -43,6 +38,11 @@ async fn the_installer_runs_without_capabilities_on_a_read_only_root_and_never_s
         ("PYTHON_DOCKER_MCP_INDEX_URL", &index),
         ("PYTHON_DOCKER_MCP_TRUSTED_HOSTS", &index_host),
         ("PYTHON_DOCKER_MCP_EGRESS_NETWORK", &net.name),
+        // The installer gets the sandbox's limits (memory at least 512 MiB, at least one
+        // CPU): values above those floors show that it follows the configuration.
+        ("PYTHON_DOCKER_MCP_MEMORY_LIMIT", "768m"),
+        ("PYTHON_DOCKER_MCP_CPU_LIMIT", "1.5"),
+        ("PYTHON_DOCKER_MCP_PIDS_LIMIT", "96"),
     ])
     .await;
     let pid = d.pid;
@@ -80,8 +80,18 @@ async fn the_installer_runs_without_capabilities_on_a_read_only_root_and_never_s
         "{}",
         host["SecurityOpt"]
     );
-    assert!(host["PidsLimit"].as_i64().unwrap_or(0) > 0, "a pids limit");
-    assert!(host["Memory"].as_i64().unwrap_or(0) > 0, "a memory limit");
+    assert_eq!(host["PidsLimit"], json!(96), "docker.pids_limit: {host}");
+    assert_eq!(
+        host["Memory"],
+        json!(768i64 << 20),
+        "docker.memory_limit: {host}"
+    );
+    assert_eq!(host["MemorySwap"], json!(768i64 << 20), "no swap: {host}");
+    assert_eq!(
+        host["NanoCpus"],
+        json!(1_500_000_000i64),
+        "docker.cpu_limit: {host}"
+    );
     let config = info["Config"].to_string();
     assert!(
         !config.contains(marker),
@@ -213,6 +223,7 @@ async fn calls_to_one_session_run_in_arrival_order() {
         .await;
     let expected = format!("{:?}", (0..N).collect::<Vec<_>>());
     assert!(r.to_string().contains(&expected), "{r}");
+    raw.finish().await;
 }
 
 #[tokio::test]
@@ -351,4 +362,5 @@ async fn sigint_shuts_down_within_the_bound_even_when_code_ignores_the_interrupt
     assert!(status.success(), "{status:?}");
     let left = leftovers(pid);
     assert!(left.is_empty(), "left behind: {left:?}");
+    d.finish().await;
 }

@@ -143,10 +143,12 @@ interfaces = sorted(line.split(':')[0].strip() for line in open('/proc/net/dev')
     let s = probe(&d, &code).await;
     // No route at all, not a firewall that drops packets: the connect to TEST-NET-1 fails
     // at once with ENETUNREACH instead of running into its 3 s time-out.
+    // ENETUNREACH is the refusal itself: a connect that ran into its time-out would say
+    // `timeout` instead. Its duration is printed, not asserted.
     assert_eq!(s["test_net"], json!("ENETUNREACH"), "{s:?}");
-    assert!(
-        s["test_net_seconds"].as_f64().unwrap() < 1.0,
-        "the refusal is immediate: {s:?}"
+    eprintln!(
+        "the TEST-NET-1 connect failed after {} s",
+        s["test_net_seconds"]
     );
     // TEST-NET-2 and the live test host fail the same way.
     assert_eq!(s["ip"], json!("ENETUNREACH"), "{s:?}");
@@ -215,6 +217,7 @@ def read(*paths):
     return None
 memory = read('/sys/fs/cgroup/memory/memory.limit_in_bytes', '/sys/fs/cgroup/memory.max')
 memsw = read('/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes')
+swap = read('/sys/fs/cgroup/memory.swap.max')
 pids = read('/sys/fs/cgroup/pids/pids.max', '/sys/fs/cgroup/pids.max')
 quota = read('/sys/fs/cgroup/cpu/cpu.cfs_quota_us', '/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us')
 period = read('/sys/fs/cgroup/cpu/cpu.cfs_period_us', '/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us')
@@ -226,11 +229,20 @@ cpu_max = read('/sys/fs/cgroup/cpu.max')",
         json!((256u64 * 1024 * 1024).to_string()),
         "{s:?}"
     );
-    if !s["memsw"].is_null() {
-        assert_eq!(
-            s["memsw"], s["memory"],
-            "no swap beyond the memory limit: {s:?}"
-        );
+    // No swap beyond the memory limit, in whichever cgroup version the engine uses: v1
+    // caps memory plus swap at the memory limit, v2 caps swap at 0. A kernel that shows
+    // neither cannot show the promise kept, and fails here.
+    match (s["memsw"].as_str(), s["swap"].as_str()) {
+        (Some(memsw), None) => assert_eq!(
+            json!(memsw),
+            s["memory"],
+            "cgroup v1: memory plus swap is capped at the memory limit: {s:?}"
+        ),
+        (None, Some(swap)) => assert_eq!(swap, "0", "cgroup v2: no swap at all: {s:?}"),
+        _ => panic!(
+            "expected exactly one swap limit file (v1 memory.memsw.limit_in_bytes or v2 \
+             memory.swap.max); without swap accounting no swap limit can be seen: {s:?}"
+        ),
     }
     assert_eq!(s["pids"], json!("128"), "{s:?}");
     let cpus = if let (Some(q), Some(p)) = (s["quota"].as_str(), s["period"].as_str()) {
@@ -324,14 +336,19 @@ async fn exhausting_memory_fails_the_call_not_the_daemon() {
     let r = d
         .persistent("hog = b'x' * (700 * 1024 * 1024)\nlen(hog)", Some(&id))
         .await;
+    // The promise (README, "Memory"): the helper's data limit turns an allocation over
+    // the memory limit into a MemoryError in the cell, and the session keeps its
+    // variables. A killed sandbox would be a broken promise, not another outcome.
     assert!(is_error(&r), "{}", describe(&r));
-    let oom_killed = field(&r, "sandbox_lost") == &json!(true);
-    let memory_error = error_type(&r).as_deref() == Some("MemoryError");
-    assert!(oom_killed || memory_error, "{}", describe(&r));
-    if oom_killed {
-        let r = d.persistent("x", Some(&id)).await;
-        assert_tool_error(&r, "has ended");
-    }
+    assert_eq!(
+        error_type(&r).as_deref(),
+        Some("MemoryError"),
+        "{}",
+        describe(&r)
+    );
+    assert_eq!(field(&r, "sandbox_lost"), &json!(false), "{}", describe(&r));
+    let r = d.persistent_ok("x", &id).await;
+    assert_eq!(value(&r).as_deref(), Some("1"), "{}", describe(&r));
     let r = d.transient("'alive'").await;
     assert_eq!(value(&r).as_deref(), Some("'alive'"), "{}", describe(&r));
     d.finish().await;

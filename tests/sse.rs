@@ -109,7 +109,7 @@ async fn open_stream(daemon: &HttpDaemon, token: &str) -> (String, reqwest::Resp
 
 #[tokio::test]
 async fn no_token_or_a_wrong_one_gets_401_on_both_routes_and_the_sdk_gets_nothing() {
-    let daemon = tokened().await;
+    let mut daemon = tokened().await;
     let http = http();
     for token in [None, Some("wrong-token-0123456789")] {
         let mut get = http.get(sse_url(&daemon));
@@ -138,11 +138,12 @@ async fn no_token_or_a_wrong_one_gets_401_on_both_routes_and_the_sdk_gets_nothin
         got["error"].as_str().is_some_and(|e| e.contains("401")),
         "the SDK is refused: {got}"
     );
+    daemon.finish().await;
 }
 
 #[tokio::test]
 async fn another_clients_stream_and_sandbox_session_are_ones_that_do_not_exist() {
-    let daemon = tokened().await;
+    let mut daemon = tokened().await;
     let python = python().await;
     // Alice's stream: Bob posting to it gets what an id that never existed gets.
     let (hers, _keep) = open_stream(&daemon, ALICE).await;
@@ -200,11 +201,12 @@ async fn another_clients_stream_and_sandbox_session_are_ones_that_do_not_exist()
         "Alice still has it: {again}"
     );
     assert!(again["used"]["text"].to_string().contains("41"), "{again}");
+    daemon.finish().await;
 }
 
 #[tokio::test]
 async fn a_body_over_max_message_gets_413_naming_the_limit() {
-    let daemon = HttpDaemon::start(&[
+    let mut daemon = HttpDaemon::start(&[
         ("PYTHON_DOCKER_MCP_MAX_MESSAGE", "6m"),
         ("PYTHON_DOCKER_MCP_FILE_LIMIT", "1m"),
     ])
@@ -227,16 +229,17 @@ async fn a_body_over_max_message_gets_413_naming_the_limit() {
         text.contains("server.max_message") && text.contains("6.0 MiB"),
         "{text}"
     );
+    daemon.finish().await;
 }
 
 /// On loopback without tokens, a `Host` that is not a loopback name is refused, as on
 /// `/mcp` (DNS rebinding); a body that is not a JSON-RPC message gets 400.
 #[tokio::test]
 async fn without_tokens_a_foreign_host_is_forbidden_and_a_bad_body_is_400() {
-    let daemon = HttpDaemon::start(&[]).await;
+    let mut daemon = HttpDaemon::start(&[]).await;
     let r = http()
         .get(sse_url(&daemon))
-        .header("host", "rebound.example:8002")
+        .header("host", "rebound.invalid:8002")
         .send()
         .await
         .expect("send");
@@ -244,7 +247,7 @@ async fn without_tokens_a_foreign_host_is_forbidden_and_a_bad_body_is_400() {
     let (endpoint, _keep) = open_stream(&daemon, "unused").await;
     let r = http()
         .post(&endpoint)
-        .header("host", "rebound.example:8002")
+        .header("host", "rebound.invalid:8002")
         .body(initialize().to_string())
         .send()
         .await
@@ -259,11 +262,12 @@ async fn without_tokens_a_foreign_host_is_forbidden_and_a_bad_body_is_400() {
         .expect("send");
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("JSON-RPC"));
+    daemon.finish().await;
 }
 
 #[tokio::test]
 async fn legacy_sse_false_turns_the_routes_off() {
-    let daemon = HttpDaemon::start(&[("PYTHON_DOCKER_MCP_LEGACY_SSE", "false")]).await;
+    let mut daemon = HttpDaemon::start(&[("PYTHON_DOCKER_MCP_LEGACY_SSE", "false")]).await;
     let r = http().get(sse_url(&daemon)).send().await.expect("send");
     assert_eq!(r.status(), 404);
     let r = http()
@@ -278,13 +282,14 @@ async fn legacy_sse_false_turns_the_routes_off() {
         "{}",
         daemon.log()
     );
+    daemon.finish().await;
 }
 
 // ----- functional -----
 
 #[tokio::test]
 async fn the_sdks_sse_client_lists_tools_and_a_session_keeps_its_variables() {
-    let daemon = tokened().await;
+    let mut daemon = tokened().await;
     let python = python().await;
     let got = sdk(&python, &daemon, ALICE, &["session"]).await;
     let tools: Vec<&str> = got["tools"]
@@ -304,11 +309,12 @@ async fn the_sdks_sse_client_lists_tools_and_a_session_keeps_its_variables() {
         "it went over /sse: {}",
         daemon.log()
     );
+    daemon.finish().await;
 }
 
 #[tokio::test]
 async fn a_long_run_streams_its_output_while_it_runs() {
-    let daemon = tokened().await;
+    let mut daemon = tokened().await;
     let python = python().await;
     let got = sdk(&python, &daemon, BOB, &["stream"]).await;
     assert_eq!(got["result"]["is_error"], false, "{got}");
@@ -332,13 +338,14 @@ async fn a_long_run_streams_its_output_while_it_runs() {
         joined, got["result"]["structured"]["stdout"],
         "the progress messages carry the output, in order: {got}"
     );
+    daemon.finish().await;
 }
 
 // ----- the drain -----
 
 /// At SIGTERM a call in flight over SSE finishes and its answer reaches the client on its
 /// stream, while a new stream is refused with 503 and `Retry-After`; then the daemon exits
-/// cleanly (the `HttpDaemon` drop checks nothing is left behind).
+/// cleanly (`HttpDaemon::finish` checks that nothing is left behind).
 #[tokio::test]
 async fn a_call_in_flight_at_sigterm_finishes_over_sse_while_new_streams_get_503() {
     let mut daemon = tokened().await;
@@ -388,4 +395,5 @@ async fn a_call_in_flight_at_sigterm_finishes_over_sse_while_new_streams_get_503
         .expect("the daemon exits after the drain")
         .expect("wait");
     assert!(status.success(), "{status:?}\n{}", daemon.log());
+    daemon.finish().await;
 }

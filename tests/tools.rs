@@ -363,16 +363,11 @@ async fn parallel_calls_to_one_session_do_not_interleave() {
         let d = &d;
         async move { d.persistent(&code, Some(&id)).await }
     });
-    let started = std::time::Instant::now();
     let results = futures::future::join_all(calls).await;
-    let elapsed = started.elapsed();
     for r in &results {
         assert_ok(r);
     }
-    assert!(
-        elapsed >= std::time::Duration::from_millis(1150),
-        "four 0.3 s calls ran one at a time, so they took at least 1.2 s, not {elapsed:?}"
-    );
+    // One at a time is shown by the order of events in `log` below, not by a duration.
     let r = d
         .persistent_ok(
             "\
@@ -537,7 +532,6 @@ os.write(1, ({fake2:?} + '\n').encode())
 #[tokio::test(flavor = "multi_thread")]
 async fn input_gets_end_of_file_instead_of_hanging() {
     let mut d = Daemon::start_with(&[("PYTHON_DOCKER_MCP_TIMEOUT", "15s")]).await;
-    let started = std::time::Instant::now();
     let r = d.transient("input('your name? ')").await;
     assert!(is_error(&r), "{}", describe(&r));
     assert_eq!(
@@ -546,8 +540,8 @@ async fn input_gets_end_of_file_instead_of_hanging() {
         "{}",
         describe(&r)
     );
+    // Not timed out: input() got end-of-file rather than waiting for the 15 s time-out.
     assert_eq!(field(&r, "timed_out"), &json!(false));
-    assert!(started.elapsed() < std::time::Duration::from_secs(10));
 
     let id = d.new_session("import sys").await;
     let r = d.persistent("input()", Some(&id)).await;

@@ -15,7 +15,7 @@ use rmcp::{RoleClient, ServiceExt};
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 
-use super::{fresh_dir, remove_leftovers, BIN, CALL_LIMIT};
+use super::{fresh_dir, remove_leftovers, unix_now, BIN, CALL_LIMIT};
 
 pub const ALICE: &str = "alice-token-0123456789abcdef";
 pub const BOB: &str = "bob-token-0123456789abcdef00";
@@ -39,6 +39,10 @@ pub struct HttpDaemon {
     pub base: String,
     pub log: Arc<Mutex<String>>,
     pub home: PathBuf,
+    /// When it was started (unix seconds), for [`super::named_leftovers`].
+    since: f64,
+    /// [`HttpDaemon::finish`] ran: `Drop` only cleans up. Without it, `Drop` fails the test.
+    finished: bool,
 }
 
 /// The command, isolated like the stdio tests' daemons: a fresh HOME, none of the
@@ -68,6 +72,7 @@ pub fn command(home: &Path, args: &[&str], env: &[(&str, &str)]) -> tokio::proce
 impl HttpDaemon {
     pub async fn start(env: &[(&str, &str)]) -> HttpDaemon {
         let home = fresh_dir("http-home");
+        let since = unix_now();
         let mut child = command(&home, &["serve", "--http", "127.0.0.1:0"], env)
             .spawn()
             .expect("spawn python-docker-mcp");
@@ -102,6 +107,8 @@ impl HttpDaemon {
             base,
             log,
             home,
+            since,
+            finished: false,
         }
     }
 
@@ -129,42 +136,71 @@ impl HttpDaemon {
         .expect("MCP connect failed")
     }
 
-    /// Stop with SIGTERM and wait for the exit status.
+    /// Stop with SIGTERM and wait for the exit status (the test still ends with
+    /// [`HttpDaemon::finish`]).
     pub async fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        signal(self.pid, "TERM");
+        if matches!(self.child.try_wait(), Ok(None)) {
+            signal(self.pid, "TERM");
+        }
         tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .ok()
             .and_then(Result::ok)
     }
+
+    /// How every test with an HTTP daemon ends: SIGTERM (unless it has exited already),
+    /// the exit within 30 s with success, and nothing left behind by label or by name.
+    #[track_caller]
+    pub fn finish(&mut self) -> impl std::future::Future<Output = ()> + '_ {
+        let caller = std::panic::Location::caller();
+        async move {
+            let status = self
+                .stop()
+                .await
+                .unwrap_or_else(|| panic!("{caller}: the daemon did not exit within 30 s"));
+            assert!(
+                status.success(),
+                "{caller}: the daemon exited with {status}; its log:\n{}",
+                self.log()
+            );
+            let left = super::leftovers(self.pid);
+            assert!(
+                left.is_empty(),
+                "{caller}: the HTTP daemon {} left containers or volumes behind: {left:?}",
+                self.pid
+            );
+            let named = super::named_leftovers(self.pid, self.since);
+            assert!(
+                named.is_empty(),
+                "{caller}: the HTTP daemon {} left containers or volumes named as its own: \
+                 {named:?}",
+                self.pid
+            );
+            self.finished = true;
+        }
+    }
 }
 
-/// Stopping the daemon (SIGTERM) is part of every test: a daemon that exits by itself must
-/// have removed every container and volume it made, and the test fails if it did not.
-/// Only a daemon that had to be killed, or a test already failing, is cleaned up quietly.
+/// A test that did not [`HttpDaemon::finish`] its daemon fails here, after the clean-up:
+/// SIGTERM, SIGKILL after 10 s, and removal of whatever carries its pid label.
 impl Drop for HttpDaemon {
     fn drop(&mut self) {
-        let mut exited_by_itself = !matches!(self.child.try_wait(), Ok(None));
-        if !exited_by_itself {
+        if matches!(self.child.try_wait(), Ok(None)) {
             signal(self.pid, "TERM");
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            exited_by_itself = !matches!(self.child.try_wait(), Ok(None));
             let _ = self.child.start_kill();
         }
-        let left = if exited_by_itself && !std::thread::panicking() {
-            super::leftovers(self.pid)
-        } else {
+        let left = if self.finished || std::thread::panicking() {
             super::Leftovers::default()
+        } else {
+            super::leftovers(self.pid)
         };
         remove_leftovers(self.pid);
         let _ = std::fs::remove_dir_all(&self.home);
-        assert!(
-            left.is_empty(),
-            "the HTTP daemon exited and left containers or volumes behind: {left:?}"
-        );
+        super::unfinished("HttpDaemon", self.pid, self.finished, &left);
     }
 }
 

@@ -8,9 +8,12 @@
 //! else: rmcp does not escalate to SIGTERM behind the test's back, and the test can read the
 //! daemon's exit status. Dropping a [`Daemon`] stops it (SIGTERM, then SIGKILL) and removes
 //! whatever still carries its pid label, so a failing test leaves nothing behind. That
-//! clean-up is only a safety net: it would hide a leak, so a passing test ends with
-//! [`Daemon::finish`], which asserts that the daemon exited and left no container and no
-//! volume carrying its pid label.
+//! clean-up would hide a leak, so every test ends with [`Daemon::finish`] (or
+//! [`Daemon::finish_as`] for a daemon the test stopped itself), which asserts the daemon's
+//! exit status and that it left no container and no volume, by its pid label and by the
+//! names it gives them ([`named_leftovers`]). A handle dropped without that check fails the
+//! test from `Drop`, after cleaning up (unless the test is already failing). [`RawDaemon`]
+//! and [`http::HttpDaemon`] work the same way.
 #![allow(dead_code)]
 
 pub mod http;
@@ -132,6 +135,11 @@ pub struct Daemon {
     exited: Option<ExitStatus>,
     /// Where the daemon's stderr goes, when the test measures it ([`Daemon::start_logged`]).
     log: Option<PathBuf>,
+    /// When the daemon was started (unix seconds), for [`named_leftovers`].
+    since: f64,
+    /// [`Daemon::finish`] or [`Daemon::finish_as`] ran: `Drop` only cleans up. Without it,
+    /// `Drop` fails the test.
+    finished: bool,
 }
 
 impl Daemon {
@@ -160,6 +168,7 @@ impl Daemon {
 
     async fn spawn(env: &[(&str, &str)], stderr: Stdio, log: Option<PathBuf>) -> Daemon {
         let home = fresh_dir("home");
+        let since = unix_now();
         let mut cmd = tokio::process::Command::new(BIN);
         isolate(&mut cmd, &home, env);
         cmd.arg("serve")
@@ -185,6 +194,8 @@ impl Daemon {
             home,
             exited: None,
             log,
+            since,
+            finished: false,
         }
     }
 
@@ -392,26 +403,37 @@ impl Daemon {
     }
 
     /// How every end-to-end test ends: close the client, see the daemon exit with success
-    /// within 30 s, and assert that it left nothing behind ([`Daemon::assert_left_nothing`]).
-    /// The `Drop` clean-up stays as a safety net for failing tests; this is the check.
+    /// within 30 s, and assert that it left nothing behind, by label and by name
+    /// ([`Daemon::assert_left_nothing`]). The `Drop` clean-up stays as a safety net for
+    /// failing tests; this is the check, and a test that skips it fails in `Drop`.
     #[track_caller]
     pub fn finish(&mut self) -> impl std::future::Future<Output = ()> + '_ {
+        self.finish_as(Exit::Success)
+    }
+
+    /// [`Daemon::finish`] for a daemon that ends some other way than with success: one the
+    /// test killed or signalled, or one that must fail. Closes the client if it is still
+    /// open, waits up to 30 s for the exit, asserts that the status is `expected`, then
+    /// that nothing is left by label and by name.
+    #[track_caller]
+    pub fn finish_as(&mut self, expected: Exit) -> impl std::future::Future<Output = ()> + '_ {
         let caller = std::panic::Location::caller();
         async move {
             let status = self.close(Duration::from_secs(30)).await;
             let status =
                 status.unwrap_or_else(|| panic!("{caller}: the daemon did not exit within 30 s"));
             assert!(
-                status.success(),
-                "{caller}: the daemon exited with {status}"
+                expected.matches(status),
+                "{caller}: the daemon exited with {status}, expected {expected:?}"
             );
             self.assert_left_nothing_at(caller);
+            self.finished = true;
         }
     }
 
-    /// No container and no volume carries this daemon's pid label (the shared download
-    /// cache carries none on purpose). Call it once the daemon has exited, or once its
-    /// sessions have ended and its pool is off.
+    /// No container and no volume carries this daemon's pid label, and none is named as
+    /// this daemon names them (the shared download cache carries neither on purpose). Call
+    /// it once the daemon has exited, or once its sessions have ended and its pool is off.
     #[track_caller]
     pub fn assert_left_nothing(&self) {
         self.assert_left_nothing_at(std::panic::Location::caller());
@@ -425,6 +447,14 @@ impl Daemon {
             self.pid,
             left.containers,
             left.volumes
+        );
+        let named = named_leftovers(self.pid, self.since);
+        assert!(
+            named.is_empty(),
+            "{caller}: daemon {} left containers {:?} and volumes {:?} named as its own",
+            self.pid,
+            named.containers,
+            named.volumes
         );
     }
 
@@ -477,9 +507,52 @@ impl Drop for Daemon {
             let _ = self.child.start_kill();
             let _ = self.child.try_wait();
         }
+        let left = if self.finished || std::thread::panicking() {
+            Leftovers::default()
+        } else {
+            leftovers(self.pid)
+        };
         remove_leftovers(self.pid);
         let _ = std::fs::remove_dir_all(&self.home);
+        unfinished("Daemon", self.pid, self.finished, &left);
     }
+}
+
+/// How a test expects a daemon to have exited ([`Daemon::finish_as`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Exit code 0.
+    Success,
+    /// This exit code.
+    Code(i32),
+    /// Killed by this signal (9 for SIGKILL).
+    Signal(i32),
+}
+
+impl Exit {
+    pub fn matches(self, status: ExitStatus) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        match self {
+            Exit::Success => status.success(),
+            Exit::Code(code) => status.code() == Some(code),
+            Exit::Signal(signal) => status.signal() == Some(signal),
+        }
+    }
+}
+
+/// The end of every daemon handle's `Drop`, after its clean-up: a handle the test did not
+/// finish fails the test, naming what was left (unless the test is already failing: a
+/// second panic would abort the run).
+pub fn unfinished(what: &str, pid: u32, finished: bool, left: &Leftovers) {
+    if finished || std::thread::panicking() {
+        return;
+    }
+    panic!(
+        "the test ended without finishing its {what} (pid {pid}): end it with finish(), \
+         which checks its exit status and that it left nothing; it had left containers \
+         {:?} and volumes {:?} (removed now)",
+        left.containers, left.volumes
+    );
 }
 
 /// How far the daemon's memory may move during one reliability case.
@@ -523,10 +596,15 @@ pub fn counted(pid: u32) -> (usize, usize) {
 /// and removes what carries its label.
 pub struct RawDaemon {
     child: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
+    /// `None` once [`RawDaemon::finish`] closed it.
+    stdin: Option<tokio::process::ChildStdin>,
     lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
     pub pid: u32,
     home: PathBuf,
+    /// When it was started (unix seconds), for [`named_leftovers`].
+    since: f64,
+    /// [`RawDaemon::finish`] ran; without it `Drop` fails the test.
+    finished: bool,
 }
 
 impl RawDaemon {
@@ -535,6 +613,7 @@ impl RawDaemon {
     pub async fn start(env: &[(&str, &str)]) -> RawDaemon {
         use tokio::io::AsyncBufReadExt;
         let home = fresh_dir("raw");
+        let since = unix_now();
         let mut cmd = tokio::process::Command::new(BIN);
         isolate(&mut cmd, &home, env);
         cmd.arg("serve")
@@ -548,10 +627,12 @@ impl RawDaemon {
         let lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
         let mut raw = RawDaemon {
             child,
-            stdin,
+            stdin: Some(stdin),
             lines,
             pid,
             home,
+            since,
+            finished: false,
         };
         raw.send_json(&serde_json::json!({
             "jsonrpc": "2.0", "id": 0, "method": "initialize",
@@ -574,9 +655,41 @@ impl RawDaemon {
     /// Write one line as is (a newline is added).
     pub async fn send_line(&mut self, line: &str) {
         use tokio::io::AsyncWriteExt;
-        self.stdin.write_all(line.as_bytes()).await.expect("write");
-        self.stdin.write_all(b"\n").await.expect("write");
-        self.stdin.flush().await.expect("flush");
+        let stdin = self.stdin.as_mut().expect("stdin already closed");
+        stdin.write_all(line.as_bytes()).await.expect("write");
+        stdin.write_all(b"\n").await.expect("write");
+        stdin.flush().await.expect("flush");
+    }
+
+    /// How a test with a raw daemon ends: close its stdin, see it exit with success within
+    /// 30 s, and assert that it left nothing, by label and by name.
+    #[track_caller]
+    pub fn finish(&mut self) -> impl std::future::Future<Output = ()> + '_ {
+        let caller = std::panic::Location::caller();
+        async move {
+            drop(self.stdin.take());
+            let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+                .await
+                .unwrap_or_else(|_| panic!("{caller}: the daemon did not exit within 30 s"))
+                .expect("wait for the daemon");
+            assert!(
+                status.success(),
+                "{caller}: the daemon exited with {status}"
+            );
+            let left = leftovers(self.pid);
+            assert!(
+                left.is_empty(),
+                "{caller}: daemon {} left {left:?}",
+                self.pid
+            );
+            let named = named_leftovers(self.pid, self.since);
+            assert!(
+                named.is_empty(),
+                "{caller}: daemon {} left {named:?} named as its own",
+                self.pid
+            );
+            self.finished = true;
+        }
     }
 
     pub async fn send_json(&mut self, message: &Value) {
@@ -629,8 +742,14 @@ impl Drop for RawDaemon {
         while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(50));
         }
+        let left = if self.finished || std::thread::panicking() {
+            Leftovers::default()
+        } else {
+            leftovers(self.pid)
+        };
         remove_leftovers(self.pid);
         let _ = std::fs::remove_dir_all(&self.home);
+        unfinished("RawDaemon", self.pid, self.finished, &left);
     }
 }
 
@@ -811,6 +930,67 @@ pub fn leftovers(pid: u32) -> Leftovers {
         containers: containers_of(pid),
         volumes: volumes_of(pid),
     }
+}
+
+/// The instance ids (the `instance` label) of the containers daemon `pid` of this host
+/// created since `since` (unix seconds), from the engine's event log: it sees containers
+/// that are gone again.
+pub fn instances_of(pid: u32, since: f64) -> Vec<String> {
+    let since = format!("{:.3}", since - 1.0);
+    let until = format!("{:.3}", unix_now());
+    let pid_filter = format!("label={PID_LABEL}={pid}");
+    let host_filter = format!("label={HOST_LABEL}={}", hostname());
+    let mut ids = docker_lines(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        "type=container",
+        "--filter",
+        "event=create",
+        "--filter",
+        &pid_filter,
+        "--filter",
+        &host_filter,
+        "--format",
+        "{{index .Actor.Attributes \"python-docker-mcp.instance\"}}",
+    ]);
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Containers and volumes named as daemon `pid` (started at `since`) names them, whatever
+/// their labels say: `pdm-<instance>-...` for each instance it ran as, and the durable
+/// names that carry its holder (`<host>x<pid>x<start>`). This finds what lost its labels,
+/// such as a volume the engine made unlabelled for a mount whose volume was gone.
+pub fn named_leftovers(pid: u32, since: f64) -> Leftovers {
+    let mut patterns: Vec<String> = instances_of(pid, since)
+        .iter()
+        .filter(|id| id.len() >= 8)
+        .map(|id| format!("^/?pdm-{}-", &id[..8]))
+        .collect();
+    patterns.push(format!("{}x{pid}x", hostname()));
+    let mut left = Leftovers::default();
+    for pattern in &patterns {
+        let filter = format!("name={pattern}");
+        left.containers.extend(docker_lines(&[
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &filter,
+        ]));
+        left.volumes
+            .extend(docker_lines(&["volume", "ls", "-q", "--filter", &filter]));
+    }
+    left.containers.sort();
+    left.containers.dedup();
+    left.volumes.sort();
+    left.volumes.dedup();
+    left
 }
 
 /// Containers of `pid` with a given role label.
