@@ -54,7 +54,8 @@
 //! - [`demo`]: a real MCP client session against this binary, for the README's first command.
 //! - [`doctor`]: `python-docker-mcp doctor`, the host's checks with verdicts and fixes.
 //! - [`image`]: `python-docker-mcp image build`, the sandbox image built from the Dockerfile
-//!   embedded in the binary (the one `scripts/build-image.sh` builds too).
+//!   embedded in the binary (the one `scripts/build-image.sh` builds too); `--browser`, the
+//!   browser image (Chromium and Playwright) on top of it.
 #![forbid(unsafe_code)]
 
 pub mod calls;

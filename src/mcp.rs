@@ -483,7 +483,10 @@ pub fn render_exec(r: &ExecResult) -> String {
         ));
     }
     if r.figures > 0 || r.figures_dropped > 0 {
-        let mut line = format!("Figures: {} returned as images", r.figures);
+        let mut line = format!(
+            "Images: {} returned (figures, or the last value)",
+            r.figures
+        );
         if r.figures_dropped > 0 {
             line.push_str(&format!(
                 ", {} left out (at most 4 per call, 2 MB each)",
