@@ -7,6 +7,9 @@
 #   scripts/build-image.sh --from debian   # base built locally with debootstrap (no image registry needed)
 #   scripts/build-image.sh --from python   # base python:3.12-slim (needs an image registry)
 #   scripts/build-image.sh --force         # rebuild even if the image exists
+#   scripts/build-image.sh --browser       # also the browser image (python-docker-mcp:browser) on top:
+#                                          # docker/Dockerfile.browser, skipped when present and built
+#                                          # from these files on this sandbox image
 #
 # The Debian route: debootstrap a bookworm rootfs with python3, pip and the scientific
 # stack from Debian's packages, `docker import` it as python-docker-mcp-base:bookworm, then
@@ -16,7 +19,8 @@
 #
 # The image carries the Dockerfile's SHA-256 in the label python-docker-mcp.dockerfile-sha256
 # (`python-docker-mcp image build` sets the same): an image built from another version of the
-# Dockerfile (say, one without uv) is rebuilt; the base is kept.
+# Dockerfile (say, one without uv) is rebuilt; the base is kept. The browser image carries the
+# SHA-256 of its three files (python-docker-mcp.browser-dockerfile-sha256) the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,22 +28,49 @@ image=${PYTHON_DOCKER_MCP_IMAGE:-python-docker-mcp:latest}
 base_tag=python-docker-mcp-base:bookworm
 from=auto
 force=0
+browser=0
+browser_image=${PYTHON_DOCKER_MCP_BROWSER_IMAGE:-python-docker-mcp:browser}
 while [ $# -gt 0 ]; do
   case "$1" in
     --from) from=$2; shift 2 ;;
     --from=*) from=${1#--from=}; shift ;;
     --force) force=1; shift ;;
+    --browser) browser=1; shift ;;
     --image) image=$2; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "build-image: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
 dockerfile_sha=$(sha256sum docker/Dockerfile | cut -d' ' -f1)
+# The same order as src/image.rs (BROWSER_CONTEXT).
+browser_sha=$(cat docker/Dockerfile.browser docker/pdm-chromium docker/browser-paths.py | sha256sum | cut -d' ' -f1)
+
+label() { docker image inspect -f "{{index .Config.Labels \"$2\"}}" "$1" 2>/dev/null || true; }
+
+# The browser layer on the sandbox image, unless present and built from these files on it.
+build_browser() {
+  [ "$browser" = 1 ] || return 0
+  if [ "$force" = 0 ] && docker image inspect "$browser_image" >/dev/null 2>&1; then
+    if [ "$(label "$browser_image" python-docker-mcp.browser-dockerfile-sha256)" = "$browser_sha" ] \
+      && [ "$(label "$browser_image" python-docker-mcp.dockerfile-sha256)" = "$dockerfile_sha" ]; then
+      echo "build-image: $browser_image already present, built from these files (use --force to rebuild)"
+      return 0
+    fi
+    echo "build-image: $browser_image was built from other files; rebuilding"
+  fi
+  local started=$SECONDS
+  echo "build-image: docker build -t $browser_image (Chromium, fonts, Playwright on $image; no browser download)"
+  docker build -q -f docker/Dockerfile.browser --build-arg "SANDBOX_IMAGE=$image" \
+    --build-arg "BROWSER_DOCKERFILE_SHA256=$browser_sha" -t "$browser_image" docker/ >/dev/null
+  echo "build-image: $browser_image ready ($((SECONDS - started)) s)"
+}
+
 if [ "$force" = 0 ] && docker image inspect "$image" >/dev/null 2>&1; then
-  built_from=$(docker image inspect -f '{{index .Config.Labels "python-docker-mcp.dockerfile-sha256"}}' "$image" 2>/dev/null || true)
+  built_from=$(label "$image" python-docker-mcp.dockerfile-sha256)
   if [ "$built_from" = "$dockerfile_sha" ]; then
     echo "build-image: $image already present, built from this Dockerfile (use --force to rebuild)"
+    build_browser
     exit 0
   fi
   echo "build-image: $image was built from another Dockerfile (${built_from:-no label}); rebuilding"
@@ -104,3 +135,4 @@ case "$from" in
     fi ;;
   *) echo "build-image: --from takes python or debian, not $from" >&2; exit 2 ;;
 esac
+build_browser

@@ -12,6 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/prepare.sh
+# The browser image (python-docker-mcp:browser, Chromium + Playwright) for tests/browser.rs:
+# built once per machine (about 2.5 min), skipped when present and built from these files.
+scripts/build-image.sh --browser
 # Podman serving the Docker API, with the image loaded, for tests/podman.rs.
 scripts/ensure-podman.sh
 # gVisor's runsc registered with Docker as `runsc`, for tests/gvisor.rs.

@@ -44,8 +44,15 @@ enum Kind {
         min: u64,
         max: u64,
     },
+    /// A size as for `Bytes`, or null for the engine's default.
+    OptBytes {
+        min: u64,
+    },
     /// A YAML list, or a comma-separated string in the environment.
     List,
+    /// `profiles`: a mapping of profile names to partial profiles (YAML or JSON text in
+    /// the environment). See `profile.rs`.
+    Profiles,
     Choice(&'static [&'static str]),
 }
 
@@ -79,7 +86,20 @@ impl Kind {
                     human_bytes(*max)
                 )
             }
+            Kind::OptBytes { min } => format!(
+                "a size such as \"256m\" or \"1g\" (at least {}), or null for the engine's default",
+                human_bytes(*min)
+            ),
             Kind::List => "a list of strings (comma-separated in the environment)".into(),
+            Kind::Profiles => format!(
+                "a mapping from profile names to settings, e.g. {{browser: {{image: \
+                 python-docker-mcp:browser, memory_limit: 1g}}}}; a profile may set {}",
+                crate::profile::KEYS
+                    .iter()
+                    .map(|(k, _)| *k)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Kind::Choice(c) => format!("one of: {}", c.join(", ")),
         }
     }
@@ -137,6 +157,8 @@ const KEYS: &[Key] = &[
           doc: "Read-only root filesystem; /tmp and the working directory are writable tmpfs" },
     Key { path: "docker.tmpfs_size", env: "TMPFS_SIZE", kind: Kind::Bytes { min: MIB, max: NO_MAX }, default: "128m",
           doc: "Size of each writable tmpfs (/tmp, working directory) when read_only is on; counts against memory" },
+    Key { path: "docker.shm_size", env: "SHM_SIZE", kind: Kind::OptBytes { min: MIB }, default: "null",
+          doc: "Size of /dev/shm (a tmpfs; counts against memory); browsers want more than the 64m engines give. null means the engine's default" },
     Key { path: "docker.user", env: "USER", kind: Kind::Str, default: "'1000:1000'",
           doc: "Numeric uid:gid the code runs as (a lone uid is also the gid); never root" },
     Key { path: "docker.runtime", env: "RUNTIME", kind: Kind::OptStr, default: "null",
@@ -211,6 +233,8 @@ const KEYS: &[Key] = &[
           doc: "If not empty, user code may import only these top-level modules (a policy, not a security boundary: the container is)" },
     Key { path: "blocked_modules", env: "BLOCKED_MODULES", kind: Kind::List, default: "[]",
           doc: "Top-level modules user code may not import (a policy, not a security boundary: the container is)" },
+    Key { path: "profiles", env: "PROFILES", kind: Kind::Profiles, default: "{}",
+          doc: "Named sandbox profiles a call picks with `profile`, each a partial set of settings over the docker.* ones (the profile `default`): image, memory_limit, cpu_limit, pids_limit, tmpfs_size, shm_size, pool_size (a named profile keeps none warm unless set; its pool is made on first use), warm_imports, timeout. Example: {browser: {image: python-docker-mcp:browser, memory_limit: 1g, shm_size: 256m, pids_limit: 512, pool_size: 1}} (in the environment as YAML or JSON text)" },
 ];
 
 /// Where a value came from.
@@ -277,6 +301,8 @@ pub struct DockerConfig {
     pub network_disabled: bool,
     pub read_only: bool,
     pub tmpfs_size: u64,
+    /// The size of `/dev/shm`; `None`: the engine's default.
+    pub shm_size: Option<u64>,
     /// Who the code runs as, parsed from `docker.user` once; never root.
     pub user: UserIds,
     /// The OCI runtime sandboxes run with (`runsc` for gVisor); `None`: the engine's default.
@@ -426,6 +452,11 @@ pub struct Config {
     pub server: ServerConfig,
     pub allowed_modules: Vec<String>,
     pub blocked_modules: Vec<String>,
+    /// The named profiles (`profiles`), as the config gives them; see `profile.rs`.
+    pub profiles: crate::profile::Table,
+    /// The profile this configuration is for: `default`, or a name of `profiles` once
+    /// [`Config::for_profile`] made it.
+    pub profile: String,
     /// For each key, its value in YAML notation and where it came from.
     provenance: BTreeMap<&'static str, (String, Source)>,
 }
@@ -528,6 +559,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
     let mut p = Parsed {
         chosen: &chosen,
         provenance: BTreeMap::new(),
+        profile: None,
     };
     let runtime = RuntimeConfig {
         backend: match p.string("runtime.backend")?.as_str() {
@@ -555,6 +587,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         network_disabled: p.bool("docker.network_disabled")?,
         read_only: p.bool("docker.read_only")?,
         tmpfs_size: p.bytes("docker.tmpfs_size")?,
+        shm_size: p.opt_bytes("docker.shm_size")?,
         user: p.user("docker.user")?,
         runtime: p.opt_string("docker.runtime")?,
         output_limit: p.bytes("docker.output_limit")?,
@@ -604,6 +637,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
     };
     let allowed_modules = p.list("allowed_modules")?;
     let blocked_modules = p.list("blocked_modules")?;
+    let profiles = p.profiles("profiles")?;
 
     if !docker.working_dir.starts_with('/') {
         return Err(p.invalid("docker.working_dir", "an absolute path such as /app"));
@@ -704,6 +738,21 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
     if package.timeout.is_zero() {
         return Err(p.invalid("package.timeout", "a duration greater than zero"));
     }
+    for (name, profile) in &profiles {
+        if let Some(timeout) = profile.timeout {
+            if timeout.is_zero() || timeout > docker.max_timeout {
+                return Err(ConfigError::Invalid {
+                    key: format!("profiles.{name}.timeout"),
+                    origin: chosen["profiles"].1.clone(),
+                    value: humantime::format_duration(timeout).to_string(),
+                    expected: format!(
+                        "a duration greater than zero and at most docker.max_timeout ({})",
+                        humantime::format_duration(docker.max_timeout)
+                    ),
+                });
+            }
+        }
+    }
 
     Ok(Config {
         runtime,
@@ -715,6 +764,8 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         server,
         allowed_modules,
         blocked_modules,
+        profiles,
+        profile: crate::profile::DEFAULT.into(),
         provenance: p.provenance,
     })
 }
@@ -881,6 +932,8 @@ fn env_value(kind: Kind, s: &str) -> serde_norway::Value {
             serde_norway::Value::Null
         }
         Kind::OptStr | Kind::OptAddr => serde_norway::Value::String(s.trim().into()),
+        // YAML text (JSON is YAML); a string that is not a mapping fails as the wrong shape.
+        Kind::Profiles if s.trim().is_empty() => serde_norway::Value::Null,
         // Let YAML decide: "true", "5", "0.5" and "null" become what they look like.
         _ => serde_norway::from_str(s).unwrap_or_else(|_| serde_norway::Value::String(s.into())),
     }
@@ -899,6 +952,9 @@ fn yaml_text(v: &serde_norway::Value) -> String {
 struct Parsed<'a> {
     chosen: &'a BTreeMap<&'static str, (serde_norway::Value, Source)>,
     provenance: BTreeMap<&'static str, (String, Source)>,
+    /// Parsing a profile's settings: the prefix its keys are named by in errors
+    /// (`profiles.browser.`), in place of `docker.`.
+    profile: Option<String>,
 }
 
 impl Parsed<'_> {
@@ -912,8 +968,12 @@ impl Parsed<'_> {
 
     fn invalid(&self, path: &str, expected: &str) -> ConfigError {
         let (v, source) = &self.chosen[path];
+        let key = match &self.profile {
+            Some(prefix) => format!("{prefix}{}", path.strip_prefix("docker.").unwrap_or(path)),
+            None => path.to_string(),
+        };
         ConfigError::Invalid {
-            key: path.to_string(),
+            key,
             origin: source.clone(),
             value: yaml_text(v),
             expected: expected.to_string(),
@@ -1053,6 +1113,139 @@ impl Parsed<'_> {
         }
     }
 
+    fn opt_bytes(&mut self, path: &'static str) -> Result<Option<u64>, ConfigError> {
+        let (v, kind) = self.get(path);
+        let Kind::OptBytes { min } = kind else {
+            unreachable!("{path} is not an optional size")
+        };
+        let n = match v {
+            serde_norway::Value::Null => return Ok(None),
+            serde_norway::Value::String(s) if s.trim().is_empty() || s.trim() == "null" => {
+                return Ok(None)
+            }
+            serde_norway::Value::Number(n) => n.as_u64(),
+            serde_norway::Value::String(s) => parse_bytes(s),
+            _ => None,
+        };
+        match n {
+            Some(n) if n >= min => Ok(Some(n)),
+            _ => Err(self.wrong(path, kind)),
+        }
+    }
+
+    /// `profiles`: each name checked, each profile's keys known and each value of the
+    /// kind of the `docker.*` key it overrides; errors name `profiles.NAME.KEY`.
+    fn profiles(&mut self, path: &'static str) -> Result<crate::profile::Table, ConfigError> {
+        use crate::profile::{self, Profile};
+        let (v, kind) = self.get(path);
+        let (v, source) = (v.clone(), self.chosen[path].1.clone());
+        let map = match v {
+            serde_norway::Value::Null => return Ok(Default::default()),
+            serde_norway::Value::Mapping(m) => m,
+            _ => return Err(self.wrong(path, kind)),
+        };
+        let mut table = profile::Table::new();
+        for (name, body) in map {
+            let name = match name.as_str() {
+                Some(n) if profile::valid_name(n) && n != profile::DEFAULT => n.to_string(),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: path.into(),
+                        origin: source,
+                        value: yaml_text(&name),
+                        expected: "profile names of letters, digits, `-` and `_` (at most 40; \
+                                   `default` is the docker.* settings, set them there)"
+                            .into(),
+                    })
+                }
+            };
+            let prefix = format!("profiles.{name}.");
+            let body = match body {
+                serde_norway::Value::Null => Default::default(),
+                serde_norway::Value::Mapping(m) => m,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        key: format!("profiles.{name}"),
+                        origin: source,
+                        value: yaml_text(&other),
+                        expected: format!(
+                            "a mapping of settings ({})",
+                            profile::KEYS
+                                .iter()
+                                .map(|(k, _)| *k)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    })
+                }
+            };
+            let mut set: BTreeMap<&'static str, (serde_norway::Value, Source)> = BTreeMap::new();
+            for (k, v) in body {
+                let k = k.as_str().unwrap_or_default().to_string();
+                let Some((_, docker)) = profile::KEYS.iter().find(|(key, _)| *key == k) else {
+                    return Err(ConfigError::UnknownKey {
+                        key: format!("{prefix}{k}"),
+                        origin: source,
+                        hint: hint(&k, profile::KEYS.iter().map(|(key, _)| *key), &prefix).replace(
+                            "`python-docker-mcp config --example` lists every setting",
+                            &format!(
+                                "a profile may set {}",
+                                profile::KEYS
+                                    .iter()
+                                    .map(|(key, _)| *key)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        ),
+                    });
+                };
+                set.insert(docker, (v, source.clone()));
+            }
+            let mut q = Parsed {
+                chosen: &set,
+                provenance: BTreeMap::new(),
+                profile: Some(prefix),
+            };
+            let has = |key: &str| set.contains_key(key);
+            let profile = Profile {
+                image: has("docker.image")
+                    .then(|| q.string("docker.image"))
+                    .transpose()?,
+                memory_limit: has("docker.memory_limit")
+                    .then(|| q.bytes("docker.memory_limit"))
+                    .transpose()?,
+                cpu_limit: has("docker.cpu_limit")
+                    .then(|| q.float("docker.cpu_limit"))
+                    .transpose()?,
+                pids_limit: has("docker.pids_limit")
+                    .then(|| q.int("docker.pids_limit"))
+                    .transpose()?,
+                tmpfs_size: has("docker.tmpfs_size")
+                    .then(|| q.bytes("docker.tmpfs_size"))
+                    .transpose()?,
+                shm_size: has("docker.shm_size")
+                    .then(|| q.opt_bytes("docker.shm_size"))
+                    .transpose()?
+                    .flatten(),
+                pool_size: has("docker.pool_size")
+                    .then(|| q.int("docker.pool_size"))
+                    .transpose()?,
+                warm_imports: has("docker.warm_imports")
+                    .then(|| q.list("docker.warm_imports"))
+                    .transpose()?,
+                timeout: has("docker.timeout")
+                    .then(|| q.duration("docker.timeout"))
+                    .transpose()?,
+            };
+            table.insert(name, profile);
+        }
+        // `config` shows the names here, and each profile's settings below the keys.
+        let names = table.keys().cloned().collect::<Vec<_>>().join(", ");
+        self.provenance
+            .insert(path, (format!("{{{names}}}"), source));
+        Ok(table)
+    }
+
     fn list(&mut self, path: &'static str) -> Result<Vec<String>, ConfigError> {
         let (v, kind) = self.get(path);
         match v {
@@ -1131,6 +1324,7 @@ impl Config {
                 width = width
             ));
         }
+        out.push_str(&self.describe_profiles());
         out
     }
 
@@ -1527,6 +1721,71 @@ mod tests {
             .to_string();
             assert!(e.contains(key) && e.contains(var), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn profiles_are_validated_with_the_key_named() {
+        let err = |text: &str| {
+            resolve(&Layers {
+                file: file(text),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string()
+        };
+        let e = err("profiles:\n  browser:\n    memory: 1g\n");
+        assert!(
+            e.contains("unknown setting `profiles.browser.memory`"),
+            "{e}"
+        );
+        assert!(e.contains("memory_limit"), "{e}");
+        let e = err("profiles:\n  browser:\n    memory_limit: lots\n");
+        assert!(e.contains("`profiles.browser.memory_limit`"), "{e}");
+        assert!(e.contains("file /cfg.yaml"), "{e}");
+        let e = err("profiles:\n  browser:\n    cpu_limit: 0\n");
+        assert!(e.contains("`profiles.browser.cpu_limit`"), "{e}");
+        let e = err("profiles:\n  browser:\n    timeout: 2h\n");
+        assert!(e.contains("`profiles.browser.timeout`"), "{e}");
+        assert!(e.contains("docker.max_timeout"), "{e}");
+        let e = err("profiles:\n  default:\n    memory_limit: 1g\n");
+        assert!(e.contains("`default` is the docker.* settings"), "{e}");
+        let e = err("profiles:\n  browser: 3\n");
+        assert!(e.contains("`profiles.browser`"), "{e}");
+        let e = err("profiles: [browser]\n");
+        assert!(e.contains("`profiles`"), "{e}");
+    }
+
+    #[test]
+    fn profiles_come_from_the_environment_too_and_are_printed() {
+        let c = resolve(&Layers {
+            file: file("profiles:\n  big: {memory_limit: 2g}\n"),
+            env: env(&[(
+                "PYTHON_DOCKER_MCP_PROFILES",
+                r#"{"browser": {"image": "python-docker-mcp:browser", "shm_size": "256m", "pool_size": 1}}"#,
+            )]),
+            ..Default::default()
+        })
+        .unwrap();
+        // The environment replaces the file's table, as for every key.
+        assert_eq!(c.profile_names(), vec!["default", "browser"]);
+        let b = &c.profiles["browser"];
+        assert_eq!(b.shm_size, Some(256 * MIB));
+        assert_eq!(b.pool_size, Some(1));
+        let d = c.describe();
+        assert!(d.contains("{browser}"), "{d}");
+        assert!(d.contains("profile browser:"), "{d}");
+        assert!(d.contains("profile default:"), "{d}");
+    }
+
+    #[test]
+    fn shm_size_is_the_engines_unless_set() {
+        assert_eq!(Config::defaults().docker.shm_size, None);
+        let c = resolve(&Layers {
+            env: env(&[("PYTHON_DOCKER_MCP_SHM_SIZE", "512m")]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.docker.shm_size, Some(512 * MIB));
     }
 
     #[test]

@@ -47,6 +47,7 @@ use crate::egress::policy::List;
 use crate::files::{FileChange, FileData, FileError};
 use crate::install::{self, Requirement, RequirementError};
 use crate::pool::{AcquireError, Pool, PoolStats};
+use crate::profile::ProfileError;
 use crate::repl::{
     ExecLimits, Interrupt, Outcome, OutputChunk, Package, PeakScope, PyError, Repl, ReplError,
     Reply, Variable,
@@ -82,6 +83,9 @@ pub struct CallContext {
     /// The call's `network` list, as the client wrote it (`None`: no network; a session
     /// keeps its list).
     pub network: Option<Vec<String>>,
+    /// The sandbox profile the call asked for (`profile`); None: `default`, or a
+    /// session's own. See [`crate::profile`].
+    pub profile: Option<String>,
 }
 
 /// The structured result of an execution (`execute-transient`, `execute-persistent`).
@@ -126,7 +130,9 @@ pub struct ExecResult {
     /// Transient runs: variables left out of `state` because they are not JSON, with their types.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_skipped: Option<BTreeMap<String, String>>,
-    /// matplotlib figures returned as PNG images (in the result's content).
+    /// Images returned in the result's content: matplotlib figures (PNG), and the last
+    /// expression when it is an image (PNG or JPEG bytes such as a screenshot, or a PIL
+    /// image), which comes first.
     pub figures: usize,
     /// Figures left out: over the count or size cap, or not renderable.
     pub figures_dropped: u64,
@@ -141,7 +147,7 @@ pub struct ExecResult {
     /// was cut off, and when).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_call: Option<String>,
-    /// The figures, base64 PNG; sent as image content, not in the structured result.
+    /// The images, base64 PNG or JPEG; sent as image content, not in the structured result.
     #[serde(skip)]
     pub images: Vec<String>,
     /// Files of the working directory the run created or modified. A session's are
@@ -295,11 +301,26 @@ pub enum ExecError {
     /// The call's `network` list is refused, or the egress proxy cannot serve it.
     #[error(transparent)]
     Network(Box<EgressError>),
+    /// The call named a profile this server does not have, or another one than its
+    /// session's.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
 }
 
 impl From<EgressError> for ExecError {
     fn from(e: EgressError) -> Self {
         ExecError::Network(Box::new(e))
+    }
+}
+
+/// The key a profile's memory limit comes from, for messages.
+fn memory_key(profile: &Config) -> String {
+    match profile.profile.as_str() {
+        crate::profile::DEFAULT => "docker.memory_limit".into(),
+        name => match profile.profiles.get(name).and_then(|p| p.memory_limit) {
+            Some(_) => format!("profiles.{name}.memory_limit"),
+            None => "docker.memory_limit".into(),
+        },
     }
 }
 
@@ -413,6 +434,8 @@ struct Shared {
     /// Live sessions plus sessions being created, in all (`session.max_sessions`) and per
     /// client (`session.max_sessions_per_client`).
     slots: Slots,
+    /// The pools of named profiles, made on first use (see [`crate::profile`]).
+    profile_pools: crate::profile::Pools,
     /// Arrival order of calls to each session (see [`crate::order`]).
     arrivals: crate::order::Arrivals,
     /// Stops the engine's own background task (idle expiry).
@@ -479,6 +502,7 @@ impl Engine {
                 cache_volume: OnceCell::new(),
                 tasks,
                 slots,
+                profile_pools: Default::default(),
                 arrivals: Default::default(),
                 stop: CancellationToken::new(),
                 calls: Arc::default(),
@@ -514,6 +538,16 @@ impl Engine {
                 "warming the sandbox pool in the background"
             );
             self.shared.pool.start();
+            // A profile that keeps sandboxes warm warms now; the others on first use.
+            let c = &self.shared.config;
+            for name in c.profiles.keys() {
+                let profile = c.for_profile(name).expect("a known name");
+                if profile.docker.pool_size > 0 {
+                    tracing::info!(profile = %name, pool_size = profile.docker.pool_size, "warming the profile's pool");
+                    let s = &self.shared;
+                    s.profile_pools.get(&s.pool, None, &profile);
+                }
+            }
         } else {
             tracing::info!("pool disabled: sandboxes are created per request");
         }
@@ -534,13 +568,42 @@ impl Engine {
             })
     }
 
-    /// The main pool and every client's own.
+    /// The main pool, every client's own and every profile's.
     fn pools(&self) -> Vec<Pool> {
         let s = &self.shared;
         let clients = s.client_pools.lock().expect("client pools lock");
         std::iter::once(s.pool.clone())
             .chain(clients.values().cloned())
+            .chain(s.profile_pools.all())
             .collect()
+    }
+
+    /// The configuration a call's sandbox runs with: its profile's (`default` unless
+    /// `asked`), or the error that lists the profiles.
+    fn profile_config(&self, asked: Option<&str>) -> Result<Config, ProfileError> {
+        self.shared
+            .config
+            .for_profile(asked.unwrap_or(crate::profile::DEFAULT))
+    }
+
+    /// Where `client`'s sandboxes of a profile come from: for `default` as
+    /// [`Engine::pool_for`] says; for a named profile its own pool, drawing on the same
+    /// environment (made on first use).
+    fn pool_for_profile(&self, client: &Client, profile: &Config) -> Pool {
+        let s = &self.shared;
+        if profile.profile == crate::profile::DEFAULT {
+            return self.pool_for(client);
+        }
+        let own = s
+            .client_pools
+            .lock()
+            .expect("client pools lock")
+            .get(client)
+            .cloned();
+        match own {
+            Some(base) => s.profile_pools.get(&base, Some(client), profile),
+            None => s.profile_pools.get(&s.pool, None, profile),
+        }
     }
 
     /// Where `client`'s sandboxes come from: its own pool once it has a shared environment
@@ -618,8 +681,8 @@ impl Engine {
     }
 
     /// The limits of one execution; its time-out is the call's own when it asked for one.
-    fn limits(&self, call: &CallContext) -> Result<ExecLimits, TimeoutError> {
-        let d = &self.shared.config.docker;
+    fn limits(&self, call: &CallContext, profile: &Config) -> Result<ExecLimits, TimeoutError> {
+        let d = &profile.docker;
         Ok(ExecLimits {
             timeout: run_timeout(call.timeout, d.timeout, d.max_timeout)?,
             output_limit: d.output_limit,
@@ -632,29 +695,35 @@ impl Engine {
 
     /// Why a sandbox died, in words, naming the limit when the engine says it was hit.
     fn lost_reason(&self, e: &ReplError) -> String {
+        self.lost_reason_in(e, &self.shared.config)
+    }
+
+    /// [`Engine::lost_reason`] for a sandbox of `profile`, naming its memory limit.
+    fn lost_reason_in(&self, e: &ReplError, profile: &Config) -> String {
         match e {
             ReplError::OutOfMemory => format!(
-                "{e}: {} (docker.memory_limit). Files in /tmp and the working directory count \
-                 toward it",
-                human_bytes(self.shared.config.docker.memory_limit)
+                "{e}: {} ({}). Files in /tmp and the working directory count toward it",
+                human_bytes(profile.docker.memory_limit),
+                memory_key(profile)
             ),
             _ => e.to_string(),
         }
     }
 
     /// A `MemoryError` in the cell: say which limit it hit.
-    fn explain_memory_error(&self, result: &mut ExecResult, survived: &str) {
+    fn explain_memory_error(&self, result: &mut ExecResult, survived: &str, profile: &Config) {
         let hit = result
             .error
             .as_ref()
             .is_some_and(|e| e.kind.contains("MemoryError"));
         if hit && result.notice.is_none() {
-            let d = &self.shared.config.docker;
+            let d = &profile.docker;
             result.notice = Some(format!(
                 "The code ran out of memory: the sandbox may hold about {} of data \
-                 (docker.memory_limit {} less room for the helper; files in /tmp and the \
-                 working directory count toward it).{survived}",
+                 ({} {} less room for the helper; files in /tmp and the working \
+                 directory count toward it).{survived}",
                 human_bytes(sandbox::data_limit(d.memory_limit)),
+                memory_key(profile),
                 human_bytes(d.memory_limit)
             ));
         }
@@ -673,14 +742,15 @@ impl Engine {
     ) -> Result<ExecResult, ExecError> {
         let _call = self.admit("execute-transient", None, client)?;
         let requirements = run_requirements(packages)?;
-        let limits = self.limits(call)?;
+        let profile = self.profile_config(call.profile.as_deref())?;
+        let limits = self.limits(call, &profile)?;
         let list = self.admit_network(call.network.as_deref())?;
         let inputs = self
             .transient_inputs(files)
             .map_err(|e| ExecError::Files(Box::new(e)))?;
         tracing::debug!(%client, "transient run");
         let started = Instant::now();
-        let pool = self.pool_for(client);
+        let pool = self.pool_for_profile(client, &profile);
         let mut sandbox = pool.acquire(client).await?;
         let installed = match self
             .install_for_run(&requirements, &sandbox.volume, None, "this run")
@@ -726,7 +796,7 @@ impl Engine {
             .await;
         let mut result = match outcome {
             Ok(outcome) => ExecResult::from_outcome(outcome, ""),
-            Err(e) => ExecResult::lost(self.lost_reason(&e), started, &e),
+            Err(e) => ExecResult::lost(self.lost_reason_in(&e, &profile), started, &e),
         };
         // The sandbox goes next: its changed files come back embedded.
         if !result.sandbox_lost {
@@ -738,7 +808,7 @@ impl Engine {
             result.network = Some(egress.report(&key).await);
             egress.revoke(&key);
         }
-        self.explain_memory_error(&mut result, "");
+        self.explain_memory_error(&mut result, "", &profile);
         result.packages_installed = installed;
         Ok(result)
     }
@@ -810,7 +880,9 @@ impl Engine {
     ) -> Result<ExecResult, ExecError> {
         let admitted = self.admit("execute-persistent", session_id, client)?;
         let requirements = run_requirements(packages)?;
-        let limits = self.limits(call)?;
+        let asked = call.profile.as_deref();
+        // A session keeps the profile of its first call.
+        let profile = self.profile_config(asked)?;
         // A new session's list is held to the ceiling before anything is made.
         let network = call.network.as_deref();
         let first = match session_id {
@@ -819,8 +891,24 @@ impl Engine {
         };
         let session = match session_id {
             Some(id) => self.session(id, client).await?,
-            None => self.new_session(client).await?,
+            None => self.new_session(client, &profile).await?,
         };
+        let profile = match asked {
+            Some(asked) if asked != session.profile => {
+                return Err(ProfileError::Switch {
+                    session: session.id.clone(),
+                    has: session.profile.clone(),
+                    asked: clip(asked).into(),
+                }
+                .into())
+            }
+            _ if session.profile != profile.profile => self
+                .profile_config(Some(&session.profile))
+                // An adopted session of a profile this server does not know.
+                .unwrap_or(profile),
+            _ => profile,
+        };
+        let limits = self.limits(call, &profile)?;
         admitted.set_session(&session.id);
         let mut limits = limits;
         if session_id.is_none() {
@@ -830,7 +918,7 @@ impl Engine {
         // A new session kept a warm sandbox; replace it once this first call is done.
         let _replenish = session_id
             .is_none()
-            .then(|| Replenish(self.pool_for(client)));
+            .then(|| Replenish(self.pool_for_profile(client, &profile)));
         let started = Instant::now();
         let mut guard = session.lock().await;
         let target = format!("session {}", session.id);
@@ -912,7 +1000,7 @@ impl Engine {
                 };
                 let why = session
                     .end_requested()
-                    .unwrap_or_else(|| EndReason::Lost(self.lost_reason(&error)));
+                    .unwrap_or_else(|| EndReason::Lost(self.lost_reason_in(&error, &profile)));
                 self.end_session(&session, &mut guard, why.clone());
                 ExecResult::lost(
                     format!("Session {} is gone: {why}. Variables are lost; call execute-persistent without session_id to start a new session.", session.id),
@@ -921,7 +1009,7 @@ impl Engine {
                 )
             }
         };
-        self.explain_memory_error(&mut result, survived);
+        self.explain_memory_error(&mut result, survived, &profile);
         for change in &mut result.files_changed {
             change.uri = Some(crate::files::session_uri(&session.id, &change.path));
         }
@@ -1146,7 +1234,13 @@ impl Engine {
                 repl,
             )
             .durable(claimed, now)
-            .adopted(container.created, notice),
+            .adopted(container.created, notice)
+            .with_profile(
+                container
+                    .labels
+                    .get(sandbox::labels::PROFILE)
+                    .map_or(crate::profile::DEFAULT, String::as_str),
+            ),
         );
         s.sessions.insert(session.clone());
         Ok(session)
@@ -1307,11 +1401,15 @@ impl Engine {
             })
     }
 
-    async fn new_session(&self, client: &Client) -> Result<Arc<Session>, ExecError> {
+    async fn new_session(
+        &self,
+        client: &Client,
+        profile: &Config,
+    ) -> Result<Arc<Session>, ExecError> {
         let s = &self.shared;
         // Reserve a slot first so concurrent creations cannot overshoot either limit.
         self.reserve_slot(client)?;
-        let sandbox = match self.pool_for(client).acquire(client).await {
+        let sandbox = match self.pool_for_profile(client, profile).acquire(client).await {
             Ok(sandbox) => sandbox,
             Err(e) => {
                 s.slots.release(client);
@@ -1334,7 +1432,8 @@ impl Engine {
             sandbox.repl.id.clone(),
             sandbox.volume,
             sandbox.repl,
-        );
+        )
+        .with_profile(&profile.profile);
         if s.durable {
             session = session.durable(warm_name, 0);
         }

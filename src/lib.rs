@@ -27,6 +27,8 @@
 //!   trusts nothing the sandbox sends (capped frames, strict ids, bounded queues).
 //! - [`pool`]: warm sandboxes, the creation semaphore, max age, single-use checkout; in
 //!   durable mode the host pool ([`pool::host`]) that every daemon of the host shares.
+//! - [`profile`]: sandbox profiles (`profiles` in the config): a name per call resolves to
+//!   the settings its sandboxes run with; one warm pool per profile.
 //! - [`session`]: the registry of persistent sessions; a session is `Live` or `Ended`.
 //! - [`durable`]: sessions that outlive their daemon: the container name that says who owns
 //!   and who holds a session and until when it may live, and the holder's liveness.
@@ -55,7 +57,8 @@
 //! - [`demo`]: a real MCP client session against this binary, for the README's first command.
 //! - [`doctor`]: `python-docker-mcp doctor`, the host's checks with verdicts and fixes.
 //! - [`image`]: `python-docker-mcp image build`, the sandbox image built from the Dockerfile
-//!   embedded in the binary (the one `scripts/build-image.sh` builds too).
+//!   embedded in the binary (the one `scripts/build-image.sh` builds too); `--browser`, the
+//!   browser image (Chromium and Playwright) on top of it.
 #![forbid(unsafe_code)]
 
 pub mod calls;
@@ -74,6 +77,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod order;
 pub mod pool;
+pub mod profile;
 pub mod repl;
 pub mod runtime;
 pub mod sandbox;

@@ -115,9 +115,16 @@ enum ImageAction {
         /// pull the default, name a local one, e.g. python-docker-mcp-base:bookworm.
         #[arg(long, value_name = "IMAGE", default_value = image::DEFAULT_BASE)]
         base: String,
-        /// Tag to give the image (default: the configured docker.image).
+        /// Tag to give the image (default: the configured docker.image; with --browser,
+        /// python-docker-mcp:browser).
         #[arg(long, value_name = "TAG")]
         tag: Option<String>,
+        /// Build the browser image instead: the sandbox image (docker.image, built first
+        /// if missing) plus Debian's Chromium, a font set and Playwright for Python, with
+        /// no browser download. Use it through a profile, e.g. `profiles: {browser:
+        /// {image: python-docker-mcp:browser, memory_limit: 1g, shm_size: 256m}}`.
+        #[arg(long)]
+        browser: bool,
     },
 }
 
@@ -185,10 +192,16 @@ fn main() -> ExitCode {
             Command::Cleanup { dry_run, all } => cleanup(config, dry_run, all).await,
             Command::Demo { base } => demo::run(&config, &base, demo_args).await,
             Command::Image {
-                action: ImageAction::Build { base, tag },
+                action: ImageAction::Build { base, tag, browser },
             } => {
-                let tag = tag.unwrap_or_else(|| config.docker.image.clone());
-                build_image(&base, &tag).await
+                let sandbox = config.docker.image.clone();
+                match browser {
+                    false => build_image(&base, &tag.unwrap_or(sandbox)).await,
+                    true => {
+                        let tag = tag.unwrap_or_else(|| image::BROWSER_TAG.into());
+                        build_browser_image(&base, &sandbox, &tag).await
+                    }
+                }
             }
             Command::EgressProxy { .. } => unreachable!("handled before the config is loaded"),
         }
@@ -246,6 +259,25 @@ fn egress_proxy(socket: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `image build --browser`: the sandbox image `sandbox` first if it is missing (on
+/// `base`), then the browser layer on it as `tag`.
+async fn build_browser_image(base: &str, sandbox: &str, tag: &str) -> anyhow::Result<()> {
+    let docker = python_docker_mcp::runtime::docker::Docker::new();
+    if !docker.image_present(sandbox).await? {
+        eprintln!("python-docker-mcp: the sandbox image {sandbox} is missing; building it on {base} first");
+        image::build(&docker, base, sandbox, |line| eprintln!("  {line}")).await?;
+    }
+    let started = std::time::Instant::now();
+    eprintln!("python-docker-mcp: building {tag} on {sandbox} (Chromium, fonts, Playwright; no browser download)");
+    image::build_browser(&docker, sandbox, tag, |line| eprintln!("  {line}")).await?;
+    eprintln!(
+        "python-docker-mcp: {tag} is ready ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    docker.close();
+    Ok(())
 }
 
 /// `image build`: build `tag` on `base`, the engine's lines on stderr.

@@ -85,6 +85,11 @@ pub struct TransientArgs {
     /// DNS reach nothing. Refused connections are listed in the result. Omit it for no network.
     #[serde(default)]
     pub network: Option<Vec<String>>,
+    /// The sandbox profile to run under, e.g. `browser` for a sandbox with Chromium and
+    /// Playwright when the server has one. Omit it for `default`. An unknown name is
+    /// refused with the list of the server's profiles.
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 /// Arguments of `execute-persistent`.
@@ -114,6 +119,12 @@ pub struct PersistentArgs {
     /// proxy; refused connections are listed in the result.
     #[serde(default)]
     pub network: Option<Vec<String>>,
+    /// The sandbox profile to run under, e.g. `browser` for a sandbox with Chromium and
+    /// Playwright when the server has one. Omit it for `default`. A session keeps the profile of
+    /// its first call; later calls may omit it. An unknown name is
+    /// refused with the list of the server's profiles.
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 /// One requirement or several.
@@ -284,6 +295,7 @@ impl Server {
             tool.input_schema = standard_formats_only(&tool.input_schema);
             tool.output_schema = tool.output_schema.as_ref().map(standard_formats_only);
         }
+        name_the_profiles(&mut tool_router, &engine.config().profile_names());
         let server = &engine.config().server;
         let tasks = Tasks::new(server.task_after, server.task_ttl, engine.stopping());
         Server {
@@ -337,6 +349,7 @@ impl Server {
             timeout,
             ask: ask_user(ctx),
             network: None,
+            profile: None,
         };
         let cancel = call.cancel.clone();
         let progress = ctx
@@ -424,6 +437,26 @@ fn standard_formats_only(schema: &Arc<JsonObject>) -> Arc<JsonObject> {
     }
 }
 
+/// The `profile` argument's description names this server's profiles, so the model reads
+/// which exist (the derived schema can only say that an error lists them).
+fn name_the_profiles(router: &mut ToolRouter<Server>, names: &[String]) {
+    for tool in ["execute-transient", "execute-persistent"] {
+        let Some(route) = router.map.get_mut(tool) else {
+            continue;
+        };
+        let mut schema = route.attr.input_schema.as_ref().clone();
+        let description = schema
+            .get_mut("properties")
+            .and_then(|p| p.get_mut("profile"))
+            .and_then(|p| p.as_object_mut())
+            .and_then(|p| p.get_mut("description"));
+        if let Some(serde_json::Value::String(text)) = description {
+            text.push_str(&format!(" This server's profiles: {}.", names.join(", ")));
+        }
+        route.attr.input_schema = Arc::new(schema);
+    }
+}
+
 /// Render an execution for the model: output first, then what went wrong.
 pub fn render_exec(r: &ExecResult) -> String {
     let mut parts = Vec::new();
@@ -478,7 +511,10 @@ pub fn render_exec(r: &ExecResult) -> String {
         ));
     }
     if r.figures > 0 || r.figures_dropped > 0 {
-        let mut line = format!("Figures: {} returned as images", r.figures);
+        let mut line = format!(
+            "Images: {} returned (figures, or the last value)",
+            r.figures
+        );
         if r.figures_dropped > 0 {
             line.push_str(&format!(
                 ", {} left out (at most 4 per call, 2 MB each)",
@@ -606,6 +642,7 @@ fn call_context(
         timeout: None,
         ask: ask_user(ctx),
         network: None,
+        profile: None,
     };
     let Some(token) = ctx.meta.get_progress_token() else {
         return (call, None);
@@ -699,7 +736,7 @@ fn exec_result(r: ExecResult) -> CallToolResult {
     content.extend(
         r.images
             .iter()
-            .map(|png| Content::image(png.clone(), "image/png")),
+            .map(|image| Content::image(image.clone(), image_mime(image))),
     );
     for f in &r.files_changed {
         if let (Some(uri), Some(_)) = (&f.uri, &r.session_id) {
@@ -720,6 +757,15 @@ fn exec_result(r: ExecResult) -> CallToolResult {
             .push(Content::resource(resource_contents(uri, data)));
     }
     result
+}
+
+/// An image's type from its base64 text: JPEG's signature (`ff d8 ff`) encodes as `/9j/`;
+/// everything else the helper sends is PNG (figures, PNG values, PIL images).
+fn image_mime(base64: &str) -> &'static str {
+    match base64.starts_with("/9j/") {
+        true => "image/jpeg",
+        false => "image/png",
+    }
 }
 
 fn tool_error(message: impl std::fmt::Display) -> CallToolResult {
@@ -760,6 +806,7 @@ value and any exception with its traceback.",
             true,
             move |mut call| async move {
                 call.network = args.network.clone();
+                call.profile = args.profile.filter(|p| !p.is_empty());
                 let result = engine
                     .execute_transient(
                         &args.code,
@@ -806,6 +853,7 @@ cleanup-session when you are done.",
             true,
             move |mut call| async move {
                 call.network = args.network.clone();
+                call.profile = args.profile.filter(|p| !p.is_empty());
                 let session = args.session_id.as_deref().filter(|s| !s.is_empty());
                 let result = engine
                     .execute_persistent(&args.code, session, &args.packages, &who, &call)

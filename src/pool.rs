@@ -419,6 +419,32 @@ impl Pool {
         )
     }
 
+    /// A pool for another profile (`config`, from [`Config::for_profile`]) drawing on this
+    /// pool's shared environment and creation limit, keeping the profile's `pool_size`
+    /// warm. Its sandboxes are the profile's own: a pool hands out only what it made, and
+    /// in the host pool the profile is part of the fingerprint (the spec names it).
+    pub fn for_profile(&self, config: Config) -> Pool {
+        let i = &self.inner;
+        let target = match config.docker.pool_enabled {
+            true => config.docker.pool_size as usize,
+            false => 0,
+        };
+        Pool::build(
+            config,
+            i.backend.clone(),
+            i.owner.clone(),
+            i.tasks.clone(),
+            i.environment.clone(),
+            target,
+            i.limits.clone(),
+        )
+    }
+
+    /// The profile this pool's sandboxes are made for.
+    pub fn profile(&self) -> &str {
+        &self.inner.config.profile
+    }
+
     fn build(
         config: Config,
         backend: Backend,
@@ -955,6 +981,11 @@ impl Pool {
                             .try_acquire_owned()
                             .ok();
                         spawn = usize::from(background.is_some());
+                        // Another pool (a profile's, a client's) holds the turn, and its
+                        // release wakes only that pool: look again shortly.
+                        if background.is_none() {
+                            wake_at = Some(Instant::now() + REFILL_SETTLE);
+                        }
                     }
                 }
                 st.creating += spawn;

@@ -28,6 +28,8 @@ pub mod labels {
     pub const HOST: &str = "python-docker-mcp.host";
     /// The client a shared package volume belongs to, when several share the daemon.
     pub const CLIENT: &str = "python-docker-mcp.client";
+    /// The profile a sandbox was made for (named profiles only; none means `default`).
+    pub const PROFILE: &str = "python-docker-mcp.profile";
 }
 
 /// How long a warm sandbox outlives `pool_max_age` before it ends itself (a private
@@ -341,7 +343,7 @@ pub fn repl_spec(
         .collect();
     // Session packages come first on the path so they win over shared ones.
     let package_dirs = [SESSION_PACKAGES, SHARED_PACKAGES];
-    let scratch = if d.read_only {
+    let mut scratch = if d.read_only {
         vec![
             Scratch {
                 path: "/tmp".into(),
@@ -359,6 +361,22 @@ pub fn repl_spec(
     } else {
         Vec::new()
     };
+    // Browsers keep their shared memory in /dev/shm; the engine's default is small.
+    if let Some(size) = d.shm_size {
+        scratch.push(Scratch {
+            path: "/dev/shm".into(),
+            size_bytes: size,
+            mode: 0o1777,
+            owned_by_user: false,
+        });
+    }
+    // A named profile's sandboxes say so: the code can read it, and the spec (so the host
+    // pool's fingerprint) differs from every other profile's, even with the same settings.
+    let named_profile = (config.profile != crate::profile::DEFAULT).then_some(&config.profile);
+    let mut sandbox_labels = owner.labels(Role::Sandbox, None);
+    if let Some(profile) = named_profile {
+        sandbox_labels.insert(labels::PROFILE.into(), profile.clone());
+    }
     SandboxSpec {
         name,
         image: d.image.clone(),
@@ -383,6 +401,7 @@ pub fn repl_spec(
         ]
         .into_iter()
         // A durable sandbox nobody uses ends itself (a session's lease replaces this).
+        .chain(named_profile.map(|p| format!("PDM_PROFILE={p}")))
         .chain(config.session.durable.then(|| {
             format!(
                 "PDM_IDLE_EXIT={}",
@@ -392,7 +411,7 @@ pub fn repl_spec(
         .collect(),
         user: d.user,
         working_dir: d.working_dir.clone(),
-        labels: owner.labels(Role::Sandbox, None),
+        labels: sandbox_labels,
         network: if d.network_disabled {
             Network::None
         } else {
@@ -560,6 +579,56 @@ const PROXY_PIDS: u64 = 256;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_named_profile_is_in_its_spec_and_keeps_the_lockdown() {
+        let base = crate::config::resolve(&crate::config::Layers {
+            file: Some((
+                "/cfg.yaml".into(),
+                "profiles:\n  browser: {memory_limit: 1g, shm_size: 256m}\n  twin: {}\n".into(),
+            )),
+            ..Default::default()
+        })
+        .unwrap();
+        let owner = Owner::new();
+        let spec = |name: &str| {
+            let mut s = repl_spec(
+                &base.for_profile(name).unwrap(),
+                &owner,
+                String::new(),
+                "shared",
+                "",
+            );
+            s.labels.clear();
+            s
+        };
+        let (default, browser, twin) = (spec("default"), spec("browser"), spec("twin"));
+        assert!(!default.env.iter().any(|e| e.starts_with("PDM_PROFILE=")));
+        assert!(browser.env.contains(&"PDM_PROFILE=browser".to_string()));
+        assert_eq!(browser.limits.memory_bytes, 1 << 30);
+        let shm = browser
+            .scratch
+            .iter()
+            .find(|m| m.path == "/dev/shm")
+            .expect("a /dev/shm tmpfs");
+        assert_eq!(shm.size_bytes, 256 << 20);
+        assert_eq!(browser.security, default.security);
+        assert_eq!(browser.user, default.user);
+        assert_eq!(browser.network, Network::None);
+        // Same settings as the default, another profile: another spec (so another
+        // host-pool fingerprint).
+        assert_eq!(twin.limits, default.limits);
+        assert_ne!(format!("{twin:?}"), format!("{default:?}"));
+        let named = repl_spec(
+            &base.for_profile("twin").unwrap(),
+            &owner,
+            String::new(),
+            "",
+            "",
+        )
+        .labels;
+        assert_eq!(named.get(labels::PROFILE).map(String::as_str), Some("twin"));
+    }
 
     #[test]
     fn repl_sandbox_is_locked_down_by_default() {

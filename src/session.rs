@@ -94,6 +94,8 @@ pub struct Session {
     pub started_at: u64,
     /// A later daemon took it over from the one that started it.
     pub adopted: bool,
+    /// The sandbox profile of its first call, kept for its life (see `profile.rs`).
+    pub profile: String,
     /// The engine's record of a durable session (`None`: it ends with this daemon).
     pub durable: Option<Durable>,
     /// Said once, with the next result: what happened to the call that was in flight when
@@ -131,9 +133,16 @@ impl Session {
             detaching: CancellationToken::new(),
             started_at: crate::durable::now(),
             adopted: false,
+            profile: crate::profile::DEFAULT.into(),
             durable: None,
             notice: std::sync::Mutex::new(None),
         }
+    }
+
+    /// This session's sandbox was made for profile `name`.
+    pub fn with_profile(mut self, name: &str) -> Session {
+        self.profile = name.into();
+        self
     }
 
     /// This session is durable: its container is called `name` (renamed later).

@@ -36,7 +36,9 @@
 #            on refusal; otherwise put {"size"}, get {"size", "data"}, ls {"path", "entries",
 #            "truncated"}; results of tracked runs carry "files_changed": [{path, size,
 #            change}], "files_changed_truncated": bool
-#            results also carry "images": [base64 PNG], "images_dropped": int
+#            results also carry "images": [base64 PNG], "images_dropped": int; a last
+#            expression that is an image (bytes of a PNG or JPEG, or a PIL image, saved as
+#            PNG) comes first among them, under the same caps, and its "value" says so
 #            {"op": "result", "id": N, "stdout": str, "stderr": str, "stdout_dropped": int,
 #             "stderr_dropped": int, "value": str|null, "error": null|{type, message,
 #             traceback}, "interrupted": bool, "duration_ms": float, "state": obj|null,
@@ -672,6 +674,40 @@ _cell = 0
 namespace = {"__name__": "__main__", "__builtins__": builtins}
 
 
+def as_image(value):
+    """A cell's last value as an image: (bytes, "PNG" or "JPEG"), or None. Bytes count
+    when they start with a PNG or JPEG signature (what page.screenshot() returns); a PIL
+    image is saved as PNG (only when PIL is already imported: nothing is imported here)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        head = bytes(value[:8])
+        if head == b"\x89PNG\r\n\x1a\n":
+            return bytes(value), "PNG"
+        if head[:3] == b"\xff\xd8\xff":
+            return bytes(value), "JPEG"
+        return None
+    pil = sys.modules.get("PIL.Image")
+    if pil is not None and isinstance(value, getattr(pil, "Image", ())):
+        buf = io.BytesIO()
+        value.save(buf, format="PNG")
+        return buf.getvalue(), "PNG"
+    return None
+
+
+def add_value_image(result, image, max_count, max_bytes):
+    """Put the last value's image first among the result's images, under the figure caps."""
+    data, kind = image
+    if len(data) > max_bytes:
+        result["images_dropped"] += 1
+        result["value"] = "<%s image of %d bytes, not returned: larger than %d bytes>" % (
+            kind, len(data), max_bytes)
+        return
+    result["images"].insert(0, base64.b64encode(data).decode("ascii"))
+    if len(result["images"]) > max_count:
+        result["images"].pop()
+        result["images_dropped"] += 1
+    result["value"] = "<%s image of %d bytes, returned as an image>" % (kind, len(data))
+
+
 def collect_figures(max_count, max_bytes):
     """Open matplotlib figures as base64 PNGs (capped), closing every one of them."""
     plt = sys.modules.get("matplotlib.pyplot")
@@ -1047,6 +1083,7 @@ def execute(req):
         ns.update(req.get("state") or {})
     limit = int(req.get("output_limit") or 262144)
     result = {"op": "result", "id": req.get("id"), "value": None, "error": None, "interrupted": False}
+    image = None
     refresh_paths()
     # exit() closes sys.stdin (and fd 0) on its way out; put /dev/null back so no pipe
     # lands on fd 0 and input() reads end-of-file.
@@ -1075,7 +1112,12 @@ def execute(req):
                 value = eval(last, ns)
                 _in_user_code = False
                 if value is not None:
-                    result["value"] = repr_capped(value)
+                    try:
+                        image = as_image(value)
+                    except Exception as e:  # an image that cannot be saved stays a value
+                        diag("value not rendered as an image: %r" % (e,))
+                    if image is None:
+                        result["value"] = repr_capped(value)
         finally:
             _in_user_code = False
     except KeyboardInterrupt as e:
@@ -1088,12 +1130,14 @@ def execute(req):
         _running = None
         duration = time.perf_counter() - started
         end_costs(result, costs)
+        max_figures, max_figure_bytes = int(req.get("max_figures", 4)), int(req.get("max_figure_bytes", 2 << 20))
         try:
-            result["images"], result["images_dropped"] = collect_figures(
-                int(req.get("max_figures", 4)), int(req.get("max_figure_bytes", 2 << 20)))
+            result["images"], result["images_dropped"] = collect_figures(max_figures, max_figure_bytes)
         except BaseException as e:  # an interrupt landing here must not lose the reply
             result["images"], result["images_dropped"] = [], 0
             diag("figures not collected: %r" % (e,))
+        if image is not None:
+            add_value_image(result, image, max_figures, max_figure_bytes)
         for stream in (sys.stdout, sys.stderr, _orig_stdout, _orig_stderr):
             try:
                 stream.flush()

@@ -56,8 +56,10 @@ pub enum RuntimeError {
     #[error(
         "the sandbox image `{image}` is not present on this Docker engine. Build it with \
          `python-docker-mcp image build --tag {image}` (on a machine that cannot pull \
-         python:3.12-slim, add `--base IMAGE` naming a local image that has python3), or set \
-         docker.image / PYTHON_DOCKER_MCP_IMAGE to an image that has python3. For Podman, \
+         python:3.12-slim, add `--base IMAGE` naming a local image that has python3; a browser \
+         profile's image: `python-docker-mcp image build --browser --tag {image}`), or set \
+         docker.image / PYTHON_DOCKER_MCP_IMAGE (or the profile's image) to an image that has \
+         python3. For Podman, \
          copy it from Docker with `docker save {image} | podman load`"
     )]
     ImageMissing { image: String },
