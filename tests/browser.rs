@@ -2,8 +2,10 @@
 //! --browser`, no browser download), a persistent session whose Chromium renders a local
 //! page and stays open across calls, screenshots returned as PNG images (decoded here),
 //! a transient run under the profile, an unknown profile, two profiles' pools kept apart,
-//! the browser's uid and capabilities, and a page that allocates past the memory limit.
-//! No test reaches outside the sandbox: pages are files inside it.
+//! the browser's uid and capabilities, a page that allocates past the memory limit, and
+//! Chromium held to a session's egress allow-list. No test reaches past this machine:
+//! pages are files inside the sandbox, or servers the test starts on a network of its own
+//! (`common::net`).
 //!
 //! Needs the image python-docker-mcp:browser (`scripts/build-image.sh --browser`, which
 //! scripts/test.sh runs first).
@@ -509,4 +511,64 @@ async fn the_host_pool_keeps_profiles_apart_by_fingerprint() {
     // The filler's warm sandboxes were the host's on purpose; both were taken above.
     remove_leftovers(filler.pid);
     filler.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_an_allow_list_chromium_goes_through_the_sessions_proxy() {
+    require_image();
+    // A network of the test's own with two servers (`common::net`), the egress ceiling
+    // naming both, and the browser profile.
+    let mut net = common::net::TestNet::create();
+    net.http_server("allowed.test");
+    net.http_server("denied.test");
+    let subnet = net.subnet();
+    let mut d = Daemon::start_with(&[
+        PROFILES,
+        (
+            "PYTHON_DOCKER_MCP_NETWORK_ALLOW",
+            "allowed.test:8080,denied.test:8080",
+        ),
+        ("PYTHON_DOCKER_MCP_NETWORK_ALLOW_PRIVATE", subnet.as_str()),
+        ("PYTHON_DOCKER_MCP_EGRESS_NETWORK", net.name.as_str()),
+    ])
+    .await;
+    // The session's list names one of them; a plain launch, no proxy argument.
+    let r = d
+        .call(
+            "execute-persistent",
+            json!({"code": "from playwright.sync_api import sync_playwright\n\
+                    pw = sync_playwright().start()\n\
+                    browser = pw.chromium.launch()\n\
+                    page = browser.new_page()\n\
+                    response = page.goto('http://allowed.test:8080/page')\n\
+                    (response.status, page.inner_text('body'))",
+                   "profile": "browser", "network": ["allowed.test:8080"]}),
+        )
+        .await;
+    assert_ok(&r);
+    assert_eq!(
+        value(&r).as_deref(),
+        Some("(200, 'hello from allowed.test /page')"),
+        "{}",
+        describe(&r)
+    );
+    let id = session_id(&r);
+    // The other host: the proxy refuses it, and the result says so.
+    let r = d
+        .call(
+            "execute-persistent",
+            json!({"code": "response = page.goto('http://denied.test:8080/page')\n\
+                    (response.status, page.inner_text('body'))",
+                   "session_id": id}),
+        )
+        .await;
+    let blocked = "blocked: denied.test:8080 (not in this session's allow-list)";
+    assert!(text(&r).contains(blocked), "{}", describe(&r));
+    assert!(
+        value(&r).is_some_and(|v| v.starts_with("(403")),
+        "{}",
+        describe(&r)
+    );
+    d.finish().await;
+    net.remove();
 }
