@@ -1,7 +1,9 @@
 //! python-docker-mcp: an MCP server that gives AI agents a Python sandbox in Docker.
 //!
-//! Eleven tools run Python, and move its files, in locked-down containers: no network,
-//! non-root, no capabilities, memory/CPU/pids limits, read-only root. The original's four
+//! Eleven tools run Python, and move its files, in locked-down containers: no network
+//! (or, per call, only the hosts an operator's allow-list permits, through a filtering
+//! proxy: [`egress`]), non-root, no capabilities, memory/CPU/pids limits, read-only root,
+//! under a named sandbox profile (a browser image among them: [`profile`]). The original's four
 //! (`execute-transient`, `execute-persistent`, `install-package`, `cleanup-session`) keep
 //! their names and arguments; `reset-session`, `list-variables`, `list-packages` and
 //! `list-sessions` (sessions survive a restart, see [`durable`]) are additions, as are
