@@ -471,18 +471,6 @@ async fn the_host_pool_keeps_profiles_apart_by_fingerprint() {
         fingerprint(&warm[1].1),
         "two profiles, two fingerprints: {warm:?}"
     );
-    // A later daemon's runs: each profile's sandbox, never the other's.
-    let mut d = Daemon::start_with(&base).await;
-    let code =
-        "import os, socket\n(os.environ.get('PDM_PROFILE', 'default'), socket.gethostname())";
-    let mut ran = Vec::new();
-    for profile in ["twin", "default"] {
-        let r = d.call("execute-transient", run(code, profile)).await;
-        assert_ok(&r);
-        let v = value(&r).unwrap_or_default();
-        assert!(v.starts_with(&format!("('{profile}'")), "{v}");
-        ran.push(v);
-    }
     let label_of = |id: &str| {
         let out = std::process::Command::new("docker")
             .args([
@@ -495,9 +483,28 @@ async fn the_host_pool_keeps_profiles_apart_by_fingerprint() {
             .expect("docker inspect");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
+    // Read now: a transient run's sandbox is removed once its run is done.
+    let profiles: Vec<String> = warm.iter().map(|(id, _)| label_of(id)).collect();
+    assert_eq!(
+        profiles.iter().filter(|p| p.as_str() == "twin").count(),
+        1,
+        "one warm sandbox is labelled twin: {warm:?} {profiles:?}"
+    );
+    // A later daemon's runs: each profile's sandbox, never the other's.
+    let mut d = Daemon::start_with(&base).await;
+    let code =
+        "import os, socket\n(os.environ.get('PDM_PROFILE', 'default'), socket.gethostname())";
+    let mut ran = Vec::new();
+    for profile in ["twin", "default"] {
+        let r = d.call("execute-transient", run(code, profile)).await;
+        assert_ok(&r);
+        let v = value(&r).unwrap_or_default();
+        assert!(v.starts_with(&format!("('{profile}'")), "{v}");
+        ran.push(v);
+    }
     // Each warm sandbox served the run of its own profile.
-    for (id, _) in &warm {
-        let profile = match label_of(id).as_str() {
+    for ((id, _), label) in warm.iter().zip(&profiles) {
+        let profile = match label.as_str() {
             "twin" => "twin",
             _ => "default",
         };
