@@ -157,7 +157,7 @@ impl TestNet {
     }
 
     /// The network's subnet as the engine reports it (its IPAM config: the network was
-    /// created here, so it has one), e.g. `172.19.0.0/16`.
+    /// created here, so it has one), as a CIDR.
     pub fn subnet(&self) -> String {
         let subnet = docker(&[
             "network",
