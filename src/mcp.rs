@@ -833,8 +833,9 @@ value and any exception with its traceback.",
 functions, imports and files from earlier calls are still there, like a notebook kernel. Omit session_id to \
 start a new session; the result begins with `Session ID: <id>`, which you pass in later calls. Calls to one \
 session run one at a time, in order. Code that runs past the time-out is interrupted and the session keeps its \
-variables. matplotlib figures come back as images. Sessions idle for a long time are ended; call \
-cleanup-session when you are done.",
+variables. matplotlib figures, and a last value that is PNG/JPEG bytes or a PIL image (such as \
+page.screenshot()), come back as images. The session keeps the `network` list and `profile` of its first \
+call. Sessions idle for a long time are ended; call cleanup-session when you are done.",
         output_schema = schema_for_output::<ExecResult>()
     )]
     async fn execute_persistent(
@@ -1266,7 +1267,10 @@ impl ServerHandler for Server {
         )
             .with_server_info(Implementation::new("python-docker-mcp", env!("CARGO_PKG_VERSION")))
             .with_instructions(
-                "Runs Python in Docker sandboxes that have no network. execute-transient: one-off code in a \
+                "Runs Python in Docker sandboxes that have no network unless a call passes `network` (hosts \
+                 within the operator's allow-list, reached through a filtering proxy). A call may name a \
+                 sandbox `profile` (for example `browser`, with Chromium and Playwright, when the server has \
+                 one). execute-transient: one-off code in a \
                  fresh container; pass variables in `state` and read them back from the result's `state`. \
                  execute-persistent: a session that keeps variables, imports and files between calls \
                  (omit session_id to start one; pass the session_id it returns). install-package: add one \
