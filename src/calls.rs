@@ -1,4 +1,4 @@
-//! The calls in flight: which tool calls are running (tool, session, client, since when),
+//! The calls in flight: which operations are running (operation, session, client, since when),
 //! admission of new ones until shutdown begins, and waiting for the running ones to end.
 //!
 //! Every engine operation enters through [`Calls::admit`] and holds the returned
@@ -19,11 +19,47 @@ use crate::client::Client;
 #[error("the server is shutting down and accepts no new calls; retry once it is back (running calls may still finish)")]
 pub struct ShuttingDown;
 
+/// What a call does: the core's operations. The tool layer maps its tools onto these;
+/// the core never names an MCP tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// A run in a sandbox of its own, removed afterwards.
+    RunTransient,
+    /// A run in a session, made by this call when it names none.
+    RunInSession,
+    ResetSession,
+    ListVariables,
+    ListSessions,
+    EndSession,
+    Install,
+    ListPackages,
+    PutFile,
+    GetFile,
+    ListFiles,
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Operation::RunTransient => "transient run",
+            Operation::RunInSession => "session run",
+            Operation::ResetSession => "session reset",
+            Operation::ListVariables => "variable listing",
+            Operation::ListSessions => "session listing",
+            Operation::EndSession => "session end",
+            Operation::Install => "install",
+            Operation::ListPackages => "package listing",
+            Operation::PutFile => "file upload",
+            Operation::GetFile => "file download",
+            Operation::ListFiles => "file listing",
+        })
+    }
+}
+
 /// One call in flight, as the shutdown log names it.
 #[derive(Debug, Clone)]
 pub struct Running {
-    /// The tool's name, e.g. `execute-persistent`.
-    pub tool: &'static str,
+    pub operation: Operation,
     /// The session it acts on, once known (a new session's id is known after creation).
     pub session: Option<String>,
     pub client: Client,
@@ -60,7 +96,7 @@ impl Calls {
     /// Admit a call, unless shutdown has begun. Dropping the guard ends the call.
     pub fn admit(
         self: &Arc<Self>,
-        tool: &'static str,
+        operation: Operation,
         session: Option<&str>,
         client: &Client,
     ) -> Result<CallGuard, ShuttingDown> {
@@ -73,7 +109,7 @@ impl Calls {
         inner.running.insert(
             key,
             Running {
-                tool,
+                operation,
                 session: session.map(str::to_string),
                 client: client.clone(),
                 started: Instant::now(),
@@ -147,14 +183,14 @@ mod tests {
     async fn admission_stops_at_close_and_idle_waits_for_the_running() {
         let calls = Arc::new(Calls::default());
         let me = Client::local();
-        let a = calls.admit("execute-transient", None, &me).unwrap();
-        let b = calls.admit("execute-persistent", None, &me).unwrap();
+        let a = calls.admit(Operation::RunTransient, None, &me).unwrap();
+        let b = calls.admit(Operation::RunInSession, None, &me).unwrap();
         b.set_session("s1");
         calls.close();
-        assert!(calls.admit("install-package", None, &me).is_err());
+        assert!(calls.admit(Operation::Install, None, &me).is_err());
         let running = calls.running();
         assert_eq!(running.len(), 2);
-        assert_eq!(running[0].tool, "execute-transient");
+        assert_eq!(running[0].operation, Operation::RunTransient);
         assert_eq!(running[1].session.as_deref(), Some("s1"));
 
         let waiter = tokio::spawn({

@@ -209,6 +209,8 @@ const KEYS: &[Key] = &[
           doc: "The operator's ceiling for per-run egress allow-lists: host patterns (example.com, *.example.com for subdomains only, host:port; no port means 80 and 443; IP addresses and CIDRs only when written out). A call's `network` list must stay within it. Empty: sandboxes have no network, as without this key. Non-empty: an egress proxy container runs on network.egress_network and every sandbox mounts its socket directory. Docker and Podman only" },
     Key { path: "network.allow_private", env: "NETWORK_ALLOW_PRIVATE", kind: Kind::List, default: "[]",
           doc: "CIDRs the egress proxy may connect to although they are private, loopback or link-local (e.g. a test network's subnet); otherwise a name that resolves into such a range is refused" },
+    Key { path: "network.idle_timeout", env: "NETWORK_IDLE_TIMEOUT", kind: Kind::Duration, default: "60s",
+          doc: "The egress proxy closes a tunnel or plain HTTP exchange through which no byte moved for this long (at least 1s)" },
     Key { path: "network.ask", env: "NETWORK_ASK", kind: Kind::Bool, default: "false",
           doc: "A host outside a session's list but matching network.askable may be approved by the user: the server asks the calling client through MCP elicitation (30 s; no answer or a client without elicitation: denied)" },
     Key { path: "network.askable", env: "NETWORK_ASKABLE", kind: Kind::List, default: "[]",
@@ -399,6 +401,8 @@ pub struct NetworkConfig {
     /// CIDRs the proxy may reach although private (`network.allow_private`), as written;
     /// each one parses (checked at load).
     pub allow_private: Vec<String>,
+    /// The proxy closes a connection idle this long (`network.idle_timeout`).
+    pub idle_timeout: Duration,
     /// Hosts outside a list may be approved by the user (`network.ask`).
     pub ask: bool,
     /// What the user may approve (`network.askable`), each pattern within the ceiling.
@@ -619,6 +623,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         egress_network: p.opt_string("network.egress_network")?,
         allow: p.list("network.allow")?,
         allow_private: p.list("network.allow_private")?,
+        idle_timeout: p.duration("network.idle_timeout")?,
         ask: p.bool("network.ask")?,
         askable: p.list("network.askable")?,
         egress_dir: PathBuf::from(layers.env.get("HOME").map_or("/tmp", String::as_str))

@@ -38,7 +38,7 @@ pub use files::{FileList, FileOpError};
 #[cfg(test)]
 mod tests_fake;
 
-use crate::calls::{CallGuard, Calls, Running, ShuttingDown};
+use crate::calls::{CallGuard, Calls, Operation, Running, ShuttingDown};
 use crate::client::Client;
 use crate::config::{human_bytes, Config};
 use crate::durable::{self, Holder, OwnerKey, SessionName};
@@ -658,15 +658,15 @@ impl Engine {
         &self.shared.owner.instance
     }
 
-    /// Admit a call of `tool`, unless shutdown has begun; it counts as running until the
-    /// guard is dropped.
+    /// Admit a call of `operation`, unless shutdown has begun; it counts as running until
+    /// the guard is dropped.
     fn admit(
         &self,
-        tool: &'static str,
+        operation: Operation,
         session: Option<&str>,
         client: &Client,
     ) -> Result<CallGuard, ShuttingDown> {
-        self.shared.calls.admit(tool, session, client)
+        self.shared.calls.admit(operation, session, client)
     }
 
     /// A token fired when shutdown begins, for work that must stop with the engine (the
@@ -740,7 +740,7 @@ impl Engine {
         client: &Client,
         call: &CallContext,
     ) -> Result<ExecResult, ExecError> {
-        let _call = self.admit("execute-transient", None, client)?;
+        let _call = self.admit(Operation::RunTransient, None, client)?;
         let requirements = run_requirements(packages)?;
         let profile = self.profile_config(call.profile.as_deref())?;
         let limits = self.limits(call, &profile)?;
@@ -878,7 +878,7 @@ impl Engine {
         client: &Client,
         call: &CallContext,
     ) -> Result<ExecResult, ExecError> {
-        let admitted = self.admit("execute-persistent", session_id, client)?;
+        let admitted = self.admit(Operation::RunInSession, session_id, client)?;
         let requirements = run_requirements(packages)?;
         let asked = call.profile.as_deref();
         // A session keeps the profile of its first call.
@@ -1024,7 +1024,7 @@ impl Engine {
 
     /// Forget a session's variables and imports; its sandbox, files and packages stay.
     pub async fn reset_session(&self, id: &str, client: &Client) -> Result<(), ExecError> {
-        let _call = self.admit("reset-session", Some(id), client)?;
+        let _call = self.admit(Operation::ResetSession, Some(id), client)?;
         let session = self.session(id, client).await?;
         let mut guard = session.lock().await;
         let repl = self.live(&session, &mut guard)?;
@@ -1039,7 +1039,7 @@ impl Engine {
         id: &str,
         client: &Client,
     ) -> Result<Vec<Variable>, ExecError> {
-        let _call = self.admit("list-variables", Some(id), client)?;
+        let _call = self.admit(Operation::ListVariables, Some(id), client)?;
         let session = self.session(id, client).await?;
         let mut guard = session.lock().await;
         let repl = self.live(&session, &mut guard)?;
@@ -1303,7 +1303,7 @@ impl Engine {
     /// `client`'s sessions: those this daemon holds, and durable ones no live daemon
     /// holds (adopted at their next call), or another live daemon holds.
     pub async fn list_sessions(&self, client: &Client) -> Result<Vec<SessionInfo>, ExecError> {
-        let _call = self.admit("list-sessions", None, client)?;
+        let _call = self.admit(Operation::ListSessions, None, client)?;
         let s = &self.shared;
         let now = durable::now();
         let mut out = Vec::new();
@@ -1532,7 +1532,7 @@ impl Engine {
     /// End a session: its container and volume are removed; later calls are told so. A
     /// call running in it is stopped at once; an install into it is waited for.
     pub async fn cleanup_session(&self, id: &str, client: &Client) -> Result<(), CleanupError> {
-        let _call = self.admit("cleanup-session", Some(id), client)?;
+        let _call = self.admit(Operation::EndSession, Some(id), client)?;
         // A durable session this daemon does not hold is adopted first, then ended.
         let session = match self.session(id, client).await {
             Ok(session) => session,
@@ -1566,7 +1566,7 @@ impl Engine {
         session_id: Option<&str>,
         client: &Client,
     ) -> Result<InstallResult, InstallError> {
-        let _call = self.admit("install-package", session_id, client)?;
+        let _call = self.admit(Operation::Install, session_id, client)?;
         let requirements = parse_requirements(packages)?;
         match session_id {
             Some(id) => {
@@ -1596,7 +1596,7 @@ impl Engine {
         session_id: Option<&str>,
         client: &Client,
     ) -> Result<Vec<Package>, ExecError> {
-        let _call = self.admit("list-packages", session_id, client)?;
+        let _call = self.admit(Operation::ListPackages, session_id, client)?;
         match session_id {
             Some(id) => {
                 let session = self.session(id, client).await?;
@@ -1860,7 +1860,7 @@ impl Engine {
                 let why = why.unwrap_or_else(|| "the drain ended".into());
                 for call in &left {
                     tracing::warn!(
-                        tool = call.tool,
+                        operation = %call.operation,
                         session_id = call.session.as_deref().unwrap_or("-"),
                         client = %call.client,
                         ran_for = %format!("{:.1}s", call.elapsed().as_secs_f64()),

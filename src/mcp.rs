@@ -569,9 +569,10 @@ fn render_changes(r: &ExecResult) -> String {
         ));
     }
     if r.files_changed_truncated {
-        lines.push(
-            "(the working directory has more than 2000 files; only those were compared)".into(),
-        );
+        lines.push(format!(
+            "(the working directory has more than {} files; only those were compared)",
+            crate::repl::LIST_CAP
+        ));
     }
     if r.session_id.is_some() {
         lines.push("Read them with download-file or resources/read on their links.".into());
@@ -1129,7 +1130,10 @@ in bytes and modification times.",
                     _ => format!("{} ({} bytes)", e.name, e.size),
                 }));
                 if truncated {
-                    lines.push("(more than 2000 entries; only those are listed)".into());
+                    lines.push(format!(
+                        "(more than {} entries; only those are listed)",
+                        crate::repl::LIST_CAP
+                    ));
                 }
                 let r = Listed {
                     session_id: args.session_id,

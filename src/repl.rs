@@ -49,6 +49,9 @@ const STDERR_LOGGED: usize = 8 * 1024;
 /// helper fits every reply under it (dropping figures, then state, then output, and saying
 /// so); a sandbox that sends a longer line is ended.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// The most entries the helper lists in a directory listing or compares for
+/// `files_changed` (its `LIST_CAP`); past it the answer says it was truncated.
+pub const LIST_CAP: usize = 2000;
 /// The longest streamed-output frame (the helper sends at most 64 KiB of text in one).
 pub const MAX_OUTPUT_FRAME: usize = 1024 * 1024;
 /// Frames nobody asked for (a late or repeated reply, an unrequested pong) tolerated

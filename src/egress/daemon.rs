@@ -53,7 +53,6 @@ const STDERR_TAIL: usize = 2048;
 /// The proxy's bounds, sent explicitly: its defaults (the design's numbers).
 const MAX_PER_GRANT: usize = super::proxy::DEFAULT_MAX_PER_GRANT;
 const MAX_TOTAL: usize = super::proxy::DEFAULT_MAX_TOTAL;
-const IDLE_SECS: u64 = super::proxy::DEFAULT_IDLE_SECS;
 /// How long the user has to answer an approval question (`network.ask`).
 pub const ASK_WITHIN: Duration = Duration::from_secs(30);
 
@@ -546,7 +545,7 @@ impl Egress {
             private: i.config.network.allow_private.clone(),
             max_per_grant: MAX_PER_GRANT,
             max_total: MAX_TOTAL,
-            idle_secs: IDLE_SECS,
+            idle_secs: i.config.network.idle_timeout.as_secs().max(1),
         });
         let mut lines = vec![config];
         {

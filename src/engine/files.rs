@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::{Engine, ExecError, ExecResult, CONTROL_TIMEOUT};
+use crate::calls::Operation;
 use crate::client::Client;
 use crate::files::{self, FileData, FileEntry, FileError, PathError};
 use crate::repl::{FileRefusal, Repl, ReplError};
@@ -53,7 +54,7 @@ impl Engine {
         client: &Client,
     ) -> Result<(String, u64), FileOpError> {
         let _call = self
-            .admit("upload-file", Some(id), client)
+            .admit(Operation::PutFile, Some(id), client)
             .map_err(ExecError::from)?;
         let full = files::resolve(&self.shared.config.docker.working_dir, path)?;
         self.check_size(path, bytes.len() as u64)?;
@@ -74,7 +75,7 @@ impl Engine {
         client: &Client,
     ) -> Result<FileData, FileOpError> {
         let _call = self
-            .admit("download-file", Some(id), client)
+            .admit(Operation::GetFile, Some(id), client)
             .map_err(ExecError::from)?;
         let full = files::resolve(&self.shared.config.docker.working_dir, path)?;
         let session = self.session(id, client).await?;
@@ -97,7 +98,7 @@ impl Engine {
         client: &Client,
     ) -> Result<FileList, FileOpError> {
         let _call = self
-            .admit("list-files", Some(id), client)
+            .admit(Operation::ListFiles, Some(id), client)
             .map_err(ExecError::from)?;
         let full = files::resolve(&self.shared.config.docker.working_dir, path.unwrap_or("."))?;
         let session = self.session(id, client).await?;
