@@ -15,8 +15,9 @@
 //! Runs only with `--bench` (which `cargo bench` passes): under `cargo test --all-targets`
 //! it prints a note and passes.
 
-#[path = "common/rpc.rs"]
-mod rpc;
+#[path = "common/mod.rs"]
+mod common;
+use common::rpc;
 
 use std::time::{Duration, Instant};
 
@@ -67,16 +68,13 @@ fn image_count(result: &Value) -> usize {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!("benches/browser.rs runs under `cargo bench --bench browser`");
+    if !common::under_cargo_bench("browser", "") {
         return;
     }
+    let args: Vec<String> = std::env::args().collect();
     let runs = arg(&args, "--runs", 10) as usize;
-    let bin = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/target/release/python-docker-mcp"
-    );
+    let bin = common::daemon::release_binary();
+    let bin = bin.to_str().expect("a UTF-8 path");
     assert!(
         std::path::Path::new(bin).exists(),
         "build the release binary first: cargo build --release"

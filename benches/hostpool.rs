@@ -35,21 +35,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rmcp::model::CallToolRequestParams;
-use rmcp::service::RunningService;
-use rmcp::{RoleClient, ServiceExt};
 use serde_json::json;
 
-type Client = RunningService<RoleClient, ()>;
-
-struct Daemon {
-    child: tokio::process::Child,
-    client: Client,
-    home: PathBuf,
-}
-
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/python-docker-mcp")
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::daemon::{self, Daemon};
 
 fn arg(args: &[String], name: &str, default: u64) -> u64 {
     args.iter()
@@ -59,64 +49,41 @@ fn arg(args: &[String], name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-async fn spawn(env: &[(&str, String)]) -> anyhow::Result<Daemon> {
-    let home = std::env::temp_dir().join(format!(
-        "pdm-bench-hostpool-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(&home)?;
-    let mut cmd = tokio::process::Command::new(binary());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PYTHON_DOCKER_MCP_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.env("HOME", &home)
-        .env("PYTHON_DOCKER_MCP_LOG", "warn")
-        .args(["serve"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
+/// A daemon of this crate's release binary over stdio with `env`, in a home of its own.
+async fn spawn(env: &[(&str, String)]) -> anyhow::Result<HostDaemon> {
+    let home = daemon::fresh_home("hostpool")?;
+    let mut cmd = daemon::command(&daemon::release_binary(), &home);
+    cmd.env("PYTHON_DOCKER_MCP_LOG", "warn")
+        .stderr(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn()?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let stdin = child.stdin.take().context("stdin")?;
-    let client = ().serve((stdout, stdin)).await?;
-    Ok(Daemon {
-        child,
-        client,
-        home,
-    })
+    let daemon = Daemon::stdio(cmd).await?;
+    Ok(HostDaemon { daemon, home })
 }
 
-impl Daemon {
+/// One of the daemons that share the host pool, and the home it removes when stopped.
+struct HostDaemon {
+    daemon: Daemon,
+    home: PathBuf,
+}
+
+impl HostDaemon {
     async fn transient(&self, code: &str) -> anyhow::Result<()> {
-        let params = CallToolRequestParams::new("execute-transient")
-            .with_arguments(json!({ "code": code }).as_object().cloned().unwrap());
-        let r = tokio::time::timeout(Duration::from_secs(60), self.client.call_tool(params))
+        self.daemon
+            .call_ok("execute-transient", json!({ "code": code }))
             .await
-            .context("a call took over 60 s")??;
-        if r.is_error == Some(true) {
-            bail!("the call failed: {:?}", r.content);
-        }
-        Ok(())
+            .map(drop)
     }
 
     fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
+        self.daemon.pid()
     }
 
     async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(40), self.child.wait()).await;
+        self.daemon
+            .signal_and_wait("TERM", Duration::from_secs(40))
+            .await;
         let _ = std::fs::remove_dir_all(&self.home);
     }
 }
@@ -307,7 +274,7 @@ async fn refills(env: &[(&str, String)], pool: u64) -> anyhow::Result<(f64, f64,
     let d = spawn(env).await?;
     let params = CallToolRequestParams::new("execute-persistent")
         .with_arguments(json!({ "code": "i = 0" }).as_object().cloned().unwrap());
-    let r = d.client.call_tool(params).await?;
+    let r = d.daemon.client.call_tool(params).await?;
     let id = r
         .structured_content
         .as_ref()
@@ -324,7 +291,7 @@ async fn refills(env: &[(&str, String)], pool: u64) -> anyhow::Result<(f64, f64,
     let mut filling = Vec::new();
     for _ in 0..30 {
         let t = Instant::now();
-        d.client.call_tool(step()).await?;
+        d.daemon.client.call_tool(step()).await?;
         filling.push(t.elapsed().as_secs_f64() * 1000.0);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -338,7 +305,7 @@ async fn refills(env: &[(&str, String)], pool: u64) -> anyhow::Result<(f64, f64,
     let mut quiet = Vec::new();
     for _ in 0..30 {
         let t = Instant::now();
-        d.client.call_tool(step()).await?;
+        d.daemon.client.call_tool(step()).await?;
         quiet.push(t.elapsed().as_secs_f64() * 1000.0);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -352,7 +319,7 @@ async fn refills(env: &[(&str, String)], pool: u64) -> anyhow::Result<(f64, f64,
     ))
 }
 
-async fn steady(d: &Daemon) -> anyhow::Result<f64> {
+async fn steady(d: &HostDaemon) -> anyhow::Result<f64> {
     let mut v = Vec::new();
     for _ in 0..30 {
         let t = Instant::now();
@@ -366,12 +333,11 @@ async fn steady(d: &Daemon) -> anyhow::Result<f64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!("hostpool bench: run it with `cargo bench --bench hostpool`");
+    if !common::under_cargo_bench("hostpool", "") {
         return Ok(());
     }
-    if !binary().exists() {
+    let args: Vec<String> = std::env::args().collect();
+    if !daemon::release_binary().exists() {
         bail!("build the release binary first: cargo build --release");
     }
     let spawns = arg(&args, "--spawns", 5);
@@ -443,7 +409,7 @@ async fn main() -> anyhow::Result<()> {
         let env = settings(&scope, durable, pool);
         let (a, b, c, d) = tokio::join!(spawn(&env), spawn(&env), spawn(&env), spawn(&env));
         let daemons = [a?, b?, c?, d?];
-        let pids: Vec<u32> = daemons.iter().map(Daemon::pid).collect();
+        let pids: Vec<u32> = daemons.iter().map(HostDaemon::pid).collect();
         all_pids.extend(&pids);
         let want = if durable { pool } else { 4 * pool } as usize;
         let prefix = if durable { "warm" } else { "" };

@@ -36,9 +36,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-#[path = "common/rpc.rs"]
-mod rpc;
-use rpc::Rpc;
+#[path = "common/mod.rs"]
+mod common;
+use common::rpc::Rpc;
 
 /// The label every object the daemon makes carries (`sandbox::labels::MANAGED`).
 const MANAGED: &str = python_docker_mcp::sandbox::labels::MANAGED;
@@ -319,11 +319,10 @@ fn measure_cpu(rpc: &mut Rpc, calls: usize, mut call: impl FnMut(&mut Rpc)) -> C
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!("scaling bench: not run under `cargo test`; run `cargo bench --bench scaling`");
+    if !common::under_cargo_bench("scaling", "") {
         return;
     }
+    let args: Vec<String> = std::env::args().collect();
     let value_of = |flag: &str| {
         args.iter()
             .position(|a| a == flag)
