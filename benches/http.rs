@@ -624,20 +624,7 @@ async fn run_transport(
         }
         Transport::Stdio => clients.into_iter().next(),
     };
-    o.after_containers = d.settle().await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    o.after_rss = d.rss();
-    let log = d.log_text();
-    o.py_sessions = (
-        log.matches("session started").count(),
-        log.matches("session ended").count(),
-    );
-    if transport == Transport::Http {
-        o.mcp_sessions = Some((
-            log.matches("create new session").count(),
-            log.matches("serve finished").count(),
-        ));
-    }
+    read_after_load(&d, &mut o).await;
     progress!(
         "[{}] after: {} containers, RSS {}, Python sessions started/ended {:?}, MCP sessions {:?}",
         transport.name(),
@@ -650,57 +637,14 @@ async fn run_transport(
     // Ended sessions stay ended, and (HTTP) every client's quota is free again.
     match transport {
         Transport::Http => {
-            let tokens = tokens(args.clients);
-            let first = d.connect(&tokens[0].1).await?;
-            for id in &ids {
-                let r = call(&first, "list-variables", json!({"session_id": id})).await;
-                if matches!(&r, Ok(r) if r.is_error != Some(true)) {
-                    o.reachable_after += 1;
-                }
-            }
+            let first = d.connect(&tokens(args.clients)[0].1).await?;
+            o.reachable_after = count_reachable(&first, &ids).await;
             let _ = first.cancel().await;
-            let checks = tokens.into_iter().map(|(name, token)| {
-                let d = &d;
-                async move {
-                    let c = d
-                        .connect(&token)
-                        .await
-                        .map_err(|e| format!("{name}: {e}"))?;
-                    let mut made = 0;
-                    for _ in 0..2 {
-                        let r = call(&c, "execute-persistent", json!({"code": "1"})).await;
-                        if let Some(id) = r.ok().as_ref().and_then(session_of) {
-                            made += 1;
-                            let _ = call(&c, "cleanup-session", json!({"session_id": id})).await;
-                        }
-                    }
-                    let _ = c.cancel().await;
-                    if made == 2 {
-                        Ok(())
-                    } else {
-                        Err(format!("{name}: {made} of 2 new sessions"))
-                    }
-                }
-            });
-            let bad: Vec<String> = futures::future::join_all(checks)
-                .await
-                .into_iter()
-                .filter_map(Result::err)
-                .collect();
-            o.quota_after = Some(if bad.is_empty() {
-                format!("all {} clients opened 2 new sessions", args.clients)
-            } else {
-                format!("**{}**", bad.join("; "))
-            });
+            o.quota_after = Some(quota_check(&d, args).await);
         }
         Transport::Stdio => {
             if let Some(c) = &stdio_client {
-                for id in &ids {
-                    let r = call(c, "list-variables", json!({"session_id": id})).await;
-                    if matches!(&r, Ok(r) if r.is_error != Some(true)) {
-                        o.reachable_after += 1;
-                    }
-                }
+                o.reachable_after = count_reachable(c, &ids).await;
             }
         }
     }
@@ -709,6 +653,73 @@ async fn run_transport(
     }
     o.left_over = d.stop().await;
     Ok(o)
+}
+
+/// After the load, once the pool refilled: containers, RSS, and from the log the Python
+/// sessions started and ended and (HTTP) the MCP sessions opened and closed.
+async fn read_after_load(d: &SampledDaemon, o: &mut Outcome) {
+    o.after_containers = d.settle().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    o.after_rss = d.rss();
+    let log = d.log_text();
+    o.py_sessions = (
+        log.matches("session started").count(),
+        log.matches("session ended").count(),
+    );
+    if d.transport == Transport::Http {
+        o.mcp_sessions = Some((
+            log.matches("create new session").count(),
+            log.matches("serve finished").count(),
+        ));
+    }
+}
+
+/// How many of the ended sessions `ids` still answer `list-variables` (should be none).
+async fn count_reachable(client: &Client, ids: &[String]) -> usize {
+    let mut reachable = 0;
+    for id in ids {
+        let r = call(client, "list-variables", json!({"session_id": id})).await;
+        if matches!(&r, Ok(r) if r.is_error != Some(true)) {
+            reachable += 1;
+        }
+    }
+    reachable
+}
+
+/// Every HTTP client opens two new sessions again: its quota is free after the load.
+async fn quota_check(d: &SampledDaemon, args: &Args) -> String {
+    let checks = tokens(args.clients)
+        .into_iter()
+        .map(|(name, token)| async move {
+            let c = d
+                .connect(&token)
+                .await
+                .map_err(|e| format!("{name}: {e}"))?;
+            let mut made = 0;
+            for _ in 0..2 {
+                let r = call(&c, "execute-persistent", json!({"code": "1"})).await;
+                if let Some(id) = r.ok().as_ref().and_then(session_of) {
+                    made += 1;
+                    let _ = call(&c, "cleanup-session", json!({"session_id": id})).await;
+                }
+            }
+            let _ = c.cancel().await;
+            if made == 2 {
+                Ok(())
+            } else {
+                Err(format!("{name}: {made} of 2 new sessions"))
+            }
+        });
+    let bad: Vec<String> = futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    if bad.is_empty() {
+        format!("all {} clients opened 2 new sessions", args.clients)
+    } else {
+        format!("**{}**", bad.join("; "))
+    }
 }
 
 // ---------------------------------------------------------------------------------------
