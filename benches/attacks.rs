@@ -34,11 +34,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use rmcp::model::{CallToolRequestParams, CallToolResult};
-use rmcp::service::RunningService;
-use rmcp::{RoleClient, ServiceExt};
 use serde_json::{json, Value};
 
-type Client = RunningService<RoleClient, ()>;
+#[path = "common/mod.rs"]
+mod common;
+use common::daemon::{self, Client};
+use common::host::{
+    docker, docker_lines, fmt_mib, proc_status, process_alive, remove_leftovers,
+    running_containers_of as containers_of, MIB,
+};
 
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
@@ -63,9 +67,6 @@ const GUARD_EVERY: Duration = Duration::from_millis(50);
 const POOL_SIZE: usize = 2;
 /// How long to wait for the warm pool before taking the idle figures anyway.
 const WARM_TIMEOUT: Duration = Duration::from_secs(30);
-/// Our daemon's pid label (see src/sandbox.rs).
-const LABEL_PID: &str = "python-docker-mcp.pid";
-const MIB: u64 = 1024 * 1024;
 
 /// The settings every daemon gets, on top of a clean environment.
 const SETTINGS: &[(&str, &str)] = &[
@@ -357,7 +358,7 @@ struct Guard {
 }
 
 /// One daemon under test, the client connected to it, and its memory guard.
-struct Daemon {
+struct GuardedDaemon {
     client: Option<Client>,
     child: tokio::process::Child,
     pid: u32,
@@ -371,20 +372,14 @@ struct Daemon {
     bystander: Option<String>,
 }
 
-impl Daemon {
-    async fn start(bin: &Path, log: PathBuf, scratch: &Path) -> anyhow::Result<Daemon> {
+impl GuardedDaemon {
+    async fn start(bin: &Path, log: PathBuf, scratch: &Path) -> anyhow::Result<GuardedDaemon> {
         let home = scratch.join(format!(
             "home-{}",
             START.get_or_init(Instant::now).elapsed().as_nanos()
         ));
         std::fs::create_dir_all(&home)?;
-        let mut cmd = tokio::process::Command::new(bin);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("PYTHON_DOCKER_MCP_") {
-                cmd.env_remove(&k);
-            }
-        }
-        cmd.env("HOME", &home);
+        let mut cmd = daemon::command(bin, &home);
         for (k, v) in SETTINGS {
             cmd.env(k, v);
         }
@@ -393,17 +388,14 @@ impl Daemon {
         cmd.arg("serve")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(file))
-            .kill_on_drop(true);
-        let mut child = cmd
+            .stderr(Stdio::from(file));
+        let child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
         let pid = child.id().context("the daemon's pid")?;
-        let stdout = child.stdout.take().context("the daemon's stdout")?;
-        let stdin = child.stdin.take().context("the daemon's stdin")?;
         let guard = Arc::new(Guard::default());
         let guard_task = tokio::spawn(watch(pid, guard.clone()));
-        let mut d = Daemon {
+        let mut d = GuardedDaemon {
             client: None,
             child,
             pid,
@@ -415,11 +407,7 @@ impl Daemon {
             guard_task,
             bystander: None,
         };
-        let client = tokio::time::timeout(CALL_TIMEOUT, ().serve((stdout, stdin)))
-            .await
-            .context("no initialize answer within the call time-out")?
-            .context("MCP initialize")?;
-        d.client = Some(client);
+        d.client = Some(daemon::connect_stdio(&mut d.child, CALL_TIMEOUT).await?);
         // Idle: the pool is warm (or WARM_TIMEOUT passed), then a second to settle.
         let deadline = Instant::now() + WARM_TIMEOUT;
         while containers_of(pid).await.len() < POOL_SIZE && Instant::now() < deadline {
@@ -523,7 +511,7 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
+impl Drop for GuardedDaemon {
     fn drop(&mut self) {
         self.guard_task.abort();
         let _ = std::fs::remove_dir_all(&self.home);
@@ -633,7 +621,7 @@ fn summary(r: &CallToolResult) -> String {
 
 /// The daemon the next case runs on: the current one if it is alive and answering.
 async fn ensure_daemon(
-    slot: &mut Option<Daemon>,
+    slot: &mut Option<GuardedDaemon>,
     bin: &Path,
     logs: &Path,
     scratch: &Path,
@@ -650,11 +638,11 @@ async fn ensure_daemon(
     }
     *started += 1;
     let log = logs.join(format!("{tag}-{}.stderr.log", started));
-    *slot = Some(Daemon::start(bin, log, scratch).await?);
+    *slot = Some(GuardedDaemon::start(bin, log, scratch).await?);
     Ok(())
 }
 
-async fn run_case(d: &mut Daemon, case: &Case) -> CaseRow {
+async fn run_case(d: &mut GuardedDaemon, case: &Case) -> CaseRow {
     let mut row = CaseRow {
         key: case.key,
         title: case.title,
@@ -754,7 +742,7 @@ async fn run_case(d: &mut Daemon, case: &Case) -> CaseRow {
 /// `fut`, or an error as soon as the daemon is gone (killed by the guard, or crashed), so a
 /// call to a dead daemon does not wait for the client to notice.
 async fn unless_dead<T>(
-    d: &Daemon,
+    d: &GuardedDaemon,
     fut: impl Future<Output = Result<T, String>>,
 ) -> Result<T, String> {
     let pid = d.pid;
@@ -773,7 +761,7 @@ async fn unless_dead<T>(
     }
 }
 
-async fn run_load(d: &Daemon, quick: bool) -> Vec<LoadRow> {
+async fn run_load(d: &GuardedDaemon, quick: bool) -> Vec<LoadRow> {
     let (runs, sessions, calls) = if quick { (50, 4, 20) } else { (500, 16, 100) };
     let mut rows = Vec::new();
 
@@ -906,7 +894,7 @@ async fn bench_binary(
         notes: Vec::new(),
         daemons: 0,
     };
-    let mut slot: Option<Daemon> = None;
+    let mut slot: Option<GuardedDaemon> = None;
     ensure_daemon(&mut slot, bin, logs, scratch, tag, &mut r.daemons).await?;
     if let Some(d) = &slot {
         r.idle_rss = d.idle_rss;
@@ -949,10 +937,6 @@ async fn bench_binary(
 
 // ---------------------------------------------------------------------------------------
 // Report
-
-fn fmt_mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / MIB as f64)
-}
 
 fn fmt_signed_mib(b: i64) -> String {
     let m = b as f64 / MIB as f64;
@@ -1126,84 +1110,6 @@ fn comparison(all: &[BinResults]) -> String {
 // ---------------------------------------------------------------------------------------
 // Machine and Docker
 
-async fn docker(args: &[&str]) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .context("running the docker CLI")?;
-    if !out.status.success() {
-        bail!(
-            "docker {} failed: {}",
-            args.first().copied().unwrap_or(""),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-async fn docker_lines(args: &[&str]) -> Vec<String> {
-    docker(args)
-        .await
-        .map(|s| {
-            s.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-async fn containers_of(pid: u32) -> Vec<String> {
-    let filter = format!("label={LABEL_PID}={pid}");
-    docker_lines(&["ps", "-q", "--filter", &filter]).await
-}
-
-/// Remove every container and volume carrying `pid`'s label; returns how many.
-async fn remove_leftovers(pid: u32) -> usize {
-    let filter = format!("label={LABEL_PID}={pid}");
-    let containers = docker_lines(&["ps", "-aq", "--filter", &filter]).await;
-    if !containers.is_empty() {
-        let mut args = vec!["rm", "-f", "-v"];
-        args.extend(containers.iter().map(String::as_str));
-        let _ = docker(&args).await;
-    }
-    let volumes = docker_lines(&["volume", "ls", "-q", "--filter", &filter]).await;
-    if !volumes.is_empty() {
-        let mut args = vec!["volume", "rm", "-f"];
-        args.extend(volumes.iter().map(String::as_str));
-        let _ = docker(&args).await;
-    }
-    containers.len() + volumes.len()
-}
-
-/// A `/proc/PID/status` field given in kB, in bytes (0 when the process is gone).
-fn proc_status(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .unwrap_or(0)
-}
-
-/// Whether a process with this pid exists and is not a zombie.
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .unwrap_or("");
-            state != "Z" && state != "X"
-        }
-        Err(_) => false,
-    }
-}
-
 async fn machine() -> String {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -1310,13 +1216,7 @@ async fn run() -> anyhow::Result<()> {
 }
 
 fn main() {
-    // `cargo bench` passes --bench. `cargo test --all-targets` (or --benches) runs this
-    // binary without it: minutes of Docker load are not a unit test, so say so and pass.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "attacks bench: not run under `cargo test`; run `cargo bench --bench attacks` \
-             (or with -- --quick)"
-        );
+    if !common::under_cargo_bench("attacks", "-- --quick") {
         return;
     }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");

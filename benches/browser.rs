@@ -15,8 +15,10 @@
 //! Runs only with `--bench` (which `cargo bench` passes): under `cargo test --all-targets`
 //! it prints a note and passes.
 
-#[path = "common/rpc.rs"]
-mod rpc;
+#[path = "common/mod.rs"]
+mod common;
+use common::rpc;
+use python_docker_mcp::sandbox::labels;
 
 use std::time::{Duration, Instant};
 
@@ -67,34 +69,18 @@ fn image_count(result: &Value) -> usize {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!("benches/browser.rs runs under `cargo bench --bench browser`");
+    if !common::under_cargo_bench("browser", "") {
         return;
     }
+    let args: Vec<String> = std::env::args().collect();
     let runs = arg(&args, "--runs", 10) as usize;
-    let bin = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/target/release/python-docker-mcp"
-    );
+    let bin = common::daemon::release_binary();
+    let bin = bin.to_str().expect("a UTF-8 path");
     assert!(
         std::path::Path::new(bin).exists(),
         "build the release binary first: cargo build --release"
     );
-    let size = docker(&["image", "inspect", "-f", "{{.Size}}", IMAGE]);
-    let base = docker(&[
-        "image",
-        "inspect",
-        "-f",
-        "{{.Size}}",
-        "python-docker-mcp:latest",
-    ]);
-    let gb = |s: &str| s.parse::<f64>().unwrap_or(0.0) / 1e9;
-    println!(
-        "image: {IMAGE} {:.2} GB (the sandbox image under it: {:.2} GB)",
-        gb(&size),
-        gb(&base)
-    );
+    print_image_sizes();
 
     let env = [
         ("PYTHON_DOCKER_MCP_SESSION_DURABLE", "false".to_string()),
@@ -113,57 +99,12 @@ fn main() {
     let mut idle = Vec::new();
     let mut sessions = Vec::new();
     for _ in 0..runs {
-        // A warm browser sandbox is ready (the profile keeps one): wait for it.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline {
-            let warm = docker(&[
-                "ps",
-                "-q",
-                "--filter",
-                &format!("label=python-docker-mcp.pid={}", rpc.pid()),
-                "--filter",
-                "label=python-docker-mcp.profile=browser",
-            ]);
-            if warm.lines().count() > sessions.len() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        std::thread::sleep(Duration::from_secs(1));
-        // New session from the warm pool: start Playwright, launch, open, screenshot.
-        let (result, took) = rpc.tool(
-            "execute-persistent",
-            json!({"code": OPEN, "profile": "browser"}),
-        );
-        assert_eq!(image_count(&result), 1, "a screenshot");
-        first.push(ms(took));
-        let id = result["structuredContent"]["session_id"]
-            .as_str()
-            .expect("a session")
-            .to_string();
-        // The browser is open: one more screenshot of the same page.
-        for _ in 0..3 {
-            let (result, took) = rpc.tool(
-                "execute-persistent",
-                json!({"code": "page.screenshot()", "session_id": id}),
-            );
-            assert_eq!(image_count(&result), 1);
-            open.push(ms(took));
-        }
-        // Idle: the container's own memory cgroup (cgroup v1 inside the container), which
-        // is what counts against the limit: the browser, the helper and the tmpfs pages.
-        std::thread::sleep(Duration::from_secs(2));
-        let (result, _) = rpc.tool(
-            "execute-persistent",
-            json!({"code": "import os\nmax(int(open(p).read()) for p in ('/sys/fs/cgroup/memory/memory.usage_in_bytes', '/sys/fs/cgroup/memory.current') if os.path.exists(p))",
-                   "session_id": id}),
-        );
-        let bytes: f64 = result["structuredContent"]["value"]
-            .as_str()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        idle.push(bytes / (1 << 20) as f64);
-        sessions.push(id);
+        wait_for_warm(&rpc, sessions.len());
+        let round = one_session(&mut rpc);
+        first.push(round.first);
+        open.extend(round.open);
+        idle.push(round.idle_mib);
+        sessions.push(round.id);
         // Keep at most two sessions open: the host has little memory to spare.
         if sessions.len() >= 2 {
             let id = sessions.remove(0);
@@ -185,4 +126,98 @@ fn main() {
         median(idle.clone())
     );
     rpc.close();
+}
+
+/// The browser image's size and the sandbox image's under it.
+fn print_image_sizes() {
+    let size = docker(&["image", "inspect", "-f", "{{.Size}}", IMAGE]);
+    let base = docker(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{.Size}}",
+        "python-docker-mcp:latest",
+    ]);
+    let gb = |s: &str| s.parse::<f64>().unwrap_or(0.0) / 1e9;
+    println!(
+        "image: {IMAGE} {:.2} GB (the sandbox image under it: {:.2} GB)",
+        gb(&size),
+        gb(&base)
+    );
+}
+
+/// Wait (120 s at most) until the browser profile's pool holds a warm sandbox beside the
+/// `open` sessions, then a second more.
+fn wait_for_warm(rpc: &rpc::Rpc, open: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let warm = docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label={}={}", labels::PID, rpc.pid()),
+            "--filter",
+            &format!("label={}=browser", labels::PROFILE),
+        ]);
+        if warm.lines().count() > open {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+}
+
+/// What one browser session measured.
+struct Round {
+    /// The session's first call (start Playwright, launch, open, screenshot), ms.
+    first: f64,
+    /// Screenshots with the browser open, ms.
+    open: Vec<f64>,
+    /// The idle session's memory cgroup, MiB.
+    idle_mib: f64,
+    id: String,
+}
+
+/// A new browser session from the warm pool: its first screenshot, three more with the
+/// browser open, and its memory once idle.
+fn one_session(rpc: &mut rpc::Rpc) -> Round {
+    let mut open = Vec::new();
+    // New session from the warm pool: start Playwright, launch, open, screenshot.
+    let (result, took) = rpc.tool(
+        "execute-persistent",
+        json!({"code": OPEN, "profile": "browser"}),
+    );
+    assert_eq!(image_count(&result), 1, "a screenshot");
+    let first = ms(took);
+    let id = result["structuredContent"]["session_id"]
+        .as_str()
+        .expect("a session")
+        .to_string();
+    // The browser is open: one more screenshot of the same page.
+    for _ in 0..3 {
+        let (result, took) = rpc.tool(
+            "execute-persistent",
+            json!({"code": "page.screenshot()", "session_id": id}),
+        );
+        assert_eq!(image_count(&result), 1);
+        open.push(ms(took));
+    }
+    // Idle: the container's own memory cgroup (cgroup v1 inside the container), which
+    // is what counts against the limit: the browser, the helper and the tmpfs pages.
+    std::thread::sleep(Duration::from_secs(2));
+    let (result, _) = rpc.tool(
+        "execute-persistent",
+        json!({"code": "import os\nmax(int(open(p).read()) for p in ('/sys/fs/cgroup/memory/memory.usage_in_bytes', '/sys/fs/cgroup/memory.current') if os.path.exists(p))",
+               "session_id": id}),
+    );
+    let bytes: f64 = result["structuredContent"]["value"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    Round {
+        first,
+        open,
+        idle_mib: bytes / (1 << 20) as f64,
+        id,
+    }
 }

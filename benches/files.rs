@@ -20,9 +20,9 @@
 use base64::Engine as _;
 use serde_json::json;
 
-#[path = "common/rpc.rs"]
-mod rpc;
-use rpc::Rpc;
+#[path = "common/mod.rs"]
+mod common;
+use common::rpc::Rpc;
 
 /// Deterministic noise (xorshift), so the bytes do not compress or look like text.
 fn noise(n: usize, mut seed: u64) -> Vec<u8> {
@@ -38,11 +38,10 @@ fn noise(n: usize, mut seed: u64) -> Vec<u8> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!("files bench: not run under `cargo test`; run `cargo bench --bench files`");
+    if !common::under_cargo_bench("files", "") {
         return;
     }
+    let args: Vec<String> = std::env::args().collect();
     let value_of = |flag: &str| {
         args.iter()
             .position(|a| a == flag)

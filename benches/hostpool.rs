@@ -35,21 +35,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rmcp::model::CallToolRequestParams;
-use rmcp::service::RunningService;
-use rmcp::{RoleClient, ServiceExt};
 use serde_json::json;
 
-type Client = RunningService<RoleClient, ()>;
-
-struct Daemon {
-    child: tokio::process::Child,
-    client: Client,
-    home: PathBuf,
-}
-
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/python-docker-mcp")
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::daemon::{self, Daemon};
 
 fn arg(args: &[String], name: &str, default: u64) -> u64 {
     args.iter()
@@ -59,64 +49,41 @@ fn arg(args: &[String], name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-async fn spawn(env: &[(&str, String)]) -> anyhow::Result<Daemon> {
-    let home = std::env::temp_dir().join(format!(
-        "pdm-bench-hostpool-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(&home)?;
-    let mut cmd = tokio::process::Command::new(binary());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PYTHON_DOCKER_MCP_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.env("HOME", &home)
-        .env("PYTHON_DOCKER_MCP_LOG", "warn")
-        .args(["serve"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
+/// A daemon of this crate's release binary over stdio with `env`, in a home of its own.
+async fn spawn(env: &[(&str, String)]) -> anyhow::Result<HostDaemon> {
+    let home = daemon::fresh_home("hostpool")?;
+    let mut cmd = daemon::command(&daemon::release_binary(), &home);
+    cmd.env("PYTHON_DOCKER_MCP_LOG", "warn")
+        .stderr(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn()?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let stdin = child.stdin.take().context("stdin")?;
-    let client = ().serve((stdout, stdin)).await?;
-    Ok(Daemon {
-        child,
-        client,
-        home,
-    })
+    let daemon = Daemon::stdio(cmd).await?;
+    Ok(HostDaemon { daemon, home })
 }
 
-impl Daemon {
+/// One of the daemons that share the host pool, and the home it removes when stopped.
+struct HostDaemon {
+    daemon: Daemon,
+    home: PathBuf,
+}
+
+impl HostDaemon {
     async fn transient(&self, code: &str) -> anyhow::Result<()> {
-        let params = CallToolRequestParams::new("execute-transient")
-            .with_arguments(json!({ "code": code }).as_object().cloned().unwrap());
-        let r = tokio::time::timeout(Duration::from_secs(60), self.client.call_tool(params))
+        self.daemon
+            .call_ok("execute-transient", json!({ "code": code }))
             .await
-            .context("a call took over 60 s")??;
-        if r.is_error == Some(true) {
-            bail!("the call failed: {:?}", r.content);
-        }
-        Ok(())
+            .map(drop)
     }
 
     fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
+        self.daemon.pid()
     }
 
     async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(40), self.child.wait()).await;
+        self.daemon
+            .signal_and_wait("TERM", Duration::from_secs(40))
+            .await;
         let _ = std::fs::remove_dir_all(&self.home);
     }
 }
@@ -307,7 +274,7 @@ async fn refills(env: &[(&str, String)], pool: u64) -> anyhow::Result<(f64, f64,
     let d = spawn(env).await?;
     let params = CallToolRequestParams::new("execute-persistent")
         .with_arguments(json!({ "code": "i = 0" }).as_object().cloned().unwrap());
-    let r = d.client.call_tool(params).await?;
+    let r = d.daemon.client.call_tool(params).await?;
     let id = r
         .structured_content
         .as_ref()
@@ -324,7 +291,7 @@ async fn refills(env: &[(&str, String)], pool: u64) -> anyhow::Result<(f64, f64,
     let mut filling = Vec::new();
     for _ in 0..30 {
         let t = Instant::now();
-        d.client.call_tool(step()).await?;
+        d.daemon.client.call_tool(step()).await?;
         filling.push(t.elapsed().as_secs_f64() * 1000.0);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -338,7 +305,7 @@ async fn refills(env: &[(&str, String)], pool: u64) -> anyhow::Result<(f64, f64,
     let mut quiet = Vec::new();
     for _ in 0..30 {
         let t = Instant::now();
-        d.client.call_tool(step()).await?;
+        d.daemon.client.call_tool(step()).await?;
         quiet.push(t.elapsed().as_secs_f64() * 1000.0);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -352,7 +319,7 @@ async fn refills(env: &[(&str, String)], pool: u64) -> anyhow::Result<(f64, f64,
     ))
 }
 
-async fn steady(d: &Daemon) -> anyhow::Result<f64> {
+async fn steady(d: &HostDaemon) -> anyhow::Result<f64> {
     let mut v = Vec::new();
     for _ in 0..30 {
         let t = Instant::now();
@@ -366,12 +333,11 @@ async fn steady(d: &Daemon) -> anyhow::Result<f64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!("hostpool bench: run it with `cargo bench --bench hostpool`");
+    if !common::under_cargo_bench("hostpool", "") {
         return Ok(());
     }
-    if !binary().exists() {
+    let args: Vec<String> = std::env::args().collect();
+    if !daemon::release_binary().exists() {
         bail!("build the release binary first: cargo build --release");
     }
     let spawns = arg(&args, "--spawns", 5);
@@ -381,52 +347,8 @@ async fn main() -> anyhow::Result<()> {
     let mut all_pids = Vec::new();
 
     // 1. The second daemon's first result.
-    let host = settings(&scope, true, pool);
-    let skip_first = args.iter().any(|a| a == "--skip-first");
-    if !skip_first {
-        let first = spawn(&host).await?;
-        all_pids.push(first.pid());
-        wait_warm(
-            &[first.pid()],
-            "warm",
-            pool as usize,
-            Duration::from_secs(120),
-        )
-        .await;
-        first.stop().await;
-        let (mut warm_start, mut warm_first) = first_result(&host, spawns, &mut all_pids).await?;
-        let (_, mut private_first) =
-            first_result(&settings(&scope, false, pool), spawns, &mut all_pids).await?;
-        let (_, mut off_first) =
-            first_result(&settings(&scope, false, 0), spawns, &mut all_pids).await?;
-        let mut docker_run = Vec::new();
-        for _ in 0..spawns {
-            let t = Instant::now();
-            std::process::Command::new("docker")
-                .args([
-                    "run",
-                    "--rm",
-                    "--network",
-                    "none",
-                    "python-docker-mcp:latest",
-                ])
-                .args(["python3", "-c", "print(1)"])
-                .output()?;
-            docker_run.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-        let docker_p50 = p(&mut docker_run, 0.5);
-        let _ = docker_p50;
-        println!("## First transient result after spawn (p50 of {spawns}, ms)\n");
-        println!("| spawn to initialised | first call: host pool warm | private pool (durable off) | pool off | `docker run --rm` |");
-        println!("|---|---|---|---|---|");
-        println!(
-            "| {:.0} | {:.1} | {:.0} | {:.0} | {:.0} |\n",
-            p(&mut warm_start, 0.5),
-            p(&mut warm_first, 0.5),
-            p(&mut private_first, 0.5),
-            p(&mut off_first, 0.5),
-            docker_p50
-        );
+    if !args.iter().any(|a| a == "--skip-first") {
+        first_result_part(&scope, pool, spawns, &mut all_pids).await?;
         // What the first spawns left in the host pool goes before the next part.
         remove_all_of(&all_pids);
     }
@@ -438,62 +360,9 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|");
     let mut idle_row = String::new();
     for durable in [true, false] {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let before = mem_available();
-        let env = settings(&scope, durable, pool);
-        let (a, b, c, d) = tokio::join!(spawn(&env), spawn(&env), spawn(&env), spawn(&env));
-        let daemons = [a?, b?, c?, d?];
-        let pids: Vec<u32> = daemons.iter().map(Daemon::pid).collect();
-        all_pids.extend(&pids);
-        let want = if durable { pool } else { 4 * pool } as usize;
-        let prefix = if durable { "warm" } else { "" };
-        let mut most = wait_warm(&pids, prefix, want, Duration::from_secs(240)).await;
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        most = most.max(warm_of(&pids, "").len());
-        let used = before.saturating_sub(mem_available()) / 1_000_000;
-        if durable {
-            let hz = 100.0;
-            let warm: Vec<String> = warm_of(&pids, "warm")
-                .iter()
-                .filter_map(|l| l.split(' ').next().map(str::to_string))
-                .collect();
-            let dockerd = dockerd_pid();
-            let t0: u64 = pids.iter().map(|p| ticks(*p)).sum();
-            let d0 = ticks(dockerd);
-            let c0: u64 = warm.iter().map(|w| container_ns(w)).sum();
-            tokio::time::sleep(Duration::from_secs(idle)).await;
-            let t1: u64 = pids.iter().map(|p| ticks(*p)).sum();
-            let d1 = ticks(dockerd);
-            let c1: u64 = warm.iter().map(|w| container_ns(w)).sum();
-            let share = |secs: f64| 100.0 * secs / idle as f64;
-            let left = warm_of(&pids, "warm").len();
-            idle_row = format!(
-                "| {idle} s | {:.2} % | {:.2} % | {:.2} % | {} of {} |",
-                share((t1 - t0) as f64 / hz),
-                share((d1 - d0) as f64 / hz),
-                share((c1.saturating_sub(c0)) as f64 / 1e9),
-                warm.iter()
-                    .filter(|w| left > 0
-                        && warm_of(&pids, "warm")
-                            .iter()
-                            .any(|l| l.starts_with(w.as_str())))
-                    .count(),
-                warm.len()
-            );
+        if let Some(row) = four_daemons(&scope, durable, pool, idle, &mut all_pids).await? {
+            idle_row = row;
         }
-        let p50 = steady(&daemons[0]).await?;
-        println!(
-            "| {} | {most} | {used} | {p50:.1} |",
-            if durable {
-                "durable: one host pool"
-            } else {
-                "durable off: four private pools"
-            }
-        );
-        for d in daemons {
-            d.stop().await;
-        }
-        remove_all_of(&all_pids);
     }
     let (filling, quiet, transient) =
         refills(&settings(&format!("{scope}-r"), true, pool), pool).await?;
@@ -513,4 +382,119 @@ async fn main() -> anyhow::Result<()> {
     println!("{idle_row}");
     remove_all_of(&all_pids);
     Ok(())
+}
+
+/// A first daemon fills the host pool and exits; then the first transient result of
+/// `spawns` new daemons each, with the host pool warm, a private pool, and no pool, beside
+/// `docker run --rm`.
+async fn first_result_part(
+    scope: &str,
+    pool: u64,
+    spawns: u64,
+    all_pids: &mut Vec<u32>,
+) -> anyhow::Result<()> {
+    let host = settings(scope, true, pool);
+    let first = spawn(&host).await?;
+    all_pids.push(first.pid());
+    wait_warm(
+        &[first.pid()],
+        "warm",
+        pool as usize,
+        Duration::from_secs(120),
+    )
+    .await;
+    first.stop().await;
+    let (mut warm_start, mut warm_first) = first_result(&host, spawns, all_pids).await?;
+    let (_, mut private_first) =
+        first_result(&settings(scope, false, pool), spawns, all_pids).await?;
+    let (_, mut off_first) = first_result(&settings(scope, false, 0), spawns, all_pids).await?;
+    let docker_p50 = docker_run_p50(spawns);
+    println!("## First transient result after spawn (p50 of {spawns}, ms)\n");
+    println!("| spawn to initialised | first call: host pool warm | private pool (durable off) | pool off | `docker run --rm` |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {:.0} | {:.1} | {:.0} | {:.0} | {:.0} |\n",
+        p(&mut warm_start, 0.5),
+        p(&mut warm_first, 0.5),
+        p(&mut private_first, 0.5),
+        p(&mut off_first, 0.5),
+        docker_p50
+    );
+    Ok(())
+}
+
+/// Four daemons at once, durable (one host pool) or not (four private pools): the most
+/// sandboxes on the host, the host memory they take, a steady transient p50; for durable
+/// daemons also the idle CPU row (returned).
+async fn four_daemons(
+    scope: &str,
+    durable: bool,
+    pool: u64,
+    idle: u64,
+    all_pids: &mut Vec<u32>,
+) -> anyhow::Result<Option<String>> {
+    let mut idle_row = None;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = mem_available();
+    let env = settings(scope, durable, pool);
+    let (a, b, c, d) = tokio::join!(spawn(&env), spawn(&env), spawn(&env), spawn(&env));
+    let daemons = [a?, b?, c?, d?];
+    let pids: Vec<u32> = daemons.iter().map(HostDaemon::pid).collect();
+    all_pids.extend(&pids);
+    let want = if durable { pool } else { 4 * pool } as usize;
+    let prefix = if durable { "warm" } else { "" };
+    let mut most = wait_warm(&pids, prefix, want, Duration::from_secs(240)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    most = most.max(warm_of(&pids, "").len());
+    let used = before.saturating_sub(mem_available()) / 1_000_000;
+    if durable {
+        idle_row = Some(idle_cpu_row(&pids, idle).await);
+    }
+    let p50 = steady(&daemons[0]).await?;
+    println!(
+        "| {} | {most} | {used} | {p50:.1} |",
+        if durable {
+            "durable: one host pool"
+        } else {
+            "durable off: four private pools"
+        }
+    );
+    for d in daemons {
+        d.stop().await;
+    }
+    remove_all_of(all_pids);
+    Ok(idle_row)
+}
+
+/// The CPU the daemons, dockerd and the warm containers take over `idle` seconds of a
+/// full host pool at rest, and how many warm sandboxes are still the same at the end.
+async fn idle_cpu_row(pids: &[u32], idle: u64) -> String {
+    let hz = 100.0;
+    let warm: Vec<String> = warm_of(pids, "warm")
+        .iter()
+        .filter_map(|l| l.split(' ').next().map(str::to_string))
+        .collect();
+    let dockerd = dockerd_pid();
+    let t0: u64 = pids.iter().map(|p| ticks(*p)).sum();
+    let d0 = ticks(dockerd);
+    let c0: u64 = warm.iter().map(|w| container_ns(w)).sum();
+    tokio::time::sleep(Duration::from_secs(idle)).await;
+    let t1: u64 = pids.iter().map(|p| ticks(*p)).sum();
+    let d1 = ticks(dockerd);
+    let c1: u64 = warm.iter().map(|w| container_ns(w)).sum();
+    let share = |secs: f64| 100.0 * secs / idle as f64;
+    let left = warm_of(pids, "warm").len();
+    format!(
+        "| {idle} s | {:.2} % | {:.2} % | {:.2} % | {} of {} |",
+        share((t1 - t0) as f64 / hz),
+        share((d1 - d0) as f64 / hz),
+        share((c1.saturating_sub(c0)) as f64 / 1e9),
+        warm.iter()
+            .filter(|w| left > 0
+                && warm_of(pids, "warm")
+                    .iter()
+                    .any(|l| l.starts_with(w.as_str())))
+            .count(),
+        warm.len()
+    )
 }

@@ -46,13 +46,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use rmcp::model::{CallToolRequestParams, CallToolResult};
-use rmcp::service::RunningService;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::{RoleClient, ServiceExt};
 use serde_json::{json, Value};
 
-type Client = RunningService<RoleClient, ()>;
+#[path = "common/mod.rs"]
+mod common;
+use common::daemon::{self, Client};
+use common::host::{
+    containers_of, docker_lines, fmt_mib, proc_status, process_alive, remove_leftovers,
+};
 
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
@@ -76,8 +77,6 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// The pool's default size (`docker.pool_size`): the idle container count.
 const POOL_SIZE: usize = 32;
 /// Our daemon's pid label (see src/sandbox.rs).
-const LABEL_PID: &str = "python-docker-mcp.pid";
-const MIB: u64 = 1024 * 1024;
 /// One session call: counts the calls this session saw, and returns the count.
 const STEP: &str = "i = globals().get('i', 0) + 1\ni";
 /// One transient run, and its value.
@@ -175,7 +174,7 @@ impl Transport {
 
 /// One daemon under test, its clients (one per token over HTTP; one over stdio), and the
 /// RSS sampler.
-struct Daemon {
+struct SampledDaemon {
     transport: Transport,
     child: tokio::process::Child,
     pid: u32,
@@ -183,7 +182,7 @@ struct Daemon {
     log: PathBuf,
     /// `http://127.0.0.1:PORT/mcp` (HTTP only).
     url: Option<String>,
-    /// Highest RSS sampled since the last [`Daemon::reset_peak`].
+    /// Highest RSS sampled since the last [`SampledDaemon::reset_peak`].
     sampled_peak: Arc<AtomicU64>,
     sampler: tokio::task::JoinHandle<()>,
 }
@@ -200,29 +199,22 @@ fn tokens(clients: usize) -> Vec<(String, String)> {
         .collect()
 }
 
-impl Daemon {
+impl SampledDaemon {
     async fn start(
         bin: &Path,
         transport: Transport,
         args: &Args,
         out: &Path,
         scratch: &Path,
-    ) -> anyhow::Result<(Daemon, Option<Client>)> {
+    ) -> anyhow::Result<(SampledDaemon, Option<Client>)> {
         let home = scratch.join(format!("home-{}", transport.name()));
         std::fs::create_dir_all(&home)?;
         let log = out.join(format!("{}.stderr.log", transport.name()));
-        let mut cmd = tokio::process::Command::new(bin);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("PYTHON_DOCKER_MCP_") {
-                cmd.env_remove(&k);
-            }
-        }
+        let mut cmd = daemon::command(bin, &home);
         let max_sessions = (2 * args.clients).to_string();
-        cmd.env("HOME", &home)
-            .env("PYTHON_DOCKER_MCP_LOG", "info")
+        cmd.env("PYTHON_DOCKER_MCP_LOG", "info")
             .env("PYTHON_DOCKER_MCP_MAX_SESSIONS", &max_sessions)
-            .stderr(Stdio::from(std::fs::File::create(&log)?))
-            .kill_on_drop(true);
+            .stderr(Stdio::from(std::fs::File::create(&log)?));
         match transport {
             Transport::Http => {
                 let file = scratch.join("tokens");
@@ -251,17 +243,12 @@ impl Daemon {
         let sampler = tokio::spawn(sample(pid, sampled_peak.clone()));
         let (url, client) = match transport {
             Transport::Http => (Some(wait_for_url(&log, pid).await?), None),
-            Transport::Stdio => {
-                let stdout = child.stdout.take().context("the daemon's stdout")?;
-                let stdin = child.stdin.take().context("the daemon's stdin")?;
-                let client = tokio::time::timeout(CALL_TIMEOUT, ().serve((stdout, stdin)))
-                    .await
-                    .context("no initialize answer")?
-                    .context("MCP initialize")?;
-                (None, Some(client))
-            }
+            Transport::Stdio => (
+                None,
+                Some(daemon::connect_stdio(&mut child, CALL_TIMEOUT).await?),
+            ),
         };
-        let d = Daemon {
+        let d = SampledDaemon {
             transport,
             child,
             pid,
@@ -276,14 +263,8 @@ impl Daemon {
 
     /// An rmcp streamable HTTP client with this bearer token.
     async fn connect(&self, token: &str) -> anyhow::Result<Client> {
-        let url = self.url.clone().context("not an HTTP daemon")?;
-        let config =
-            StreamableHttpClientTransportConfig::with_uri(url).auth_header(token.to_string());
-        let transport = StreamableHttpClientTransport::from_config(config);
-        tokio::time::timeout(CALL_TIMEOUT, ().serve(transport))
-            .await
-            .context("no initialize answer")?
-            .context("MCP initialize over HTTP")
+        let url = self.url.as_deref().context("not an HTTP daemon")?;
+        daemon::connect_http(url, Some(token), CALL_TIMEOUT).await
     }
 
     fn rss(&self) -> u64 {
@@ -337,7 +318,7 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
+impl Drop for SampledDaemon {
     fn drop(&mut self) {
         self.sampler.abort();
         let _ = std::fs::remove_dir_all(&self.home);
@@ -576,7 +557,7 @@ async fn run_transport(
     scratch: &Path,
 ) -> anyhow::Result<Outcome> {
     progress!("[{}] starting the daemon", transport.name());
-    let (d, stdio_client) = Daemon::start(&args.bin, transport, args, out, scratch).await?;
+    let (d, stdio_client) = SampledDaemon::start(&args.bin, transport, args, out, scratch).await?;
     let mut o = Outcome {
         transport: transport.name(),
         ..Outcome::default()
@@ -643,20 +624,7 @@ async fn run_transport(
         }
         Transport::Stdio => clients.into_iter().next(),
     };
-    o.after_containers = d.settle().await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    o.after_rss = d.rss();
-    let log = d.log_text();
-    o.py_sessions = (
-        log.matches("session started").count(),
-        log.matches("session ended").count(),
-    );
-    if transport == Transport::Http {
-        o.mcp_sessions = Some((
-            log.matches("create new session").count(),
-            log.matches("serve finished").count(),
-        ));
-    }
+    read_after_load(&d, &mut o).await;
     progress!(
         "[{}] after: {} containers, RSS {}, Python sessions started/ended {:?}, MCP sessions {:?}",
         transport.name(),
@@ -669,57 +637,14 @@ async fn run_transport(
     // Ended sessions stay ended, and (HTTP) every client's quota is free again.
     match transport {
         Transport::Http => {
-            let tokens = tokens(args.clients);
-            let first = d.connect(&tokens[0].1).await?;
-            for id in &ids {
-                let r = call(&first, "list-variables", json!({"session_id": id})).await;
-                if matches!(&r, Ok(r) if r.is_error != Some(true)) {
-                    o.reachable_after += 1;
-                }
-            }
+            let first = d.connect(&tokens(args.clients)[0].1).await?;
+            o.reachable_after = count_reachable(&first, &ids).await;
             let _ = first.cancel().await;
-            let checks = tokens.into_iter().map(|(name, token)| {
-                let d = &d;
-                async move {
-                    let c = d
-                        .connect(&token)
-                        .await
-                        .map_err(|e| format!("{name}: {e}"))?;
-                    let mut made = 0;
-                    for _ in 0..2 {
-                        let r = call(&c, "execute-persistent", json!({"code": "1"})).await;
-                        if let Some(id) = r.ok().as_ref().and_then(session_of) {
-                            made += 1;
-                            let _ = call(&c, "cleanup-session", json!({"session_id": id})).await;
-                        }
-                    }
-                    let _ = c.cancel().await;
-                    if made == 2 {
-                        Ok(())
-                    } else {
-                        Err(format!("{name}: {made} of 2 new sessions"))
-                    }
-                }
-            });
-            let bad: Vec<String> = futures::future::join_all(checks)
-                .await
-                .into_iter()
-                .filter_map(Result::err)
-                .collect();
-            o.quota_after = Some(if bad.is_empty() {
-                format!("all {} clients opened 2 new sessions", args.clients)
-            } else {
-                format!("**{}**", bad.join("; "))
-            });
+            o.quota_after = Some(quota_check(&d, args).await);
         }
         Transport::Stdio => {
             if let Some(c) = &stdio_client {
-                for id in &ids {
-                    let r = call(c, "list-variables", json!({"session_id": id})).await;
-                    if matches!(&r, Ok(r) if r.is_error != Some(true)) {
-                        o.reachable_after += 1;
-                    }
-                }
+                o.reachable_after = count_reachable(c, &ids).await;
             }
         }
     }
@@ -728,6 +653,73 @@ async fn run_transport(
     }
     o.left_over = d.stop().await;
     Ok(o)
+}
+
+/// After the load, once the pool refilled: containers, RSS, and from the log the Python
+/// sessions started and ended and (HTTP) the MCP sessions opened and closed.
+async fn read_after_load(d: &SampledDaemon, o: &mut Outcome) {
+    o.after_containers = d.settle().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    o.after_rss = d.rss();
+    let log = d.log_text();
+    o.py_sessions = (
+        log.matches("session started").count(),
+        log.matches("session ended").count(),
+    );
+    if d.transport == Transport::Http {
+        o.mcp_sessions = Some((
+            log.matches("create new session").count(),
+            log.matches("serve finished").count(),
+        ));
+    }
+}
+
+/// How many of the ended sessions `ids` still answer `list-variables` (should be none).
+async fn count_reachable(client: &Client, ids: &[String]) -> usize {
+    let mut reachable = 0;
+    for id in ids {
+        let r = call(client, "list-variables", json!({"session_id": id})).await;
+        if matches!(&r, Ok(r) if r.is_error != Some(true)) {
+            reachable += 1;
+        }
+    }
+    reachable
+}
+
+/// Every HTTP client opens two new sessions again: its quota is free after the load.
+async fn quota_check(d: &SampledDaemon, args: &Args) -> String {
+    let checks = tokens(args.clients)
+        .into_iter()
+        .map(|(name, token)| async move {
+            let c = d
+                .connect(&token)
+                .await
+                .map_err(|e| format!("{name}: {e}"))?;
+            let mut made = 0;
+            for _ in 0..2 {
+                let r = call(&c, "execute-persistent", json!({"code": "1"})).await;
+                if let Some(id) = r.ok().as_ref().and_then(session_of) {
+                    made += 1;
+                    let _ = call(&c, "cleanup-session", json!({"session_id": id})).await;
+                }
+            }
+            let _ = c.cancel().await;
+            if made == 2 {
+                Ok(())
+            } else {
+                Err(format!("{name}: {made} of 2 new sessions"))
+            }
+        });
+    let bad: Vec<String> = futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    if bad.is_empty() {
+        format!("all {} clients opened 2 new sessions", args.clients)
+    } else {
+        format!("**{}**", bad.join("; "))
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -756,10 +748,6 @@ fn fmt_ms(ms: f64) -> String {
     } else {
         format!("{ms:.1} ms")
     }
-}
-
-fn fmt_mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / MIB as f64)
 }
 
 fn report(outcomes: &[Outcome], args: &Args, machine: &str, before: &str, after: &str) -> String {
@@ -835,71 +823,6 @@ fn report(outcomes: &[Outcome], args: &Args, machine: &str, before: &str, after:
 // ---------------------------------------------------------------------------------------
 // Docker and /proc
 
-async fn docker_lines(args: &[&str]) -> Vec<String> {
-    let out = tokio::process::Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await;
-    match out {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-async fn containers_of(pid: u32) -> Vec<String> {
-    let filter = format!("label={LABEL_PID}={pid}");
-    docker_lines(&["ps", "-aq", "--filter", &filter]).await
-}
-
-/// Remove every container and volume carrying `pid`'s label; returns how many.
-async fn remove_leftovers(pid: u32) -> usize {
-    let filter = format!("label={LABEL_PID}={pid}");
-    let containers = docker_lines(&["ps", "-aq", "--filter", &filter]).await;
-    if !containers.is_empty() {
-        let mut args = vec!["rm", "-f", "-v"];
-        args.extend(containers.iter().map(String::as_str));
-        docker_lines(&args).await;
-    }
-    let volumes = docker_lines(&["volume", "ls", "-q", "--filter", &filter]).await;
-    if !volumes.is_empty() {
-        let mut args = vec!["volume", "rm", "-f"];
-        args.extend(volumes.iter().map(String::as_str));
-        docker_lines(&args).await;
-    }
-    containers.len() + volumes.len()
-}
-
-/// A `/proc/PID/status` field given in kB, in bytes (0 when the process is gone).
-fn proc_status(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .unwrap_or(0)
-}
-
-/// Whether a process with this pid exists and is not a zombie.
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .unwrap_or("");
-            state != "Z" && state != "X"
-        }
-        Err(_) => false,
-    }
-}
-
 async fn machine() -> String {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -954,13 +877,7 @@ async fn run() -> anyhow::Result<()> {
 }
 
 fn main() {
-    // `cargo bench` passes --bench. `cargo test --all-targets` (or --benches) runs this
-    // binary without it: minutes of Docker load are not a unit test, so say so and pass.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "http bench: not run under `cargo test`; run `cargo bench --bench http` \
-             (or with -- --calls 20 --transient 3)"
-        );
+    if !common::under_cargo_bench("http", "-- --calls 20 --transient 3") {
         return;
     }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");

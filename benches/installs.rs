@@ -30,9 +30,9 @@ use clap::Parser;
 use python_docker_mcp::sandbox::CACHE_VOLUME;
 use serde_json::json;
 
-#[path = "common/rpc.rs"]
-mod rpc;
-use rpc::Rpc;
+#[path = "common/mod.rs"]
+mod common;
+use common::rpc::Rpc;
 
 /// A small pure-Python wheel installed in every cached round.
 const CACHED: &str = "six";
@@ -137,8 +137,7 @@ fn row(what: &str, mut samples: Vec<Duration>, installer: &str) {
 
 fn main() {
     // Before parsing: `cargo test` passes its own flags (`--test-threads`).
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("installs bench: not run under `cargo test`; run `cargo bench --bench installs`");
+    if !common::under_cargo_bench("installs", "") {
         return;
     }
     let args = Args::parse();

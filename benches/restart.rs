@@ -19,20 +19,16 @@
 //! Runs only with `--bench` (which `cargo bench` passes): under `cargo test --all-targets`
 //! it prints a note and passes.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rmcp::model::{CallToolRequestParams, CallToolResult};
-use rmcp::service::RunningService;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::{RoleClient, ServiceExt};
 use serde_json::{json, Value};
-use tokio::io::AsyncBufReadExt;
 
-type Client = RunningService<RoleClient, ()>;
+#[path = "common/mod.rs"]
+mod common;
+use common::daemon::{self, Client, Daemon};
 
 const WARM_UP: usize = 20;
 const TIMED: usize = 20;
@@ -58,66 +54,18 @@ impl Signal {
     }
 }
 
-/// One running daemon and a client connected to it.
-struct Daemon {
-    child: tokio::process::Child,
-    client: Client,
-}
-
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/python-docker-mcp")
-}
-
-fn command(home: &std::path::Path, args: &[&str]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(binary());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PYTHON_DOCKER_MCP_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.env("HOME", home)
-        .env("PYTHON_DOCKER_MCP_LOG", "warn")
-        .env("PYTHON_DOCKER_MCP_POOL_ENABLED", "false")
-        .env("PYTHON_DOCKER_MCP_SESSION_DURABLE", "true")
-        .args(args)
-        .kill_on_drop(true);
-    cmd
-}
-
+/// A daemon of this crate's release binary with the bench's settings, over `transport`.
 async fn spawn(transport: Transport, home: &std::path::Path) -> anyhow::Result<Daemon> {
+    let mut cmd = daemon::command(&daemon::release_binary(), home);
+    cmd.env("PYTHON_DOCKER_MCP_LOG", "warn")
+        .env("PYTHON_DOCKER_MCP_POOL_ENABLED", "false")
+        .env("PYTHON_DOCKER_MCP_SESSION_DURABLE", "true");
     match transport {
         Transport::Stdio => {
-            let mut cmd = command(home, &["serve"]);
-            cmd.stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null());
-            let mut child = cmd.spawn()?;
-            let stdout = child.stdout.take().context("stdout")?;
-            let stdin = child.stdin.take().context("stdin")?;
-            let client = ().serve((stdout, stdin)).await?;
-            Ok(Daemon { child, client })
+            cmd.stderr(Stdio::null());
+            Daemon::stdio(cmd).await
         }
-        Transport::Http => {
-            let mut cmd = command(home, &["serve", "--http", "127.0.0.1:0"]);
-            // The address it bound is logged at info.
-            cmd.env("PYTHON_DOCKER_MCP_LOG", "info")
-                .stderr(Stdio::piped());
-            let mut child = cmd.spawn()?;
-            let mut lines =
-                tokio::io::BufReader::new(child.stderr.take().context("stderr")?).lines();
-            let url = loop {
-                let line = lines.next_line().await?.context("the daemon exited")?;
-                if let Some(rest) = line.split("url=").nth(1) {
-                    break rest.split_whitespace().next().unwrap_or("").to_string();
-                }
-            };
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            let transport = StreamableHttpClientTransport::from_config(
-                StreamableHttpClientTransportConfig::with_uri(url),
-            );
-            let client = ().serve(transport).await?;
-            Ok(Daemon { child, client })
-        }
+        Transport::Http => Daemon::http(cmd).await,
     }
 }
 
@@ -176,12 +124,8 @@ async fn case(transport: Transport, signal: Signal, rounds: usize) -> anyhow::Re
         }
         // Let the claim (a rename off the reply path) land, as any real session has.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let pid = old.child.id().context("the daemon is gone")?;
-        std::process::Command::new("kill")
-            .arg(format!("-{}", signal.name()))
-            .arg(pid.to_string())
-            .status()?;
-        let _ = tokio::time::timeout(Duration::from_secs(40), old.child.wait()).await;
+        old.signal_and_wait(signal.name(), Duration::from_secs(40))
+            .await;
         drop(old);
         eprintln!("  round {round}: restarting");
         let new = tokio::time::timeout(Duration::from_secs(30), spawn(transport, &home))
@@ -215,18 +159,17 @@ async fn case(transport: Transport, signal: Signal, rounds: usize) -> anyhow::Re
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!("restart bench: run it with `cargo bench --bench restart`");
+    if !common::under_cargo_bench("restart", "") {
         return Ok(());
     }
+    let args: Vec<String> = std::env::args().collect();
     let rounds = args
         .iter()
         .position(|a| a == "--rounds")
         .and_then(|i| args.get(i + 1))
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
-    if !binary().exists() {
+    if !daemon::release_binary().exists() {
         bail!("build the release binary first: cargo build --release");
     }
     println!("| transport | signal | rounds | normal call p50 ms | first call after restart p50 ms | max ms | extra p50 ms |");

@@ -36,9 +36,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-#[path = "common/rpc.rs"]
-mod rpc;
-use rpc::Rpc;
+#[path = "common/mod.rs"]
+mod common;
+use common::rpc::Rpc;
 
 /// The label every object the daemon makes carries (`sandbox::labels::MANAGED`).
 const MANAGED: &str = python_docker_mcp::sandbox::labels::MANAGED;
@@ -319,11 +319,10 @@ fn measure_cpu(rpc: &mut Rpc, calls: usize, mut call: impl FnMut(&mut Rpc)) -> C
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!("scaling bench: not run under `cargo test`; run `cargo bench --bench scaling`");
+    if !common::under_cargo_bench("scaling", "") {
         return;
     }
+    let args: Vec<String> = std::env::args().collect();
     let value_of = |flag: &str| {
         args.iter()
             .position(|a| a == flag)
@@ -361,10 +360,41 @@ fn main() {
         .iter()
         .map(|n| pool_part(&bin, *n, &mut daemons))
         .collect();
+    print_pools(&pools);
+
+    // 2. Sessions, and 3. CPU per call, in one daemon.
+    let pool_size = 4;
+    let mut rpc = Rpc::start(
+        &bin,
+        "scaling",
+        &[
+            ("PYTHON_DOCKER_MCP_POOL_SIZE", pool_size.to_string()),
+            (
+                "PYTHON_DOCKER_MCP_MAX_SESSIONS",
+                (max_sessions + 8).to_string(),
+            ),
+        ],
+    );
+    daemons.push(rpc.pid());
+    wait_for_sandboxes(rpc.pid(), pool_size);
+    std::thread::sleep(Duration::from_secs(2));
+    let sessions = sessions_part(&mut rpc, max_sessions, pool_size);
+    cpu_part(&mut rpc, &sessions, calls, transient, pool_size);
+    rpc.close();
+
+    // 4. Raw churn through the engine.
+    churn_part();
+
+    // Nothing left behind.
+    check_nothing_left(&daemons);
+}
+
+/// The warm-sandbox table, one row per pool size.
+fn print_pools(pools: &[Pool]) {
     println!("## Warm sandboxes, idle (per sandbox)\n");
     println!("| pool_size | fill from empty | containers/s | engine stats mean | engine stats max | pids | host MemAvailable drop | shim RSS | shim threads | shim fds | dockerd RSS | dockerd threads | dockerd fds | containerd RSS | daemon RSS |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for p in &pools {
+    for p in pools {
         println!(
             "| {} | {:.1} s | {:.1} | {:.1} MiB | {:.1} MiB | {:.1} | {:.1} MiB | {:.1} MiB | {:.1} | {:.1} | {:.2} MiB | {:.1} | {:.1} | {:.2} MiB | {:.1} MiB |",
             p.size,
@@ -385,23 +415,11 @@ fn main() {
         );
     }
     println!();
+}
 
-    // 2. Sessions, and 3. CPU per call, in one daemon.
-    let pool_size = 4;
-    let mut rpc = Rpc::start(
-        &bin,
-        "scaling",
-        &[
-            ("PYTHON_DOCKER_MCP_POOL_SIZE", pool_size.to_string()),
-            (
-                "PYTHON_DOCKER_MCP_MAX_SESSIONS",
-                (max_sessions + 8).to_string(),
-            ),
-        ],
-    );
-    daemons.push(rpc.pid());
-    wait_for_sandboxes(rpc.pid(), pool_size);
-    std::thread::sleep(Duration::from_secs(2));
+/// Daemon memory, threads and fds at 0, 10, 50 and 100 live sessions (up to
+/// `max_sessions`); the sessions made.
+fn sessions_part(rpc: &mut Rpc, max_sessions: usize, pool_size: usize) -> Vec<String> {
     let mut sessions = Vec::new();
     let mut rows = Vec::new();
     let steps: Vec<usize> = [0, 10, 50, 100]
@@ -433,11 +451,17 @@ fn main() {
     }
     println!();
 
+    sessions
+}
+
+/// CPU per persistent call and per transient call (with the refills it causes), from the
+/// daemon, dockerd, containerd and the whole host.
+fn cpu_part(rpc: &mut Rpc, sessions: &[String], calls: usize, transient: usize, pool_size: usize) {
     let session = sessions
         .first()
         .cloned()
         .unwrap_or_else(|| rpc.new_session("x = 0"));
-    let persistent = measure_cpu(&mut rpc, calls, |rpc| {
+    let persistent = measure_cpu(rpc, calls, |rpc| {
         rpc.tool(
             "execute-persistent",
             json!({"code": "x += 1", "session_id": session}),
@@ -445,7 +469,7 @@ fn main() {
     });
     let daemon_pid = rpc.pid();
     let live = sessions.len().max(1);
-    let transient_cpu = measure_cpu(&mut rpc, transient, |rpc| {
+    let transient_cpu = measure_cpu(rpc, transient, |rpc| {
         rpc.tool("execute-transient", json!({"code": "print(1)"}));
     });
     // The refills after the last transient calls belong to the window too.
@@ -480,9 +504,10 @@ fn main() {
         );
     }
     println!();
-    rpc.close();
+}
 
-    // 4. Raw churn through the engine.
+/// `docker run --rm IMAGE true`, 16 runs 4 at a time: the engine's own churn rate.
+fn churn_part() {
     let image = "python-docker-mcp:latest";
     let (runs, parallel) = (16, 4);
     let started = Instant::now();
@@ -522,10 +547,12 @@ fn main() {
         runs as f64 / churn
     );
     println!();
+}
 
-    // Nothing left behind.
+/// No container or volume of the bench's daemons, and no churn container, is left.
+fn check_nothing_left(daemons: &[u32]) {
     let mut left = Vec::new();
-    for pid in &daemons {
+    for pid in daemons {
         let label = format!("label={PID_LABEL}={pid}");
         left.extend(
             sh("docker", &["ps", "-aq", "--filter", &label])

@@ -1,4 +1,9 @@
-//! python-docker-mcp: an MCP server that gives AI agents a Python sandbox in Docker.
+//! python-docker-mcp: an MCP server that gives AI agents a Python sandbox in a container.
+//!
+//! The sandboxes run on any of its runtime backends ([`runtime`]): Docker, Podman (through
+//! its Docker-compatible API), either of them with gVisor's `runsc` as the OCI runtime
+//! (`docker.runtime`), or Kubernetes Pods (experimental: tested against a mocked API, never
+//! a live cluster).
 //!
 //! Eleven tools run Python, and move its files, in locked-down containers: no network
 //! (or, per call, only the hosts an operator's allow-list permits, through a filtering
@@ -23,8 +28,10 @@
 //!   `SandboxSpec`; the one place isolation lives.
 //! - [`runtime`]: the runtime seam. A `Backend` enum takes a `SandboxSpec` and runs it;
 //!   its variants are the engines: `runtime::docker` (the Docker API, served by Docker or
-//!   Podman, and the only module that uses bollard) and `runtime::kubernetes`
-//!   (experimental; the only module that uses kube). Nothing else talks to an engine.
+//!   Podman, with the engine's default OCI runtime or gVisor's `runsc`; the only module
+//!   that uses bollard), `runtime::kubernetes` (experimental; the only module that uses
+//!   kube) and, in unit tests only, `runtime::fake` (host processes). Nothing else talks to
+//!   an engine.
 //! - [`repl`]: the wire protocol with the helper (`repl/helper.py`) and one live REPL; it
 //!   trusts nothing the sandbox sends (capped frames, strict ids, bounded queues).
 //! - [`pool`]: warm sandboxes, the creation semaphore, max age, single-use checkout; in
@@ -38,13 +45,16 @@
 //!   the filtering proxy the `egress-proxy` subcommand runs in the proxy container
 //!   ([`egress::proxy`]).
 //! - [`install`]: requirement validation and the installer command.
-//! - [`engine`]: the operations behind the tools, and shutdown.
+//! - [`engine`]: the core: the operations behind the tools (named by [`calls::Operation`],
+//!   never by MCP tool names), sessions and their adoption, installs, files, start-up,
+//!   drain and shutdown.
 //! - [`files`]: files in and out of a sandbox (`upload-file`, `download-file`, `list-files`,
 //!   `resources/read` on `sandbox://sessions/{id}/files/{path}`): the path rule, resource
 //!   URIs, mime types. The bytes move through the helper's protocol in chunks.
-//! - [`calls`]: the tool calls in flight, admission, and the drain that waits for them.
+//! - [`calls`]: the operations in flight, admission, and the drain that waits for them.
 //! - [`client`]: who is calling: the `Client` every operation acts for, and the tokens file.
-//! - [`mcp`]: the thin MCP tool layer (rmcp).
+//! - [`mcp`]: the thin MCP tool layer (rmcp): each tool parses its arguments and delegates
+//!   to the engine; results become MCP content.
 //! - [`order`]: arrival order of calls to one session (turns handed out by the stdio and legacy SSE transports).
 //! - [`stdio`]: the stdio transport, whose size limit answers instead of dropping.
 //! - [`sse`]: MCP's older HTTP+SSE transport (2024-11-05) at `/sse` and `/messages`, a thin

@@ -1,16 +1,17 @@
 //! A raw JSON-RPC client over the daemon's stdio, shared by the benches that need one
-//! (`files`, `installs`, `scaling`): each spawns the release binary with a clean
+//! (`files`, `installs`, `scaling`, `browser`): each spawns the release binary with a clean
 //! `PYTHON_DOCKER_MCP_*` environment and a home of its own, and times its round trips.
 //! A raw client, not rmcp's: rmcp's client, like its server by default, drops any line over
 //! 16 MiB, and a 16 MiB file is about 22.4 MB of base64 in one message.
-//!
-//! Included by `#[path = "common/rpc.rs"] mod rpc;` (each bench is its own crate).
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+use super::daemon::std_command;
 
 /// A daemon over stdio and the ids of its requests.
 pub struct Rpc {
@@ -27,13 +28,8 @@ impl Rpc {
     pub fn start(bin: &str, bench: &str, env: &[(&str, String)]) -> Rpc {
         let home = std::env::temp_dir().join(format!("pdm-bench-{bench}-{}", std::process::id()));
         std::fs::create_dir_all(&home).expect("home");
-        let mut cmd = Command::new(bin);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("PYTHON_DOCKER_MCP_") {
-                cmd.env_remove(&k);
-            }
-        }
-        cmd.env("HOME", &home).env("PYTHON_DOCKER_MCP_LOG", "warn");
+        let mut cmd = std_command(Path::new(bin), &home);
+        cmd.env("PYTHON_DOCKER_MCP_LOG", "warn");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -60,7 +56,6 @@ impl Rpc {
         rpc
     }
 
-    #[allow(dead_code)] // not every bench reads the daemon's process
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -105,7 +100,6 @@ impl Rpc {
     }
 
     /// A new session that ran `code`; its id.
-    #[allow(dead_code)] // not every bench opens sessions
     pub fn new_session(&mut self, code: &str) -> String {
         let (result, _) = self.tool("execute-persistent", json!({ "code": code }));
         result["structuredContent"]["session_id"]
@@ -115,7 +109,6 @@ impl Rpc {
     }
 
     /// Close stdin and wait (60 s at most) for the daemon's shutdown to finish.
-    #[allow(dead_code)] // the others close by drop
     pub fn close(mut self) {
         self.stop();
     }

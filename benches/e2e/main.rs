@@ -50,6 +50,9 @@ macro_rules! progress {
     };
 }
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod after_spawn;
 mod install;
 mod phases;
@@ -206,13 +209,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() {
-    // `cargo bench` passes --bench. `cargo test --all-targets` (or --benches) runs this
-    // binary without it: minutes of Docker load are not a unit test, so say so and pass.
-    // (Run the binary by hand with --bench to measure.)
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "e2e bench: not run under `cargo test`; run `cargo bench --bench e2e` (or with -- --quick)"
-        );
+    if !common::under_cargo_bench("e2e", "-- --quick") {
         return;
     }
     let args = Args::parse();

@@ -50,14 +50,8 @@ pub struct Running {
 }
 
 pub async fn spawn(t: &Target, logs: &Path, n: usize) -> anyhow::Result<(Running, f64)> {
-    let mut cmd = tokio::process::Command::new(&t.program);
+    let mut cmd = crate::common::daemon::command(&t.program, &t.home);
     cmd.args(&t.args);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("PYTHON_DOCKER_MCP_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.env("HOME", &t.home);
     for (k, v) in &t.env {
         cmd.env(k, v);
     }
@@ -264,13 +258,8 @@ pub fn ours(pool: Pool, home: &Path) -> anyhow::Result<(Target, String)> {
     let program = std::env::var_os("PDM_BENCH_DAEMON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_python-docker-mcp")));
-    let mut cmd = std::process::Command::new(&program);
-    cmd.arg("config").env("HOME", home);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("PYTHON_DOCKER_MCP_") {
-            cmd.env_remove(&k);
-        }
-    }
+    let mut cmd = crate::common::daemon::std_command(&program, home);
+    cmd.arg("config");
     cmd.envs(env.iter().cloned());
     let out = cmd.output().context("running python-docker-mcp config")?;
     if !out.status.success() {

@@ -1,0 +1,34 @@
+//! What the benches share. Each bench is its own crate, so each includes this module with
+//! `#[path = "common/mod.rs"] mod common;` (`#[path = "../common/mod.rs"]` from `e2e/`)
+//! and uses the parts it needs:
+//! - [`rpc`]: a raw JSON-RPC client over the daemon's stdio, for messages over rmcp's
+//!   16 MiB line cap;
+//! - [`daemon`]: the daemon under measurement, started with a clean environment, and an
+//!   rmcp client on it over stdio or streamable HTTP;
+//! - [`host`]: what a bench reads of the daemon from outside (memory from `/proc`, the
+//!   containers and volumes its pid label names) through the `docker` CLI;
+//! - [`under_cargo_bench`]: the `--bench` guard.
+
+// Every bench uses a part of this module, none uses all of it.
+#![allow(dead_code)]
+
+pub mod daemon;
+pub mod host;
+pub mod rpc;
+
+/// Whether this bench binary was started by `cargo bench`, which passes `--bench`.
+/// `cargo test --all-targets` (or `--benches`) runs it without: minutes of Docker load are
+/// not a unit test, so the bench says how to run it and passes. `hint` shows a shorter
+/// run, e.g. `-- --quick` (empty: none).
+pub fn under_cargo_bench(name: &str, hint: &str) -> bool {
+    if std::env::args().any(|a| a == "--bench") {
+        return true;
+    }
+    let hint = if hint.is_empty() {
+        String::new()
+    } else {
+        format!(" (or with {hint})")
+    };
+    println!("{name} bench: not run under `cargo test`; run `cargo bench --bench {name}`{hint}");
+    false
+}
