@@ -96,7 +96,7 @@ pub async fn run(config: Config) -> Vec<String> {
                     report(
                         "image",
                         Verdict::Fail {
-                            what: format!("{image} is not present on this Docker engine"),
+                            what: format!("{image} is not present on this engine"),
                             fix: fix_of(&e),
                         },
                     );
@@ -140,7 +140,7 @@ pub async fn run(config: Config) -> Vec<String> {
         for name in checks {
             report(
                 name,
-                Verdict::Skip("needs Docker and the image (see above)".into()),
+                Verdict::Skip("needs the engine and the image (see above)".into()),
             );
         }
     }

@@ -37,7 +37,7 @@ use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Attached, EngineInfo, EngineKind, Finished, Named, Output, RuntimeError, Sweep, Swept,
+    Attached, EngineInfo, EngineKind, Named, Output, RuntimeError, Sweep, Swept,
 };
 use crate::config::Config;
 use crate::durable::{self, SessionName};
@@ -214,6 +214,7 @@ fn api(engine: &'static str, op: &'static str) -> impl FnOnce(BollardError) -> R
         | BollardError::HyperLegacyError { .. }
         | BollardError::IOError { .. }
         | BollardError::RequestTimeoutError => RuntimeError::Unreachable {
+            engine,
             host: host(),
             reason: e.to_string(),
         },
@@ -257,7 +258,13 @@ fn is_gone(e: &BollardError) -> bool {
 /// attempt is retried next time.
 async fn connect(cell: &OnceCell<Connection>) -> Result<&Connection, RuntimeError> {
     cell.get_or_try_init(|| async {
+        // Nothing answered, so the engine is named by its address.
         let unreachable = |e: BollardError| RuntimeError::Unreachable {
+            engine: if host().contains("podman") {
+                "Podman"
+            } else {
+                "Docker"
+            },
             host: host(),
             reason: e.to_string(),
         };
@@ -829,47 +836,15 @@ impl Docker {
         }
     }
 
-    /// Runs a container to completion, collecting its output (each stream keeps its first
-    /// [`RUN_HEAD`] and last [`RUN_TAIL`] bytes, with a line saying how many bytes between
-    /// them were left out). A container that exited is left for the caller to remove (its
-    /// id comes back), so the removal can happen off the reply path.
-    /// On a time-out or an error the container is removed here, before returning: nothing
-    /// it does happens after the caller is told.
-    pub async fn run_until_exit(
-        &self,
-        spec: &SandboxSpec,
-        timeout: Duration,
-    ) -> Result<(Finished, String), RuntimeError> {
+    /// The exit code of a container whose output has ended (`-1` if the engine says none).
+    pub async fn exit_code(&self, id: &str) -> Result<i64, RuntimeError> {
         let conn = self.connection().await?;
-        let docker = &conn.api;
-        let mut attached = self.start_attached(spec).await?;
-        let id = attached.id.clone();
-        let collect = async {
-            let (stdout, stderr) = super::read_bounded(&mut attached.output).await;
-            let mut wait = docker.wait_container(&id, None::<WaitContainerOptions>);
-            let exit_code = match wait.next().await {
-                Some(Ok(r)) => r.status_code,
-                Some(Err(BollardError::DockerContainerWaitError { code, .. })) => code,
-                Some(Err(e)) => return Err(conn.refused("wait for the container")(e)),
-                None => -1,
-            };
-            Ok(Finished {
-                exit_code,
-                stdout,
-                stderr,
-            })
-        };
-        let result = tokio::time::timeout(timeout, collect).await;
-        match result {
-            Ok(Ok(finished)) => Ok((finished, id)),
-            Ok(Err(e)) => {
-                self.remove(&id).await;
-                Err(e)
-            }
-            Err(_) => {
-                self.remove(&id).await;
-                Err(RuntimeError::Timeout(timeout))
-            }
+        let mut wait = conn.api.wait_container(id, None::<WaitContainerOptions>);
+        match wait.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(conn.refused("wait for the container")(e)),
+            None => Ok(-1),
         }
     }
 

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::{Attached, EngineInfo, EngineKind, Finished, Output, RuntimeError, Swept};
+use super::{Attached, EngineInfo, EngineKind, Output, RuntimeError, Swept};
 use crate::sandbox::{labels, Owner, Role, SandboxSpec};
 
 /// What happened, in order. `name` is the container's or volume's name, `role` its role
@@ -518,32 +518,17 @@ impl Fake {
         let _ = std::fs::remove_dir_all(&c.dir);
     }
 
-    pub async fn run_until_exit(
-        &self,
-        spec: &SandboxSpec,
-        timeout: Duration,
-    ) -> Result<(Finished, String), RuntimeError> {
-        let (mut attached, mut exited) = self.start(spec).await?;
-        let id = attached.id.clone();
-        let collect = async {
-            let (stdout, stderr) = super::read_bounded(&mut attached.output).await;
-            let code = match exited.wait_for(Option::is_some).await {
-                Ok(code) => code.unwrap_or(-1),
-                Err(_) => -1,
-            };
-            Finished {
-                exit_code: code,
-                stdout,
-                stderr,
-            }
+    /// The exit code of a container whose output has ended (`-1` for one that is gone).
+    pub async fn exit_code(&self, id: &str) -> Result<i64, RuntimeError> {
+        let exited = self.state().containers.get(id).map(|c| c.exited.clone());
+        let Some(mut exited) = exited else {
+            return Ok(-1);
         };
-        match tokio::time::timeout(timeout, collect).await {
-            Ok(finished) => Ok((finished, id)),
-            Err(_) => {
-                self.remove(&id).await;
-                Err(RuntimeError::Timeout(timeout))
-            }
-        }
+        let code = match exited.wait_for(Option::is_some).await {
+            Ok(code) => code.unwrap_or(-1),
+            Err(_) => -1,
+        };
+        Ok(code)
     }
 
     /// Create a labelled volume (idempotent: an existing one keeps its labels).

@@ -66,7 +66,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 
 use super::{
-    Attached, EngineInfo, EngineKind, Finished, Named, Output, RuntimeError, Sweep, Swept,
+    Attached, EngineInfo, EngineKind, Named, Output, RuntimeError, Sweep, Swept,
 };
 use crate::config::Config;
 use crate::durable::{self, ClaimedName, Holder, SessionName, WarmName};
@@ -1038,47 +1038,14 @@ impl Kubernetes {
         }
     }
 
-    /// Runs a pod to completion, collecting its output (each stream kept to its head and
-    /// tail). A pod that exited is left for the caller to delete (its name comes back). On
-    /// a time-out or an error it is deleted here.
-    pub async fn run_until_exit(
-        &self,
-        spec: &SandboxSpec,
-        timeout: Duration,
-    ) -> Result<(Finished, String), RuntimeError> {
-        let run = async {
-            let mut attached = self.start_attached(spec).await?;
-            let id = attached.id.clone();
-            let collect = async {
-                let (stdout, stderr) = super::read_bounded(&mut attached.output).await;
-                let exit_code = loop {
-                    match self.look(&id).await?.as_ref().map(progress) {
-                        Some(Progress::Exited { exit_code, .. }) => break i64::from(exit_code),
-                        None => break -1,
-                        Some(_) => tokio::time::sleep(POLL).await,
-                    }
-                };
-                Ok(Finished {
-                    exit_code,
-                    stdout,
-                    stderr,
-                })
-            };
-            let result: Result<Finished, RuntimeError> = collect.await;
-            Ok((result, id))
-        };
-        // The pod's name is known before it exists: a time-out at any step deletes it.
-        match tokio::time::timeout(timeout, run).await {
-            Ok(Ok((Ok(finished), id))) => Ok((finished, id)),
-            Ok(Ok((Err(e), id))) => {
-                self.remove(&id).await;
-                Err(e)
-            }
-            // It never ran: `start_attached` deleted it.
-            Ok(Err(e)) => Err(e),
-            Err(_) => {
-                self.remove(&spec.name).await;
-                Err(RuntimeError::Timeout(timeout))
+    /// The exit code of a pod whose output has ended: its status is polled until the
+    /// container is reported exited (`-1` for a pod that is gone).
+    pub async fn exit_code(&self, id: &str) -> Result<i64, RuntimeError> {
+        loop {
+            match self.look(id).await?.as_ref().map(progress) {
+                Some(Progress::Exited { exit_code, .. }) => return Ok(i64::from(exit_code)),
+                None => return Ok(-1),
+                Some(_) => tokio::time::sleep(POLL).await,
             }
         }
     }
