@@ -36,9 +36,7 @@ use futures::StreamExt;
 use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Attached, EngineInfo, EngineKind, Named, Output, RuntimeError, Sweep, Swept,
-};
+use super::{Attached, EngineInfo, EngineKind, Named, Output, RuntimeError, Sweep, Swept};
 use crate::config::Config;
 use crate::durable::{self, SessionName};
 use crate::sandbox::{self, labels, Network, Owner, Role, SandboxSpec, Scratch, UserIds};
@@ -406,8 +404,31 @@ pub fn docker_run_flags(config: &Config) -> Vec<String> {
 /// decided in `sandbox.rs`), except what Docker needs to run any sandbox at all: an init
 /// as PID 1, no terminal, and memory+swap equal to memory (no swap).
 fn container_body(spec: &SandboxSpec, kind: EngineKind) -> ContainerCreateBody {
-    let mounts = spec
-        .volumes
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: Some(spec.command.clone()),
+        env: Some(spec.env.clone()),
+        user: Some(spec.user.to_string()),
+        working_dir: Some(spec.working_dir.clone()),
+        labels: Some(spec.labels.clone().into_iter().collect()),
+        network_disabled: Some(spec.network == Network::None),
+        attach_stdin: Some(spec.interactive),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        open_stdin: Some(spec.interactive),
+        // Docker closes the helper's stdin when our attach connection goes away, and the
+        // helper exits on EOF: a sandbox never outlives its daemon, even after SIGKILL.
+        // A detachable one (a durable session) keeps stdin open for the next attach.
+        stdin_once: Some(spec.interactive && !spec.detachable),
+        tty: Some(false),
+        host_config: Some(host_config(spec, kind)),
+        ..Default::default()
+    }
+}
+
+/// Volumes (a named one, or one the engine makes for this container), then binds.
+fn mounts(spec: &SandboxSpec) -> Vec<Mount> {
+    spec.volumes
         .iter()
         .map(|v| Mount {
             target: Some(v.target.clone()),
@@ -429,10 +450,14 @@ fn container_body(spec: &SandboxSpec, kind: EngineKind) -> ContainerCreateBody {
             read_only: Some(b.read_only),
             ..Default::default()
         }))
-        .collect();
+        .collect()
+}
+
+/// Limits, security, network, scratch mounts, init, removal, runtime and log driver.
+fn host_config(spec: &SandboxSpec, kind: EngineKind) -> HostConfig {
     let limits = &spec.limits;
     let security = &spec.security;
-    let host_config = HostConfig {
+    HostConfig {
         memory: Some(limits.memory_bytes as i64),
         memory_swap: Some(limits.memory_bytes as i64),
         nano_cpus: Some((limits.cpus * 1e9) as i64),
@@ -465,7 +490,7 @@ fn container_body(spec: &SandboxSpec, kind: EngineKind) -> ContainerCreateBody {
                 .map(|m| (m.path.clone(), tmpfs_options(kind, m, spec.user)))
                 .collect(),
         ),
-        mounts: Some(mounts),
+        mounts: Some(mounts(spec)),
         init: Some(true),
         auto_remove: Some(spec.remove_on_exit),
         runtime: spec.runtime.clone(),
@@ -474,26 +499,6 @@ fn container_body(spec: &SandboxSpec, kind: EngineKind) -> ContainerCreateBody {
             typ: Some(LOG_DRIVER.into()),
             config: None,
         }),
-        ..Default::default()
-    };
-    ContainerCreateBody {
-        image: Some(spec.image.clone()),
-        cmd: Some(spec.command.clone()),
-        env: Some(spec.env.clone()),
-        user: Some(spec.user.to_string()),
-        working_dir: Some(spec.working_dir.clone()),
-        labels: Some(spec.labels.clone().into_iter().collect()),
-        network_disabled: Some(spec.network == Network::None),
-        attach_stdin: Some(spec.interactive),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        open_stdin: Some(spec.interactive),
-        // Docker closes the helper's stdin when our attach connection goes away, and the
-        // helper exits on EOF: a sandbox never outlives its daemon, even after SIGKILL.
-        // A detachable one (a durable session) keeps stdin open for the next attach.
-        stdin_once: Some(spec.interactive && !spec.detachable),
-        tty: Some(false),
-        host_config: Some(host_config),
         ..Default::default()
     }
 }
