@@ -458,7 +458,6 @@ impl Backend {
         // Set once the sandbox exists, so a time-out at any later step removes it by id.
         let mut started: Option<String> = None;
         let run = async {
-            // A failed start removed what it made.
             let mut attached = self.start_attached(spec).await?;
             let id = attached.id.clone();
             started = Some(id.clone());
@@ -473,15 +472,20 @@ impl Backend {
                 id,
             ))
         };
-        let result = tokio::time::timeout(timeout, run)
-            .await
-            .unwrap_or(Err(RuntimeError::Timeout(timeout)));
-        if result.is_err() {
-            // Before the start returned, the id is unknown; the name is known before the
-            // sandbox exists, and every engine removes by name too.
-            self.remove(started.as_deref().unwrap_or(&spec.name)).await;
+        let result = tokio::time::timeout(timeout, run).await;
+        let leftover = match (&result, started) {
+            (Ok(Ok(_)), _) => None,
+            (_, Some(id)) => Some(id),
+            // It never started: `start_attached` removed what it made.
+            (Ok(Err(_)), None) => None,
+            // The time-out came during the start: the name is known before the sandbox
+            // exists, and every engine removes by name too.
+            (Err(_), None) => Some(spec.name.clone()),
+        };
+        if let Some(id) = leftover {
+            self.remove(&id).await;
         }
-        result
+        result.unwrap_or(Err(RuntimeError::Timeout(timeout)))
     }
 
     /// Create a labelled volume (idempotent).
