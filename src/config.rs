@@ -1,7 +1,10 @@
 //! Configuration: defaults < YAML file < `PYTHON_DOCKER_MCP_*` environment < command-line flags.
 //!
-//! Every setting is one row of [`KEYS`]: its dotted path in the YAML file (the original's
-//! names), its environment variable, its default and what it means. [`resolve`] is a pure
+//! Every setting is one row of [`KEYS`]: a constant named by its environment variable, with
+//! its dotted path in the YAML file (the original's names), its kind, its default and what
+//! it means. The path is written there only: each section reads its keys through the
+//! constants (`DockerConfig::parse`), and a profile's keys are the `docker.*` constants it
+//! may override ([`PROFILE_KEYS`]). [`resolve`] is a pure
 //! function over the layers, so tests feed it maps instead of touching the process
 //! environment. The result remembers where each value came from ([`Config::describe`]).
 

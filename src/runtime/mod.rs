@@ -17,8 +17,9 @@
 //!
 //! What every backend shares lives here: the error enum ([`RuntimeError`], whose messages say
 //! the fix), the attached streams of a started sandbox ([`Attached`], [`Output`]), the
-//! bounded output of a run-to-completion ([`Finished`], [`HeadTail`]), and what a sweep of a
-//! dead daemon's leftovers found ([`Swept`]). Which backend serves is chosen once, from
+//! bounded output of a run-to-completion ([`Finished`], [`HeadTail`]) and its one tail
+//! ([`Backend::run_until_exit`]: each backend only says how a sandbox's exit code is read),
+//! and what a sweep of a dead daemon's leftovers found ([`Swept`]). Which backend serves is chosen once, from
 //! `runtime.backend`, by [`Backend::from_config`]. The orphan policy (which leftovers
 //! belong to a daemon that is gone) is each backend's own: on Docker, the host and pid
 //! labels (`docker::Docker::sweep_orphans`); on Kubernetes, owner references to the
