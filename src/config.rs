@@ -1,7 +1,10 @@
 //! Configuration: defaults < YAML file < `PYTHON_DOCKER_MCP_*` environment < command-line flags.
 //!
-//! Every setting is one row of [`KEYS`]: its dotted path in the YAML file (the original's
-//! names), its environment variable, its default and what it means. [`resolve`] is a pure
+//! Every setting is one row of [`KEYS`]: a constant named by its environment variable, with
+//! its dotted path in the YAML file (the original's names), its kind, its default and what
+//! it means. The path is written there only: each section reads its keys through the
+//! constants (`DockerConfig::parse`), and a profile's keys are the `docker.*` constants it
+//! may override ([`PROFILE_KEYS`]). [`resolve`] is a pure
 //! function over the layers, so tests feed it maps instead of touching the process
 //! environment. The result remembers where each value came from ([`Config::describe`]).
 
@@ -94,11 +97,7 @@ impl Kind {
             Kind::Profiles => format!(
                 "a mapping from profile names to settings, e.g. {{browser: {{image: \
                  python-docker-mcp:browser, memory_limit: 1g}}}}; a profile may set {}",
-                crate::profile::KEYS
-                    .iter()
-                    .map(|(k, _)| *k)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                profile_key_names()
             ),
             Kind::Choice(c) => format!("one of: {}", c.join(", ")),
         }
@@ -117,127 +116,143 @@ struct Key {
     doc: &'static str,
 }
 
+/// Defines one constant per setting, named by its environment variable (whose text it
+/// also becomes), and [`KEYS`], the table of them in order.
+macro_rules! keys {
+    ($($env:ident { path: $path:literal, kind: $kind:expr, default: $default:literal, doc: $doc:literal $(,)? })*) => {
+        $(
+            #[doc = $doc]
+            const $env: Key = Key { path: $path, env: stringify!($env), kind: $kind, default: $default, doc: $doc };
+        )*
+        /// Every setting the daemon knows, in the order `config` prints them.
+        /// `config.example.yaml` mirrors this table.
+        const KEYS: &[Key] = &[$($env),*];
+    };
+}
+
 const MIB: u64 = 1024 * 1024;
 /// No upper bound on a size.
 const NO_MAX: u64 = u64::MAX;
 
-/// Every setting the daemon knows. `config.example.yaml` mirrors this table.
-const KEYS: &[Key] = &[
-    Key { path: "runtime.backend", env: "BACKEND", kind: Kind::Choice(&["docker", "kubernetes"]), default: "docker",
-          doc: "What runs the sandboxes: docker is the Docker Engine API at DOCKER_HOST, served by Docker or by Podman (`podman system service`); kubernetes (experimental) runs each sandbox as a Pod in the cluster KUBECONFIG names (or the one the daemon runs in)" },
-    Key { path: "kubernetes.namespace", env: "K8S_NAMESPACE", kind: Kind::OptStr, default: "null",
-          doc: "Namespace the sandbox pods, their volumes and network policies live in; null means the kubeconfig context's namespace, the daemon's own namespace in a cluster, or default" },
-    Key { path: "kubernetes.runtime_class", env: "K8S_RUNTIME_CLASS", kind: Kind::OptStr, default: "null",
-          doc: "RuntimeClass the sandbox pods run with (e.g. gvisor), the Kubernetes counterpart of docker.runtime; installer pods use the cluster's default. null means the cluster's default" },
-    Key { path: "kubernetes.ephemeral_storage", env: "K8S_EPHEMERAL_STORAGE", kind: Kind::Bytes { min: MIB, max: NO_MAX }, default: "1g",
-          doc: "Node disk each pod may use besides its volumes (container writes, logs), requested and limited" },
-    Key { path: "kubernetes.volume_size", env: "K8S_VOLUME_SIZE", kind: Kind::Bytes { min: MIB, max: NO_MAX }, default: "1g",
-          doc: "Storage requested by each package volume (PersistentVolumeClaim)" },
-    Key { path: "kubernetes.storage_class", env: "K8S_STORAGE_CLASS", kind: Kind::OptStr, default: "null",
-          doc: "StorageClass of the package volumes; null means the cluster's default class" },
-    Key { path: "kubernetes.volume_access", env: "K8S_VOLUME_ACCESS", kind: Kind::Choice(&["ReadWriteOnce", "ReadWriteMany"]), default: "ReadWriteOnce",
-          doc: "Access mode of the package volumes: ReadWriteOnce suits a single-node cluster; with several nodes, pods that share a volume may land on different nodes, which needs ReadWriteMany (and a storage class that offers it)" },
-    Key { path: "docker.image", env: "IMAGE", kind: Kind::Str, default: "python-docker-mcp:latest",
-          doc: "Image the sandboxes run; any image with python3 on its PATH works" },
-    Key { path: "docker.working_dir", env: "WORKING_DIR", kind: Kind::Str, default: "/app",
-          doc: "Working directory of the code inside the sandbox" },
-    Key { path: "docker.memory_limit", env: "MEMORY_LIMIT", kind: Kind::Bytes { min: 6 * MIB, max: NO_MAX }, default: "256m",
-          doc: "Memory limit per sandbox (no swap beyond it)" },
-    Key { path: "docker.cpu_limit", env: "CPU_LIMIT", kind: Kind::Float { min: 0.01, max: 1024.0 }, default: "0.5",
-          doc: "CPUs per sandbox" },
-    Key { path: "docker.pids_limit", env: "PIDS_LIMIT", kind: Kind::Int { min: 8, max: 1_000_000 }, default: "128",
-          doc: "Maximum processes and threads per sandbox (stops fork bombs)" },
-    Key { path: "docker.timeout", env: "TIMEOUT", kind: Kind::Duration, default: "30s",
-          doc: "How long one execution may run before it is interrupted, unless the call asks for its own `timeout`" },
-    Key { path: "docker.max_timeout", env: "MAX_TIMEOUT", kind: Kind::Duration, default: "30m",
-          doc: "The longest `timeout` a call to execute-transient or execute-persistent may ask for; a longer one is refused with this cap named" },
-    Key { path: "docker.network_disabled", env: "NETWORK_DISABLED", kind: Kind::Bool, default: "true",
-          doc: "Sandboxes have no network at all (installs still work: they run in a separate installer container)" },
-    Key { path: "docker.read_only", env: "READ_ONLY", kind: Kind::Bool, default: "true",
-          doc: "Read-only root filesystem; /tmp and the working directory are writable tmpfs" },
-    Key { path: "docker.tmpfs_size", env: "TMPFS_SIZE", kind: Kind::Bytes { min: MIB, max: NO_MAX }, default: "128m",
-          doc: "Size of each writable tmpfs (/tmp, working directory) when read_only is on; counts against memory" },
-    Key { path: "docker.shm_size", env: "SHM_SIZE", kind: Kind::OptBytes { min: MIB }, default: "null",
-          doc: "Size of /dev/shm (a tmpfs; counts against memory); browsers want more than the 64m engines give. null means the engine's default" },
-    Key { path: "docker.user", env: "USER", kind: Kind::Str, default: "'1000:1000'",
-          doc: "Numeric uid:gid the code runs as (a lone uid is also the gid); never root" },
-    Key { path: "docker.runtime", env: "RUNTIME", kind: Kind::OptStr, default: "null",
-          doc: "OCI runtime the engine runs sandboxes with, e.g. runsc for gVisor (a user-space kernel between the code and the host); it must be registered with the engine (under Podman, make it Podman's default instead). null means the engine's default" },
-    Key { path: "docker.output_limit", env: "OUTPUT_LIMIT", kind: Kind::Bytes { min: 1024, max: 4 * MIB }, default: "256k",
-          doc: "Cap on stdout and on stderr returned per call, at most 4m (a reply must fit the protocol's 16 MiB frame); the rest is dropped with a marker" },
-    Key { path: "docker.file_limit", env: "FILE_LIMIT", kind: Kind::Bytes { min: 1024, max: 1024 * MIB }, default: "16m",
-          doc: "Largest file upload-file, download-file and resources/read move, and the total a transient run returns embedded; larger ones are refused with this limit named" },
-    Key { path: "docker.pool_enabled", env: "POOL_ENABLED", kind: Kind::Bool, default: "true",
-          doc: "Keep warm sandboxes ready so a call never waits for a container start" },
-    Key { path: "docker.pool_size", env: "POOL_SIZE", kind: Kind::Int { min: 0, max: 1024 }, default: "32",
-          doc: "Warm containers to keep ready" },
-    Key { path: "docker.pool_max_age", env: "POOL_MAX_AGE", kind: Kind::Duration, default: "300s",
-          doc: "Age after which a warm container is replaced" },
-    Key { path: "docker.max_concurrent_creations", env: "MAX_CONCURRENT_CREATIONS", kind: Kind::Int { min: 1, max: 256 }, default: "5",
-          doc: "Containers being created at once, at most, for waiting calls (the background refill makes one at a time)" },
-    Key { path: "docker.pool_wait_timeout", env: "POOL_WAIT_TIMEOUT", kind: Kind::Duration, default: "60s",
-          doc: "How long a call waits for a sandbox when none is ready before it fails" },
-    Key { path: "docker.warm_imports", env: "WARM_IMPORTS", kind: Kind::List, default: "[]",
-          doc: "Modules every sandbox imports before it is handed out, e.g. [numpy, pandas]" },
-    Key { path: "session.idle_timeout", env: "SESSION_IDLE_TIMEOUT", kind: Kind::Duration, default: "30m",
-          doc: "A session nobody has used for this long is ended and its sandbox removed" },
-    Key { path: "session.max_sessions", env: "MAX_SESSIONS", kind: Kind::Int { min: 1, max: 10_000 }, default: "32",
-          doc: "Live sessions at most; creating one more is refused with a clear message" },
-    Key { path: "session.max_sessions_per_client", env: "MAX_SESSIONS_PER_CLIENT", kind: Kind::OptInt { min: 1, max: 10_000 }, default: "null",
-          doc: "Live sessions one client may hold at most; null means a quarter of session.max_sessions (at least 1) when a tokens file names several clients, else all of session.max_sessions" },
-    Key { path: "session.durable", env: "SESSION_DURABLE", kind: Kind::Bool, default: "true",
-          doc: "Sessions outlive the daemon: left running at exit (and after a crash), adopted by the next daemon of the same owner when a call names them; false removes them at exit" },
-    Key { path: "session.scope", env: "SESSION_SCOPE", kind: Kind::Str, default: "default",
-          doc: "Part of a session's owner with the OS user (and, over HTTP, the client): a daemon adopts only sessions of its own scope" },
-    Key { path: "session.max_lifetime", env: "SESSION_MAX_LIFETIME", kind: Kind::Duration, default: "24h",
-          doc: "A session is removed this long after it started, however busy (the engine-side backstop enforces it even when the sandbox's own timer was tampered with)" },
-    Key { path: "package.installer", env: "INSTALLER", kind: Kind::Choice(&["pip", "uv"]), default: "uv",
-          doc: "Installer run in the installer container: uv when the image has it, pip otherwise (the result says which ran)" },
-    Key { path: "package.index_url", env: "INDEX_URL", kind: Kind::OptStr, default: "null",
-          doc: "Package index URL (pip --index-url); null means the installer's default" },
-    Key { path: "package.extra_index_url", env: "EXTRA_INDEX_URL", kind: Kind::List, default: "[]",
-          doc: "Extra package index URLs (pip --extra-index-url); one string or a list" },
-    Key { path: "package.trusted_hosts", env: "TRUSTED_HOSTS", kind: Kind::List, default: "[]",
-          doc: "Hosts the installer trusts without TLS verification (pip --trusted-host)" },
-    Key { path: "package.timeout", env: "INSTALL_TIMEOUT", kind: Kind::Duration, default: "60s",
-          doc: "How long one install may take" },
-    Key { path: "package.only_binary", env: "ONLY_BINARY", kind: Kind::Bool, default: "true",
-          doc: "Install wheels only; building from source runs the package's code at install time" },
-    Key { path: "network.egress_network", env: "EGRESS_NETWORK", kind: Kind::OptStr, default: "null",
-          doc: "Engine network that outbound traffic uses: installers, and sandboxes when docker.network_disabled is off. null means the engine's default bridge. Docker and Podman only: on Kubernetes, outbound traffic uses the pod network" },
-    Key { path: "network.allow", env: "NETWORK_ALLOW", kind: Kind::List, default: "[]",
-          doc: "The operator's ceiling for per-run egress allow-lists: host patterns (example.com, *.example.com for subdomains only, host:port; no port means 80 and 443; IP addresses and CIDRs only when written out). A call's `network` list must stay within it. Empty: sandboxes have no network, as without this key. Non-empty: an egress proxy container runs on network.egress_network and every sandbox mounts its socket directory. Docker and Podman only" },
-    Key { path: "network.allow_private", env: "NETWORK_ALLOW_PRIVATE", kind: Kind::List, default: "[]",
-          doc: "CIDRs the egress proxy may connect to although they are private, loopback or link-local (e.g. a test network's subnet); otherwise a name that resolves into such a range is refused" },
-    Key { path: "network.idle_timeout", env: "NETWORK_IDLE_TIMEOUT", kind: Kind::Duration, default: "60s",
-          doc: "The egress proxy closes a tunnel or plain HTTP exchange through which no byte moved for this long (at least 1s)" },
-    Key { path: "network.ask", env: "NETWORK_ASK", kind: Kind::Bool, default: "false",
-          doc: "A host outside a session's list but matching network.askable may be approved by the user: the server asks the calling client through MCP elicitation (30 s; no answer or a client without elicitation: denied)" },
-    Key { path: "network.askable", env: "NETWORK_ASKABLE", kind: Kind::List, default: "[]",
-          doc: "Host patterns (same forms as network.allow, and each within it) the user may approve with network.ask" },
-    Key { path: "server.http", env: "HTTP", kind: Kind::OptAddr, default: "null",
-          doc: "Serve MCP over streamable HTTP at this address (path /mcp) instead of stdio, e.g. 127.0.0.1:8002; same as `serve --http ADDR`" },
-    Key { path: "server.tokens_file", env: "TOKENS_FILE", kind: Kind::OptStr, default: "null",
-          doc: "File of HTTP clients, one `NAME TOKEN` per line (`#` comments); every request then needs `Authorization: Bearer TOKEN`. Required off loopback" },
-    Key { path: "server.metrics_public", env: "METRICS_PUBLIC", kind: Kind::Bool, default: "false",
-          doc: "Serve GET /metrics (Prometheus text) without a bearer token, for a scraper on a trusted network; otherwise it needs a token like /mcp" },
-    Key { path: "server.legacy_sse", env: "LEGACY_SSE", kind: Kind::Bool, default: "true",
-          doc: "With server.http, also serve MCP's older HTTP+SSE transport (protocol 2024-11-05: GET /sse, then POST /messages?sessionId=...) for clients that speak only that; the same tokens, ownership and limits as /mcp" },
-    Key { path: "server.drain_timeout", env: "DRAIN_TIMEOUT", kind: Kind::Duration, default: "30s",
-          doc: "On SIGTERM or SIGINT, how long running executions and installs may go on finishing before they are interrupted (a second signal interrupts them at once); 0 interrupts at once" },
-    Key { path: "server.max_message", env: "MAX_MESSAGE", kind: Kind::Bytes { min: MIB, max: 1024 * MIB }, default: "32m",
-          doc: "The largest JSON-RPC message a client may send, over stdio (one line) or HTTP (one request body); a larger one is answered with an error naming this limit. The default fits a 16 MB file sent as base64" },
-    Key { path: "server.task_after", env: "TASK_AFTER", kind: Kind::Duration, default: "5s",
-          doc: "For clients that declare the MCP tasks extension: an execution or install not finished within this becomes a task (the call answers with a task id; poll tasks/get)" },
-    Key { path: "server.task_ttl", env: "TASK_TTL", kind: Kind::Duration, default: "10m",
-          doc: "How long a finished task's result is kept for tasks/get before it is freed (tasks do not survive a restart)" },
-    Key { path: "allowed_modules", env: "ALLOWED_MODULES", kind: Kind::List, default: "[]",
-          doc: "If not empty, user code may import only these top-level modules (a policy, not a security boundary: the container is)" },
-    Key { path: "blocked_modules", env: "BLOCKED_MODULES", kind: Kind::List, default: "[]",
-          doc: "Top-level modules user code may not import (a policy, not a security boundary: the container is)" },
-    Key { path: "profiles", env: "PROFILES", kind: Kind::Profiles, default: "{}",
-          doc: "Named sandbox profiles a call picks with `profile`, each a partial set of settings over the docker.* ones (the profile `default`): image, memory_limit, cpu_limit, pids_limit, tmpfs_size, shm_size, pool_size (a named profile keeps none warm unless set; its pool is made on first use), warm_imports, timeout. Example: {browser: {image: python-docker-mcp:browser, memory_limit: 1g, shm_size: 256m, pids_limit: 512, pool_size: 1}} (in the environment as YAML or JSON text)" },
-];
+// Every setting the daemon knows, one row each: the constant is named by its environment
+// variable (after [`ENV_PREFIX`]), and its path is written here and nowhere else: the
+// sections below read their values through these constants.
+keys! {
+    BACKEND { path: "runtime.backend", kind: Kind::Choice(&["docker", "kubernetes"]), default: "docker",
+          doc: "What runs the sandboxes: docker is the Docker Engine API at DOCKER_HOST, served by Docker or by Podman (`podman system service`); kubernetes (experimental) runs each sandbox as a Pod in the cluster KUBECONFIG names (or the one the daemon runs in)" }
+    K8S_NAMESPACE { path: "kubernetes.namespace", kind: Kind::OptStr, default: "null",
+          doc: "Namespace the sandbox pods, their volumes and network policies live in; null means the kubeconfig context's namespace, the daemon's own namespace in a cluster, or default" }
+    K8S_RUNTIME_CLASS { path: "kubernetes.runtime_class", kind: Kind::OptStr, default: "null",
+          doc: "RuntimeClass the sandbox pods run with (e.g. gvisor), the Kubernetes counterpart of docker.runtime; installer pods use the cluster's default. null means the cluster's default" }
+    K8S_EPHEMERAL_STORAGE { path: "kubernetes.ephemeral_storage", kind: Kind::Bytes { min: MIB, max: NO_MAX }, default: "1g",
+          doc: "Node disk each pod may use besides its volumes (container writes, logs), requested and limited" }
+    K8S_VOLUME_SIZE { path: "kubernetes.volume_size", kind: Kind::Bytes { min: MIB, max: NO_MAX }, default: "1g",
+          doc: "Storage requested by each package volume (PersistentVolumeClaim)" }
+    K8S_STORAGE_CLASS { path: "kubernetes.storage_class", kind: Kind::OptStr, default: "null",
+          doc: "StorageClass of the package volumes; null means the cluster's default class" }
+    K8S_VOLUME_ACCESS { path: "kubernetes.volume_access", kind: Kind::Choice(&["ReadWriteOnce", "ReadWriteMany"]), default: "ReadWriteOnce",
+          doc: "Access mode of the package volumes: ReadWriteOnce suits a single-node cluster; with several nodes, pods that share a volume may land on different nodes, which needs ReadWriteMany (and a storage class that offers it)" }
+    IMAGE { path: "docker.image", kind: Kind::Str, default: "python-docker-mcp:latest",
+          doc: "Image the sandboxes run; any image with python3 on its PATH works" }
+    WORKING_DIR { path: "docker.working_dir", kind: Kind::Str, default: "/app",
+          doc: "Working directory of the code inside the sandbox" }
+    MEMORY_LIMIT { path: "docker.memory_limit", kind: Kind::Bytes { min: 6 * MIB, max: NO_MAX }, default: "256m",
+          doc: "Memory limit per sandbox (no swap beyond it)" }
+    CPU_LIMIT { path: "docker.cpu_limit", kind: Kind::Float { min: 0.01, max: 1024.0 }, default: "0.5",
+          doc: "CPUs per sandbox" }
+    PIDS_LIMIT { path: "docker.pids_limit", kind: Kind::Int { min: 8, max: 1_000_000 }, default: "128",
+          doc: "Maximum processes and threads per sandbox (stops fork bombs)" }
+    TIMEOUT { path: "docker.timeout", kind: Kind::Duration, default: "30s",
+          doc: "How long one execution may run before it is interrupted, unless the call asks for its own `timeout`" }
+    MAX_TIMEOUT { path: "docker.max_timeout", kind: Kind::Duration, default: "30m",
+          doc: "The longest `timeout` a call to execute-transient or execute-persistent may ask for; a longer one is refused with this cap named" }
+    NETWORK_DISABLED { path: "docker.network_disabled", kind: Kind::Bool, default: "true",
+          doc: "Sandboxes have no network at all (installs still work: they run in a separate installer container)" }
+    READ_ONLY { path: "docker.read_only", kind: Kind::Bool, default: "true",
+          doc: "Read-only root filesystem; /tmp and the working directory are writable tmpfs" }
+    TMPFS_SIZE { path: "docker.tmpfs_size", kind: Kind::Bytes { min: MIB, max: NO_MAX }, default: "128m",
+          doc: "Size of each writable tmpfs (/tmp, working directory) when read_only is on; counts against memory" }
+    SHM_SIZE { path: "docker.shm_size", kind: Kind::OptBytes { min: MIB }, default: "null",
+          doc: "Size of /dev/shm (a tmpfs; counts against memory); browsers want more than the 64m engines give. null means the engine's default" }
+    USER { path: "docker.user", kind: Kind::Str, default: "'1000:1000'",
+          doc: "Numeric uid:gid the code runs as (a lone uid is also the gid); never root" }
+    RUNTIME { path: "docker.runtime", kind: Kind::OptStr, default: "null",
+          doc: "OCI runtime the engine runs sandboxes with, e.g. runsc for gVisor (a user-space kernel between the code and the host); it must be registered with the engine (under Podman, make it Podman's default instead). null means the engine's default" }
+    OUTPUT_LIMIT { path: "docker.output_limit", kind: Kind::Bytes { min: 1024, max: 4 * MIB }, default: "256k",
+          doc: "Cap on stdout and on stderr returned per call, at most 4m (a reply must fit the protocol's 16 MiB frame); the rest is dropped with a marker" }
+    FILE_LIMIT { path: "docker.file_limit", kind: Kind::Bytes { min: 1024, max: 1024 * MIB }, default: "16m",
+          doc: "Largest file upload-file, download-file and resources/read move, and the total a transient run returns embedded; larger ones are refused with this limit named" }
+    POOL_ENABLED { path: "docker.pool_enabled", kind: Kind::Bool, default: "true",
+          doc: "Keep warm sandboxes ready so a call never waits for a container start" }
+    POOL_SIZE { path: "docker.pool_size", kind: Kind::Int { min: 0, max: 1024 }, default: "32",
+          doc: "Warm containers to keep ready" }
+    POOL_MAX_AGE { path: "docker.pool_max_age", kind: Kind::Duration, default: "300s",
+          doc: "Age after which a warm container is replaced" }
+    MAX_CONCURRENT_CREATIONS { path: "docker.max_concurrent_creations", kind: Kind::Int { min: 1, max: 256 }, default: "5",
+          doc: "Containers being created at once, at most, for waiting calls (the background refill makes one at a time)" }
+    POOL_WAIT_TIMEOUT { path: "docker.pool_wait_timeout", kind: Kind::Duration, default: "60s",
+          doc: "How long a call waits for a sandbox when none is ready before it fails" }
+    WARM_IMPORTS { path: "docker.warm_imports", kind: Kind::List, default: "[]",
+          doc: "Modules every sandbox imports before it is handed out, e.g. [numpy, pandas]" }
+    SESSION_IDLE_TIMEOUT { path: "session.idle_timeout", kind: Kind::Duration, default: "30m",
+          doc: "A session nobody has used for this long is ended and its sandbox removed" }
+    MAX_SESSIONS { path: "session.max_sessions", kind: Kind::Int { min: 1, max: 10_000 }, default: "32",
+          doc: "Live sessions at most; creating one more is refused with a clear message" }
+    MAX_SESSIONS_PER_CLIENT { path: "session.max_sessions_per_client", kind: Kind::OptInt { min: 1, max: 10_000 }, default: "null",
+          doc: "Live sessions one client may hold at most; null means a quarter of session.max_sessions (at least 1) when a tokens file names several clients, else all of session.max_sessions" }
+    SESSION_DURABLE { path: "session.durable", kind: Kind::Bool, default: "true",
+          doc: "Sessions outlive the daemon: left running at exit (and after a crash), adopted by the next daemon of the same owner when a call names them; false removes them at exit" }
+    SESSION_SCOPE { path: "session.scope", kind: Kind::Str, default: "default",
+          doc: "Part of a session's owner with the OS user (and, over HTTP, the client): a daemon adopts only sessions of its own scope" }
+    SESSION_MAX_LIFETIME { path: "session.max_lifetime", kind: Kind::Duration, default: "24h",
+          doc: "A session is removed this long after it started, however busy (the engine-side backstop enforces it even when the sandbox's own timer was tampered with)" }
+    INSTALLER { path: "package.installer", kind: Kind::Choice(&["pip", "uv"]), default: "uv",
+          doc: "Installer run in the installer container: uv when the image has it, pip otherwise (the result says which ran)" }
+    INDEX_URL { path: "package.index_url", kind: Kind::OptStr, default: "null",
+          doc: "Package index URL (pip --index-url); null means the installer's default" }
+    EXTRA_INDEX_URL { path: "package.extra_index_url", kind: Kind::List, default: "[]",
+          doc: "Extra package index URLs (pip --extra-index-url); one string or a list" }
+    TRUSTED_HOSTS { path: "package.trusted_hosts", kind: Kind::List, default: "[]",
+          doc: "Hosts the installer trusts without TLS verification (pip --trusted-host)" }
+    INSTALL_TIMEOUT { path: "package.timeout", kind: Kind::Duration, default: "60s",
+          doc: "How long one install may take" }
+    ONLY_BINARY { path: "package.only_binary", kind: Kind::Bool, default: "true",
+          doc: "Install wheels only; building from source runs the package's code at install time" }
+    EGRESS_NETWORK { path: "network.egress_network", kind: Kind::OptStr, default: "null",
+          doc: "Engine network that outbound traffic uses: installers, and sandboxes when docker.network_disabled is off. null means the engine's default bridge. Docker and Podman only: on Kubernetes, outbound traffic uses the pod network" }
+    NETWORK_ALLOW { path: "network.allow", kind: Kind::List, default: "[]",
+          doc: "The operator's ceiling for per-run egress allow-lists: host patterns (example.com, *.example.com for subdomains only, host:port; no port means 80 and 443; IP addresses and CIDRs only when written out). A call's `network` list must stay within it. Empty: sandboxes have no network, as without this key. Non-empty: an egress proxy container runs on network.egress_network and every sandbox mounts its socket directory. Docker and Podman only" }
+    NETWORK_ALLOW_PRIVATE { path: "network.allow_private", kind: Kind::List, default: "[]",
+          doc: "CIDRs the egress proxy may connect to although they are private, loopback or link-local (e.g. a test network's subnet); otherwise a name that resolves into such a range is refused" }
+    NETWORK_IDLE_TIMEOUT { path: "network.idle_timeout", kind: Kind::Duration, default: "60s",
+          doc: "The egress proxy closes a tunnel or plain HTTP exchange through which no byte moved for this long (at least 1s)" }
+    NETWORK_ASK { path: "network.ask", kind: Kind::Bool, default: "false",
+          doc: "A host outside a session's list but matching network.askable may be approved by the user: the server asks the calling client through MCP elicitation (30 s; no answer or a client without elicitation: denied)" }
+    NETWORK_ASKABLE { path: "network.askable", kind: Kind::List, default: "[]",
+          doc: "Host patterns (same forms as network.allow, and each within it) the user may approve with network.ask" }
+    HTTP { path: "server.http", kind: Kind::OptAddr, default: "null",
+          doc: "Serve MCP over streamable HTTP at this address (path /mcp) instead of stdio, e.g. 127.0.0.1:8002; same as `serve --http ADDR`" }
+    TOKENS_FILE { path: "server.tokens_file", kind: Kind::OptStr, default: "null",
+          doc: "File of HTTP clients, one `NAME TOKEN` per line (`#` comments); every request then needs `Authorization: Bearer TOKEN`. Required off loopback" }
+    METRICS_PUBLIC { path: "server.metrics_public", kind: Kind::Bool, default: "false",
+          doc: "Serve GET /metrics (Prometheus text) without a bearer token, for a scraper on a trusted network; otherwise it needs a token like /mcp" }
+    LEGACY_SSE { path: "server.legacy_sse", kind: Kind::Bool, default: "true",
+          doc: "With server.http, also serve MCP's older HTTP+SSE transport (protocol 2024-11-05: GET /sse, then POST /messages?sessionId=...) for clients that speak only that; the same tokens, ownership and limits as /mcp" }
+    DRAIN_TIMEOUT { path: "server.drain_timeout", kind: Kind::Duration, default: "30s",
+          doc: "On SIGTERM or SIGINT, how long running executions and installs may go on finishing before they are interrupted (a second signal interrupts them at once); 0 interrupts at once" }
+    MAX_MESSAGE { path: "server.max_message", kind: Kind::Bytes { min: MIB, max: 1024 * MIB }, default: "32m",
+          doc: "The largest JSON-RPC message a client may send, over stdio (one line) or HTTP (one request body); a larger one is answered with an error naming this limit. The default fits a 16 MB file sent as base64" }
+    TASK_AFTER { path: "server.task_after", kind: Kind::Duration, default: "5s",
+          doc: "For clients that declare the MCP tasks extension: an execution or install not finished within this becomes a task (the call answers with a task id; poll tasks/get)" }
+    TASK_TTL { path: "server.task_ttl", kind: Kind::Duration, default: "10m",
+          doc: "How long a finished task's result is kept for tasks/get before it is freed (tasks do not survive a restart)" }
+    ALLOWED_MODULES { path: "allowed_modules", kind: Kind::List, default: "[]",
+          doc: "If not empty, user code may import only these top-level modules (a policy, not a security boundary: the container is)" }
+    BLOCKED_MODULES { path: "blocked_modules", kind: Kind::List, default: "[]",
+          doc: "Top-level modules user code may not import (a policy, not a security boundary: the container is)" }
+    PROFILES { path: "profiles", kind: Kind::Profiles, default: "{}",
+          doc: "Named sandbox profiles a call picks with `profile`, each a partial set of settings over the docker.* ones (the profile `default`): image, memory_limit, cpu_limit, pids_limit, tmpfs_size, shm_size, pool_size (a named profile keeps none warm unless set; its pool is made on first use), warm_imports, timeout. Example: {browser: {image: python-docker-mcp:browser, memory_limit: 1g, shm_size: 256m, pids_limit: 512, pool_size: 1}} (in the environment as YAML or JSON text)" }
+}
 
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -508,14 +523,74 @@ impl Layers {
     }
 }
 
+/// The `docker.*` keys a profile may set (`profiles.NAME.image` overrides `docker.image`,
+/// and takes its kind and range).
+const PROFILE_KEYS: &[Key] = &[
+    IMAGE,
+    MEMORY_LIMIT,
+    CPU_LIMIT,
+    PIDS_LIMIT,
+    TMPFS_SIZE,
+    SHM_SIZE,
+    POOL_SIZE,
+    WARM_IMPORTS,
+    TIMEOUT,
+];
+
+/// A profile key's name: its `docker.*` key's, without the section.
+fn profile_key(key: &Key) -> &'static str {
+    key.path.strip_prefix("docker.").unwrap_or(key.path)
+}
+
+/// `image, memory_limit, ...`: what a profile may set.
+fn profile_key_names() -> String {
+    PROFILE_KEYS
+        .iter()
+        .map(profile_key)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Each key's value in YAML notation and where it came from, by path.
+type Chosen = BTreeMap<&'static str, (serde_norway::Value, Source)>;
+
 /// Merge the layers and validate every value.
 pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
-    let mut chosen: BTreeMap<&'static str, (serde_norway::Value, Source)> = BTreeMap::new();
+    let chosen = merge(layers)?;
+    let mut p = Parsed {
+        chosen: &chosen,
+        provenance: BTreeMap::new(),
+        profile: None,
+    };
+    let mut config = Config {
+        runtime: RuntimeConfig::parse(&mut p)?,
+        kubernetes: KubernetesConfig::parse(&mut p)?,
+        docker: DockerConfig::parse(&mut p)?,
+        session: SessionConfig::parse(&mut p)?,
+        package: PackageConfig::parse(&mut p)?,
+        network: NetworkConfig::parse(&mut p, &layers.env)?,
+        server: ServerConfig::parse(&mut p)?,
+        allowed_modules: p.list(&ALLOWED_MODULES)?,
+        blocked_modules: p.list(&BLOCKED_MODULES)?,
+        profiles: p.profiles(&PROFILES)?,
+        profile: crate::profile::DEFAULT.into(),
+        provenance: BTreeMap::new(),
+    };
+    check_names(&config, &p)?;
+    check_egress(&config.network, &p)?;
+    check_kubernetes_names(&config.kubernetes, &p)?;
+    check_durations(&config, &p)?;
+    config.provenance = p.provenance;
+    Ok(config)
+}
+
+/// The defaults, then the file, the environment and the flags over them.
+fn merge(layers: &Layers) -> Result<Chosen, ConfigError> {
+    let mut chosen = Chosen::new();
     for key in KEYS {
         let v = serde_norway::from_str(key.default).expect("defaults are valid YAML");
         chosen.insert(key.path, (v, Source::Default));
     }
-
     if let Some((path, text)) = &layers.file {
         let source = Source::File(path.clone());
         let doc: serde_norway::Value =
@@ -530,7 +605,6 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
             chosen.insert(key.path, (v, source.clone()));
         }
     }
-
     let mut env: Vec<_> = layers
         .env
         .iter()
@@ -553,202 +627,242 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
             })?;
         chosen.insert(key.path, (env_value(key.kind, value), source));
     }
-
     for (k, value, flag) in &layers.flags {
         let source = Source::Flag(flag.clone());
         let key = find_key(k).ok_or_else(|| unknown(k, &source))?;
         chosen.insert(key.path, (env_value(key.kind, value), source));
     }
+    Ok(chosen)
+}
 
-    let mut p = Parsed {
-        chosen: &chosen,
-        provenance: BTreeMap::new(),
-        profile: None,
-    };
-    let runtime = RuntimeConfig {
-        backend: match p.string("runtime.backend")?.as_str() {
+impl RuntimeConfig {
+    fn parse(p: &mut Parsed) -> Result<RuntimeConfig, ConfigError> {
+        let backend = match p.string(&BACKEND)?.as_str() {
             "docker" => BackendKind::Docker,
             "kubernetes" => BackendKind::Kubernetes,
-            _ => return Err(p.invalid("runtime.backend", "docker or kubernetes")),
-        },
-    };
-    let kubernetes = KubernetesConfig {
-        namespace: p.opt_string("kubernetes.namespace")?,
-        runtime_class: p.opt_string("kubernetes.runtime_class")?,
-        ephemeral_storage: p.bytes("kubernetes.ephemeral_storage")?,
-        volume_size: p.bytes("kubernetes.volume_size")?,
-        storage_class: p.opt_string("kubernetes.storage_class")?,
-        volume_access: p.string("kubernetes.volume_access")?,
-    };
-    let docker = DockerConfig {
-        image: p.string("docker.image")?,
-        working_dir: p.string("docker.working_dir")?,
-        memory_limit: p.bytes("docker.memory_limit")?,
-        cpu_limit: p.float("docker.cpu_limit")?,
-        pids_limit: p.int("docker.pids_limit")?,
-        timeout: p.duration("docker.timeout")?,
-        max_timeout: p.duration("docker.max_timeout")?,
-        network_disabled: p.bool("docker.network_disabled")?,
-        read_only: p.bool("docker.read_only")?,
-        tmpfs_size: p.bytes("docker.tmpfs_size")?,
-        shm_size: p.opt_bytes("docker.shm_size")?,
-        user: p.user("docker.user")?,
-        runtime: p.opt_string("docker.runtime")?,
-        output_limit: p.bytes("docker.output_limit")?,
-        file_limit: p.bytes("docker.file_limit")?,
-        pool_enabled: p.bool("docker.pool_enabled")?,
-        pool_size: p.int("docker.pool_size")?,
-        pool_max_age: p.duration("docker.pool_max_age")?,
-        max_concurrent_creations: p.int("docker.max_concurrent_creations")?,
-        pool_wait_timeout: p.duration("docker.pool_wait_timeout")?,
-        warm_imports: p.list("docker.warm_imports")?,
-    };
-    let session = SessionConfig {
-        idle_timeout: p.duration("session.idle_timeout")?,
-        max_sessions: p.int("session.max_sessions")?,
-        max_sessions_per_client: p.opt_int("session.max_sessions_per_client")?,
-        durable: p.bool("session.durable")?,
-        scope: p.string("session.scope")?,
-        max_lifetime: p.duration("session.max_lifetime")?,
-    };
-    let package = PackageConfig {
-        installer: p.string("package.installer")?,
-        index_url: p.opt_string("package.index_url")?,
-        extra_index_urls: p.list("package.extra_index_url")?,
-        trusted_hosts: p.list("package.trusted_hosts")?,
-        timeout: p.duration("package.timeout")?,
-        only_binary: p.bool("package.only_binary")?,
-    };
-    let network = NetworkConfig {
-        egress_network: p.opt_string("network.egress_network")?,
-        allow: p.list("network.allow")?,
-        allow_private: p.list("network.allow_private")?,
-        idle_timeout: p.duration("network.idle_timeout")?,
-        ask: p.bool("network.ask")?,
-        askable: p.list("network.askable")?,
-        egress_dir: PathBuf::from(layers.env.get("HOME").map_or("/tmp", String::as_str))
-            .join(".python-docker-mcp")
-            .join("egress"),
-    };
-    let server = ServerConfig {
-        http: p.opt_addr("server.http")?,
-        tokens_file: p.opt_string("server.tokens_file")?.map(PathBuf::from),
-        metrics_public: p.bool("server.metrics_public")?,
-        legacy_sse: p.bool("server.legacy_sse")?,
-        drain_timeout: p.duration("server.drain_timeout")?,
-        max_message: p.bytes("server.max_message")?,
-        task_after: p.duration("server.task_after")?,
-        task_ttl: p.duration("server.task_ttl")?,
-    };
-    let allowed_modules = p.list("allowed_modules")?;
-    let blocked_modules = p.list("blocked_modules")?;
-    let profiles = p.profiles("profiles")?;
-
-    if !docker.working_dir.starts_with('/') {
-        return Err(p.invalid("docker.working_dir", "an absolute path such as /app"));
+            _ => return Err(p.invalid(&BACKEND, "docker or kubernetes")),
+        };
+        Ok(RuntimeConfig { backend })
     }
-    if let Some(runtime) = &docker.runtime {
-        let name_char = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+}
+
+impl KubernetesConfig {
+    fn parse(p: &mut Parsed) -> Result<KubernetesConfig, ConfigError> {
+        Ok(KubernetesConfig {
+            namespace: p.opt_string(&K8S_NAMESPACE)?,
+            runtime_class: p.opt_string(&K8S_RUNTIME_CLASS)?,
+            ephemeral_storage: p.bytes(&K8S_EPHEMERAL_STORAGE)?,
+            volume_size: p.bytes(&K8S_VOLUME_SIZE)?,
+            storage_class: p.opt_string(&K8S_STORAGE_CLASS)?,
+            volume_access: p.string(&K8S_VOLUME_ACCESS)?,
+        })
+    }
+}
+
+impl DockerConfig {
+    fn parse(p: &mut Parsed) -> Result<DockerConfig, ConfigError> {
+        Ok(DockerConfig {
+            image: p.string(&IMAGE)?,
+            working_dir: p.string(&WORKING_DIR)?,
+            memory_limit: p.bytes(&MEMORY_LIMIT)?,
+            cpu_limit: p.float(&CPU_LIMIT)?,
+            pids_limit: p.int(&PIDS_LIMIT)?,
+            timeout: p.duration(&TIMEOUT)?,
+            max_timeout: p.duration(&MAX_TIMEOUT)?,
+            network_disabled: p.bool(&NETWORK_DISABLED)?,
+            read_only: p.bool(&READ_ONLY)?,
+            tmpfs_size: p.bytes(&TMPFS_SIZE)?,
+            shm_size: p.opt_bytes(&SHM_SIZE)?,
+            user: p.user(&USER)?,
+            runtime: p.opt_string(&RUNTIME)?,
+            output_limit: p.bytes(&OUTPUT_LIMIT)?,
+            file_limit: p.bytes(&FILE_LIMIT)?,
+            pool_enabled: p.bool(&POOL_ENABLED)?,
+            pool_size: p.int(&POOL_SIZE)?,
+            pool_max_age: p.duration(&POOL_MAX_AGE)?,
+            max_concurrent_creations: p.int(&MAX_CONCURRENT_CREATIONS)?,
+            pool_wait_timeout: p.duration(&POOL_WAIT_TIMEOUT)?,
+            warm_imports: p.list(&WARM_IMPORTS)?,
+        })
+    }
+}
+
+impl SessionConfig {
+    fn parse(p: &mut Parsed) -> Result<SessionConfig, ConfigError> {
+        Ok(SessionConfig {
+            idle_timeout: p.duration(&SESSION_IDLE_TIMEOUT)?,
+            max_sessions: p.int(&MAX_SESSIONS)?,
+            max_sessions_per_client: p.opt_int(&MAX_SESSIONS_PER_CLIENT)?,
+            durable: p.bool(&SESSION_DURABLE)?,
+            scope: p.string(&SESSION_SCOPE)?,
+            max_lifetime: p.duration(&SESSION_MAX_LIFETIME)?,
+        })
+    }
+}
+
+impl PackageConfig {
+    fn parse(p: &mut Parsed) -> Result<PackageConfig, ConfigError> {
+        Ok(PackageConfig {
+            installer: p.string(&INSTALLER)?,
+            index_url: p.opt_string(&INDEX_URL)?,
+            extra_index_urls: p.list(&EXTRA_INDEX_URL)?,
+            trusted_hosts: p.list(&TRUSTED_HOSTS)?,
+            timeout: p.duration(&INSTALL_TIMEOUT)?,
+            only_binary: p.bool(&ONLY_BINARY)?,
+        })
+    }
+}
+
+impl NetworkConfig {
+    /// `env` gives `HOME`, under which the egress proxy's socket directory lives.
+    fn parse(p: &mut Parsed, env: &HashMap<String, String>) -> Result<NetworkConfig, ConfigError> {
+        Ok(NetworkConfig {
+            egress_network: p.opt_string(&EGRESS_NETWORK)?,
+            allow: p.list(&NETWORK_ALLOW)?,
+            allow_private: p.list(&NETWORK_ALLOW_PRIVATE)?,
+            idle_timeout: p.duration(&NETWORK_IDLE_TIMEOUT)?,
+            ask: p.bool(&NETWORK_ASK)?,
+            askable: p.list(&NETWORK_ASKABLE)?,
+            egress_dir: PathBuf::from(env.get("HOME").map_or("/tmp", String::as_str))
+                .join(".python-docker-mcp")
+                .join("egress"),
+        })
+    }
+}
+
+impl ServerConfig {
+    fn parse(p: &mut Parsed) -> Result<ServerConfig, ConfigError> {
+        Ok(ServerConfig {
+            http: p.opt_addr(&HTTP)?,
+            tokens_file: p.opt_string(&TOKENS_FILE)?.map(PathBuf::from),
+            metrics_public: p.bool(&METRICS_PUBLIC)?,
+            legacy_sse: p.bool(&LEGACY_SSE)?,
+            drain_timeout: p.duration(&DRAIN_TIMEOUT)?,
+            max_message: p.bytes(&MAX_MESSAGE)?,
+            task_after: p.duration(&TASK_AFTER)?,
+            task_ttl: p.duration(&TASK_TTL)?,
+        })
+    }
+}
+
+/// Names the engine or the API server would refuse, refused here with the key named.
+fn check_names(c: &Config, p: &Parsed) -> Result<(), ConfigError> {
+    if !c.docker.working_dir.starts_with('/') {
+        return Err(p.invalid(&WORKING_DIR, "an absolute path such as /app"));
+    }
+    let name_char = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    if let Some(runtime) = &c.docker.runtime {
         if runtime.is_empty() || !runtime.chars().all(name_char) {
             return Err(p.invalid(
-                "docker.runtime",
+                &RUNTIME,
                 "the name of an OCI runtime registered with the engine, such as runsc \
                  (letters, digits, `.`, `_`, `-`), or null for the engine's default",
             ));
         }
     }
-    if let Some(name) = &network.egress_network {
-        let name_char = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    if let Some(name) = &c.network.egress_network {
         let engine_mode = ["host", "none"].contains(&name.as_str());
         if !name.starts_with(|c: char| c.is_ascii_alphanumeric())
             || !name.chars().all(name_char)
             || engine_mode
         {
             return Err(p.invalid(
-                "network.egress_network",
+                &EGRESS_NETWORK,
                 "the name of a network on the engine, such as one `docker network create` \
                  made (letters, digits, `.`, `_`, `-`; not host or none), or null for the \
                  engine's default bridge",
             ));
         }
     }
-    // Egress: every pattern and CIDR parses, and what users may approve is within the
-    // ceiling; the error names the key (and the pattern).
-    {
-        use crate::egress::policy::{Cidr, List};
-        const PATTERNS: &str = "host patterns: example.com, *.example.com (subdomains only), \
-             an IP address or a CIDR, each optionally with :port";
-        let ceiling = List::parse(&network.allow)
-            .map_err(|e| p.invalid("network.allow", &format!("{PATTERNS} ({e})")))?;
-        let askable = List::parse(&network.askable)
-            .map_err(|e| p.invalid("network.askable", &format!("{PATTERNS} ({e})")))?;
-        List::admit(&ceiling, askable).map_err(|e| {
+    Ok(())
+}
+
+/// Egress: every pattern and CIDR parses, and what users may approve is within the
+/// ceiling; the error names the key (and the pattern).
+fn check_egress(network: &NetworkConfig, p: &Parsed) -> Result<(), ConfigError> {
+    use crate::egress::policy::{Cidr, List};
+    const PATTERNS: &str = "host patterns: example.com, *.example.com (subdomains only), \
+         an IP address or a CIDR, each optionally with :port";
+    let ceiling = List::parse(&network.allow)
+        .map_err(|e| p.invalid(&NETWORK_ALLOW, &format!("{PATTERNS} ({e})")))?;
+    let askable = List::parse(&network.askable)
+        .map_err(|e| p.invalid(&NETWORK_ASKABLE, &format!("{PATTERNS} ({e})")))?;
+    List::admit(&ceiling, askable).map_err(|e| {
+        p.invalid(
+            &NETWORK_ASKABLE,
+            &format!("patterns within network.allow ({e})"),
+        )
+    })?;
+    for cidr in &network.allow_private {
+        Cidr::parse(cidr).map_err(|e| {
             p.invalid(
-                "network.askable",
-                &format!("patterns within network.allow ({e})"),
+                &NETWORK_ALLOW_PRIVATE,
+                &format!("CIDRs such as 172.18.0.0/16 or fd00::/8 ({e})"),
             )
         })?;
-        for cidr in &network.allow_private {
-            Cidr::parse(cidr).map_err(|e| {
-                p.invalid(
-                    "network.allow_private",
-                    &format!("CIDRs such as 172.18.0.0/16 or fd00::/8 ({e})"),
-                )
-            })?;
-        }
     }
-    // Names the API server would refuse, refused here with the key named instead.
-    for (path, value, what) in [
+    Ok(())
+}
+
+/// Names the API server would refuse, refused here with the key named instead.
+fn check_kubernetes_names(k: &KubernetesConfig, p: &Parsed) -> Result<(), ConfigError> {
+    for (key, value, what) in [
         (
-            "kubernetes.namespace",
-            &kubernetes.namespace,
+            &K8S_NAMESPACE,
+            &k.namespace,
             "a namespace name: lowercase letters, digits and `-`, at most 63, starting and \
              ending with a letter or digit (or null for the context's namespace)",
         ),
         (
-            "kubernetes.runtime_class",
-            &kubernetes.runtime_class,
+            &K8S_RUNTIME_CLASS,
+            &k.runtime_class,
             "the name of a RuntimeClass in the cluster: lowercase letters, digits, `-` and \
              `.` (or null for the cluster's default)",
         ),
         (
-            "kubernetes.storage_class",
-            &kubernetes.storage_class,
+            &K8S_STORAGE_CLASS,
+            &k.storage_class,
             "the name of a StorageClass in the cluster: lowercase letters, digits, `-` and \
              `.` (or null for the cluster's default)",
         ),
     ] {
-        let label_only = path == "kubernetes.namespace";
+        let label_only = key.path == K8S_NAMESPACE.path;
         if let Some(name) = value {
             if !is_dns_name(name, label_only) {
-                return Err(p.invalid(path, what));
+                return Err(p.invalid(key, what));
             }
         }
     }
+    Ok(())
+}
+
+/// Time-outs that must be positive, and the ones bounded by `docker.max_timeout`.
+fn check_durations(c: &Config, p: &Parsed) -> Result<(), ConfigError> {
+    let docker = &c.docker;
     if docker.timeout.is_zero() {
-        return Err(p.invalid("docker.timeout", "a duration greater than zero"));
+        return Err(p.invalid(&TIMEOUT, "a duration greater than zero"));
     }
     if docker.max_timeout < docker.timeout {
         return Err(p.invalid(
-            "docker.max_timeout",
+            &MAX_TIMEOUT,
             &format!(
                 "a duration at least docker.timeout ({})",
                 humantime::format_duration(docker.timeout)
             ),
         ));
     }
-    if server.task_ttl.is_zero() {
-        return Err(p.invalid("server.task_ttl", "a duration greater than zero"));
+    if c.server.task_ttl.is_zero() {
+        return Err(p.invalid(&TASK_TTL, "a duration greater than zero"));
     }
-    if package.timeout.is_zero() {
-        return Err(p.invalid("package.timeout", "a duration greater than zero"));
+    if c.package.timeout.is_zero() {
+        return Err(p.invalid(&INSTALL_TIMEOUT, "a duration greater than zero"));
     }
-    for (name, profile) in &profiles {
+    for (name, profile) in &c.profiles {
         if let Some(timeout) = profile.timeout {
             if timeout.is_zero() || timeout > docker.max_timeout {
                 return Err(ConfigError::Invalid {
                     key: format!("profiles.{name}.timeout"),
-                    origin: chosen["profiles"].1.clone(),
+                    origin: p.chosen[PROFILES.path].1.clone(),
                     value: humantime::format_duration(timeout).to_string(),
                     expected: format!(
                         "a duration greater than zero and at most docker.max_timeout ({})",
@@ -758,21 +872,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
             }
         }
     }
-
-    Ok(Config {
-        runtime,
-        kubernetes,
-        docker,
-        session,
-        package,
-        network,
-        server,
-        allowed_modules,
-        blocked_modules,
-        profiles,
-        profile: crate::profile::DEFAULT.into(),
-        provenance: p.provenance,
-    })
+    Ok(())
 }
 
 /// The numeric user and group a sandbox runs as (`docker.user`). Numbers, not names: every
@@ -963,16 +1063,16 @@ struct Parsed<'a> {
 }
 
 impl Parsed<'_> {
-    fn get(&mut self, path: &'static str) -> (&serde_norway::Value, Kind) {
-        let key = find_key(path).expect("known key");
-        let (v, source) = &self.chosen[path];
+    fn get(&mut self, key: &'static Key) -> (&serde_norway::Value, Kind) {
+        let (v, source) = &self.chosen[key.path];
         self.provenance
             .insert(key.path, (yaml_text(v), source.clone()));
         (v, key.kind)
     }
 
-    fn invalid(&self, path: &str, expected: &str) -> ConfigError {
-        let (v, source) = &self.chosen[path];
+    fn invalid(&self, key: &Key, expected: &str) -> ConfigError {
+        let (v, source) = &self.chosen[key.path];
+        let path = key.path;
         let key = match &self.profile {
             Some(prefix) => format!("{prefix}{}", path.strip_prefix("docker.").unwrap_or(path)),
             None => path.to_string(),
@@ -985,48 +1085,48 @@ impl Parsed<'_> {
         }
     }
 
-    fn wrong(&self, path: &str, kind: Kind) -> ConfigError {
-        self.invalid(path, &kind.expected())
+    fn wrong(&self, key: &Key, kind: Kind) -> ConfigError {
+        self.invalid(key, &kind.expected())
     }
 
     /// `docker.user`: a numeric, non-root `uid[:gid]`.
-    fn user(&mut self, path: &'static str) -> Result<UserIds, ConfigError> {
-        let text = self.string(path)?;
+    fn user(&mut self, key: &'static Key) -> Result<UserIds, ConfigError> {
+        let text = self.string(key)?;
         match UserIds::parse(&text) {
             Some(ids) if ids.uid != 0 => Ok(ids),
             _ => Err(self.invalid(
-                path,
+                key,
                 "a numeric, non-root uid[:gid] such as 1000:1000 (user names are not \
                  looked up; root is refused)",
             )),
         }
     }
 
-    fn string(&mut self, path: &'static str) -> Result<String, ConfigError> {
-        let (v, kind) = self.get(path);
+    fn string(&mut self, key: &'static Key) -> Result<String, ConfigError> {
+        let (v, kind) = self.get(key);
         let s = match (v, kind) {
             (serde_norway::Value::String(s), Kind::Choice(c)) if c.contains(&s.as_str()) => {
                 s.clone()
             }
             (serde_norway::Value::String(s), Kind::Str) if !s.is_empty() => s.clone(),
             (serde_norway::Value::Number(n), Kind::Str) => n.to_string(),
-            _ => return Err(self.wrong(path, kind)),
+            _ => return Err(self.wrong(key, kind)),
         };
         Ok(s)
     }
 
-    fn opt_string(&mut self, path: &'static str) -> Result<Option<String>, ConfigError> {
-        let (v, kind) = self.get(path);
+    fn opt_string(&mut self, key: &'static Key) -> Result<Option<String>, ConfigError> {
+        let (v, kind) = self.get(key);
         match v {
             serde_norway::Value::Null => Ok(None),
             serde_norway::Value::String(s) if s.is_empty() => Ok(None),
             serde_norway::Value::String(s) => Ok(Some(s.clone())),
-            _ => Err(self.wrong(path, kind)),
+            _ => Err(self.wrong(key, kind)),
         }
     }
 
-    fn bool(&mut self, path: &'static str) -> Result<bool, ConfigError> {
-        let (v, kind) = self.get(path);
+    fn bool(&mut self, key: &'static Key) -> Result<bool, ConfigError> {
+        let (v, kind) = self.get(key);
         match v {
             serde_norway::Value::Bool(b) => Ok(*b),
             serde_norway::Value::Number(n) if n.as_u64() == Some(1) => Ok(true),
@@ -1034,78 +1134,75 @@ impl Parsed<'_> {
             serde_norway::Value::String(s) => match s.to_ascii_lowercase().as_str() {
                 "true" | "yes" | "on" | "1" => Ok(true),
                 "false" | "no" | "off" | "0" => Ok(false),
-                _ => Err(self.wrong(path, kind)),
+                _ => Err(self.wrong(key, kind)),
             },
-            _ => Err(self.wrong(path, kind)),
+            _ => Err(self.wrong(key, kind)),
         }
     }
 
-    fn int(&mut self, path: &'static str) -> Result<u64, ConfigError> {
-        let (v, kind) = self.get(path);
+    fn int(&mut self, key: &'static Key) -> Result<u64, ConfigError> {
+        let (v, kind) = self.get(key);
         let Kind::Int { min, max } = kind else {
-            unreachable!("{path} is not an int")
+            unreachable!("{} is not an int", key.path)
         };
         match v.as_u64() {
             Some(n) if (min..=max).contains(&n) => Ok(n),
-            _ => Err(self.wrong(path, kind)),
+            _ => Err(self.wrong(key, kind)),
         }
     }
 
-    fn opt_int(&mut self, path: &'static str) -> Result<Option<u64>, ConfigError> {
-        let (v, kind) = self.get(path);
+    fn opt_int(&mut self, key: &'static Key) -> Result<Option<u64>, ConfigError> {
+        let (v, kind) = self.get(key);
         let Kind::OptInt { min, max } = kind else {
-            unreachable!("{path} is not an optional int")
+            unreachable!("{} is not an optional int", key.path)
         };
         match v {
             serde_norway::Value::Null => Ok(None),
             v => match v.as_u64() {
                 Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
-                _ => Err(self.wrong(path, kind)),
+                _ => Err(self.wrong(key, kind)),
             },
         }
     }
 
-    fn opt_addr(
-        &mut self,
-        path: &'static str,
-    ) -> Result<Option<std::net::SocketAddr>, ConfigError> {
-        let (v, kind) = self.get(path);
+    fn opt_addr(&mut self, key: &'static Key) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let (v, kind) = self.get(key);
         match v {
             serde_norway::Value::Null => Ok(None),
             serde_norway::Value::String(s) if s.is_empty() => Ok(None),
             serde_norway::Value::String(s) => match s.parse() {
                 Ok(addr) => Ok(Some(addr)),
-                Err(_) => Err(self.wrong(path, kind)),
+                Err(_) => Err(self.wrong(key, kind)),
             },
-            _ => Err(self.wrong(path, kind)),
+            _ => Err(self.wrong(key, kind)),
         }
     }
 
-    fn float(&mut self, path: &'static str) -> Result<f64, ConfigError> {
-        let (v, kind) = self.get(path);
+    fn float(&mut self, key: &'static Key) -> Result<f64, ConfigError> {
+        let (v, kind) = self.get(key);
         let Kind::Float { min, max } = kind else {
-            unreachable!("{path} is not a float")
+            unreachable!("{} is not a float", key.path)
         };
         match v.as_f64() {
             Some(n) if n >= min && n <= max => Ok(n),
-            _ => Err(self.wrong(path, kind)),
+            _ => Err(self.wrong(key, kind)),
         }
     }
 
-    fn duration(&mut self, path: &'static str) -> Result<Duration, ConfigError> {
-        let (v, kind) = self.get(path);
+    fn duration(&mut self, key: &'static Key) -> Result<Duration, ConfigError> {
+        let (v, kind) = self.get(key);
         let d = match v {
             serde_norway::Value::Number(n) => n.as_u64().map(Duration::from_secs),
             serde_norway::Value::String(s) => parse_duration(s),
             _ => None,
         };
-        d.ok_or_else(|| self.wrong(path, kind))
+        d.ok_or_else(|| self.wrong(key, kind))
     }
 
-    fn bytes(&mut self, path: &'static str) -> Result<u64, ConfigError> {
-        let (v, kind) = self.get(path);
+    fn bytes(&mut self, key: &'static Key) -> Result<u64, ConfigError> {
+        let (v, kind) = self.get(key);
         let Kind::Bytes { min, max } = kind else {
-            unreachable!("{path} is not a size")
+            unreachable!("{} is not a size", key.path)
         };
         let n = match v {
             serde_norway::Value::Number(n) => n.as_u64(),
@@ -1114,14 +1211,14 @@ impl Parsed<'_> {
         };
         match n {
             Some(n) if n >= min && n <= max => Ok(n),
-            _ => Err(self.wrong(path, kind)),
+            _ => Err(self.wrong(key, kind)),
         }
     }
 
-    fn opt_bytes(&mut self, path: &'static str) -> Result<Option<u64>, ConfigError> {
-        let (v, kind) = self.get(path);
+    fn opt_bytes(&mut self, key: &'static Key) -> Result<Option<u64>, ConfigError> {
+        let (v, kind) = self.get(key);
         let Kind::OptBytes { min } = kind else {
-            unreachable!("{path} is not an optional size")
+            unreachable!("{} is not an optional size", key.path)
         };
         let n = match v {
             serde_norway::Value::Null => return Ok(None),
@@ -1134,20 +1231,20 @@ impl Parsed<'_> {
         };
         match n {
             Some(n) if n >= min => Ok(Some(n)),
-            _ => Err(self.wrong(path, kind)),
+            _ => Err(self.wrong(key, kind)),
         }
     }
 
     /// `profiles`: each name checked, each profile's keys known and each value of the
     /// kind of the `docker.*` key it overrides; errors name `profiles.NAME.KEY`.
-    fn profiles(&mut self, path: &'static str) -> Result<crate::profile::Table, ConfigError> {
+    fn profiles(&mut self, key: &'static Key) -> Result<crate::profile::Table, ConfigError> {
         use crate::profile::{self, Profile};
-        let (v, kind) = self.get(path);
-        let (v, source) = (v.clone(), self.chosen[path].1.clone());
+        let (v, kind) = self.get(key);
+        let (v, source) = (v.clone(), self.chosen[key.path].1.clone());
         let map = match v {
             serde_norway::Value::Null => return Ok(Default::default()),
             serde_norway::Value::Mapping(m) => m,
-            _ => return Err(self.wrong(path, kind)),
+            _ => return Err(self.wrong(key, kind)),
         };
         let mut table = profile::Table::new();
         for (name, body) in map {
@@ -1155,7 +1252,7 @@ impl Parsed<'_> {
                 Some(n) if profile::valid_name(n) && n != profile::DEFAULT => n.to_string(),
                 _ => {
                     return Err(ConfigError::Invalid {
-                        key: path.into(),
+                        key: key.path.into(),
                         origin: source,
                         value: yaml_text(&name),
                         expected: "profile names of letters, digits, `-` and `_` (at most 40; \
@@ -1164,95 +1261,83 @@ impl Parsed<'_> {
                     })
                 }
             };
-            let prefix = format!("profiles.{name}.");
-            let body = match body {
-                serde_norway::Value::Null => Default::default(),
-                serde_norway::Value::Mapping(m) => m,
-                other => {
-                    return Err(ConfigError::Invalid {
-                        key: format!("profiles.{name}"),
-                        origin: source,
-                        value: yaml_text(&other),
-                        expected: format!(
-                            "a mapping of settings ({})",
-                            profile::KEYS
-                                .iter()
-                                .map(|(k, _)| *k)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    })
-                }
-            };
-            let mut set: BTreeMap<&'static str, (serde_norway::Value, Source)> = BTreeMap::new();
-            for (k, v) in body {
-                let k = k.as_str().unwrap_or_default().to_string();
-                let Some((_, docker)) = profile::KEYS.iter().find(|(key, _)| *key == k) else {
-                    return Err(ConfigError::UnknownKey {
-                        key: format!("{prefix}{k}"),
-                        origin: source,
-                        hint: hint(&k, profile::KEYS.iter().map(|(key, _)| *key), &prefix).replace(
-                            "`python-docker-mcp config --example` lists every setting",
-                            &format!(
-                                "a profile may set {}",
-                                profile::KEYS
-                                    .iter()
-                                    .map(|(key, _)| *key)
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
-                        ),
-                    });
-                };
-                set.insert(docker, (v, source.clone()));
-            }
-            let mut q = Parsed {
-                chosen: &set,
-                provenance: BTreeMap::new(),
-                profile: Some(prefix),
-            };
-            let has = |key: &str| set.contains_key(key);
-            let profile = Profile {
-                image: has("docker.image")
-                    .then(|| q.string("docker.image"))
-                    .transpose()?,
-                memory_limit: has("docker.memory_limit")
-                    .then(|| q.bytes("docker.memory_limit"))
-                    .transpose()?,
-                cpu_limit: has("docker.cpu_limit")
-                    .then(|| q.float("docker.cpu_limit"))
-                    .transpose()?,
-                pids_limit: has("docker.pids_limit")
-                    .then(|| q.int("docker.pids_limit"))
-                    .transpose()?,
-                tmpfs_size: has("docker.tmpfs_size")
-                    .then(|| q.bytes("docker.tmpfs_size"))
-                    .transpose()?,
-                shm_size: has("docker.shm_size")
-                    .then(|| q.opt_bytes("docker.shm_size"))
-                    .transpose()?
-                    .flatten(),
-                pool_size: has("docker.pool_size")
-                    .then(|| q.int("docker.pool_size"))
-                    .transpose()?,
-                warm_imports: has("docker.warm_imports")
-                    .then(|| q.list("docker.warm_imports"))
-                    .transpose()?,
-                timeout: has("docker.timeout")
-                    .then(|| q.duration("docker.timeout"))
-                    .transpose()?,
-            };
+            let profile: Profile = Parsed::profile(&name, body, &source)?;
             table.insert(name, profile);
         }
         // `config` shows the names here, and each profile's settings below the keys.
         let names = table.keys().cloned().collect::<Vec<_>>().join(", ");
         self.provenance
-            .insert(path, (format!("{{{names}}}"), source));
+            .insert(key.path, (format!("{{{names}}}"), source));
         Ok(table)
     }
 
-    fn list(&mut self, path: &'static str) -> Result<Vec<String>, ConfigError> {
-        let (v, kind) = self.get(path);
+    /// One profile's settings, each parsed as the `docker.*` key it overrides.
+    fn profile(
+        name: &str,
+        body: serde_norway::Value,
+        source: &Source,
+    ) -> Result<crate::profile::Profile, ConfigError> {
+        let prefix = format!("profiles.{name}.");
+        let body = match body {
+            serde_norway::Value::Null => Default::default(),
+            serde_norway::Value::Mapping(m) => m,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: format!("profiles.{name}"),
+                    origin: source.clone(),
+                    value: yaml_text(&other),
+                    expected: format!("a mapping of settings ({})", profile_key_names()),
+                })
+            }
+        };
+        let mut set = Chosen::new();
+        for (k, v) in body {
+            let k = k.as_str().unwrap_or_default().to_string();
+            let Some(key) = PROFILE_KEYS.iter().find(|key| profile_key(key) == k) else {
+                let hint = hint(&k, PROFILE_KEYS.iter().map(profile_key), &prefix).replace(
+                    "`python-docker-mcp config --example` lists every setting",
+                    &format!("a profile may set {}", profile_key_names()),
+                );
+                return Err(ConfigError::UnknownKey {
+                    key: format!("{prefix}{k}"),
+                    origin: source.clone(),
+                    hint,
+                });
+            };
+            set.insert(key.path, (v, source.clone()));
+        }
+        let mut q = Parsed {
+            chosen: &set,
+            provenance: BTreeMap::new(),
+            profile: Some(prefix),
+        };
+        Ok(crate::profile::Profile {
+            image: q.given(&IMAGE, Parsed::string)?,
+            memory_limit: q.given(&MEMORY_LIMIT, Parsed::bytes)?,
+            cpu_limit: q.given(&CPU_LIMIT, Parsed::float)?,
+            pids_limit: q.given(&PIDS_LIMIT, Parsed::int)?,
+            tmpfs_size: q.given(&TMPFS_SIZE, Parsed::bytes)?,
+            shm_size: q.given(&SHM_SIZE, Parsed::opt_bytes)?.flatten(),
+            pool_size: q.given(&POOL_SIZE, Parsed::int)?,
+            warm_imports: q.given(&WARM_IMPORTS, Parsed::list)?,
+            timeout: q.given(&TIMEOUT, Parsed::duration)?,
+        })
+    }
+
+    /// `parse` of a key the profile sets; `None` when it leaves the key to the default.
+    fn given<T>(
+        &mut self,
+        key: &'static Key,
+        parse: fn(&mut Self, &'static Key) -> Result<T, ConfigError>,
+    ) -> Result<Option<T>, ConfigError> {
+        if !self.chosen.contains_key(key.path) {
+            return Ok(None);
+        }
+        parse(self, key).map(Some)
+    }
+
+    fn list(&mut self, key: &'static Key) -> Result<Vec<String>, ConfigError> {
+        let (v, kind) = self.get(key);
         match v {
             serde_norway::Value::Null => Ok(Vec::new()),
             serde_norway::Value::String(one) => Ok(vec![one.clone()]),
@@ -1260,8 +1345,8 @@ impl Parsed<'_> {
                 .iter()
                 .map(|i| i.as_str().map(str::to_string))
                 .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| self.wrong(path, kind)),
-            _ => Err(self.wrong(path, kind)),
+                .ok_or_else(|| self.wrong(key, kind)),
+            _ => Err(self.wrong(key, kind)),
         }
     }
 }

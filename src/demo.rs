@@ -64,8 +64,20 @@ async fn call(
 /// configured image is missing, it is built first on `base`, as `image build` does.
 pub async fn run(config: &Config, base: &str, server_args: Vec<OsString>) -> anyhow::Result<()> {
     ensure_image(&config.docker.image, base).await?;
-    let exe = std::env::current_exe()?;
     let started = Instant::now();
+    let client = connect(server_args, started).await?;
+    tour(&client).await?;
+    client.cancel().await?;
+    println!(
+        "\ndemo finished in {:.1} s; the server removed its containers on exit",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Spawn this binary as the server, connect, and print who answered and its tools.
+async fn connect(server_args: Vec<OsString>, started: Instant) -> anyhow::Result<Client> {
+    let exe = std::env::current_exe()?;
     let transport = TokioChildProcess::new(tokio::process::Command::new(exe).configure(|cmd| {
         cmd.args(&server_args).arg("serve");
         // The server's own log goes to this terminal's stderr; keep it to warnings.
@@ -93,9 +105,14 @@ pub async fn run(config: &Config, base: &str, server_args: Vec<OsString>) -> any
             .collect::<Vec<_>>()
             .join(", ")
     );
+    Ok(client)
+}
 
-    call(&client, "execute-transient", serde_json::json!({"code": "import sys\ntotal = sum(range(n))\nprint(f'Python {sys.version.split()[0]}: sum of range({n}) = {total}')", "state": {"n": 10}})).await?;
-    let first = call(&client, "execute-persistent", serde_json::json!({"code": "import math\nradius = 2\narea = math.pi * radius ** 2\nprint(f'area = {area:.3f}')"})).await?;
+/// The calls an agent would make: a transient run with state, a session that keeps its
+/// variables, an exception, no network, an install, the session's end.
+async fn tour(client: &Client) -> anyhow::Result<()> {
+    call(client, "execute-transient", serde_json::json!({"code": "import sys\ntotal = sum(range(n))\nprint(f'Python {sys.version.split()[0]}: sum of range({n}) = {total}')", "state": {"n": 10}})).await?;
+    let first = call(client, "execute-persistent", serde_json::json!({"code": "import math\nradius = 2\narea = math.pi * radius ** 2\nprint(f'area = {area:.3f}')"})).await?;
     let session = first
         .structured_content
         .as_ref()
@@ -103,46 +120,41 @@ pub async fn run(config: &Config, base: &str, server_args: Vec<OsString>) -> any
         .and_then(|s| s.as_str())
         .ok_or_else(|| anyhow::anyhow!("execute-persistent returned no session_id"))?
         .to_string();
-    call(&client, "execute-persistent", serde_json::json!({"code": "print('still here:', radius, round(area, 3))\narea * 2", "session_id": session})).await?;
+    call(client, "execute-persistent", serde_json::json!({"code": "print('still here:', radius, round(area, 3))\narea * 2", "session_id": session})).await?;
     call(
-        &client,
+        client,
         "execute-persistent",
         serde_json::json!({"code": "1 / 0", "session_id": session}),
     )
     .await?;
     // 192.0.2.1 is TEST-NET-1 (RFC 5737): an address, so no name lookup is involved; without
     // a network the connect fails at once with "Network is unreachable".
-    call(&client, "execute-transient", serde_json::json!({"code": "import socket\nsocket.create_connection(('192.0.2.1', 443), timeout=3)"})).await?;
+    call(client, "execute-transient", serde_json::json!({"code": "import socket\nsocket.create_connection(('192.0.2.1', 443), timeout=3)"})).await?;
     let install = call(
-        &client,
+        client,
         "install-package",
         serde_json::json!({"package_name": "tomli-w", "session_id": session}),
     )
     .await?;
     if install.is_error != Some(true) {
         call(
-            &client,
+            client,
             "execute-persistent",
             serde_json::json!({"code": "import tomli_w\nprint(tomli_w.dumps({\"radius\": radius, \"area\": round(area, 3)}))", "session_id": session}),
         )
         .await?;
     }
     call(
-        &client,
+        client,
         "cleanup-session",
         serde_json::json!({"session_id": session}),
     )
     .await?;
     call(
-        &client,
+        client,
         "execute-persistent",
         serde_json::json!({"code": "radius", "session_id": session}),
     )
     .await?;
-    client.cancel().await?;
-    println!(
-        "\ndemo finished in {:.1} s; the server removed its containers on exit",
-        started.elapsed().as_secs_f64()
-    );
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! `python-docker-mcp doctor`: can this host serve? Each check prints a verdict and, when
 //! it fails, the fix.
 //!
-//! Docker must answer and the image must be there; then one sandbox starts exactly as the
-//! pool starts one (same spec, limits and volumes), and the doctor checks that its helper
+//! The engine must answer and the image must be there; then the engine starts one sandbox
+//! exactly as its pool starts one (`Engine::probe_sandbox`: same spec, limits and
+//! volumes; the doctor assembles nothing itself), and the doctor checks that its helper
 //! answers, that it has no network (unless `docker.network_disabled` is off), that it runs
 //! as non-root, and that the installer container runs pip and reaches the package index.
 //! With an HTTP address (`--http`, `server.http`) it checks that the address can be bound,
@@ -13,11 +14,10 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::install::{self, ProbeReport};
+use crate::config::{BackendKind, Config, PackageConfig};
+use crate::install::ProbeReport;
 use crate::repl::{ExecLimits, Outcome, Repl};
-use crate::runtime::{Backend, RuntimeError};
-use crate::sandbox::{self, Owner, Role};
+use crate::runtime::{Finished, RuntimeError};
 use crate::{http, Engine};
 
 /// The address a sandbox without network cannot reach (TEST-NET-1, never routed).
@@ -50,109 +50,112 @@ struct SandboxFacts {
     seconds: f64,
 }
 
+/// The verdicts so far: each printed on stdout as it comes, the failures kept for the
+/// summary.
+#[derive(Default)]
+struct Report {
+    failed: Vec<String>,
+}
+
+impl Report {
+    fn check(&mut self, name: &str, verdict: Verdict) {
+        match verdict {
+            Verdict::Ok(what) => println!("ok    {name}: {what}"),
+            Verdict::Skip(why) => println!("skip  {name}: {why}"),
+            Verdict::Fail { what, fix } => {
+                println!("FAIL  {name}: {what}");
+                println!("      fix: {fix}");
+                self.failed.push(format!("{name}: {what}"));
+            }
+        }
+    }
+}
+
 /// Run every check, printing each verdict as it comes on stdout. Returns the failed
 /// checks as `name: what failed`, for a summary on stderr; empty when all passed.
 pub async fn run(config: Config) -> Vec<String> {
-    let mut failed = Vec::new();
-    let mut report = |name: &str, verdict: Verdict| match verdict {
-        Verdict::Ok(what) => println!("ok    {name}: {what}"),
-        Verdict::Skip(why) => println!("skip  {name}: {why}"),
-        Verdict::Fail { what, fix } => {
-            println!("FAIL  {name}: {what}");
-            println!("      fix: {fix}");
-            failed.push(format!("{name}: {what}"));
-        }
-    };
+    let mut report = Report::default();
     let engine = Engine::new(config.clone());
+    let ready = engine_and_image(&engine, &mut report).await;
+    let checks = ["helper", "network", "user", "installer"];
+    if ready {
+        println!("      sandboxes: {}", engine.describe_sandbox());
+        if config.runtime.backend == BackendKind::Docker {
+            println!(
+                "      log driver of every container: {}",
+                crate::runtime::docker::LOG_DRIVER
+            );
+        }
+        for (name, verdict) in checks.iter().zip(sandbox_checks(&engine).await) {
+            report.check(name, verdict);
+        }
+    } else {
+        for name in checks {
+            report.check(
+                name,
+                Verdict::Skip("needs the engine and the image (see above)".into()),
+            );
+        }
+    }
+    report.check("http", http_check(&config).await);
+    engine.backend().close();
+
+    if report.failed.is_empty() {
+        println!("all checks passed");
+    } else {
+        println!("{} check(s) failed", report.failed.len());
+    }
+    report.failed
+}
+
+/// The engine answers (named after the backend; Docker's line is unchanged) and has the
+/// image. Whether the sandbox checks can run.
+async fn engine_and_image(engine: &Engine, report: &mut Report) -> bool {
+    let config = engine.config();
     let backend = engine.backend();
     let image = &config.docker.image;
-
-    // The first check is named after the backend; Docker's line is unchanged.
     let (engine_check, address) = match config.runtime.backend {
-        crate::config::BackendKind::Docker => ("Docker", crate::runtime::docker::host()),
-        crate::config::BackendKind::Kubernetes => (
+        BackendKind::Docker => ("Docker", crate::runtime::docker::host()),
+        BackendKind::Kubernetes => (
             "Kubernetes",
             "the cluster KUBECONFIG (or the pod's service account) names".to_string(),
         ),
     };
-    let ready = match backend.engine().await {
-        Ok(engine) => {
-            report(
-                engine_check,
-                Verdict::Ok(format!("engine {engine} answers at {address}")),
-            );
-            if let Some(runtime) = &config.docker.runtime {
-                println!("      OCI runtime of sandboxes (docker.runtime): {runtime}");
-            }
-            match backend.image_present(image).await {
-                Ok(true) => {
-                    report("image", Verdict::Ok(format!("{image} is present")));
-                    true
-                }
-                Ok(false) => {
-                    let e = RuntimeError::ImageMissing {
-                        image: image.clone(),
-                    };
-                    report(
-                        "image",
-                        Verdict::Fail {
-                            what: format!("{image} is not present on this Docker engine"),
-                            fix: fix_of(&e),
-                        },
-                    );
-                    false
-                }
-                Err(e) => {
-                    report(
-                        "image",
-                        Verdict::Fail {
-                            what: format!("could not look for {image}"),
-                            fix: e.to_string(),
-                        },
-                    );
-                    false
-                }
-            }
-        }
+    match backend.engine().await {
+        Ok(engine) => report.check(
+            engine_check,
+            Verdict::Ok(format!("engine {engine} answers at {address}")),
+        ),
         Err(e) => {
-            report(
+            report.check(
                 engine_check,
                 Verdict::Fail {
                     what: "the engine does not answer".into(),
                     fix: e.to_string(),
                 },
             );
-            false
+            return false;
         }
+    }
+    if let Some(runtime) = &config.docker.runtime {
+        println!("      OCI runtime of sandboxes (docker.runtime): {runtime}");
+    }
+    let verdict = match backend.image_present(image).await {
+        Ok(true) => Verdict::Ok(format!("{image} is present")),
+        Ok(false) => Verdict::Fail {
+            what: format!("{image} is not present on this engine"),
+            fix: fix_of(&RuntimeError::ImageMissing {
+                image: image.clone(),
+            }),
+        },
+        Err(e) => Verdict::Fail {
+            what: format!("could not look for {image}"),
+            fix: e.to_string(),
+        },
     };
-
-    let checks = ["helper", "network", "user", "installer"];
-    if ready {
-        println!("      sandboxes: {}", engine.describe_sandbox());
-        println!(
-            "      log driver of every container: {}",
-            crate::runtime::docker::LOG_DRIVER
-        );
-        for (name, verdict) in checks.iter().zip(sandbox_checks(backend, &config).await) {
-            report(name, verdict);
-        }
-    } else {
-        for name in checks {
-            report(
-                name,
-                Verdict::Skip("needs Docker and the image (see above)".into()),
-            );
-        }
-    }
-    report("http", http_check(&config).await);
-    backend.close();
-
-    if failed.is_empty() {
-        println!("all checks passed");
-    } else {
-        println!("{} check(s) failed", failed.len());
-    }
-    failed
+    let present = matches!(verdict, Verdict::Ok(_));
+    report.check("image", verdict);
+    present
 }
 
 /// The fix part of an error message: everything after the first sentence that says
@@ -165,25 +168,13 @@ fn fix_of(e: &RuntimeError) -> String {
     }
 }
 
-/// Start one sandbox as the pool does and run the four sandbox checks in it: the helper
-/// answers, no network, non-root, the installer works. Removes everything again.
-async fn sandbox_checks(backend: &Backend, config: &Config) -> [Verdict; 4] {
-    let owner = Owner::new();
-    let shared = owner.shared_volume();
-    let name = owner.name(Role::Sandbox);
-    let own = format!("{name}-packages");
-    let spec = sandbox::repl_spec(config, &owner, name, &shared, &own);
+/// Have the engine start one sandbox as its pool does and run the four sandbox checks in
+/// it: the helper answers, no network, non-root, the installer works. Removes everything
+/// the engine made for them again.
+async fn sandbox_checks(engine: &Engine) -> [Verdict; 4] {
     let skip = || Verdict::Skip("needs a sandbox that answers".to_string());
     let started = Instant::now();
-    let volumes = async {
-        backend
-            .create_volume(&shared, &owner.labels(Role::Packages, None))
-            .await?;
-        backend
-            .create_volume(&own, &owner.labels(Role::Sandbox, None))
-            .await
-    };
-    let verdicts = match volumes.await {
+    let verdicts = match engine.probe_sandbox().await {
         Err(e) => [
             Verdict::Fail {
                 what: "could not create the sandbox's volumes".into(),
@@ -193,59 +184,65 @@ async fn sandbox_checks(backend: &Backend, config: &Config) -> [Verdict; 4] {
             skip(),
             skip(),
         ],
-        Ok(()) => match Repl::start(backend, &spec).await {
-            Err(e) => [
-                Verdict::Fail {
-                    what: format!("a sandbox does not start: {e}"),
-                    fix: "check the image (`docker run --rm IMAGE python3 -c 1`) and the \
-                          limits above; the log (PYTHON_DOCKER_MCP_LOG=debug) has the engine's \
-                          answer"
-                        .into(),
-                },
-                skip(),
-                skip(),
-                skip(),
-            ],
-            Ok(mut repl) => {
-                let helper = if repl.ping(Duration::from_secs(5)).await {
-                    Verdict::Ok(format!(
-                        "a sandbox starts and answers in {} ms (Python {})",
-                        started.elapsed().as_millis(),
-                        repl.python
-                    ))
-                } else {
-                    Verdict::Fail {
-                        what: "the helper started but did not answer a ping within 5 s".into(),
-                        fix: "the host may be overloaded; run the doctor again, and raise \
-                              docker.cpu_limit if it keeps failing"
-                            .into(),
-                    }
-                };
-                let (network, user) = match facts(&mut repl).await {
-                    Ok(facts) => (network_verdict(config, &facts), user_verdict(&facts)),
-                    Err(why) => {
-                        let fail = || Verdict::Fail {
-                            what: format!("could not ask the sandbox: {why}"),
-                            fix: "allowed_modules / blocked_modules must let the check import \
-                                  os, socket and json; otherwise see the helper check"
-                                .into(),
-                        };
-                        (fail(), fail())
-                    }
-                };
-                repl.kill().await;
-                let installer = installer_check(backend, config, &owner, &shared).await;
-                [helper, network, user, installer]
-            }
-        },
+        Ok(Err(e)) => [
+            Verdict::Fail {
+                what: format!("a sandbox does not start: {e}"),
+                fix: "check that the image runs python3 (on Docker: `docker run --rm IMAGE \
+                      python3 -c 1`) and the limits above; the log \
+                      (PYTHON_DOCKER_MCP_LOG=debug) has the engine's answer"
+                    .into(),
+            },
+            skip(),
+            skip(),
+            skip(),
+        ],
+        Ok(Ok(probe)) => in_sandbox(engine, probe.repl, &probe.shared_volume, started).await,
     };
-    if let Err(e) = backend
-        .remove_instance(&owner.instance, &Default::default())
-        .await
-    {
+    if let Err(e) = engine.probe_cleanup().await {
         eprintln!("python-docker-mcp: could not remove the doctor's sandbox: {e}");
     }
     verdicts
+}
+
+/// The checks in a started sandbox, then the installer's (into its shared volume).
+async fn in_sandbox(
+    engine: &Engine,
+    mut repl: Repl,
+    shared_volume: &str,
+    started: Instant,
+) -> [Verdict; 4] {
+    let helper = if repl.ping(Duration::from_secs(5)).await {
+        Verdict::Ok(format!(
+            "a sandbox starts and answers in {} ms (Python {})",
+            started.elapsed().as_millis(),
+            repl.python
+        ))
+    } else {
+        Verdict::Fail {
+            what: "the helper started but did not answer a ping within 5 s".into(),
+            fix: "the host may be overloaded; run the doctor again, and raise \
+                  docker.cpu_limit if it keeps failing"
+                .into(),
+        }
+    };
+    let (network, user) = match facts(&mut repl).await {
+        Ok(facts) => (
+            network_verdict(engine.config(), &facts),
+            user_verdict(&facts),
+        ),
+        Err(why) => {
+            let fail = || Verdict::Fail {
+                what: format!("could not ask the sandbox: {why}"),
+                fix: "allowed_modules / blocked_modules must let the check import \
+                      os, socket and json; otherwise see the helper check"
+                    .into(),
+            };
+            (fail(), fail())
+        }
+    };
+    repl.kill().await;
+    let installer = installer_check(engine, shared_volume).await;
+    [helper, network, user, installer]
 }
 
 /// Ask the sandbox who it runs as and try a connection out, as user code.
@@ -337,53 +334,39 @@ fn user_verdict(f: &SandboxFacts) -> Verdict {
     }
 }
 
-/// Run the installer probe in an installer container, exactly where installs run.
-async fn installer_check(
-    backend: &Backend,
-    config: &Config,
-    owner: &Owner,
-    volume: &str,
-) -> Verdict {
-    if let Err(e) = backend
-        .create_volume(sandbox::CACHE_VOLUME, &Owner::cache_labels())
-        .await
-    {
-        return Verdict::Fail {
+/// Have the engine run the installer probe in an installer container, exactly where
+/// installs run.
+async fn installer_check(engine: &Engine, volume: &str) -> Verdict {
+    match engine.probe_installer(volume).await {
+        Err(e) => Verdict::Fail {
             what: "could not create the download cache volume".into(),
             fix: e.to_string(),
-        };
+        },
+        Ok(Err(e)) => Verdict::Fail {
+            what: format!("the installer container did not run: {e}"),
+            fix: "raise package.timeout (PYTHON_DOCKER_MCP_INSTALL_TIMEOUT) if the host is \
+                  slow; otherwise see the engine's answer above"
+                .into(),
+        },
+        Ok(Ok(finished)) => installer_verdict(&engine.config().package, &finished),
     }
-    let cmd = install::probe_command(&config.package);
-    let spec = sandbox::installer_spec(config, owner, None, volume, cmd);
-    let finished = match backend
-        .run_to_completion(&spec, config.package.timeout)
-        .await
-    {
-        Ok(f) => f,
-        Err(e) => {
-            return Verdict::Fail {
-                what: format!("the installer container did not run: {e}"),
-                fix: "raise package.timeout (PYTHON_DOCKER_MCP_INSTALL_TIMEOUT) if the host is \
-                      slow; otherwise see the engine's answer above"
-                    .into(),
-            }
-        }
-    };
+}
+
+/// What the probe's report (its last line of output) says: pip runs, which installer
+/// installs, and whether the index answers.
+fn installer_verdict(package: &PackageConfig, finished: &Finished) -> Verdict {
     let line = finished.stdout.lines().last().unwrap_or_default();
-    let probe: ProbeReport = match serde_json::from_str(line) {
-        Ok(p) => p,
-        Err(_) => {
-            return Verdict::Fail {
-                what: format!(
-                    "the installer container exited with {} without a report: {}",
-                    finished.exit_code,
-                    finished.stderr.trim()
-                ),
-                fix: "check that the image has python3".into(),
-            }
-        }
+    let Ok(probe) = serde_json::from_str::<ProbeReport>(line) else {
+        return Verdict::Fail {
+            what: format!(
+                "the installer container exited with {} without a report: {}",
+                finished.exit_code,
+                finished.stderr.trim()
+            ),
+            fix: "check that the image has python3".into(),
+        };
     };
-    let installer = match (&config.package.installer[..], probe.uv) {
+    let installer = match (&package.installer[..], probe.uv) {
         ("uv", true) => "uv",
         ("uv", false) => {
             "pip (the image has no uv, so installs are slower: rebuild it with \

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod files;
+mod probe;
 pub use files::{FileList, FileOpError};
 #[cfg(test)]
 mod tests_fake;

@@ -130,21 +130,7 @@ enum ImageAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo prints its own story on stdout; its log stays quiet unless asked.
-    let default_log = if matches!(cli.command, Some(Command::Demo { .. })) {
-        "warn"
-    } else {
-        "info"
-    };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PYTHON_DOCKER_MCP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
-        )
-        .init();
-
+    init_tracing(&cli);
     // The proxy container has no config file and needs none.
     if let Some(Command::EgressProxy { socket }) = &cli.command {
         return egress_proxy(socket);
@@ -174,38 +160,8 @@ fn main() -> ExitCode {
     // The demo's child server gets the same settings: the global options, re-serialised.
     let demo_args = global_args(&cli);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let result = runtime.block_on(async {
-        match cli.command.unwrap_or(Command::Serve { http: None }) {
-            Command::Serve { .. } => serve(config, http).await,
-            Command::Config { .. } => {
-                print!("{}", config.describe());
-                Ok(())
-            }
-            Command::Doctor { .. } => match doctor::run(config).await {
-                failed if failed.is_empty() => Ok(()),
-                failed => Err(anyhow::anyhow!(
-                    "{} check(s) failed (each FAIL line on stdout says how to fix it):\n{}",
-                    failed.len(),
-                    failed.join("\n")
-                )),
-            },
-            Command::Cleanup { dry_run, all } => cleanup(config, dry_run, all).await,
-            Command::Demo { base } => demo::run(&config, &base, demo_args).await,
-            Command::Image {
-                action: ImageAction::Build { base, tag, browser },
-            } => {
-                let sandbox = config.docker.image.clone();
-                match browser {
-                    false => build_image(&base, &tag.unwrap_or(sandbox)).await,
-                    true => {
-                        let tag = tag.unwrap_or_else(|| image::BROWSER_TAG.into());
-                        build_browser_image(&base, &sandbox, &tag).await
-                    }
-                }
-            }
-            Command::EgressProxy { .. } => unreachable!("handled before the config is loaded"),
-        }
-    });
+    let command = cli.command.unwrap_or(Command::Serve { http: None });
+    let result = runtime.block_on(dispatch(command, config, http, demo_args));
     // stdin is read on a blocking thread that cannot be cancelled; after a signal it may
     // still be waiting for a client that never closes it. Do not wait for it.
     runtime.shutdown_timeout(Duration::from_millis(200));
@@ -215,6 +171,63 @@ fn main() -> ExitCode {
             eprintln!("python-docker-mcp: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Tracing to stderr (stdout is the MCP channel), filtered by `PYTHON_DOCKER_MCP_LOG`.
+fn init_tracing(cli: &Cli) {
+    // The demo prints its own story on stdout; its log stays quiet unless asked.
+    let default_log = if matches!(cli.command, Some(Command::Demo { .. })) {
+        "warn"
+    } else {
+        "info"
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PYTHON_DOCKER_MCP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
+        )
+        .init();
+}
+
+/// Run one subcommand with the loaded configuration (and, for `serve`, the HTTP plan).
+async fn dispatch(
+    command: Command,
+    config: Config,
+    http: Option<http::Plan>,
+    demo_args: Vec<OsString>,
+) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { .. } => serve(config, http).await,
+        Command::Config { .. } => {
+            print!("{}", config.describe());
+            Ok(())
+        }
+        Command::Doctor { .. } => match doctor::run(config).await {
+            failed if failed.is_empty() => Ok(()),
+            failed => Err(anyhow::anyhow!(
+                "{} check(s) failed (each FAIL line on stdout says how to fix it):\n{}",
+                failed.len(),
+                failed.join("\n")
+            )),
+        },
+        Command::Cleanup { dry_run, all } => cleanup(config, dry_run, all).await,
+        Command::Demo { base } => demo::run(&config, &base, demo_args).await,
+        Command::Image {
+            action: ImageAction::Build { base, tag, browser },
+        } => {
+            let sandbox = config.docker.image.clone();
+            match browser {
+                false => build_image(&base, &tag.unwrap_or(sandbox)).await,
+                true => {
+                    let tag = tag.unwrap_or_else(|| image::BROWSER_TAG.into());
+                    build_browser_image(&base, &sandbox, &tag).await
+                }
+            }
+        }
+        Command::EgressProxy { .. } => unreachable!("handled before the config is loaded"),
     }
 }
 

@@ -18,20 +18,6 @@ use crate::pool::Pool;
 /// The name of the unnamed defaults (`docker.*`).
 pub const DEFAULT: &str = "default";
 
-/// The keys a profile may set, and the `docker.*` key each one overrides (whose kind and
-/// range it takes).
-pub const KEYS: &[(&str, &str)] = &[
-    ("image", "docker.image"),
-    ("memory_limit", "docker.memory_limit"),
-    ("cpu_limit", "docker.cpu_limit"),
-    ("pids_limit", "docker.pids_limit"),
-    ("tmpfs_size", "docker.tmpfs_size"),
-    ("shm_size", "docker.shm_size"),
-    ("pool_size", "docker.pool_size"),
-    ("warm_imports", "docker.warm_imports"),
-    ("timeout", "docker.timeout"),
-];
-
 /// A partial profile: what it sets, validated when the config is loaded. What it leaves
 /// out is the default's, except `pool_size`: a named profile keeps no sandbox warm unless
 /// it says so (its pool is made on first use), so a profile of large sandboxes costs

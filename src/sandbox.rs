@@ -10,8 +10,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::Config;
 pub use crate::config::UserIds;
+use crate::config::{Config, DockerConfig};
 
 /// Label keys on every object the daemon creates.
 pub mod labels {
@@ -324,13 +324,52 @@ pub fn repl_spec(
     own_volume: &str,
 ) -> SandboxSpec {
     let d = &config.docker;
-    // No shared volume (durable mode, before anything was installed into it): no mount.
+    // A named profile's sandboxes say so: the code can read it, and the spec (so the host
+    // pool's fingerprint) differs from every other profile's, even with the same settings.
+    let named_profile = (config.profile != crate::profile::DEFAULT).then_some(&config.profile);
+    let mut sandbox_labels = owner.labels(Role::Sandbox, None);
+    if let Some(profile) = named_profile {
+        sandbox_labels.insert(labels::PROFILE.into(), profile.clone());
+    }
+    SandboxSpec {
+        name,
+        image: d.image.clone(),
+        command: vec!["python3".into(), "-u".into(), "-c".into(), HELPER.into()],
+        env: repl_env(config, named_profile),
+        user: d.user,
+        working_dir: d.working_dir.clone(),
+        labels: sandbox_labels,
+        network: if d.network_disabled {
+            Network::None
+        } else {
+            Network::outbound(config)
+        },
+        limits: Limits {
+            memory_bytes: d.memory_limit,
+            cpus: d.cpu_limit,
+            pids: d.pids_limit,
+        },
+        security: locked_down(d.read_only),
+        scratch: repl_scratch(d),
+        volumes: repl_volumes(shared_volume, own_volume),
+        binds: egress_binds(config),
+        interactive: true,
+        detachable: config.session.durable,
+        remove_on_exit: true,
+        keep_logs: false,
+        runtime: d.runtime.clone(),
+    }
+}
+
+/// The shared package volume (none when its name is empty: durable mode, before anything
+/// was installed into it), then the sandbox's own.
+fn repl_volumes(shared_volume: &str, own_volume: &str) -> Vec<VolumeMount> {
     let shared = (!shared_volume.is_empty()).then(|| VolumeMount {
         volume: shared_volume.into(),
         target: SHARED_PACKAGES.into(),
         read_only: true,
     });
-    let volumes = shared
+    shared
         .into_iter()
         .chain([VolumeMount {
             volume: own_volume.into(),
@@ -340,9 +379,12 @@ pub fn repl_spec(
             // `docker.user` with no capability, so the code cannot write there either.
             read_only: !own_volume.is_empty(),
         }])
-        .collect();
-    // Session packages come first on the path so they win over shared ones.
-    let package_dirs = [SESSION_PACKAGES, SHARED_PACKAGES];
+        .collect()
+}
+
+/// With a read-only root, `/tmp` and the working directory as tmpfs; and `/dev/shm` when
+/// its size is set.
+fn repl_scratch(d: &DockerConfig) -> Vec<Scratch> {
     let mut scratch = if d.read_only {
         vec![
             Scratch {
@@ -370,68 +412,43 @@ pub fn repl_spec(
             owned_by_user: false,
         });
     }
-    // A named profile's sandboxes say so: the code can read it, and the spec (so the host
-    // pool's fingerprint) differs from every other profile's, even with the same settings.
-    let named_profile = (config.profile != crate::profile::DEFAULT).then_some(&config.profile);
-    let mut sandbox_labels = owner.labels(Role::Sandbox, None);
-    if let Some(profile) = named_profile {
-        sandbox_labels.insert(labels::PROFILE.into(), profile.clone());
-    }
-    SandboxSpec {
-        name,
-        image: d.image.clone(),
-        command: vec!["python3".into(), "-u".into(), "-c".into(), HELPER.into()],
-        env: vec![
-            "PYTHONUNBUFFERED=1".into(),
-            "PYTHONDONTWRITEBYTECODE=1".into(),
-            "MPLBACKEND=Agg".into(),
-            format!("HOME={}", d.working_dir),
-            format!("PDM_WORKDIR={}", d.working_dir),
-            format!("PDM_PACKAGE_DIRS={}", package_dirs.join(":")),
-            format!("PDM_PRELOAD={}", d.warm_imports.join(",")),
-            format!("PDM_DATA_LIMIT={}", data_limit(d.memory_limit)),
-            // Native thread pools sized to the CPUs the sandbox has. OpenBLAS reserves a
-            // buffer per thread (one per host core by default): under the helper's data
-            // limit those reservations fail, and OpenBLAS then hangs instead of raising.
-            format!("OPENBLAS_NUM_THREADS={}", threads(d.cpu_limit)),
-            format!("OMP_NUM_THREADS={}", threads(d.cpu_limit)),
-            format!("MKL_NUM_THREADS={}", threads(d.cpu_limit)),
-            format!("PDM_ALLOWED_MODULES={}", config.allowed_modules.join(",")),
-            format!("PDM_BLOCKED_MODULES={}", config.blocked_modules.join(",")),
-        ]
-        .into_iter()
-        // A durable sandbox nobody uses ends itself (a session's lease replaces this).
-        .chain(named_profile.map(|p| format!("PDM_PROFILE={p}")))
-        .chain(config.session.durable.then(|| {
-            format!(
-                "PDM_IDLE_EXIT={}",
-                (d.pool_max_age + WARM_EXIT_SLACK).as_secs()
-            )
-        }))
-        .collect(),
-        user: d.user,
-        working_dir: d.working_dir.clone(),
-        labels: sandbox_labels,
-        network: if d.network_disabled {
-            Network::None
-        } else {
-            Network::outbound(config)
-        },
-        limits: Limits {
-            memory_bytes: d.memory_limit,
-            cpus: d.cpu_limit,
-            pids: d.pids_limit,
-        },
-        security: locked_down(d.read_only),
-        scratch,
-        volumes,
-        binds: egress_binds(config),
-        interactive: true,
-        detachable: config.session.durable,
-        remove_on_exit: true,
-        keep_logs: false,
-        runtime: d.runtime.clone(),
-    }
+    scratch
+}
+
+/// The helper's environment: its paths and limits, module policy, thread pools sized to
+/// the sandbox's CPUs, the profile's name, and in durable mode its idle exit.
+fn repl_env(config: &Config, named_profile: Option<&String>) -> Vec<String> {
+    let d = &config.docker;
+    // Session packages come first on the path so they win over shared ones.
+    let package_dirs = [SESSION_PACKAGES, SHARED_PACKAGES];
+    vec![
+        "PYTHONUNBUFFERED=1".into(),
+        "PYTHONDONTWRITEBYTECODE=1".into(),
+        "MPLBACKEND=Agg".into(),
+        format!("HOME={}", d.working_dir),
+        format!("PDM_WORKDIR={}", d.working_dir),
+        format!("PDM_PACKAGE_DIRS={}", package_dirs.join(":")),
+        format!("PDM_PRELOAD={}", d.warm_imports.join(",")),
+        format!("PDM_DATA_LIMIT={}", data_limit(d.memory_limit)),
+        // Native thread pools sized to the CPUs the sandbox has. OpenBLAS reserves a
+        // buffer per thread (one per host core by default): under the helper's data
+        // limit those reservations fail, and OpenBLAS then hangs instead of raising.
+        format!("OPENBLAS_NUM_THREADS={}", threads(d.cpu_limit)),
+        format!("OMP_NUM_THREADS={}", threads(d.cpu_limit)),
+        format!("MKL_NUM_THREADS={}", threads(d.cpu_limit)),
+        format!("PDM_ALLOWED_MODULES={}", config.allowed_modules.join(",")),
+        format!("PDM_BLOCKED_MODULES={}", config.blocked_modules.join(",")),
+    ]
+    .into_iter()
+    .chain(named_profile.map(|p| format!("PDM_PROFILE={p}")))
+    // A durable sandbox nobody uses ends itself (a session's lease replaces this).
+    .chain(config.session.durable.then(|| {
+        format!(
+            "PDM_IDLE_EXIT={}",
+            (d.pool_max_age + WARM_EXIT_SLACK).as_secs()
+        )
+    }))
+    .collect()
 }
 
 /// The short-lived installer: has network (it downloads packages), writes only into the

@@ -36,9 +36,7 @@ use futures::StreamExt;
 use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Attached, EngineInfo, EngineKind, Finished, Named, Output, RuntimeError, Sweep, Swept,
-};
+use super::{Attached, EngineInfo, EngineKind, Named, Output, RuntimeError, Sweep, Swept};
 use crate::config::Config;
 use crate::durable::{self, SessionName};
 use crate::sandbox::{self, labels, Network, Owner, Role, SandboxSpec, Scratch, UserIds};
@@ -214,6 +212,7 @@ fn api(engine: &'static str, op: &'static str) -> impl FnOnce(BollardError) -> R
         | BollardError::HyperLegacyError { .. }
         | BollardError::IOError { .. }
         | BollardError::RequestTimeoutError => RuntimeError::Unreachable {
+            engine,
             host: host(),
             reason: e.to_string(),
         },
@@ -257,7 +256,13 @@ fn is_gone(e: &BollardError) -> bool {
 /// attempt is retried next time.
 async fn connect(cell: &OnceCell<Connection>) -> Result<&Connection, RuntimeError> {
     cell.get_or_try_init(|| async {
+        // Nothing answered, so the engine is named by its address.
         let unreachable = |e: BollardError| RuntimeError::Unreachable {
+            engine: if host().contains("podman") {
+                "Podman"
+            } else {
+                "Docker"
+            },
             host: host(),
             reason: e.to_string(),
         };
@@ -399,8 +404,31 @@ pub fn docker_run_flags(config: &Config) -> Vec<String> {
 /// decided in `sandbox.rs`), except what Docker needs to run any sandbox at all: an init
 /// as PID 1, no terminal, and memory+swap equal to memory (no swap).
 fn container_body(spec: &SandboxSpec, kind: EngineKind) -> ContainerCreateBody {
-    let mounts = spec
-        .volumes
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: Some(spec.command.clone()),
+        env: Some(spec.env.clone()),
+        user: Some(spec.user.to_string()),
+        working_dir: Some(spec.working_dir.clone()),
+        labels: Some(spec.labels.clone().into_iter().collect()),
+        network_disabled: Some(spec.network == Network::None),
+        attach_stdin: Some(spec.interactive),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        open_stdin: Some(spec.interactive),
+        // Docker closes the helper's stdin when our attach connection goes away, and the
+        // helper exits on EOF: a sandbox never outlives its daemon, even after SIGKILL.
+        // A detachable one (a durable session) keeps stdin open for the next attach.
+        stdin_once: Some(spec.interactive && !spec.detachable),
+        tty: Some(false),
+        host_config: Some(host_config(spec, kind)),
+        ..Default::default()
+    }
+}
+
+/// Volumes (a named one, or one the engine makes for this container), then binds.
+fn mounts(spec: &SandboxSpec) -> Vec<Mount> {
+    spec.volumes
         .iter()
         .map(|v| Mount {
             target: Some(v.target.clone()),
@@ -422,10 +450,14 @@ fn container_body(spec: &SandboxSpec, kind: EngineKind) -> ContainerCreateBody {
             read_only: Some(b.read_only),
             ..Default::default()
         }))
-        .collect();
+        .collect()
+}
+
+/// Limits, security, network, scratch mounts, init, removal, runtime and log driver.
+fn host_config(spec: &SandboxSpec, kind: EngineKind) -> HostConfig {
     let limits = &spec.limits;
     let security = &spec.security;
-    let host_config = HostConfig {
+    HostConfig {
         memory: Some(limits.memory_bytes as i64),
         memory_swap: Some(limits.memory_bytes as i64),
         nano_cpus: Some((limits.cpus * 1e9) as i64),
@@ -458,7 +490,7 @@ fn container_body(spec: &SandboxSpec, kind: EngineKind) -> ContainerCreateBody {
                 .map(|m| (m.path.clone(), tmpfs_options(kind, m, spec.user)))
                 .collect(),
         ),
-        mounts: Some(mounts),
+        mounts: Some(mounts(spec)),
         init: Some(true),
         auto_remove: Some(spec.remove_on_exit),
         runtime: spec.runtime.clone(),
@@ -467,26 +499,6 @@ fn container_body(spec: &SandboxSpec, kind: EngineKind) -> ContainerCreateBody {
             typ: Some(LOG_DRIVER.into()),
             config: None,
         }),
-        ..Default::default()
-    };
-    ContainerCreateBody {
-        image: Some(spec.image.clone()),
-        cmd: Some(spec.command.clone()),
-        env: Some(spec.env.clone()),
-        user: Some(spec.user.to_string()),
-        working_dir: Some(spec.working_dir.clone()),
-        labels: Some(spec.labels.clone().into_iter().collect()),
-        network_disabled: Some(spec.network == Network::None),
-        attach_stdin: Some(spec.interactive),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        open_stdin: Some(spec.interactive),
-        // Docker closes the helper's stdin when our attach connection goes away, and the
-        // helper exits on EOF: a sandbox never outlives its daemon, even after SIGKILL.
-        // A detachable one (a durable session) keeps stdin open for the next attach.
-        stdin_once: Some(spec.interactive && !spec.detachable),
-        tty: Some(false),
-        host_config: Some(host_config),
         ..Default::default()
     }
 }
@@ -829,47 +841,15 @@ impl Docker {
         }
     }
 
-    /// Runs a container to completion, collecting its output (each stream keeps its first
-    /// [`RUN_HEAD`] and last [`RUN_TAIL`] bytes, with a line saying how many bytes between
-    /// them were left out). A container that exited is left for the caller to remove (its
-    /// id comes back), so the removal can happen off the reply path.
-    /// On a time-out or an error the container is removed here, before returning: nothing
-    /// it does happens after the caller is told.
-    pub async fn run_until_exit(
-        &self,
-        spec: &SandboxSpec,
-        timeout: Duration,
-    ) -> Result<(Finished, String), RuntimeError> {
+    /// The exit code of a container whose output has ended (`-1` if the engine says none).
+    pub async fn exit_code(&self, id: &str) -> Result<i64, RuntimeError> {
         let conn = self.connection().await?;
-        let docker = &conn.api;
-        let mut attached = self.start_attached(spec).await?;
-        let id = attached.id.clone();
-        let collect = async {
-            let (stdout, stderr) = super::read_bounded(&mut attached.output).await;
-            let mut wait = docker.wait_container(&id, None::<WaitContainerOptions>);
-            let exit_code = match wait.next().await {
-                Some(Ok(r)) => r.status_code,
-                Some(Err(BollardError::DockerContainerWaitError { code, .. })) => code,
-                Some(Err(e)) => return Err(conn.refused("wait for the container")(e)),
-                None => -1,
-            };
-            Ok(Finished {
-                exit_code,
-                stdout,
-                stderr,
-            })
-        };
-        let result = tokio::time::timeout(timeout, collect).await;
-        match result {
-            Ok(Ok(finished)) => Ok((finished, id)),
-            Ok(Err(e)) => {
-                self.remove(&id).await;
-                Err(e)
-            }
-            Err(_) => {
-                self.remove(&id).await;
-                Err(RuntimeError::Timeout(timeout))
-            }
+        let mut wait = conn.api.wait_container(id, None::<WaitContainerOptions>);
+        match wait.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(conn.refused("wait for the container")(e)),
+            None => Ok(-1),
         }
     }
 

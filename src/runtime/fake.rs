@@ -28,7 +28,7 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::{Attached, EngineInfo, EngineKind, Finished, Output, RuntimeError, Swept};
+use super::{Attached, EngineInfo, EngineKind, Output, RuntimeError, Swept};
 use crate::sandbox::{labels, Owner, Role, SandboxSpec};
 
 /// What happened, in order. `name` is the container's or volume's name, `role` its role
@@ -130,6 +130,86 @@ fn group_and_state(pid: &str) -> Option<(u32, char)> {
     let state = fields.next()?.chars().next()?;
     let _ppid = fields.next()?;
     Some((fields.next()?.parse().ok()?, state))
+}
+
+/// A container path (or a `:`-separated list of them) as the host paths that stand for
+/// them; anything not under a mapped path stays as it is.
+fn map_paths(mapped: &[(String, PathBuf)], value: &str) -> String {
+    value
+        .split(':')
+        .map(|piece| {
+            for (path, host) in mapped {
+                if piece == path {
+                    return host.display().to_string();
+                }
+                if let Some(rest) = piece.strip_prefix(&format!("{path}/")) {
+                    return host.join(rest).display().to_string();
+                }
+            }
+            piece.to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// What the process runs: the spec's command with its paths mapped, or a stand-in.
+fn command_of(
+    spec: &SandboxSpec,
+    role: &str,
+    exit_at_once: bool,
+    map: &dyn Fn(&str) -> String,
+) -> Vec<String> {
+    if role == Role::Installer.as_str() {
+        // The installer writes to fixed container paths (`/target`, `/cache`) that
+        // would be the host's own: a stand-in says so and fails instead.
+        vec![
+            "python3".into(),
+            "-c".into(),
+            "import sys; sys.stderr.write('fake: installers do not run on the fake backend\\n'); sys.exit(1)".into(),
+        ]
+    } else if exit_at_once {
+        vec![
+            "python3".into(),
+            "-c".into(),
+            "import sys; sys.stderr.write('fake: this helper exits at once\\n'); sys.exit(3)"
+                .into(),
+        ]
+    } else {
+        spec.command.iter().map(|a| map(a)).collect()
+    }
+}
+
+/// Output: both pipes into one bounded stream, ended when both close.
+fn pipe_output(
+    child: &mut tokio::process::Child,
+) -> std::pin::Pin<Box<dyn futures::Stream<Item = Output> + Send>> {
+    let (tx, rx) = mpsc::channel::<Output>(16);
+    if let Some(mut out) = child.stdout.take() {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n @ 1..) = out.read(&mut buf).await {
+                let chunk = Bytes::copy_from_slice(&buf[..n]);
+                if tx.send(Output::Stdout(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    if let Some(mut err) = child.stderr.take() {
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n @ 1..) = err.read(&mut buf).await {
+                let chunk = Bytes::copy_from_slice(&buf[..n]);
+                if tx.send(Output::Stderr(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|o| (o, rx))
+    }))
 }
 
 impl Default for Fake {
@@ -279,105 +359,26 @@ impl Fake {
     }
 
     pub async fn start_attached(&self, spec: &SandboxSpec) -> Result<Attached, RuntimeError> {
-        self.start(spec).await.map(|(attached, _)| attached)
+        self.start(spec).await
     }
 
-    /// Create and start; also returns the watch on its exit code.
-    async fn start(
-        &self,
-        spec: &SandboxSpec,
-    ) -> Result<(Attached, watch::Receiver<Option<i64>>), RuntimeError> {
+    /// Create and start: the refusal and the gate first, then the host directories that
+    /// stand for the mounts, the process, its output and the watcher that reaps it.
+    async fn start(&self, spec: &SandboxSpec) -> Result<Attached, RuntimeError> {
         let role = role_of(&spec.labels);
-        {
-            let mut st = self.state();
-            Fake::log(&mut st, What::Create, &spec.name, role.clone());
-            if let Some((left, refusal)) = st.refusals.take() {
-                if left > 1 {
-                    let left = if left == usize::MAX { left } else { left - 1 };
-                    st.refusals = Some((left, refusal.clone()));
-                }
-                Fake::log(&mut st, What::Refused, &spec.name, role.clone());
-                return Err(refusal());
-            }
-        }
+        self.refusal(spec, &role)?;
         if let Some(gate) = &self.inner.gate {
             gate.acquire()
                 .await
                 .expect("the gate is never closed")
                 .forget();
         }
-        let (id, dir, exit_at_once, mapped) = {
-            let mut st = self.state();
-            st.next_id += 1;
-            let id = format!("fake{:04}", st.next_id);
-            let dir = self.inner.root.join(&id);
-            // Container paths and the host directories that stand for them, longest first.
-            let mut mapped: Vec<(String, PathBuf)> =
-                vec![(spec.working_dir.clone(), dir.join("work"))];
-            for (n, s) in spec.scratch.iter().enumerate() {
-                if s.path != "/tmp" && s.path != spec.working_dir {
-                    mapped.push((s.path.clone(), dir.join(format!("scratch{n}"))));
-                }
-            }
-            for v in &spec.volumes {
-                if !st.volumes.contains_key(&v.volume) {
-                    // Made by the mount, unlabelled, as Docker does for a name it does
-                    // not know.
-                    let dir = self.inner.root.join(format!("volume-{}", v.volume));
-                    st.volumes.insert(
-                        v.volume.clone(),
-                        Volume {
-                            labels: BTreeMap::new(),
-                            dir,
-                        },
-                    );
-                    Fake::log(&mut st, What::VolumeCreate, &v.volume, "unlabelled".into());
-                }
-                mapped.push((v.target.clone(), st.volumes[&v.volume].dir.clone()));
-            }
-            mapped.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
-            let exit_at_once = st.exit_at_once > 0;
-            st.exit_at_once = st.exit_at_once.saturating_sub(1);
-            (id, dir, exit_at_once, mapped)
-        };
+        let (id, dir, exit_at_once, mapped) = self.allocate(spec);
         for (_, host) in &mapped {
             let _ = std::fs::create_dir_all(host);
         }
-        let map = |value: &str| -> String {
-            value
-                .split(':')
-                .map(|piece| {
-                    for (path, host) in &mapped {
-                        if piece == path {
-                            return host.display().to_string();
-                        }
-                        if let Some(rest) = piece.strip_prefix(&format!("{path}/")) {
-                            return host.join(rest).display().to_string();
-                        }
-                    }
-                    piece.to_string()
-                })
-                .collect::<Vec<_>>()
-                .join(":")
-        };
-        let command: Vec<String> = if role == Role::Installer.as_str() {
-            // The installer writes to fixed container paths (`/target`, `/cache`) that
-            // would be the host's own: a stand-in says so and fails instead.
-            vec![
-                "python3".into(),
-                "-c".into(),
-                "import sys; sys.stderr.write('fake: installers do not run on the fake backend\\n'); sys.exit(1)".into(),
-            ]
-        } else if exit_at_once {
-            vec![
-                "python3".into(),
-                "-c".into(),
-                "import sys; sys.stderr.write('fake: this helper exits at once\\n'); sys.exit(3)"
-                    .into(),
-            ]
-        } else {
-            spec.command.iter().map(|a| map(a)).collect()
-        };
+        let map = |value: &str| map_paths(&mapped, value);
+        let command = command_of(spec, &role, exit_at_once, &map);
         let mut cmd = tokio::process::Command::new(&command[0]);
         cmd.args(&command[1..])
             .env_clear()
@@ -400,17 +401,14 @@ impl Fake {
             }
             cmd.env(k, map(v));
         }
-        let mut child = match cmd.spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(RuntimeError::Api {
-                    engine: "Fake",
-                    op: "start a process",
-                    message: format!("{}: {e}", command[0]),
-                });
+        let mut child = cmd.spawn().map_err(|e| {
+            let _ = std::fs::remove_dir_all(&dir);
+            RuntimeError::Api {
+                engine: "Fake",
+                op: "start a process",
+                message: format!("{}: {e}", command[0]),
             }
-        };
+        })?;
         let pgid = child.id();
         let (exit_tx, exited) = watch::channel(None);
         {
@@ -421,47 +419,88 @@ impl Fake {
                 Container {
                     name: spec.name.clone(),
                     labels: spec.labels.clone(),
-                    dir: dir.clone(),
+                    dir,
                     pgid,
-                    exited: exited.clone(),
+                    exited,
                 },
             );
             Fake::log(&mut st, What::Start, &spec.name, role_of(&spec.labels));
         }
-        // Output: both pipes into one bounded stream, ended when both close.
-        let (tx, rx) = mpsc::channel::<Output>(16);
-        if let Some(mut out) = child.stdout.take() {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n @ 1..) = out.read(&mut buf).await {
-                    let chunk = Bytes::copy_from_slice(&buf[..n]);
-                    if tx.send(Output::Stdout(chunk)).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        if let Some(mut err) = child.stderr.take() {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                while let Ok(n @ 1..) = err.read(&mut buf).await {
-                    let chunk = Bytes::copy_from_slice(&buf[..n]);
-                    if tx.send(Output::Stderr(chunk)).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+        let output = pipe_output(&mut child);
         let input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> = match child.stdin.take() {
             Some(stdin) => Box::pin(stdin),
             None => Box::pin(tokio::io::sink()),
         };
-        // The watcher reaps the process. Like a container whose first process ended, the
-        // whole group goes with it; `remove_on_exit` removes the container too.
+        self.watch_exit(child, id.clone(), spec.remove_on_exit, exit_tx);
+        Ok(Attached {
+            id,
+            name: spec.name.clone(),
+            input,
+            output,
+        })
+    }
+
+    /// Log the creation; refuse it if a refusal was injected.
+    fn refusal(&self, spec: &SandboxSpec, role: &str) -> Result<(), RuntimeError> {
+        let mut st = self.state();
+        Fake::log(&mut st, What::Create, &spec.name, role.to_string());
+        if let Some((left, refusal)) = st.refusals.take() {
+            if left > 1 {
+                let left = if left == usize::MAX { left } else { left - 1 };
+                st.refusals = Some((left, refusal.clone()));
+            }
+            Fake::log(&mut st, What::Refused, &spec.name, role.to_string());
+            return Err(refusal());
+        }
+        Ok(())
+    }
+
+    /// A new id and directory, whether this one exits at once, and the container paths
+    /// with the host directories that stand for them, longest first. A volume the spec
+    /// mounts that does not exist is made, unlabelled, as Docker does for a name it does
+    /// not know.
+    fn allocate(&self, spec: &SandboxSpec) -> (String, PathBuf, bool, Vec<(String, PathBuf)>) {
+        let mut st = self.state();
+        st.next_id += 1;
+        let id = format!("fake{:04}", st.next_id);
+        let dir = self.inner.root.join(&id);
+        let mut mapped: Vec<(String, PathBuf)> = vec![(spec.working_dir.clone(), dir.join("work"))];
+        for (n, s) in spec.scratch.iter().enumerate() {
+            if s.path != "/tmp" && s.path != spec.working_dir {
+                mapped.push((s.path.clone(), dir.join(format!("scratch{n}"))));
+            }
+        }
+        for v in &spec.volumes {
+            if !st.volumes.contains_key(&v.volume) {
+                let dir = self.inner.root.join(format!("volume-{}", v.volume));
+                st.volumes.insert(
+                    v.volume.clone(),
+                    Volume {
+                        labels: BTreeMap::new(),
+                        dir,
+                    },
+                );
+                Fake::log(&mut st, What::VolumeCreate, &v.volume, "unlabelled".into());
+            }
+            mapped.push((v.target.clone(), st.volumes[&v.volume].dir.clone()));
+        }
+        mapped.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+        let exit_at_once = st.exit_at_once > 0;
+        st.exit_at_once = st.exit_at_once.saturating_sub(1);
+        (id, dir, exit_at_once, mapped)
+    }
+
+    /// The watcher reaps the process. Like a container whose first process ended, the
+    /// whole group goes with it; `remove_on_exit` removes the container too.
+    fn watch_exit(
+        &self,
+        mut child: tokio::process::Child,
+        id: String,
+        remove_on_exit: bool,
+        exit_tx: watch::Sender<Option<i64>>,
+    ) {
         let fake = self.clone();
-        let remove_on_exit = spec.remove_on_exit;
-        let watched = id.clone();
+        let pgid = child.id();
         tokio::spawn(async move {
             let code = match child.wait().await {
                 Ok(status) => status.code().map_or(-1, i64::from),
@@ -472,11 +511,11 @@ impl Fake {
             }
             {
                 let mut st = fake.state();
-                if let Some(c) = st.containers.get(&watched) {
+                if let Some(c) = st.containers.get(&id) {
                     let (name, role) = (c.name.clone(), role_of(&c.labels));
                     Fake::log(&mut st, What::Exit, &name, role);
                     if remove_on_exit {
-                        if let Some(c) = st.containers.remove(&watched) {
+                        if let Some(c) = st.containers.remove(&id) {
                             let _ = std::fs::remove_dir_all(&c.dir);
                         }
                     }
@@ -484,17 +523,6 @@ impl Fake {
             }
             let _ = exit_tx.send(Some(code));
         });
-        let output =
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|o| (o, rx)) });
-        Ok((
-            Attached {
-                id,
-                name: spec.name.clone(),
-                input,
-                output: Box::pin(output),
-            },
-            exited,
-        ))
     }
 
     /// Kill a container's process group, wait until its process is reaped, delete its
@@ -518,32 +546,17 @@ impl Fake {
         let _ = std::fs::remove_dir_all(&c.dir);
     }
 
-    pub async fn run_until_exit(
-        &self,
-        spec: &SandboxSpec,
-        timeout: Duration,
-    ) -> Result<(Finished, String), RuntimeError> {
-        let (mut attached, mut exited) = self.start(spec).await?;
-        let id = attached.id.clone();
-        let collect = async {
-            let (stdout, stderr) = super::read_bounded(&mut attached.output).await;
-            let code = match exited.wait_for(Option::is_some).await {
-                Ok(code) => code.unwrap_or(-1),
-                Err(_) => -1,
-            };
-            Finished {
-                exit_code: code,
-                stdout,
-                stderr,
-            }
+    /// The exit code of a container whose output has ended (`-1` for one that is gone).
+    pub async fn exit_code(&self, id: &str) -> Result<i64, RuntimeError> {
+        let exited = self.state().containers.get(id).map(|c| c.exited.clone());
+        let Some(mut exited) = exited else {
+            return Ok(-1);
         };
-        match tokio::time::timeout(timeout, collect).await {
-            Ok(finished) => Ok((finished, id)),
-            Err(_) => {
-                self.remove(&id).await;
-                Err(RuntimeError::Timeout(timeout))
-            }
-        }
+        let code = match exited.wait_for(Option::is_some).await {
+            Ok(code) => code.unwrap_or(-1),
+            Err(_) => -1,
+        };
+        Ok(code)
     }
 
     /// Create a labelled volume (idempotent: an existing one keeps its labels).

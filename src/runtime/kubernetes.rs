@@ -65,9 +65,7 @@ use kube::api::{Api, AttachParams, DeleteParams, ListParams, Patch, PatchParams,
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 
-use super::{
-    Attached, EngineInfo, EngineKind, Finished, Named, Output, RuntimeError, Sweep, Swept,
-};
+use super::{Attached, EngineInfo, EngineKind, Named, Output, RuntimeError, Sweep, Swept};
 use crate::config::Config;
 use crate::durable::{self, ClaimedName, Holder, SessionName, WarmName};
 use crate::sandbox::{labels, Network, Owner, Role, SandboxSpec};
@@ -181,6 +179,57 @@ fn cpu_quantity(cpus: f64) -> Quantity {
 /// the stdin gate, no service-account token, no service links, no host namespaces, never
 /// restarted, the pause container as PID 1, the image used as the node has it.
 pub fn pod(spec: &SandboxSpec, settings: &Settings) -> Pod {
+    let sandbox = spec.labels.get(labels::ROLE).map(String::as_str) == Some(Role::Sandbox.as_str());
+    let (volumes, mounts) = pod_volumes(spec);
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(spec.name.clone()),
+            labels: Some(pod_labels(spec, sandbox)),
+            // A durable sandbox outlives the daemon's Pod: the garbage collector must not
+            // take it with that Pod (its own timer and every replica's sweep end it).
+            owner_references: settings
+                .owner
+                .clone()
+                .filter(|_| !spec.detachable)
+                .map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![container(spec, settings, mounts)],
+            volumes: Some(volumes),
+            restart_policy: Some("Never".into()),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            host_network: Some(false),
+            host_pid: Some(false),
+            host_ipc: Some(false),
+            share_process_namespace: Some(true),
+            // The RuntimeClass is for code sandboxes; installers use the cluster's default,
+            // as `docker.runtime` is for sandboxes only.
+            runtime_class_name: if sandbox {
+                settings.runtime_class.clone()
+            } else {
+                None
+            },
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(spec.user.uid != 0),
+                run_as_user: Some(spec.user.uid.into()),
+                run_as_group: Some(spec.user.gid.into()),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    localhost_profile: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The spec's labels, plus the network policy's (`outbound` or `none`) and, for a code
+/// sandbox, the state `warm`.
+fn pod_labels(spec: &SandboxSpec, sandbox: bool) -> BTreeMap<String, String> {
     let mut labels = labels_of(&spec.labels);
     // The pod network is the only one: `network.egress_network` is the Docker engine's.
     let outbound = matches!(spec.network, Network::Outbound { .. });
@@ -188,10 +237,14 @@ pub fn pod(spec: &SandboxSpec, settings: &Settings) -> Pod {
         NETWORK_LABEL.into(),
         if outbound { "outbound" } else { "none" }.into(),
     );
-    let sandbox = spec.labels.get(labels::ROLE).map(String::as_str) == Some(Role::Sandbox.as_str());
     if sandbox {
         labels.insert(STATE_LABEL.into(), "warm".into());
     }
+    labels
+}
+
+/// Scratch mounts as memory-backed `emptyDir`s, then the package volumes as claims.
+fn pod_volumes(spec: &SandboxSpec) -> (Vec<Volume>, Vec<VolumeMount>) {
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
     for (i, s) in spec.scratch.iter().enumerate() {
@@ -227,6 +280,12 @@ pub fn pod(spec: &SandboxSpec, settings: &Settings) -> Pod {
             ..Default::default()
         });
     }
+    (volumes, mounts)
+}
+
+/// The pod's one container: the gate before the spec's command, its environment, limits
+/// equal to requests, and the spec's security settings.
+fn container(spec: &SandboxSpec, settings: &Settings, mounts: Vec<VolumeMount>) -> Container {
     let limits = BTreeMap::from([
         ("cpu".to_string(), cpu_quantity(spec.limits.cpus)),
         ("memory".to_string(), quantity(spec.limits.memory_bytes)),
@@ -250,7 +309,7 @@ pub fn pod(spec: &SandboxSpec, settings: &Settings) -> Pod {
         })
         .collect();
     let security = &spec.security;
-    let container = Container {
+    Container {
         name: CONTAINER.into(),
         image: Some(spec.image.clone()),
         // An image loaded into the nodes (no registry) must not be pulled, even `:latest`.
@@ -278,50 +337,6 @@ pub fn pod(spec: &SandboxSpec, settings: &Settings) -> Pod {
         }),
         volume_mounts: Some(mounts),
         ..Default::default()
-    };
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(spec.name.clone()),
-            labels: Some(labels),
-            // A durable sandbox outlives the daemon's Pod: the garbage collector must not
-            // take it with that Pod (its own timer and every replica's sweep end it).
-            owner_references: settings
-                .owner
-                .clone()
-                .filter(|_| !spec.detachable)
-                .map(|o| vec![o]),
-            ..Default::default()
-        },
-        spec: Some(PodSpec {
-            containers: vec![container],
-            volumes: Some(volumes),
-            restart_policy: Some("Never".into()),
-            automount_service_account_token: Some(false),
-            enable_service_links: Some(false),
-            host_network: Some(false),
-            host_pid: Some(false),
-            host_ipc: Some(false),
-            share_process_namespace: Some(true),
-            // The RuntimeClass is for code sandboxes; installers use the cluster's default,
-            // as `docker.runtime` is for sandboxes only.
-            runtime_class_name: if sandbox {
-                settings.runtime_class.clone()
-            } else {
-                None
-            },
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(spec.user.uid != 0),
-                run_as_user: Some(spec.user.uid.into()),
-                run_as_group: Some(spec.user.gid.into()),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    localhost_profile: None,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        status: None,
     }
 }
 
@@ -1038,47 +1053,14 @@ impl Kubernetes {
         }
     }
 
-    /// Runs a pod to completion, collecting its output (each stream kept to its head and
-    /// tail). A pod that exited is left for the caller to delete (its name comes back). On
-    /// a time-out or an error it is deleted here.
-    pub async fn run_until_exit(
-        &self,
-        spec: &SandboxSpec,
-        timeout: Duration,
-    ) -> Result<(Finished, String), RuntimeError> {
-        let run = async {
-            let mut attached = self.start_attached(spec).await?;
-            let id = attached.id.clone();
-            let collect = async {
-                let (stdout, stderr) = super::read_bounded(&mut attached.output).await;
-                let exit_code = loop {
-                    match self.look(&id).await?.as_ref().map(progress) {
-                        Some(Progress::Exited { exit_code, .. }) => break i64::from(exit_code),
-                        None => break -1,
-                        Some(_) => tokio::time::sleep(POLL).await,
-                    }
-                };
-                Ok(Finished {
-                    exit_code,
-                    stdout,
-                    stderr,
-                })
-            };
-            let result: Result<Finished, RuntimeError> = collect.await;
-            Ok((result, id))
-        };
-        // The pod's name is known before it exists: a time-out at any step deletes it.
-        match tokio::time::timeout(timeout, run).await {
-            Ok(Ok((Ok(finished), id))) => Ok((finished, id)),
-            Ok(Ok((Err(e), id))) => {
-                self.remove(&id).await;
-                Err(e)
-            }
-            // It never ran: `start_attached` deleted it.
-            Ok(Err(e)) => Err(e),
-            Err(_) => {
-                self.remove(&spec.name).await;
-                Err(RuntimeError::Timeout(timeout))
+    /// The exit code of a pod whose output has ended: its status is polled until the
+    /// container is reported exited (`-1` for a pod that is gone).
+    pub async fn exit_code(&self, id: &str) -> Result<i64, RuntimeError> {
+        loop {
+            match self.look(id).await?.as_ref().map(progress) {
+                Some(Progress::Exited { exit_code, .. }) => return Ok(i64::from(exit_code)),
+                None => return Ok(-1),
+                Some(_) => tokio::time::sleep(POLL).await,
             }
         }
     }

@@ -17,8 +17,9 @@
 //!
 //! What every backend shares lives here: the error enum ([`RuntimeError`], whose messages say
 //! the fix), the attached streams of a started sandbox ([`Attached`], [`Output`]), the
-//! bounded output of a run-to-completion ([`Finished`], [`HeadTail`]), and what a sweep of a
-//! dead daemon's leftovers found ([`Swept`]). Which backend serves is chosen once, from
+//! bounded output of a run-to-completion ([`Finished`], [`HeadTail`]) and its one tail
+//! ([`Backend::run_until_exit`]: each backend only says how a sandbox's exit code is read),
+//! and what a sweep of a dead daemon's leftovers found ([`Swept`]). Which backend serves is chosen once, from
 //! `runtime.backend`, by [`Backend::from_config`]. The orphan policy (which leftovers
 //! belong to a daemon that is gone) is each backend's own: on Docker, the host and pid
 //! labels (`docker::Docker::sweep_orphans`); on Kubernetes, owner references to the
@@ -45,16 +46,22 @@ use kubernetes::Kubernetes;
 /// What failed when talking to the engine that runs the sandboxes.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// No engine answers at the configured address.
+    /// No engine answers at the configured address. `engine` is the one expected there
+    /// (`Docker`, or `Podman` for a Podman socket).
     #[error(
-        "Docker is not reachable at {host}: {reason}. Is the engine running? Start it \
-         (for example `systemctl start docker`, or `scripts/ensure-docker.sh` from the \
-         python-docker-mcp repository), or point DOCKER_HOST at it"
+        "{engine} is not reachable at {host}: {reason}. Is the engine running? Start it \
+         (for example `systemctl start docker`, `podman system service`, or \
+         `scripts/ensure-docker.sh` from the python-docker-mcp repository), or point \
+         DOCKER_HOST at it"
     )]
-    Unreachable { host: String, reason: String },
+    Unreachable {
+        engine: &'static str,
+        host: String,
+        reason: String,
+    },
     /// The sandbox image is not present locally.
     #[error(
-        "the sandbox image `{image}` is not present on this Docker engine. Build it with \
+        "the sandbox image `{image}` is not present on this engine. Build it with \
          `python-docker-mcp image build --tag {image}` (on a machine that cannot pull \
          python:3.12-slim, add `--base IMAGE` naming a local image that has python3; a browser \
          profile's image: `python-docker-mcp image build --browser --tag {image}`), or set \
@@ -440,12 +447,46 @@ impl Backend {
     /// [`Backend::run_to_completion`], except that a sandbox that exited is left for the
     /// caller to remove (its id comes back), so the removal can happen off the reply path.
     /// On a time-out or an error it is removed before this returns.
+    ///
+    /// The one "run until exit" tail for every backend: start attached, read the output to
+    /// its end (bounded, [`read_bounded`]), then ask the backend for the exit code. The
+    /// time-out covers all of it, the start included.
     pub async fn run_until_exit(
         &self,
         spec: &SandboxSpec,
         timeout: Duration,
     ) -> Result<(Finished, String), RuntimeError> {
-        each!(self, b => b.run_until_exit(spec, timeout).await)
+        // Set once the sandbox exists, so a time-out at any later step removes it by id.
+        let mut started: Option<String> = None;
+        let run = async {
+            let mut attached = self.start_attached(spec).await?;
+            let id = attached.id.clone();
+            started = Some(id.clone());
+            let (stdout, stderr) = read_bounded(&mut attached.output).await;
+            let exit_code = each!(self, b => b.exit_code(&id).await)?;
+            Ok((
+                Finished {
+                    exit_code,
+                    stdout,
+                    stderr,
+                },
+                id,
+            ))
+        };
+        let result = tokio::time::timeout(timeout, run).await;
+        let leftover = match (&result, started) {
+            (Ok(Ok(_)), _) => None,
+            (_, Some(id)) => Some(id),
+            // It never started: `start_attached` removed what it made.
+            (Ok(Err(_)), None) => None,
+            // The time-out came during the start: the name is known before the sandbox
+            // exists, and every engine removes by name too.
+            (Err(_), None) => Some(spec.name.clone()),
+        };
+        if let Some(id) = leftover {
+            self.remove(&id).await;
+        }
+        result.unwrap_or(Err(RuntimeError::Timeout(timeout)))
     }
 
     /// Create a labelled volume (idempotent).
