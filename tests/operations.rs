@@ -106,7 +106,7 @@ async fn a_call_longer_than_the_drain_timeout_is_cut_short_and_named() {
         .unwrap_or_else(|| panic!("the log names the call that was cut short:\n{log}"));
     assert!(
         cut.contains(&id)
-            && cut.contains("execute-persistent")
+            && cut.contains("operation=session run")
             && cut.contains("ran_for=")
             && cut.contains("server.drain_timeout"),
         "{cut}"
