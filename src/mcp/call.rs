@@ -84,7 +84,7 @@ impl Tool {
 
 /// A tool call past its preliminaries: which tool, and the client it acts for.
 pub struct Call {
-    pub tool: Tool,
+    tool: Tool,
     pub client: Client,
 }
 
@@ -121,12 +121,7 @@ impl Server {
         let (engine, who) = (self.engine.clone(), client.clone());
         let run = move |context| {
             let run = work(engine, who, context);
-            async move {
-                match run.run_timed(tool.name()).await {
-                    Ok(r) => render::exec(r),
-                    Err(e) => render::error(e),
-                }
-            }
+            async move { render::reply(run.run_timed(tool.name()).await, render::exec) }
         };
         self.tasks.run(ctx, &client, context, true, run).await
     }
@@ -147,10 +142,7 @@ impl Server {
         let context = call_context(ctx, RunSettings::default());
         let install = work(self.engine.clone(), client.clone());
         let run = move |_context| async move {
-            match install.timed(tool.name()).await {
-                Ok(r) => render::install(r),
-                Err(e) => render::error(e),
-            }
+            render::reply(install.timed(tool.name()).await, render::install)
         };
         self.tasks.run(ctx, &client, context, false, run).await
     }
@@ -164,10 +156,7 @@ impl Call {
         work: impl Future<Output = Result<T, E>>,
         ok: impl FnOnce(T) -> CallToolResult,
     ) -> Result<CallToolResult, ErrorData> {
-        Ok(match work.timed(self.tool.name()).await {
-            Ok(done) => ok(done),
-            Err(e) => render::error(e),
-        })
+        Ok(render::reply(work.timed(self.tool.name()).await, ok))
     }
 }
 

@@ -90,6 +90,17 @@ pub struct VariableList {
     pub variables: Vec<Variable>,
 }
 
+/// A tool's answer to what the engine gave: `ok` renders a success, an error is [`error`].
+pub fn reply<T, E: Display>(
+    result: Result<T, E>,
+    ok: impl FnOnce(T) -> CallToolResult,
+) -> CallToolResult {
+    match result {
+        Ok(done) => ok(done),
+        Err(e) => error(e),
+    }
+}
+
 /// A failed call, for the model: `Error: ` and what failed, with the fix.
 pub fn error(message: impl Display) -> CallToolResult {
     CallToolResult::error(vec![Content::text(format!("Error: {message}"))])
