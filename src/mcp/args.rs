@@ -247,3 +247,42 @@ impl PersistentArgs {
         RunSettings::take(self.timeout, &mut self.network, &mut self.profile)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_ids_and_profiles_are_none_and_file_contents_decode() {
+        assert_eq!(given(&Some(String::new())), None);
+        assert_eq!(given(&Some("s1".into())), Some("s1"));
+        let mut args: TransientArgs = serde_json::from_value(serde_json::json!({
+            "code": "1",
+            "profile": "",
+            "network": [],
+            "files": {"a.txt": "hi", "b.bin": {"base64": "AAE="}},
+        }))
+        .unwrap();
+        let inputs = args.inputs().unwrap();
+        assert_eq!(inputs["a.txt"], b"hi");
+        assert_eq!(inputs["b.bin"], [0, 1]);
+        let settings = args.settings();
+        assert_eq!(settings.profile, None);
+        assert_eq!(
+            settings.network,
+            Some(vec![]),
+            "an empty list is kept as written"
+        );
+
+        let mut bad: TransientArgs = serde_json::from_value(serde_json::json!({
+            "code": "1", "files": {"c.bin": {"base64": "not base64!"}},
+        }))
+        .unwrap();
+        assert!(bad.inputs().is_err());
+        let mut upload: UploadArgs = serde_json::from_value(serde_json::json!({
+            "session_id": "s", "path": "p", "content": "AAE=", "encoding": "base64",
+        }))
+        .unwrap();
+        assert_eq!(upload.bytes().unwrap(), [0, 1]);
+    }
+}
