@@ -53,27 +53,26 @@ use call::{client_of, Tool};
 const READ_RESOURCE: &str = "resources/read";
 
 /// What the model reads about the server as a whole (`initialize`'s `instructions`).
-const INSTRUCTIONS: &str = "Runs Python in Docker sandboxes that have no network unless a call passes `network` (hosts \
-                 within the operator's allow-list, reached through a filtering proxy). A call may name a \
-                 sandbox `profile` (for example `browser`, with Chromium and Playwright, when the server has \
-                 one). execute-transient: one-off code in a \
-                 fresh container; pass variables in `state` and read them back from the result's `state`. \
-                 execute-persistent: a session that keeps variables, imports and files between calls \
-                 (omit session_id to start one; pass the session_id it returns). install-package: add one \
-                 requirement or a list to a session or to the shared environment. list-packages: what is \
-                 installed. list-variables: a session's variables. reset-session: forget a session's \
-                 variables and keep its files and packages. cleanup-session: end a session. Sessions \
-                 survive a server restart: list-sessions lists yours, and a call that names one \
-                 picks it up with its variables and files. A run \
-                 that needs more than the default time-out: pass `timeout` (seconds) to \
-                 execute-transient or execute-persistent. Clients that declare the MCP tasks \
-                 extension get a task for a run or install that takes longer than a few \
-                 seconds: poll tasks/get for its output and result, tasks/cancel to stop it. Files: \
-                 upload-file puts a file into a session's working directory, download-file and \
-                 list-files read them; execute-transient takes `files` to write before the code \
-                 runs and returns the files it changed embedded. Both execute tools list \
-                 `files_changed`; a session's changed files are resource links \
-                 (sandbox://sessions/{id}/files/{path}) that resources/read returns.";
+const INSTRUCTIONS: &str =
+    "Runs Python in Docker sandboxes that have no network unless a call passes `network` \
+    (hosts within the operator's allow-list, reached through a filtering proxy). A call may \
+    name a sandbox `profile` (for example `browser`, with Chromium and Playwright, when the \
+    server has one). execute-transient: one-off code in a fresh container; pass variables in \
+    `state` and read them back from the result's `state`. execute-persistent: a session that \
+    keeps variables, imports and files between calls (omit session_id to start one; pass the \
+    session_id it returns). install-package: add one requirement or a list to a session or \
+    to the shared environment. list-packages: what is installed. list-variables: a session's \
+    variables. reset-session: forget a session's variables and keep its files and packages. \
+    cleanup-session: end a session. Sessions survive a server restart: list-sessions lists \
+    yours, and a call that names one picks it up with its variables and files. A run that \
+    needs more than the default time-out: pass `timeout` (seconds) to execute-transient or \
+    execute-persistent. Clients that declare the MCP tasks extension get a task for a run or \
+    install that takes longer than a few seconds: poll tasks/get for its output and result, \
+    tasks/cancel to stop it. Files: upload-file puts a file into a session's working \
+    directory, download-file and list-files read them; execute-transient takes `files` to \
+    write before the code runs and returns the files it changed embedded. Both execute tools \
+    list `files_changed`; a session's changed files are resource links \
+    (sandbox://sessions/{id}/files/{path}) that resources/read returns.";
 
 /// The MCP server: a clone of the engine handle plus the tool router. Cheap to clone: the
 /// HTTP service clones one per MCP session (and per stateless request).
