@@ -1,11 +1,13 @@
-//! Long runs as MCP tasks (the `io.modelcontextprotocol/tasks` extension, SEP-2663): the
-//! registry of runs that outlived `server.task_after`, their owners, their output so far,
-//! their results until `server.task_ttl` after they end, and their cancellation.
+//! Long runs as MCP tasks (the `io.modelcontextprotocol/tasks` extension, SEP-2663): how an
+//! execution or install runs ([`Tasks::run`]: blocking, or as a task), the registry of runs
+//! that outlived `server.task_after`, their owners, their output so far, their results
+//! until `server.task_ttl` after they end, and their cancellation.
 //!
-//! The tool layer ([`crate::mcp`]) starts every execution or install of a client that
-//! declares the extension as a spawned run, waits `server.task_after` for it, and if it is
-//! still going hands it here with [`Tasks::adopt`]; the call then answers with a task
-//! (`resultType: "task"`). The wire types are rmcp's ([`Task`], [`DetailedTask`],
+//! The tool layer ([`crate::mcp`]) hands every execution and install to [`Tasks::run`].
+//! A call of a client that declares the extension becomes a spawned run; `run` waits
+//! `server.task_after` for it, and if it is still going adopts it as a task; the call then
+//! answers with a task (`resultType: "task"`). Every other call blocks until its result,
+//! its streamed output relayed as progress notifications when the client asked for them. The wire types are rmcp's ([`Task`], [`DetailedTask`],
 //! [`TaskPayload`]); the store is ours, because rmcp's `TaskManager` counts a task's life
 //! from its creation, fails a working task when that passes, and frees nothing until it is
 //! next called, while a result here must stay `task_ttl` after the run *ends*, each client
@@ -26,14 +28,23 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rmcp::model::{
-    CallToolResult, DetailedTask, ErrorData, JsonObject, Task, TaskPayload, TaskStatus,
+    CallToolResponse, CallToolResult, CreateTaskResult, DetailedTask, ErrorData, JsonObject,
+    ProgressNotificationParam, ProgressToken, Task, TaskPayload, TaskStatus,
 };
+use rmcp::service::{Peer, RequestContext};
+use rmcp::RoleServer;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::Client;
+use crate::engine::CallContext;
+use crate::repl::OutputChunk;
 
 /// Tasks one client may hold at once, running or finished and not yet freed. A call made
 /// when a client holds this many is answered the old way (it blocks, with progress). It
@@ -43,6 +54,10 @@ pub const MAX_TASKS_PER_CLIENT: usize = 16;
 
 /// What a client is told to wait between polls, in milliseconds.
 const POLL_INTERVAL_MS: u64 = 1000;
+
+/// Output chunks a run may stream ahead of its relay; the engine drops what does not fit
+/// from progress (the result carries all of it).
+const PROGRESS_CHANNEL: usize = 16;
 
 /// How much output a working task shows in its `statusMessage`.
 const TAIL_LINES: usize = 20;
@@ -107,13 +122,8 @@ impl Tasks {
         }
     }
 
-    /// How long a run may go before it becomes a task.
-    pub fn after(&self) -> Duration {
-        self.shared.after
-    }
-
     /// Whether `client` may have one more task ([`MAX_TASKS_PER_CLIENT`]).
-    pub fn has_room(&self, client: &Client) -> bool {
+    fn has_room(&self, client: &Client) -> bool {
         self.evict_expired();
         let tasks = self.shared.tasks.lock().expect("tasks lock");
         tasks.values().filter(|e| &e.owner == client).count() < MAX_TASKS_PER_CLIENT
@@ -123,7 +133,7 @@ impl Tasks {
     /// interrupts it (`None`: it cannot be interrupted), `tail` holds its latest output,
     /// `started` is when the call began.
     /// Returns the task's first state, for the call's answer.
-    pub fn adopt(
+    fn adopt(
         &self,
         client: &Client,
         run: JoinHandle<CallToolResult>,
@@ -294,14 +304,14 @@ impl Tasks {
 /// The latest output of a run: at most [`TAIL_BYTES`], shown as its last [`TAIL_LINES`]
 /// lines. Fed by the relay of the run's streamed output.
 #[derive(Debug, Default)]
-pub struct Tail {
+struct Tail {
     /// A std mutex: a few string operations under it, never an `.await`.
     text: Mutex<String>,
 }
 
 impl Tail {
     /// Append output (stdout and stderr as they come).
-    pub fn push(&self, more: &str) {
+    fn push(&self, more: &str) {
         let mut text = self.text.lock().expect("tail lock");
         text.push_str(more);
         if text.len() > 2 * TAIL_BYTES {
@@ -329,6 +339,148 @@ impl Tail {
             format!("{head}. Last output:\n{}", last.join("\n"))
         }
     }
+}
+
+impl Tasks {
+    /// Run an execution or install for `client`. A client that declares the tasks
+    /// extension gets a task when the run has not finished within `server.task_after`
+    /// (unless it already holds [`MAX_TASKS_PER_CLIENT`]); any other call blocks until the
+    /// result, with progress, as before. `call` carries the call's own settings; its
+    /// cancellation and progress are set here. `work` makes the run from them;
+    /// `interruptible` is false for a run `tasks/cancel` must leave going (an install).
+    pub async fn run<W, F>(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        client: &Client,
+        call: CallContext,
+        interruptible: bool,
+        work: W,
+    ) -> Result<CallToolResponse, ErrorData>
+    where
+        W: FnOnce(CallContext) -> F,
+        F: Future<Output = CallToolResult> + Send + 'static,
+    {
+        let declared = ctx
+            .client_capabilities()
+            .is_some_and(|caps| caps.supports_tasks());
+        if !declared || !self.has_room(client) {
+            if declared {
+                tracing::info!(%client, "the client holds the most tasks it may: this call blocks");
+            }
+            return Ok(blocking(ctx, call, work).await.into());
+        }
+        self.run_as_task(ctx, client, call, interruptible, work)
+            .await
+    }
+
+    /// Spawn the run and wait `server.task_after` for it: its result if it ends by then
+    /// (or the client cancels the call), else a task ([`Tasks::adopt`]). Progress goes to
+    /// the request while it is open; once it is answered with a task, output only feeds
+    /// the task's `statusMessage`.
+    async fn run_as_task<W, F>(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        client: &Client,
+        mut call: CallContext,
+        interruptible: bool,
+        work: W,
+    ) -> Result<CallToolResponse, ErrorData>
+    where
+        W: FnOnce(CallContext) -> F,
+        F: Future<Output = CallToolResult> + Send + 'static,
+    {
+        let started = Instant::now();
+        let tail = Arc::new(Tail::default());
+        let open = Arc::new(AtomicBool::new(true));
+        let (tx, rx) = mpsc::channel::<OutputChunk>(PROGRESS_CHANNEL);
+        let cancel = CancellationToken::new();
+        call.cancel = cancel.clone();
+        call.progress = Some(tx);
+        let relay = relay(rx, progress_of(ctx), Some(tail.clone()), open.clone());
+        let work = work(call);
+        let mut run = tokio::spawn(async move {
+            let result = work.await;
+            let _ = relay.await;
+            result
+        });
+        let finished = tokio::select! {
+            result = &mut run => Some(result),
+            // The client cancelled the call before it became a task: as before.
+            _ = ctx.ct.cancelled() => {
+                cancel.cancel();
+                Some((&mut run).await)
+            }
+            _ = tokio::time::sleep(self.shared.after) => None,
+        };
+        if let Some(result) = finished {
+            return result
+                .map(Into::into)
+                .map_err(|e| ErrorData::internal_error(format!("the call failed: {e}"), None));
+        }
+        open.store(false, Ordering::Relaxed);
+        let cancel = interruptible.then_some(cancel);
+        let task = self.adopt(client, run, cancel, tail, started);
+        Ok(CallToolResponse::Task(CreateTaskResult::new(task)))
+    }
+}
+
+/// A call answered when its run ends: cancelled with the request, its output relayed as
+/// progress notifications when the client sent a progress token.
+async fn blocking<W, F>(
+    ctx: &RequestContext<RoleServer>,
+    mut call: CallContext,
+    work: W,
+) -> CallToolResult
+where
+    W: FnOnce(CallContext) -> F,
+    F: Future<Output = CallToolResult>,
+{
+    call.cancel = ctx.ct.clone();
+    let relay = progress_of(ctx).map(|progress| {
+        let (tx, rx) = mpsc::channel::<OutputChunk>(PROGRESS_CHANNEL);
+        call.progress = Some(tx);
+        relay(rx, Some(progress), None, Arc::new(AtomicBool::new(true)))
+    });
+    let result = work(call).await;
+    if let Some(relay) = relay {
+        let _ = relay.await;
+    }
+    result
+}
+
+/// Where progress notifications go: the request's progress token and its peer, when the
+/// client sent a token.
+fn progress_of(ctx: &RequestContext<RoleServer>) -> Option<(ProgressToken, Peer<RoleServer>)> {
+    let token = ctx.meta.get_progress_token()?;
+    Some((token, ctx.peer.clone()))
+}
+
+/// Relay a run's streamed output until the run drops its sender: into `tail` (a task's
+/// `statusMessage`), and as progress notifications while `open` (the request is not yet
+/// answered with a task).
+fn relay(
+    mut rx: mpsc::Receiver<OutputChunk>,
+    progress: Option<(ProgressToken, Peer<RoleServer>)>,
+    tail: Option<Arc<Tail>>,
+    open: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut step = 0.0;
+        while let Some(chunk) = rx.recv().await {
+            let message = format!("{}{}", chunk.stdout, chunk.stderr);
+            if let Some(tail) = &tail {
+                tail.push(&message);
+            }
+            if let (Some((token, peer)), true) = (&progress, open.load(Ordering::Relaxed)) {
+                step += 1.0;
+                let note =
+                    ProgressNotificationParam::new(token.clone(), step).with_message(message);
+                if let Err(e) = peer.notify_progress(note).await {
+                    tracing::debug!(error = %e, "could not send progress");
+                }
+            }
+        }
+    })
 }
 
 /// The text of a result, for the `statusMessage` of a cancelled task.
