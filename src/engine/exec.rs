@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use super::files::Input;
 use super::install::parse_requirements;
 use super::{Engine, FileOpError, InstallError, CONTROL_TIMEOUT};
 use crate::calls::{Operation, ShuttingDown};
@@ -18,13 +19,13 @@ use crate::egress::daemon::{AskUser, EgressError, NetworkReport};
 use crate::egress::policy::List;
 use crate::files::{FileChange, FileData, FileError};
 use crate::install::{Requirement, RequirementError};
-use crate::pool::{AcquireError, Pool};
+use crate::pool::{AcquireError, Pool, Sandbox};
 use crate::profile::ProfileError;
 use crate::repl::{
     ExecLimits, Interrupt, Outcome, OutputChunk, PeakScope, PyError, Repl, ReplError, Reply,
 };
 use crate::sandbox::{self};
-use crate::session::EndReason;
+use crate::session::{EndReason, Session, SessionGuard};
 use crate::text::clip;
 use tokio_util::sync::CancellationToken;
 
@@ -390,36 +391,27 @@ impl Engine {
         let started = Instant::now();
         let pool = self.pool_for_profile(client, &profile);
         let mut sandbox = pool.acquire(client).await?;
-        let installed = match self
-            .install_for_run(&requirements, &sandbox.volume, None, "this run")
-            .await
-        {
+        // A run with a list: a grant of its own, revoked when the run is done.
+        let key = uuid::Uuid::new_v4().to_string();
+        let prepared = self
+            .prepare_transient(
+                &mut sandbox,
+                &requirements,
+                &inputs,
+                list.clone(),
+                &key,
+                client,
+            )
+            .await;
+        let installed = match prepared {
             Ok(installed) => installed,
             Err(e) => {
                 pool.discard(sandbox);
-                return Err(ExecError::Packages(Box::new(e)));
+                return Err(e);
             }
         };
-        if let Err(e) = self.write_inputs(&mut sandbox.repl, &inputs).await {
-            pool.discard(sandbox);
-            return Err(match e {
-                FileOpError::File(e) => ExecError::Files(Box::new(e)),
-                FileOpError::Session(e) => e,
-            });
-        }
-        // A run with a list: a grant of its own, revoked when the run is done.
-        let key = uuid::Uuid::new_v4().to_string();
-        if let Some(list) = list.clone() {
-            if let Err(e) = self
-                .open_network(&mut sandbox.repl, &key, list, client)
-                .await
-            {
-                pool.discard(sandbox);
-                return Err(e.into());
-            }
-            if let Some(egress) = &self.shared.egress {
-                egress.attend(&key, call.ask.clone());
-            }
+        if let (Some(egress), Some(_)) = (&self.shared.egress, &list) {
+            egress.attend(&key, call.ask.clone());
         }
         let outcome = sandbox
             .repl
@@ -449,6 +441,35 @@ impl Engine {
         self.explain_memory_error(&mut result, "", &profile);
         result.packages_installed = installed;
         Ok(result)
+    }
+
+    /// Ready a transient run's sandbox: its `packages` installed (returned), its input
+    /// files written, and its network list granted under `key`. On an error the caller
+    /// discards the sandbox.
+    async fn prepare_transient(
+        &self,
+        sandbox: &mut Sandbox,
+        requirements: &[Requirement],
+        inputs: &[Input<'_>],
+        list: Option<List>,
+        key: &str,
+        client: &Client,
+    ) -> Result<Vec<String>, ExecError> {
+        let installed = self
+            .install_for_run(requirements, &sandbox.volume, None)
+            .await
+            .map_err(|e| ExecError::Packages(Box::new(e)))?;
+        self.write_inputs(&mut sandbox.repl, inputs)
+            .await
+            .map_err(|e| match e {
+                FileOpError::File(e) => ExecError::Files(Box::new(e)),
+                FileOpError::Session(e) => e,
+            })?;
+        if let Some(list) = list {
+            self.open_network(&mut sandbox.repl, key, list, client)
+                .await?;
+        }
+        Ok(installed)
     }
 
     /// A call's `network` list held to the operator's ceiling; `None` (or an empty list):
@@ -517,24 +538,9 @@ impl Engine {
             Some(id) => self.session(id, client).await?,
             None => self.new_session(client, &profile).await?,
         };
-        let profile = match asked {
-            Some(asked) if asked != session.profile => {
-                return Err(ProfileError::Switch {
-                    session: session.id.clone(),
-                    has: session.profile.clone(),
-                    asked: clip(asked).into(),
-                }
-                .into())
-            }
-            _ if session.profile != profile.profile => self
-                .profile_config(Some(&session.profile))
-                // An adopted session of a profile this server does not know.
-                .unwrap_or(profile),
-            _ => profile,
-        };
-        let limits = self.limits(call, &profile)?;
+        let profile = self.session_profile(&session, asked, profile)?;
+        let mut limits = self.limits(call, &profile)?;
         admitted.set_session(&session.id);
-        let mut limits = limits;
         if session_id.is_none() {
             // A durable sandbox ends itself as a session would (the helper's timer).
             limits.lease = self.lease_of(&session);
@@ -545,78 +551,152 @@ impl Engine {
             .then(|| Replenish(self.pool_for_profile(client, &profile)));
         let started = Instant::now();
         let mut guard = session.lock().await;
-        let target = format!("session {}", session.id);
         // Packages first (holding the lock: no code runs while they change). An install
         // is not stopped by an end request; the end waits for it.
         self.live(&session, &mut guard)?;
         let installed = self
-            .install_for_run(&requirements, &session.volume, Some(&session.id), &target)
+            .install_for_run(&requirements, &session.volume, Some(&session.id))
             .await
             .map_err(|e| ExecError::Packages(Box::new(e)))?;
-        // The session's list: set by its first call, narrowed by a later one, kept by a
-        // call without `network`.
-        let asked = network.filter(|n| !n.is_empty());
-        let granted = match (first, asked, session_id) {
-            (Some(list), _, None) => {
-                let repl = self.live(&session, &mut guard)?;
-                self.open_network(repl, &session.id, list, client)
-                    .await
-                    .map(|_| ())
+        self.network_of(
+            &session,
+            &mut guard,
+            first,
+            network,
+            session_id.is_none(),
+            call,
+        )
+        .await?;
+        let run = Run {
+            code,
+            limits: &limits,
+            call,
+            profile: &profile,
+            started,
+        };
+        let mut result = match self.run_in_session(&session, &mut guard, run).await? {
+            Ran::Done(result) => result,
+            Ran::Detached(result) => return Ok(result),
+        };
+        for change in &mut result.files_changed {
+            change.uri = Some(crate::files::session_uri(&session.id, &change.path));
+        }
+        result.session_id = Some(session.id.clone());
+        result.packages_installed = installed;
+        result.previous_call = session.take_notice();
+        drop(guard);
+        self.restamp(&session);
+        Ok(result)
+    }
+
+    /// The profile a call on `session` runs with: the session's own. A call that asks
+    /// for another one is refused; `profile` is the one the call asked for (or `default`).
+    fn session_profile(
+        &self,
+        session: &Session,
+        asked: Option<&str>,
+        profile: Config,
+    ) -> Result<Config, ProfileError> {
+        match asked {
+            Some(asked) if asked != session.profile => Err(ProfileError::Switch {
+                session: session.id.clone(),
+                has: session.profile.clone(),
+                asked: clip(asked).into(),
+            }),
+            _ if session.profile != profile.profile => Ok(self
+                .profile_config(Some(&session.profile))
+                // An adopted session of a profile this server does not know.
+                .unwrap_or(profile)),
+            _ => Ok(profile),
+        }
+    }
+
+    /// The session's list: set by its first call (`first`, already held to the ceiling),
+    /// narrowed by a later one, kept by a call without `network`. A new session whose
+    /// network cannot be set up ends with the error: nobody has its id yet.
+    async fn network_of(
+        &self,
+        session: &Session,
+        guard: &mut SessionGuard<'_>,
+        first: Option<List>,
+        network: Option<&[String]>,
+        new: bool,
+        call: &CallContext,
+    ) -> Result<(), ExecError> {
+        let client = &session.owner;
+        let granted = match first {
+            Some(list) => {
+                let repl = self.live(session, guard)?;
+                self.open_network(repl, &session.id, list, client).await
             }
-            (_, Some(asked), Some(_)) => match &self.shared.egress {
-                Some(egress) => match egress.narrow(&session.id, asked) {
-                    Ok(list) => egress.grant(&session.id, list, client).await.map(|_| ()),
-                    Err(e) => Err(e),
-                },
-                None => self.admit_network(Some(asked)).map(|_| ()),
-            },
-            // A session with a list: its proxy must run (a dead one starts again, and gets
-            // every grant).
-            _ => match &self.shared.egress {
-                Some(egress) if egress.has_grant(&session.id) => egress.warm().await,
-                _ => Ok(()),
-            },
+            None => {
+                let asked = network.filter(|n| !n.is_empty());
+                self.session_network(session, asked, client).await
+            }
         };
         if let Err(e) = granted {
-            if session_id.is_none() {
-                // Nobody has this session's id yet: it goes with the error.
+            if new {
                 let why = EndReason::Lost(format!("its network could not be set up: {e}"));
-                self.end_session(&session, &mut guard, why);
+                self.end_session(session, guard, why);
             }
             return Err(e.into());
         }
         if let Some(egress) = &self.shared.egress {
             egress.attend(&session.id, call.ask.clone());
         }
-        let repl = self.live(&session, &mut guard)?;
+        Ok(())
+    }
+
+    /// A later call's list narrows the session's (`asked`); a call without one keeps it,
+    /// and a session with a list gets its proxy running (a dead one starts again, and
+    /// gets every grant).
+    async fn session_network(
+        &self,
+        session: &Session,
+        asked: Option<&[String]>,
+        client: &Client,
+    ) -> Result<(), EgressError> {
+        match (asked, &self.shared.egress) {
+            (Some(asked), Some(egress)) => {
+                let list = egress.narrow(&session.id, asked)?;
+                egress.grant(&session.id, list, client).await.map(|_| ())
+            }
+            (Some(asked), None) => self.admit_network(Some(asked)).map(|_| ()),
+            (None, Some(egress)) if egress.has_grant(&session.id) => egress.warm().await,
+            (None, _) => Ok(()),
+        }
+    }
+
+    /// Run the code in the session, holding its lock. A lost sandbox, or an end request
+    /// that stopped the call, ends the session and the result says so; a shutdown that
+    /// leaves the durable session running answers at once ([`Ran::Detached`]).
+    async fn run_in_session(
+        &self,
+        session: &Session,
+        guard: &mut SessionGuard<'_>,
+        run: Run<'_>,
+    ) -> Result<Ran, ExecError> {
+        let Run {
+            code,
+            limits,
+            call,
+            profile,
+            started,
+        } = run;
+        let repl = self.live(session, guard)?;
         let outcome = tokio::select! {
-            outcome = repl.execute(code, None, false, &limits, &call.cancel, call.progress.as_ref()) => Some(outcome),
+            outcome = repl.execute(code, None, false, limits, &call.cancel, call.progress.as_ref()) => Some(outcome),
             // Cleanup or shutdown: the sandbox goes now, the call reports why.
             _ = session.ending() => None,
             // Shutdown of a durable session's daemon: the code goes on in the sandbox.
-            _ = session.detached() => {
-                return Ok(ExecResult {
-                    session_id: Some(session.id.clone()),
-                    cancelled: true,
-                    duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-                    notice: Some(format!(
-                        "The server shut down while this code ran. The session lives on (the \
-                         code too, until it ends or times out): call execute-persistent with \
-                         session_id {} on the next server to get this call's result and \
-                         continue with every variable.",
-                        session.id
-                    )),
-                    ..ExecResult::default()
-                });
-            }
+            _ = session.detached() => return Ok(Ran::Detached(detached(session, started))),
         };
-        let survived = " The session is still alive with every variable defined before.";
         let network = match &self.shared.egress {
             Some(egress) if egress.has_grant(&session.id) => Some(egress.report(&session.id).await),
             _ => None,
         };
         let mut result = match outcome {
-            Some(Ok(outcome)) => ExecResult::from_outcome(outcome, survived),
+            Some(Ok(outcome)) => ExecResult::from_outcome(outcome, SURVIVED),
             failed => {
                 let error = match failed {
                     Some(Err(e)) => e,
@@ -624,8 +704,8 @@ impl Engine {
                 };
                 let why = session
                     .end_requested()
-                    .unwrap_or_else(|| EndReason::Lost(self.lost_reason_in(&error, &profile)));
-                self.end_session(&session, &mut guard, why.clone());
+                    .unwrap_or_else(|| EndReason::Lost(self.lost_reason_in(&error, profile)));
+                self.end_session(session, guard, why.clone());
                 ExecResult::lost(
                     format!("Session {} is gone: {why}. Variables are lost; call execute-persistent without session_id to start a new session.", session.id),
                     started,
@@ -633,17 +713,46 @@ impl Engine {
                 )
             }
         };
-        self.explain_memory_error(&mut result, survived, &profile);
-        for change in &mut result.files_changed {
-            change.uri = Some(crate::files::session_uri(&session.id, &change.path));
-        }
-        result.session_id = Some(session.id.clone());
-        result.packages_installed = installed;
-        result.previous_call = session.take_notice();
+        self.explain_memory_error(&mut result, SURVIVED, profile);
         result.network = network;
-        drop(guard);
-        self.restamp(&session);
-        Ok(result)
+        Ok(Ran::Done(result))
+    }
+}
+
+/// The session's note when an interrupted run leaves it alive.
+const SURVIVED: &str = " The session is still alive with every variable defined before.";
+
+/// One run in a session, as [`Engine::execute_persistent`] prepared it.
+struct Run<'a> {
+    code: &'a str,
+    limits: &'a ExecLimits,
+    call: &'a CallContext,
+    profile: &'a Config,
+    started: Instant,
+}
+
+/// How a run in a session came back.
+enum Ran {
+    /// With its result (the session may have ended: the result says so).
+    Done(ExecResult),
+    /// The daemon shut down and left the durable session, code and all, to the next one.
+    Detached(ExecResult),
+}
+
+/// The answer of a call whose durable session this daemon left running at shutdown.
+fn detached(session: &Session, started: Instant) -> ExecResult {
+    ExecResult {
+        session_id: Some(session.id.clone()),
+        cancelled: true,
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        notice: Some(format!(
+            "The server shut down while this code ran. The session lives on (the \
+             code too, until it ends or times out): call execute-persistent with \
+             session_id {} on the next server to get this call's result and \
+             continue with every variable.",
+            session.id
+        )),
+        ..ExecResult::default()
     }
 }
 

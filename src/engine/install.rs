@@ -12,7 +12,8 @@ use crate::client::Client;
 use crate::install;
 use crate::install::{Requirement, RequirementError};
 use crate::repl::Package;
-use crate::runtime::RuntimeError;
+use crate::runtime::{Finished, RuntimeError};
+use crate::sandbox::SandboxSpec;
 use crate::sandbox::{self, Owner};
 use crate::text::clip;
 
@@ -22,7 +23,8 @@ pub struct InstallResult {
     /// The requirements as installed.
     pub requirements: Vec<String>,
     /// Where it went: `session <id>` or `shared environment`.
-    pub target: String,
+    #[schemars(with = "String")]
+    pub target: InstallTarget,
     /// Distributions installed, as `name-version`.
     pub installed: Vec<String>,
     /// Files taken from the download cache instead of the network.
@@ -31,6 +33,45 @@ pub struct InstallResult {
     pub installer: String,
     /// How long the install took, in milliseconds.
     pub duration_ms: f64,
+}
+
+/// Where an install goes. Its `Display` is the text the result carries (`target`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstallTarget {
+    /// A session's own package volume.
+    Session(String),
+    /// The shared environment transient runs and sessions see (`install-package` without
+    /// a session).
+    Shared,
+    /// A transient run's own sandbox (its `packages`).
+    Run,
+}
+
+impl InstallTarget {
+    /// The session the installer works for, if any (its labels say so).
+    fn session(&self) -> Option<&str> {
+        match self {
+            InstallTarget::Session(id) => Some(id),
+            InstallTarget::Shared | InstallTarget::Run => None,
+        }
+    }
+}
+
+impl std::fmt::Display for InstallTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InstallTarget::Session(id) => write!(f, "session {id}"),
+            InstallTarget::Shared => f.write_str("shared environment"),
+            InstallTarget::Run => f.write_str("this run"),
+        }
+    }
+}
+
+/// On the wire, the same string as before the enum: its `Display`.
+impl Serialize for InstallTarget {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// Now, in seconds since the epoch (installer containers report their phases on the same
@@ -66,20 +107,22 @@ pub enum InstallError {
 }
 
 impl Engine {
-    /// Install a run's `packages` into `volume`; nothing to do without any.
+    /// Install a run's `packages` into `volume` (a session's, or a transient run's own
+    /// sandbox's); nothing to do without any.
     pub(super) async fn install_for_run(
         &self,
         requirements: &[Requirement],
         volume: &str,
         session: Option<&str>,
-        target: &str,
     ) -> Result<Vec<String>, InstallError> {
         if requirements.is_empty() {
             return Ok(Vec::new());
         }
-        let r = self
-            .run_installer(requirements, volume, session, target.to_string())
-            .await?;
+        let target = match session {
+            Some(id) => InstallTarget::Session(id.into()),
+            None => InstallTarget::Run,
+        };
+        let r = self.run_installer(requirements, volume, target).await?;
         Ok(r.installed)
     }
 
@@ -100,15 +143,15 @@ impl Engine {
                 // an ended session's volume is never touched again.
                 let mut guard = session.lock().await;
                 self.live(&session, &mut guard)?;
-                let target = format!("session {id}");
-                self.run_installer(&requirements, &session.volume, Some(id), target)
+                let target = InstallTarget::Session(id.into());
+                self.run_installer(&requirements, &session.volume, target)
                     .await
             }
             None => {
                 let pool = self.shared_environment_of(client);
                 let volume = pool.shared_volume().await?.to_string();
                 let _one_at_a_time = self.shared.shared_install.lock().await;
-                self.run_installer(&requirements, &volume, None, "shared environment".into())
+                self.run_installer(&requirements, &volume, InstallTarget::Shared)
                     .await
             }
         }
@@ -141,66 +184,29 @@ impl Engine {
         }
     }
 
+    /// Install `requirements` into `volume` with an installer container of its own,
+    /// which is removed afterwards (before a failure is reported).
     pub(super) async fn run_installer(
         &self,
         requirements: &[Requirement],
         volume: &str,
-        session: Option<&str>,
-        target: String,
+        target: InstallTarget,
     ) -> Result<InstallResult, InstallError> {
         let c = &self.shared.config;
-        let wanted = || {
-            requirements
-                .iter()
-                .map(|r| r.spec.as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        self.shared
-            .cache_volume
-            .get_or_try_init(|| async {
-                let labels = Owner::cache_labels();
-                self.shared
-                    .backend
-                    .create_volume(sandbox::CACHE_VOLUME, &labels)
-                    .await
-            })
-            .await?;
+        let wanted = requirements
+            .iter()
+            .map(|r| r.spec.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        self.cache_volume().await?;
         let cmd = install::installer_command(&c.package, requirements);
-        let spec = sandbox::installer_spec(c, &self.shared.owner, session, volume, cmd);
+        let spec = sandbox::installer_spec(c, &self.shared.owner, target.session(), volume, cmd);
         let started = Instant::now();
         let begun = epoch_seconds();
-        tracing::info!(requirements = %wanted(), %target, "installing");
-        let finished = match self
-            .shared
-            .backend
-            .run_until_exit(&spec, c.package.timeout)
-            .await
-        {
-            Ok((f, id)) if f.exit_code == 0 => {
-                // It has exited: its removal need not delay a success.
-                let backend = self.shared.backend.clone();
-                self.shared
-                    .tasks
-                    .spawn(async move { backend.remove(&id).await });
-                f
-            }
-            Ok((f, id)) => {
-                // A failure is reported with its installer already gone, so a caller
-                // that looks finds nothing left, and a retry starts clean.
-                self.shared.backend.remove(&id).await;
-                f
-            }
-            Err(RuntimeError::Timeout(timeout)) => {
-                return Err(InstallError::TimedOut {
-                    requirement: wanted(),
-                    timeout,
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
+        tracing::info!(requirements = %wanted, %target, "installing");
+        let finished = self.run_to_exit(&spec, &wanted).await?;
         tracing::debug!(
-            requirements = %wanted(),
+            requirements = %wanted,
             %target,
             exit_code = finished.exit_code,
             timing = %install::timing_breakdown(&finished.stdout, begun, epoch_seconds()),
@@ -212,7 +218,7 @@ impl Engine {
                 summary = format!("{summary}\n{hint}");
             }
             return Err(InstallError::Failed {
-                requirement: wanted(),
+                requirement: wanted,
                 summary,
             });
         }
@@ -225,6 +231,54 @@ impl Engine {
             installer: install::installer_used(&finished.stdout),
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,
         })
+    }
+
+    /// The download cache volume every installer mounts, made on the first install.
+    async fn cache_volume(&self) -> Result<(), RuntimeError> {
+        self.shared
+            .cache_volume
+            .get_or_try_init(|| async {
+                let labels = Owner::cache_labels();
+                self.shared
+                    .backend
+                    .create_volume(sandbox::CACHE_VOLUME, &labels)
+                    .await
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Run the installer `spec` until it exits, within `package.timeout`, and remove it:
+    /// after a success off the reply path, after a failure before it is reported (so a
+    /// caller that looks finds nothing left, and a retry starts clean).
+    async fn run_to_exit(
+        &self,
+        spec: &SandboxSpec,
+        wanted: &str,
+    ) -> Result<Finished, InstallError> {
+        let backend = &self.shared.backend;
+        match backend
+            .run_until_exit(spec, self.shared.config.package.timeout)
+            .await
+        {
+            Ok((f, id)) if f.exit_code == 0 => {
+                // It has exited: its removal need not delay a success.
+                let backend = backend.clone();
+                self.shared
+                    .tasks
+                    .spawn(async move { backend.remove(&id).await });
+                Ok(f)
+            }
+            Ok((f, id)) => {
+                backend.remove(&id).await;
+                Ok(f)
+            }
+            Err(RuntimeError::Timeout(timeout)) => Err(InstallError::TimedOut {
+                requirement: wanted.into(),
+                timeout,
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -239,4 +293,32 @@ pub(super) fn parse_requirements(
         .iter()
         .map(|p| install::parse_requirement(p))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_install_target_is_the_same_string_on_the_wire_and_in_the_schema() {
+        let result = |target| InstallResult {
+            requirements: vec!["six".into()],
+            target,
+            installed: Vec::new(),
+            cached: Vec::new(),
+            installer: "uv".into(),
+            duration_ms: 1.0,
+        };
+        let session = serde_json::to_value(result(InstallTarget::Session("abc".into()))).unwrap();
+        assert_eq!(session["target"], "session abc");
+        let shared = serde_json::to_value(result(InstallTarget::Shared)).unwrap();
+        assert_eq!(shared["target"], "shared environment");
+        let schema = serde_json::to_value(schemars::schema_for!(InstallResult)).unwrap();
+        let target = &schema["properties"]["target"];
+        assert_eq!(target["type"], "string", "{target}");
+        assert_eq!(
+            target["description"],
+            "Where it went: `session <id>` or `shared environment`."
+        );
+    }
 }

@@ -41,7 +41,7 @@ mod tests_fake;
 
 pub use exec::{run_timeout, CallContext, ExecError, ExecResult, TimeoutError};
 pub use files::{FileList, FileOpError};
-pub use install::{InstallError, InstallResult};
+pub use install::{InstallError, InstallResult, InstallTarget};
 pub use sessions::{CleanupError, SessionInfo};
 
 use crate::calls::{CallGuard, Calls, Operation, Running, ShuttingDown};

@@ -14,7 +14,7 @@ use crate::calls::{Operation, ShuttingDown};
 use crate::client::Client;
 use crate::config::Config;
 use crate::durable::{self, OwnerKey, SessionName};
-use crate::repl::{Repl, ReplError, Variable};
+use crate::repl::{Repl, ReplError, Resumed, Variable};
 use crate::sandbox;
 use crate::session::{EndReason, Session, SessionGuard, SlotRefusal, State};
 use crate::text::clip;
@@ -114,16 +114,12 @@ impl Engine {
     pub(super) async fn adopt(&self, id: &str, client: &Client) -> Result<Arc<Session>, ExecError> {
         let s = &self.shared;
         let unknown = || ExecError::NoSuchSession(clip(id).into());
-        let adoption = |why: String| ExecError::Adoption {
-            id: clip(id).into(),
-            why,
-        };
         let key = self.owner_key(client);
         let found = s
             .backend
             .named(&format!("{}{id}.", durable::PREFIX))
             .await
-            .map_err(|e| adoption(e.to_string()))?;
+            .map_err(|e| adoption(id, e.to_string()))?;
         let Some((container, name)) = found.into_iter().filter(|c| c.running).find_map(|c| {
             let n = SessionName::parse(&c.name)?;
             (n.session == id && n.owner == key.as_str()).then_some((c, n))
@@ -148,6 +144,9 @@ impl Engine {
         taken
     }
 
+    /// Take over the durable session `id` whose container `adopt` found: claim it in the
+    /// helper, rename it, find its volume, stop the call cut off by the restart, and
+    /// register it.
     pub(super) async fn take_over(
         &self,
         id: &str,
@@ -158,10 +157,6 @@ impl Engine {
         let s = &self.shared;
         let c = &s.config.session;
         let started = Instant::now();
-        let adoption = |why: String| ExecError::Adoption {
-            id: clip(id).into(),
-            why,
-        };
         let now = durable::now();
         let claimed = SessionName {
             holder: Some(s.holder.clone()),
@@ -169,28 +164,7 @@ impl Engine {
             ..name.clone()
         }
         .render();
-        // The helper decides which of two adopting daemons wins; the name follows.
-        let token = durable::ClaimedName::new(&s.holder).render();
-        let (mut repl, resumed) =
-            match Repl::take(&s.backend, &container.id, &token, CONTROL_TIMEOUT, |by| {
-                durable::claim_gone(by, &s.holder)
-            })
-            .await
-            {
-                Ok(taken) => taken,
-                Err(ReplError::Claimed(by)) => {
-                    let holder = by
-                        .as_deref()
-                        .and_then(durable::ClaimedName::parse)
-                        .map(|c| c.holder.to_string())
-                        .unwrap_or_else(|| "another server, which adopted it a moment ago".into());
-                    return Err(ExecError::Held {
-                        id: clip(id).into(),
-                        holder,
-                    });
-                }
-                Err(e) => return Err(adoption(e.to_string())),
-            };
+        let (mut repl, resumed) = self.claim(id, &container.id).await?;
         // Won: the name says so (for the sweep and for `cleanup`), and the package
         // volume is found, while the helper is asked about the call cut off.
         let (renamed, volume) = tokio::join!(
@@ -200,7 +174,7 @@ impl Engine {
         );
         let claimed = match renamed {
             Ok(true) => claimed,
-            Ok(false) => return Err(adoption("its container went away".into())),
+            Ok(false) => return Err(adoption(id, "its container went away".into())),
             // The helper's claim is what holds it; the name is only late.
             Err(e) => {
                 tracing::warn!(session_id = %id, error = %e, "could not rename an adopted session's container");
@@ -211,18 +185,78 @@ impl Engine {
             Ok(v) => v.unwrap_or_default(),
             // Left held by this daemon: its next attempt, or anyone's once it is gone, takes it.
             Err(e) => {
-                return Err(adoption(format!(
-                    "its package volume could not be found: {e}"
-                )))
+                let why = format!("its package volume could not be found: {e}");
+                return Err(adoption(id, why));
             }
         };
-        let hard_end = container.created.saturating_add(c.max_lifetime.as_secs());
+        let notice = self
+            .settle(id, &mut repl, resumed, container.created)
+            .await?;
+        tracing::info!(session_id = %id, %client, container = %claimed,
+            adopt_ms = started.elapsed().as_millis() as u64, "session adopted from an earlier server");
+        let profile = container
+            .labels
+            .get(sandbox::labels::PROFILE)
+            .map_or(crate::profile::DEFAULT, String::as_str);
+        let session = Session::new(
+            id.into(),
+            client.clone(),
+            container.id.clone(),
+            volume,
+            repl,
+        )
+        .durable(claimed, now)
+        .adopted(container.created, notice)
+        .with_profile(profile);
+        let session = Arc::new(session);
+        self.shared.sessions.insert(session.clone());
+        Ok(session)
+    }
+
+    /// Claim the durable session `id`'s sandbox (`container`) in its helper: of two
+    /// adopting daemons, the helper decides which one wins.
+    async fn claim(&self, id: &str, container: &str) -> Result<(Repl, Resumed), ExecError> {
+        let s = &self.shared;
+        let token = durable::ClaimedName::new(&s.holder).render();
+        let taken = Repl::take(&s.backend, container, &token, CONTROL_TIMEOUT, |by| {
+            durable::claim_gone(by, &s.holder)
+        })
+        .await;
+        match taken {
+            Ok(taken) => Ok(taken),
+            Err(ReplError::Claimed(by)) => {
+                let holder = by
+                    .as_deref()
+                    .and_then(durable::ClaimedName::parse)
+                    .map(|c| c.holder.to_string())
+                    .unwrap_or_else(|| "another server, which adopted it a moment ago".into());
+                Err(ExecError::Held {
+                    id: clip(id).into(),
+                    holder,
+                })
+            }
+            Err(e) => Err(adoption(id, e.to_string())),
+        }
+    }
+
+    /// An adopted sandbox made ready for calls: the call cut off by the restart stopped
+    /// (what became of it is returned, for the next result), its lease set from its
+    /// creation (`created`), and no network kept.
+    async fn settle(
+        &self,
+        id: &str,
+        repl: &mut Repl,
+        resumed: Resumed,
+        created: u64,
+    ) -> Result<Option<String>, ExecError> {
+        let s = &self.shared;
+        let c = &s.config.session;
         // The call cut off first: until it stops, the helper runs nothing else.
         let lease = crate::repl::Lease {
             idle: c.idle_timeout,
-            until: hard_end,
+            until: created.saturating_add(c.max_lifetime.as_secs()),
         };
-        let recovered = match recover_cut_off(&mut repl, resumed).await {
+        let recovered = match recover_cut_off(repl, resumed).await {
             Ok(notice) => repl.lease(&lease, CONTROL_TIMEOUT).await.map(|()| notice),
             Err(e) => Err(e),
         };
@@ -230,10 +264,13 @@ impl Engine {
             Ok(notice) => notice,
             Err(e) => {
                 repl.kill().await;
-                return Err(adoption(format!(
-                    "its sandbox was lost while the call cut off by the restart was stopped: {}",
-                    self.lost_reason(&e)
-                )));
+                return Err(adoption(
+                    id,
+                    format!(
+                        "its sandbox was lost while the call cut off by the restart was stopped: {}",
+                        self.lost_reason(&e)
+                    ),
+                ));
             }
         };
         // Its grant was the earlier server's: an adopted session keeps no network (fail
@@ -243,27 +280,7 @@ impl Engine {
                 tracing::debug!(session_id = %id, error = %e, "could not stop an adopted session's forwarder");
             }
         }
-        tracing::info!(session_id = %id, %client, container = %claimed,
-            adopt_ms = started.elapsed().as_millis() as u64, "session adopted from an earlier server");
-        let session = Arc::new(
-            Session::new(
-                id.into(),
-                client.clone(),
-                container.id.clone(),
-                volume,
-                repl,
-            )
-            .durable(claimed, now)
-            .adopted(container.created, notice)
-            .with_profile(
-                container
-                    .labels
-                    .get(sandbox::labels::PROFILE)
-                    .map_or(crate::profile::DEFAULT, String::as_str),
-            ),
-        );
-        s.sessions.insert(session.clone());
-        Ok(session)
+        Ok(notice)
     }
 
     /// Rename a durable session's container: held by this daemon (`held`) or by none, its
@@ -595,6 +612,14 @@ pub struct SessionInfo {
     /// `this server`; no server (the next call that names it adopts it); or another
     /// running server, named.
     pub held_by: String,
+}
+
+/// An adoption that failed, and why.
+fn adoption(id: &str, why: String) -> ExecError {
+    ExecError::Adoption {
+        id: clip(id).into(),
+        why,
+    }
 }
 
 /// What became of the call a previous daemon had in flight, as a line for the next
