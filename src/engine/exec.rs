@@ -3,6 +3,7 @@
 //! error ([`ExecError`]), the per-call time-out and the call's network list.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use schemars::JsonSchema;
@@ -22,10 +23,10 @@ use crate::install::{Requirement, RequirementError};
 use crate::pool::{AcquireError, Pool, Sandbox};
 use crate::profile::ProfileError;
 use crate::repl::{
-    ExecLimits, Interrupt, Outcome, OutputChunk, PeakScope, PyError, Repl, ReplError, Reply,
+    Died, ExecLimits, Interrupt, Outcome, OutputChunk, PeakScope, PyError, Repl, ReplError, Reply,
 };
 use crate::sandbox::{self};
-use crate::session::{EndReason, Session, SessionGuard};
+use crate::session::{EndReason, Lost, Session, SessionGuard};
 use crate::text::clip;
 use tokio_util::sync::CancellationToken;
 
@@ -208,10 +209,17 @@ impl ExecResult {
         }
     }
 
-    pub(super) fn lost(why: String, started: Instant, error: &ReplError) -> ExecResult {
+    /// A result whose sandbox is gone (`why`), after a time-out or a cancel that killed it
+    /// (see [`killed`]).
+    pub(super) fn lost(
+        why: String,
+        started: Instant,
+        timed_out: bool,
+        cancelled: bool,
+    ) -> ExecResult {
         ExecResult {
-            timed_out: matches!(error, ReplError::Killed(Interrupt::Timeout(_))),
-            cancelled: matches!(error, ReplError::Killed(Interrupt::Cancelled)),
+            timed_out,
+            cancelled,
             sandbox_lost: true,
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,
             notice: Some(why),
@@ -235,8 +243,9 @@ pub enum ExecError {
     Ended { id: String, why: EndReason },
     #[error("could not install the requested packages: {0}")]
     Packages(Box<InstallError>),
-    #[error("session `{0}` did not answer: {1}")]
-    Broken(String, String),
+    /// The session's helper failed a request (`id`: the session, or `(new sandbox)`).
+    #[error("session `{id}` did not answer: {why}")]
+    Broken { id: String, why: ReplError },
     #[error("there are already {0} sessions (session.max_sessions). End one with cleanup-session, or raise the limit")]
     TooManySessions(usize),
     #[error("client `{client}` already has {max} sessions (session.max_sessions_per_client). End one with cleanup-session, or ask the operator to raise the limit")]
@@ -250,7 +259,7 @@ pub enum ExecError {
     Files(Box<FileError>),
     /// The call's `network` list is refused, or the egress proxy cannot serve it.
     #[error(transparent)]
-    Network(Box<EgressError>),
+    Network(Arc<EgressError>),
     /// The call named a profile this server does not have, or another one than its
     /// session's.
     #[error(transparent)]
@@ -259,8 +268,16 @@ pub enum ExecError {
 
 impl From<EgressError> for ExecError {
     fn from(e: EgressError) -> Self {
-        ExecError::Network(Box::new(e))
+        ExecError::Network(Arc::new(e))
     }
+}
+
+/// Whether a lost sandbox was killed after a time-out, or after a cancel.
+fn killed(e: &ReplError) -> (bool, bool) {
+    (
+        matches!(e, ReplError::Killed(Interrupt::Timeout(_))),
+        matches!(e, ReplError::Killed(Interrupt::Cancelled)),
+    )
 }
 
 /// The key a profile's memory limit comes from, for messages.
@@ -327,20 +344,19 @@ impl Engine {
         })
     }
 
-    /// Why a sandbox died, in words, naming the limit when the engine says it was hit.
-    pub(super) fn lost_reason(&self, e: &ReplError) -> String {
-        self.lost_reason_in(e, &self.shared.config)
+    /// How a sandbox was lost, naming the limit when the engine says it was hit.
+    pub(super) fn lost(&self, e: ReplError) -> Lost {
+        self.lost_in(e, &self.shared.config)
     }
 
-    /// [`Engine::lost_reason`] for a sandbox of `profile`, naming its memory limit.
-    pub(super) fn lost_reason_in(&self, e: &ReplError, profile: &Config) -> String {
+    /// [`Engine::lost`] for a sandbox of `profile`, naming its memory limit.
+    pub(super) fn lost_in(&self, e: ReplError, profile: &Config) -> Lost {
         match e {
-            ReplError::OutOfMemory => format!(
-                "{e}: {} ({}). Files in /tmp and the working directory count toward it",
-                human_bytes(profile.docker.memory_limit),
-                memory_key(profile)
-            ),
-            _ => e.to_string(),
+            ReplError::OutOfMemory => Lost::OutOfMemory {
+                limit: profile.docker.memory_limit,
+                key: memory_key(profile),
+            },
+            e => Lost::Repl(Arc::new(e)),
         }
     }
 
@@ -426,7 +442,11 @@ impl Engine {
             .await;
         let mut result = match outcome {
             Ok(outcome) => ExecResult::from_outcome(outcome, ""),
-            Err(e) => ExecResult::lost(self.lost_reason_in(&e, &profile), started, &e),
+            Err(e) => {
+                let (timed_out, cancelled) = killed(&e);
+                let why = self.lost_in(e, &profile).to_string();
+                ExecResult::lost(why, started, timed_out, cancelled)
+            }
         };
         // The sandbox goes next: its changed files come back embedded.
         if !result.sandbox_lost {
@@ -635,11 +655,13 @@ impl Engine {
             }
         };
         if let Err(e) = granted {
+            let e = Arc::new(e);
             if new {
-                let why = EndReason::Lost(format!("its network could not be set up: {e}"));
+                // Nobody has this session's id yet: it goes with the error.
+                let why = EndReason::Lost(Lost::Network(e.clone()));
                 self.end_session(session, guard, why);
             }
-            return Err(e.into());
+            return Err(ExecError::Network(e));
         }
         if let Some(egress) = &self.shared.egress {
             egress.attend(&session.id, call.ask.clone());
@@ -700,16 +722,18 @@ impl Engine {
             failed => {
                 let error = match failed {
                     Some(Err(e)) => e,
-                    _ => ReplError::Died("the session was asked to end".into()),
+                    _ => ReplError::Died(Died::EndRequested),
                 };
+                let (timed_out, cancelled) = killed(&error);
                 let why = session
                     .end_requested()
-                    .unwrap_or_else(|| EndReason::Lost(self.lost_reason_in(&error, profile)));
+                    .unwrap_or_else(|| EndReason::Lost(self.lost_in(error, profile)));
                 self.end_session(session, guard, why.clone());
                 ExecResult::lost(
                     format!("Session {} is gone: {why}. Variables are lost; call execute-persistent without session_id to start a new session.", session.id),
                     started,
-                    &error,
+                    timed_out,
+                    cancelled,
                 )
             }
         };

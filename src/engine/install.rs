@@ -172,14 +172,20 @@ impl Engine {
                 let repl = self.live(&session, &mut guard)?;
                 repl.packages(CONTROL_TIMEOUT)
                     .await
-                    .map_err(|e| ExecError::Broken(clip(id).into(), e.to_string()))
+                    .map_err(|e| ExecError::Broken {
+                        id: clip(id).into(),
+                        why: e,
+                    })
             }
             None => {
                 let pool = self.pool_for(client);
                 let mut sandbox = pool.acquire(client).await?;
                 let listed = sandbox.repl.packages(CONTROL_TIMEOUT).await;
                 pool.discard(sandbox);
-                listed.map_err(|e| ExecError::Broken("(new sandbox)".into(), e.to_string()))
+                listed.map_err(|e| ExecError::Broken {
+                    id: "(new sandbox)".into(),
+                    why: e,
+                })
             }
         }
     }

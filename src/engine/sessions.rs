@@ -46,7 +46,10 @@ impl Engine {
         let repl = self.live(&session, &mut guard)?;
         repl.reset(CONTROL_TIMEOUT)
             .await
-            .map_err(|e| ExecError::Broken(clip(id).into(), e.to_string()))
+            .map_err(|e| ExecError::Broken {
+                id: clip(id).into(),
+                why: e,
+            })
     }
 
     /// A session's variables with their types and short reprs.
@@ -61,7 +64,10 @@ impl Engine {
         let repl = self.live(&session, &mut guard)?;
         repl.variables(CONTROL_TIMEOUT)
             .await
-            .map_err(|e| ExecError::Broken(clip(id).into(), e.to_string()))
+            .map_err(|e| ExecError::Broken {
+                id: clip(id).into(),
+                why: e,
+            })
     }
 
     /// `client`'s session `id`. Another client's session is unknown, like one that never
@@ -268,7 +274,7 @@ impl Engine {
                     id,
                     format!(
                         "its sandbox was lost while the call cut off by the restart was stopped: {}",
-                        self.lost_reason(&e)
+                        self.lost(e)
                     ),
                 ));
             }
