@@ -25,6 +25,7 @@ use crate::profile::ProfileError;
 use crate::repl::{
     Died, ExecLimits, Interrupt, Outcome, OutputChunk, PeakScope, PyError, Repl, ReplError, Reply,
 };
+use crate::runtime::RuntimeError;
 use crate::sandbox::{self};
 use crate::session::{EndReason, Lost, Session, SessionGuard};
 use crate::text::clip;
@@ -238,7 +239,7 @@ pub enum ExecError {
     #[error("session `{id}` is held by another python-docker-mcp that is still running ({holder}): one server at a time uses a session. Use that server, or stop it: its sessions are then adopted by the next server that names them")]
     Held { id: String, holder: String },
     #[error("session `{id}` could not be adopted from the server that ran it before: {why}")]
-    Adoption { id: String, why: String },
+    Adoption { id: String, why: AdoptionError },
     #[error("session `{id}` has ended: {why}. Call execute-persistent without session_id to start a new one")]
     Ended { id: String, why: EndReason },
     #[error("could not install the requested packages: {0}")]
@@ -289,6 +290,26 @@ pub(super) fn memory_key(profile: &Config) -> String {
             None => "docker.memory_limit".into(),
         },
     }
+}
+
+/// Why a durable session an earlier server left could not be taken over.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptionError {
+    /// The engine could not list the session's container.
+    #[error("{0}")]
+    List(RuntimeError),
+    /// Its helper could not be attached to or did not answer the claim.
+    #[error("{0}")]
+    Claim(ReplError),
+    /// Its container went away while it was claimed.
+    #[error("its container went away")]
+    Gone,
+    /// The engine could not say which package volume it mounts.
+    #[error("its package volume could not be found: {0}")]
+    Volume(RuntimeError),
+    /// It was lost while the call cut off by the restart was stopped.
+    #[error("its sandbox was lost while the call cut off by the restart was stopped: {0}")]
+    CutOffCall(Lost),
 }
 
 /// A per-call `timeout` the server will not use.

@@ -39,7 +39,7 @@ mod sessions;
 #[cfg(test)]
 mod tests_fake;
 
-pub use exec::{run_timeout, CallContext, ExecError, ExecResult, TimeoutError};
+pub use exec::{run_timeout, AdoptionError, CallContext, ExecError, ExecResult, TimeoutError};
 pub use files::{FileList, FileOpError};
 pub use install::{InstallError, InstallResult, InstallTarget};
 pub use sessions::{CleanupError, SessionInfo};

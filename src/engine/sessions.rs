@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use super::{Engine, ExecError, ExecResult, CONTROL_TIMEOUT};
+use super::{AdoptionError, Engine, ExecError, ExecResult, CONTROL_TIMEOUT};
 use crate::calls::{Operation, ShuttingDown};
 use crate::client::Client;
 use crate::config::Config;
@@ -125,7 +125,7 @@ impl Engine {
             .backend
             .named(&format!("{}{id}.", durable::PREFIX))
             .await
-            .map_err(|e| adoption(id, e.to_string()))?;
+            .map_err(|e| adoption(id, AdoptionError::List(e)))?;
         let Some((container, name)) = found.into_iter().filter(|c| c.running).find_map(|c| {
             let n = SessionName::parse(&c.name)?;
             (n.session == id && n.owner == key.as_str()).then_some((c, n))
@@ -180,7 +180,7 @@ impl Engine {
         );
         let claimed = match renamed {
             Ok(true) => claimed,
-            Ok(false) => return Err(adoption(id, "its container went away".into())),
+            Ok(false) => return Err(adoption(id, AdoptionError::Gone)),
             // The helper's claim is what holds it; the name is only late.
             Err(e) => {
                 tracing::warn!(session_id = %id, error = %e, "could not rename an adopted session's container");
@@ -190,10 +190,7 @@ impl Engine {
         let volume = match volume {
             Ok(v) => v.unwrap_or_default(),
             // Left held by this daemon: its next attempt, or anyone's once it is gone, takes it.
-            Err(e) => {
-                let why = format!("its package volume could not be found: {e}");
-                return Err(adoption(id, why));
-            }
+            Err(e) => return Err(adoption(id, AdoptionError::Volume(e))),
         };
         let notice = self
             .settle(id, &mut repl, resumed, container.created)
@@ -241,7 +238,7 @@ impl Engine {
                     holder,
                 })
             }
-            Err(e) => Err(adoption(id, e.to_string())),
+            Err(e) => Err(adoption(id, AdoptionError::Claim(e))),
         }
     }
 
@@ -270,13 +267,7 @@ impl Engine {
             Ok(notice) => notice,
             Err(e) => {
                 repl.kill().await;
-                return Err(adoption(
-                    id,
-                    format!(
-                        "its sandbox was lost while the call cut off by the restart was stopped: {}",
-                        self.lost(e)
-                    ),
-                ));
+                return Err(adoption(id, AdoptionError::CutOffCall(self.lost(e))));
             }
         };
         // Its grant was the earlier server's: an adopted session keeps no network (fail
@@ -621,7 +612,7 @@ pub struct SessionInfo {
 }
 
 /// An adoption that failed, and why.
-fn adoption(id: &str, why: String) -> ExecError {
+fn adoption(id: &str, why: AdoptionError) -> ExecError {
     ExecError::Adoption {
         id: clip(id).into(),
         why,
