@@ -23,10 +23,10 @@
 //!
 //! **When creations fail.** One container that dies while starting (killed by someone) is
 //! retried at once and nobody hears of it; so are several that die together. After any
-//! failure, creations run one at a time until one succeeds. The pool counts as *broken* after a Docker refusal (engine unreachable, image missing) or when a
+//! failure, creations run one at a time until one succeeds. The pool counts as *broken* after an engine refusal (`AcquireError::Create`: engine unreachable, image missing) or when a
 //! creation started after a failure fails too: two failures in a row (say an image whose
 //! `python3` exits at once). Then:
-//! - every waiting request is told the failure at once (`AcquireError::Create`);
+//! - every waiting request is told the failure at once (`AcquireError::Create` or `Start`);
 //! - at most one creation runs at a time, the next one `BACKOFF_FIRST` after the last
 //!   failure, doubling per failure up to `BACKOFF_MAX`, whether or not anyone waits;
 //! - a new request gets the last failure at once, unless a creation is running (it waits

@@ -45,6 +45,10 @@ const STDERR_TAIL: usize = 4096;
 /// How much of a sandbox's own stderr is logged (at debug level) over its whole life.
 const STDERR_LOGGED: usize = 8 * 1024;
 
+// The protocol's limits, in one table: the reader enforces them, a [`Violation`] names the
+// one a sandbox broke, the helper is told the ones it keeps (`max_frame`, `list_cap`), and
+// ARCHITECTURE's "The protocol's limits" describes each.
+
 /// The longest line the helper may send: a result with its output, figures and state. The
 /// helper fits every reply under it (dropping figures, then state, then output, and saying
 /// so); a sandbox that sends a longer line is ended.
@@ -66,6 +70,7 @@ const OUTPUT_BURST: f64 = 32.0;
 const OUTPUT_RATE: f64 = 16.0;
 /// Frames queued between the reader and the caller.
 const QUEUE: usize = 4;
+
 /// How long a replayed result may take to arrive, beyond the interrupt's grace.
 const CONTROL_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait for the engine's OOM report after a helper died.
