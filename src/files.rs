@@ -136,11 +136,24 @@ pub struct FileEntry {
     /// Its name inside the listed directory.
     pub name: String,
     /// `file`, `dir`, `link` or `other`.
-    pub kind: String,
+    #[schemars(with = "String")]
+    pub kind: FileKind,
     /// Size in bytes (of the link itself for a link).
     pub size: u64,
     /// Modification time, seconds since the Unix epoch.
     pub mtime: f64,
+}
+
+/// What a directory entry is, as the helper says (`lstat`: a link is not followed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    File,
+    Dir,
+    Link,
+    /// Anything else (a socket, a device, a FIFO), or a word this daemon does not know.
+    #[serde(other)]
+    Other,
 }
 
 /// A file's bytes, fetched from a sandbox.
@@ -464,5 +477,20 @@ mod tests {
         assert_eq!(relative(WD, "/app/out/x.csv"), Some("out/x.csv"));
         assert_eq!(relative(WD, "/tmp/x"), None);
         assert_eq!(relative(WD, "/application"), None);
+    }
+
+    #[test]
+    fn an_entry_kind_is_the_helpers_word_on_the_wire_and_a_string_in_the_schema() {
+        let entry: FileEntry =
+            serde_json::from_str(r#"{"name": "data", "kind": "dir", "size": 4096, "mtime": 1.5}"#)
+                .unwrap();
+        assert_eq!(entry.kind, FileKind::Dir);
+        assert_eq!(serde_json::to_value(&entry).unwrap()["kind"], "dir");
+        let odd: FileEntry =
+            serde_json::from_str(r#"{"name": "s", "kind": "socket", "size": 0, "mtime": 0}"#)
+                .unwrap();
+        assert_eq!(odd.kind, FileKind::Other);
+        let schema = serde_json::to_value(schemars::schema_for!(FileEntry)).unwrap();
+        assert_eq!(schema["properties"]["kind"]["type"], "string");
     }
 }

@@ -23,10 +23,10 @@
 //!
 //! **When creations fail.** One container that dies while starting (killed by someone) is
 //! retried at once and nobody hears of it; so are several that die together. After any
-//! failure, creations run one at a time until one succeeds. The pool counts as *broken* after a Docker refusal (engine unreachable, image missing) or when a
+//! failure, creations run one at a time until one succeeds. The pool counts as *broken* after an engine refusal (`AcquireError::Create`: engine unreachable, image missing) or when a
 //! creation started after a failure fails too: two failures in a row (say an image whose
 //! `python3` exits at once). Then:
-//! - every waiting request is told the failure at once (`AcquireError::Create`);
+//! - every waiting request is told the failure at once (`AcquireError::Create` or `Start`);
 //! - at most one creation runs at a time, the next one `BACKOFF_FIRST` after the last
 //!   failure, doubling per failure up to `BACKOFF_MAX`, whether or not anyone waits;
 //! - a new request gets the last failure at once, unless a creation is running (it waits
@@ -115,24 +115,45 @@ pub struct Sandbox {
 /// Why no sandbox could be had.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AcquireError {
-    /// Docker could not create one (unreachable, image missing, refused).
+    /// The engine could not create one (unreachable, image missing, refused).
     #[error("{0}")]
-    Create(Arc<str>),
+    Create(Arc<RuntimeError>),
+    /// One was created, but its helper did not start (the image is broken, or the
+    /// container was killed while it started).
+    #[error("{0}")]
+    Start(Arc<ReplError>),
+    /// Creations keep failing, and the last failure is not known any more.
+    #[error("creating a sandbox keeps failing")]
+    KeepsFailing,
     /// None became ready in time.
     #[error(
-        "no sandbox became ready within {waited:?}: the warm pool was exhausted and Docker could not \
-         start one in time ({creating} being created, at most {max_creations} at once{last_error}). \
+        "no sandbox became ready within {waited:?}: the warm pool was exhausted and the engine could not \
+         start one in time ({creating} being created, at most {max_creations} at once{last}). \
          Raise docker.pool_size or docker.max_concurrent_creations, or docker.pool_wait_timeout if \
-         the host is slow"
+         the host is slow",
+        last = LastFailure(last_error.as_deref())
     )]
     Exhausted {
         waited: Duration,
         creating: usize,
         max_creations: usize,
-        last_error: String,
+        /// The last creation failure, if there was one.
+        last_error: Option<Box<AcquireError>>,
     },
     #[error("the server is shutting down")]
     Closed,
+}
+
+/// `; last failure: ...` in [`AcquireError::Exhausted`]'s message, when there was one.
+struct LastFailure<'a>(Option<&'a AcquireError>);
+
+impl std::fmt::Display for LastFailure<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(e) => write!(f, "; last failure: {e}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The pool's counters, for logs, `/ready` and `/metrics`.
@@ -230,7 +251,7 @@ struct State {
     last_failure: Option<Instant>,
     /// The latest creation failure: told to requests while broken, and explains an
     /// exhausted pool.
-    last_error: Option<Arc<str>>,
+    last_error: Option<AcquireError>,
     closed: bool,
     /// Host pool: warm sandboxes of this fingerprint on the engine, and free slots, at
     /// the last look.
@@ -255,6 +276,13 @@ impl State {
     fn probe_due(&self) -> bool {
         self.last_failure
             .is_none_or(|t| t.elapsed() >= self.backoff().min(PROBE_AFTER))
+    }
+
+    /// Why no sandbox can be made: the last failure.
+    fn failure(&self) -> AcquireError {
+        self.last_error
+            .clone()
+            .unwrap_or(AcquireError::KeepsFailing)
     }
 
     /// Tell every waiting request why no sandbox can be made.
@@ -491,7 +519,8 @@ impl Pool {
         });
     }
 
-    /// Whether this pool ever asked Docker for anything (shutdown skips Docker otherwise).
+    /// Whether this pool ever asked the engine for anything (shutdown skips the engine
+    /// otherwise).
     pub fn used_docker(&self) -> bool {
         self.inner.shared_volume.initialized() || self.inner.started.is_completed()
     }
@@ -670,55 +699,7 @@ impl Pool {
         let wait = self.inner.config.docker.pool_wait_timeout;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let taken = {
-                let mut st = self.inner.state.lock().expect("pool lock");
-                if st.closed {
-                    return Err(AcquireError::Closed);
-                }
-                // Do not jump the queue: take from `ready` only when no one waits before us.
-                let first_in_line = st.waiters.is_empty();
-                match st.ready.pop_front().filter(|_| first_in_line) {
-                    Some(sb) => Ok(sb),
-                    None => {
-                        if st.broken && st.attempting == 0 && !st.probe {
-                            if !st.probe_due() {
-                                let error = st
-                                    .last_error
-                                    .clone()
-                                    .unwrap_or_else(|| "creating a sandbox keeps failing".into());
-                                return Err(AcquireError::Create(error));
-                            }
-                            st.probe = true;
-                        }
-                        let (tx, rx) = oneshot::channel();
-                        st.waiters.push(client, tx);
-                        Err(Waiting { pool: self, rx })
-                    }
-                }
-            };
-            // A waiter needs a creation now. A sandbox taken from the pool is replaced once
-            // the call is done (`discard`, `replenish`), so the replacement's start does not
-            // compete with the call it serves.
-            if taken.is_err() {
-                self.inner.refill.notify_one();
-            }
-            let sandbox = match taken {
-                Ok(sb) => sb,
-                Err(mut waiting) => {
-                    match tokio::time::timeout_at(deadline, &mut waiting.rx).await {
-                        Ok(Ok(delivery)) => delivery?,
-                        Ok(Err(_)) => return Err(AcquireError::Closed),
-                        Err(_) => {
-                            // A sandbox sent just as the time ran out is still ours: use it.
-                            waiting.rx.close();
-                            match waiting.rx.try_recv() {
-                                Ok(delivery) => delivery?,
-                                Err(_) => return Err(self.exhausted(wait)),
-                            }
-                        }
-                    }
-                }
-            };
+            let sandbox = self.next_sandbox(client, wait, deadline).await?;
             // From here until it is returned, a cancelled call discards the sandbox.
             let mut hand = InHand {
                 pool: self,
@@ -727,26 +708,85 @@ impl Pool {
             if self.inner.state.lock().expect("pool lock").closed {
                 return Err(AcquireError::Closed);
             }
-            let sandbox = hand.sandbox.as_mut().expect("in hand");
-            // Held ready in the host pool: mark it used (a claimed name) as it is pinged.
-            let used = match &self.inner.host {
-                Some(h) if durable::HeldName::parse(&sandbox.repl.name).is_some() => {
-                    Some(ClaimedName::new(&h.holder).render())
-                }
-                _ => None,
-            };
-            if sandbox.repl.ping(PING_TIMEOUT).await {
-                if let Some(to) = used {
-                    let from = std::mem::replace(&mut sandbox.repl.name, to);
-                    self.rename_later(sandbox, from);
-                }
+            if self.answers(hand.sandbox.as_mut().expect("in hand")).await {
                 self.inner.state.lock().expect("pool lock").checked_out();
                 return Ok(hand.sandbox.take().expect("in hand"));
             }
-            tracing::warn!(container = %sandbox.repl.name, "a warm sandbox did not answer; removing it");
             self.inner.state.lock().expect("pool lock").stats.retired += 1;
             drop(hand);
         }
+    }
+
+    /// The next sandbox for `client`: a ready one when nobody waits before it, otherwise
+    /// the one delivered to it as a waiter by `deadline` (`wait` after the call came).
+    async fn next_sandbox(
+        &self,
+        client: &Client,
+        wait: Duration,
+        deadline: tokio::time::Instant,
+    ) -> Result<Sandbox, AcquireError> {
+        let taken = {
+            let mut st = self.inner.state.lock().expect("pool lock");
+            if st.closed {
+                return Err(AcquireError::Closed);
+            }
+            // Do not jump the queue: take from `ready` only when no one waits before us.
+            let first_in_line = st.waiters.is_empty();
+            match st.ready.pop_front().filter(|_| first_in_line) {
+                Some(sb) => Ok(sb),
+                None => {
+                    if st.broken && st.attempting == 0 && !st.probe {
+                        if !st.probe_due() {
+                            return Err(st.failure());
+                        }
+                        st.probe = true;
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    st.waiters.push(client, tx);
+                    Err(Waiting { pool: self, rx })
+                }
+            }
+        };
+        let mut waiting = match taken {
+            Ok(sb) => return Ok(sb),
+            Err(waiting) => waiting,
+        };
+        // A waiter needs a creation now. A sandbox taken from the pool is replaced once
+        // the call is done (`discard`, `replenish`), so the replacement's start does not
+        // compete with the call it serves.
+        self.inner.refill.notify_one();
+        match tokio::time::timeout_at(deadline, &mut waiting.rx).await {
+            Ok(Ok(delivery)) => delivery,
+            Ok(Err(_)) => Err(AcquireError::Closed),
+            Err(_) => {
+                // A sandbox sent just as the time ran out is still ours: use it.
+                waiting.rx.close();
+                match waiting.rx.try_recv() {
+                    Ok(delivery) => delivery,
+                    Err(_) => Err(self.exhausted(wait)),
+                }
+            }
+        }
+    }
+
+    /// Whether a sandbox about to be handed out answers a ping. One held ready in the host
+    /// pool is marked used (a claimed name) as it is pinged.
+    async fn answers(&self, sandbox: &mut Sandbox) -> bool {
+        let used = match &self.inner.host {
+            Some(h) if durable::HeldName::parse(&sandbox.repl.name).is_some() => {
+                Some(ClaimedName::new(&h.holder).render())
+            }
+            _ => None,
+        };
+        if !sandbox.repl.ping(PING_TIMEOUT).await {
+            tracing::warn!(container = %sandbox.repl.name, "a warm sandbox did not answer; removing it");
+            return false;
+        }
+        if let Some(to) = used {
+            let from = std::mem::replace(&mut sandbox.repl.name, to);
+            self.rename_later(sandbox, from);
+        }
+        true
     }
 
     fn exhausted(&self, waited: Duration) -> AcquireError {
@@ -755,11 +795,7 @@ impl Pool {
             waited,
             creating: st.creating,
             max_creations: self.inner.config.docker.max_concurrent_creations as usize,
-            last_error: st
-                .last_error
-                .as_ref()
-                .map(|e| format!("; last failure: {e}"))
-                .unwrap_or_default(),
+            last_error: st.last_error.clone().map(Box::new),
         }
     }
 
@@ -918,93 +954,18 @@ impl Pool {
         }
     }
 
+    /// The refill task: after each wake-up (a call took or returned a sandbox, a creation
+    /// ended, a back-off passed), look at the host pool, decide how many creations to
+    /// start, start them, and sleep until the next reason to look.
     async fn refill_loop(&self) {
         let mut last = PoolStats::default();
         loop {
-            let host = match &self.inner.host {
-                Some(_) => self.host_pool().await.ok().flatten(),
-                None => None,
-            };
-            if let (Some(host), Some(h)) = (&host, &self.inner.host) {
-                if let Ok(c) = host.census(&self.inner.backend, &h.holder).await {
-                    let mut st = self.inner.state.lock().expect("pool lock");
-                    st.host_warm = c.warm.len();
-                    st.host_free = c.free.len();
-                    *h.seen.lock().expect("seen lock") = c.warm;
-                }
-            }
-            if let Some(h) = &self.inner.host {
-                h.censused.send_replace(true);
-            }
+            let host = self.census_host().await;
             let (spawn, wake_at, mut background) = {
                 let mut st = self.inner.state.lock().expect("pool lock");
-                st.waiters.retain_live();
-                let want = self.target() + st.waiters.len();
-                let have = st.ready.len() + st.host_warm + st.creating;
-                // In the host pool, a refill needs a free slot (others fill too).
-                let room = host.is_none() || st.host_free > st.creating;
-                let mut wake_at = None;
-                let mut spawn = 0;
-                let mut background = None;
-                if st.broken || st.failing > 0 {
-                    // After a failure, one creation at a time: at once for the first retry,
-                    // then after the back-off or when a request asked for a probe.
-                    // Creations spawned earlier and still queued for a permit give up by
-                    // themselves (`create_one`); wait for them first.
-                    if want > have && st.creating == 0 {
-                        let due = if st.broken {
-                            st.next_creation()
-                        } else {
-                            Instant::now()
-                        };
-                        if st.probe || Instant::now() >= due {
-                            st.probe = true;
-                            spawn = 1;
-                        } else {
-                            wake_at = Some(due);
-                        }
-                    }
-                } else if st.waiters.len() > st.creating {
-                    // Demand first: a waiter no creation in flight will serve gets one now.
-                    spawn = st.waiters.len() - st.creating;
-                } else if want > have && st.creating == 0 && room {
-                    // Refill: one creation at a time, and only when the engine does no
-                    // other background work (removals wake this loop when done). While
-                    // sandboxes are still ready, let a burst of calls finish first.
-                    wake_at = st.refill_after();
-                    if wake_at.is_none() {
-                        background = self
-                            .inner
-                            .limits
-                            .background
-                            .clone()
-                            .try_acquire_owned()
-                            .ok();
-                        spawn = usize::from(background.is_some());
-                        // Another pool (a profile's, a client's) holds the turn, and its
-                        // release wakes only that pool: look again shortly.
-                        if background.is_none() {
-                            wake_at = Some(Instant::now() + REFILL_SETTLE);
-                        }
-                    }
-                }
-                st.creating += spawn;
-                let stats = st.snapshot();
-                if stats.warm != last.warm && (stats.warm == self.target() || stats.warm == 0)
-                    || stats.creation_failures != last.creation_failures
-                {
-                    tracing::info!(
-                        warm = stats.warm,
-                        creating = stats.creating,
-                        waiting = stats.waiting,
-                        checked_out = stats.checked_out,
-                        retired = stats.retired,
-                        creation_failures = stats.creation_failures,
-                        "pool"
-                    );
-                    last = stats;
-                }
-                (spawn, wake_at, background)
+                let plan = self.plan_refill(&mut st, host.is_some());
+                self.log_change(&st, &mut last);
+                plan
             };
             for _ in 0..spawn {
                 let p = self.clone();
@@ -1029,6 +990,103 @@ impl Pool {
                 _ = self.inner.refill.notified() => {}
                 _ = backoff => {}
             }
+        }
+    }
+
+    /// In the host pool: count its warm and free slots into the state (and say the first
+    /// census is done). `None` outside the host pool, or when it cannot be set up.
+    async fn census_host(&self) -> Option<HostPool> {
+        let h = self.inner.host.as_ref()?;
+        let host = self.host_pool().await.ok().flatten();
+        if let Some(host) = &host {
+            if let Ok(c) = host.census(&self.inner.backend, &h.holder).await {
+                let mut st = self.inner.state.lock().expect("pool lock");
+                st.host_warm = c.warm.len();
+                st.host_free = c.free.len();
+                *h.seen.lock().expect("seen lock") = c.warm;
+            }
+        }
+        h.censused.send_replace(true);
+        host
+    }
+
+    /// How many creations to start now (counted as creating), when to look again without
+    /// a wake-up, and the background turn a refill creation holds.
+    fn plan_refill(
+        &self,
+        st: &mut State,
+        in_host_pool: bool,
+    ) -> (usize, Option<Instant>, Option<OwnedSemaphorePermit>) {
+        st.waiters.retain_live();
+        let want = self.target() + st.waiters.len();
+        let have = st.ready.len() + st.host_warm + st.creating;
+        // In the host pool, a refill needs a free slot (others fill too).
+        let room = !in_host_pool || st.host_free > st.creating;
+        let mut wake_at = None;
+        let mut spawn = 0;
+        let mut background = None;
+        if st.broken || st.failing > 0 {
+            // After a failure, one creation at a time: at once for the first retry,
+            // then after the back-off or when a request asked for a probe.
+            // Creations spawned earlier and still queued for a permit give up by
+            // themselves (`create_one`); wait for them first.
+            if want > have && st.creating == 0 {
+                let due = if st.broken {
+                    st.next_creation()
+                } else {
+                    Instant::now()
+                };
+                if st.probe || Instant::now() >= due {
+                    st.probe = true;
+                    spawn = 1;
+                } else {
+                    wake_at = Some(due);
+                }
+            }
+        } else if st.waiters.len() > st.creating {
+            // Demand first: a waiter no creation in flight will serve gets one now.
+            spawn = st.waiters.len() - st.creating;
+        } else if want > have && st.creating == 0 && room {
+            // Refill: one creation at a time, and only when the engine does no
+            // other background work (removals wake this loop when done). While
+            // sandboxes are still ready, let a burst of calls finish first.
+            wake_at = st.refill_after();
+            if wake_at.is_none() {
+                background = self
+                    .inner
+                    .limits
+                    .background
+                    .clone()
+                    .try_acquire_owned()
+                    .ok();
+                spawn = usize::from(background.is_some());
+                // Another pool (a profile's, a client's) holds the turn, and its
+                // release wakes only that pool: look again shortly.
+                if background.is_none() {
+                    wake_at = Some(Instant::now() + REFILL_SETTLE);
+                }
+            }
+        }
+        st.creating += spawn;
+        (spawn, wake_at, background)
+    }
+
+    /// Log the counters when the pool became full or empty, or a creation failed.
+    fn log_change(&self, st: &State, last: &mut PoolStats) {
+        let stats = st.snapshot();
+        if stats.warm != last.warm && (stats.warm == self.target() || stats.warm == 0)
+            || stats.creation_failures != last.creation_failures
+        {
+            tracing::info!(
+                warm = stats.warm,
+                creating = stats.creating,
+                waiting = stats.waiting,
+                checked_out = stats.checked_out,
+                retired = stats.retired,
+                creation_failures = stats.creation_failures,
+                "pool"
+            );
+            *last = stats;
         }
     }
 
@@ -1059,7 +1117,7 @@ impl Pool {
         // no failure, nothing made.
         let result = match result {
             Some(Err(ReplError::Runtime(RuntimeError::NameInUse { .. }))) => None,
-            r => r,
+            r => r.map(|r| r.map_err(AcquireError::from)),
         };
         drop(permit);
         let closing = self.inner.stop.is_cancelled();
@@ -1079,17 +1137,16 @@ impl Pool {
                 // Shutdown removed it while it started: nothing to report.
                 Some(Err(_)) if closing => {}
                 Some(Err(e)) => {
-                    let text: Arc<str> = e.to_string().into();
                     st.failing = st.failing.max(seen + 1);
                     st.stats.creation_failures += 1;
                     st.last_failure = Some(Instant::now());
-                    st.last_error = Some(text.clone());
-                    // Docker refused (image missing, engine down): that will not pass. A
+                    st.last_error = Some(e.clone());
+                    // The engine refused (image missing, engine down): that will not pass. A
                     // container that died while starting (killed, say) is retried before
                     // anyone is told; a retry that fails too means the image is broken.
-                    if matches!(e, ReplError::Runtime(_)) || seen >= 1 {
+                    if matches!(e, AcquireError::Create(_)) || seen >= 1 {
                         st.broken = true;
-                        st.fail_waiters(&AcquireError::Create(text));
+                        st.fail_waiters(e);
                     }
                 }
                 None => {}
@@ -1270,7 +1327,17 @@ impl Drop for InHand<'_> {
 
 impl From<RuntimeError> for AcquireError {
     fn from(e: RuntimeError) -> Self {
-        AcquireError::Create(e.to_string().into())
+        AcquireError::Create(Arc::new(e))
+    }
+}
+
+impl From<ReplError> for AcquireError {
+    /// The engine's refusal stays one; anything else went wrong in the new sandbox.
+    fn from(e: ReplError) -> Self {
+        match e {
+            ReplError::Runtime(e) => e.into(),
+            e => AcquireError::Start(Arc::new(e)),
+        }
     }
 }
 

@@ -45,12 +45,17 @@ const STDERR_TAIL: usize = 4096;
 /// How much of a sandbox's own stderr is logged (at debug level) over its whole life.
 const STDERR_LOGGED: usize = 8 * 1024;
 
+// The protocol's limits, in one table: the reader enforces them, a [`Violation`] names the
+// one a sandbox broke, the helper is told the ones it keeps (`max_frame`, `list_cap`), and
+// ARCHITECTURE's "The protocol's limits" describes each.
+
 /// The longest line the helper may send: a result with its output, figures and state. The
 /// helper fits every reply under it (dropping figures, then state, then output, and saying
 /// so); a sandbox that sends a longer line is ended.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
-/// The most entries the helper lists in a directory listing or compares for
-/// `files_changed` (its `LIST_CAP`); past it the answer says it was truncated.
+/// The most entries the helper lists (a directory, variables, packages) or compares for
+/// `files_changed`; past it the answer says it was truncated. The helper has no number of
+/// its own: every request that lists carries this one (`list_cap`).
 pub const LIST_CAP: usize = 2000;
 /// The longest streamed-output frame (the helper sends at most 64 KiB of text in one).
 pub const MAX_OUTPUT_FRAME: usize = 1024 * 1024;
@@ -65,6 +70,7 @@ const OUTPUT_BURST: f64 = 32.0;
 const OUTPUT_RATE: f64 = 16.0;
 /// Frames queued between the reader and the caller.
 const QUEUE: usize = 4;
+
 /// How long a replayed result may take to arrive, beyond the interrupt's grace.
 const CONTROL_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait for the engine's OOM report after a helper died.
@@ -85,6 +91,7 @@ enum Request<'a> {
         max_figures: u64,
         max_figure_bytes: u64,
         track_files: bool,
+        list_cap: usize,
         /// Seconds after which the helper interrupts the run itself, should no daemon do
         /// it (its daemon went away mid-call): the time-out plus a margin.
         stop_after: f64,
@@ -112,6 +119,7 @@ enum Request<'a> {
     Ls {
         id: u64,
         path: &'a str,
+        list_cap: usize,
     },
     /// Start the egress forwarder for a run with an allow-list (`socket` given: the proxy's
     /// socket as the sandbox sees it, with the grant's key and secret), or stop it (none).
@@ -137,9 +145,11 @@ enum Request<'a> {
     },
     Vars {
         id: u64,
+        list_cap: usize,
     },
     Packages {
         id: u64,
+        list_cap: usize,
     },
     /// A daemon attached to a running helper (adoption): answered at once, busy or not,
     /// with a `ready` frame carrying this id (see [`Resumed`]).
@@ -405,7 +415,7 @@ pub struct Listing {
     /// The real path listed.
     pub path: String,
     pub entries: Vec<FileEntry>,
-    /// More entries than the helper lists (2000).
+    /// More entries than the helper lists ([`LIST_CAP`]).
     pub truncated: bool,
 }
 
@@ -457,13 +467,13 @@ pub enum ReplError {
     Runtime(#[from] RuntimeError),
     /// The helper never said it was ready.
     #[error("the sandbox's Python did not start: {0}")]
-    NoStart(String),
-    /// The helper went away in the middle of a call.
+    NoStart(NoStart),
+    /// The helper went away in the middle of a call, or answered nonsense.
     #[error("{0}")]
-    Died(String),
+    Died(Died),
     /// The sandbox broke the protocol (see the module doc) and was ended.
     #[error("the sandbox {0}; it was ended")]
-    Ended(String),
+    Ended(Violation),
     /// The engine reported that the kernel killed the sandbox for memory.
     #[error(
         "the sandbox was killed by the kernel because it ran out of memory (its memory limit)"
@@ -478,6 +488,121 @@ pub enum ReplError {
     /// Another daemon claimed this sandbox first: its claim, as the helper heard it.
     #[error("another server claimed this sandbox first")]
     Claimed(Option<String>),
+}
+
+/// Why a helper never said it was ready.
+#[derive(Debug, thiserror::Error)]
+pub enum NoStart {
+    /// Its container ended first: because it broke the protocol, or with its last words.
+    #[error("the container exited before the helper was ready. {}Check that the image has \
+             `python3` on its PATH and that docker.user may run it", match .broke {
+                 Some(v) => format!("The sandbox {v}. "),
+                 None => .last_words.to_string(),
+             })]
+    Exited {
+        broke: Option<Violation>,
+        last_words: LastWords,
+    },
+    /// It said nothing within [`READY_TIMEOUT`].
+    #[error("the helper was not ready within {0:?}")]
+    NotReady(Duration),
+    /// A running sandbox (adoption, the host pool) could not be attached to.
+    #[error("could not attach to it ({0})")]
+    Attach(RuntimeError),
+    /// The `hello` could not be written.
+    #[error("could not write to the sandbox's helper ({0})")]
+    Write(std::io::Error),
+    /// The helper went away while it was adopted.
+    #[error("the sandbox's helper went away while it was adopted. {0}")]
+    GoneWhileAdopted(LastWords),
+    /// The helper did not answer the `hello` in time.
+    #[error("the sandbox's helper did not answer within {0:?}")]
+    NoHello(Duration),
+}
+
+/// Why a helper went away, or stopped making sense, during a call.
+#[derive(Debug, thiserror::Error)]
+pub enum Died {
+    /// Its process or container is gone: what the daemon was doing, and its last words.
+    #[error(
+        "{how}. {last_words}The code ended the interpreter (os._exit, a signal, a crash in \
+             native code), or the sandbox's container was removed"
+    )]
+    Gone { how: Gone, last_words: LastWords },
+    /// An answer that does not parse (`what`: "variable list", "file answer", ...).
+    #[error("the helper sent an unreadable {what}: {error}")]
+    Unreadable {
+        what: &'static str,
+        error: serde_json::Error,
+    },
+    /// A file chunk whose data is not base64.
+    #[error("the helper sent a file chunk that is not base64: {0}")]
+    NotBase64(crate::files::FileError),
+    /// The helper could not start the egress forwarder, in its words.
+    #[error("the sandbox could not start its egress forwarder: {0}")]
+    Forwarder(String),
+    /// A control request (reset, variables, files, ...) got no answer in time.
+    #[error("the sandbox did not answer within {0:?}")]
+    NoAnswer(Duration),
+    /// The session was asked to end (cleanup, shutdown) while the call ran.
+    #[error("the session was asked to end")]
+    EndRequested,
+}
+
+/// What the daemon saw when a helper went away.
+#[derive(Debug, thiserror::Error)]
+pub enum Gone {
+    #[error("could not reach the sandbox ({0})")]
+    Unreachable(std::io::Error),
+    #[error("could not send the code to the sandbox ({0})")]
+    CodeNotSent(std::io::Error),
+    #[error("the sandbox's Python process exited during the call")]
+    ExitedDuringCall,
+    #[error("the sandbox's Python process exited when interrupted")]
+    ExitedWhenInterrupted,
+    #[error("the sandbox's Python process exited")]
+    Exited,
+}
+
+/// The tail of a container's own stderr, to explain a crash: `Its last words: ...` and a
+/// newline, or nothing.
+#[derive(Debug, Clone, Default)]
+pub struct LastWords(String);
+
+impl std::fmt::Display for LastWords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            writeln!(f, "Its last words: {}", self.0)
+        }
+    }
+}
+
+/// How a sandbox broke the protocol, each keyed to its limit in the table above. Its
+/// `Display` completes "the sandbox ...".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    /// A line over [`MAX_FRAME`].
+    #[error("wrote a protocol frame larger than {} MiB", MAX_FRAME >> 20)]
+    FrameTooLarge,
+    /// More than [`MAX_MALFORMED_FRAMES`] lines that are not frames (the count).
+    #[error("wrote {0} malformed protocol frames")]
+    Malformed(u32),
+    /// A streamed-output frame over [`MAX_OUTPUT_FRAME`].
+    #[error("sent a streamed-output frame larger than {} KiB", MAX_OUTPUT_FRAME >> 10)]
+    OutputFrameTooLarge,
+    /// More than [`MAX_STRAY_FRAMES`] frames nobody asked for (the count).
+    #[error("sent {0} protocol frames nobody asked for")]
+    Stray(u32),
+    /// Streamed output past [`OUTPUT_BURST`], then [`OUTPUT_RATE`] frames a second.
+    #[error("streamed output faster than {OUTPUT_RATE} frames per second")]
+    OutputTooFast,
+}
+
+/// A helper's answer that does not parse as `what`.
+fn unreadable(what: &'static str) -> impl Fn(serde_json::Error) -> ReplError + Copy {
+    move |error| ReplError::Died(Died::Unreadable { what, error })
 }
 
 /// A line longer than [`MAX_FRAME`] (or the decoder's own cap).
@@ -565,7 +690,7 @@ pub struct Repl {
     /// What the reader should accept next.
     expect: Arc<Mutex<Expect>>,
     /// Why the reader ended the sandbox, if it did.
-    broken: Arc<Mutex<Option<String>>>,
+    broken: Arc<Mutex<Option<Violation>>>,
     /// The last few KB the container wrote to stderr outside executions (crash reports).
     stderr_tail: Arc<Mutex<String>>,
     /// Request ids start at this daemon's start time in milliseconds times 1024, so a
@@ -598,21 +723,16 @@ impl Repl {
                 Ok(repl)
             }
             Ok(Err(_)) => {
-                let why = match repl.broken() {
-                    Some(broken) => format!("The sandbox {broken}. "),
-                    None => repl.crash_report(),
+                let cause = NoStart::Exited {
+                    broke: repl.broken(),
+                    last_words: repl.crash_report(),
                 };
                 repl.kill().await;
-                Err(ReplError::NoStart(format!(
-                    "the container exited before the helper was ready. {why}Check that the image has \
-                     `python3` on its PATH and that docker.user may run it"
-                )))
+                Err(ReplError::NoStart(cause))
             }
             Err(_) => {
                 repl.kill().await;
-                Err(ReplError::NoStart(format!(
-                    "the helper was not ready within {READY_TIMEOUT:?}"
-                )))
+                Err(ReplError::NoStart(NoStart::NotReady(READY_TIMEOUT)))
             }
         }
     }
@@ -638,7 +758,7 @@ impl Repl {
             let attached = backend
                 .attach(id, token)
                 .await
-                .map_err(|e| ReplError::NoStart(format!("could not attach to it ({e})")))?;
+                .map_err(|e| ReplError::NoStart(NoStart::Attach(e)))?;
             match Repl::hello(backend, attached, within, Some((token, over.as_deref()))).await {
                 Err(ReplError::Claimed(Some(by))) if stale(&by) => over = Some(by),
                 done => return done,
@@ -670,9 +790,7 @@ impl Repl {
             .await
         };
         if let Err(e) = started.await {
-            return Err(ReplError::NoStart(format!(
-                "could not write to the sandbox's helper ({e})"
-            )));
+            return Err(ReplError::NoStart(NoStart::Write(e)));
         }
         match tokio::time::timeout(within, ready_rx).await {
             Ok(Ok(hello)) if claim.is_some_and(|(c, _)| hello.claimed_by.as_deref() != Some(c)) => {
@@ -684,13 +802,10 @@ impl Repl {
                 repl.python = hello.python;
                 Ok((repl, hello.resumed))
             }
-            Ok(Err(_)) => Err(ReplError::NoStart(format!(
-                "the sandbox's helper went away while it was adopted. {}",
-                repl.crash_report()
+            Ok(Err(_)) => Err(ReplError::NoStart(NoStart::GoneWhileAdopted(
+                repl.crash_report(),
             ))),
-            Err(_) => Err(ReplError::NoStart(format!(
-                "the sandbox's helper did not answer within {within:?}"
-            ))),
+            Err(_) => Err(ReplError::NoStart(NoStart::NoHello(within))),
         }
     }
 
@@ -764,9 +879,7 @@ impl Repl {
         let sent = self.send(&request).await;
         if let Err(e) = sent {
             self.expect(0, false);
-            return Err(self
-                .lost(&format!("could not reach the sandbox ({e})"), started)
-                .await);
+            return Err(self.lost(Gone::Unreachable(e), started).await);
         }
         let answer = async {
             loop {
@@ -785,9 +898,7 @@ impl Repl {
                 self.acked = id;
                 Ok(reply)
             }
-            Ok(None) => Err(self
-                .lost("the sandbox's Python process exited", started)
-                .await),
+            Ok(None) => Err(self.lost(Gone::Exited, started).await),
             Err(_) => {
                 self.kill().await;
                 Err(ReplError::Killed(Interrupt::Restart))
@@ -822,8 +933,8 @@ impl Repl {
     }
 
     /// Why the reader ended this sandbox, if it did.
-    fn broken(&self) -> Option<String> {
-        self.broken.lock().expect("broken lock").clone()
+    fn broken(&self) -> Option<Violation> {
+        *self.broken.lock().expect("broken lock")
     }
 
     /// Run code. `state` and `want_state` are for transient runs. The run is interrupted
@@ -852,6 +963,7 @@ impl Repl {
             max_figures: limits.max_figures,
             max_figure_bytes: limits.max_figure_bytes,
             track_files: limits.track_files,
+            list_cap: LIST_CAP,
             stop_after: (limits.timeout + INTERRUPT_GRACE * 2).as_secs_f64(),
             lease: limits.lease.as_ref().map(WireLease::from),
         };
@@ -877,13 +989,12 @@ impl Repl {
         progress: Option<&mpsc::Sender<OutputChunk>>,
     ) -> Result<Outcome, ReplError> {
         if let Err(e) = self.send(request).await {
-            let what = format!("could not send the code to the sandbox ({e})");
-            return Err(self.lost(&what, started).await);
+            return Err(self.lost(Gone::CodeNotSent(e), started).await);
         }
         let interrupt = tokio::select! {
             reply = self.reply(id, progress) => return match reply {
                 Some(reply) => Ok(Outcome::Completed(reply)),
-                None => Err(self.lost("the sandbox's Python process exited during the call", started).await),
+                None => Err(self.lost(Gone::ExitedDuringCall, started).await),
             },
             _ = tokio::time::sleep(limits.timeout) => Interrupt::Timeout(limits.timeout),
             _ = cancel.cancelled() => Interrupt::Cancelled,
@@ -901,12 +1012,7 @@ impl Repl {
         };
         match tokio::time::timeout(INTERRUPT_GRACE, stopped).await {
             Ok(Some(reply)) => Ok(Outcome::Interrupted(reply, interrupt)),
-            Ok(None) => Err(self
-                .lost(
-                    "the sandbox's Python process exited when interrupted",
-                    started,
-                )
-                .await),
+            Ok(None) => Err(self.lost(Gone::ExitedWhenInterrupted, started).await),
             Err(_) => {
                 self.kill().await;
                 Err(ReplError::Killed(interrupt))
@@ -948,19 +1054,33 @@ impl Repl {
     /// The session's variables: name, type and a short repr each.
     pub async fn variables(&mut self, within: Duration) -> Result<Vec<Variable>, ReplError> {
         let id = self.next_id();
-        let data = self.control(Request::Vars { id }, id, within).await?;
-        serde_json::from_value(data).map_err(|e| {
-            ReplError::Died(format!("the helper sent an unreadable variable list: {e}"))
-        })
+        let data = self
+            .control(
+                Request::Vars {
+                    id,
+                    list_cap: LIST_CAP,
+                },
+                id,
+                within,
+            )
+            .await?;
+        serde_json::from_value(data).map_err(unreadable("variable list"))
     }
 
     /// The distributions this sandbox can import: its own installs, shared ones, the image's.
     pub async fn packages(&mut self, within: Duration) -> Result<Vec<Package>, ReplError> {
         let id = self.next_id();
-        let data = self.control(Request::Packages { id }, id, within).await?;
-        serde_json::from_value(data).map_err(|e| {
-            ReplError::Died(format!("the helper sent an unreadable package list: {e}"))
-        })
+        let data = self
+            .control(
+                Request::Packages {
+                    id,
+                    list_cap: LIST_CAP,
+                },
+                id,
+                within,
+            )
+            .await?;
+        serde_json::from_value(data).map_err(unreadable("package list"))
     }
 
     /// Give the sandbox a way out through the egress proxy: the helper starts its forwarder
@@ -989,13 +1109,9 @@ impl Repl {
             port: Option<u16>,
             message: Option<String>,
         }
-        let answer: Answer = serde_json::from_value(data).map_err(|e| {
-            ReplError::Died(format!("the helper sent an unreadable network answer: {e}"))
-        })?;
+        let answer: Answer = serde_json::from_value(data).map_err(unreadable("network answer"))?;
         match (answer.port, answer.message) {
-            (_, Some(message)) => Err(ReplError::Died(format!(
-                "the sandbox could not start its egress forwarder: {message}"
-            ))),
+            (_, Some(message)) => Err(ReplError::Died(Died::Forwarder(message))),
             (port, None) => Ok(port.unwrap_or(0)),
         }
     }
@@ -1055,8 +1171,16 @@ impl Repl {
         within: Duration,
     ) -> Result<Result<Listing, FileRefusal>, ReplError> {
         let id = self.next_id();
-        self.file_request(Request::Ls { id, path }, id, within)
-            .await
+        self.file_request(
+            Request::Ls {
+                id,
+                path,
+                list_cap: LIST_CAP,
+            },
+            id,
+            within,
+        )
+        .await
     }
 
     async fn file_request<T: serde::de::DeserializeOwned>(
@@ -1066,9 +1190,7 @@ impl Repl {
         within: Duration,
     ) -> Result<Result<T, FileRefusal>, ReplError> {
         let data = self.control(request, id, within).await?;
-        let unreadable = |e: serde_json::Error| {
-            ReplError::Died(format!("the helper sent an unreadable file answer: {e}"))
-        };
+        let unreadable = unreadable("file answer");
         match serde_json::from_value::<FileAnswer>(data).map_err(unreadable)? {
             FileAnswer::Refused {
                 error,
@@ -1101,9 +1223,7 @@ impl Repl {
         started: Instant,
     ) -> Result<serde_json::Value, ReplError> {
         if let Err(e) = self.send(&request).await {
-            return Err(self
-                .lost(&format!("could not reach the sandbox ({e})"), started)
-                .await);
+            return Err(self.lost(Gone::Unreachable(e), started).await);
         }
         let done = async {
             loop {
@@ -1119,12 +1239,8 @@ impl Repl {
         };
         match tokio::time::timeout(within, done).await {
             Ok(Some(data)) => Ok(data),
-            Ok(None) => Err(self
-                .lost("the sandbox's Python process exited", started)
-                .await),
-            Err(_) => Err(ReplError::Died(format!(
-                "the sandbox did not answer within {within:?}"
-            ))),
+            Ok(None) => Err(self.lost(Gone::Exited, started).await),
+            Err(_) => Err(ReplError::Died(Died::NoAnswer(within))),
         }
     }
 
@@ -1157,26 +1273,22 @@ impl Repl {
         tokio::time::timeout(within, pong).await.unwrap_or(false)
     }
 
-    fn crash_report(&self) -> String {
-        let tail = self
-            .stderr_tail
-            .lock()
-            .expect("stderr tail lock")
-            .trim()
-            .to_string();
-        if tail.is_empty() {
-            String::new()
-        } else {
-            format!("Its last words: {tail}\n")
-        }
+    fn crash_report(&self) -> LastWords {
+        LastWords(
+            self.stderr_tail
+                .lock()
+                .expect("stderr tail lock")
+                .trim()
+                .to_string(),
+        )
     }
 
     /// Why the sandbox is gone, as certain as the engine lets us be: the reader ended it
     /// for breaking the protocol, or the kernel killed it for memory (the engine reports
     /// OOM kills), or its Python exited.
-    async fn lost(&mut self, what: &str, since: Instant) -> ReplError {
-        if let Some(reason) = self.broken() {
-            return ReplError::Ended(reason);
+    async fn lost(&mut self, how: Gone, since: Instant) -> ReplError {
+        if let Some(violation) = self.broken() {
+            return ReplError::Ended(violation);
         }
         if self
             .backend
@@ -1185,11 +1297,10 @@ impl Repl {
         {
             return ReplError::OutOfMemory;
         }
-        ReplError::Died(format!(
-            "{what}. {}The code ended the interpreter (os._exit, a signal, a crash in native \
-             code), or the sandbox's container was removed",
-            self.crash_report()
-        ))
+        ReplError::Died(Died::Gone {
+            how,
+            last_words: self.crash_report(),
+        })
     }
 
     /// Kill and remove the container now.
@@ -1206,7 +1317,7 @@ struct Reader {
     ready: Option<tokio::sync::oneshot::Sender<Hello>>,
     replies: mpsc::Sender<Incoming>,
     expect: Arc<Mutex<Expect>>,
-    broken: Arc<Mutex<Option<String>>>,
+    broken: Arc<Mutex<Option<Violation>>>,
     stderr_tail: Arc<Mutex<String>>,
     /// Bytes of stderr logged so far (capped at `STDERR_LOGGED`).
     stderr_logged: usize,
@@ -1232,10 +1343,7 @@ impl Reader {
             let violation = match chunk {
                 Output::Stdout(bytes) => match frames.push(&bytes) {
                     Ok(lines) => self.lines(lines).await,
-                    Err(FrameTooLarge) => Some(format!(
-                        "wrote a protocol frame larger than {} MiB",
-                        MAX_FRAME >> 20
-                    )),
+                    Err(FrameTooLarge) => Some(Violation::FrameTooLarge),
                 },
                 Output::Stderr(bytes) => {
                     self.stderr(&bytes);
@@ -1260,7 +1368,7 @@ impl Reader {
     }
 
     /// Handle complete lines; returns why the sandbox must end, if it must.
-    async fn lines(&mut self, lines: Vec<Vec<u8>>) -> Option<String> {
+    async fn lines(&mut self, lines: Vec<Vec<u8>>) -> Option<Violation> {
         for line in lines {
             let frame = match serde_json::from_slice::<Frame>(&line) {
                 Ok(frame) => frame,
@@ -1273,20 +1381,14 @@ impl Reader {
                             "a malformed frame from the sandbox");
                     }
                     if self.malformed > MAX_MALFORMED_FRAMES {
-                        return Some(format!(
-                            "wrote {} malformed protocol frames",
-                            self.malformed
-                        ));
+                        return Some(Violation::Malformed(self.malformed));
                     }
                     continue;
                 }
             };
             let is_output = matches!(frame, Frame::Output(_));
             if is_output && line.len() > MAX_OUTPUT_FRAME {
-                return Some(format!(
-                    "sent a streamed-output frame larger than {} KiB",
-                    MAX_OUTPUT_FRAME >> 10
-                ));
+                return Some(Violation::OutputFrameTooLarge);
             }
             match self.judge(frame) {
                 Verdict::Pass(incoming) => {
@@ -1302,17 +1404,12 @@ impl Reader {
                 Verdict::Stray => {
                     self.stray += 1;
                     if self.stray > MAX_STRAY_FRAMES {
-                        return Some(format!(
-                            "sent {} protocol frames nobody asked for",
-                            self.stray
-                        ));
+                        return Some(Violation::Stray(self.stray));
                     }
                 }
             }
             if is_output && !self.take_token() {
-                return Some(format!(
-                    "streamed output faster than {OUTPUT_RATE} frames per second"
-                ));
+                return Some(Violation::OutputTooFast);
             }
         }
         None
@@ -1546,6 +1643,7 @@ mod tests {
             max_figures: 4,
             max_figure_bytes: 1,
             track_files: true,
+            list_cap: LIST_CAP,
             stop_after: 34.0,
             lease: Some(WireLease {
                 idle: 1.5,
@@ -1559,5 +1657,81 @@ mod tests {
             "{line}"
         );
         assert!(line.contains(r#""op":"exec""#));
+    }
+
+    #[test]
+    fn every_request_that_lists_carries_the_one_list_cap() {
+        let cap = format!(r#""list_cap":{LIST_CAP}"#);
+        for request in [
+            Request::Vars {
+                id: 1,
+                list_cap: LIST_CAP,
+            },
+            Request::Packages {
+                id: 1,
+                list_cap: LIST_CAP,
+            },
+            Request::Ls {
+                id: 1,
+                path: ".",
+                list_cap: LIST_CAP,
+            },
+        ] {
+            let line = serde_json::to_string(&request).unwrap();
+            assert!(line.contains(&cap), "{line}");
+        }
+        // The helper keeps no number of its own.
+        assert!(!crate::sandbox::HELPER.contains("LIST_CAP = "));
+    }
+
+    #[test]
+    fn typed_causes_read_as_the_words_callers_and_tests_know() {
+        let violation = ReplError::Ended(Violation::Stray(17));
+        assert_eq!(
+            violation.to_string(),
+            "the sandbox sent 17 protocol frames nobody asked for; it was ended"
+        );
+        assert_eq!(
+            Violation::FrameTooLarge.to_string(),
+            "wrote a protocol frame larger than 16 MiB"
+        );
+        assert_eq!(
+            Violation::OutputFrameTooLarge.to_string(),
+            "sent a streamed-output frame larger than 1024 KiB"
+        );
+        assert_eq!(
+            Violation::Malformed(9).to_string(),
+            "wrote 9 malformed protocol frames"
+        );
+        let exited = ReplError::NoStart(NoStart::Exited {
+            broke: Some(Violation::Malformed(9)),
+            last_words: LastWords("ignored".into()),
+        });
+        assert_eq!(
+            exited.to_string(),
+            "the sandbox's Python did not start: the container exited before the helper was \
+             ready. The sandbox wrote 9 malformed protocol frames. Check that the image has \
+             `python3` on its PATH and that docker.user may run it"
+        );
+        let died = ReplError::Died(Died::Gone {
+            how: Gone::ExitedDuringCall,
+            last_words: LastWords("Segmentation fault".into()),
+        });
+        assert_eq!(
+            died.to_string(),
+            "the sandbox's Python process exited during the call. Its last words: Segmentation \
+             fault\nThe code ended the interpreter (os._exit, a signal, a crash in native code), \
+             or the sandbox's container was removed"
+        );
+        let silent = Died::Gone {
+            how: Gone::Exited,
+            last_words: LastWords::default(),
+        };
+        assert!(
+            silent
+                .to_string()
+                .starts_with("the sandbox's Python process exited. The code ended"),
+            "{silent}"
+        );
     }
 }

@@ -24,7 +24,9 @@ use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Client;
-use crate::repl::Repl;
+use crate::config::human_bytes;
+use crate::egress::daemon::EgressError;
+use crate::repl::{Repl, ReplError};
 
 /// How many ended sessions are remembered for their explanation.
 const TOMBSTONES: usize = 10_000;
@@ -47,9 +49,45 @@ pub enum EndReason {
     Idle(Duration),
     /// The daemon shut down (sessions that are not durable).
     ShutDown,
-    /// Its sandbox died or broke the protocol; the words say how (see `Engine::lost_reason`).
-    Lost(String),
+    /// Its sandbox died, broke the protocol, or could not be given its network.
+    Lost(Lost),
 }
+
+/// How a session's sandbox was lost. Its `Display` completes "its sandbox was lost: ...".
+#[derive(Debug, Clone)]
+pub enum Lost {
+    /// Its helper died, broke the protocol, or was killed (the REPL's error).
+    Repl(Arc<ReplError>),
+    /// The kernel killed it for memory: the limit, and the setting it comes from.
+    OutOfMemory { limit: u64, key: String },
+    /// A new session's network could not be set up.
+    Network(Arc<EgressError>),
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lost::Repl(e) => write!(f, "{e}"),
+            Lost::OutOfMemory { limit, key } => write!(
+                f,
+                "{}: {} ({key}). Files in /tmp and the working directory count toward it",
+                ReplError::OutOfMemory,
+                human_bytes(*limit)
+            ),
+            Lost::Network(e) => write!(f, "its network could not be set up: {e}"),
+        }
+    }
+}
+
+/// Two losses are the same when they read the same (the errors they carry have no
+/// equality of their own).
+impl PartialEq for Lost {
+    fn eq(&self, other: &Lost) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Lost {}
 
 impl std::fmt::Display for EndReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

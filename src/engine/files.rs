@@ -9,7 +9,7 @@ use super::{Engine, ExecError, ExecResult, CONTROL_TIMEOUT};
 use crate::calls::Operation;
 use crate::client::Client;
 use crate::files::{self, FileData, FileEntry, FileError, PathError};
-use crate::repl::{FileRefusal, Repl, ReplError};
+use crate::repl::{Died, FileRefusal, Repl, ReplError};
 use crate::text::clip;
 
 /// A transient run's input file: the path as given, the path resolved, the bytes.
@@ -39,7 +39,7 @@ pub struct FileList {
     /// The directory listed (its real path in the sandbox).
     pub path: String,
     pub entries: Vec<FileEntry>,
-    /// More entries than a listing holds (2000).
+    /// More entries than a listing holds ([`crate::repl::LIST_CAP`]).
     pub truncated: bool,
 }
 
@@ -113,7 +113,11 @@ impl Engine {
             Ok(Err(refusal)) => {
                 Err(refused(refusal, path.unwrap_or("."), self.file_limit()).into())
             }
-            Err(e) => Err(ExecError::Broken(clip(id).into(), e.to_string()).into()),
+            Err(e) => Err(ExecError::Broken {
+                id: clip(id).into(),
+                why: e,
+            }
+            .into()),
         }
     }
 
@@ -208,7 +212,11 @@ enum Moved {
 fn broken(e: Moved, id: &str, path: &str, limit: u64) -> FileOpError {
     match e {
         Moved::Refused(r) => refused(r, path, limit).into(),
-        Moved::Repl(e) => ExecError::Broken(clip(id).into(), e.to_string()).into(),
+        Moved::Repl(e) => ExecError::Broken {
+            id: clip(id).into(),
+            why: e,
+        }
+        .into(),
     }
 }
 
@@ -270,11 +278,8 @@ async fn read_file(repl: &mut Repl, full: &str, limit: u64) -> Result<Vec<u8>, M
             Err(e) => return Err(Moved::Repl(e)),
         };
         let total = *size.get_or_insert(chunk.size);
-        let data = files::decode_base64(&chunk.data).map_err(|e| {
-            Moved::Repl(ReplError::Died(format!(
-                "the helper sent a file chunk that is not base64: {e}"
-            )))
-        })?;
+        let data = files::decode_base64(&chunk.data)
+            .map_err(|e| Moved::Repl(ReplError::Died(Died::NotBase64(e))))?;
         if data.is_empty() {
             break;
         }

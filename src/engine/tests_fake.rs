@@ -6,6 +6,8 @@ use std::time::Duration;
 use super::*;
 use crate::pool::tests_fake::{config, until};
 use crate::runtime::fake::{Fake, What};
+use crate::sandbox;
+use tokio::sync::mpsc;
 
 const GRACE: Duration = Duration::from_secs(30);
 

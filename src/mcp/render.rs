@@ -391,8 +391,8 @@ pub fn listed(session_id: &str, list: FileList) -> CallToolResult {
         truncated,
     } = list;
     let mut lines = vec![format!("{path}: {} entries", entries.len())];
-    lines.extend(entries.iter().map(|e| match e.kind.as_str() {
-        "dir" => format!("{}/", e.name),
+    lines.extend(entries.iter().map(|e| match e.kind {
+        crate::files::FileKind::Dir => format!("{}/", e.name),
         _ => format!("{} ({} bytes)", e.name, e.size),
     }));
     if truncated {

@@ -15,6 +15,8 @@
 #            {"op": "reset", "id": N}      (forget every variable and import of the session)
 #            {"op": "vars", "id": N}       (the session's variables: name, type, short repr)
 #            {"op": "packages", "id": N}   (installed distributions: name, version, location)
+#            exec, vars, packages and ls carry "list_cap": the most entries a listing, or the
+#            files compared for "files_changed", may hold (the daemon's repl::LIST_CAP)
 #            exec may also carry "stream": true (send output as it comes) and "max_figures",
 #            "max_figure_bytes" (matplotlib figures returned as PNG), and "track_files": true
 #            (the result lists the working directory's files the run created or modified)
@@ -101,7 +103,6 @@ PRELOAD = [m.strip() for m in os.environ.get("PDM_PRELOAD", "").split(",") if m.
 DATA_LIMIT = int(os.environ.get("PDM_DATA_LIMIT") or 0)
 STREAM_FRAME_TEXT = 64 * 1024
 TEXT_CAP = 64 * 1024
-LIST_CAP = 2000
 _workdir = os.environ.get("PDM_WORKDIR") or os.getcwd()
 
 _proto_in = os.fdopen(os.dup(0), "rb")
@@ -599,6 +600,7 @@ def _kind(mode):
 
 
 def file_ls(req):
+    cap = int(req["list_cap"])
     full = resolve(req.get("path") or ".")
     st = os.stat(full)
     if not stat.S_ISDIR(st.st_mode):
@@ -607,7 +609,7 @@ def file_ls(req):
     entries, truncated = [], False
     with os.scandir(full) as it:
         for entry in it:
-            if len(entries) >= LIST_CAP:
+            if len(entries) >= cap:
                 truncated = True
                 break
             try:
@@ -639,15 +641,15 @@ def file_op(req):
         return {"error": "bad", "message": "bad file request: %s" % e}
 
 
-def snapshot_files():
+def snapshot_files(cap):
     """The working directory's regular files: {relative path: (mtime_ns, size)}, at most
-    LIST_CAP of them (and whether there were more). Links are not followed, and hidden
+    cap of them (and whether there were more). Links are not followed, and hidden
     directories (.cache, .config: where libraries keep their caches) are skipped."""
     files, truncated = {}, False
     for top, dirs, names in os.walk(_workdir):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
-            if len(files) >= LIST_CAP:
+            if len(files) >= cap:
                 return files, True
             path = os.path.join(top, name)
             try:
@@ -746,19 +748,19 @@ def reset_namespace():
         plt.close("all")
 
 
-def list_variables():
+def list_variables(cap):
     out = []
     for name in sorted(namespace):
         if name.startswith("_"):
             continue
-        if len(out) >= LIST_CAP:
+        if len(out) >= cap:
             break
         value = namespace[name]
         out.append({"name": name, "type": type(value).__name__, "repr": repr_capped(value, 200)})
     return out
 
 
-def list_packages():
+def list_packages(cap):
     from importlib import metadata
     places = [("session", d) for d in PACKAGE_DIRS[:1]] + [("shared", d) for d in PACKAGE_DIRS[1:]]
     places += [("image", p) for p in sys.path
@@ -772,7 +774,7 @@ def list_packages():
             name = dist.metadata["Name"] or "?"
             out.append({"name": name, "version": dist.version or "?", "location": location})
     out.sort(key=lambda p: (p["name"].lower(), p["location"]))
-    return out[:LIST_CAP]
+    return out[:cap]
 
 
 # Egress (network.allow). A run with an allow-list gets a forwarder: one thread, listening on
@@ -1093,7 +1095,7 @@ def execute(req):
     apply_data_limit()
     reopen_std_streams()
     track = bool(req.get("track_files"))
-    before = snapshot_files() if track else None
+    before = snapshot_files(int(req["list_cap"])) if track else None
     stream_id = req.get("id") if req.get("stream") else None
     out, err = Sink(limit, "stdout", stream_id), Sink(limit, "stderr", stream_id)
     _stdout_drain.begin(out)
@@ -1151,7 +1153,7 @@ def execute(req):
     result["duration_ms"] = round(duration * 1000.0, 3)
     if track:
         try:
-            after, more = snapshot_files()
+            after, more = snapshot_files(int(req["list_cap"]))
             result["files_changed"] = files_changed(before[0], after)
             result["files_changed_truncated"] = before[1] or more
         except Exception as e:
@@ -1224,9 +1226,9 @@ def main():
                 reset_namespace()
                 send({"op": "done", "id": req.get("id"), "data": None})
             elif op == "vars":
-                send({"op": "done", "id": req.get("id"), "data": list_variables()})
+                send({"op": "done", "id": req.get("id"), "data": list_variables(int(req["list_cap"]))})
             elif op == "packages":
-                send({"op": "done", "id": req.get("id"), "data": list_packages()})
+                send({"op": "done", "id": req.get("id"), "data": list_packages(int(req["list_cap"]))})
             elif op in ("put", "get", "ls"):
                 send({"op": "done", "id": req.get("id"), "data": file_op(req)})
             elif op == "network":
