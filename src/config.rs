@@ -472,7 +472,7 @@ pub struct Config {
     pub allowed_modules: Vec<String>,
     pub blocked_modules: Vec<String>,
     /// The named profiles (`profiles`), as the config gives them; see `profile.rs`.
-    pub profiles: crate::profile::Table,
+    pub profiles: ProfileTable,
     /// The profile this configuration is for: `default`, or a name of `profiles` once
     /// [`Config::for_profile`] made it.
     pub profile: String,
@@ -573,7 +573,7 @@ pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
         allowed_modules: p.list(&ALLOWED_MODULES)?,
         blocked_modules: p.list(&BLOCKED_MODULES)?,
         profiles: p.profiles(&PROFILES)?,
-        profile: crate::profile::DEFAULT.into(),
+        profile: DEFAULT_PROFILE.into(),
         provenance: BTreeMap::new(),
     };
     check_names(&config, &p)?;
@@ -1237,8 +1237,7 @@ impl Parsed<'_> {
 
     /// `profiles`: each name checked, each profile's keys known and each value of the
     /// kind of the `docker.*` key it overrides; errors name `profiles.NAME.KEY`.
-    fn profiles(&mut self, key: &'static Key) -> Result<crate::profile::Table, ConfigError> {
-        use crate::profile::{self, Profile};
+    fn profiles(&mut self, key: &'static Key) -> Result<ProfileTable, ConfigError> {
         let (v, kind) = self.get(key);
         let (v, source) = (v.clone(), self.chosen[key.path].1.clone());
         let map = match v {
@@ -1246,10 +1245,10 @@ impl Parsed<'_> {
             serde_norway::Value::Mapping(m) => m,
             _ => return Err(self.wrong(key, kind)),
         };
-        let mut table = profile::Table::new();
+        let mut table = ProfileTable::new();
         for (name, body) in map {
             let name = match name.as_str() {
-                Some(n) if profile::valid_name(n) && n != profile::DEFAULT => n.to_string(),
+                Some(n) if valid_profile_name(n) && n != DEFAULT_PROFILE => n.to_string(),
                 _ => {
                     return Err(ConfigError::Invalid {
                         key: key.path.into(),
@@ -1276,7 +1275,7 @@ impl Parsed<'_> {
         name: &str,
         body: serde_norway::Value,
         source: &Source,
-    ) -> Result<crate::profile::Profile, ConfigError> {
+    ) -> Result<Profile, ConfigError> {
         let prefix = format!("profiles.{name}.");
         let body = match body {
             serde_norway::Value::Null => Default::default(),
@@ -1311,7 +1310,7 @@ impl Parsed<'_> {
             provenance: BTreeMap::new(),
             profile: Some(prefix),
         };
-        Ok(crate::profile::Profile {
+        Ok(Profile {
             image: q.given(&IMAGE, Parsed::string)?,
             memory_limit: q.given(&MEMORY_LIMIT, Parsed::bytes)?,
             cpu_limit: q.given(&CPU_LIMIT, Parsed::float)?,
@@ -1447,6 +1446,41 @@ impl Config {
         out
     }
 }
+
+// ----- profiles: the table as loaded (resolving a name is `profile.rs`) -----
+
+/// The name of the unnamed defaults (`docker.*`).
+pub const DEFAULT_PROFILE: &str = "default";
+
+/// A partial profile: what it sets, validated when the config is loaded. What it leaves
+/// out is the default's, except `pool_size`: a named profile keeps no sandbox warm unless
+/// it says so (its pool is made on first use), so a profile of large sandboxes costs
+/// nothing until it is used.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Profile {
+    pub image: Option<String>,
+    pub memory_limit: Option<u64>,
+    pub cpu_limit: Option<f64>,
+    pub pids_limit: Option<u64>,
+    pub tmpfs_size: Option<u64>,
+    pub shm_size: Option<u64>,
+    pub pool_size: Option<u64>,
+    pub warm_imports: Option<Vec<String>>,
+    pub timeout: Option<Duration>,
+}
+
+/// A profile name: what a call may ask for.
+pub fn valid_profile_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 40
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The profiles a config names, for its validation: `profiles` as the file gives it.
+pub type ProfileTable = BTreeMap<String, Profile>;
 
 #[cfg(test)]
 mod tests {

@@ -55,7 +55,7 @@
 //! a sandbox on its way to a caller that went away (time-out, cancelled call, pool closed)
 //! is discarded, which removes the container and the volume.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -1353,6 +1353,36 @@ fn host_fingerprint(image: &str, config: &Config, mut spec: sandbox::SandboxSpec
         &durable::uid().to_string(),
         &format!("{spec:?}"),
     ])
+}
+
+/// The engine's pools of named profiles, made on first use (or at start for a profile
+/// that keeps sandboxes warm). Keyed by the environment they draw from (the client with
+/// a shared environment of its own, or none: the main one) and the profile's name.
+#[derive(Default)]
+pub struct Pools {
+    /// A sync lock, never held across an `.await`.
+    pools: std::sync::Mutex<HashMap<(Option<Client>, String), Pool>>,
+}
+
+impl Pools {
+    /// The pool of profile `config.profile` drawing on `base`'s environment, made (and
+    /// started) on first use.
+    pub fn get(&self, base: &Pool, client: Option<&Client>, config: &Config) -> Pool {
+        let mut pools = self.pools.lock().expect("profile pools lock");
+        let key = (client.cloned(), config.profile.clone());
+        let pool = pools.entry(key).or_insert_with(|| {
+            tracing::info!(profile = %config.profile, client = ?client.map(Client::name), "a pool for the profile");
+            base.for_profile(config.clone())
+        });
+        pool.start();
+        pool.clone()
+    }
+
+    /// Every profile pool made so far.
+    pub fn all(&self) -> Vec<Pool> {
+        let pools = self.pools.lock().expect("profile pools lock");
+        pools.values().cloned().collect()
+    }
 }
 
 #[cfg(test)]

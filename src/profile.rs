@@ -1,49 +1,17 @@
 //! Sandbox profiles: named sets of sandbox settings, chosen per call (`profile`).
 //!
-//! `profiles` in the config maps a name to a partial profile ([`Profile`]): the settings it
-//! gives override the `docker.*` defaults, which are themselves the profile [`DEFAULT`].
+//! `profiles` in the config maps a name to a partial profile ([`Profile`], parsed with the
+//! config): the settings it gives override the `docker.*` defaults, which are themselves the profile [`DEFAULT`].
 //! [`Config::for_profile`] resolves a name to the whole configuration its sandboxes run
 //! with, or fails naming the profiles that exist. The engine keeps one warm pool per
-//! profile ([`Pools`]); a profile's name is part of its sandboxes' spec
+//! profile ([`crate::pool::Pools`]); a profile's name is part of its sandboxes' spec
 //! (`PDM_PROFILE`), so the host pool's fingerprint never lets two profiles lend each other
 //! a sandbox, even two with the same settings.
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
-
-use crate::client::Client;
 use crate::config::{human_bytes, Config};
-use crate::pool::Pool;
-
-/// The name of the unnamed defaults (`docker.*`).
-pub const DEFAULT: &str = "default";
-
-/// A partial profile: what it sets, validated when the config is loaded. What it leaves
-/// out is the default's, except `pool_size`: a named profile keeps no sandbox warm unless
-/// it says so (its pool is made on first use), so a profile of large sandboxes costs
-/// nothing until it is used.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Profile {
-    pub image: Option<String>,
-    pub memory_limit: Option<u64>,
-    pub cpu_limit: Option<f64>,
-    pub pids_limit: Option<u64>,
-    pub tmpfs_size: Option<u64>,
-    pub shm_size: Option<u64>,
-    pub pool_size: Option<u64>,
-    pub warm_imports: Option<Vec<String>>,
-    pub timeout: Option<Duration>,
-}
-
-/// A profile name: what a call may ask for.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 40
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
+pub use crate::config::{
+    valid_profile_name as valid_name, Profile, ProfileTable as Table, DEFAULT_PROFILE as DEFAULT,
+};
 
 /// Why a profile cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -146,42 +114,10 @@ impl Config {
     }
 }
 
-/// The engine's pools of named profiles, made on first use (or at start for a profile
-/// that keeps sandboxes warm). Keyed by the environment they draw from (the client with
-/// a shared environment of its own, or none: the main one) and the profile's name.
-#[derive(Default)]
-pub struct Pools {
-    /// A sync lock, never held across an `.await`.
-    pools: std::sync::Mutex<HashMap<(Option<Client>, String), Pool>>,
-}
-
-impl Pools {
-    /// The pool of profile `config.profile` drawing on `base`'s environment, made (and
-    /// started) on first use.
-    pub fn get(&self, base: &Pool, client: Option<&Client>, config: &Config) -> Pool {
-        let mut pools = self.pools.lock().expect("profile pools lock");
-        let key = (client.cloned(), config.profile.clone());
-        let pool = pools.entry(key).or_insert_with(|| {
-            tracing::info!(profile = %config.profile, client = ?client.map(Client::name), "a pool for the profile");
-            base.for_profile(config.clone())
-        });
-        pool.start();
-        pool.clone()
-    }
-
-    /// Every profile pool made so far.
-    pub fn all(&self) -> Vec<Pool> {
-        let pools = self.pools.lock().expect("profile pools lock");
-        pools.values().cloned().collect()
-    }
-}
-
-/// The profiles a config names, for its validation: `profiles` as the file gives it.
-pub type Table = BTreeMap<String, Profile>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use crate::config::{resolve, Layers};
     use std::path::PathBuf;
 

@@ -89,7 +89,7 @@ struct Shared {
     /// client (`session.max_sessions_per_client`).
     slots: Slots,
     /// The pools of named profiles, made on first use (see [`crate::profile`]).
-    profile_pools: crate::profile::Pools,
+    profile_pools: crate::pool::Pools,
     /// Arrival order of calls to each session (see [`crate::order`]).
     arrivals: crate::order::Arrivals,
     /// Stops the engine's own background task (idle expiry).
