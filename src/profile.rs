@@ -117,9 +117,9 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use crate::config::{resolve, Layers};
     use std::path::PathBuf;
+    use std::time::Duration;
 
     fn with(text: &str) -> Config {
         resolve(&Layers {

@@ -81,9 +81,10 @@ pub enum EgressError {
     /// The proxy started but never said it was ready.
     #[error("the egress proxy did not become ready within {within:?}{said}. The run gets no network. `python-docker-mcp egress-proxy --help` runs the same program; check that docker.image has a C library this binary runs with")]
     NotReady { within: Duration, said: String },
-    /// The sandbox's helper could not start its forwarder.
+    /// The sandbox's helper could not start its forwarder: the REPL's error, kept as the
+    /// source (a `dyn` error, since egress sits below the REPL).
     #[error("the sandbox could not start its egress forwarder: {0}")]
-    Forwarder(String),
+    Forwarder(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// Shutdown has begun.
     #[error("the server is shutting down: no new egress proxy is started")]
     ShuttingDown,

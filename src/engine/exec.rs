@@ -550,7 +550,7 @@ impl Engine {
             Ok(_) => Ok(()),
             Err(e) => {
                 egress.revoke(key);
-                Err(EgressError::Forwarder(e.to_string()))
+                Err(EgressError::Forwarder(Arc::new(e)))
             }
         }
     }
