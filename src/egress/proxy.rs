@@ -11,7 +11,8 @@
 //! all, connections in all (twice the tunnel limit), a handshake (preamble and head) within
 //! `idle_secs` of the connection, fixed relay buffers, an idle time-out on tunnels, and
 //! bounded control lines and queues. Worst case, memory is about 2 × `max_total` head
-//! buffers (16.25 KiB) plus `max_total` tunnels of 2 × 16 KiB: some 65 MiB at the defaults.
+//! buffers (16.25 KiB) plus `max_total` tunnels of 16 + 64 KiB: some 113 MiB at the defaults
+//! (the proxy container's limit is 256 MiB).
 
 use std::collections::HashMap;
 use std::io;
@@ -46,8 +47,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(35);
 /// How long a name may take to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Each direction of a tunnel copies through one buffer of this size.
-const RELAY_BUF: usize = 16 * 1024;
+/// A tunnel copies client to upstream through one buffer of this size (requests are small).
+const RELAY_BUF_UP: usize = 16 * 1024;
+/// ...and upstream to client through one of this size: the sandbox's forwarder is Python,
+/// and its cost is per chunk it relays, so bigger chunks mean faster downloads.
+const RELAY_BUF_DOWN: usize = 64 * 1024;
 /// Events waiting for the writer; a full queue makes connections wait, never grow it.
 const EVENT_QUEUE: usize = 1024;
 /// After a final answer (403, 407, ...), how long and how much of the client's unread
@@ -893,14 +897,19 @@ async fn relay(
     let (mut client_in, mut client_out) = client.split();
     let (mut up_in, mut up_out) = upstream.split();
     let down = async {
-        pump(&mut up_in, &mut client_out, &activity).await?;
+        pump(&mut up_in, &mut client_out, RELAY_BUF_DOWN, &activity).await?;
         match one_response {
             // An error only to end the join below at once.
             true => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
             false => Ok(()),
         }
     };
-    let both = async { tokio::try_join!(pump(&mut client_in, &mut up_out, &activity), down) };
+    let both = async {
+        tokio::try_join!(
+            pump(&mut client_in, &mut up_out, RELAY_BUF_UP, &activity),
+            down
+        )
+    };
     tokio::select! {
         _ = both => {}
         () = activity.idle_for(idle) => tracing::debug!("egress: idle tunnel closed"),
@@ -908,12 +917,12 @@ async fn relay(
 }
 
 /// One direction of a tunnel: read, write, until end of input (then half-close).
-async fn pump<R, W>(from: &mut R, to: &mut W, activity: &Activity) -> io::Result<()>
+async fn pump<R, W>(from: &mut R, to: &mut W, size: usize, activity: &Activity) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; RELAY_BUF];
+    let mut buf = vec![0u8; size];
     loop {
         let n = from.read(&mut buf).await?;
         if n == 0 {
