@@ -300,12 +300,12 @@ fn printed(result: &Value) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", &result.to_string()))
 }
 
-/// Run `program` with `N = n` in `session`.
-fn run(rpc: &mut rpc::Rpc, session: &str, program: &str, n: usize) -> Value {
+/// Run `program` with `N = n` in `side`'s session.
+fn run(side: &mut Side, program: &str, n: usize) -> Value {
     let code = format!("N = {n}\n{program}");
-    let (result, _) = rpc.tool(
+    let (result, _) = side.rpc.tool(
         "execute-persistent",
-        json!({"code": code, "session_id": session}),
+        json!({"code": code, "session_id": side.session}),
     );
     printed(&result)
 }
@@ -362,17 +362,51 @@ fn wait_warm(pid: u32, held: usize, n: usize) {
 
 // ---------------------------------------------------------------- the parts
 
+/// The command line.
+struct Plan {
+    rounds: usize,
+    requests: usize,
+    /// Sessions opened beyond the first, with a list and without, for the per-session cost.
+    extra: usize,
+    /// The sandboxes' CPU limit (`docker.cpu_limit`) in hundredths; 0: the default.
+    cpus: u64,
+}
+
+/// A daemon and the session the measurements run in.
+struct Side {
+    rpc: rpc::Rpc,
+    session: String,
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--bench") {
         println!("benches/egress.rs runs under `cargo bench --bench egress`");
         return;
     }
-    let rounds = arg(&args, "--rounds", 5) as usize;
-    let requests = arg(&args, "--requests", 200) as usize;
-    let extra = arg(&args, "--sessions", 8) as usize;
-    // The sandboxes' CPU limit (`docker.cpu_limit`), in hundredths; 0: the default.
-    let cpus = arg(&args, "--cpus", 0);
+    let plan = Plan {
+        rounds: arg(&args, "--rounds", 5) as usize,
+        requests: arg(&args, "--requests", 200) as usize,
+        extra: arg(&args, "--sessions", 8) as usize,
+        cpus: arg(&args, "--cpus", 0),
+    };
+    println!("load average at the start: {}", load());
+    let net = serve();
+    let ip = net.address("allowed.test");
+    let (mut proxied, mut direct) = daemons(&net, plan.cpus);
+    throughput(&mut proxied, &mut direct, &ip, plan.rounds);
+    latency(&mut proxied, &mut direct, plan.requests);
+    direct.rpc.close();
+    per_session(&mut proxied, plan.extra);
+    first_calls(&mut proxied.rpc, plan.rounds);
+    proxied.rpc.close();
+    println!("\nload average at the end: {}", load());
+    net.remove();
+}
+
+/// The proxy daemon (a ceiling, a pool of 2) and the direct one (network on), both on
+/// `net`, each with its session: the proxy's with the list.
+fn daemons(net: &TestNet, cpus: u64) -> (Side, Side) {
     let bin = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/target/release/python-docker-mcp"
@@ -381,11 +415,6 @@ fn main() {
         std::path::Path::new(bin).exists(),
         "build the release binary first: cargo build --release"
     );
-    println!("load average at the start: {}", load());
-
-    let net = serve();
-    let subnet = net.subnet();
-    let ip = net.address("allowed.test");
     let mut common = vec![
         ("PYTHON_DOCKER_MCP_SESSION_DURABLE", "false".to_string()),
         ("PYTHON_DOCKER_MCP_TIMEOUT", "300s".to_string()),
@@ -399,7 +428,7 @@ fn main() {
     let mut proxied_env = common.clone();
     proxied_env.extend([
         ("PYTHON_DOCKER_MCP_NETWORK_ALLOW", LIST.join(",")),
-        ("PYTHON_DOCKER_MCP_NETWORK_ALLOW_PRIVATE", subnet.clone()),
+        ("PYTHON_DOCKER_MCP_NETWORK_ALLOW_PRIVATE", net.subnet()),
         ("PYTHON_DOCKER_MCP_POOL_ENABLED", "true".to_string()),
         ("PYTHON_DOCKER_MCP_POOL_SIZE", "2".to_string()),
     ]);
@@ -412,13 +441,25 @@ fn main() {
     let mut direct = rpc::Rpc::start(bin, "egress-direct", &direct_env);
     let (via, _) = new_session(&mut proxied, true);
     let (straight, _) = new_session(&mut direct, false);
+    (
+        Side {
+            rpc: proxied,
+            session: via,
+        },
+        Side {
+            rpc: direct,
+            session: straight,
+        },
+    )
+}
 
-    // 1. Throughput, the three paths in turn each round.
+/// Part 1: the 16 MiB download, the three paths in turn each round.
+fn throughput(proxied: &mut Side, direct: &mut Side, ip: &str, rounds: usize) {
     let (mut p, mut d, mut h) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
-        p.extend(rates(&run(&mut proxied, &via, DOWNLOAD, 1)));
-        d.extend(rates(&run(&mut direct, &straight, DOWNLOAD, 1)));
-        let (bytes, secs) = host_download(&ip);
+        p.extend(rates(&run(proxied, DOWNLOAD, 1)));
+        d.extend(rates(&run(direct, DOWNLOAD, 1)));
+        let (bytes, secs) = host_download(ip);
         assert!(bytes > BIG, "the whole response from the host side");
         h.push(BIG as f64 / MIB / secs);
     }
@@ -446,11 +487,12 @@ fn main() {
         "target proxy >= half of direct and of host side: {}",
         if met { "met" } else { "MISSED" }
     );
+}
 
-    // 2. Latency of a small HTTPS request on a new connection.
-    let lp: Vec<f64> = serde_json::from_value(run(&mut proxied, &via, LATENCY, requests)).unwrap();
-    let ld: Vec<f64> =
-        serde_json::from_value(run(&mut direct, &straight, LATENCY, requests)).unwrap();
+/// Part 2: a small HTTPS request on a new connection, through the proxy and direct.
+fn latency(proxied: &mut Side, direct: &mut Side, requests: usize) {
+    let lp: Vec<f64> = serde_json::from_value(run(proxied, LATENCY, requests)).unwrap();
+    let ld: Vec<f64> = serde_json::from_value(run(direct, LATENCY, requests)).unwrap();
     let (p50, p90) = (percentile(lp.clone(), 0.5), percentile(lp, 0.9));
     let (d50, d90) = (percentile(ld.clone(), 0.5), percentile(ld, 0.9));
     println!("\n## Small HTTPS request, new connection each, {requests} requests");
@@ -464,19 +506,22 @@ fn main() {
         p90 - d90,
         if p50 - d50 <= 2.0 { "met" } else { "MISSED" }
     );
-    direct.close();
+}
 
-    // 3. Per-session cost.
-    let pid = proxied.pid();
+/// Part 3, memory: the proxy container and the daemon with `extra` more sessions with a
+/// list (each fetched once), and a sandbox with a list against one without.
+fn per_session(proxied: &mut Side, extra: usize) {
+    let rpc = &mut proxied.rpc;
+    let pid = rpc.pid();
     let proxy = containers(pid, "egress");
     assert_eq!(proxy.len(), 1, "one proxy container");
     std::thread::sleep(Duration::from_secs(2));
     let proxy_before = memory(&proxy)[0];
     let rss_before = rss(pid);
-    let mut with = vec![via];
+    let mut with = vec![proxied.session.clone()];
     for _ in 0..extra {
-        let (id, _) = new_session(&mut proxied, true);
-        proxied.tool(
+        let (id, _) = new_session(rpc, true);
+        rpc.tool(
             "execute-persistent",
             json!({"code": FETCH_ONCE, "session_id": id}),
         );
@@ -485,18 +530,15 @@ fn main() {
     std::thread::sleep(Duration::from_secs(2));
     let proxy_after = memory(&proxy)[0];
     let rss_after = rss(pid);
-    let listed: Vec<String> = with
-        .iter()
-        .map(|id| container_of(&mut proxied, id))
-        .collect();
+    let listed: Vec<String> = with.iter().map(|id| container_of(rpc, id)).collect();
     let (mut without, mut unlisted) = (Vec::new(), Vec::new());
     for _ in 0..extra {
-        let (id, _) = new_session(&mut proxied, false);
-        proxied.tool(
+        let (id, _) = new_session(rpc, false);
+        rpc.tool(
             "execute-persistent",
             json!({"code": "import urllib.request", "session_id": id}),
         );
-        without.push(container_of(&mut proxied, &id));
+        without.push(container_of(rpc, &id));
         unlisted.push(id);
     }
     std::thread::sleep(Duration::from_secs(2));
@@ -525,27 +567,28 @@ fn main() {
         m_without / MIB
     );
     for id in with.iter().skip(1).chain(&unlisted) {
-        proxied.tool("cleanup-session", json!({"session_id": id}));
+        rpc.tool("cleanup-session", json!({"session_id": id}));
     }
+}
 
-    // Time to the first result of a new session from a warm pool, alternated.
+/// Part 3, time: the first result of a new session from a warm pool, with a list and
+/// without, alternated.
+fn first_calls(rpc: &mut rpc::Rpc, rounds: usize) {
+    let pid = rpc.pid();
     let (mut t_with, mut t_without) = (Vec::new(), Vec::new());
     for i in 0..2 * rounds {
         wait_warm(pid, 1, 2);
-        let (id, took) = new_session(&mut proxied, i % 2 == 0);
+        let (id, took) = new_session(rpc, i % 2 == 0);
         if i % 2 == 0 {
             t_with.push(took);
         } else {
             t_without.push(took);
         }
-        proxied.tool("cleanup-session", json!({"session_id": id}));
+        rpc.tool("cleanup-session", json!({"session_id": id}));
     }
     let (tw, two) = (median(t_with), median(t_without));
     println!(
         "| first result of a new session from a warm pool, median of {rounds}: with a list / without | {tw:.0} ms / {two:.0} ms (+{:.0} ms) |",
         tw - two
     );
-    proxied.close();
-    println!("\nload average at the end: {}", load());
-    net.remove();
 }
