@@ -507,6 +507,75 @@ async fn two_hundred_connects_from_one_session_are_bounded() {
     world.net.remove();
 }
 
+/// `network.idle_timeout` (2 s here): the proxy closes a tunnel nothing moved through for
+/// that long, seen from the sandbox as the end of the stream, and keeps open a tunnel of
+/// the same age that stays busy. The waits are bounds against a hang, not timings: the
+/// busy tunnel is used every half second for three idle periods, then the idle one must
+/// end within 15 s (with the 60 s default it would still be open).
+#[tokio::test]
+async fn the_proxy_closes_idle_tunnels_and_keeps_busy_ones() {
+    let world = World::new();
+    let mut d =
+        Daemon::start_with(&world.env(&[("PYTHON_DOCKER_MCP_NETWORK_IDLE_TIMEOUT", "2s")])).await;
+    let probe = r#"
+import time
+def open_tunnel():
+    s = socket.create_connection(proxy(), timeout=30)
+    s.sendall(b'CONNECT allowed.test:8080 HTTP/1.1\r\nHost: allowed.test:8080\r\n\r\n')
+    head = b''
+    while not head.endswith(b'\r\n\r\n'):
+        c = s.recv(1)
+        if not c:
+            break
+        head += c
+    return s, head.split(b'\r\n')[0].decode()
+def ask(s, path):
+    s.sendall(('GET %s HTTP/1.1\r\nHost: allowed.test\r\n\r\n' % path).encode())
+    data = b''
+    while not data.endswith(path.encode()):
+        c = s.recv(4096)
+        if not c:
+            return 'closed'
+        data += c
+    return data.split(b'\r\n')[0].decode()
+idle, idle_status = open_tunnel()
+busy, busy_status = open_tunnel()
+out = {'opened': [idle_status, busy_status], 'idle_first': ask(idle, '/i'), 'busy': []}
+start = time.monotonic()
+while time.monotonic() - start < 6:
+    out['busy'].append(ask(busy, '/b'))
+    time.sleep(0.5)
+idle.settimeout(15)
+try:
+    out['idle_end'] = 'closed' if idle.recv(100) == b'' else 'data'
+except OSError as e:
+    out['idle_end'] = errname(e)
+out['busy_after'] = ask(busy, '/after')
+print(json.dumps(out, sort_keys=True))
+"#;
+    let r = run(&d, probe, None, Some(&["allowed.test:8080"])).await;
+    assert_ok(&r);
+    let v: Value = serde_json::from_str(stdout(&r).trim())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", describe(&r)));
+    let established = "HTTP/1.1 200 Connection established";
+    assert_eq!(v["opened"], json!([established, established]), "{v}");
+    assert_eq!(v["idle_first"], "HTTP/1.1 200 OK", "{v}");
+    let busy = v["busy"].as_array().expect("busy answers");
+    assert!(
+        !busy.is_empty() && busy.iter().all(|b| b == "HTTP/1.1 200 OK"),
+        "the busy tunnel answered every request: {v}"
+    );
+    assert!(
+        v["idle_end"] == "closed" || v["idle_end"] == "ECONNRESET",
+        "the idle tunnel was closed: {v}"
+    );
+    assert_eq!(v["busy_after"], "HTTP/1.1 200 OK", "still open: {v}");
+    assert_eq!(entries(&r, "allowed"), [("allowed.test".into(), 8080, 2)]);
+
+    d.finish().await;
+    world.net.remove();
+}
+
 /// `network.ask`: a host outside the list but in `network.askable` is put to the user of
 /// the call through MCP elicitation (the official Python SDK's callback answers); yes opens
 /// exactly that host:port for the rest of the session, no keeps it refused. A client that

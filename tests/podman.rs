@@ -1,8 +1,8 @@
 //! Podman and OCI runtimes on the Docker seam: the end-to-end flows through a real MCP
 //! client against Podman's Docker-compatible service (`DOCKER_HOST` at its socket), what
 //! each daemon leaves in Podman (checked with Podman's own CLI), the next daemon sweeping
-//! what a killed one left there, and `docker.runtime` naming itself when the engine cannot
-//! run a sandbox with it.
+//! what a killed one left there, egress allow-lists through the proxy container, and
+//! `docker.runtime` naming itself when the engine cannot run a sandbox with it.
 //!
 //! Podman must be there: `scripts/ensure-podman.sh` installs it, starts the service and
 //! loads the image (scripts/test.sh runs it first). Without it these tests fail and say so;
@@ -13,6 +13,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::net::{Engine, TestNet, PORT};
 use common::*;
 use serde_json::json;
 
@@ -328,4 +329,82 @@ async fn podman_refuses_a_runtime_it_would_silently_ignore() {
     let pid = d.pid;
     d.finish().await;
     assert_nothing_left(pid);
+}
+
+/// Egress allow-lists on Podman (issue 21): the daemon's proxy container joins a Podman
+/// network of the test's own (two HTTP servers under aliases, resolved by Podman's DNS),
+/// and the sandbox reaches it through the socket mount. A listed host answers; another is
+/// refused with the reason, in the value and the text; a run without a list has no proxy
+/// variables and no route, even to the server's address.
+#[tokio::test(flavor = "multi_thread")]
+async fn egress_allow_lists_hold_on_podman() {
+    let host = podman_host();
+    let mut net = TestNet::create_on(Engine::Podman);
+    net.http_server("allowed.test");
+    net.http_server("denied.test");
+    let subnet = net.subnet();
+    let ip = net.address("allowed.test");
+    let mut d = Daemon::start_with(&[
+        ("DOCKER_HOST", host.as_str()),
+        (
+            "PYTHON_DOCKER_MCP_NETWORK_ALLOW",
+            "allowed.test:8080,denied.test:8080",
+        ),
+        ("PYTHON_DOCKER_MCP_NETWORK_ALLOW_PRIVATE", subnet.as_str()),
+        ("PYTHON_DOCKER_MCP_EGRESS_NETWORK", net.name.as_str()),
+    ])
+    .await;
+    let _guard = PodmanLeftovers(vec![d.pid]);
+    let get = "import urllib.request, urllib.error\n\
+        def get(url):\n    try:\n        with urllib.request.urlopen(url, timeout=20) as r:\n            \
+        return r.status, r.read().decode()\n    except urllib.error.HTTPError as e:\n        \
+        return e.code, e.read().decode()\n";
+
+    let code =
+        format!("{get}get('http://allowed.test:{PORT}/a'), get('http://denied.test:{PORT}/d')");
+    let r = d
+        .call(
+            "execute-persistent",
+            json!({ "code": code, "network": ["allowed.test:8080"] }),
+        )
+        .await;
+    assert_ok(&r);
+    let blocked = "blocked: denied.test:8080 (not in this session's allow-list)";
+    assert_eq!(
+        value(&r).as_deref(),
+        Some(format!("((200, 'hello from allowed.test /a'), (403, \"{blocked}\\n\"))").as_str()),
+        "{}",
+        describe(&r)
+    );
+    assert!(text(&r).contains(blocked), "{}", describe(&r));
+    assert_eq!(field(&r, "network")["allowed"][0]["host"], "allowed.test");
+    assert_eq!(field(&r, "network")["denied"][0]["host"], "denied.test");
+    assert_eq!(
+        podman_containers(d.pid, Some("egress")).len(),
+        1,
+        "the proxy runs in Podman"
+    );
+
+    // No list: no proxy variables, no interface but lo, no route to the server.
+    let probe = format!(
+        "import errno, os, socket\n\
+         try:\n    socket.create_connection(({ip:?}, {PORT}), timeout=10).close(); raw = 'connected'\n\
+         except OSError as e:\n    raw = errno.errorcode.get(e.errno, type(e).__name__)\n\
+         (sorted(k for k in os.environ if 'proxy' in k.lower()), \
+         sorted(l.split(':')[0].strip() for l in open('/proc/net/dev') if ':' in l), raw)"
+    );
+    let r = d.transient(&probe).await;
+    assert_ok(&r);
+    assert_eq!(
+        value(&r).as_deref(),
+        Some("([], ['lo'], 'ENETUNREACH')"),
+        "{}",
+        describe(&r)
+    );
+    assert_eq!(field(&r, "network"), &serde_json::Value::Null);
+
+    let pid = d.pid;
+    d.finish().await;
+    assert_nothing_left(pid);
+    net.remove();
 }

@@ -268,6 +268,37 @@ struct Proxy {
     stderr: Mutex<String>,
 }
 
+impl Proxy {
+    /// Log one stderr line of the proxy and keep it in the tail (at most [`STDERR_TAIL`]).
+    fn keep_stderr(&self, text: &str) {
+        tracing::debug!(target: "egress_proxy", "{}", crate::text::clip(text));
+        let mut tail = self.stderr.lock().expect("stderr lock");
+        tail.push_str(text);
+        tail.push('\n');
+        if tail.len() > STDERR_TAIL {
+            let cut = tail.len() - STDERR_TAIL;
+            let cut = (cut..tail.len())
+                .find(|&c| tail.is_char_boundary(c))
+                .unwrap_or(0);
+            tail.drain(..cut);
+        }
+    }
+}
+
+/// The writer task of one proxy: queued control lines to its stdin, in order. Dropping
+/// the input at the end closes the proxy's stdin: it exits.
+async fn write_control(
+    mut rx: mpsc::Receiver<String>,
+    mut input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+) {
+    while let Some(mut line) = rx.recv().await {
+        line.push('\n');
+        if input.write_all(line.as_bytes()).await.is_err() || input.flush().await.is_err() {
+            break;
+        }
+    }
+}
+
 impl Egress {
     /// The handle for `config`, or `None` when the ceiling is empty (nothing changes then).
     /// The ceiling and `askable` were checked at load ([`crate::config`]).
@@ -489,7 +520,7 @@ impl Egress {
             .start_attached(&spec)
             .await
             .map_err(EgressError::Start)?;
-        let (tx, mut rx) = mpsc::channel::<String>(QUEUE);
+        let (tx, rx) = mpsc::channel::<String>(QUEUE);
         let proxy = Arc::new(Proxy {
             id: attached.id.clone(),
             tx,
@@ -497,65 +528,13 @@ impl Egress {
             flushes: Mutex::new(HashMap::new()),
             stderr: Mutex::new(String::new()),
         });
-        let mut input = attached.input;
-        i.tasks.spawn(async move {
-            while let Some(mut line) = rx.recv().await {
-                line.push('\n');
-                if input.write_all(line.as_bytes()).await.is_err() || input.flush().await.is_err() {
-                    break;
-                }
-            }
-            // Dropping the input closes the proxy's stdin: it exits.
-        });
+        i.tasks.spawn(write_control(rx, attached.input));
         let (ready_tx, ready_rx) = oneshot::channel();
-        let (egress, reader_proxy, mut output) = (self.clone(), proxy.clone(), attached.output);
-        i.tasks.spawn(async move {
-            let mut ready = Some(ready_tx);
-            let mut out = LineReader::new(MAX_LINE);
-            let mut err = LineReader::new(MAX_LINE);
-            while let Some(chunk) = output.next().await {
-                match chunk {
-                    Output::Stdout(b) => {
-                        for line in out.push(&b) {
-                            egress.event(&reader_proxy, &line, &mut ready);
-                        }
-                    }
-                    Output::Stderr(b) => {
-                        for line in err.push(&b) {
-                            let text = String::from_utf8_lossy(&line);
-                            tracing::debug!(target: "egress_proxy", "{}", crate::text::clip(&text));
-                            let mut tail = reader_proxy.stderr.lock().expect("stderr lock");
-                            tail.push_str(&text);
-                            tail.push('\n');
-                            if tail.len() > STDERR_TAIL {
-                                let cut = tail.len() - STDERR_TAIL;
-                                let cut = (cut..tail.len())
-                                    .find(|&c| tail.is_char_boundary(c))
-                                    .unwrap_or(0);
-                                tail.drain(..cut);
-                            }
-                        }
-                    }
-                }
-            }
-            reader_proxy.dead.cancel();
-            // Runs waiting for a flush are answered at once: nothing more will come.
-            reader_proxy.flushes.lock().expect("flush lock").clear();
-        });
-        let config = op_line(&Op::Config {
-            private: i.config.network.allow_private.clone(),
-            max_per_grant: MAX_PER_GRANT,
-            max_total: MAX_TOTAL,
-            idle_secs: i.config.network.idle_timeout.as_secs().max(1),
-        });
-        let mut lines = vec![config];
-        {
-            let grants = i.grants.lock().expect("grants lock");
-            lines.extend(grants.iter().map(|(k, g)| grant_line(k, g)));
-        }
-        for line in lines {
-            let _ = proxy.tx.send(line).await;
-        }
+        i.tasks.spawn(
+            self.clone()
+                .read_output(proxy.clone(), attached.output, ready_tx),
+        );
+        self.configure(&proxy).await;
         let ready = tokio::select! {
             r = ready_rx => r.is_ok(),
             _ = tokio::time::sleep(READY_WITHIN) => false,
@@ -574,6 +553,55 @@ impl Egress {
         }
         tracing::info!(container = %attached.name, "the egress proxy is ready");
         Ok(proxy)
+    }
+
+    /// Queue a new proxy's `config` and every grant the daemon holds.
+    async fn configure(&self, proxy: &Proxy) {
+        let i = &self.inner;
+        let config = op_line(&Op::Config {
+            private: i.config.network.allow_private.clone(),
+            max_per_grant: MAX_PER_GRANT,
+            max_total: MAX_TOTAL,
+            idle_secs: i.config.network.idle_timeout.as_secs().max(1),
+        });
+        let mut lines = vec![config];
+        {
+            let grants = i.grants.lock().expect("grants lock");
+            lines.extend(grants.iter().map(|(k, g)| grant_line(k, g)));
+        }
+        for line in lines {
+            let _ = proxy.tx.send(line).await;
+        }
+    }
+
+    /// The reader task of one proxy: events from its stdout, its stderr kept for error
+    /// messages; when the output ends, the proxy is dead.
+    async fn read_output(
+        self,
+        proxy: Arc<Proxy>,
+        mut output: std::pin::Pin<Box<dyn futures::Stream<Item = Output> + Send>>,
+        ready_tx: oneshot::Sender<()>,
+    ) {
+        let mut ready = Some(ready_tx);
+        let mut out = LineReader::new(MAX_LINE);
+        let mut err = LineReader::new(MAX_LINE);
+        while let Some(chunk) = output.next().await {
+            match chunk {
+                Output::Stdout(b) => {
+                    for line in out.push(&b) {
+                        self.event(&proxy, &line, &mut ready);
+                    }
+                }
+                Output::Stderr(b) => {
+                    for line in err.push(&b) {
+                        proxy.keep_stderr(&String::from_utf8_lossy(&line));
+                    }
+                }
+            }
+        }
+        proxy.dead.cancel();
+        // Runs waiting for a flush are answered at once: nothing more will come.
+        proxy.flushes.lock().expect("flush lock").clear();
     }
 
     /// Handle one line from the proxy's stdout (the reader task).

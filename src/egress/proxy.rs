@@ -11,7 +11,8 @@
 //! all, connections in all (twice the tunnel limit), a handshake (preamble and head) within
 //! `idle_secs` of the connection, fixed relay buffers, an idle time-out on tunnels, and
 //! bounded control lines and queues. Worst case, memory is about 2 × `max_total` head
-//! buffers (16.25 KiB) plus `max_total` tunnels of 2 × 16 KiB: some 65 MiB at the defaults.
+//! buffers (16.25 KiB) plus `max_total` tunnels of 16 + 64 KiB: some 113 MiB at the defaults
+//! (the proxy container's limit is 256 MiB).
 
 use std::collections::HashMap;
 use std::io;
@@ -46,8 +47,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(35);
 /// How long a name may take to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Each direction of a tunnel copies through one buffer of this size.
-const RELAY_BUF: usize = 16 * 1024;
+/// A tunnel copies client to upstream through one buffer of this size (requests are small).
+const RELAY_BUF_UP: usize = 16 * 1024;
+/// ...and upstream to client through one of this size: the sandbox's forwarder is Python,
+/// and its cost is per chunk it relays, so bigger chunks mean faster downloads.
+const RELAY_BUF_DOWN: usize = 64 * 1024;
 /// Events waiting for the writer; a full queue makes connections wait, never grow it.
 const EVENT_QUEUE: usize = 1024;
 /// After a final answer (403, 407, ...), how long and how much of the client's unread
@@ -539,100 +543,27 @@ enum Request {
     Http { target: Target, head: Vec<u8> },
 }
 
-/// One connection, from its preamble to the end of its tunnel.
+/// One connection, from its preamble to the end of its tunnel: the handshake, the
+/// decision, the upstream, then the relay.
 async fn handle(shared: &Arc<Shared>, mut client: UnixStream) {
     let idle = shared.lock().settings.idle;
-    // The whole handshake, not each read, is bounded: a dribbling client cannot hold a
-    // connection (and its head buffer) for long.
-    let deadline = tokio::time::Instant::now() + idle;
-    let mut buf = vec![0u8; PREAMBLE_MAX + HEAD_MAX];
-    let mut filled = 0;
-    let Ok(preamble_end) = read_until(
-        &mut client,
-        &mut buf,
-        &mut filled,
-        0,
-        PREAMBLE_MAX,
-        deadline,
-        b"\n",
-    )
-    .await
+    let Some(Handshake {
+        key,
+        request,
+        early,
+    }) = handshake(shared, &mut client, idle).await
     else {
         return;
     };
-    let Some((key, secret)) = parse_preamble(&buf[..preamble_end]) else {
-        return;
-    };
-    if !shared.authenticate(&key, &secret) {
-        tracing::debug!(key = %crate::text::clip(&key), "egress: unknown grant or wrong secret");
-        return finish(&mut client, &refused_credentials()).await;
-    }
-    let head_end = match read_until(
-        &mut client,
-        &mut buf,
-        &mut filled,
-        preamble_end,
-        HEAD_MAX,
-        deadline,
-        b"\r\n\r\n",
-    )
-    .await
-    {
-        Ok(end) => end,
-        Err(Short::TooLong) => {
-            let body = format!(
-                "egress proxy: the request head is over {} KiB\n",
-                HEAD_MAX / 1024
-            );
-            return finish(
-                &mut client,
-                &response("431 Request Header Fields Too Large", &body),
-            )
-            .await;
-        }
-        Err(Short::Closed) => return,
-    };
-    let request = match parse_head(&buf[preamble_end..head_end]) {
-        Some(r) => r,
-        None => {
-            let body = "egress proxy: only `CONNECT host:port` and absolute-form `http://` requests are served\n";
-            return finish(&mut client, &response("400 Bad Request", body)).await;
-        }
-    };
-    let early = buf[head_end..filled].to_vec();
-    drop(buf);
     let target = match &request {
         Request::Connect(t) | Request::Http { target: t, .. } => t.clone(),
     };
-    let conn_event = |allowed, reason: Option<String>| Event::Conn {
-        key: key.clone(),
-        host: target.host(),
-        port: target.port(),
-        allowed,
-        reason,
+    let Some((slot, addrs)) = admit(shared, &mut client, &key, &target).await else {
+        return;
     };
-    let (slot, addrs) = match shared.decide(&key, &target).await {
-        Ok(Some(admitted)) => admitted,
-        Ok(None) => return finish(&mut client, &refused_credentials()).await,
-        Err(denial) => {
-            tracing::debug!(key = %key, target = %target, reason = %denial, "egress: denied");
-            shared
-                .emit(conn_event(false, Some(denial.to_string())))
-                .await;
-            let body = format!("blocked: {target} ({denial})\n");
-            return finish(&mut client, &response("403 Forbidden", &body)).await;
-        }
+    let Some(mut upstream) = open_upstream(&mut client, &target, &addrs).await else {
+        return;
     };
-    shared.emit(conn_event(true, None)).await;
-    let mut upstream = match timeout(CONNECT_TIMEOUT, connect_any(&addrs)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return upstream_failed(&mut client, &target, &e.to_string()).await,
-        Err(_) => {
-            let error = format!("no connection within {} s", CONNECT_TIMEOUT.as_secs());
-            return upstream_failed(&mut client, &target, &error).await;
-        }
-    };
-    let _ = upstream.set_nodelay(true);
     let started = match &request {
         Request::Connect(_) => {
             let ok = client
@@ -653,6 +584,139 @@ async fn handle(shared: &Arc<Shared>, mut client: UnixStream) {
         relay(&mut client, &mut upstream, idle, one_response).await;
     }
     drop(slot);
+}
+
+/// A connection past its handshake: whose grant, what it asks for, and the bytes the
+/// client sent after the request head.
+struct Handshake {
+    key: String,
+    request: Request,
+    early: Vec<u8>,
+}
+
+/// Read and check the preamble and the request head, all within `idle` of the start;
+/// `None` once the client has had its answer (or is gone).
+async fn handshake(
+    shared: &Arc<Shared>,
+    client: &mut UnixStream,
+    idle: Duration,
+) -> Option<Handshake> {
+    // The whole handshake, not each read, is bounded: a dribbling client cannot hold a
+    // connection (and its head buffer) for long.
+    let deadline = tokio::time::Instant::now() + idle;
+    let mut buf = vec![0u8; PREAMBLE_MAX + HEAD_MAX];
+    let mut filled = 0;
+    let preamble_end = read_until(
+        client,
+        &mut buf,
+        &mut filled,
+        0,
+        PREAMBLE_MAX,
+        deadline,
+        b"\n",
+    )
+    .await
+    .ok()?;
+    let (key, secret) = parse_preamble(&buf[..preamble_end])?;
+    if !shared.authenticate(&key, &secret) {
+        tracing::debug!(key = %crate::text::clip(&key), "egress: unknown grant or wrong secret");
+        finish(client, &refused_credentials()).await;
+        return None;
+    }
+    let head_end = match read_until(
+        client,
+        &mut buf,
+        &mut filled,
+        preamble_end,
+        HEAD_MAX,
+        deadline,
+        b"\r\n\r\n",
+    )
+    .await
+    {
+        Ok(end) => end,
+        Err(Short::TooLong) => {
+            let body = format!(
+                "egress proxy: the request head is over {} KiB\n",
+                HEAD_MAX / 1024
+            );
+            let answer = response("431 Request Header Fields Too Large", &body);
+            finish(client, &answer).await;
+            return None;
+        }
+        Err(Short::Closed) => return None,
+    };
+    let Some(request) = parse_head(&buf[preamble_end..head_end]) else {
+        let body = "egress proxy: only `CONNECT host:port` and absolute-form `http://` requests are served\n";
+        finish(client, &response("400 Bad Request", body)).await;
+        return None;
+    };
+    let early = buf[head_end..filled].to_vec();
+    Some(Handshake {
+        key,
+        request,
+        early,
+    })
+}
+
+/// Decide `target` for grant `key` and emit the event; a tunnel slot and the addresses to
+/// try, or `None` once the client has had its refusal.
+async fn admit(
+    shared: &Arc<Shared>,
+    client: &mut UnixStream,
+    key: &str,
+    target: &Target,
+) -> Option<(TunnelSlot, Vec<SocketAddr>)> {
+    let conn_event = |allowed, reason: Option<String>| Event::Conn {
+        key: key.to_owned(),
+        host: target.host(),
+        port: target.port(),
+        allowed,
+        reason,
+    };
+    match shared.decide(key, target).await {
+        Ok(Some(admitted)) => {
+            shared.emit(conn_event(true, None)).await;
+            Some(admitted)
+        }
+        Ok(None) => {
+            finish(client, &refused_credentials()).await;
+            None
+        }
+        Err(denial) => {
+            tracing::debug!(key = %key, target = %target, reason = %denial, "egress: denied");
+            shared
+                .emit(conn_event(false, Some(denial.to_string())))
+                .await;
+            let body = format!("blocked: {target} ({denial})\n");
+            finish(client, &response("403 Forbidden", &body)).await;
+            None
+        }
+    }
+}
+
+/// Connect to the first of `addrs` that answers within [`CONNECT_TIMEOUT`]; `None` once
+/// the client has had its 502.
+async fn open_upstream(
+    client: &mut UnixStream,
+    target: &Target,
+    addrs: &[SocketAddr],
+) -> Option<TcpStream> {
+    match timeout(CONNECT_TIMEOUT, connect_any(addrs)).await {
+        Ok(Ok(upstream)) => {
+            let _ = upstream.set_nodelay(true);
+            Some(upstream)
+        }
+        Ok(Err(e)) => {
+            upstream_failed(client, target, &e.to_string()).await;
+            None
+        }
+        Err(_) => {
+            let error = format!("no connection within {} s", CONNECT_TIMEOUT.as_secs());
+            upstream_failed(client, target, &error).await;
+            None
+        }
+    }
 }
 
 /// The first of `addrs` that accepts a connection, tried in order; else the last error.
@@ -833,14 +897,19 @@ async fn relay(
     let (mut client_in, mut client_out) = client.split();
     let (mut up_in, mut up_out) = upstream.split();
     let down = async {
-        pump(&mut up_in, &mut client_out, &activity).await?;
+        pump(&mut up_in, &mut client_out, RELAY_BUF_DOWN, &activity).await?;
         match one_response {
             // An error only to end the join below at once.
             true => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
             false => Ok(()),
         }
     };
-    let both = async { tokio::try_join!(pump(&mut client_in, &mut up_out, &activity), down) };
+    let both = async {
+        tokio::try_join!(
+            pump(&mut client_in, &mut up_out, RELAY_BUF_UP, &activity),
+            down
+        )
+    };
     tokio::select! {
         _ = both => {}
         () = activity.idle_for(idle) => tracing::debug!("egress: idle tunnel closed"),
@@ -848,12 +917,12 @@ async fn relay(
 }
 
 /// One direction of a tunnel: read, write, until end of input (then half-close).
-async fn pump<R, W>(from: &mut R, to: &mut W, activity: &Activity) -> io::Result<()>
+async fn pump<R, W>(from: &mut R, to: &mut W, size: usize, activity: &Activity) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; RELAY_BUF];
+    let mut buf = vec![0u8; size];
     loop {
         let n = from.read(&mut buf).await?;
         if n == 0 {

@@ -891,6 +891,7 @@ class Forwarder:
                              "blocked: the egress proxy is not reachable (%s)" % (e.strerror or e,))
                 continue
             client.setblocking(False)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             relay = _Relay(client, upstream, self.preamble)
             self.relays.add(relay)
             self._watch(relay)

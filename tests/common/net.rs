@@ -4,6 +4,13 @@
 //! resolves (`index.test`). Pointing `network.egress_network` at it puts the daemon's
 //! installers there too.
 //!
+//! On Podman ([`TestNet::create_on`] with [`Engine::Podman`]) the network is not
+//! `--internal`: on a host where Docker runs too, Docker's `FORWARD` policy is `DROP` and
+//! netavark adds no accept rule for an internal network, so its containers cannot reach
+//! each other at all (a connect times out; checked with Podman 4.3 beside dockerd 20.10).
+//! Nothing there reaches past this machine either: the servers only listen, and the
+//! daemon's egress proxy connects only to the names a test lists.
+//!
 //! No test reads the host's addresses or the default bridge's settings (a freshly started
 //! engine may report no gateway for it), and nothing depends on what an earlier run left in
 //! the engine. A passing test ends with [`TestNet::remove`], which asserts that the servers
@@ -67,8 +74,26 @@ print('listening', flush=True)
 s.serve_forever()
 ";
 
+/// Which engine's CLI makes the network and its servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Docker,
+    Podman,
+}
+
+impl Engine {
+    fn cli(self) -> &'static str {
+        match self {
+            Engine::Docker => "docker",
+            Engine::Podman => "podman",
+        }
+    }
+}
+
 /// A network of the test's own and the servers on it.
 pub struct TestNet {
+    /// The engine it is made in.
+    engine: Engine,
     /// The network's name, unique per test: the value for `network.egress_network`.
     pub name: String,
     /// The servers' container names, removed before the network.
@@ -78,19 +103,24 @@ pub struct TestNet {
 }
 
 impl TestNet {
-    /// Create an internal network named `pdm-test-<uuid>`.
+    /// Create an internal Docker network named `pdm-test-<uuid>`.
     pub fn create() -> TestNet {
+        TestNet::create_on(Engine::Docker)
+    }
+
+    /// Create a network named `pdm-test-<uuid>` in `engine`: internal on Docker, not on
+    /// Podman (see the module doc).
+    pub fn create_on(engine: Engine) -> TestNet {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("pdm-test-{}", &id[..12]);
-        docker(&[
-            "network",
-            "create",
-            "--internal",
-            "--label",
-            &label(),
-            &name,
-        ]);
+        let label = label();
+        let mut args = vec!["network", "create", "--label", &label, &name];
+        if engine == Engine::Docker {
+            args.insert(2, "--internal");
+        }
+        cli(engine, &args);
         TestNet {
+            engine,
             name,
             servers: Vec::new(),
             removed: false,
@@ -102,7 +132,7 @@ impl TestNet {
     pub fn serve(&mut self, alias: &str, program: &str) {
         let container = format!("{}-{}", self.name, alias.replace('.', "-"));
         let code = format!("PORT = {PORT}\n{program}");
-        docker(&[
+        self.run(&[
             "run",
             "-d",
             "--name",
@@ -126,10 +156,10 @@ impl TestNet {
         self.servers.push(container.clone());
         let deadline = Instant::now() + READY_WITHIN;
         loop {
-            let logs = Command::new("docker")
+            let logs = Command::new(self.engine.cli())
                 .args(["logs", &container])
                 .output()
-                .expect("docker logs");
+                .expect("the engine's logs command");
             if String::from_utf8_lossy(&logs.stdout).contains("listening") {
                 return;
             }
@@ -159,13 +189,11 @@ impl TestNet {
     /// The network's subnet as the engine reports it (its IPAM config: the network was
     /// created here, so it has one), as a CIDR.
     pub fn subnet(&self) -> String {
-        let subnet = docker(&[
-            "network",
-            "inspect",
-            "-f",
-            "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
-            &self.name,
-        ]);
+        let format = match self.engine {
+            Engine::Docker => "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
+            Engine::Podman => "{{range .Subnets}}{{.Subnet}} {{end}}",
+        };
+        let subnet = self.run(&["network", "inspect", "-f", format, &self.name]);
         let first = subnet.split_whitespace().next().unwrap_or_default();
         assert!(!first.is_empty(), "{} reports no subnet", self.name);
         first.to_string()
@@ -184,7 +212,7 @@ impl TestNet {
             "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
             self.name
         );
-        let ip = docker(&["inspect", "-f", &format, &container]);
+        let ip = self.run(&["inspect", "-f", &format, &container]);
         assert!(!ip.is_empty(), "{alias} has no address on {}", self.name);
         ip
     }
@@ -201,7 +229,7 @@ impl TestNet {
              except OSError as e:\n\
              \x20   print(type(e).__name__)"
         );
-        docker(&[
+        self.run(&[
             "run",
             "--rm",
             "--network",
@@ -225,18 +253,23 @@ impl TestNet {
         if !self.servers.is_empty() {
             let mut args = vec!["rm", "-f", "-v"];
             args.extend(self.servers.iter().map(String::as_str));
-            docker(&args);
+            self.run(&args);
         }
-        docker(&["network", "rm", &self.name]);
-        let still = Command::new("docker")
+        self.run(&["network", "rm", &self.name]);
+        let still = Command::new(self.engine.cli())
             .args(["network", "inspect", &self.name])
             .output()
-            .expect("docker network inspect");
+            .expect("the engine's network inspect");
         assert!(
             !still.status.success(),
             "the network {} is still there",
             self.name
         );
+    }
+
+    /// Run this network's engine CLI, assert it succeeded, return its trimmed stdout.
+    fn run(&self, args: &[&str]) -> String {
+        cli(self.engine, args)
     }
 }
 
@@ -248,10 +281,18 @@ impl Drop for TestNet {
         if self.removed {
             return;
         }
+        let engine = self.engine.cli();
         for server in &self.servers {
-            let _ = Command::new("docker")
+            let _ = Command::new(engine)
                 .args(["rm", "-f", "-v", server])
                 .output();
+        }
+        if self.engine == Engine::Podman {
+            // Podman's `network rm -f` removes what is still on the network first.
+            let _ = Command::new(engine)
+                .args(["network", "rm", "-f", &self.name])
+                .output();
+            return;
         }
         let attached = Command::new("docker")
             .args([
@@ -275,15 +316,16 @@ impl Drop for TestNet {
     }
 }
 
-/// Run the docker CLI, assert it succeeded, return its trimmed stdout.
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
+/// Run `engine`'s CLI, assert it succeeded, return its trimmed stdout.
+fn cli(engine: Engine, args: &[&str]) -> String {
+    let program = engine.cli();
+    let out = Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("run the docker CLI: {e}"));
+        .unwrap_or_else(|e| panic!("run the {program} CLI: {e}"));
     assert!(
         out.status.success(),
-        "docker {} failed: {}",
+        "{program} {} failed: {}",
         args[..args.len().min(2)].join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
