@@ -41,8 +41,8 @@
 //! Runs only with `--bench` (which `cargo bench` passes): under `cargo test --all-targets`
 //! it prints a note and passes.
 
-#[path = "common/rpc.rs"]
-mod rpc;
+#[path = "common/mod.rs"]
+mod common;
 
 // Only the network and the server helpers are used here.
 #[allow(dead_code)]
@@ -55,6 +55,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+use common::rpc::Rpc;
 
 use net::{TestNet, PORT};
 
@@ -325,7 +327,7 @@ fn rates(downloads: &Value) -> Vec<f64> {
 }
 
 /// A new session with (or without) the list: its id and the time to its first result.
-fn new_session(rpc: &mut rpc::Rpc, list: bool) -> (String, f64) {
+fn new_session(rpc: &mut Rpc, list: bool) -> (String, f64) {
     let mut args = json!({"code": "1"});
     if list {
         args["network"] = json!(LIST);
@@ -339,7 +341,7 @@ fn new_session(rpc: &mut rpc::Rpc, list: bool) -> (String, f64) {
 }
 
 /// The container of `session` (its hostname is the container's short id).
-fn container_of(rpc: &mut rpc::Rpc, session: &str) -> String {
+fn container_of(rpc: &mut Rpc, session: &str) -> String {
     let (r, _) = rpc.tool(
         "execute-persistent",
         json!({"code": "import socket\nsocket.gethostname()", "session_id": session}),
@@ -374,16 +376,15 @@ struct Plan {
 
 /// A daemon and the session the measurements run in.
 struct Side {
-    rpc: rpc::Rpc,
+    rpc: Rpc,
     session: String,
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!("benches/egress.rs runs under `cargo bench --bench egress`");
+    if !common::under_cargo_bench("egress", "-- --rounds 2 --requests 50") {
         return;
     }
+    let args: Vec<String> = std::env::args().collect();
     let plan = Plan {
         rounds: arg(&args, "--rounds", 5) as usize,
         requests: arg(&args, "--requests", 200) as usize,
@@ -437,8 +438,8 @@ fn daemons(net: &TestNet, cpus: u64) -> (Side, Side) {
         ("PYTHON_DOCKER_MCP_NETWORK_DISABLED", "false".to_string()),
         ("PYTHON_DOCKER_MCP_POOL_ENABLED", "false".to_string()),
     ]);
-    let mut proxied = rpc::Rpc::start(bin, "egress-proxy", &proxied_env);
-    let mut direct = rpc::Rpc::start(bin, "egress-direct", &direct_env);
+    let mut proxied = Rpc::start(bin, "egress-proxy", &proxied_env);
+    let mut direct = Rpc::start(bin, "egress-direct", &direct_env);
     let (via, _) = new_session(&mut proxied, true);
     let (straight, _) = new_session(&mut direct, false);
     (
@@ -573,7 +574,7 @@ fn per_session(proxied: &mut Side, extra: usize) {
 
 /// Part 3, time: the first result of a new session from a warm pool, with a list and
 /// without, alternated.
-fn first_calls(rpc: &mut rpc::Rpc, rounds: usize) {
+fn first_calls(rpc: &mut Rpc, rounds: usize) {
     let pid = rpc.pid();
     let (mut t_with, mut t_without) = (Vec::new(), Vec::new());
     for i in 0..2 * rounds {
