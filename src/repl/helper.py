@@ -786,9 +786,11 @@ def list_packages(cap):
 # serves every connection, so the connections cost no threads (the sandbox's pids limit
 # counts threads); at most FORWARD_MAX at once (past it, a 503 naming the limit), and each
 # direction holds at most one FORWARD_CHUNK in memory (a side is read only when the other
-# has taken what was read before).
+# has taken what was read before). What is read is written on at once, and one wake-up
+# moves up to FORWARD_BURST chunks, so a download costs few selector round trips.
 FORWARD_MAX = 256
 FORWARD_CHUNK = 64 * 1024
+FORWARD_BURST = 16
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 NO_PROXY_VARS = ("NO_PROXY", "no_proxy")
 NO_PROXY = "localhost,127.0.0.1,::1"
@@ -935,30 +937,48 @@ class Forwarder:
         if r not in self.relays:
             return
         i = r.ends.index(end)
-        other = 1 - i
         try:
-            if r.pending[i]:
-                n = end.send(r.pending[i])
-                r.pending[i] = r.pending[i][n:]
-                if not r.pending[i] and r.eof[other]:
-                    end.shutdown(self._socket.SHUT_WR)
-            if not r.eof[i] and not r.pending[other]:
-                try:
-                    data = end.recv(FORWARD_CHUNK)
-                except (BlockingIOError, InterruptedError):
-                    data = None
-                if data == b"":
-                    r.eof[i] = True
-                    if not r.pending[other]:
-                        r.ends[other].shutdown(self._socket.SHUT_WR)
-                elif data:
-                    r.pending[other] = data
+            self._flush(r, i)
+            self._pump(r, i)
+            self._pump(r, 1 - i)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
             self._close(r)
             return
         self._watch(r)
+
+    def _flush(self, r, i):
+        """Write what waits for end i; pass on the other end's EOF once it is all out."""
+        if r.pending[i]:
+            n = r.ends[i].send(r.pending[i])
+            r.pending[i] = r.pending[i][n:]
+            if not r.pending[i] and r.eof[1 - i]:
+                r.ends[i].shutdown(self._socket.SHUT_WR)
+
+    def _pump(self, r, i):
+        """Read from end i and write each chunk to the other end at once, up to
+        FORWARD_BURST chunks; what the other end does not take waits in its queue, and
+        end i is not read again until it is gone."""
+        other = 1 - i
+        for _ in range(FORWARD_BURST):
+            if r.eof[i] or r.pending[other]:
+                return
+            try:
+                data = r.ends[i].recv(FORWARD_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:
+                r.eof[i] = True
+                r.ends[other].shutdown(self._socket.SHUT_WR)
+                return
+            try:
+                n = r.ends[other].send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            if n < len(data):
+                r.pending[other] = data[n:]
+                return
 
     def _close(self, r):
         if r not in self.relays:
