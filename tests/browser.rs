@@ -397,7 +397,9 @@ async fn a_page_that_allocates_past_the_limit_is_reported_and_others_keep_workin
     let r = d.persistent_ok("kept + 1", &other).await;
     assert_eq!(value(&r).as_deref(), Some("42"));
     d.assert_serves().await;
-    // A new browser session works.
+    // A new browser session works. (The page gets content first: Chromium once answered
+    // "Unable to capture screenshot" for a blank page not yet painted, with two browser
+    // tests running at once.)
     let r = d
         .call(
             "execute-transient",
@@ -405,7 +407,9 @@ async fn a_page_that_allocates_past_the_limit_is_reported_and_others_keep_workin
                 "from playwright.sync_api import sync_playwright\n\
                  with sync_playwright() as p:\n\
                  \x20   b = p.chromium.launch()\n\
-                 \x20   shot = b.new_page().screenshot()\n\
+                 \x20   page = b.new_page()\n\
+                 \x20   page.set_content('<p>new</p>')\n\
+                 \x20   shot = page.screenshot()\n\
                  shot",
                 "browser",
             ),
