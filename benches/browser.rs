@@ -17,7 +17,7 @@
 
 #[path = "common/mod.rs"]
 mod common;
-use common::rpc;
+use common::{arg, median, rpc};
 use python_docker_mcp::sandbox::labels;
 
 use std::time::{Duration, Instant};
@@ -35,14 +35,6 @@ page = browser.new_page(viewport={'width': 400, 'height': 300})\n\
 page.goto('file:///app/page.html')\n\
 page.screenshot()";
 
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn docker(args: &[&str]) -> String {
     let out = std::process::Command::new("docker")
         .args(args)
@@ -53,11 +45,6 @@ fn docker(args: &[&str]) -> String {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// The images in a tool result.

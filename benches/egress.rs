@@ -57,6 +57,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use common::rpc::Rpc;
+use common::{arg, median, parse_size};
 
 use net::{TestNet, PORT};
 
@@ -151,25 +152,12 @@ const FETCH_ONCE: &str = "import urllib.request\n\
 
 // ---------------------------------------------------------------- helpers
 
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn sh(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("run {program}: {e}"));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
@@ -185,23 +173,6 @@ fn load() -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// `12.5MiB` and the like, in bytes.
-fn parse_size(s: &str) -> f64 {
-    let s = s.trim();
-    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-    let n: f64 = s[..split].parse().unwrap_or(0.0);
-    let unit = match &s[split..] {
-        "KiB" => 1024.0,
-        "MiB" => MIB,
-        "GiB" => MIB * 1024.0,
-        "kB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        _ => 1.0,
-    };
-    n * unit
 }
 
 /// The memory of each container, in bytes, through the engine's stats.

@@ -39,15 +39,8 @@ use serde_json::json;
 
 #[path = "common/mod.rs"]
 mod common;
+use common::arg;
 use common::daemon::{self, Daemon};
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A daemon of this crate's release binary over stdio with `env`, in a home of its own.
 async fn spawn(env: &[(&str, String)]) -> anyhow::Result<HostDaemon> {

@@ -38,6 +38,7 @@ use serde_json::json;
 
 #[path = "common/mod.rs"]
 mod common;
+use common::parse_size;
 use common::rpc::Rpc;
 
 /// The label every object the daemon makes carries (`sandbox::labels::MANAGED`).
@@ -175,23 +176,6 @@ fn wait_for_sandboxes(daemon: u32, n: usize) -> Duration {
         std::thread::sleep(Duration::from_millis(100));
     }
     started.elapsed()
-}
-
-/// `7.066MiB` or `1.2GB` in bytes.
-fn parse_size(s: &str) -> f64 {
-    let s = s.trim();
-    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-    let n: f64 = s[..split].parse().unwrap_or(0.0);
-    let unit = match &s[split..] {
-        "KiB" => 1024.0,
-        "MiB" => MIB,
-        "GiB" => MIB * 1024.0,
-        "kB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        _ => 1.0,
-    };
-    n * unit
 }
 
 /// Memory usage and pids of each container, through the engine's stats.

@@ -32,3 +32,35 @@ pub fn under_cargo_bench(name: &str, hint: &str) -> bool {
     println!("{name} bench: not run under `cargo test`; run `cargo bench --bench {name}`{hint}");
     false
 }
+
+/// The number after `name` on the bench's command line (`--rounds 5`), or `default`.
+pub fn arg(args: &[String], name: &str, default: u64) -> u64 {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The middle value (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A size as the engine's stats print it (`7.066MiB`, `1.2GB`), in bytes.
+pub fn parse_size(s: &str) -> f64 {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let n: f64 = s[..split].parse().unwrap_or(0.0);
+    let unit = match &s[split..] {
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        _ => 1.0,
+    };
+    n * unit
+}
