@@ -15,6 +15,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackendKind, Config, PackageConfig};
+use crate::engine::{InstallerProbeError, ProbeError};
 use crate::install::ProbeReport;
 use crate::repl::{ExecLimits, Outcome, Repl};
 use crate::runtime::{Finished, RuntimeError};
@@ -175,7 +176,7 @@ async fn sandbox_checks(engine: &Engine) -> [Verdict; 4] {
     let skip = || Verdict::Skip("needs a sandbox that answers".to_string());
     let started = Instant::now();
     let verdicts = match engine.probe_sandbox().await {
-        Err(e) => [
+        Err(ProbeError::Volumes(e)) => [
             Verdict::Fail {
                 what: "could not create the sandbox's volumes".into(),
                 fix: e.to_string(),
@@ -184,9 +185,9 @@ async fn sandbox_checks(engine: &Engine) -> [Verdict; 4] {
             skip(),
             skip(),
         ],
-        Ok(Err(e)) => [
+        Err(e @ ProbeError::Start(_)) => [
             Verdict::Fail {
-                what: format!("a sandbox does not start: {e}"),
+                what: e.to_string(),
                 fix: "check that the image runs python3 (on Docker: `docker run --rm IMAGE \
                       python3 -c 1`) and the limits above; the log \
                       (PYTHON_DOCKER_MCP_LOG=debug) has the engine's answer"
@@ -196,7 +197,7 @@ async fn sandbox_checks(engine: &Engine) -> [Verdict; 4] {
             skip(),
             skip(),
         ],
-        Ok(Ok(probe)) => in_sandbox(engine, probe.repl, &probe.shared_volume, started).await,
+        Ok(probe) => in_sandbox(engine, probe.repl, &probe.shared_volume, started).await,
     };
     if let Err(e) = engine.probe_cleanup().await {
         eprintln!("python-docker-mcp: could not remove the doctor's sandbox: {e}");
@@ -338,17 +339,17 @@ fn user_verdict(f: &SandboxFacts) -> Verdict {
 /// installs run.
 async fn installer_check(engine: &Engine, volume: &str) -> Verdict {
     match engine.probe_installer(volume).await {
-        Err(e) => Verdict::Fail {
+        Err(InstallerProbeError::Cache(e)) => Verdict::Fail {
             what: "could not create the download cache volume".into(),
             fix: e.to_string(),
         },
-        Ok(Err(e)) => Verdict::Fail {
-            what: format!("the installer container did not run: {e}"),
+        Err(e @ InstallerProbeError::Run(_)) => Verdict::Fail {
+            what: e.to_string(),
             fix: "raise package.timeout (PYTHON_DOCKER_MCP_INSTALL_TIMEOUT) if the host is \
                   slow; otherwise see the engine's answer above"
                 .into(),
         },
-        Ok(Ok(finished)) => installer_verdict(&engine.config().package, &finished),
+        Ok(finished) => installer_verdict(&engine.config().package, &finished),
     }
 }
 

@@ -36,6 +36,7 @@ mod files;
 mod install;
 mod lifecycle;
 mod probe;
+pub use probe::{InstallerProbeError, ProbeError, ProbeSandbox};
 mod sessions;
 #[cfg(test)]
 mod tests_fake;

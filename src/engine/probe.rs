@@ -12,6 +12,28 @@ use crate::sandbox::{self, Owner, Role};
 
 use super::Engine;
 
+/// Why the probe sandbox is not there.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// A package volume could not be created.
+    #[error("could not create the sandbox's volumes: {0}")]
+    Volumes(RuntimeError),
+    /// The sandbox did not start, or its helper never became ready.
+    #[error("a sandbox does not start: {0}")]
+    Start(ReplError),
+}
+
+/// Why the installer probe did not run to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallerProbeError {
+    /// The download cache volume could not be created.
+    #[error("could not create the download cache volume: {0}")]
+    Cache(RuntimeError),
+    /// The installer container did not run to its end.
+    #[error("the installer container did not run: {0}")]
+    Run(RuntimeError),
+}
+
 /// A sandbox the probe started, and the shared package volume it mounts (the installer
 /// probe installs into it, as an install without a session does).
 pub struct ProbeSandbox {
@@ -22,36 +44,33 @@ pub struct ProbeSandbox {
 impl Engine {
     /// Start one sandbox as the pool starts one: this engine's shared package volume and
     /// a package volume of its own, then the pool's spec, with this engine's limits,
-    /// labels and backend. The outer error: a volume could not be created; the inner: the
-    /// sandbox did not start (or its helper never became ready).
-    pub async fn probe_sandbox(&self) -> Result<Result<ProbeSandbox, ReplError>, RuntimeError> {
+    /// labels and backend.
+    pub async fn probe_sandbox(&self) -> Result<ProbeSandbox, ProbeError> {
         let s = &self.shared;
         let shared = s.owner.shared_volume();
         let name = s.owner.name(Role::Sandbox);
         let own = format!("{name}-packages");
         s.backend
             .create_volume(&shared, &s.owner.labels(Role::Packages, None))
-            .await?;
+            .await
+            .map_err(ProbeError::Volumes)?;
         s.backend
             .create_volume(&own, &s.owner.labels(Role::Sandbox, None))
-            .await?;
-        let spec = sandbox::repl_spec(&s.config, &s.owner, name, &shared, &own);
-        Ok(Repl::start(&s.backend, &spec)
             .await
-            .map(|repl| ProbeSandbox {
-                repl,
-                shared_volume: shared,
-            }))
+            .map_err(ProbeError::Volumes)?;
+        let spec = sandbox::repl_spec(&s.config, &s.owner, name, &shared, &own);
+        let repl = Repl::start(&s.backend, &spec)
+            .await
+            .map_err(ProbeError::Start)?;
+        Ok(ProbeSandbox {
+            repl,
+            shared_volume: shared,
+        })
     }
 
     /// Run the installer probe (`install/probe.py`: pip runs, the index answers) in an
-    /// installer container exactly as an install into `volume` runs, and remove it. The
-    /// outer error: the download cache volume could not be created; the inner: the
-    /// installer container did not run to its end.
-    pub async fn probe_installer(
-        &self,
-        volume: &str,
-    ) -> Result<Result<Finished, RuntimeError>, RuntimeError> {
+    /// installer container exactly as an install into `volume` runs, and remove it.
+    pub async fn probe_installer(&self, volume: &str) -> Result<Finished, InstallerProbeError> {
         let s = &self.shared;
         s.cache_volume
             .get_or_try_init(|| async {
@@ -59,12 +78,14 @@ impl Engine {
                     .create_volume(sandbox::CACHE_VOLUME, &Owner::cache_labels())
                     .await
             })
-            .await?;
+            .await
+            .map_err(InstallerProbeError::Cache)?;
         let cmd = install::probe_command(&s.config.package);
         let spec = sandbox::installer_spec(&s.config, &s.owner, None, volume, cmd);
-        Ok(s.backend
+        s.backend
             .run_to_completion(&spec, s.config.package.timeout)
-            .await)
+            .await
+            .map_err(InstallerProbeError::Run)
     }
 
     /// Remove every container and volume of this engine's instance (what the probes
