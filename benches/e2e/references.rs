@@ -38,22 +38,8 @@ while True:\n    \
 /// The daemon's REPL helper, run over a plain `docker run -i` pipe for the reference.
 const HELPER: &str = sandbox::HELPER;
 
-pub async fn docker(args: &[&str]) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .context("running the docker CLI")?;
-    if !out.status.success() {
-        bail!(
-            "docker {} failed: {}",
-            args.first().copied().unwrap_or(""),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+/// `docker ARGS`' stdout, or an error with its stderr (the benches' shared one).
+pub use crate::common::host::docker;
 
 pub async fn docker_lines(args: &[&str]) -> BTreeSet<String> {
     match docker(args).await {
